@@ -1,0 +1,21 @@
+//! `gateway-core`: everything the mail gateway knows, independent of how it is triggered.
+//!
+//! Pure cores take `now` and state as arguments and do no I/O:
+//! [`message`] (the outbound message contract), [`config`] (the gateway configuration),
+//! [`router`], [`limiter`], [`breaker`]. Ports are traits with in-memory adapters:
+//! [`state::StateStore`], [`records::RecordWriter`] / [`records::RecordReader`],
+//! [`events::EventSink`], [`clock::Clock`]. Later adapters (DynamoDB, MySQL, SQS) implement the
+//! same traits, and the contract test suites run against every implementation.
+
+pub mod address;
+pub mod breaker;
+pub mod clock;
+pub mod config;
+pub mod duration;
+pub mod events;
+pub mod limiter;
+pub mod message;
+pub mod pattern;
+pub mod records;
+pub mod router;
+pub mod state;

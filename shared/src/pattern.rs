@@ -1,0 +1,227 @@
+//! Sender patterns of `can_route` / `exclude_patterns` (DESIGN §3.1).
+//!
+//! The language is closed on purpose; the original matched by substring, so `b.com` matched
+//! `x@notb.com`. Every pattern is one of:
+//!
+//! | pattern | matches |
+//! |---|---|
+//! | `*` | every sender |
+//! | `@example.com`, `*@example.com` | every address whose domain is exactly `example.com` |
+//! | `@*.example.com`, `*@*.example.com` | every address in a subdomain of `example.com` (not `example.com` itself) |
+//! | `user@example.com` | exactly that address |
+//!
+//! Matching is ASCII case-insensitive. Anything else (a bare domain, a `*` inside a label, an
+//! empty part) is a parse error, so a typo cannot silently route everything or nothing.
+
+use std::fmt;
+
+/// A parsed sender pattern. `Display` prints it back in canonical (lower-case) form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SenderPattern {
+    /// `*`.
+    Any,
+    /// `@domain` or `*@domain` (stored lower-case).
+    Domain(String),
+    /// `@*.domain` or `*@*.domain` (stored lower-case, without the `*.`).
+    Subdomain(String),
+    /// `local@domain` (stored lower-case).
+    Address(String),
+}
+
+/// Why a pattern did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid sender pattern {pattern:?}: {reason}")]
+pub struct PatternError {
+    /// The pattern as written.
+    pub pattern: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl SenderPattern {
+    /// Parses one pattern.
+    pub fn parse(s: &str) -> Result<Self, PatternError> {
+        let err = |reason| PatternError {
+            pattern: s.to_owned(),
+            reason,
+        };
+        if s == "*" {
+            return Ok(Self::Any);
+        }
+        let Some((local, domain)) = s.rsplit_once('@') else {
+            return Err(err("expected `*`, `@domain`, `@*.domain` or `user@domain`"));
+        };
+        let domain = domain.to_ascii_lowercase();
+        let (subdomains, domain) = match domain.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, domain),
+        };
+        if !is_domain(&domain) {
+            return Err(err("the domain part is not a domain name"));
+        }
+        match local {
+            "" | "*" if subdomains => Ok(Self::Subdomain(domain)),
+            "" | "*" => Ok(Self::Domain(domain)),
+            _ if subdomains => Err(err(
+                "`*.` subdomain wildcards need `@*.domain` or `*@*.domain`",
+            )),
+            _ if is_local_part(local) => Ok(Self::Address(format!(
+                "{}@{domain}",
+                local.to_ascii_lowercase()
+            ))),
+            _ => Err(err("the local part is not valid (wildcards are only `*@`)")),
+        }
+    }
+
+    /// True when `sender` (an address, any case) matches.
+    pub fn matches(&self, sender: &str) -> bool {
+        if *self == Self::Any {
+            return true;
+        }
+        let Some((local, domain)) = sender.rsplit_once('@') else {
+            return false;
+        };
+        match self {
+            Self::Any => true,
+            Self::Domain(d) => domain.eq_ignore_ascii_case(d),
+            Self::Subdomain(d) => {
+                domain.len() > d.len() + 1
+                    && domain.as_bytes()[domain.len() - d.len() - 1] == b'.'
+                    && domain[domain.len() - d.len()..].eq_ignore_ascii_case(d)
+            }
+            Self::Address(a) => {
+                sender.len() == a.len() && sender.eq_ignore_ascii_case(a) && !local.is_empty()
+            }
+        }
+    }
+
+    /// The domain this pattern names, if it names exactly one (`domain_based` routing).
+    pub fn named_domain(&self) -> Option<&str> {
+        match self {
+            Self::Domain(d) => Some(d),
+            Self::Address(a) => a.rsplit_once('@').map(|(_, d)| d),
+            Self::Any | Self::Subdomain(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for SenderPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("*"),
+            Self::Domain(d) => write!(f, "@{d}"),
+            Self::Subdomain(d) => write!(f, "@*.{d}"),
+            Self::Address(a) => f.write_str(a),
+        }
+    }
+}
+
+impl std::str::FromStr for SenderPattern {
+    type Err = PatternError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+fn is_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').count() >= 2
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn is_local_part(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 64
+        && !l.starts_with('.')
+        && !l.ends_with('.')
+        && !l.contains("..")
+        && l.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'+-/=?^_`{|}~.".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, s: &str) -> bool {
+        SenderPattern::parse(p)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .matches(s)
+    }
+
+    #[test]
+    fn matches_the_documented_forms_and_nothing_more() {
+        let cases = [
+            ("*", "a@b.example", true),
+            ("@example.com", "x@example.com", true),
+            ("@example.com", "x@EXAMPLE.com", true),
+            ("@example.com", "x@notexample.com", false),
+            ("@example.com", "x@sub.example.com", false),
+            ("*@example.com", "x@example.com", true),
+            ("*@example.com", "x@example.com.evil", false),
+            ("@*.example.com", "x@a.example.com", true),
+            ("@*.example.com", "x@a.b.example.com", true),
+            ("@*.example.com", "x@example.com", false),
+            ("@*.example.com", "x@aexample.com", false),
+            ("*@*.example.com", "x@a.example.com", true),
+            ("user@example.com", "USER@Example.com", true),
+            ("user@example.com", "xuser@example.com", false),
+            ("@internal.example.com", "sender@internal.example.com", true),
+            ("@internal.example.com", "sender@example.com", false),
+        ];
+        for (p, s, want) in cases {
+            assert_eq!(m(p, s), want, "{p} vs {s}");
+        }
+    }
+
+    #[test]
+    fn rejects_substring_and_malformed_patterns() {
+        for bad in [
+            "b.com",
+            "",
+            "@",
+            "*b.com",
+            "@b*.com",
+            "user@",
+            "us*er@b.com",
+            "a@*.",
+            "@-a.com",
+            "x@*.b.com",
+            "@localhost",
+        ] {
+            assert!(
+                SenderPattern::parse(bad).is_err(),
+                "{bad:?} should not parse"
+            );
+        }
+    }
+
+    #[test]
+    fn prints_back_canonically() {
+        for (p, shown) in [
+            ("*", "*"),
+            ("*@Example.COM", "@example.com"),
+            ("@*.x.org", "@*.x.org"),
+            ("Ann@X.org", "ann@x.org"),
+        ] {
+            let parsed = SenderPattern::parse(p).expect("parses");
+            assert_eq!(parsed.to_string(), shown);
+            assert_eq!(SenderPattern::parse(shown).expect("reparses"), parsed);
+        }
+    }
+
+    #[test]
+    fn a_sender_without_at_matches_only_star() {
+        assert!(m("*", "nobody"));
+        assert!(!m("@example.com", "example.com"));
+    }
+}

@@ -1,0 +1,1 @@
+//! In-memory [`StateStore`](super::StateStore) for tests and the local run.
