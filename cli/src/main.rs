@@ -1,2 +1,47 @@
-//! The `gateway` command.
-fn main() {}
+//! The `gateway` command: config tools and route explanation (the local run and the service
+//! commands join as their parts land).
+//!
+//! Exit codes: 0 success; 1 the input is wrong (invalid config, no gateway can take the message);
+//! 2 usage errors (clap's default).
+
+// This binary's job is to print to the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod config_cmd;
+mod route_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Mail Gateway command-line tool.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check or convert gateway configuration files.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    /// Show which gateways a message would be routed to, in order, and why.
+    Route(route_cmd::RouteArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Config(cmd) => config_cmd::run(cmd),
+        Command::Route(args) => route_cmd::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
