@@ -429,6 +429,7 @@ pub fn decide_one(
     recipients: u64,
 ) -> (Verdict, Vec<Write>) {
     let mut d = decide(plan, items, &[Request { sender, recipients }]);
+    // `decide` answers one verdict per request; the fallback only keeps this total.
     let verdict = d
         .verdicts
         .pop()
@@ -789,7 +790,8 @@ pub fn remaining_fraction(usages: &[LevelUsage]) -> f64 {
 
 /// Use of every limited level of the plan, from `items` aligned with [`LimitPlan::keys`]; the
 /// sender level is included when `sender` is given and has a limit. Order: system, gateway
-/// daily, hourly, burst, sender.
+/// daily, hourly, burst, sender. To rank many gateways with one read, concatenate their plans'
+/// keys in one `get_many` (at most 3 keys per gateway) and hand each plan its slice.
 pub fn usage(
     plan: &LimitPlan<'_>,
     items: &[Option<Item>],

@@ -109,6 +109,7 @@ pub async fn acquire_one<S: StateStore + ?Sized>(
     recipients: u64,
 ) -> Result<Verdict, StoreError> {
     let mut verdicts = acquire(store, plan, &[Request { sender, recipients }]).await?;
+    // `acquire` answers one verdict per request; the fallback only keeps this total.
     Ok(verdicts
         .pop()
         .unwrap_or(Verdict::Refuse(Refusal::Contended {
@@ -150,7 +151,9 @@ struct KeyRefund {
     bucket_us: i64,
 }
 
-/// Gives back what `grants` consumed, for messages the provider never accepted. Exact: each
+/// Gives back what `grants` consumed, for messages the provider never accepted. Call it at
+/// most once per grant: a refund is not idempotent, and returning a grant twice would let a
+/// window admit more than its limit. Exact: each
 /// counter drops by what the grants added (never below 0), each bucket's `tat_us` moves back by
 /// what they took (never before `now`, which would overfill it). No read first: the writes
 /// assume the counters still hold the amounts and fall back to the item returned by a failed
