@@ -1036,3 +1036,50 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Taken one at a time, the bucket is exactly a token bucket of `capacity` tokens refilling
+    /// one every `interval_us`: it admits whenever the reference model has the tokens, refuses
+    /// otherwise, and a refusal names the first millisecond the model has them again.
+    #[test]
+    fn bucket_matches_a_reference_token_bucket(
+        capacity in 1u64..20,
+        refill_milli in 100u32..20_000,
+        steps in proptest::collection::vec((0i64..3_000, 1u64..25), 1..60),
+    ) {
+        let mut rl = limits(None, None, None, Some(capacity));
+        rl.burst_refill_per_second = f64::from(refill_milli) / 1_000.0;
+        let cfg = single(None, rl);
+        let q = BucketQuota::new(capacity, rl_rate(&cfg)).unwrap();
+        let t = i128::from(q.interval_us);
+        let full = i128::from(capacity) * t;
+        // Tokens available, in token-microseconds (tokens × interval), and when last updated.
+        let mut avail = full;
+        let mut now = TEN_AM;
+        let mut item: Option<Item> = None;
+        for (advance, n) in steps {
+            avail = (avail + i128::from(advance) * 1_000).min(full);
+            now += advance;
+            let p = plan(&cfg, gw(&cfg), now);
+            let (verdict, writes) = decide_one(&p, std::slice::from_ref(&item), "a@x.org", n);
+            let need = i128::from(n) * t;
+            if n > capacity {
+                prop_assert_eq!(verdict, Verdict::Refuse(Refusal::TooLarge { level: LevelKind::GatewayBurst, limit: capacity }));
+            } else if avail >= need {
+                prop_assert!(verdict.is_admitted(), "model has {avail} ≥ {need} at +{}", now - TEN_AM);
+                prop_assert_eq!(writes.len(), 1);
+                prop_assert!(writes[0].condition.holds(item.as_ref()));
+                item = crate::state::apply_op(item.as_ref(), &writes[0].op).unwrap();
+                avail -= need;
+            } else {
+                let wait_ms = (need - avail + 999) / 1_000;
+                prop_assert_eq!(verdict, exhausted(LevelKind::GatewayBurst, now + wait_ms as i64));
+                prop_assert!(writes.is_empty());
+            }
+        }
+    }
+}
+
+fn rl_rate(cfg: &Config) -> f64 {
+    gw(cfg).rate_limits.burst_refill_per_second
+}
