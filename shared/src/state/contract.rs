@@ -460,6 +460,22 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     outputs.into_iter().flatten().collect()
 }
 
+/// Lets the other futures of a [`join_all`] run before this one continues, so workers
+/// interleave even on a store whose futures never wait.
+async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
 /// 16 concurrent workers each add 1 under `n <= limit - 1` until refused: exactly `limit` adds
 /// succeed and the counter ends at `limit`.
 pub async fn concurrent_conditional_adds_stop_at_limit(store: &dyn StateStore, ns: &str) {
@@ -481,6 +497,7 @@ pub async fn concurrent_conditional_adds_stop_at_limit(store: &dyn StateStore, n
                 },
             )
             .await;
+            yield_now().await;
             match outcome {
                 WriteOutcome::Applied(_) => applied += 1,
                 WriteOutcome::ConditionFailed(current) => {
@@ -495,6 +512,10 @@ pub async fn concurrent_conditional_adds_stop_at_limit(store: &dyn StateStore, n
     };
     let results = join_all((0..WORKERS).map(|_| worker(k.clone())).collect()).await;
     assert_eq!(results.iter().sum::<i64>(), LIMIT);
+    assert!(
+        results.iter().filter(|&&n| n > 0).count() > 1,
+        "workers did not run concurrently: {results:?}"
+    );
     assert_eq!(read(store, &k).await, Some(item(&[("n", Value::N(LIMIT))])));
 }
 
