@@ -27,6 +27,8 @@
 //! - The attribute [`TTL_ATTRIBUTE`] (epoch seconds) only marks an item for cleanup; no logic may
 //!   depend on an item having been deleted by it.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod contract;
 pub mod memory;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,865 @@
+//! Shared rate limits (DESIGN §3.3): a pure decision core and its persistence on the
+//! [`StateStore`](crate::state::StateStore) port.
+//!
+//! # Levels
+//! | level | limit | window |
+//! |---|---|---|
+//! | [`LevelKind::SystemDaily`] | `config.system_limits.daily` | UTC day, all gateways |
+//! | [`LevelKind::GatewayDaily`] | `rate_limits.workspace_daily` | UTC day |
+//! | [`LevelKind::GatewayHourly`] | `rate_limits.per_hour` | UTC hour |
+//! | [`LevelKind::GatewayBurst`] | `rate_limits.burst_limit` refilled at `burst_refill_per_second` | token bucket (GCRA) |
+//! | [`LevelKind::SenderDaily`] | `per_user_daily`, overridden by `custom_user_limits` | UTC day, per sender per gateway |
+//!
+//! A `None` limit is unlimited and its level is skipped. Units are recipients: a message with
+//! `n` recipients consumes `n` at every level at once, or nothing anywhere. A message larger
+//! than a level's limit (or bucket capacity) can never pass and is refused with
+//! [`Refusal::TooLarge`], not with a retry time that would lie.
+//!
+//! # Shape
+//! [`plan`] fixes the windows for `now` and names the items to read; [`decide`] is a pure
+//! function of (plan, stored items, requests) returning verdicts and the conditional writes that
+//! make them true; [`acquire`] reads once, decides, writes once and, when a condition lost a
+//! race, decides again from the items the store returned with the failure (no second read).
+//! This mirrors the governor crate's model: the store only offers "write this if that still
+//! holds".
+//!
+//! # Key layout (one DynamoDB item per key; window ids are part of the key)
+//! | key | attributes |
+//! |---|---|
+//! | `lim#sys#d#{YYYYMMDD}` | `n`: recipients admitted that UTC day, all gateways |
+//! | `lim#gw#{gateway}#d#{YYYYMMDD}` | `n`: gateway's day count; `hHH` (`h00`..`h23`): count of that UTC hour; `u#{sender}`: per-sender day count (sender lower-cased, only for senders that have a limit) |
+//! | `lim#gw#{gateway}#b#{capacity}#{interval_us}` | `tat_us`: the bucket's theoretical arrival time, epoch **microseconds** |
+//!
+//! Every item carries [`TTL_ATTRIBUTE`] (epoch seconds): the end of its day plus one day for
+//! counters; for the bucket, a bound on its `tat_us` plus one day (a bucket whose item is gone
+//! is simply full, which is what its state said by then). TTL is cleanup only: a new window is
+//! a new key, so no logic depends on deletion.
+//!
+//! Hours nest exactly in UTC days, so the hourly counter lives in the day item under an
+//! attribute named after the hour; per-sender counters share the day window and live there
+//! too. The bucket has no window; its capacity and emission interval are in its key, so a
+//! config change starts a fresh (full) bucket instead of misreading state kept under other
+//! parameters.
+//!
+//! The bucket's `tat_us` is the one timestamp in shared state that is not in milliseconds:
+//! the emission interval `ceil(1e6 / rate)` µs keeps refill exact to the microsecond (a
+//! millisecond interval would round 3/s to 334 ms or let 2000/s refill at 1000/s). Rounding
+//! the interval up only ever refills slower than configured, never faster.
+//!
+//! # Writes
+//! Counters: `ADD attr total` with condition `attribute_not_exists(attr) OR attr <= limit -
+//! total` for every limited counter of the item. Concurrent writers that all fit never
+//! conflict; a condition fails only when the limit would be exceeded.
+//!
+//! Bucket (GCRA, `T` = interval, `C` = capacity, a request of `k` consumes `k·T`): admitted
+//! when `max(tat, now) + k·T - now <= C·T`. Two write forms keep even this lock-free without a
+//! version attribute: when the read `tat >= now`, `ADD tat_us k·T` with condition
+//! `tat_us >= now AND tat_us <= now + (C - k)·T`; otherwise (bucket full or no item)
+//! `SET tat_us = now + k·T` with condition `attribute_not_exists(tat_us) OR tat_us < now`.
+//! Each condition is the premise its form relies on, so the stored `tat` always moves to
+//! `max(tat, now) + k·T` and never passes `now + C·T`: over any span of time the bucket admits
+//! at most `C + span / T`.
+//!
+//! All items of one decision are written together: one conditional write when one item
+//! changes, otherwise one transaction (all levels or none).
+//!
+//! # Cost (DESIGN §5 budget)
+//! A batch of 10 messages from 10 senders through one gateway with every level on touches 3
+//! items: the system day item, the gateway day item, the bucket. [`acquire`] with all 10
+//! requests costs 1 `BatchGetItem` (3 keys, read capacity only) + 1 `TransactWriteItems` of 3
+//! items = **2 requests per batch (0.2 per message)**, 2 sequential round trips, and
+//! `2 × (1 + 1 + ⌈day item KB⌉)` = **6 WCU per batch (0.6 per message)** while the day item
+//! is under 1 KB. That leaves the idempotency ledger its claim (1 conditional write, 1 WCU)
+//! and mark (1 WCU, batchable) per message within the budget of ≤ 2 requests and ≤ 4 WCU per
+//! message: 1.3 requests and 2.6 WCU per message in total, with the limiter's read able to run
+//! beside the claims (≤ 3 sequential round trips). A refusal writes nothing; a lost race costs
+//! one more write request (its WCU included).
+//!
+//! The price of co-locating sender counters: the day item grows by about the address length
+//! plus 5 bytes per distinct sender per gateway per day (25–40 senders per KB), and a
+//! transactional write costs 2 WCU per started KB of it. The budget holds while the day item
+//! stays under about 8 KB (200–300 senders per gateway per day); DynamoDB's 400 KB item limit
+//! caps it near 10 000. A gateway with more senders needs the sender counters split over
+//! hashed shard items (`lim#gw#{gateway}#d#{YYYYMMDD}#s{shard}`), which this layout leaves
+//! room for. The system day item is one hot key for the whole fleet (one write per batch per
+//! instance; DynamoDB's 1000 WCU/s per partition allows about 500 batches per second).
+//!
+//! Limits are not part of counter keys, on purpose: lowering `workspace_daily` at noon must
+//! still count the morning's sends. Only the bucket, whose stored state means something
+//! different under other parameters, keys on them.
+//!
+//! # Contention
+//! [`acquire`] retries at most [`MAX_ATTEMPTS`] decisions. Counter conditions fail only at a
+//! limit, so contention there resolves in one retry (into a refusal). The bucket's `SET` form
+//! can lose to a writer that refilled it first; after [`MAX_ATTEMPTS`] lost races the request
+//! is refused with [`Refusal::Contended`], a value carrying a short retry time, never an error:
+//! the caller defers or tries the next gateway exactly as for any refusal.
+
+mod service;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use crate::clock::{DAY_MS, EpochMillis, HOUR_MS, utc_date_string, utc_day, utc_hour};
+use crate::config::{Config, Gateway, Limit};
+use crate::state::{
+    CmpOp, Condition, Item, Key, TTL_ATTRIBUTE, UpdateAction, Value, Write, WriteOp, get_n,
+};
+
+pub use service::{
+    CONTENDED_RETRY_MS, MAX_ATTEMPTS, RefundOutcome, acquire, acquire_one, read_usage, refund,
+};
+
+/// Attribute of a day count (system and gateway items).
+const COUNT_ATTR: &str = "n";
+/// Attribute of the bucket's theoretical arrival time, epoch microseconds.
+const TAT_ATTR: &str = "tat_us";
+/// Seconds an item outlives the end of its window before TTL may remove it.
+const TTL_MARGIN_S: i64 = 86_400;
+/// Microseconds per millisecond.
+const US_PER_MS: i64 = 1_000;
+/// Longest emission interval kept (one year in µs): a rate slower than that is no refill at all
+/// for any window the gateway cares about, and the bound keeps the arithmetic far from overflow.
+const MAX_INTERVAL_US: i64 = 365 * 86_400 * 1_000_000;
+
+/// A limit level (DESIGN §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LevelKind {
+    /// System-wide recipients per UTC day, all gateways together.
+    SystemDaily,
+    /// One gateway's recipients per UTC day (`workspace_daily`).
+    GatewayDaily,
+    /// One gateway's recipients per UTC hour (`per_hour`).
+    GatewayHourly,
+    /// One gateway's token bucket (`burst_limit`, `burst_refill_per_second`).
+    GatewayBurst,
+    /// One sender's recipients per UTC day on one gateway (`per_user_daily` /
+    /// `custom_user_limits`).
+    SenderDaily,
+}
+
+impl LevelKind {
+    /// A stable name for logs, metrics and the status API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SystemDaily => "system_daily",
+            Self::GatewayDaily => "workspace_daily",
+            Self::GatewayHourly => "per_hour",
+            Self::GatewayBurst => "burst",
+            Self::SenderDaily => "per_user_daily",
+        }
+    }
+}
+
+impl std::fmt::Display for LevelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Token-bucket parameters: `capacity` tokens (recipients), one token back every `interval_us`
+/// microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketQuota {
+    /// Largest burst, in recipients; positive.
+    pub capacity: u64,
+    /// Microseconds per token, `ceil(1e6 / refill_per_second)`, in `1..=` one year.
+    pub interval_us: i64,
+}
+
+impl BucketQuota {
+    /// The quota of a bucket of `capacity` refilling `refill_per_second` tokens per second.
+    /// `None` when `capacity` is 0. A rate that is not positive (or not finite) never refills
+    /// within a year; the interval is rounded up, so refill is never faster than configured.
+    pub fn new(capacity: u64, refill_per_second: f64) -> Option<Self> {
+        if capacity == 0 {
+            return None;
+        }
+        let interval_us = if refill_per_second.is_finite() && refill_per_second > 0.0 {
+            let raw = (1_000_000.0 / refill_per_second).ceil();
+            // `as` saturates for floats beyond i64; the clamp bounds both ends.
+            (raw as i64).clamp(1, MAX_INTERVAL_US)
+        } else {
+            MAX_INTERVAL_US
+        };
+        Some(Self {
+            capacity,
+            interval_us,
+        })
+    }
+
+    fn capacity_i(&self) -> i128 {
+        i128::from(self.capacity)
+    }
+
+    fn interval_i(&self) -> i128 {
+        i128::from(self.interval_us)
+    }
+}
+
+/// The limits of one gateway at one instant: which levels apply, their windows and the item
+/// keys to read. Built by [`plan`]; valid for the `now` it was built with.
+#[derive(Debug, Clone)]
+pub struct LimitPlan<'c> {
+    gateway: &'c Gateway,
+    now: EpochMillis,
+    system_daily: Limit,
+    hour_attr: String,
+    system_key: Option<Key>,
+    day_key: Option<Key>,
+    bucket: Option<(Key, BucketQuota)>,
+    keys: Vec<Key>,
+}
+
+/// Plans the limits of `gateway` (with the system level of `config`) at `now`.
+pub fn plan<'c>(config: &Config, gateway: &'c Gateway, now: EpochMillis) -> LimitPlan<'c> {
+    let day = utc_date_string(now);
+    let rl = &gateway.rate_limits;
+    let system_daily = config.system_limits.daily;
+    let system_key = system_daily.map(|_| format!("lim#sys#d#{day}"));
+    let any_sender_limit =
+        rl.per_user_daily.is_some() || rl.custom_user_limits.values().any(Option::is_some);
+    let day_key = (rl.workspace_daily.is_some() || rl.per_hour.is_some() || any_sender_limit)
+        .then(|| format!("lim#gw#{}#d#{day}", gateway.id));
+    let bucket = rl
+        .burst_limit
+        .and_then(|cap| BucketQuota::new(cap, rl.burst_refill_per_second))
+        .map(|q| {
+            let key = format!("lim#gw#{}#b#{}#{}", gateway.id, q.capacity, q.interval_us);
+            (key, q)
+        });
+    let keys = [
+        system_key.clone(),
+        day_key.clone(),
+        bucket.as_ref().map(|b| b.0.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    LimitPlan {
+        gateway,
+        now,
+        system_daily,
+        hour_attr: format!("h{:02}", utc_hour(now) - utc_day(now) * 24),
+        system_key,
+        day_key,
+        bucket,
+        keys,
+    }
+}
+
+impl LimitPlan<'_> {
+    /// The keys to read, in the order [`decide`] and [`usage`] expect their items. Empty when
+    /// every level is unlimited. At most 3.
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+
+    /// The instant the plan's windows were fixed at.
+    pub fn now(&self) -> EpochMillis {
+        self.now
+    }
+
+    /// The gateway planned for.
+    pub fn gateway_id(&self) -> &str {
+        &self.gateway.id
+    }
+
+    /// The daily limit of `sender` (any case) on this gateway.
+    pub fn sender_limit(&self, sender: &str) -> Limit {
+        self.gateway.rate_limits.per_user_daily_for(sender)
+    }
+
+    fn item<'i>(&self, key: Option<&Key>, items: &'i [Option<Item>]) -> Option<&'i Item> {
+        let key = key?;
+        let slot = self.keys.iter().position(|k| k == key)?;
+        items.get(slot)?.as_ref()
+    }
+
+    fn next_day(&self) -> EpochMillis {
+        (utc_day(self.now) + 1) * DAY_MS
+    }
+
+    fn next_hour(&self) -> EpochMillis {
+        (utc_hour(self.now) + 1) * HOUR_MS
+    }
+
+    fn day_ttl(&self) -> i64 {
+        self.next_day() / 1_000 + TTL_MARGIN_S
+    }
+
+    fn now_us(&self) -> i128 {
+        i128::from(self.now) * i128::from(US_PER_MS)
+    }
+}
+
+/// One message asking for capacity: its sender and its recipient count (to + cc + bcc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request<'s> {
+    /// Sender address, any case.
+    pub sender: &'s str,
+    /// Recipients; 0 is admitted without consuming anything.
+    pub recipients: u64,
+}
+
+/// Why a request was refused. A refusal is an expected outcome; the router tries the next
+/// gateway, then defers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The level has no room now; capacity returns at `retry_after` (next window start for a
+    /// counter, the time enough tokens exist for the bucket). When several levels refuse, the
+    /// one whose capacity returns last is named.
+    Exhausted {
+        /// The level that refused.
+        level: LevelKind,
+        /// Epoch ms at which that level can admit this request (if nothing else consumes).
+        retry_after: EpochMillis,
+    },
+    /// The request is larger than the level's limit (or bucket capacity): it can never pass on
+    /// this gateway with this config.
+    TooLarge {
+        /// The level that can never admit it.
+        level: LevelKind,
+        /// That level's limit, in recipients.
+        limit: u64,
+    },
+    /// Conditional writes kept losing races with other instances ([`MAX_ATTEMPTS`]); nothing
+    /// was consumed. Try again at `retry_after`.
+    Contended {
+        /// Epoch ms after which a retry is reasonable.
+        retry_after: EpochMillis,
+    },
+}
+
+impl Refusal {
+    /// When capacity may return; `None` for [`Refusal::TooLarge`] (never).
+    pub fn retry_after(&self) -> Option<EpochMillis> {
+        match self {
+            Self::Exhausted { retry_after, .. } | Self::Contended { retry_after } => {
+                Some(*retry_after)
+            }
+            Self::TooLarge { .. } => None,
+        }
+    }
+
+    /// The level that refused, if one did.
+    pub fn level(&self) -> Option<LevelKind> {
+        match self {
+            Self::Exhausted { level, .. } | Self::TooLarge { level, .. } => Some(*level),
+            Self::Contended { .. } => None,
+        }
+    }
+}
+
+/// What one admitted request consumed, item by item: exactly what [`refund`] gives back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    recipients: u64,
+    charges: Vec<Charge>,
+}
+
+impl Grant {
+    /// Recipients admitted.
+    pub fn recipients(&self) -> u64 {
+        self.recipients
+    }
+}
+
+/// One amount added to one attribute of one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Charge {
+    key: Key,
+    attr: String,
+    /// Recipients for a counter; microseconds for the bucket's `tat_us`.
+    amount: i64,
+}
+
+/// The verdict on one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admitted at every level; the grant records what was consumed.
+    Admit(Grant),
+    /// Refused; nothing consumed at any level.
+    Refuse(Refusal),
+}
+
+impl Verdict {
+    /// True when admitted.
+    pub fn is_admitted(&self) -> bool {
+        matches!(self, Self::Admit(_))
+    }
+}
+
+/// The outcome of [`decide`]: one verdict per request, in order, and the writes that make the
+/// admissions true. The verdicts hold only if every write is applied (all together: one write,
+/// or one transaction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchDecision {
+    /// One per request, in request order.
+    pub verdicts: Vec<Verdict>,
+    /// Conditional writes on distinct keys; empty when nothing was admitted or nothing is
+    /// limited.
+    pub writes: Vec<Write>,
+}
+
+/// Decides `requests` against the stored `items` (aligned with [`LimitPlan::keys`]; `None` =
+/// no item). Requests are taken in order, first fit: each is admitted if it fits on top of the
+/// ones admitted before it, so a refused message does not block a later, smaller one or one
+/// from another sender. Each request is all-or-nothing across levels.
+pub fn decide(
+    plan: &LimitPlan<'_>,
+    items: &[Option<Item>],
+    requests: &[Request<'_>],
+) -> BatchDecision {
+    let mut tally = Tally::new(plan, items);
+    let verdicts = requests.iter().map(|r| tally.admit(r)).collect();
+    BatchDecision {
+        verdicts,
+        writes: tally.writes(),
+    }
+}
+
+/// Decides one request; see [`decide`].
+pub fn decide_one(
+    plan: &LimitPlan<'_>,
+    items: &[Option<Item>],
+    sender: &str,
+    recipients: u64,
+) -> (Verdict, Vec<Write>) {
+    let mut d = decide(plan, items, &[Request { sender, recipients }]);
+    // `decide` answers one verdict per request; the fallback only keeps this total.
+    let verdict = d
+        .verdicts
+        .pop()
+        .unwrap_or(Verdict::Refuse(Refusal::Contended {
+            retry_after: plan.now,
+        }));
+    (verdict, d.writes)
+}
+
+/// Converts a count to the store's number type, saturating (no count reaches 2^63).
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `attribute_not_exists(attr) OR attr <= limit - total`.
+fn room(attr: &str, limit: u64, total: i64) -> Condition {
+    Condition::Or(vec![
+        Condition::AttrNotExists(attr.to_owned()),
+        Condition::cmp(attr, CmpOp::Le, to_i64(limit).saturating_sub(total)),
+    ])
+}
+
+fn clamp_i64(v: i128) -> i64 {
+    i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// Microseconds to milliseconds, rounding up (a retry time must not be early).
+fn us_to_ms_ceil(us: i128) -> EpochMillis {
+    clamp_i64(us.div_euclid(i128::from(US_PER_MS)) + i128::from(us.rem_euclid(1_000) != 0))
+}
+
+fn sender_attr(sender_lc: &str) -> String {
+    format!("u#{sender_lc}")
+}
+
+struct SenderTally {
+    limit: Limit,
+    stored: i64,
+    pending: i64,
+}
+
+/// Stored usage plus what this decision has admitted so far.
+struct Tally<'p, 'c> {
+    plan: &'p LimitPlan<'c>,
+    day_item: Option<&'p Item>,
+    sys_stored: i64,
+    day_stored: i64,
+    hour_stored: i64,
+    tat_us: Option<i64>,
+    sys_pending: i64,
+    day_pending: i64,
+    bucket_pending: i64,
+    senders: BTreeMap<String, SenderTally>,
+}
+
+impl<'p, 'c> Tally<'p, 'c> {
+    fn new(plan: &'p LimitPlan<'c>, items: &'p [Option<Item>]) -> Self {
+        let sys_item = plan.item(plan.system_key.as_ref(), items);
+        let day_item = plan.item(plan.day_key.as_ref(), items);
+        let bucket_item = plan.item(plan.bucket.as_ref().map(|b| &b.0), items);
+        Self {
+            plan,
+            day_item,
+            sys_stored: sys_item.and_then(|i| get_n(i, COUNT_ATTR)).unwrap_or(0),
+            day_stored: day_item.and_then(|i| get_n(i, COUNT_ATTR)).unwrap_or(0),
+            hour_stored: day_item
+                .and_then(|i| get_n(i, &plan.hour_attr))
+                .unwrap_or(0),
+            tat_us: bucket_item.and_then(|i| get_n(i, TAT_ATTR)),
+            sys_pending: 0,
+            day_pending: 0,
+            bucket_pending: 0,
+            senders: BTreeMap::new(),
+        }
+    }
+
+    fn sender(&mut self, sender: &str) -> (String, &mut SenderTally) {
+        let lc = sender.to_ascii_lowercase();
+        let limit = self.plan.sender_limit(&lc);
+        let day_item = self.day_item;
+        let entry = self
+            .senders
+            .entry(lc.clone())
+            .or_insert_with(|| SenderTally {
+                limit,
+                stored: day_item
+                    .and_then(|i| get_n(i, &sender_attr(&lc)))
+                    .unwrap_or(0),
+                pending: 0,
+            });
+        (lc, entry)
+    }
+
+    /// `max(tat, now)` after what this decision already took, in µs.
+    fn bucket_base(&self, q: &BucketQuota) -> i128 {
+        let now = self.plan.now_us();
+        let tat = self.tat_us.map_or(now, i128::from).max(now);
+        tat + i128::from(self.bucket_pending) * q.interval_i()
+    }
+
+    fn admit(&mut self, r: &Request<'_>) -> Verdict {
+        if r.recipients == 0 {
+            return Verdict::Admit(Grant {
+                recipients: 0,
+                charges: Vec::new(),
+            });
+        }
+        let n = to_i64(r.recipients);
+        let plan = self.plan;
+        let rl = &plan.gateway.rate_limits;
+        let (sender_lc, s) = self.sender(r.sender);
+        let sender_limit = s.limit;
+        let sender_used = s.stored + s.pending;
+
+        // (level, limit, used including this decision, when the window resets)
+        let counters = [
+            (
+                LevelKind::SystemDaily,
+                plan.system_daily,
+                self.sys_stored + self.sys_pending,
+                plan.next_day(),
+            ),
+            (
+                LevelKind::GatewayDaily,
+                rl.workspace_daily,
+                self.day_stored + self.day_pending,
+                plan.next_day(),
+            ),
+            (
+                LevelKind::GatewayHourly,
+                rl.per_hour,
+                self.hour_stored + self.day_pending,
+                plan.next_hour(),
+            ),
+            (
+                LevelKind::SenderDaily,
+                sender_limit,
+                sender_used,
+                plan.next_day(),
+            ),
+        ];
+
+        for (level, limit, _, _) in &counters {
+            if let Some(limit) = *limit
+                && r.recipients > limit
+            {
+                return Verdict::Refuse(Refusal::TooLarge {
+                    level: *level,
+                    limit,
+                });
+            }
+        }
+        if let Some((_, q)) = &plan.bucket
+            && r.recipients > q.capacity
+        {
+            return Verdict::Refuse(Refusal::TooLarge {
+                level: LevelKind::GatewayBurst,
+                limit: q.capacity,
+            });
+        }
+
+        let mut worst: Option<(LevelKind, EpochMillis)> = None;
+        let mut note = |level: LevelKind, at: EpochMillis| {
+            if worst.is_none_or(|(_, w)| at > w) {
+                worst = Some((level, at));
+            }
+        };
+        for (level, limit, used, resets) in counters {
+            if let Some(limit) = limit
+                && used.saturating_add(n) > to_i64(limit)
+            {
+                note(level, resets);
+            }
+        }
+        if let Some((_, q)) = &plan.bucket {
+            let after = self.bucket_base(q) + i128::from(n) * q.interval_i();
+            let allowed = plan.now_us() + q.capacity_i() * q.interval_i();
+            if after > allowed {
+                let at_us = after - q.capacity_i() * q.interval_i();
+                note(LevelKind::GatewayBurst, us_to_ms_ceil(at_us));
+            }
+        }
+        if let Some((level, retry_after)) = worst {
+            return Verdict::Refuse(Refusal::Exhausted { level, retry_after });
+        }
+
+        let mut charges = Vec::new();
+        if let Some(key) = &plan.system_key {
+            self.sys_pending += n;
+            charges.push(Charge {
+                key: key.clone(),
+                attr: COUNT_ATTR.to_owned(),
+                amount: n,
+            });
+        }
+        if let Some(key) = &plan.day_key {
+            self.day_pending += n;
+            charges.push(Charge {
+                key: key.clone(),
+                attr: COUNT_ATTR.to_owned(),
+                amount: n,
+            });
+            charges.push(Charge {
+                key: key.clone(),
+                attr: plan.hour_attr.clone(),
+                amount: n,
+            });
+            if sender_limit.is_some() {
+                if let Some(s) = self.senders.get_mut(&sender_lc) {
+                    s.pending += n;
+                }
+                charges.push(Charge {
+                    key: key.clone(),
+                    attr: sender_attr(&sender_lc),
+                    amount: n,
+                });
+            }
+        }
+        if let Some((key, q)) = &plan.bucket {
+            self.bucket_pending += n;
+            charges.push(Charge {
+                key: key.clone(),
+                attr: TAT_ATTR.to_owned(),
+                amount: clamp_i64(i128::from(n) * q.interval_i()),
+            });
+        }
+        Verdict::Admit(Grant {
+            recipients: r.recipients,
+            charges,
+        })
+    }
+
+    fn writes(&self) -> Vec<Write> {
+        let plan = self.plan;
+        let rl = &plan.gateway.rate_limits;
+        let mut writes = Vec::new();
+        if let (Some(key), Some(limit)) = (&plan.system_key, plan.system_daily)
+            && self.sys_pending > 0
+        {
+            writes.push(Write {
+                key: key.clone(),
+                op: WriteOp::Update(vec![
+                    UpdateAction::Add(COUNT_ATTR.to_owned(), self.sys_pending),
+                    UpdateAction::Set(TTL_ATTRIBUTE.to_owned(), Value::N(plan.day_ttl())),
+                ]),
+                condition: room(COUNT_ATTR, limit, self.sys_pending),
+            });
+        }
+        if let Some(key) = &plan.day_key
+            && self.day_pending > 0
+        {
+            let total = self.day_pending;
+            let mut actions = vec![
+                UpdateAction::Add(COUNT_ATTR.to_owned(), total),
+                UpdateAction::Add(plan.hour_attr.clone(), total),
+            ];
+            let mut conditions = Vec::new();
+            if let Some(limit) = rl.workspace_daily {
+                conditions.push(room(COUNT_ATTR, limit, total));
+            }
+            if let Some(limit) = rl.per_hour {
+                conditions.push(room(&plan.hour_attr, limit, total));
+            }
+            for (lc, s) in &self.senders {
+                if let Some(limit) = s.limit
+                    && s.pending > 0
+                {
+                    let attr = sender_attr(lc);
+                    conditions.push(room(&attr, limit, s.pending));
+                    actions.push(UpdateAction::Add(attr, s.pending));
+                }
+            }
+            actions.push(UpdateAction::Set(
+                TTL_ATTRIBUTE.to_owned(),
+                Value::N(plan.day_ttl()),
+            ));
+            writes.push(Write {
+                key: key.clone(),
+                op: WriteOp::Update(actions),
+                condition: Condition::And(conditions),
+            });
+        }
+        if let Some((key, q)) = &plan.bucket
+            && self.bucket_pending > 0
+        {
+            writes.push(self.bucket_write(key, q));
+        }
+        writes
+    }
+
+    fn bucket_write(&self, key: &Key, q: &BucketQuota) -> Write {
+        let now = self.plan.now_us();
+        let take = i128::from(self.bucket_pending) * q.interval_i();
+        let span = q.capacity_i() * q.interval_i();
+        // The new tat never exceeds now + C·T; the item may go one day after that.
+        let ttl = Value::N(clamp_i64((now + span) / 1_000_000) + 1 + TTL_MARGIN_S);
+        let now_v = clamp_i64(now);
+        match self.tat_us {
+            Some(tat) if i128::from(tat) >= now => Write {
+                key: key.clone(),
+                op: WriteOp::Update(vec![
+                    UpdateAction::Add(TAT_ATTR.to_owned(), clamp_i64(take)),
+                    UpdateAction::Set(TTL_ATTRIBUTE.to_owned(), ttl),
+                ]),
+                condition: Condition::And(vec![
+                    Condition::cmp(TAT_ATTR, CmpOp::Ge, now_v),
+                    Condition::cmp(TAT_ATTR, CmpOp::Le, clamp_i64(now + span - take)),
+                ]),
+            },
+            _ => Write {
+                key: key.clone(),
+                op: WriteOp::Update(vec![
+                    UpdateAction::Set(TAT_ATTR.to_owned(), Value::N(clamp_i64(now + take))),
+                    UpdateAction::Set(TTL_ATTRIBUTE.to_owned(), ttl),
+                ]),
+                condition: Condition::Or(vec![
+                    Condition::AttrNotExists(TAT_ATTR.to_owned()),
+                    Condition::cmp(TAT_ATTR, CmpOp::Lt, now_v),
+                ]),
+            },
+        }
+    }
+}
+
+/// Use of one limited level at the plan's instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LevelUsage {
+    /// The level.
+    pub level: LevelKind,
+    /// Recipients consumed in the current window (for the bucket: tokens not yet refilled).
+    pub used: u64,
+    /// The level's limit (for the bucket: its capacity).
+    pub limit: u64,
+    /// Epoch ms at which the level is fully available again: the next window start for a
+    /// counter, the time the bucket is full for the bucket.
+    pub resets_at: EpochMillis,
+}
+
+impl LevelUsage {
+    /// `(limit - used) / limit`, in `[0, 1]`.
+    pub fn remaining_fraction(&self) -> f64 {
+        if self.limit == 0 {
+            return 0.0;
+        }
+        let left = self.limit.saturating_sub(self.used) as f64;
+        (left / self.limit as f64).clamp(0.0, 1.0)
+    }
+}
+
+/// The tightest level's remaining share, in `[0, 1]`: what `least_loaded` routing ranks by and
+/// the status API shows. 1 when nothing is limited.
+pub fn remaining_fraction(usages: &[LevelUsage]) -> f64 {
+    usages
+        .iter()
+        .map(LevelUsage::remaining_fraction)
+        .fold(1.0, f64::min)
+}
+
+/// Use of every limited level of the plan, from `items` aligned with [`LimitPlan::keys`]; the
+/// sender level is included when `sender` is given and has a limit. Order: system, gateway
+/// daily, hourly, burst, sender. To rank many gateways with one read, concatenate their plans'
+/// keys in one `get_many` (at most 3 keys per gateway) and hand each plan its slice.
+pub fn usage(
+    plan: &LimitPlan<'_>,
+    items: &[Option<Item>],
+    sender: Option<&str>,
+) -> Vec<LevelUsage> {
+    let rl = &plan.gateway.rate_limits;
+    let count = |key: Option<&Key>, attr: &str| {
+        plan.item(key, items)
+            .and_then(|i| get_n(i, attr))
+            .map_or(0, |n| u64::try_from(n).unwrap_or(0))
+    };
+    let mut out = Vec::new();
+    let mut counter = |level, limit: Limit, used, resets_at| {
+        if let Some(limit) = limit {
+            out.push(LevelUsage {
+                level,
+                used,
+                limit,
+                resets_at,
+            });
+        }
+    };
+    counter(
+        LevelKind::SystemDaily,
+        plan.system_daily,
+        count(plan.system_key.as_ref(), COUNT_ATTR),
+        plan.next_day(),
+    );
+    counter(
+        LevelKind::GatewayDaily,
+        rl.workspace_daily,
+        count(plan.day_key.as_ref(), COUNT_ATTR),
+        plan.next_day(),
+    );
+    counter(
+        LevelKind::GatewayHourly,
+        rl.per_hour,
+        count(plan.day_key.as_ref(), &plan.hour_attr),
+        plan.next_hour(),
+    );
+    if let Some((key, q)) = &plan.bucket {
+        let now = plan.now_us();
+        let tat = plan
+            .item(Some(key), items)
+            .and_then(|i| get_n(i, TAT_ATTR))
+            .map_or(now, i128::from)
+            .max(now);
+        let owed = tat - now;
+        let used = (owed + q.interval_i() - 1) / q.interval_i();
+        out.push(LevelUsage {
+            level: LevelKind::GatewayBurst,
+            used: u64::try_from(used.clamp(0, q.capacity_i())).unwrap_or(q.capacity),
+            limit: q.capacity,
+            resets_at: us_to_ms_ceil(tat),
+        });
+    }
+    if let Some(sender) = sender {
+        let lc = sender.to_ascii_lowercase();
+        let limit = plan.sender_limit(&lc);
+        let used = count(plan.day_key.as_ref(), &sender_attr(&lc));
+        if let Some(limit) = limit {
+            out.push(LevelUsage {
+                level: LevelKind::SenderDaily,
+                used,
+                limit,
+                resets_at: plan.next_day(),
+            });
+        }
+    }
+    out
+}

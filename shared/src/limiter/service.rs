@@ -1,0 +1,278 @@
+//! The limiter over the [`StateStore`] port: read once, decide, write once, and on a lost
+//! condition decide again from the items the store returned.
+
+use std::collections::BTreeMap;
+
+use crate::clock::EpochMillis;
+use crate::state::{
+    CmpOp, Condition, Item, Key, MAX_TRANSACTION, StateStore, StoreError, TransactOutcome,
+    UpdateAction, Value, Write, WriteOp, WriteOutcome, get_n,
+};
+
+use super::{
+    Charge, Grant, LevelUsage, LimitPlan, Refusal, Request, TAT_ATTR, US_PER_MS, Verdict, decide,
+    usage,
+};
+
+/// Most decisions one [`acquire`] (or [`refund`]) makes before giving up on a contended item.
+/// Each lost race costs one write request and its WCU; eight bounds the cost of a pathological
+/// storm while ordinary contention settles in one or two.
+pub const MAX_ATTEMPTS: usize = 8;
+
+/// How long after `now` a [`Refusal::Contended`] suggests retrying, in ms.
+pub const CONTENDED_RETRY_MS: i64 = 1_000;
+
+/// Applies `writes` together (one write, or one transaction). `None` when applied; otherwise
+/// the keys whose condition failed with their current items.
+pub(super) async fn commit<S: StateStore + ?Sized>(
+    store: &S,
+    mut writes: Vec<Write>,
+) -> Result<Option<Vec<(Key, Option<Item>)>>, StoreError> {
+    if writes.len() == 1 {
+        // One item needs no transaction, which would cost twice the WCU.
+        let Some(write) = writes.pop() else {
+            return Ok(None);
+        };
+        let key = write.key.clone();
+        return Ok(match store.write(write).await? {
+            WriteOutcome::Applied(_) => None,
+            WriteOutcome::ConditionFailed(item) => Some(vec![(key, item)]),
+        });
+    }
+    let keys: Vec<Key> = writes.iter().map(|w| w.key.clone()).collect();
+    Ok(match store.transact(writes).await? {
+        TransactOutcome::Committed => None,
+        TransactOutcome::Cancelled(failed) => Some(
+            failed
+                .into_iter()
+                .filter_map(|(i, item)| keys.get(i).map(|k| (k.clone(), item)))
+                .collect(),
+        ),
+    })
+}
+
+/// Replaces the items named in `fresh` in `items` (aligned with `keys`).
+pub(super) fn absorb(keys: &[Key], items: &mut [Option<Item>], fresh: Vec<(Key, Option<Item>)>) {
+    for (key, item) in fresh {
+        if let Some(slot) = keys.iter().position(|k| *k == key)
+            && let Some(entry) = items.get_mut(slot)
+        {
+            *entry = item;
+        }
+    }
+}
+
+/// Decides `requests` (see [`super::decide`]) and makes the admissions true in the store: one
+/// `get_many`, then one write or transaction per decision. A lost condition is decided again
+/// from the items the store returned, without another read, at most [`MAX_ATTEMPTS`] times;
+/// after that every request the last decision would have admitted is refused with
+/// [`Refusal::Contended`] and nothing is consumed. Verdicts are in request order; every
+/// admitted one has been written.
+pub async fn acquire<S: StateStore + ?Sized>(
+    store: &S,
+    plan: &LimitPlan<'_>,
+    requests: &[Request<'_>],
+) -> Result<Vec<Verdict>, StoreError> {
+    let keys = plan.keys();
+    let mut items = if keys.is_empty() {
+        Vec::new()
+    } else {
+        store.get_many(keys).await?
+    };
+    let mut last = Vec::new();
+    for _ in 0..MAX_ATTEMPTS {
+        let decision = decide(plan, &items, requests);
+        if decision.writes.is_empty() {
+            return Ok(decision.verdicts);
+        }
+        match commit(store, decision.writes).await? {
+            None => return Ok(decision.verdicts),
+            Some(fresh) => absorb(keys, &mut items, fresh),
+        }
+        last = decision.verdicts;
+    }
+    let retry_after = plan.now() + CONTENDED_RETRY_MS;
+    Ok(last
+        .into_iter()
+        .map(|v| match v {
+            Verdict::Admit(_) => Verdict::Refuse(Refusal::Contended { retry_after }),
+            refused @ Verdict::Refuse(_) => refused,
+        })
+        .collect())
+}
+
+/// [`acquire`] for one message.
+pub async fn acquire_one<S: StateStore + ?Sized>(
+    store: &S,
+    plan: &LimitPlan<'_>,
+    sender: &str,
+    recipients: u64,
+) -> Result<Verdict, StoreError> {
+    let mut verdicts = acquire(store, plan, &[Request { sender, recipients }]).await?;
+    // `acquire` answers one verdict per request; the fallback only keeps this total.
+    Ok(verdicts
+        .pop()
+        .unwrap_or(Verdict::Refuse(Refusal::Contended {
+            retry_after: plan.now() + CONTENDED_RETRY_MS,
+        })))
+}
+
+/// Reads the plan's items and reports the use of every limited level (see [`super::usage`]).
+pub async fn read_usage<S: StateStore + ?Sized>(
+    store: &S,
+    plan: &LimitPlan<'_>,
+    sender: Option<&str>,
+) -> Result<Vec<LevelUsage>, StoreError> {
+    let keys = plan.keys();
+    let items = if keys.is_empty() {
+        Vec::new()
+    } else {
+        store.get_many(keys).await?
+    };
+    Ok(usage(plan, &items, sender))
+}
+
+/// How a [`refund`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundOutcome {
+    /// Everything granted was given back (clamped so no counter goes below 0 and no bucket
+    /// holds more than its capacity; consumption in a window that has since disappeared is
+    /// simply gone).
+    Returned,
+    /// Some items kept changing under the refund for [`MAX_ATTEMPTS`] rounds; what was not
+    /// returned stays consumed (the safe side of a limit).
+    Contended,
+}
+
+/// What one key gives back: counter attributes and, for a bucket, microseconds of `tat_us`.
+#[derive(Debug, Default)]
+struct KeyRefund {
+    counters: BTreeMap<String, i64>,
+    bucket_us: i64,
+}
+
+/// Gives back what `grants` consumed, for messages the provider never accepted. Call it at
+/// most once per grant: a refund is not idempotent, and returning a grant twice would let a
+/// window admit more than its limit. Exact: each
+/// counter drops by what the grants added (never below 0), each bucket's `tat_us` moves back by
+/// what they took (never before `now`, which would overfill it). No read first: the writes
+/// assume the counters still hold the amounts and fall back to the item returned by a failed
+/// condition. Writes go in transactions of at most [`MAX_TRANSACTION`] keys.
+pub async fn refund<S: StateStore + ?Sized>(
+    store: &S,
+    grants: &[Grant],
+    now: EpochMillis,
+) -> Result<RefundOutcome, StoreError> {
+    let mut by_key: BTreeMap<Key, KeyRefund> = BTreeMap::new();
+    for charge in grants.iter().flat_map(|g| &g.charges) {
+        let Charge { key, attr, amount } = charge;
+        let entry = by_key.entry(key.clone()).or_default();
+        if attr == TAT_ATTR {
+            entry.bucket_us = entry.bucket_us.saturating_add(*amount);
+        } else {
+            let c = entry.counters.entry(attr.clone()).or_default();
+            *c = c.saturating_add(*amount);
+        }
+    }
+    let pending: Vec<(Key, KeyRefund)> = by_key.into_iter().collect();
+    let mut outcome = RefundOutcome::Returned;
+    for chunk in pending.chunks(MAX_TRANSACTION) {
+        if refund_chunk(store, chunk, now).await? == RefundOutcome::Contended {
+            outcome = RefundOutcome::Contended;
+        }
+    }
+    Ok(outcome)
+}
+
+async fn refund_chunk<S: StateStore + ?Sized>(
+    store: &S,
+    chunk: &[(Key, KeyRefund)],
+    now: EpochMillis,
+) -> Result<RefundOutcome, StoreError> {
+    // `None`: not read yet, assume the amounts are all there.
+    let mut known: BTreeMap<Key, Option<Item>> = BTreeMap::new();
+    for _ in 0..MAX_ATTEMPTS {
+        let writes: Vec<Write> = chunk
+            .iter()
+            .filter_map(|(key, r)| refund_write(key, r, known.get(key), now))
+            .collect();
+        if writes.is_empty() {
+            return Ok(RefundOutcome::Returned);
+        }
+        match commit(store, writes).await? {
+            None => return Ok(RefundOutcome::Returned),
+            Some(fresh) => {
+                for (key, item) in fresh {
+                    known.insert(key, item);
+                }
+            }
+        }
+    }
+    Ok(RefundOutcome::Contended)
+}
+
+/// The write returning `r` to `key`, given what is known of its item (`None` = unknown,
+/// `Some(None)` = no item). `None` when nothing is left to return.
+fn refund_write(
+    key: &Key,
+    r: &KeyRefund,
+    known: Option<&Option<Item>>,
+    now: EpochMillis,
+) -> Option<Write> {
+    let stored = match known {
+        None => None,
+        // The window's item is gone: there is nothing to give back to.
+        Some(None) => return None,
+        Some(Some(item)) => Some(item),
+    };
+    let mut actions = Vec::new();
+    let mut conditions = Vec::new();
+    for (attr, amount) in &r.counters {
+        let give = match stored {
+            None => *amount,
+            Some(item) => get_n(item, attr).unwrap_or(0).clamp(0, *amount),
+        };
+        if give > 0 {
+            actions.push(UpdateAction::Add(attr.clone(), -give));
+            conditions.push(Condition::cmp(attr, CmpOp::Ge, give));
+        }
+    }
+    if r.bucket_us > 0 {
+        let now_us = now.saturating_mul(US_PER_MS);
+        match stored.map(|i| get_n(i, TAT_ATTR)) {
+            // Unknown: assume the whole amount lies ahead of now.
+            None => {
+                actions.push(UpdateAction::Add(TAT_ATTR.to_owned(), -r.bucket_us));
+                conditions.push(Condition::cmp(
+                    TAT_ATTR,
+                    CmpOp::Ge,
+                    now_us.saturating_add(r.bucket_us),
+                ));
+            }
+            Some(Some(tat)) if tat.saturating_sub(r.bucket_us) >= now_us => {
+                actions.push(UpdateAction::Add(TAT_ATTR.to_owned(), -r.bucket_us));
+                conditions.push(Condition::cmp(
+                    TAT_ATTR,
+                    CmpOp::Ge,
+                    now_us.saturating_add(r.bucket_us),
+                ));
+            }
+            // Part of it has refilled already: the bucket becomes full, and no fuller.
+            Some(Some(tat)) if tat > now_us => {
+                actions.push(UpdateAction::Set(TAT_ATTR.to_owned(), Value::N(now_us)));
+                conditions.push(Condition::cmp(TAT_ATTR, CmpOp::Eq, tat));
+            }
+            // Already full.
+            Some(_) => {}
+        }
+    }
+    if actions.is_empty() {
+        return None;
+    }
+    conditions.push(Condition::ItemExists);
+    Some(Write {
+        key: key.clone(),
+        op: WriteOp::Update(actions),
+        condition: Condition::And(conditions),
+    })
+}
