@@ -22,3 +22,6 @@ pub use validate::{
     PRIORITY_MAX, WEIGHT_MAX, default_breaker, default_health_check, default_http,
     default_rate_limits, is_valid_gateway_id,
 };
+
+#[cfg(test)]
+mod tests;

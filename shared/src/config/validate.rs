@@ -585,11 +585,11 @@ pub(crate) fn resolve(
     if let Some(top) = &top {
         for entry in entries {
             if let Some(g) = gateway(entry, &top.defaults, is) {
-                gateways.push((entry.path.as_str(), g));
+                gateways.push(g);
             }
         }
     }
-    cross_checks(entries, &gateways, is);
+    cross_checks(entries, is);
     if entries.is_empty() && !is.errors.iter().any(|e| e.path == "gateways") {
         is.error(
             "gateways",
@@ -612,7 +612,7 @@ pub(crate) fn resolve(
         return None;
     }
     Some(Config {
-        gateways: gateways.into_iter().map(|(_, g)| g).collect(),
+        gateways,
         routing: top.routing,
         system_limits: top.system_limits,
         http: top.http,
@@ -1390,80 +1390,85 @@ fn describe_source(entry: &GatewayEntry<'_>) -> String {
     }
 }
 
-/// Checks across gateways: duplicate ids, failover targets and cycles.
-fn cross_checks(entries: &[GatewayEntry<'_>], resolved: &[(&str, Gateway)], is: &mut Issues) {
-    // Ids straight from the entries so a duplicate is found even when another field is broken.
-    let mut first: HashMap<&str, &GatewayEntry<'_>> = HashMap::new();
-    for entry in entries {
-        let Some(id) = entry.value.get("id").and_then(Value::as_str) else {
-            continue;
-        };
+/// Checks across gateways: duplicate ids, failover targets and cycles. Done on the raw
+/// entries, so a gateway with a broken field still takes part (all problems at once).
+fn cross_checks(entries: &[GatewayEntry<'_>], is: &mut Issues) {
+    let ids: Vec<Option<&str>> = entries
+        .iter()
+        .map(|e| e.value.get("id").and_then(Value::as_str))
+        .collect();
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (n, entry) in entries.iter().enumerate() {
+        let Some(id) = ids[n] else { continue };
         match first.get(id) {
-            Some(prev) => is.error(
+            Some(&prev) => is.error(
                 at(&entry.path, "id"),
                 format!(
                     "duplicate id {id:?}: {} collides with {}",
                     describe_source(entry),
-                    describe_source(prev)
+                    describe_source(&entries[prev])
                 ),
             ),
             None => {
-                first.insert(id, entry);
+                first.insert(id, n);
             }
         }
     }
-    let ids: HashMap<&str, usize> = resolved
+    let targets: Vec<Vec<&str>> = entries
         .iter()
-        .enumerate()
-        .map(|(n, (_, g))| (g.id.as_str(), n))
+        .map(|e| {
+            e.value
+                .get("routing")
+                .and_then(|r| r.get("failover_to"))
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default()
+        })
         .collect();
-    for (path, g) in resolved {
-        let fpath = at(path, "routing.failover_to");
-        for (i, target) in g.routing.failover_to.iter().enumerate() {
-            if *target == g.id {
+    for (n, entry) in entries.iter().enumerate() {
+        let fpath = at(&entry.path, "routing.failover_to");
+        for (i, target) in targets[n].iter().enumerate() {
+            if ids[n] == Some(*target) {
                 is.error(index(&fpath, i), "a gateway cannot fail over to itself");
-            } else if !ids.contains_key(target.as_str()) && !first.contains_key(target.as_str()) {
+            } else if !target.trim().is_empty() && !first.contains_key(target) {
                 is.error(index(&fpath, i), format!("unknown gateway {target:?}"));
             }
         }
     }
-    // A cycle is reported once, at the gateway of the cycle that comes first in file order.
-    for (n, (path, _)) in resolved.iter().enumerate() {
-        if let Some(cycle) = cycle_through(n, resolved, &ids)
+    // Edges by the first definition of each id; a cycle is reported once, at the gateway of
+    // the cycle that comes first in file order.
+    let next: Vec<Vec<usize>> = (0..entries.len())
+        .map(|n| {
+            targets[n]
+                .iter()
+                .filter_map(|t| first.get(t).copied())
+                .filter(|&t| t != n)
+                .collect()
+        })
+        .collect();
+    for (n, entry) in entries.iter().enumerate() {
+        if let Some(cycle) = cycle_through(n, &next)
             && cycle.iter().all(|&m| m >= n)
         {
             let names: Vec<&str> = cycle
                 .iter()
                 .chain(std::iter::once(&n))
-                .map(|&m| resolved[m].1.id.as_str())
+                .map(|&m| ids[m].unwrap_or("?"))
                 .collect();
             is.error(
-                at(path, "routing.failover_to"),
+                at(&entry.path, "routing.failover_to"),
                 format!("failover cycle {}", names.join(" → ")),
             );
         }
     }
 }
 
-/// A path of gateway indices from `start` back to itself (excluding self-loops), if any.
-fn cycle_through(
-    start: usize,
-    resolved: &[(&str, Gateway)],
-    ids: &HashMap<&str, usize>,
-) -> Option<Vec<usize>> {
-    let next = |m: usize| {
-        resolved[m]
-            .1
-            .routing
-            .failover_to
-            .iter()
-            .filter_map(|t| ids.get(t.as_str()).copied())
-            .filter(move |&t| t != m)
-    };
+/// A path of entry indices from `start` back to itself (self-loops excluded), if any.
+fn cycle_through(start: usize, next: &[Vec<usize>]) -> Option<Vec<usize>> {
     let mut parent: HashMap<usize, usize> = HashMap::new();
     let mut queue = std::collections::VecDeque::from([start]);
     while let Some(m) = queue.pop_front() {
-        for t in next(m) {
+        for &t in &next[m] {
             if t == start {
                 let mut path = vec![m];
                 let mut cur = m;
@@ -1474,8 +1479,8 @@ fn cycle_through(
                 path.reverse();
                 return Some(path);
             }
-            if t != start && !parent.contains_key(&t) {
-                parent.insert(t, m);
+            if let std::collections::hash_map::Entry::Vacant(v) = parent.entry(t) {
+                v.insert(m);
                 queue.push_back(t);
             }
         }
