@@ -130,7 +130,7 @@ fn workspace(o: &Obj<'_>, is: &mut Issues, out: &mut Converted) {
             domains.push(d);
         }
     }
-    if domains.is_empty() && !o.has("domain") && !o.has("domains") {
+    if domains.is_empty() {
         is.error(
             at(&o.path, "domains"),
             "required: a workspace needs `domain` or `domains` (its sender domains)",

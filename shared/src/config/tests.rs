@@ -1077,6 +1077,11 @@ fn broken_workspaces_are_reported_with_workspace_paths() {
             "required",
         ),
         (
+            r#"[{"id": "x", "domains": [], "gmail": {"service_account_env": "S"}}]"#,
+            "workspaces[0].domains",
+            "required",
+        ),
+        (
             r#"[{"id": "x y", "domain": "x.example", "gmail": {"service_account_env": "S"}}]"#,
             "workspaces[0].id",
             "gateway id",

@@ -114,9 +114,9 @@ pub(crate) fn is_domain(d: &str) -> bool {
     )
 }
 
-/// Bounds of `priority` and `weight` (inclusive).
+/// Upper bound of `priority` (inclusive; the lower bound is 0).
 pub const PRIORITY_MAX: u32 = 10_000;
-/// Upper bound of `weight` (inclusive).
+/// Upper bound of `weight` (inclusive; the lower bound is 0).
 pub const WEIGHT_MAX: u32 = 10_000;
 /// Upper bound of `routing.max_failover_attempts` (inclusive): each attempt costs Lambda time.
 pub const MAX_FAILOVER_ATTEMPTS_MAX: u32 = 20;
@@ -488,7 +488,7 @@ pub fn default_http() -> HttpSettings {
     }
 }
 
-/// Default `priority` and `weight` of a gateway.
+/// Default `priority` of a gateway.
 pub const DEFAULT_PRIORITY: u32 = 100;
 /// Default `weight` of a gateway.
 pub const DEFAULT_WEIGHT: u32 = 100;
@@ -725,7 +725,7 @@ fn top_level(doc: &Value, env: &EnvOverrides, is: &mut Issues) -> Option<TopLeve
     if let Some(r) = root.object(is, "routing") {
         routing(&r, &mut top.routing, is);
     }
-    if top.routing.strategy.spreads_load() && !top.routing.load_balancing_enabled {
+    if spreads_load(top.routing.strategy) && !top.routing.load_balancing_enabled {
         is.warn(
             "routing.load_balancing_enabled",
             format!(
@@ -752,17 +752,12 @@ fn top_level(doc: &Value, env: &EnvOverrides, is: &mut Issues) -> Option<TopLeve
     Some(top)
 }
 
-trait SpreadsLoad {
-    fn spreads_load(self) -> bool;
-}
-
-impl SpreadsLoad for Strategy {
-    fn spreads_load(self) -> bool {
-        matches!(
-            self,
-            Strategy::RoundRobin | Strategy::Weighted | Strategy::LeastLoaded
-        )
-    }
+/// Strategies that spread load by themselves, whatever `load_balancing_enabled` says.
+fn spreads_load(s: Strategy) -> bool {
+    matches!(
+        s,
+        Strategy::RoundRobin | Strategy::Weighted | Strategy::LeastLoaded
+    )
 }
 
 fn routing(r: &Obj<'_>, out: &mut Routing, is: &mut Issues) {
