@@ -1219,6 +1219,20 @@ fn an_unused_document_is_warned_about() {
 }
 
 #[test]
+fn a_document_that_is_not_an_object_is_reported_at_config() {
+    let errs = match load_config(Some("[1, 2]"), None, &no_env) {
+        Ok(_) => panic!("should fail"),
+        Err(e) => e,
+    };
+    assert!(
+        errs.0
+            .iter()
+            .any(|i| i.to_string() == "config: expected an object, found an array"),
+        "{errs}"
+    );
+}
+
+#[test]
 fn invalid_json_is_an_error_not_a_panic() {
     let errs = match load_config(Some("{\"gateways\": ["), None, &no_env) {
         Ok(_) => panic!("should fail"),

@@ -680,7 +680,17 @@ fn strategy_at(is: &mut Issues, path: &str, v: &Value) -> Option<Strategy> {
 }
 
 fn top_level(doc: &Value, env: &EnvOverrides, is: &mut Issues) -> Option<TopLevel> {
-    let root = as_object(is, "", doc)?;
+    let Value::Object(map) = doc else {
+        is.error(
+            "config",
+            format!("expected an object, found {}", type_name(doc)),
+        );
+        return None;
+    };
+    let root = Obj {
+        path: String::new(),
+        map,
+    };
     root.only_keys(is, TOP_KEYS);
     let mut top = top_level_defaults(env);
     // Env wins over global_defaults, so read the file first and re-apply env after it.
