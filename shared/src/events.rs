@@ -551,3 +551,339 @@ impl EventSink for MemoryEventSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const AT: EpochMillis = 1_795_910_399_000;
+
+    fn outcome() -> OutcomeEvent {
+        OutcomeEvent {
+            message_id: "inv-2026-11-28-000123".into(),
+            sender: "ada@clinic.example".into(),
+            subject: "Your appointment".into(),
+            campaign_id: Some("flu-2026".into()),
+            user_id: Some("u-42".into()),
+            tags: vec!["appointment".into()],
+            metadata: BTreeMap::from([("invitation_id".to_owned(), json!("123"))]),
+            recipients: vec![
+                RecipientOutcome {
+                    address: "patient@example.org".into(),
+                    kind: RecipientKind::To,
+                    status: RecipientStatus::Sent,
+                },
+                RecipientOutcome {
+                    address: "gone@example.org".into(),
+                    kind: RecipientKind::Bcc,
+                    status: RecipientStatus::Suppressed,
+                },
+            ],
+            outcome: Outcome::Sent,
+            gateway_id: Some("mailgun-primary".into()),
+            gateway_type: Some("mailgun".into()),
+            provider_message_id: Some("<20261128.1@mg.clinic.example>".into()),
+            attempts: vec![
+                AttemptRecord {
+                    gateway: "sendgrid-main".into(),
+                    gateway_type: "sendgrid".into(),
+                    class: OutcomeClass::Throttled,
+                    http_status: Some(429),
+                    latency_ms: 87,
+                    error: Some("rate limited".into()),
+                    at: AT - 200,
+                },
+                AttemptRecord {
+                    gateway: "mailgun-primary".into(),
+                    gateway_type: "mailgun".into(),
+                    class: OutcomeClass::Ok,
+                    http_status: Some(200),
+                    latency_ms: 112,
+                    error: None,
+                    at: AT - 100,
+                },
+            ],
+            reason: None,
+            retry_at: None,
+            at: AT,
+        }
+    }
+
+    fn delivery() -> DeliveryEvent {
+        DeliveryEvent {
+            provider: "mailgun".into(),
+            provider_event_id: "ev-1".into(),
+            message_id: Some("inv-2026-11-28-000123".into()),
+            recipient: "patient@example.org".into(),
+            kind: DeliveryKind::Clicked,
+            at: AT + 1_000,
+            diagnostic: None,
+            url: Some("https://clinic.example/confirm".into()),
+        }
+    }
+
+    fn health() -> HealthEvent {
+        HealthEvent {
+            gateway_id: "ses-eu".into(),
+            gateway_type: "amazon_ses".into(),
+            status: HealthStatus::Unhealthy,
+            latency_ms: None,
+            consecutive_failures: 3,
+            consecutive_successes: 0,
+            error: Some("connect timeout".into()),
+            at: AT,
+        }
+    }
+
+    fn breaker() -> BreakerEvent {
+        BreakerEvent {
+            gateway_id: "mailgun-primary".into(),
+            from: Phase::Closed,
+            to: Phase::Open,
+            reason: TransitionReason::FailureThreshold {
+                failures: 10,
+                successes: 2,
+            },
+            at: AT,
+        }
+    }
+
+    /// The wire contract, pinned: a change here is a change for every deployed function.
+    #[test]
+    fn every_event_type_has_a_fixed_json_form_and_round_trips() {
+        let cases = [
+            (
+                GatewayEvent::Outcome(outcome()),
+                json!({
+                    "v": 1, "type": "outcome",
+                    "message_id": "inv-2026-11-28-000123",
+                    "sender": "ada@clinic.example",
+                    "subject": "Your appointment",
+                    "campaign_id": "flu-2026", "user_id": "u-42",
+                    "tags": ["appointment"],
+                    "metadata": {"invitation_id": "123"},
+                    "recipients": [
+                        {"address": "patient@example.org", "kind": "to", "status": "SENT"},
+                        {"address": "gone@example.org", "kind": "bcc", "status": "SUPPRESSED"}
+                    ],
+                    "outcome": "sent",
+                    "gateway_id": "mailgun-primary", "gateway_type": "mailgun",
+                    "provider_message_id": "<20261128.1@mg.clinic.example>",
+                    "attempts": [
+                        {"gateway": "sendgrid-main", "gateway_type": "sendgrid",
+                         "class": "throttled", "http_status": 429, "latency_ms": 87,
+                         "error": "rate limited", "at": AT - 200},
+                        {"gateway": "mailgun-primary", "gateway_type": "mailgun",
+                         "class": "ok", "http_status": 200, "latency_ms": 112,
+                         "error": null, "at": AT - 100}
+                    ],
+                    "reason": null, "retry_at": null, "at": AT
+                }),
+            ),
+            (
+                GatewayEvent::Delivery(delivery()),
+                json!({
+                    "v": 1, "type": "delivery",
+                    "provider": "mailgun", "provider_event_id": "ev-1",
+                    "message_id": "inv-2026-11-28-000123",
+                    "recipient": "patient@example.org",
+                    "kind": "clicked", "at": AT + 1_000,
+                    "diagnostic": null, "url": "https://clinic.example/confirm"
+                }),
+            ),
+            (
+                GatewayEvent::Health(health()),
+                json!({
+                    "v": 1, "type": "health",
+                    "gateway_id": "ses-eu", "gateway_type": "amazon_ses",
+                    "status": "UNHEALTHY", "latency_ms": null,
+                    "consecutive_failures": 3, "consecutive_successes": 0,
+                    "error": "connect timeout", "at": AT
+                }),
+            ),
+            (
+                GatewayEvent::Breaker(breaker()),
+                json!({
+                    "v": 1, "type": "breaker",
+                    "gateway_id": "mailgun-primary", "from": "closed", "to": "open",
+                    "reason": {"code": "failure_threshold", "failures": 10, "successes": 2},
+                    "at": AT
+                }),
+            ),
+        ];
+        for (event, expected) in cases {
+            let wire = serde_json::to_value(&event).unwrap();
+            assert_eq!(wire, expected);
+            let text = serde_json::to_string(&event).unwrap();
+            let back: GatewayEvent = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, event);
+        }
+    }
+
+    #[test]
+    fn optional_fields_may_be_omitted_and_unknown_fields_are_ignored() {
+        let event: GatewayEvent = serde_json::from_value(json!({
+            "v": 1, "type": "delivery", "provider": "sendgrid", "provider_event_id": "sg-9",
+            "recipient": "a@example.org", "kind": "hard_bounce", "at": AT,
+            "added_in_a_later_build": true
+        }))
+        .unwrap();
+        let GatewayEvent::Delivery(d) = event else {
+            panic!("not a delivery event");
+        };
+        assert_eq!((d.message_id, d.diagnostic, d.url), (None, None, None));
+        assert_eq!(d.kind, DeliveryKind::HardBounce);
+    }
+
+    #[test]
+    fn other_versions_and_unknown_types_are_refused() {
+        let mut wire = serde_json::to_value(GatewayEvent::Health(health())).unwrap();
+        wire["v"] = json!(2);
+        let err = serde_json::from_value::<GatewayEvent>(wire.clone()).unwrap_err();
+        assert!(
+            err.to_string().contains("unsupported event version 2"),
+            "{err}"
+        );
+        wire["v"] = json!(1);
+        wire["type"] = json!("gossip");
+        assert!(serde_json::from_value::<GatewayEvent>(wire.clone()).is_err());
+        wire.as_object_mut().unwrap().remove("v");
+        wire["type"] = json!("health");
+        assert!(serde_json::from_value::<GatewayEvent>(wire).is_err());
+    }
+
+    #[test]
+    fn statuses_serialise_exactly_as_the_column_stores_them() {
+        let cases = [
+            (RecipientStatus::Pending, "PENDING"),
+            (RecipientStatus::Sent, "SENT"),
+            (RecipientStatus::Delivered, "DELIVERED"),
+            (RecipientStatus::Deferred, "DEFERRED"),
+            (RecipientStatus::Bounced, "BOUNCED"),
+            (RecipientStatus::SoftBounced, "SOFT_BOUNCED"),
+            (RecipientStatus::Rejected, "REJECTED"),
+            (RecipientStatus::Complained, "COMPLAINED"),
+            (RecipientStatus::Unsubscribed, "UNSUBSCRIBED"),
+            (RecipientStatus::Suppressed, "SUPPRESSED"),
+            (RecipientStatus::Failed, "FAILED"),
+        ];
+        for (status, text) in cases {
+            assert_eq!(serde_json::to_value(status).unwrap(), json!(text));
+            assert_eq!(status.as_str(), text);
+            assert_eq!(
+                serde_json::from_value::<RecipientStatus>(json!(text)).unwrap(),
+                status
+            );
+        }
+    }
+
+    #[test]
+    fn merge_follows_the_precedence_table_for_every_pair() {
+        use RecipientStatus::{
+            Bounced as BO, Complained as CO, Deferred as DF, Delivered as DE, Failed as FA,
+            Pending as PE, Rejected as RJ, Sent as SE, SoftBounced as SB, Suppressed as SU,
+            Unsubscribed as UN,
+        };
+        let columns = [PE, SE, DE, DF, BO, SB, RJ, CO, UN, SU, FA];
+        // Row: current status; column: incoming; cell: the stored result.
+        #[rustfmt::skip]
+        let table = [
+            //     PE  SE  DE  DF  BO  SB  RJ  CO  UN  SU  FA   <- incoming
+            (PE, [PE, SE, DE, DF, BO, SB, RJ, CO, UN, SU, FA]),
+            (SE, [SE, SE, DE, SE, BO, SB, RJ, CO, UN, SU, FA]),
+            (DE, [DE, DE, DE, DE, BO, DE, RJ, CO, UN, SU, FA]),
+            (DF, [DF, SE, DE, DF, BO, SB, RJ, CO, UN, SU, FA]),
+            (BO, [BO, BO, BO, BO, BO, BO, BO, CO, UN, BO, BO]),
+            (SB, [SB, SB, DE, SB, BO, SB, RJ, CO, UN, SU, FA]),
+            (RJ, [RJ, RJ, RJ, RJ, BO, RJ, RJ, CO, UN, SU, RJ]),
+            (CO, [CO, CO, CO, CO, CO, CO, CO, CO, CO, CO, CO]),
+            (UN, [UN, UN, UN, UN, UN, UN, UN, CO, UN, UN, UN]),
+            (SU, [SU, SU, SU, SU, BO, SU, SU, CO, UN, SU, SU]),
+            (FA, [FA, FA, FA, FA, BO, FA, RJ, CO, UN, SU, FA]),
+        ];
+        for (current, row) in table {
+            for (incoming, expected) in columns.into_iter().zip(row) {
+                assert_eq!(
+                    merge(current, incoming),
+                    expected,
+                    "merge({current}, {incoming})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn merge_is_order_independent() {
+        let all = RecipientStatus::PRECEDENCE;
+        for a in all {
+            for b in all {
+                assert_eq!(merge(a, b), merge(b, a), "{a} {b}");
+                for c in all {
+                    assert_eq!(merge(merge(a, b), c), merge(a, merge(b, c)), "{a} {b} {c}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn precedence_list_matches_rank() {
+        for (i, s) in RecipientStatus::PRECEDENCE.into_iter().enumerate() {
+            assert_eq!(usize::from(s.rank()), i, "{s}");
+        }
+    }
+
+    #[test]
+    fn delivery_kinds_map_to_recipient_statuses() {
+        let cases = [
+            (DeliveryKind::Delivered, RecipientStatus::Delivered),
+            (DeliveryKind::Deferred, RecipientStatus::Deferred),
+            (DeliveryKind::HardBounce, RecipientStatus::Bounced),
+            (DeliveryKind::SoftBounce, RecipientStatus::SoftBounced),
+            (DeliveryKind::Rejected, RecipientStatus::Rejected),
+            (DeliveryKind::Opened, RecipientStatus::Delivered),
+            (DeliveryKind::Clicked, RecipientStatus::Delivered),
+            (DeliveryKind::Complained, RecipientStatus::Complained),
+            (DeliveryKind::Unsubscribed, RecipientStatus::Unsubscribed),
+        ];
+        for (kind, status) in cases {
+            assert_eq!(kind.status(), status, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_breaker_event_carries_the_transition() {
+        let t = Transition {
+            gateway: "mailgun-primary".into(),
+            from: Phase::Closed,
+            to: Phase::Open,
+            at: AT,
+            reason: TransitionReason::FailureThreshold {
+                failures: 10,
+                successes: 2,
+            },
+        };
+        assert_eq!(BreakerEvent::from(&t), breaker());
+    }
+
+    #[tokio::test]
+    async fn memory_sink_keeps_events_in_emission_order() {
+        let sink = MemoryEventSink::new();
+        sink.emit(&[GatewayEvent::Health(health())]).await.unwrap();
+        sink.emit(&[
+            GatewayEvent::Breaker(breaker()),
+            GatewayEvent::Delivery(delivery()),
+        ])
+        .await
+        .unwrap();
+        let expected = vec![
+            GatewayEvent::Health(health()),
+            GatewayEvent::Breaker(breaker()),
+            GatewayEvent::Delivery(delivery()),
+        ];
+        assert_eq!(sink.events(), expected);
+        assert_eq!(sink.take(), expected);
+        assert!(sink.events().is_empty());
+    }
+}
