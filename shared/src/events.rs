@@ -127,8 +127,8 @@ pub enum Outcome {
     Rejected,
 }
 
-/// How a recipient was addressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// How a recipient was addressed (ordered to, cc, bcc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RecipientKind {
     /// `To`.

@@ -130,7 +130,8 @@ pub struct MessageRecord {
     pub last_error: Option<String>,
     /// Retry time of a deferred message (epoch ms).
     pub retry_at: Option<EpochMillis>,
-    /// Recipients in first-seen order.
+    /// Recipients ordered by kind (to, cc, bcc), then lower-cased address: an order that does
+    /// not depend on the order events arrived in.
     pub recipients: Vec<RecipientRecord>,
     /// Provider calls, ordered by `at` then gateway.
     pub attempts: Vec<AttemptRecord>,
@@ -199,6 +200,11 @@ impl MessageRecord {
         &mut self.recipients[index]
     }
 
+    fn sort_recipients(&mut self) {
+        self.recipients
+            .sort_by_cached_key(|r| (r.kind, r.address.to_ascii_lowercase()));
+    }
+
     fn touch(&mut self, at: EpochMillis) {
         self.created_at = self.created_at.min(at);
         self.updated_at = self.updated_at.max(at);
@@ -237,6 +243,7 @@ impl MessageRecord {
             record.kind = r.kind;
             record.status = merge(record.status, r.status);
         }
+        self.sort_recipients();
         for a in &e.attempts {
             let known = self
                 .attempts
@@ -260,6 +267,7 @@ impl MessageRecord {
             DeliveryKind::Clicked => record.clicks = record.clicks.saturating_add(1),
             _ => {}
         }
+        self.sort_recipients();
         self.events.push(e.clone());
         self.events.sort_by(|x, y| {
             (x.at, &x.provider, &x.provider_event_id).cmp(&(
@@ -460,5 +468,421 @@ impl RecordReader for MemoryRecords {
                 .then_with(|| x.message_id.cmp(&y.message_id))
         });
         Ok(records.into_iter().take(limit).cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::breaker::{Phase, TransitionReason};
+    use crate::events::{HealthStatus, OutcomeClass, RecipientOutcome, SinkError};
+
+    use super::*;
+
+    const AT: EpochMillis = 1_795_910_000_000;
+    const ID: &str = "inv-7";
+
+    fn attempt(gateway: &str, class: OutcomeClass, at: EpochMillis) -> AttemptRecord {
+        AttemptRecord {
+            gateway: gateway.into(),
+            gateway_type: "mailgun".into(),
+            class,
+            http_status: None,
+            latency_ms: 50,
+            error: None,
+            at,
+        }
+    }
+
+    fn outcome(outcome: Outcome, status: RecipientStatus, at: EpochMillis) -> GatewayEvent {
+        let (gateway, attempts, reason, retry_at, provider_id) = match outcome {
+            Outcome::Sent => (
+                "mailgun-primary",
+                vec![attempt("mailgun-primary", OutcomeClass::Ok, at - 10)],
+                None,
+                None,
+                Some("mg-1".to_owned()),
+            ),
+            _ => (
+                "sendgrid-main",
+                vec![attempt("sendgrid-main", OutcomeClass::Unavailable, at - 10)],
+                Some("provider unavailable".to_owned()),
+                Some(at + 30_000),
+                None,
+            ),
+        };
+        GatewayEvent::Outcome(OutcomeEvent {
+            message_id: ID.into(),
+            sender: "ada@clinic.example".into(),
+            subject: "Your appointment".into(),
+            campaign_id: None,
+            user_id: Some("u-42".into()),
+            tags: vec!["appointment".into()],
+            metadata: BTreeMap::new(),
+            recipients: vec![
+                RecipientOutcome {
+                    address: "Patient@Example.org".into(),
+                    kind: RecipientKind::To,
+                    status,
+                },
+                RecipientOutcome {
+                    address: "copy@example.org".into(),
+                    kind: RecipientKind::Cc,
+                    status,
+                },
+            ],
+            outcome,
+            gateway_id: Some(gateway.into()),
+            gateway_type: Some("mailgun".into()),
+            provider_message_id: provider_id,
+            attempts,
+            reason,
+            retry_at,
+            at,
+        })
+    }
+
+    fn delivery(
+        event_id: &str,
+        recipient: &str,
+        kind: DeliveryKind,
+        at: EpochMillis,
+        diagnostic: Option<&str>,
+    ) -> GatewayEvent {
+        GatewayEvent::Delivery(DeliveryEvent {
+            provider: "mailgun".into(),
+            provider_event_id: event_id.into(),
+            message_id: Some(ID.into()),
+            recipient: recipient.into(),
+            kind,
+            at,
+            diagnostic: diagnostic.map(str::to_owned),
+            url: None,
+        })
+    }
+
+    /// A deferral, the successful retry, then the provider's reports.
+    fn history() -> Vec<GatewayEvent> {
+        vec![
+            outcome(Outcome::Deferred, RecipientStatus::Deferred, AT),
+            outcome(Outcome::Sent, RecipientStatus::Sent, AT + 30_000),
+            delivery(
+                "d-1",
+                "patient@example.org",
+                DeliveryKind::Delivered,
+                AT + 31_000,
+                None,
+            ),
+            delivery(
+                "o-1",
+                "patient@example.org",
+                DeliveryKind::Opened,
+                AT + 90_000,
+                None,
+            ),
+            delivery(
+                "b-1",
+                "copy@example.org",
+                DeliveryKind::HardBounce,
+                AT + 32_000,
+                Some("550 5.1.1 no such user"),
+            ),
+        ]
+    }
+
+    async fn record_of(events: &[GatewayEvent]) -> MessageRecord {
+        let records = MemoryRecords::new();
+        records.apply(events).await.unwrap();
+        records.message(ID).await.unwrap().unwrap()
+    }
+
+    fn permutations(items: &[GatewayEvent]) -> Vec<Vec<GatewayEvent>> {
+        if items.len() <= 1 {
+            return vec![items.to_vec()];
+        }
+        let mut all = Vec::new();
+        for i in 0..items.len() {
+            let mut rest = items.to_vec();
+            let first = rest.remove(i);
+            for mut tail in permutations(&rest) {
+                tail.insert(0, first.clone());
+                all.push(tail);
+            }
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn history_ends_in_the_right_state() {
+        let record = record_of(&history()).await;
+        assert_eq!(record.status, MessageStatus::Sent);
+        assert_eq!(record.gateway_id.as_deref(), Some("mailgun-primary"));
+        assert_eq!(record.provider_message_id.as_deref(), Some("mg-1"));
+        assert_eq!(
+            (record.last_error.as_deref(), record.retry_at),
+            (None, None)
+        );
+        assert_eq!(
+            record
+                .attempts
+                .iter()
+                .map(|a| (a.gateway.as_str(), a.class))
+                .collect::<Vec<_>>(),
+            [
+                ("sendgrid-main", OutcomeClass::Unavailable),
+                ("mailgun-primary", OutcomeClass::Ok)
+            ]
+        );
+        let patient = record.recipient("patient@example.org").unwrap();
+        assert_eq!(patient.address, "Patient@Example.org");
+        assert_eq!(
+            (patient.status, patient.opens),
+            (RecipientStatus::Delivered, 1)
+        );
+        let copy = record.recipient("COPY@example.org").unwrap();
+        assert_eq!(
+            (copy.kind, copy.status),
+            (RecipientKind::Cc, RecipientStatus::Bounced)
+        );
+        assert_eq!(
+            copy.bounce_reason.as_deref(),
+            Some("550 5.1.1 no such user")
+        );
+        assert_eq!(record.events.len(), 3);
+        assert_eq!((record.created_at, record.updated_at), (AT, AT + 90_000));
+    }
+
+    #[tokio::test]
+    async fn every_arrival_order_gives_the_same_record() {
+        let expected = record_of(&history()).await;
+        let orders = permutations(&history());
+        assert_eq!(orders.len(), 120);
+        for order in orders {
+            assert_eq!(record_of(&order).await, expected, "{order:#?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn applying_the_same_events_twice_changes_nothing() {
+        let records = MemoryRecords::new();
+        records.apply(&history()).await.unwrap();
+        let once = records.message(ID).await.unwrap();
+        let recent_once = records.recent(10).await.unwrap();
+        records.apply(&history()).await.unwrap();
+        records.apply(&history()[3..]).await.unwrap();
+        assert_eq!(records.message(ID).await.unwrap(), once);
+        assert_eq!(records.recent(10).await.unwrap(), recent_once);
+        assert_eq!(
+            once.unwrap()
+                .recipient("patient@example.org")
+                .unwrap()
+                .opens,
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_late_deferral_never_hides_a_sent_message() {
+        let events = [
+            outcome(Outcome::Sent, RecipientStatus::Sent, AT + 30_000),
+            outcome(Outcome::Deferred, RecipientStatus::Deferred, AT),
+        ];
+        let record = record_of(&events).await;
+        assert_eq!(record.status, MessageStatus::Sent);
+        assert_eq!(record.retry_at, None);
+        assert_eq!(
+            record.recipient("patient@example.org").unwrap().status,
+            RecipientStatus::Sent
+        );
+    }
+
+    #[tokio::test]
+    async fn a_webhook_before_the_outcome_creates_a_queued_record_that_the_outcome_completes() {
+        let records = MemoryRecords::new();
+        records
+            .apply(&[delivery(
+                "d-1",
+                "patient@example.org",
+                DeliveryKind::Delivered,
+                AT + 31_000,
+                None,
+            )])
+            .await
+            .unwrap();
+        let early = records.message(ID).await.unwrap().unwrap();
+        assert_eq!(
+            (early.status, early.sender.as_str()),
+            (MessageStatus::Queued, "")
+        );
+        assert_eq!(early.recipients.len(), 1);
+
+        records
+            .apply(&[outcome(Outcome::Sent, RecipientStatus::Sent, AT + 30_000)])
+            .await
+            .unwrap();
+        let record = records.message(ID).await.unwrap().unwrap();
+        assert_eq!(record.status, MessageStatus::Sent);
+        assert_eq!(record.sender, "ada@clinic.example");
+        assert_eq!(record.recipients.len(), 2);
+        assert_eq!(
+            record.recipient("patient@example.org").unwrap().status,
+            RecipientStatus::Delivered
+        );
+    }
+
+    #[tokio::test]
+    async fn distinct_opens_and_clicks_count_but_replays_do_not() {
+        let records = MemoryRecords::new();
+        let r = "patient@example.org";
+        let events = [
+            delivery("o-1", r, DeliveryKind::Opened, AT, None),
+            delivery("o-1", r, DeliveryKind::Opened, AT, None),
+            delivery("o-2", r, DeliveryKind::Opened, AT + 5, None),
+            delivery("c-1", r, DeliveryKind::Clicked, AT + 6, None),
+        ];
+        records.apply(&events).await.unwrap();
+        records.apply(&events).await.unwrap();
+        let record = records.message(ID).await.unwrap().unwrap();
+        let patient = record.recipient(r).unwrap();
+        assert_eq!((patient.opens, patient.clicks), (2, 1));
+        assert_eq!(record.events.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_most_significant_bounce_reason_wins_in_any_order() {
+        let r = "patient@example.org";
+        let soft = delivery(
+            "s-1",
+            r,
+            DeliveryKind::SoftBounce,
+            AT + 50,
+            Some("452 mailbox full"),
+        );
+        let hard = delivery(
+            "h-1",
+            r,
+            DeliveryKind::HardBounce,
+            AT,
+            Some("550 no such user"),
+        );
+        for events in [[soft.clone(), hard.clone()], [hard, soft]] {
+            let record = record_of(&events).await;
+            let patient = record.recipient(r).unwrap();
+            assert_eq!(patient.status, RecipientStatus::Bounced);
+            assert_eq!(patient.bounce_reason.as_deref(), Some("550 no such user"));
+        }
+    }
+
+    #[tokio::test]
+    async fn delivery_events_without_a_message_id_are_kept_apart() {
+        let records = MemoryRecords::new();
+        let orphan = DeliveryEvent {
+            provider: "sendgrid".into(),
+            provider_event_id: "sg-1".into(),
+            message_id: None,
+            recipient: "a@example.org".into(),
+            kind: DeliveryKind::Complained,
+            at: AT,
+            diagnostic: None,
+            url: None,
+        };
+        let event = GatewayEvent::Delivery(orphan.clone());
+        records.apply(&[event.clone(), event]).await.unwrap();
+        assert_eq!(records.unattached_delivery_events(), vec![orphan]);
+        assert!(records.recent(10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn recent_lists_the_latest_updated_first_up_to_the_limit() {
+        let records = MemoryRecords::new();
+        let at_of = |id: &str, at| {
+            GatewayEvent::Delivery(DeliveryEvent {
+                provider: "mailgun".into(),
+                provider_event_id: format!("ev-{id}"),
+                message_id: Some(id.into()),
+                recipient: "a@example.org".into(),
+                kind: DeliveryKind::Delivered,
+                at,
+                diagnostic: None,
+                url: None,
+            })
+        };
+        records
+            .apply(&[at_of("m-1", AT), at_of("m-3", AT + 2), at_of("m-2", AT + 2)])
+            .await
+            .unwrap();
+        let ids: Vec<String> = records
+            .recent(2)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.message_id)
+            .collect();
+        assert_eq!(ids, ["m-2", "m-3"]);
+        assert_eq!(records.recent(0).await.unwrap(), Vec::new());
+    }
+
+    #[tokio::test]
+    async fn health_keeps_the_latest_result_and_breaker_transitions_are_unique() {
+        let records = MemoryRecords::new();
+        let health = |status, at| {
+            GatewayEvent::Health(HealthEvent {
+                gateway_id: "ses-eu".into(),
+                gateway_type: "amazon_ses".into(),
+                status,
+                latency_ms: Some(20),
+                consecutive_failures: 0,
+                consecutive_successes: 1,
+                error: None,
+                at,
+            })
+        };
+        let opened = GatewayEvent::Breaker(BreakerEvent {
+            gateway_id: "ses-eu".into(),
+            from: Phase::Closed,
+            to: Phase::Open,
+            reason: TransitionReason::FailureThreshold {
+                failures: 10,
+                successes: 0,
+            },
+            at: AT,
+        });
+        records
+            .apply(&[
+                health(HealthStatus::Healthy, AT + 10),
+                health(HealthStatus::Unhealthy, AT),
+                opened.clone(),
+                opened,
+            ])
+            .await
+            .unwrap();
+        assert_eq!(records.health()["ses-eu"].status, HealthStatus::Healthy);
+        assert_eq!(records.breaker_transitions().len(), 1);
+    }
+
+    #[test]
+    fn only_transient_failures_are_retryable() {
+        let transient = || Box::new(std::io::Error::other("connection reset")) as Box<_>;
+        let cases: [(bool, bool); 4] = [
+            (RecordError::Unavailable(transient()).is_retryable(), true),
+            (
+                RecordError::Unrecordable {
+                    reason: "subject too long".into(),
+                }
+                .is_retryable(),
+                false,
+            ),
+            (SinkError::Unavailable(transient()).is_retryable(), true),
+            (
+                SinkError::TooLarge {
+                    bytes: 300_000,
+                    max: 262_144,
+                }
+                .is_retryable(),
+                false,
+            ),
+        ];
+        for (i, (got, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(got, expected, "case {i}");
+        }
     }
 }
