@@ -800,7 +800,31 @@ pub async fn permit_send(
             malformed: None,
         });
     }
-    let mut item = store.get(&key(gateway)).await?;
+    let item = store.get(&key(gateway)).await?;
+    permit_send_with_item(store, gateway, settings, item, now).await
+}
+
+/// [`permit_send`] on an item the caller already read (for example in the batched read of
+/// every candidate gateway's breaker and limit items), so a closed breaker costs no request
+/// of its own. An `Allow` or `Reject` is only as fresh as that item, so read it in the same
+/// round trip that precedes the send; a trial can never be admitted from a stale item, because
+/// trial writes are conditional and a lost condition is decided again on the item the store
+/// returns.
+pub async fn permit_send_with_item(
+    store: &dyn StateStore,
+    gateway: &str,
+    settings: &BreakerSettings,
+    item: Option<Item>,
+    now: EpochMillis,
+) -> Result<PermitOutcome, BreakerError> {
+    if !settings.enabled {
+        return Ok(PermitOutcome {
+            admission: Admission::Allowed,
+            transition: None,
+            malformed: None,
+        });
+    }
+    let mut item = item;
     let mut malformed = None;
     for _ in 0..MAX_ATTEMPTS {
         let (state, problem) = BreakerState::from_item(item.as_ref());
@@ -857,7 +881,25 @@ pub async fn flush_outcomes(
     if !settings.enabled || !can_matter {
         return Ok(FlushOutcome::default());
     }
-    let mut item = store.get(&key(gateway)).await?;
+    let item = store.get(&key(gateway)).await?;
+    flush_outcomes_with_item(store, gateway, settings, tally, item, now).await
+}
+
+/// [`flush_outcomes`] on an item the caller already read. A stale item (read at the start of
+/// the invocation) costs at most one lost conditional write, after which the decision is taken
+/// again on the item the store returned; it never records outcomes twice or loses them.
+pub async fn flush_outcomes_with_item(
+    store: &dyn StateStore,
+    gateway: &str,
+    settings: &BreakerSettings,
+    tally: &Tally,
+    item: Option<Item>,
+    now: EpochMillis,
+) -> Result<FlushOutcome, BreakerError> {
+    if !settings.enabled {
+        return Ok(FlushOutcome::default());
+    }
+    let mut item = item;
     let mut tally = *tally;
     let mut malformed = None;
     for _ in 0..MAX_ATTEMPTS {
@@ -1190,6 +1232,32 @@ mod tests {
         );
     }
 
+    /// Yields to the scheduler before every request, so concurrent tasks interleave between
+    /// their read and their conditional write.
+    #[derive(Debug)]
+    struct Yielding(Arc<MemoryStore>);
+
+    #[async_trait::async_trait]
+    impl StateStore for Yielding {
+        async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
+            tokio::task::yield_now().await;
+            self.0.get_many(keys).await
+        }
+        async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
+            tokio::task::yield_now().await;
+            self.0.write(write).await
+        }
+        async fn transact(
+            &self,
+            writes: Vec<Write>,
+        ) -> Result<crate::state::TransactOutcome, StoreError> {
+            self.0.transact(writes).await
+        }
+        async fn put_many(&self, items: Vec<(Key, Item)>) -> Result<(), StoreError> {
+            self.0.put_many(items).await
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn half_open_admits_exactly_max_requests_under_concurrency() {
         let store = Arc::new(MemoryStore::new());
@@ -1204,7 +1272,7 @@ mod tests {
             let store = Arc::clone(&store);
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
-                permit_send(store.as_ref(), GW, &s, T0 + i).await.unwrap()
+                permit_send(&Yielding(store), GW, &s, T0 + i).await.unwrap()
             }));
         }
         let mut trials = 0;
@@ -1240,7 +1308,7 @@ mod tests {
                 let store = Arc::clone(&store);
                 let s = s.clone();
                 tasks.push(tokio::spawn(async move {
-                    flush_outcomes(store.as_ref(), GW, &s, &failures(per_reporter), T0)
+                    flush_outcomes(&Yielding(store), GW, &s, &failures(per_reporter), T0)
                         .await
                         .unwrap()
                 }));
@@ -1314,6 +1382,24 @@ mod tests {
             })
         );
         assert_eq!(stored(&store.inner).await.phase, Phase::Open);
+    }
+
+    #[tokio::test]
+    async fn a_stale_read_cannot_take_a_trial_slot() {
+        let store = MemoryStore::new();
+        let s = BreakerSettings {
+            max_requests: nz(2),
+            ..settings()
+        };
+        // Read while open; meanwhile others moved it to half-open and took every slot.
+        let stale = open_until(T0).to_item();
+        seed(&store, half_open_since(T0, 2, 0)).await;
+        let out = permit_send_with_item(&store, GW, &s, Some(stale), T0 + 1)
+            .await
+            .unwrap();
+        assert_eq!(out.admission, Admission::Rejected { until: T0 + 60_000 });
+        assert_eq!(out.transition, None);
+        assert_eq!(stored(&store).await.admitted, 2);
     }
 
     #[tokio::test]
