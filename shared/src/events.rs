@@ -263,6 +263,16 @@ pub enum DeliveryKind {
 }
 
 impl DeliveryKind {
+    /// True when the recipient must be added to the suppression list (DESIGN §3.6): a hard
+    /// bounce, a complaint or an unsubscribe. A soft bounce, deferral or rejection is about
+    /// one message, not the address.
+    pub fn suppresses(self) -> bool {
+        matches!(
+            self,
+            Self::HardBounce | Self::Complained | Self::Unsubscribed
+        )
+    }
+
     /// The recipient status this event implies (an open or click implies delivery).
     pub fn status(self) -> RecipientStatus {
         match self {
@@ -835,20 +845,29 @@ mod tests {
     }
 
     #[test]
-    fn delivery_kinds_map_to_recipient_statuses() {
+    fn delivery_kinds_map_to_recipient_statuses_and_suppression() {
         let cases = [
-            (DeliveryKind::Delivered, RecipientStatus::Delivered),
-            (DeliveryKind::Deferred, RecipientStatus::Deferred),
-            (DeliveryKind::HardBounce, RecipientStatus::Bounced),
-            (DeliveryKind::SoftBounce, RecipientStatus::SoftBounced),
-            (DeliveryKind::Rejected, RecipientStatus::Rejected),
-            (DeliveryKind::Opened, RecipientStatus::Delivered),
-            (DeliveryKind::Clicked, RecipientStatus::Delivered),
-            (DeliveryKind::Complained, RecipientStatus::Complained),
-            (DeliveryKind::Unsubscribed, RecipientStatus::Unsubscribed),
+            (DeliveryKind::Delivered, RecipientStatus::Delivered, false),
+            (DeliveryKind::Deferred, RecipientStatus::Deferred, false),
+            (DeliveryKind::HardBounce, RecipientStatus::Bounced, true),
+            (
+                DeliveryKind::SoftBounce,
+                RecipientStatus::SoftBounced,
+                false,
+            ),
+            (DeliveryKind::Rejected, RecipientStatus::Rejected, false),
+            (DeliveryKind::Opened, RecipientStatus::Delivered, false),
+            (DeliveryKind::Clicked, RecipientStatus::Delivered, false),
+            (DeliveryKind::Complained, RecipientStatus::Complained, true),
+            (
+                DeliveryKind::Unsubscribed,
+                RecipientStatus::Unsubscribed,
+                true,
+            ),
         ];
-        for (kind, status) in cases {
+        for (kind, status, suppresses) in cases {
             assert_eq!(kind.status(), status, "{kind:?}");
+            assert_eq!(kind.suppresses(), suppresses, "{kind:?}");
         }
     }
 
