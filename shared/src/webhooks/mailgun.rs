@@ -1,0 +1,219 @@
+//! Mailgun's JSON webhook (providers.md §1.5) → [`DeliveryEvent`].
+//!
+//! - Our message id travels as the `v:message_id` user variable (the original system's name, kept
+//!   so in-flight messages of the old system still correlate) and comes back in
+//!   `event-data.user-variables.message_id`. An event without it is still normalised, with
+//!   `message_id: None`; the caller logs and acknowledges it.
+//! - The event id is `event-data.id`: stable across Mailgun's retries of the same event, so the
+//!   record's unique key (provider, provider_event_id) makes a retried webhook harmless. The
+//!   signature token is not used: a retry may carry a new one.
+//! - `failed` is split by `severity` and `reason`: `temporary` → deferred; `permanent` with a
+//!   `suppress-*` reason → rejected (Mailgun never tried); `permanent` with reason `old` (retries
+//!   exhausted) → soft bounce; any other `permanent` → hard bounce. Unknown severities are
+//!   treated as temporary: a deferral never suppresses an address, while a wrong hard bounce would.
+
+use serde_json::Value;
+
+use super::{Normalized, PayloadError};
+use crate::events::{DeliveryEvent, DeliveryKind};
+
+/// Provider name used in events and in `delivery_events.provider`.
+pub const PROVIDER: &str = "mailgun";
+
+/// Normalises one Mailgun webhook body (already verified).
+pub fn normalize(body: &[u8]) -> Result<Normalized, PayloadError> {
+    let doc: Value =
+        serde_json::from_slice(body).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+    let data = doc
+        .get("event-data")
+        .filter(|d| d.is_object())
+        .ok_or(PayloadError::Field {
+            field: "event-data",
+        })?;
+    let event = data
+        .get("event")
+        .and_then(Value::as_str)
+        .ok_or(PayloadError::Field {
+            field: "event-data.event",
+        })?;
+    let str_at = |field| data.get(field).and_then(Value::as_str);
+    let kind = match event {
+        "delivered" => DeliveryKind::Delivered,
+        "opened" => DeliveryKind::Opened,
+        "clicked" => DeliveryKind::Clicked,
+        "complained" => DeliveryKind::Complained,
+        "unsubscribed" => DeliveryKind::Unsubscribed,
+        "rejected" => DeliveryKind::Rejected,
+        "failed" => match (str_at("severity"), str_at("reason")) {
+            (Some("permanent"), Some(r)) if r.starts_with("suppress-") => DeliveryKind::Rejected,
+            (Some("permanent"), Some("old")) => DeliveryKind::SoftBounce,
+            (Some("permanent"), _) => DeliveryKind::HardBounce,
+            _ => DeliveryKind::Deferred,
+        },
+        other => {
+            return Ok(Normalized::Ignored {
+                event: other.to_owned(),
+            });
+        }
+    };
+    let provider_event_id = str_at("id")
+        .filter(|id| !id.is_empty())
+        .ok_or(PayloadError::Field {
+            field: "event-data.id",
+        })?;
+    let recipient = str_at("recipient")
+        .filter(|r| !r.is_empty())
+        .ok_or(PayloadError::Field {
+            field: "event-data.recipient",
+        })?;
+    let seconds = data
+        .get("timestamp")
+        .and_then(Value::as_f64)
+        .filter(|t| t.is_finite() && *t >= 0.0)
+        .ok_or(PayloadError::Field {
+            field: "event-data.timestamp",
+        })?;
+    let message_id = data
+        .get("user-variables")
+        .and_then(|v| v.get("message_id"))
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned);
+    Ok(Normalized::Event(DeliveryEvent {
+        provider: PROVIDER.to_owned(),
+        provider_event_id: provider_event_id.to_owned(),
+        message_id,
+        recipient: recipient.to_owned(),
+        kind,
+        // Float seconds with microseconds; keep millisecond precision.
+        at: (seconds * 1000.0).floor() as i64,
+        diagnostic: diagnostic(data),
+        url: str_at("url").map(str::to_owned),
+    }))
+}
+
+/// `delivery-status.code` and `.message` (or `.description`), e.g. `550 5.1.1 user unknown`.
+fn diagnostic(data: &Value) -> Option<String> {
+    let status = data.get("delivery-status")?;
+    let code = status.get("code").and_then(Value::as_i64);
+    let text = ["message", "description"]
+        .into_iter()
+        .filter_map(|f| status.get(f).and_then(Value::as_str))
+        .find(|s| !s.trim().is_empty());
+    match (code, text) {
+        (Some(c), Some(t)) => Some(format!("{c} {t}")),
+        (None, Some(t)) => Some(t.to_owned()),
+        (Some(c), None) if c != 0 => Some(c.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(event_data: Value) -> Vec<u8> {
+        json!({
+            "signature": {"token": "t", "timestamp": "1521243339", "signature": "00"},
+            "event-data": event_data,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn event(fields: Value) -> DeliveryEvent {
+        let mut data = json!({
+            "id": "CCXMjJ7nQi2N3BPigGOdgQ",
+            "timestamp": 1521243339.873676,
+            "recipient": "alice@example.com",
+            "user-variables": {"message_id": "test-message-123"},
+        });
+        for (k, v) in fields.as_object().unwrap() {
+            data[k] = v.clone();
+        }
+        match normalize(&body(data)).unwrap() {
+            Normalized::Event(e) => e,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn maps_every_mailgun_event_to_its_delivery_kind() {
+        let cases = [
+            (json!({"event": "delivered"}), DeliveryKind::Delivered),
+            (json!({"event": "opened"}), DeliveryKind::Opened),
+            (json!({"event": "clicked", "url": "https://x.example/a"}), DeliveryKind::Clicked),
+            (json!({"event": "complained"}), DeliveryKind::Complained),
+            (json!({"event": "unsubscribed"}), DeliveryKind::Unsubscribed),
+            (json!({"event": "rejected"}), DeliveryKind::Rejected),
+            (json!({"event": "failed", "severity": "temporary", "reason": "generic"}), DeliveryKind::Deferred),
+            (json!({"event": "failed", "severity": "permanent", "reason": "bounce"}), DeliveryKind::HardBounce),
+            (json!({"event": "failed", "severity": "permanent", "reason": "suppress-bounce"}), DeliveryKind::Rejected),
+            (json!({"event": "failed", "severity": "permanent", "reason": "old"}), DeliveryKind::SoftBounce),
+            (json!({"event": "failed", "severity": "internal"}), DeliveryKind::Deferred),
+            (json!({"event": "failed"}), DeliveryKind::Deferred),
+        ];
+        for (fields, kind) in cases {
+            assert_eq!(event(fields.clone()).kind, kind, "{fields}");
+        }
+    }
+
+    #[test]
+    fn keeps_ids_time_recipient_diagnostic_and_url() {
+        let e = event(json!({
+            "event": "failed", "severity": "permanent", "reason": "bounce",
+            "delivery-status": {"code": 550, "message": "5.1.1 user unknown", "description": ""},
+        }));
+        assert_eq!(e.provider, "mailgun");
+        assert_eq!(e.provider_event_id, "CCXMjJ7nQi2N3BPigGOdgQ");
+        assert_eq!(e.message_id.as_deref(), Some("test-message-123"));
+        assert_eq!(e.recipient, "alice@example.com");
+        assert_eq!(e.at, 1_521_243_339_873);
+        assert_eq!(e.diagnostic.as_deref(), Some("550 5.1.1 user unknown"));
+        let click = event(json!({"event": "clicked", "url": "https://x.example/a"}));
+        assert_eq!(click.url.as_deref(), Some("https://x.example/a"));
+    }
+
+    #[test]
+    fn an_event_without_our_id_is_still_normalised() {
+        let mut data = json!({"event": "delivered", "id": "e1", "timestamp": 1.0, "recipient": "a@b.example"});
+        data["user-variables"] = json!({});
+        match normalize(&body(data)).unwrap() {
+            Normalized::Event(e) => assert_eq!(e.message_id, None),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_delivery_events_are_ignored_not_errors() {
+        for name in ["accepted", "stored", "list_member_uploaded", "something-new"] {
+            let data = json!({"event": name, "id": "e1", "timestamp": 1.0, "recipient": "a@b.example"});
+            assert_eq!(
+                normalize(&body(data)).unwrap(),
+                Normalized::Ignored { event: name.to_owned() }
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_payloads_name_the_field() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"not json", "payload is not valid JSON"),
+            (br#"{"signature": {}}"#, "event-data: missing or malformed"),
+            (br#"{"event-data": {"id": "e"}}"#, "event-data.event: missing or malformed"),
+            (
+                br#"{"event-data": {"event": "delivered", "id": "e", "timestamp": 1}}"#,
+                "event-data.recipient: missing or malformed",
+            ),
+            (
+                br#"{"event-data": {"event": "delivered", "id": "e", "recipient": "a@b.c", "timestamp": "x"}}"#,
+                "event-data.timestamp: missing or malformed",
+            ),
+        ];
+        for (input, want) in cases {
+            let err = normalize(input).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{err} vs {want}");
+        }
+    }
+}
