@@ -1116,7 +1116,11 @@ fn is_token(s: &str) -> bool {
 /// `type/subtype`, optionally followed by `;` and parameters (not checked further: they are
 /// header-safe already and the MIME builder writes them as given).
 fn is_mime_type(s: &str) -> bool {
-    let essence = s.split(';').next().unwrap_or_default().trim();
+    let essence = s
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim_matches([' ', '\t']);
     essence
         .split_once('/')
         .is_some_and(|(t, sub)| is_token(t) && is_token(sub))
