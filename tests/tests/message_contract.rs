@@ -377,3 +377,298 @@ fn schema_and_parser_reject_the_same_bad_messages() {
         assert_rejected(&v, what, &body);
     }
 }
+
+/// Candidate values for one field, good and bad mixed: the schema and the parser must give the
+/// same verdict for each, so a rule added to one side only shows up here.
+fn candidates(field: &str) -> Vec<Value> {
+    let local64 = "l".repeat(64);
+    let label63 = "d".repeat(63);
+    let addresses = vec![
+        json!("a@example.org"),
+        json!("A <a@example.org>"),
+        json!("\"A, B\" <a@example.org>"),
+        json!("\"A \\\"q\\\" B\" <a@example.org>"),
+        json!("<a@example.org>"),
+        json!("  a@example.org\t"),
+        json!("Zo\u{eb} <a@example.org>"),
+        json!("a@example.org <a@example.org>"),
+        json!("a@EXAMPLE.ORG"),
+        json!("a+tag.x@sub.example.org"),
+        json!("a@xn--80ak6aa92e.com"),
+        json!("a@123.example"),
+        json!(format!("{local64}@example.org")),
+        json!(format!("{local64}l@example.org")),
+        json!(format!("Name <{local64}l@example.org>")),
+        json!(format!("a@{label63}.example")),
+        json!(format!("a@{label63}d.example")),
+        json!(format!(
+            "{local64}@{}.example",
+            vec![label63.as_str(); 3].join(".")
+        )),
+        json!(format!(
+            "Name <{local64}@{}.example>",
+            vec![label63.as_str(); 3].join(".")
+        )),
+        json!(format!(
+            "{local64}@{}.ex",
+            vec![label63.as_str(); 3].join(".")
+        )),
+        json!("a@example"),
+        json!("a@@example.org"),
+        json!("a..b@example.org"),
+        json!("a@-a.example"),
+        json!("a@a-.example"),
+        json!("a@example.org."),
+        json!("A <a@example.org"),
+        json!("\"A <a@example.org>"),
+        json!("A\" <a@example.org>"),
+        json!("\"A\" B <a@example.org>"),
+        json!("a@example.org\n"),
+        json!("A\u{7f} <a@example.org>"),
+        json!(""),
+        json!({"email": "a@example.org"}),
+        json!({"email": "a@example.org", "name": null}),
+        json!({"email": "a@example.org", "name": ""}),
+        json!({"email": "a@example.org", "name": "Doe, John \"JD\""}),
+        json!({"email": "a@example.org", "name": "x\ny"}),
+        json!({"email": "A <a@example.org>"}),
+        json!({"email": format!("{local64}l@example.org")}),
+        json!({"name": "x"}),
+        json!({"email": "a@example.org", "x": 1}),
+        json!({"email": 5}),
+        json!(5),
+    ];
+    let list = |vs: &[Value]| vs.iter().map(|v| json!([v])).collect::<Vec<_>>();
+    let header = |name: &str, value: Value| {
+        let mut m = serde_json::Map::new();
+        m.insert(name.to_owned(), value);
+        Value::Object(m)
+    };
+    let good_attachment =
+        json!({"filename": "a.pdf", "content_type": "application/pdf", "content": "JVBERg=="});
+    let att = |key: &str, value: Value| {
+        let mut a = good_attachment.clone();
+        a[key] = value;
+        json!([a])
+    };
+    let mut values = match field {
+        "id" => vec![
+            json!("a"),
+            json!("a:b@c.d-e_f"),
+            json!("a".repeat(128)),
+            json!("a".repeat(129)),
+            json!(""),
+            json!("a b"),
+            json!("a/b"),
+            json!(5),
+        ],
+        "from" => addresses,
+        "reply_to" => {
+            let mut v = addresses;
+            v.push(json!(["a@example.org"]));
+            v
+        }
+        "to" | "cc" | "bcc" => {
+            let mut v = list(&addresses);
+            v.extend([
+                json!([]),
+                json!("a@example.org"),
+                json!(["a@example.org", "A@example.org"]),
+                json!([null]),
+            ]);
+            v
+        }
+        "subject" => vec![
+            json!("x"),
+            json!(""),
+            json!("a\tb"),
+            json!("a\u{85}b"),
+            json!("a\u{7f}b"),
+            json!("a\u{1f}b"),
+            json!("a\rb"),
+            json!("x".repeat(998)),
+            json!("x".repeat(999)),
+            json!("\u{e9}".repeat(998)),
+            json!("\u{e9}".repeat(999)),
+            json!(5),
+        ],
+        "text" | "html" => vec![
+            json!(""),
+            json!("x"),
+            json!("a\u{0}b"),
+            json!("a\r\nb\u{7}"),
+            json!(5),
+            json!(["x"]),
+        ],
+        "headers" => vec![
+            header("X-A", json!("v")),
+            header("X-A", json!("")),
+            header("X-A", json!("a\u{e9}")),
+            header("X-A", json!("a\u{2029}")),
+            header("X-A", json!("x".repeat(998))),
+            header("X-A", json!("x".repeat(999))),
+            header("Content-Type", json!("x")),
+            header("X-Content", json!("x")),
+            header("ContentX", json!("x")),
+            header("To", json!("x")),
+            header("TO", json!("x")),
+            header("Toto", json!("x")),
+            header("X-To", json!("x")),
+            header("Date", json!("x")),
+            header("X-Sg-Id", json!("1")),
+            header("X-SGX", json!("1")),
+            header("x-ses-configuration-set", json!("c")),
+            header("X-SESX", json!("c")),
+            header(&"N".repeat(126), json!("v")),
+            header(&"N".repeat(127), json!("v")),
+            header("\u{e9}", json!("x")),
+            header("", json!("x")),
+            header("X-A", json!(1)),
+            header("X-A", json!(null)),
+            json!({}),
+            json!([]),
+        ],
+        "attachments" => vec![
+            json!([]),
+            json!([good_attachment.clone(), good_attachment.clone()]),
+            att("content", json!("")),
+            att("content", json!("QQ==")),
+            att("content", json!("QUI=")),
+            att("content", json!("QUJD")),
+            att("content", json!("QR==")),
+            att("content", json!("QUJ=")),
+            att("content", json!("QQ")),
+            att("content", json!("QQ=")),
+            att("content", json!("Q===")),
+            att("content", json!("QUJD\n")),
+            att("content", json!("-_-_")),
+            att("content", json!(5)),
+            att("filename", json!("")),
+            att("filename", json!("f".repeat(255))),
+            att("filename", json!("f".repeat(256))),
+            att("filename", json!("r\u{e9}sum\u{e9}.pdf")),
+            att("filename", json!("a\tb")),
+            att("filename", json!("a\u{0}")),
+            att("content_type", json!(null)),
+            att("content_type", json!("")),
+            att("content_type", json!("text/plain; charset=utf-8")),
+            att("content_type", json!(" text/plain ")),
+            att("content_type", json!("text/")),
+            att("content_type", json!("/plain")),
+            att("content_type", json!("text/pl ain")),
+            att("content_type", json!("text/plain;")),
+            att("content_type", json!("a/b/c")),
+            att("content_id", json!("id@x")),
+            att("content_id", json!("")),
+            att("content_id", json!("a b")),
+            att("content_id", json!("c".repeat(250))),
+            att("content_id", json!("c".repeat(251))),
+            att("content_id", json!("\u{e9}")),
+            att("x", json!(1)),
+            json!([5]),
+            json!({}),
+        ],
+        "tags" => vec![
+            json!([]),
+            json!(["a"]),
+            json!([""]),
+            json!(["a".repeat(255)]),
+            json!(["a".repeat(256)]),
+            json!([1]),
+            json!("a"),
+            json!([null]),
+        ],
+        "metadata" => vec![
+            json!({}),
+            json!({"a": 1}),
+            json!({"a": 1.5}),
+            json!({"a": -3}),
+            json!({"a": true}),
+            json!({"a": ""}),
+            json!({"a": null}),
+            json!({"a": []}),
+            json!({"": 1}),
+            json!({"a\tb": "x"}),
+            json!({"a": "x\u{0}"}),
+            json!([]),
+        ],
+        "campaign_id" | "user_id" => vec![
+            json!("x"),
+            json!(""),
+            json!("x".repeat(255)),
+            json!("x".repeat(256)),
+            json!(5),
+            json!("a\u{2028}"),
+        ],
+        "tracking" => vec![
+            json!({}),
+            json!({"opens": true, "clicks": false}),
+            json!({"opens": null}),
+            json!({"opens": 1}),
+            json!({"x": true}),
+            json!(true),
+        ],
+        "gateway" => vec![
+            json!("mailgun-primary"),
+            json!("a".repeat(64)),
+            json!("a".repeat(65)),
+            json!(""),
+            json!("a b"),
+            json!("a:b"),
+            json!(5),
+        ],
+        _ => vec![json!("x")],
+    };
+    values.push(Value::Null);
+    values
+}
+
+#[test]
+fn schema_and_parser_agree_on_every_single_field_variation() {
+    let v = validator();
+    let fields = [
+        "id",
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "reply_to",
+        "subject",
+        "text",
+        "html",
+        "headers",
+        "attachments",
+        "tags",
+        "metadata",
+        "campaign_id",
+        "user_id",
+        "tracking",
+        "gateway",
+        "Text",
+        "unknown",
+    ];
+    let mut disagreements = Vec::new();
+    let mut checked = 0;
+    for field in fields {
+        let mut variants: Vec<Value> = candidates(field)
+            .into_iter()
+            .map(|c| with(field, c))
+            .collect();
+        variants.push(without(field));
+        for body in variants {
+            checked += 1;
+            let schema_ok = v.is_valid(&body);
+            let parsed = parse_message(body.to_string().as_bytes(), Some("sqs-fallback-id"));
+            if schema_ok != parsed.is_ok() {
+                let parser = parsed
+                    .err()
+                    .map_or("accepted".to_owned(), |e| e.to_string());
+                disagreements.push(format!(
+                    "{field}: {body} → schema ok: {schema_ok}, parser: {parser}"
+                ));
+            }
+        }
+    }
+    assert!(checked > 300, "only {checked} variations checked");
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
+}
