@@ -403,16 +403,13 @@ fn candidates(field: &str) -> Vec<Value> {
         json!(format!("a@{label63}d.example")),
         json!(format!(
             "{local64}@{}.example",
-            vec![label63.as_str(); 3].join(".")
+            [label63.as_str(); 3].join(".")
         )),
         json!(format!(
             "Name <{local64}@{}.example>",
-            vec![label63.as_str(); 3].join(".")
+            [label63.as_str(); 3].join(".")
         )),
-        json!(format!(
-            "{local64}@{}.ex",
-            vec![label63.as_str(); 3].join(".")
-        )),
+        json!(format!("{local64}@{}.ex", [label63.as_str(); 3].join("."))),
         json!("a@example"),
         json!("a@@example.org"),
         json!("a..b@example.org"),
