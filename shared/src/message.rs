@@ -490,14 +490,22 @@ pub struct FieldError {
 }
 
 /// Why a body is not a valid outbound message: every problem found (at least one), unknown and
-/// repeated keys first, then the contract's fields in the order of DESIGN §2.1. Every such message is permanently invalid (a poison message): retrying cannot help.
+/// repeated keys first, then the contract's fields in the order of DESIGN §2.1. Such a message is
+/// permanently invalid (a poison message): retrying cannot help.
 ///
 /// `Display` joins the problems with `"; "`. At most [`MAX_REPORTED_PROBLEMS`] are kept; the
 /// text then ends with `; and N more problems`.
+///
+/// The error also carries what could be salvaged from the body ([`id`](Self::id),
+/// [`sender`](Self::sender), [`recipients`](Self::recipients)), because a rejection is recorded
+/// under the message id and reported to the customer per recipient, like any other outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageError {
     errors: Vec<FieldError>,
     omitted: usize,
+    id: Option<String>,
+    sender: Option<EmailAddress>,
+    recipients: Vec<(RecipientKind, Mailbox)>,
 }
 
 impl MessageError {
@@ -511,6 +519,24 @@ impl MessageError {
         self.omitted
     }
 
+    /// The message id to record the rejection under: the body's `id` if it was valid, else the
+    /// fallback (SQS message id) if the body had no `id` and the fallback is valid. `None` when
+    /// the body was not a JSON object or its `id` was invalid; the caller then records it under
+    /// the SQS message id.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// The sender, if `from` was valid.
+    pub fn sender(&self) -> Option<&EmailAddress> {
+        self.sender.as_ref()
+    }
+
+    /// The recipients that were valid, de-duplicated, `to` then `cc` then `bcc` (may be empty).
+    pub fn recipients(&self) -> &[(RecipientKind, Mailbox)] {
+        &self.recipients
+    }
+
     fn single(field: &str, problem: Problem) -> Self {
         Self {
             errors: vec![FieldError {
@@ -518,6 +544,9 @@ impl MessageError {
                 problem,
             }],
             omitted: 0,
+            id: None,
+            sender: None,
+            recipients: Vec::new(),
         }
     }
 }
@@ -641,29 +670,53 @@ pub fn parse_message(
     let tracking = tracking.map_or_else(Tracking::default, |v| parse_tracking(v, &mut r));
     let gateway = gateway.and_then(|v| parse_gateway(v, &mut r));
 
-    // Every `None` below has reported a problem, so `r` is never empty on this path.
-    let (Some(id), Some(from), Some(subject), true) = (id, from, subject, r.is_empty()) else {
-        return Err(r.into_error());
-    };
-    Ok(OutboundMessage {
+    match (id, from, subject) {
+        (Some(id), Some(from), Some(subject)) if r.is_empty() => Ok(OutboundMessage {
+            id,
+            from,
+            to,
+            cc,
+            bcc,
+            reply_to,
+            subject,
+            text,
+            html,
+            headers,
+            attachments,
+            tags,
+            metadata,
+            campaign_id,
+            user_id,
+            tracking,
+            gateway,
+        }),
+        // Every field that came out `None` has reported a problem, so `r` is not empty here.
+        (id, from, _) => Err(rejection(r, id, from, (to, cc, bcc))),
+    }
+}
+
+/// The error for a body that broke at least one rule, with what could be salvaged.
+fn rejection(
+    r: Report,
+    id: Option<String>,
+    from: Option<Mailbox>,
+    (to, cc, bcc): RecipientLists,
+) -> MessageError {
+    let recipients = [
+        (RecipientKind::To, to),
+        (RecipientKind::Cc, cc),
+        (RecipientKind::Bcc, bcc),
+    ]
+    .into_iter()
+    .flat_map(|(kind, list)| list.into_iter().map(move |m| (kind, m)))
+    .collect();
+    MessageError {
+        errors: r.errors,
+        omitted: r.omitted,
         id,
-        from,
-        to,
-        cc,
-        bcc,
-        reply_to,
-        subject,
-        text,
-        html,
-        headers,
-        attachments,
-        tags,
-        metadata,
-        campaign_id,
-        user_id,
-        tracking,
-        gateway,
-    })
+        sender: from.map(|m| m.address().clone()),
+        recipients,
+    }
 }
 
 /// A JSON value that keeps object entries in document order, duplicates included, so that
@@ -762,13 +815,6 @@ impl Report {
 
     fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn into_error(self) -> MessageError {
-        MessageError {
-            errors: self.errors,
-            omitted: self.omitted,
-        }
     }
 }
 
@@ -1433,6 +1479,50 @@ mod tests {
         assert_eq!(err.errors().len(), MAX_REPORTED_PROBLEMS);
         assert_eq!(err.omitted(), 150);
         assert!(err.to_string().ends_with("; and 150 more problems"));
+    }
+
+    #[test]
+    fn a_rejection_carries_what_could_be_salvaged_for_the_record() {
+        let v = with(|m| {
+            m.insert(
+                "to".into(),
+                json!(["ok@example.org", "bad", "OK@example.org"]),
+            );
+            m.insert("bcc".into(), json!(["b@example.org"]));
+            m.insert("subject".into(), json!("a\nb"));
+        });
+        let Err(err) = parse(&v) else {
+            panic!("a subject with a line break was accepted");
+        };
+        assert_eq!(err.id(), Some("m-1"));
+        assert_eq!(
+            err.sender().map(EmailAddress::as_str),
+            Some("clinic@example.org")
+        );
+        let recipients: Vec<(RecipientKind, &str)> = err
+            .recipients()
+            .iter()
+            .map(|(k, m)| (*k, m.address().as_str()))
+            .collect();
+        assert_eq!(
+            recipients,
+            [
+                (RecipientKind::To, "ok@example.org"),
+                (RecipientKind::Bcc, "b@example.org")
+            ]
+        );
+
+        let err = parse_message(br#"{"id": "bad id", "from": "nope"}"#, Some("sqs-1")).err();
+        assert_eq!(
+            err.as_ref().and_then(MessageError::id),
+            None,
+            "an invalid id is not salvaged"
+        );
+        assert_eq!(err.as_ref().and_then(MessageError::sender), None);
+        let err = parse_message(br#"{"from": "a@example.org"}"#, Some("sqs-1")).err();
+        assert_eq!(err.as_ref().and_then(MessageError::id), Some("sqs-1"));
+        let err = parse_message(b"not json", Some("sqs-1")).err();
+        assert_eq!(err.as_ref().and_then(MessageError::id), None);
     }
 
     #[test]
