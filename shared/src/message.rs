@@ -4,7 +4,13 @@
 //! every problem found, each with the path of the field (`to[2]: not an email address`). A
 //! message that fails is a poison message: the pipeline records it as `rejected` with that text
 //! and acknowledges it. The text never repeats addresses, bodies or header values, only field
-//! paths, header names and the rule broken, so it is safe to log and to send to customers.
+//! paths (keys escaped and cut at 64 characters), header names and the rule broken, so it is safe
+//! to log and to send to customers. The error also carries the id, sender and recipients that
+//! were valid, so the rejection can be recorded and reported like any other outcome.
+//!
+//! The same contract is published as JSON Schema in `shared/schema/message.schema.json`; the
+//! contract tests check that schema and parser agree. Only what a schema cannot say (repeated
+//! keys, case-insensitive header repeats, de-duplicated recipient count, body size) is parser-only.
 //!
 //! Rules beyond the ones DESIGN §2.1 states, and why:
 //!
@@ -26,7 +32,8 @@
 //!   recipient still gets exactly one copy). At most [`MAX_RECIPIENTS`] remain.
 //! - **`reply_to`** is one address (string or object); a list is an error rather than a silent
 //!   choice of one element.
-//! - **Empty `text` or `html`** counts as absent; at least one of them must be non-empty.
+//! - **Empty `text` or `html`** counts as absent; at least one of them must be non-empty. An empty
+//!   `subject` is an error (a medical message without a subject is a client bug).
 //! - **Attachments** carry standard, padded base64 without line breaks; `content_type` defaults to
 //!   `application/octet-stream`; `content_id` (without angle brackets) marks an inline part.
 //! - **Metadata** values are JSON strings, numbers or booleans; providers that take only strings
