@@ -169,6 +169,12 @@ impl EmailAddress {
     pub fn domain(&self) -> &str {
         &self.full[self.at + 1..]
     }
+
+    /// The whole address in lower case: the canonical form for storage keys (suppression list,
+    /// per-sender limit windows, recipient rows), so that keys agree with [`PartialEq`].
+    pub fn to_key(&self) -> String {
+        self.full.to_ascii_lowercase()
+    }
 }
 
 impl PartialEq for EmailAddress {
@@ -450,6 +456,8 @@ mod tests {
         let b = addr("john.doe@example.ORG");
         assert_eq!(a, b);
         assert_ne!(a, addr("john.doe2@example.org"));
+        assert_eq!(a.to_key(), b.to_key());
+        assert_eq!(a.to_key(), "john.doe@example.org");
         let set: HashSet<EmailAddress> = [a, b].into_iter().collect();
         assert_eq!(set.len(), 1);
     }

@@ -152,7 +152,7 @@ pub struct Tracking {
 }
 
 /// A metadata value: a JSON scalar other than `null`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetadataValue {
     /// A string (header-safe: no line breaks or control characters).
     Text(String),
@@ -160,6 +160,17 @@ pub enum MetadataValue {
     Number(serde_json::Number),
     /// A boolean.
     Bool(bool),
+}
+
+impl From<&MetadataValue> for serde_json::Value {
+    /// The JSON value as the message gave it (for the record's `metadata` column).
+    fn from(v: &MetadataValue) -> Self {
+        match v {
+            MetadataValue::Text(s) => Self::String(s.clone()),
+            MetadataValue::Number(n) => Self::Number(n.clone()),
+            MetadataValue::Bool(b) => Self::Bool(*b),
+        }
+    }
 }
 
 impl fmt::Display for MetadataValue {
@@ -224,7 +235,7 @@ impl fmt::Debug for Attachment {
 ///
 /// `Debug` shows the sizes of `text` and `html`, not their content (medical content must not
 /// reach logs by accident).
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct OutboundMessage {
     id: String,
     from: Mailbox,
@@ -828,13 +839,14 @@ impl Report {
 /// Longest key shown in a field path; longer keys are truncated.
 const MAX_PATH_KEY_CHARS: usize = 64;
 
-/// `parent.key`, or `parent["escaped"]` when the key is not plain printable ASCII.
+/// `parent.key`, or `parent["escaped"]` when the key is not plain printable ASCII or holds
+/// characters that would make the path ambiguous (`.`, `[`, `]`, `"`, `\`, `:`).
 fn key_path(parent: &str, key: &str) -> String {
     let plain = !key.is_empty()
         && key.len() <= MAX_PATH_KEY_CHARS
         && key
             .bytes()
-            .all(|b| b.is_ascii_graphic() && !b".[]\"\\".contains(&b));
+            .all(|b| b.is_ascii_graphic() && !b".[]\"\\:".contains(&b));
     if plain {
         return if parent.is_empty() {
             key.to_owned()
@@ -1383,7 +1395,7 @@ mod tests {
             (set("headers", json!({"BCC": "x@example.org"})), vec!["headers.BCC: custom headers may not set BCC".into()]),
             (set("headers", json!({"X-SMTPAPI": "{}"})), vec!["headers.X-SMTPAPI: custom headers may not set X-SMTPAPI".into()]),
             (set("headers", json!({"x-mailgun-variables": "{}"})), vec!["headers.x-mailgun-variables: custom headers may not set x-mailgun-variables".into()]),
-            (set("headers", json!({"X:Y": "v"})), vec!["headers.X:Y: header names must be 1 to 126 printable ASCII characters without ':'".into()]),
+            (set("headers", json!({"X:Y": "v"})), vec!["headers[\"X:Y\"]: header names must be 1 to 126 printable ASCII characters without ':'".into()]),
             (set("headers", json!({"X Y": "v"})), vec!["headers[\"X Y\"]: header names must be 1 to 126 printable ASCII characters without ':'".into()]),
             (set("headers", json!({"X-\r\nBcc": "v"})), vec!["headers[\"X-\\r\\nBcc\"]: header names must be 1 to 126 printable ASCII characters without ':'".into()]),
             (set("headers", json!({&long_name: "v"})), vec![format!("headers[\"{}…\"]: header names must be 1 to 126 printable ASCII characters without ':'", "X".repeat(64))]),
