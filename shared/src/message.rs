@@ -1648,6 +1648,8 @@ mod tests {
                 ("urgent", "false".to_owned())
             ]
         );
+        let as_json: Vec<Value> = m.metadata().values().map(Value::from).collect();
+        assert_eq!(as_json, [json!(2), json!("123"), json!(false)]);
         assert_eq!(
             (m.campaign_id(), m.user_id()),
             (Some("flu-2026"), Some("u-42"))
