@@ -976,10 +976,18 @@ fn mailbox(v: &Json, path: &str, r: &mut Report) -> Option<Mailbox> {
                     }
                 });
             let name_path = format!("{path}.name");
-            // A missing or empty name is fine; only a broken one is an error.
-            let name = match name {
+            // A missing or empty name is fine; only a broken one is an error. It is checked on
+            // its own so that a broken address does not hide a broken name.
+            let name = match name.map(|n| string(n, &name_path, r)) {
                 None => Ok(None),
-                Some(n) => string(n, &name_path, r).map(Some).ok_or(()),
+                Some(None) => Err(()),
+                Some(Some(n)) => match check_header_text(n) {
+                    Ok(()) => Ok(Some(n)),
+                    Err(e) => {
+                        r.add(name_path.clone(), e.into());
+                        Err(())
+                    }
+                },
             };
             let (Some(address), Ok(name)) = (address, name) else {
                 return None;
@@ -1369,6 +1377,7 @@ mod tests {
             (set("to", json!(["Eve\r\nBcc: x@evil.example <e@example.org>"])), vec!["to[0]: contains a line break".into()]),
             (set("to", json!([{"email": "b@example.org", "name": "B\rC"}])), vec!["to[0].name: contains a line break".into()]),
             (set("to", json!([{"email": "b@example.org", "nmae": "B"}])), vec!["to[0].nmae: unknown field".into()]),
+            (set("to", json!([{"email": "b@example", "name": "B\nC"}])), vec!["to[0].email: the domain is not a valid host name".into(), "to[0].name: contains a line break".into()]),
             (set("to", json!([{"name": "B"}])), vec!["to[0].email: required".into()]),
             (set("to", json!([{"email": "b@example"}])), vec!["to[0].email: the domain is not a valid host name".into()]),
             (set("to", json!(["\"a b\"@example.org"])), vec!["to[0]: quoted local parts are not supported".into()]),
