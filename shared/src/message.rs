@@ -1071,6 +1071,8 @@ fn custom_headers(v: &Json, r: &mut Report) -> Vec<(String, String)> {
         return Vec::new();
     };
     let mut out: Vec<(String, String)> = Vec::with_capacity(entries.len());
+    // Lower-cased names seen so far: a set keeps the repeat check linear in the header count.
+    let mut seen = HashSet::new();
     for (name, value) in entries {
         let path = key_path("headers", name);
         let name_ok = (1..=MAX_HEADER_NAME_LEN).contains(&name.len())
@@ -1079,7 +1081,7 @@ fn custom_headers(v: &Json, r: &mut Report) -> Vec<(String, String)> {
             Some(Problem::InvalidHeaderName)
         } else if is_forbidden_header(name) {
             Some(Problem::ForbiddenHeader { name: name.clone() })
-        } else if out.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        } else if !seen.insert(name.to_ascii_lowercase()) {
             Some(Problem::DuplicateHeader)
         } else {
             None
@@ -1090,9 +1092,6 @@ fn custom_headers(v: &Json, r: &mut Report) -> Vec<(String, String)> {
         }
         if let Some(value) = header_text(value, &path, MAX_HEADER_VALUE_LEN, r) {
             out.push((name.clone(), value));
-        } else {
-            // Keep the name so a later case-variant is still reported as a duplicate.
-            out.push((name.clone(), String::new()));
         }
     }
     out
