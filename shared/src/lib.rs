@@ -2,10 +2,13 @@
 //!
 //! Pure cores take `now` and state as arguments and do no I/O:
 //! [`message`] (the outbound message contract), [`config`] (the gateway configuration),
-//! [`router`], [`limiter`], [`breaker`]. Ports are traits with in-memory adapters:
+//! [`router`], [`limiter`], [`breaker`], provider webhook normalisation ([`webhooks`]) and the
+//! customer-facing Mandrill format ([`mandrill`]). Ports are traits with in-memory adapters:
 //! [`state::StateStore`], [`records::RecordWriter`] / [`records::RecordReader`],
 //! [`events::EventSink`], [`clock::Clock`]. Later adapters (DynamoDB, MySQL, SQS) implement the
 //! same traits, and the contract test suites run against every implementation.
+
+#![warn(missing_docs)]
 
 pub mod address;
 pub mod breaker;

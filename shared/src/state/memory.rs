@@ -2,7 +2,7 @@
 //!
 //! One mutex around a map: every operation is atomic, which is exactly what DynamoDB guarantees
 //! per item and per transaction. Conditions are evaluated with the reference semantics of
-//! [`Condition::holds`], and writes applied with [`apply_op`], so the limiter, breaker and ledger
+//! [`Condition::holds`](super::Condition::holds), and writes applied with [`apply_op`], so the limiter, breaker and ledger
 //! behave here as they do against DynamoDB. Request counters let tests and benchmarks count
 //! round trips the way they would be billed.
 
