@@ -64,9 +64,15 @@
 //! the pipeline bounds attempts with `routing.max_failover_attempts`.
 //!
 //! # Cost
-//! [`Router::new`] precomputes the (group, priority, id) order and the failover chains as
-//! indices, so [`Router::route`] does one pass over the gateways, a few in-place reorderings and
-//! two `Vec` allocations (three with `failover`); reason text is rendered only on display.
+//! The budget is ≤ 2 µs of CPU per message for routing plus the limit decision with 20
+//! gateways. [`Router::new`] therefore precomputes the (group, priority, id) order, the failover
+//! chains as indices and a table of the config's distinct patterns; [`Router::route`] does one
+//! pass over the gateways, matches each distinct pattern at most once per message (a shared
+//! `*` or internal-domain exclusion costs one match, not twenty), orders a permutation of
+//! indices rather than moving candidates, and renders no text: reasons are enums holding
+//! borrowed config data, turned into text only by `Display` / `Serialize`. Allocations: the two
+//! lists of the plan, plus a permutation, the reordered list and a small scratch for strategies
+//! other than `priority`.
 
 mod hash;
 mod plan;
@@ -80,6 +86,7 @@ pub use plan::{
 
 use crate::clock::EpochMillis;
 use crate::config::{Config, Gateway, GatewayMode, GatewaySource, Strategy};
+use crate::pattern::SenderPattern;
 use hash::MessageHash;
 
 /// What the router needs to know about one message.
@@ -141,19 +148,49 @@ pub struct GatewayState {
 #[derive(Debug, Clone)]
 pub struct Router {
     config: Arc<Config>,
-    /// Gateway indices in (hybrid group, priority, id) order.
-    order: Vec<usize>,
-    /// `failover_to` of each gateway as indices (unknown ids, already rejected by validation,
-    /// are skipped).
+    /// Every distinct pattern of the config (`can_route`, `exclude_patterns`, rules), so that a
+    /// pattern shared by many gateways (`*`, an internal domain) is matched once per message.
+    patterns: Vec<SenderPattern>,
+    /// Pattern ids referenced by `Slot` ranges and rules.
+    pattern_ids: Vec<usize>,
+    /// One slot per gateway, in (hybrid group, priority, id) order.
+    slots: Vec<Slot>,
+    /// Per rule: its range in `pattern_ids` and its strategy.
+    rules: Vec<(Span, Strategy)>,
+    /// `failover_to` of each gateway (by config index) as config indices; unknown ids, already
+    /// rejected by validation, are skipped.
     failover: Vec<Vec<usize>>,
+}
+
+/// A range in `Router::pattern_ids`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+/// What the filter pass needs of one gateway, packed together for the per-message loop.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    index: usize,
+    enabled: bool,
+    health_checked: bool,
+    breaker_enabled: bool,
+    group: Option<HybridGroup>,
+    can_route: Span,
+    exclude: Span,
 }
 
 /// Salt added to hash rounds of the config-file group in hybrid mode, so the two groups' draws
 /// are independent.
 const SECOND_GROUP_ROUNDS: u64 = 1 << 32;
 
+/// Patterns whose match result is remembered within one `route` call; ids beyond are matched
+/// every time they are referenced (still correct, only slower).
+const MEMO_PATTERNS: usize = 128;
+
 impl Router {
-    /// Precomputes the routing order and failover chains of `config`.
+    /// Precomputes the routing order, the distinct patterns and the failover chains of `config`.
     pub fn new(config: Arc<Config>) -> Router {
         let hybrid = config.mode == GatewayMode::Hybrid;
         let mut order: Vec<usize> = (0..config.gateways.len()).collect();
@@ -165,6 +202,31 @@ impl Router {
                 &gb.id,
             ))
         });
+        let mut table = PatternTable::default();
+        let slots = order
+            .iter()
+            .map(|&index| {
+                let g = &config.gateways[index];
+                Slot {
+                    index,
+                    enabled: g.enabled,
+                    health_checked: g.health_check.enabled,
+                    breaker_enabled: g.circuit_breaker.enabled,
+                    group: hybrid.then_some(match g.source {
+                        GatewaySource::LegacyWorkspace(_) => HybridGroup::Legacy,
+                        GatewaySource::ConfigFile => HybridGroup::Config,
+                    }),
+                    can_route: table.intern_all(&g.routing.can_route),
+                    exclude: table.intern_all(&g.routing.exclude_patterns),
+                }
+            })
+            .collect();
+        let rules = config
+            .routing
+            .rules
+            .iter()
+            .map(|r| (table.intern_all(&r.senders), r.strategy))
+            .collect();
         let failover = config
             .gateways
             .iter()
@@ -178,7 +240,10 @@ impl Router {
             .collect();
         Router {
             config,
-            order,
+            patterns: table.patterns,
+            pattern_ids: table.ids,
+            slots,
+            rules,
             failover,
         }
     }
@@ -196,12 +261,14 @@ impl Router {
     /// The strategy that applies to `sender`: the first matching `routing.rules[]` entry, else
     /// `routing.strategy`.
     pub fn strategy_for(&self, sender: &str) -> Strategy {
-        self.config
-            .routing
-            .rules
+        self.strategy_with(&mut Matcher::new(self, sender))
+    }
+
+    fn strategy_with(&self, m: &mut Matcher<'_, '_>) -> Strategy {
+        self.rules
             .iter()
-            .find(|r| r.senders.iter().any(|p| p.matches(sender)))
-            .map_or(self.config.routing.strategy, |r| r.strategy)
+            .find(|(span, _)| m.first_match(*span).is_some())
+            .map_or(self.config.routing.strategy, |&(_, s)| s)
     }
 
     /// Orders the gateways for one message (see the module docs for every rule).
@@ -215,7 +282,8 @@ impl Router {
         state: &[GatewayState],
         now: EpochMillis,
     ) -> RoutePlan<'_> {
-        let strategy = self.strategy_for(req.sender);
+        let mut m = Matcher::new(self, req.sender);
+        let strategy = self.strategy_with(&mut m);
         let gateways = &self.config.gateways;
         let mut plan = RoutePlan {
             strategy,
@@ -226,10 +294,10 @@ impl Router {
 
         if let Some(pinned) = req.pinned {
             let fell_back = self.config.routing.pinned_failover;
-            match self.index_of(pinned) {
-                Some(index) => {
-                    let gateway = &gateways[index];
-                    match self.verdict(gateway, state_of(state, index), req.sender, now) {
+            match self.slots.iter().find(|s| gateways[s.index].id == pinned) {
+                Some(slot) => {
+                    let (gateway, index) = (&gateways[slot.index], slot.index);
+                    match self.verdict(slot, state_of(state, index), &mut m, now) {
                         Ok(reason) => {
                             plan.pin = Some(PinOutcome::Used(gateway));
                             plan.candidates.push(Candidate {
@@ -270,9 +338,9 @@ impl Router {
             }
         }
 
-        for &index in &self.order {
-            let gateway = &gateways[index];
-            match self.verdict(gateway, state_of(state, index), req.sender, now) {
+        for slot in &self.slots {
+            let (gateway, index) = (&gateways[slot.index], slot.index);
+            match self.verdict(slot, state_of(state, index), &mut m, now) {
                 Ok(reason) => plan.candidates.push(Candidate {
                     gateway,
                     index,
@@ -286,24 +354,41 @@ impl Router {
             }
         }
 
-        let hash = MessageHash::new(req.message_id);
-        // Candidates come out of the pass grouped (legacy first in hybrid mode), each group by
-        // (priority, id), which is the starting order of every strategy.
-        let legacy = plan
-            .candidates
-            .iter()
-            .take_while(|c| c.reason.group == Some(HybridGroup::Legacy))
-            .count();
-        let (first, second) = plan.candidates.split_at_mut(legacy);
-        self.order_group(first, strategy, req.sender, state, hash, 0);
-        self.order_group(
-            second,
-            strategy,
-            req.sender,
-            state,
-            hash,
-            SECOND_GROUP_ROUNDS,
-        );
+        if strategy != Strategy::Priority && plan.candidates.len() > 1 {
+            let hash = MessageHash::new(req.message_id);
+            // Candidates come out of the pass grouped (legacy first in hybrid mode), each group
+            // by (priority, id), which is the starting order of every strategy.
+            let legacy = plan
+                .candidates
+                .iter()
+                .take_while(|c| c.reason.group == Some(HybridGroup::Legacy))
+                .count();
+            let mut perm: Vec<usize> = (0..plan.candidates.len()).collect();
+            let (first, second) = plan.candidates.split_at_mut(legacy);
+            let (first_perm, second_perm) = perm.split_at_mut(legacy);
+            for (group, group_perm, offset, rounds) in [
+                (first, first_perm, 0, 0),
+                (second, second_perm, legacy, SECOND_GROUP_ROUNDS),
+            ] {
+                let ctx = OrderContext {
+                    sender: req.sender,
+                    state,
+                    hash,
+                    rounds,
+                };
+                // Strategies see positions within their group.
+                group_perm.iter_mut().for_each(|p| *p -= offset);
+                self.order_group(group, group_perm, strategy, &ctx);
+                group_perm.iter_mut().for_each(|p| *p += offset);
+            }
+            let mut ordered = Vec::with_capacity(gateways.len());
+            for &p in &perm {
+                if let Some(c) = plan.candidates.get(p) {
+                    ordered.push(c.clone());
+                }
+            }
+            plan.candidates = ordered;
+        }
 
         if !self.config.routing.failover_enabled && plan.candidates.len() > 1 {
             plan.dropped
@@ -319,12 +404,12 @@ impl Router {
     /// Every gateway but `keep`, dropped as not pinned, in routing order.
     fn drop_all_but<'r>(&'r self, keep: usize, dropped: &mut Vec<Dropped<'r>>) {
         dropped.extend(
-            self.order
+            self.slots
                 .iter()
-                .filter(|&&i| i != keep)
-                .map(|&index| Dropped {
-                    gateway: &self.config.gateways[index],
-                    index,
+                .filter(|s| s.index != keep)
+                .map(|s| Dropped {
+                    gateway: &self.config.gateways[s.index],
+                    index: s.index,
                     reason: DropReason::NotPinned,
                 }),
         );
@@ -333,33 +418,25 @@ impl Router {
     /// Applies the filters to one gateway; the kept reason starts with priority order.
     fn verdict<'r>(
         &'r self,
-        gateway: &'r Gateway,
+        slot: &Slot,
         state: GatewayState,
-        sender: &str,
+        m: &mut Matcher<'r, '_>,
         now: EpochMillis,
     ) -> Result<KeptReason<'r>, DropReason<'r>> {
         let routing = &self.config.routing;
-        if !gateway.enabled {
+        if !slot.enabled {
             return Err(DropReason::Disabled);
         }
-        if gateway.routing.can_route.is_empty() {
+        if slot.can_route.start == slot.can_route.end {
             return Err(DropReason::NoCanRoute);
         }
-        let matched = gateway
-            .routing
-            .can_route
-            .iter()
-            .find(|p| p.matches(sender))
+        let matched = m
+            .first_match(slot.can_route)
             .ok_or(DropReason::SenderNotMatched)?;
-        if let Some(pattern) = gateway
-            .routing
-            .exclude_patterns
-            .iter()
-            .find(|p| p.matches(sender))
-        {
+        if let Some(pattern) = m.first_match(slot.exclude) {
             return Err(DropReason::Excluded { pattern });
         }
-        let health = if !gateway.health_check.enabled {
+        let health = if !slot.health_checked {
             HealthNote::NotChecked
         } else {
             match state.health {
@@ -372,7 +449,7 @@ impl Router {
                 Health::Unhealthy => HealthNote::UnhealthyNotRequired,
             }
         };
-        let breaker = if !gateway.circuit_breaker.enabled {
+        let breaker = if !slot.breaker_enabled {
             BreakerNote::Disabled
         } else {
             match state.breaker {
@@ -387,45 +464,41 @@ impl Router {
                 BreakerView::Open { until } => BreakerNote::OpenNotRequired { until },
             }
         };
-        let group = (self.config.mode == GatewayMode::Hybrid).then_some(match gateway.source {
-            GatewaySource::LegacyWorkspace(_) => HybridGroup::Legacy,
-            GatewaySource::ConfigFile => HybridGroup::Config,
-        });
         Ok(KeptReason {
             matched,
             health,
             breaker,
-            group,
+            group: slot.group,
             order: OrderReason::Priority {
-                priority: gateway.priority,
+                priority: self.config.gateways[slot.index].priority,
             },
         })
     }
 
-    /// Reorders one group of candidates (already by (priority, id)) by `strategy`.
+    /// Orders one group of candidates (listed by (priority, id)) by `strategy`: on return,
+    /// `perm[i]` is the group position of the candidate to try `i`-th. Order reasons are set on
+    /// the candidates where they stand.
     fn order_group<'r>(
         &'r self,
         group: &mut [Candidate<'r>],
+        perm: &mut [usize],
         strategy: Strategy,
-        sender: &str,
-        state: &[GatewayState],
-        hash: MessageHash,
-        rounds: u64,
+        ctx: &OrderContext<'_>,
     ) {
         if group.is_empty() {
             return;
         }
         match strategy {
             Strategy::Priority => {}
-            Strategy::Failover => self.order_failover(group),
-            Strategy::RoundRobin => order_round_robin(group, hash, rounds),
-            Strategy::Weighted => order_weighted(group, hash, rounds),
-            Strategy::LeastLoaded => order_least_loaded(group, state),
-            Strategy::DomainBased => order_domain_based(group, sender),
+            Strategy::Failover => self.order_failover(group, perm),
+            Strategy::RoundRobin => order_round_robin(group, perm, ctx),
+            Strategy::Weighted => order_weighted(group, perm, ctx),
+            Strategy::LeastLoaded => order_least_loaded(group, perm, ctx),
+            Strategy::DomainBased => order_domain_based(group, perm, ctx),
         }
     }
 
-    fn order_failover<'r>(&'r self, group: &mut [Candidate<'r>]) {
+    fn order_failover<'r>(&'r self, group: &mut [Candidate<'r>], perm: &mut [usize]) {
         let gateways = &self.config.gateways;
         let mut visited = vec![false; gateways.len()];
         let mut queue = Vec::with_capacity(gateways.len());
@@ -444,21 +517,105 @@ impl Router {
                     continue;
                 }
                 queue.push(target);
-                if let Some(offset) = group[placed..].iter().position(|c| c.index == target) {
-                    group[placed..=placed + offset].rotate_right(1);
-                    group[placed].reason.order = OrderReason::FailoverTarget {
+                let found = perm[placed..]
+                    .iter()
+                    .position(|&p| group[p].index == target);
+                if let Some(offset) = found {
+                    move_to(perm, placed + offset, placed);
+                    group[perm[placed]].reason.order = OrderReason::FailoverTarget {
                         from: &gateways[from].id,
                     };
                     placed += 1;
                 }
             }
         }
-        for c in &mut group[placed..] {
+        for &p in &perm[placed..] {
+            let c = &mut group[p];
             c.reason.order = OrderReason::AfterChains {
                 priority: c.gateway.priority,
             };
         }
     }
+}
+
+/// The distinct patterns of a config, and the id lists that refer to them.
+#[derive(Default)]
+struct PatternTable {
+    patterns: Vec<SenderPattern>,
+    ids: Vec<usize>,
+}
+
+impl PatternTable {
+    fn intern_all(&mut self, list: &[SenderPattern]) -> Span {
+        let start = self.ids.len();
+        for p in list {
+            let id = match self.patterns.iter().position(|q| q == p) {
+                Some(id) => id,
+                None => {
+                    self.patterns.push(p.clone());
+                    self.patterns.len() - 1
+                }
+            };
+            self.ids.push(id);
+        }
+        let end = self.ids.len();
+        Span { start, end }
+    }
+}
+
+/// Matches one sender against the router's patterns, remembering each result for the rest of
+/// the `route` call.
+struct Matcher<'r, 's> {
+    router: &'r Router,
+    sender: &'s str,
+    /// Per pattern id: 0 not matched yet, 1 no match, 2 match. Bytes rather than bit sets:
+    /// one load per lookup, where 128-bit shifts cost tens of instructions.
+    memo: [u8; MEMO_PATTERNS],
+}
+
+impl<'r, 's> Matcher<'r, 's> {
+    fn new(router: &'r Router, sender: &'s str) -> Self {
+        Self {
+            router,
+            sender,
+            memo: [0; MEMO_PATTERNS],
+        }
+    }
+
+    /// The first pattern of `span` matching the sender.
+    fn first_match(&mut self, span: Span) -> Option<&'r SenderPattern> {
+        let router = self.router;
+        let ids = router
+            .pattern_ids
+            .get(span.start..span.end)
+            .unwrap_or_default();
+        ids.iter().find_map(|&id| {
+            let pattern = router.patterns.get(id)?;
+            self.matches(id, pattern).then_some(pattern)
+        })
+    }
+
+    fn matches(&mut self, id: usize, pattern: &SenderPattern) -> bool {
+        match self.memo.get_mut(id) {
+            Some(0) | None => {
+                let matched = pattern.matches(self.sender);
+                if let Some(slot) = self.memo.get_mut(id) {
+                    *slot = 1 + u8::from(matched);
+                }
+                matched
+            }
+            Some(known) => *known == 2,
+        }
+    }
+}
+
+/// Per-message inputs of the ordering strategies.
+struct OrderContext<'a> {
+    sender: &'a str,
+    state: &'a [GatewayState],
+    hash: MessageHash,
+    /// First hash round of this group.
+    rounds: u64,
 }
 
 fn group_rank(hybrid: bool, g: &Gateway) -> u8 {
@@ -476,51 +633,63 @@ fn len_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-fn order_round_robin(group: &mut [Candidate<'_>], hash: MessageHash, rounds: u64) {
+/// Moves `perm[from]` to `to` (`to <= from`), shifting the entries between one place back, so
+/// the rest keeps its relative order.
+fn move_to(perm: &mut [usize], from: usize, to: usize) {
+    let moved = perm[from];
+    let mut i = from;
+    while i > to {
+        perm[i] = perm[i - 1];
+        i -= 1;
+    }
+    perm[to] = moved;
+}
+
+fn order_round_robin(group: &mut [Candidate<'_>], perm: &mut [usize], ctx: &OrderContext<'_>) {
     let of = group.len();
-    let rotation = usize::try_from(hash.below(rounds, len_u64(of))).unwrap_or(0);
-    group.rotate_left(rotation);
+    let rotation = usize::try_from(ctx.hash.below(ctx.rounds, len_u64(of))).unwrap_or(0);
+    perm.rotate_left(rotation);
     for c in group.iter_mut() {
         c.reason.order = OrderReason::RoundRobin { rotation, of };
     }
 }
 
-fn order_weighted(group: &mut [Candidate<'_>], hash: MessageHash, rounds: u64) {
+fn order_weighted(group: &mut [Candidate<'_>], perm: &mut [usize], ctx: &OrderContext<'_>) {
     // Stable partition: weighted gateways first, both halves keep (priority, id) order.
     let mut weighted = 0;
-    for i in 0..group.len() {
-        if group[i].gateway.weight > 0 {
-            group[weighted..=i].rotate_right(1);
+    for i in 0..perm.len() {
+        if group[perm[i]].gateway.weight > 0 {
+            move_to(perm, i, weighted);
             weighted += 1;
         }
     }
-    let mut total: u64 = group[..weighted]
+    // The draws read weights many times: keep them next to the positions.
+    let mut draw: Vec<(u32, usize)> = perm[..weighted]
         .iter()
-        .map(|c| u64::from(c.gateway.weight))
-        .sum();
-    for (k, slot) in (0..weighted).zip(rounds..) {
-        let drawn_total = total;
-        let mut point = hash.below(slot, total);
+        .map(|&p| (group[p].gateway.weight, p))
+        .collect();
+    let mut total: u64 = draw.iter().map(|&(w, _)| u64::from(w)).sum();
+    for (k, round) in (0..weighted).zip(ctx.rounds..) {
+        let mut point = ctx.hash.below(round, total);
         let mut pick = weighted - 1;
-        for (offset, c) in group[k..weighted].iter().enumerate() {
-            let w = u64::from(c.gateway.weight);
-            if point < w {
-                pick = k + offset;
+        for (j, &(w, _)) in draw.iter().enumerate().skip(k) {
+            if point < u64::from(w) {
+                pick = j;
                 break;
             }
-            point -= w;
+            point -= u64::from(w);
         }
-        // Rotating (not swapping) keeps the undrawn rest in priority order, so the plan reads
-        // naturally and does not depend on earlier draws' positions.
-        group[k..=pick].rotate_right(1);
-        let weight = group[k].gateway.weight;
+        // Swapping the drawn entry into place (rather than shifting the rest) reorders the
+        // undrawn ones, which changes nothing: each draw is proportional to weight whatever the
+        // order, and the order is itself a function of the message id alone.
+        draw.swap(k, pick);
+        let (weight, p) = draw[k];
+        perm[k] = p;
+        group[p].reason.order = OrderReason::Weighted { weight, total };
         total -= u64::from(weight);
-        group[k].reason.order = OrderReason::Weighted {
-            weight,
-            total: drawn_total,
-        };
     }
-    for c in &mut group[weighted..] {
+    for &p in &perm[weighted..] {
+        let c = &mut group[p];
         c.reason.order = OrderReason::ZeroWeight {
             priority: c.gateway.priority,
         };
@@ -535,47 +704,49 @@ fn effective_remaining(state: GatewayState) -> (f64, bool) {
     }
 }
 
-fn order_least_loaded(group: &mut [Candidate<'_>], state: &[GatewayState]) {
-    for c in group.iter_mut() {
-        let (remaining, known) = effective_remaining(state_of(state, c.index));
+fn order_least_loaded(group: &mut [Candidate<'_>], perm: &mut [usize], ctx: &OrderContext<'_>) {
+    // Sort keys computed once: the fraction's bits (monotonic for non-negative floats, and the
+    // fraction is clamped to 0.0..=1.0) inverted for "most first", then the (priority, id)
+    // position, which makes every key distinct and the order total.
+    let mut keys: Vec<(u64, usize)> = Vec::with_capacity(group.len());
+    for (c, &p) in group.iter_mut().zip(perm.iter()) {
+        let (remaining, known) = effective_remaining(state_of(ctx.state, c.index));
         c.reason.order = OrderReason::LeastLoaded { remaining, known };
+        keys.push((u64::MAX - remaining.to_bits(), p));
     }
-    let remaining = |c: &Candidate<'_>| match c.reason.order {
-        OrderReason::LeastLoaded { remaining, .. } => remaining,
-        _ => 0.0,
-    };
-    // Stable: equal fractions keep the (priority, id) order.
-    group.sort_by(|a, b| remaining(b).total_cmp(&remaining(a)));
+    keys.sort_unstable();
+    for (slot, &(_, p)) in perm.iter_mut().zip(&keys) {
+        *slot = p;
+    }
 }
 
-fn order_domain_based<'r>(group: &mut [Candidate<'r>], sender: &str) {
-    let domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
+fn order_domain_based(group: &mut [Candidate<'_>], perm: &mut [usize], ctx: &OrderContext<'_>) {
+    let domain = ctx.sender.rsplit_once('@').map_or("", |(_, d)| d);
+    let names = |d: &str| !domain.is_empty() && d.eq_ignore_ascii_case(domain);
     let mut matched = 0;
-    for i in 0..group.len() {
-        let g = group[i].gateway;
+    for (i, c) in group.iter_mut().enumerate() {
+        let g = c.gateway;
         let by_domain = g
             .domain
             .as_deref()
-            .filter(|d| !domain.is_empty() && d.eq_ignore_ascii_case(domain))
+            .filter(|d| names(d))
             .map(|domain| OrderReason::DomainGateway { domain });
         let order = by_domain.or_else(|| {
             g.routing
                 .can_route
                 .iter()
-                .find(|p| {
-                    p.named_domain()
-                        .is_some_and(|d| !domain.is_empty() && d.eq_ignore_ascii_case(domain))
-                })
+                .find(|p| p.named_domain().is_some_and(names))
                 .map(|pattern| OrderReason::DomainPattern { pattern })
         });
         match order {
             Some(order) => {
-                group[i].reason.order = order;
-                group[matched..=i].rotate_right(1);
+                c.reason.order = order;
+                // `perm[i]` is still `i`: earlier moves only shifted entries before it.
+                move_to(perm, i, matched);
                 matched += 1;
             }
             None => {
-                group[i].reason.order = OrderReason::DomainOther {
+                c.reason.order = OrderReason::DomainOther {
                     priority: g.priority,
                 };
             }

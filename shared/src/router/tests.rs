@@ -363,7 +363,11 @@ fn domain_based_prefers_the_gateway_for_the_sender_domain() {
             &["partner", "general", "clinic"],
             "domain_pattern",
         ),
-        ("x@other.example", &["general", "clinic", "partner"], "domain_other"),
+        (
+            "x@other.example",
+            &["general", "clinic", "partner"],
+            "domain_other",
+        ),
     ];
     for (sender, want, code) in cases {
         let plan = r.route(&req("m", sender), &[], NOW);
