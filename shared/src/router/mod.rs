@@ -58,6 +58,14 @@
 //! was unusable); without it, no candidate at all: the message is deferred or rejected by the
 //! pipeline instead of silently going elsewhere.
 //!
+//! # State view
+//! Live state is passed as a slice of [`GatewayState`] indexed like `config.gateways`
+//! ([`Router::index_of`] maps an id to its index). A slice is the cheapest view to read in the
+//! per-message loop, and the pipeline builds it once per batch from the state it has already
+//! fetched. A slice shorter than the gateway list (even empty) is allowed: the missing gateways
+//! have `GatewayState::default()`, i.e. health unknown, breaker closed, quota unknown, all of
+//! which are routed to — a gateway with no recorded state has not been seen to fail.
+//!
 //! # Failover disabled
 //! With `routing.failover_enabled == false` only the first candidate is kept; the rest are
 //! dropped as [`DropReason::FailoverDisabled`]. Otherwise the whole ordered list is returned and

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
 
-use crate::clock::EpochMillis;
+use crate::clock::{DAY_MS, EpochMillis, HOUR_MS, civil_from_days, utc_day};
 use crate::config::{Gateway, Strategy};
 use crate::pattern::SenderPattern;
 
@@ -203,7 +203,7 @@ impl fmt::Display for DropReason<'_> {
             }
             Self::Unhealthy => f.write_str("unhealthy (health check required)"),
             Self::BreakerOpen { until } => {
-                write!(f, "circuit breaker open until {until} (epoch ms)")
+                write!(f, "circuit breaker open until {}", Utc(*until))
             }
             Self::NotPinned => f.write_str("message pinned to another gateway"),
             Self::FailoverDisabled => f.write_str("failover disabled"),
@@ -336,11 +336,13 @@ impl fmt::Display for BreakerNote {
             Self::HalfOpen => f.write_str("breaker half-open (trial sends limited by the breaker)"),
             Self::TimeoutElapsed { until } => write!(
                 f,
-                "breaker open timeout elapsed at {until} (epoch ms): trial send"
+                "breaker open timeout elapsed at {}: trial send",
+                Utc(*until)
             ),
             Self::OpenNotRequired { until } => write!(
                 f,
-                "breaker open until {until} (epoch ms), kept: breaker not required"
+                "breaker open until {}, kept: breaker not required",
+                Utc(*until)
             ),
             Self::Disabled => f.write_str("breaker disabled"),
         }
@@ -584,12 +586,36 @@ struct DroppedEntryJson<'a, 'r>(&'a Dropped<'r>);
 impl serde::Serialize for DroppedEntryJson<'_, '_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let d = self.0;
-        let mut m = serializer.serialize_map(Some(4))?;
+        let mut m = serializer.serialize_map(None)?;
         m.serialize_entry("id", &d.gateway.id)?;
         m.serialize_entry("type", d.gateway.kind.as_str())?;
         m.serialize_entry("code", d.reason.code())?;
+        if let DropReason::BreakerOpen { until } = d.reason {
+            m.serialize_entry("until_ms", &until)?;
+        }
         m.serialize_entry("reason", &Lazy(&d.reason))?;
         m.end()
+    }
+}
+
+/// An epoch-millisecond instant shown as ISO 8601 UTC (`2026-11-28T00:00:00.000Z`), for people
+/// reading `gateway route`.
+struct Utc(EpochMillis);
+
+impl fmt::Display for Utc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (y, mo, d) = civil_from_days(utc_day(self.0));
+        let ms = self.0.rem_euclid(DAY_MS);
+        let (h, min, s, milli) = (
+            ms / HOUR_MS,
+            ms % HOUR_MS / 60_000,
+            ms % 60_000 / 1000,
+            ms % 1000,
+        );
+        write!(
+            f,
+            "{y:04}-{mo:02}-{d:02}T{h:02}:{min:02}:{s:02}.{milli:03}Z"
+        )
     }
 }
 

@@ -1088,3 +1088,25 @@ proptest! {
         prop_assert_eq!(r.route(&request, &state, NOW), plan);
     }
 }
+
+#[test]
+fn open_breaker_reason_shows_when_it_reopens_for_people_and_machines() {
+    let r = router(original_fixture(Strategy::Priority));
+    // NOW is 2026-11-29T00:00:00Z; the breaker stays open 61.5 s longer.
+    let until = NOW + 61_500;
+    let state = [GatewayState {
+        breaker: BreakerView::Open { until },
+        ..GatewayState::default()
+    }];
+    let plan = r.route(&req("m", "a@example.com"), &state, NOW);
+    let dropped = plan
+        .dropped_reason("test-mailgun-primary")
+        .expect("dropped");
+    assert_eq!(
+        dropped.to_string(),
+        "circuit breaker open until 2026-11-29T00:01:01.500Z"
+    );
+    let json = serde_json::to_value(&plan).expect("serialises");
+    assert_eq!(json["dropped"][0]["code"], "breaker_open");
+    assert_eq!(json["dropped"][0]["until_ms"], until);
+}
