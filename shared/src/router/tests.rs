@@ -378,35 +378,37 @@ fn domain_based_prefers_the_gateway_for_the_sender_domain() {
 
 #[test]
 fn failover_follows_chains_breadth_first_and_filters_every_target() {
-    // a → [b, c, x]; b → [d]; c is disabled but its chain (e) is still followed;
-    // x excludes the sender; f is in no chain.
+    // a → [b, c, x, y]; b → [d, a]; x excludes the sender; y is disabled but its chain (e) is
+    // still followed; f is in no chain. Breadth first: a's whole list, then b's, then y's.
     let mut a = gateway("a", 5);
-    a.routing.failover_to = vec!["b".into(), "c".into(), "x".into()];
+    a.routing.failover_to = vec!["b".into(), "c".into(), "x".into(), "y".into()];
     let mut b = gateway("b", 9);
     b.routing.failover_to = vec!["d".into(), "a".into()];
-    let mut c = gateway("c", 1);
-    c.enabled = false;
-    c.routing.failover_to = vec!["e".into()];
+    let c = gateway("c", 8);
     let d = gateway("d", 8);
-    let e = gateway("e", 7);
-    let f = gateway("f", 6);
     let mut x = gateway("x", 2);
     x.routing.exclude_patterns = pats(&["@example.com"]);
-    let r = router(config(vec![a, b, c, d, e, f, x], Strategy::Failover));
+    let mut y = gateway("y", 1);
+    y.enabled = false;
+    y.routing.failover_to = vec!["e".into()];
+    let e = gateway("e", 7);
+    let f = gateway("f", 6);
+    let r = router(config(vec![a, b, c, d, e, f, x, y], Strategy::Failover));
     let plan = r.route(&req("m", "p@example.com"), &[], NOW);
-    assert_eq!(ids(&plan), ["a", "b", "d", "e", "f"]);
+    assert_eq!(ids(&plan), ["a", "b", "c", "d", "e", "f"]);
     let orders: Vec<_> = plan.candidates.iter().map(|c| c.reason.order).collect();
     assert_eq!(
         orders,
         [
             OrderReason::FailoverPrimary { priority: 5 },
             OrderReason::FailoverTarget { from: "a" },
+            OrderReason::FailoverTarget { from: "a" },
             OrderReason::FailoverTarget { from: "b" },
-            OrderReason::FailoverTarget { from: "c" },
+            OrderReason::FailoverTarget { from: "y" },
             OrderReason::AfterChains { priority: 6 },
         ]
     );
-    assert_eq!(plan.dropped_reason("c"), Some(&DropReason::Disabled));
+    assert_eq!(plan.dropped_reason("y"), Some(&DropReason::Disabled));
     assert_eq!(plan.dropped_reason("x").map(|d| d.code()), Some("excluded"));
 }
 
