@@ -69,7 +69,9 @@ pub fn run(args: &RouteArgs) -> anyhow::Result<ExitCode> {
                 Health::Unknown
             },
             breaker: if args.breaker_open.contains(&g.id) {
-                BreakerView::Open { until: now + 60_000 }
+                BreakerView::Open {
+                    until: now + 60_000,
+                }
             } else {
                 BreakerView::Closed
             },
@@ -92,13 +94,15 @@ pub fn run(args: &RouteArgs) -> anyhow::Result<ExitCode> {
         }
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        println!(
-            "message {} from {} ({} recipient{})",
-            args.id,
-            args.from,
-            args.to.len(),
-            if args.to.len() == 1 { "" } else { "s" }
-        );
+        match args.to.len() {
+            0 => println!("message {} from {}", args.id, args.from),
+            n => println!(
+                "message {} from {} to {n} recipient{}",
+                args.id,
+                args.from,
+                if n == 1 { "" } else { "s" }
+            ),
+        }
         print!("{}", plan.explain());
     }
     Ok(if plan.candidates.is_empty() {

@@ -1,10 +1,14 @@
 //! The `gateway` binary as an operator runs it.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
 }
 
 fn gateway(args: &[&str]) -> Output {
@@ -25,7 +29,11 @@ fn config_check_accepts_the_example_and_summarises_each_gateway() {
     let file = repo("examples/gateway-config.json");
     let out = gateway(&["config", "check", file.to_str().unwrap(), "--no-env"]);
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
     assert!(stdout.contains("mailgun-primary"), "{stdout}");
     assert!(stdout.contains("mailgun-secondary"), "{stdout}");
     assert!(stdout.contains("valid, 2 gateways"), "{stdout}");
@@ -59,7 +67,10 @@ fn config_check_warns_on_inline_secrets_on_stderr_only() {
     let out = gateway(&["config", "check", file.to_str().unwrap(), "--no-env"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(stderr.contains("warning: gateways[0].mailgun.api_key"), "{stderr}");
+    assert!(
+        stderr.contains("warning: gateways[0].mailgun.api_key"),
+        "{stderr}"
+    );
     assert!(!stdout.contains("key-0123456789abcdef0123"), "{stdout}");
     assert!(!stderr.contains("key-0123456789abcdef0123"), "{stderr}");
 }
@@ -68,32 +79,54 @@ fn config_check_warns_on_inline_secrets_on_stderr_only() {
 fn route_picks_the_primary_for_an_ordinary_sender() {
     let file = repo("tests/fixtures/original-gateways.json");
     let out = gateway(&[
-        "route", "--config", file.to_str().unwrap(), "--from", "sender@example.com", "--no-env", "--json",
+        "route",
+        "--config",
+        file.to_str().unwrap(),
+        "--from",
+        "sender@example.com",
+        "--no-env",
+        "--json",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let first = &plan["candidates"][0];
-    assert_eq!(first["gateway"], "test-mailgun-primary", "{plan:#}");
+    assert_eq!(first["id"], "test-mailgun-primary", "{plan:#}");
 }
 
 #[test]
 fn route_sends_an_excluded_sender_to_the_secondary_and_says_why() {
     let file = repo("tests/fixtures/original-gateways.json");
-    let args = ["route", "--config", file.to_str().unwrap(), "--from", "sender@internal.example.com", "--no-env"];
+    let args = [
+        "route",
+        "--config",
+        file.to_str().unwrap(),
+        "--from",
+        "sender@internal.example.com",
+        "--no-env",
+    ];
     let out = gateway(&args);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    let first = stdout.lines().find(|l| l.trim_start().starts_with("1.")).unwrap_or_default();
+    let first = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("1."))
+        .unwrap_or_default();
     assert!(first.contains("test-mailgun-secondary"), "{stdout}");
-    assert!(stdout.contains("@internal.example.com"), "the exclusion is explained:\n{stdout}");
+    assert!(
+        stdout.contains("@internal.example.com"),
+        "the exclusion is explained:\n{stdout}"
+    );
 
     let mut json_args = args.to_vec();
     json_args.push("--json");
     let plan: serde_json::Value = serde_json::from_slice(&gateway(&json_args).stdout).unwrap();
-    assert_eq!(plan["candidates"][0]["gateway"], "test-mailgun-secondary", "{plan:#}");
+    assert_eq!(
+        plan["candidates"][0]["id"], "test-mailgun-secondary",
+        "{plan:#}"
+    );
     let dropped = plan["dropped"].as_array().unwrap();
     assert!(
-        dropped.iter().any(|d| d["gateway"] == "test-mailgun-primary"),
+        dropped.iter().any(|d| d["id"] == "test-mailgun-primary"),
         "{plan:#}"
     );
 }
@@ -102,8 +135,16 @@ fn route_sends_an_excluded_sender_to_the_secondary_and_says_why() {
 fn route_without_any_usable_gateway_exits_1() {
     let file = repo("tests/fixtures/original-gateways.json");
     let out = gateway(&[
-        "route", "--config", file.to_str().unwrap(), "--from", "sender@example.com", "--no-env",
-        "--breaker-open", "test-mailgun-primary", "--breaker-open", "test-mailgun-secondary",
+        "route",
+        "--config",
+        file.to_str().unwrap(),
+        "--from",
+        "sender@example.com",
+        "--no-env",
+        "--breaker-open",
+        "test-mailgun-primary",
+        "--breaker-open",
+        "test-mailgun-secondary",
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert!(text(&out.stderr).contains("no gateway can take this message"));
@@ -111,7 +152,11 @@ fn route_without_any_usable_gateway_exits_1() {
 
 #[test]
 fn convert_legacy_output_passes_config_check() {
-    let out = gateway(&["config", "convert-legacy", repo("examples/workspaces.json").to_str().unwrap()]);
+    let out = gateway(&[
+        "config",
+        "convert-legacy",
+        repo("examples/workspaces.json").to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let dir = std::env::temp_dir().join(format!("gw-cli-legacy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -282,10 +282,11 @@ pub enum MalformedItem {
 }
 
 /// The router's view of a breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum BreakerView {
-    /// Sends flow.
+    /// Sends flow (also: no stored state yet).
+    #[default]
     Closed,
     /// Rejecting sends until `until` (epoch ms).
     Open {

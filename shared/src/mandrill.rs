@@ -214,7 +214,10 @@ mod tests {
             ..base.clone()
         };
         let ctx = MessageContext::default();
-        let (one, two) = (from_delivery("m1", &base, &ctx), from_delivery("m1", &other, &ctx));
+        let (one, two) = (
+            from_delivery("m1", &base, &ctx),
+            from_delivery("m1", &other, &ctx),
+        );
         assert_ne!(one["_id"], two["_id"]);
         assert_eq!(one["msg"]["_id"], two["msg"]["_id"]);
         assert_eq!(one["url"], "https://example.org/l");

@@ -122,20 +122,9 @@ pub enum Health {
     Unhealthy,
 }
 
-/// A gateway's breaker as last read from shared state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BreakerView {
-    /// Sends flow.
-    #[default]
-    Closed,
-    /// Refusing sends until `until` (epoch ms); from then on a send attempt may probe it.
-    Open {
-        /// End of the open period (epoch ms).
-        until: EpochMillis,
-    },
-    /// Admitting a limited number of trial sends.
-    HalfOpen,
-}
+/// A gateway's breaker as last read from shared state ([`crate::breaker::view`]); the router
+/// keeps an `Open` breaker whose `until` has passed, since only a send attempt can move it on.
+pub use crate::breaker::BreakerView;
 
 /// Live state of one gateway as the router sees it. `Default` is Unknown / Closed / `None`:
 /// a gateway with no state yet is routed to.

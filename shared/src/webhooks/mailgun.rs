@@ -56,11 +56,12 @@ pub fn normalize(body: &[u8]) -> Result<Normalized, PayloadError> {
             });
         }
     };
-    let provider_event_id = str_at("id")
-        .filter(|id| !id.is_empty())
-        .ok_or(PayloadError::Field {
-            field: "event-data.id",
-        })?;
+    let provider_event_id =
+        str_at("id")
+            .filter(|id| !id.is_empty())
+            .ok_or(PayloadError::Field {
+                field: "event-data.id",
+            })?;
     let recipient = str_at("recipient")
         .filter(|r| !r.is_empty())
         .ok_or(PayloadError::Field {
@@ -143,15 +144,33 @@ mod tests {
         let cases = [
             (json!({"event": "delivered"}), DeliveryKind::Delivered),
             (json!({"event": "opened"}), DeliveryKind::Opened),
-            (json!({"event": "clicked", "url": "https://x.example/a"}), DeliveryKind::Clicked),
+            (
+                json!({"event": "clicked", "url": "https://x.example/a"}),
+                DeliveryKind::Clicked,
+            ),
             (json!({"event": "complained"}), DeliveryKind::Complained),
             (json!({"event": "unsubscribed"}), DeliveryKind::Unsubscribed),
             (json!({"event": "rejected"}), DeliveryKind::Rejected),
-            (json!({"event": "failed", "severity": "temporary", "reason": "generic"}), DeliveryKind::Deferred),
-            (json!({"event": "failed", "severity": "permanent", "reason": "bounce"}), DeliveryKind::HardBounce),
-            (json!({"event": "failed", "severity": "permanent", "reason": "suppress-bounce"}), DeliveryKind::Rejected),
-            (json!({"event": "failed", "severity": "permanent", "reason": "old"}), DeliveryKind::SoftBounce),
-            (json!({"event": "failed", "severity": "internal"}), DeliveryKind::Deferred),
+            (
+                json!({"event": "failed", "severity": "temporary", "reason": "generic"}),
+                DeliveryKind::Deferred,
+            ),
+            (
+                json!({"event": "failed", "severity": "permanent", "reason": "bounce"}),
+                DeliveryKind::HardBounce,
+            ),
+            (
+                json!({"event": "failed", "severity": "permanent", "reason": "suppress-bounce"}),
+                DeliveryKind::Rejected,
+            ),
+            (
+                json!({"event": "failed", "severity": "permanent", "reason": "old"}),
+                DeliveryKind::SoftBounce,
+            ),
+            (
+                json!({"event": "failed", "severity": "internal"}),
+                DeliveryKind::Deferred,
+            ),
             (json!({"event": "failed"}), DeliveryKind::Deferred),
         ];
         for (fields, kind) in cases {
@@ -177,7 +196,8 @@ mod tests {
 
     #[test]
     fn an_event_without_our_id_is_still_normalised() {
-        let mut data = json!({"event": "delivered", "id": "e1", "timestamp": 1.0, "recipient": "a@b.example"});
+        let mut data =
+            json!({"event": "delivered", "id": "e1", "timestamp": 1.0, "recipient": "a@b.example"});
         data["user-variables"] = json!({});
         match normalize(&body(data)).unwrap() {
             Normalized::Event(e) => assert_eq!(e.message_id, None),
@@ -187,11 +207,19 @@ mod tests {
 
     #[test]
     fn non_delivery_events_are_ignored_not_errors() {
-        for name in ["accepted", "stored", "list_member_uploaded", "something-new"] {
-            let data = json!({"event": name, "id": "e1", "timestamp": 1.0, "recipient": "a@b.example"});
+        for name in [
+            "accepted",
+            "stored",
+            "list_member_uploaded",
+            "something-new",
+        ] {
+            let data =
+                json!({"event": name, "id": "e1", "timestamp": 1.0, "recipient": "a@b.example"});
             assert_eq!(
                 normalize(&body(data)).unwrap(),
-                Normalized::Ignored { event: name.to_owned() }
+                Normalized::Ignored {
+                    event: name.to_owned()
+                }
             );
         }
     }
