@@ -127,17 +127,7 @@ pub enum Outcome {
     Rejected,
 }
 
-/// How a recipient was addressed (ordered to, cc, bcc).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RecipientKind {
-    /// `To`.
-    To,
-    /// `Cc`.
-    Cc,
-    /// `Bcc`.
-    Bcc,
-}
+pub use crate::message::RecipientKind;
 
 /// The class of one provider call's result (DESIGN §3.2). Decides failover, retry and whether
 /// the breaker counts it.

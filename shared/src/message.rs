@@ -114,8 +114,11 @@ pub fn is_forbidden_header(name: &str) -> bool {
         })
 }
 
-/// Which recipient list an address came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which recipient list an address came from (ordered to, cc, bcc; serialised `to`/`cc`/`bcc`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum RecipientKind {
     /// `to`.
     To,
