@@ -20,6 +20,7 @@ pub mod limiter;
 pub mod mandrill;
 pub mod message;
 pub mod pattern;
+pub mod providers;
 pub mod records;
 pub mod router;
 pub mod state;

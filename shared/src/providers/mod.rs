@@ -1,0 +1,138 @@
+//! The provider port: one trait every gateway `type` implements, and the error classes the
+//! pipeline decides on (DESIGN §3.2).
+//!
+//! Errors are classified at the edge, by each client, from status codes, headers and transport
+//! failures, never by matching English text. The pipeline only ever looks at
+//! [`SendError::class`] and [`SendError::retry_after`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::clock::EpochMillis;
+use crate::events::OutcomeClass;
+use crate::message::OutboundMessage;
+
+/// A provider accepted the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The provider's id for the message (Mailgun `id`, SendGrid `X-Message-Id`, SES
+    /// `MessageId`, Gmail message `id`, the SMTP reply's queue id when it names one).
+    pub provider_message_id: Option<String>,
+    /// The sender actually used when the provider substituted one (Gmail `default_sender`
+    /// fallback); `None` when the message went out as written.
+    pub substituted_sender: Option<String>,
+}
+
+/// How a failed provider call is handled (DESIGN §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// The message itself is unacceptable (invalid recipient or content): no retry, no failover,
+    /// not a provider failure.
+    Permanent,
+    /// This gateway cannot take this message (over its size or recipient limits, or a feature
+    /// it lacks), but another gateway may: fail over, do not count against the breaker.
+    Unsuitable,
+    /// Rate limited (429 or a quota); retry after `retry_after`, fail over meanwhile.
+    Throttled,
+    /// The provider is down or unreachable (5xx, connect error, timeout before the request was
+    /// sent): fail over.
+    Unavailable,
+    /// Credentials refused (401/403): fail over and alert.
+    Auth,
+    /// Timeout or broken connection after the request was sent: the provider may have accepted
+    /// it. Not failed over by default (duplicate risk).
+    Ambiguous,
+}
+
+impl ErrorClass {
+    /// The class recorded in events and the record of delivery. `Unsuitable` is recorded as
+    /// `permanent` for that gateway: the provider was not at fault.
+    pub fn outcome(self) -> OutcomeClass {
+        match self {
+            Self::Permanent | Self::Unsuitable => OutcomeClass::Permanent,
+            Self::Throttled => OutcomeClass::Throttled,
+            Self::Unavailable => OutcomeClass::Unavailable,
+            Self::Auth => OutcomeClass::Auth,
+            Self::Ambiguous => OutcomeClass::Ambiguous,
+        }
+    }
+
+    /// True when the breaker counts it as a provider failure.
+    pub fn is_provider_failure(self) -> bool {
+        matches!(
+            self,
+            Self::Throttled | Self::Unavailable | Self::Auth | Self::Ambiguous
+        )
+    }
+}
+
+/// A classified provider failure. Its `Display` never contains credentials or message content.
+#[derive(Debug, thiserror::Error)]
+#[error("{class:?} from {provider}: {detail}")]
+pub struct SendError {
+    /// How the pipeline must treat it.
+    pub class: ErrorClass,
+    /// Provider name (`mailgun`, `sendgrid`, …).
+    pub provider: &'static str,
+    /// HTTP status, when there was a response.
+    pub http_status: Option<u16>,
+    /// When the provider said capacity returns (epoch ms), from `Retry-After` or
+    /// `X-RateLimit-Reset`.
+    pub retry_after: Option<EpochMillis>,
+    /// A short, secret-free description for logs and the record (the provider's error message,
+    /// truncated).
+    pub detail: String,
+    /// The underlying error, if any.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl SendError {
+    /// A classified error with no source.
+    pub fn new(class: ErrorClass, provider: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            class,
+            provider,
+            http_status: None,
+            retry_after: None,
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// The class.
+    pub fn class(&self) -> ErrorClass {
+        self.class
+    }
+
+    /// When to retry, if the provider said.
+    pub fn retry_after(&self) -> Option<EpochMillis> {
+        self.retry_after
+    }
+}
+
+/// What a probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// How long the probe took.
+    pub latency: Duration,
+}
+
+/// One gateway's client. Implementations are built once per process (cold start) and shared.
+#[async_trait]
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// The gateway id this client serves.
+    fn gateway_id(&self) -> &str;
+
+    /// Sends one message. `now` is used to turn relative retry hints into absolute times.
+    async fn send(
+        &self,
+        message: &OutboundMessage,
+        now: EpochMillis,
+    ) -> Result<Accepted, SendError>;
+
+    /// A cheap authenticated call that proves the provider is reachable and the credentials
+    /// work, without sending mail.
+    async fn probe(&self) -> Result<ProbeReport, SendError>;
+}
