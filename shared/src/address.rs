@@ -342,12 +342,12 @@ fn is_atext(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b)
 }
 
-fn is_dot_atom(s: &str) -> bool {
+pub(crate) fn is_dot_atom(s: &str) -> bool {
     s.split('.')
         .all(|atom| !atom.is_empty() && atom.bytes().all(is_atext))
 }
 
-fn is_host_name(d: &str) -> bool {
+pub(crate) fn is_host_name(d: &str) -> bool {
     d.split('.').count() >= 2
         && d.split('.').all(|label| {
             !label.is_empty()

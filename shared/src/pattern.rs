@@ -15,6 +15,8 @@
 
 use std::fmt;
 
+use crate::address::{MAX_DOMAIN_LEN, MAX_LOCAL_LEN, is_dot_atom, is_host_name};
+
 /// A parsed sender pattern. `Display` prints it back in canonical (lower-case) form.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SenderPattern {
@@ -123,29 +125,16 @@ impl std::str::FromStr for SenderPattern {
     }
 }
 
+/// Pattern domains and local parts follow the address rules exactly, so a pattern can name
+/// only what [`crate::address::EmailAddress`] accepts.
 fn is_domain(d: &str) -> bool {
-    !d.is_empty()
-        && d.len() <= 253
-        && d.split('.').count() >= 2
-        && d.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
+    d.len() <= MAX_DOMAIN_LEN && is_host_name(d)
 }
 
+/// `*` is legal in an address's local part, but in a pattern it would read as a wildcard that
+/// matches only itself, so it is refused.
 fn is_local_part(l: &str) -> bool {
-    !l.is_empty()
-        && l.len() <= 64
-        && !l.starts_with('.')
-        && !l.ends_with('.')
-        && !l.contains("..")
-        && l.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'+-/=?^_`{|}~.".contains(&b))
+    l.len() <= MAX_LOCAL_LEN && is_dot_atom(l) && !l.contains('*')
 }
 
 #[cfg(test)]
