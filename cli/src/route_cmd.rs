@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
+use gateway_core::address::Mailbox;
 use gateway_core::clock::{Clock, SystemClock};
 use gateway_core::router::{BreakerView, GatewayState, Health, RouteRequest, Router};
 
@@ -42,6 +43,15 @@ pub struct RouteArgs {
 }
 
 pub fn run(args: &RouteArgs) -> anyhow::Result<ExitCode> {
+    // Route on the address exactly as the pipeline will: `Name <addr>` and stray spaces must not
+    // slip past an exclude pattern.
+    let sender = match Mailbox::parse(args.from.trim()) {
+        Ok(mailbox) => mailbox.address().clone(),
+        Err(e) => {
+            eprintln!("error: --from {:?}: {e}", args.from);
+            return Ok(ExitCode::from(2));
+        }
+    };
     let loaded = match config_cmd::load(&args.config, &args.source)? {
         Ok(loaded) => loaded,
         Err(errors) => {
@@ -81,25 +91,24 @@ pub fn run(args: &RouteArgs) -> anyhow::Result<ExitCode> {
     let router = Router::new(Arc::clone(&config));
     let request = RouteRequest {
         message_id: &args.id,
-        sender: &args.from,
+        sender: sender.as_str(),
         pinned: args.gateway.as_deref(),
     };
     let plan = router.route(&request, &state, now);
     if args.json {
         let mut doc = serde_json::to_value(&plan)?;
         if let Some(obj) = doc.as_object_mut() {
-            obj.insert("sender".into(), args.from.clone().into());
+            obj.insert("sender".into(), sender.as_str().into());
             obj.insert("message_id".into(), args.id.clone().into());
             obj.insert("recipients".into(), args.to.len().into());
         }
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         match args.to.len() {
-            0 => println!("message {} from {}", args.id, args.from),
+            0 => println!("message {} from {sender}", args.id),
             n => println!(
-                "message {} from {} to {n} recipient{}",
+                "message {} from {sender} to {n} recipient{}",
                 args.id,
-                args.from,
                 if n == 1 { "" } else { "s" }
             ),
         }

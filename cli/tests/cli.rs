@@ -165,3 +165,43 @@ fn convert_legacy_output_passes_config_check() {
     let check = gateway(&["config", "check", file.to_str().unwrap(), "--no-env"]);
     assert!(check.status.success(), "{}", text(&check.stderr));
 }
+
+#[test]
+fn route_reads_a_display_name_sender_as_its_address() {
+    let file = repo("tests/fixtures/original-gateways.json");
+    let out = gateway(&[
+        "route",
+        "--config",
+        file.to_str().unwrap(),
+        "--no-env",
+        "--json",
+        "--from",
+        "Dr. Ada <ada@internal.example.com>",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        plan["candidates"][0]["id"], "test-mailgun-secondary",
+        "{plan:#}"
+    );
+    assert_eq!(plan["sender"], "ada@internal.example.com");
+}
+
+#[test]
+fn route_refuses_a_sender_that_is_not_an_address() {
+    let file = repo("tests/fixtures/original-gateways.json");
+    let out = gateway(&[
+        "route",
+        "--config",
+        file.to_str().unwrap(),
+        "--no-env",
+        "--from",
+        "nobody",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--from"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -11,9 +11,14 @@
 //!
 //! # Phases
 //! - **Closed**: every send is allowed without a write. Provider-level failures are counted in
-//!   a window of `window` starting at `window_start`; when the window has elapsed the next
-//!   failure starts a new one. When the window's failures reach `failure_threshold` (and, if
-//!   `failure_ratio` is set, failures / (failures + successes) ≥ the ratio) the breaker opens.
+//!   a window of `window` starting at `window_start` (the first failure after the previous
+//!   window ended); when the window has elapsed the next failure starts a new one. When the
+//!   window's failures reach `failure_threshold` (and, if `failure_ratio` is set, failures /
+//!   (failures + successes) reaches the ratio) the breaker opens. This is a *tumbling* window
+//!   anchored at a failure, not a sliding one: it costs one counter and no per-failure history
+//!   in the shared item, and its blind spot is bounded — failures straddling a window end can
+//!   reach almost twice the threshold within one `window` length before it opens. Operators
+//!   who need a tighter bound halve `window` and `failure_threshold` together.
 //! - **Open** until `until` = opening time + `timeout`: every send is rejected.
 //! - **Half-open**: the first `permit` after `until` moves it to half-open and takes the first
 //!   trial slot. At most `max_requests` trials are admitted fleet-wide per half-open round (a
@@ -25,11 +30,12 @@
 //! # What counts
 //! Only provider-level outcomes ([`OutcomeClass::Throttled`], `Unavailable`, `Auth`,
 //! `Ambiguous`) are failures. [`OutcomeClass::Permanent`] (one bad recipient or bad content) says
-//! nothing about the provider's health: it is neither a failure nor a success and is ignored.
+//! nothing about the provider's health while closed: it is neither a failure nor a success and
+//! is ignored. For a half-open trial it counts as a success (the provider answered).
 //! Outcomes are aggregated per invocation in a [`Tally`] and written once per gateway by
 //! [`flush`]; a closed breaker with no failures in the tally costs no write.
 //!
-//! Fixes over the original system: failures live in a rolling window instead of accumulating
+//! Fixes over the original system: failures live in a time window instead of accumulating
 //! forever; `max_requests` is enforced fleet-wide; trial successes are reset at every half-open
 //! round, so one success cannot close it; permanent rejections do not count; and [`view`]
 //! reports an open breaker whose timeout has elapsed as half-open, so a router that skips open
@@ -336,16 +342,23 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Counts one provider call. `Permanent` counts nothing (it says nothing about the
-    /// provider); a rejected admission counts nothing (nothing was sent).
+    /// Counts one provider call. While closed, `Permanent` counts nothing (a bad recipient says
+    /// nothing about the provider). For a half-open trial, a `Permanent` answer counts as a
+    /// trial success: the provider answered, which is all a trial asks, and not counting it
+    /// would waste a scarce trial slot and stall recovery for a whole `timeout`. A rejected
+    /// admission counts nothing (nothing was sent). Only record calls that reached the
+    /// provider: a message refused by the gateway's own pre-flight checks is not evidence.
     pub fn record(&mut self, admission: Admission, class: OutcomeClass) {
-        let success = match class {
-            OutcomeClass::Ok => true,
-            OutcomeClass::Permanent => return,
-            OutcomeClass::Throttled
-            | OutcomeClass::Unavailable
-            | OutcomeClass::Auth
-            | OutcomeClass::Ambiguous => false,
+        let success = match (class, admission) {
+            (OutcomeClass::Ok, _) | (OutcomeClass::Permanent, Admission::Trial) => true,
+            (OutcomeClass::Permanent, _) => return,
+            (
+                OutcomeClass::Throttled
+                | OutcomeClass::Unavailable
+                | OutcomeClass::Auth
+                | OutcomeClass::Ambiguous,
+                _,
+            ) => false,
         };
         let counter = match (admission, success) {
             (Admission::Allowed, true) => &mut self.successes,
@@ -621,7 +634,7 @@ fn flush_closed(
         return Flush {
             write: Some(BreakerWrite {
                 op: WriteOp::Put(next.to_item()),
-                condition: Condition::And(condition),
+                condition: Condition::all(condition),
             }),
             change: Some(PhaseChange {
                 from: Phase::Closed,
@@ -1129,10 +1142,11 @@ mod tests {
         trial.record(Admission::Trial, OutcomeClass::Ok);
         trial.record(Admission::Trial, OutcomeClass::Permanent);
         trial.record(Admission::Rejected { until: T0 }, OutcomeClass::Unavailable);
+        // A permanent answer to a trial proves the provider is up: it counts as a success.
         assert_eq!(
             trial,
             Tally {
-                trial_successes: 1,
+                trial_successes: 2,
                 trial_failures: 1,
                 ..Tally::default()
             }

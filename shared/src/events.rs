@@ -374,15 +374,18 @@ impl From<&Transition> for BreakerEvent {
 /// SQS reorders), so the stored status is the **highest** ever seen in this total order, lowest
 /// first:
 ///
-/// `PENDING < DEFERRED < SENT < SOFT_BOUNCED < DELIVERED < FAILED < REJECTED < SUPPRESSED <
+/// `PENDING < DEFERRED < FAILED < SENT < SOFT_BOUNCED < DELIVERED < REJECTED < SUPPRESSED <
 /// BOUNCED < UNSUBSCRIBED < COMPLAINED`
 ///
 /// Why: progress never goes back (a late `SENT` or `DEFERRED` never overwrites `DELIVERED`; a
-/// soft bounce the provider later delivered is `DELIVERED`). Every definitive bad outcome wins
-/// over `DELIVERED`, because a delivery report can be followed by an asynchronous bounce and
-/// that bounce is what the sender must act on. Among bad outcomes, the more specific and the
-/// more consequential for future sends wins: a provider's `REJECTED` over our `FAILED`, a hard
-/// bounce over a refusal, and recipient actions (`UNSUBSCRIBED`, then `COMPLAINED`, the
+/// soft bounce the provider later delivered is `DELIVERED`). Provider evidence outranks our own
+/// verdicts: `FAILED` is what the gateway concluded, and a provider's later `SENT`/`DELIVERED`
+/// for the same recipient (an ambiguous timeout whose request was in fact accepted) proves it
+/// wrong — telling a customer "failed" for delivered mail invites a duplicate send. Every
+/// definitive bad outcome from the provider or the recipient wins over `DELIVERED`, because a
+/// delivery report can be followed by an asynchronous bounce and that bounce is what the sender
+/// must act on. Among those, the more consequential for future sends wins: a hard bounce over a
+/// refusal, and recipient actions (`UNSUBSCRIBED`, then `COMPLAINED`, the
 /// strongest "never send again") over everything. [`merge`] is therefore commutative,
 /// associative and idempotent: applying the same events in any order, any number of times,
 /// gives the same status.
@@ -418,10 +421,10 @@ impl RecipientStatus {
     pub const PRECEDENCE: [RecipientStatus; 11] = [
         Self::Pending,
         Self::Deferred,
+        Self::Failed,
         Self::Sent,
         Self::SoftBounced,
         Self::Delivered,
-        Self::Failed,
         Self::Rejected,
         Self::Suppressed,
         Self::Bounced,
@@ -451,10 +454,10 @@ impl RecipientStatus {
         match self {
             Self::Pending => 0,
             Self::Deferred => 1,
-            Self::Sent => 2,
-            Self::SoftBounced => 3,
-            Self::Delivered => 4,
-            Self::Failed => 5,
+            Self::Failed => 2,
+            Self::Sent => 3,
+            Self::SoftBounced => 4,
+            Self::Delivered => 5,
             Self::Rejected => 6,
             Self::Suppressed => 7,
             Self::Bounced => 8,
@@ -792,16 +795,16 @@ mod tests {
         let table = [
             //     PE  SE  DE  DF  BO  SB  RJ  CO  UN  SU  FA   <- incoming
             (PE, [PE, SE, DE, DF, BO, SB, RJ, CO, UN, SU, FA]),
-            (SE, [SE, SE, DE, SE, BO, SB, RJ, CO, UN, SU, FA]),
-            (DE, [DE, DE, DE, DE, BO, DE, RJ, CO, UN, SU, FA]),
+            (SE, [SE, SE, DE, SE, BO, SB, RJ, CO, UN, SU, SE]),
+            (DE, [DE, DE, DE, DE, BO, DE, RJ, CO, UN, SU, DE]),
             (DF, [DF, SE, DE, DF, BO, SB, RJ, CO, UN, SU, FA]),
             (BO, [BO, BO, BO, BO, BO, BO, BO, CO, UN, BO, BO]),
-            (SB, [SB, SB, DE, SB, BO, SB, RJ, CO, UN, SU, FA]),
+            (SB, [SB, SB, DE, SB, BO, SB, RJ, CO, UN, SU, SB]),
             (RJ, [RJ, RJ, RJ, RJ, BO, RJ, RJ, CO, UN, SU, RJ]),
             (CO, [CO, CO, CO, CO, CO, CO, CO, CO, CO, CO, CO]),
             (UN, [UN, UN, UN, UN, UN, UN, UN, CO, UN, UN, UN]),
             (SU, [SU, SU, SU, SU, BO, SU, SU, CO, UN, SU, SU]),
-            (FA, [FA, FA, FA, FA, BO, FA, RJ, CO, UN, SU, FA]),
+            (FA, [FA, SE, DE, FA, BO, SB, RJ, CO, UN, SU, FA]),
         ];
         for (current, row) in table {
             for (incoming, expected) in columns.into_iter().zip(row) {

@@ -7,6 +7,11 @@
 //!   every event the same `_id`, so customers de-duplicated real events away); `msg._id` is our
 //!   message id, which is what customers correlate on.
 //! - `ts` is the event's time, `msg.ts` the time the message was sent, both integer Unix seconds.
+//! - Which fact makes a `send` event (providers.md §6): for providers that report delivery
+//!   (Mailgun, SendGrid, SES) it is their delivery event, mapped here from
+//!   [`DeliveryKind::Delivered`]; the provider's acceptance is recorded but not announced, so a
+//!   recipient never gets two `send` events. For gateways with no delivery signal (Gmail API,
+//!   SMTP relays) the recorder emits the `send` event when the provider accepted the message.
 //! - `msg.state` follows Mandrill's samples: `send`→`sent`, `deferral`→`deferred`,
 //!   `hard_bounce`→`bounced`, `soft_bounce`→`soft-bounced`, `reject`→`rejected`, and `sent` for
 //!   engagement events (`open`, `click`, `spam`, `unsub`).

@@ -371,24 +371,28 @@ impl OutboundMessage {
 }
 
 impl fmt::Debug for OutboundMessage {
+    /// Content is medical and addresses are personal data: `Debug` (and so any log line built
+    /// from it) shows the id, the sender's domain, recipient counts and sizes, never addresses,
+    /// the subject, bodies, header values or metadata values.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let size = |s: &Option<String>| s.as_ref().map(|s| format!("<{} bytes>", s.len()));
+        let size = |s: Option<&str>| s.map(|s| format!("<{} bytes>", s.len()));
+        let header_names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        let metadata_keys: Vec<&String> = self.metadata.keys().collect();
         f.debug_struct("OutboundMessage")
             .field("id", &self.id)
-            .field("from", &self.from)
-            .field("to", &self.to)
-            .field("cc", &self.cc)
-            .field("bcc", &self.bcc)
-            .field("reply_to", &self.reply_to)
-            .field("subject", &self.subject)
-            .field("text", &size(&self.text))
-            .field("html", &size(&self.html))
-            .field("headers", &self.headers)
-            .field("attachments", &self.attachments)
-            .field("tags", &self.tags)
-            .field("metadata", &self.metadata)
+            .field("sender_domain", &self.from.address().domain())
+            .field("to", &self.to.len())
+            .field("cc", &self.cc.len())
+            .field("bcc", &self.bcc.len())
+            .field("reply_to", &self.reply_to.is_some())
+            .field("subject", &size(Some(&self.subject)))
+            .field("text", &size(self.text.as_deref()))
+            .field("html", &size(self.html.as_deref()))
+            .field("headers", &header_names)
+            .field("attachments", &self.attachments.len())
+            .field("tags", &self.tags.len())
+            .field("metadata_keys", &metadata_keys)
             .field("campaign_id", &self.campaign_id)
-            .field("user_id", &self.user_id)
             .field("tracking", &self.tracking)
             .field("gateway", &self.gateway)
             .finish()
@@ -1758,19 +1762,33 @@ mod tests {
     }
 
     #[test]
-    fn debug_output_hides_bodies_and_attachment_bytes() {
+    fn debug_output_hides_content_and_addresses() {
         let v = with(|m| {
             m.insert("html".into(), json!("<p>diagnosis</p>"));
             m.insert(
                 "attachments".into(),
-                json!([{"filename": "a.pdf", "content": "JVBERi0xLjQK"}]),
+                json!([{"filename": "lab-results.pdf", "content": "JVBERi0xLjQK"}]),
             );
+            m.insert("headers".into(), json!({"X-Ward": "oncology"}));
+            m.insert("metadata".into(), json!({"patient_ref": "P-99812"}));
         });
         let m = parse(&v).unwrap_or_else(|e| panic!("{e}"));
         let debug = format!("{m:?}");
-        assert!(!debug.contains("See you soon"), "{debug}");
-        assert!(!debug.contains("diagnosis"), "{debug}");
-        assert!(debug.contains("<9 bytes>"), "{debug}");
+        for secret in [
+            "See you soon",
+            "diagnosis",
+            "Your appointment",
+            "p@example.org",
+            "clinic@",
+            "lab-results",
+            "oncology",
+            "P-99812",
+        ] {
+            assert!(!debug.contains(secret), "{secret:?} leaked: {debug}");
+        }
+        for shown in ["m-1", "example.org", "<16 bytes>", "X-Ward", "patient_ref"] {
+            assert!(debug.contains(shown), "{shown:?} missing: {debug}");
+        }
     }
 
     #[test]

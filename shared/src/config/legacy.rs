@@ -20,7 +20,7 @@
 use serde_json::{Map, Value, json};
 
 use super::env::EnvOverrides;
-use super::model::{GatewayMode, GatewaySource};
+use super::model::{GatewayMode, GatewaySource, SecretRef};
 use super::validate::{
     ConfigErrors, ConfigIssue, GatewayEntry, Issues, Obj, as_object, at, index, is_domain,
     is_valid_gateway_id, resolve,
@@ -200,7 +200,7 @@ fn workspace(o: &Obj<'_>, is: &mut Issues, out: &mut Converted) {
         gw.insert("routing".into(), json!({ "can_route": can_route }));
         gw.insert(
             "mailgun".into(),
-            mailgun_block(&m, domains.first().map(String::as_str), is),
+            mailgun_block(&m, id, domains.first().map(String::as_str), is),
         );
         out.gateways
             .push((o.path.clone(), Value::Object(gw), id.to_owned()));
@@ -246,6 +246,11 @@ fn legacy_limit(is: &mut Issues, path: &str, v: &Value) -> Option<Value> {
 
 /// The environment variable suggested for a workspace whose key was a file.
 fn placeholder_env(id: &str) -> String {
+    env_name("GMAIL_SERVICE_ACCOUNT", id)
+}
+
+/// `PREFIX_<ID>` with the workspace id upper-cased and anything else turned into `_`.
+fn env_name(prefix: &str, id: &str) -> String {
     let suffix: String = id
         .chars()
         .map(|c| {
@@ -256,7 +261,7 @@ fn placeholder_env(id: &str) -> String {
             }
         })
         .collect();
-    format!("GMAIL_SERVICE_ACCOUNT_{suffix}")
+    format!("{prefix}_{suffix}")
 }
 
 fn gmail_block(g: &Obj<'_>, id: &str, is: &mut Issues) -> Value {
@@ -327,7 +332,7 @@ fn header_rewrite(o: &Obj<'_>, is: &mut Issues) {
     }
 }
 
-fn mailgun_block(m: &Obj<'_>, domain: Option<&str>, is: &mut Issues) -> Value {
+fn mailgun_block(m: &Obj<'_>, id: &str, domain: Option<&str>, is: &mut Issues) -> Value {
     m.only_keys(
         is,
         &[
@@ -341,11 +346,24 @@ fn mailgun_block(m: &Obj<'_>, domain: Option<&str>, is: &mut Issues) -> Value {
         ],
     );
     let mut out = Map::new();
-    // The secret is copied as written; validation then warns when it is a literal.
+    // A reference is kept as written. A literal key is never copied into the output (which
+    // operators paste into repositories): it becomes an `env:` reference to set instead.
     match m.get("api_key") {
-        Some(v) => {
-            out.insert("api_key".into(), v.clone());
+        Some(Value::String(key)) if !SecretRef::parse(key).is_inline() => {
+            out.insert("api_key".into(), json!(key));
         }
+        Some(Value::String(_)) => {
+            let name = env_name("MAILGUN_API_KEY", id);
+            is.warn(
+                at(&m.path, "api_key"),
+                format!(
+                    "inline key not copied; set it in the environment variable {name} \
+                     (or store it in Secrets Manager and reference it)"
+                ),
+            );
+            out.insert("api_key".into(), json!(format!("env:{name}")));
+        }
+        Some(_) => is.error(at(&m.path, "api_key"), "expected a string"),
         None => is.error(at(&m.path, "api_key"), "required"),
     }
     if let Some(d) = domain {

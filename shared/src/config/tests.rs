@@ -1377,3 +1377,62 @@ proptest! {
         let _ = load_config(Some(&doc.to_string()), None, &no_env);
     }
 }
+
+#[test]
+fn a_success_threshold_above_max_requests_is_refused_after_env_is_applied() {
+    // Per gateway: 5 successes needed, only 3 trials per half-open round.
+    let doc = with(
+        base(),
+        "/gateways/0/circuit_breaker",
+        Some(json!({"success_threshold": 5, "max_requests": 3})),
+    );
+    let errors = load(&doc).unwrap_err();
+    assert!(
+        errors.0.iter().any(
+            |e| e.path == "gateways[0].circuit_breaker.success_threshold"
+                && e.message.contains("exceeds max_requests 3")
+        ),
+        "{errors}"
+    );
+    // The same impossibility reached through the environment on top of a gateway's value.
+    let doc = with(
+        base(),
+        "/gateways/1/circuit_breaker",
+        Some(json!({"max_requests": 2})),
+    );
+    let env = env_of(&[("CB_SUCCESS_THRESHOLD", "4")]);
+    let errors = load_config(Some(&doc.to_string()), None, &env).unwrap_err();
+    assert!(
+        errors.has_path("gateways[1].circuit_breaker.success_threshold"),
+        "{errors}"
+    );
+    // Equal is fine: a full round of successes closes it.
+    let doc = with(
+        base(),
+        "/gateways/0/circuit_breaker",
+        Some(json!({"success_threshold": 3, "max_requests": 3})),
+    );
+    loaded(&doc);
+}
+
+#[test]
+fn legacy_conversion_never_copies_an_inline_mailgun_key() {
+    let workspaces = json!([{
+        "id": "clinic-1",
+        "domain": "clinic.example.com",
+        "mailgun": {"api_key": "key-0123456789abcdef0123456789abcdef"}
+    }]);
+    let (doc, warnings) = convert_legacy(&workspaces.to_string()).unwrap();
+    let text = doc.to_string();
+    assert!(!text.contains("key-0123456789abcdef"), "{text}");
+    assert_eq!(
+        doc["gateways"][0]["mailgun"]["api_key"],
+        "env:MAILGUN_API_KEY_CLINIC_1"
+    );
+    assert!(
+        warnings.iter().any(|w| w.path.ends_with("mailgun.api_key")
+            && w.message.contains("MAILGUN_API_KEY_CLINIC_1")
+            && !w.message.contains("key-0123")),
+        "{warnings:?}"
+    );
+}

@@ -1083,6 +1083,18 @@ fn gateway(entry: &GatewayEntry<'_>, d: &Defaults, is: &mut Issues) -> Option<Ga
         Some(cb) => breaker(&cb, &d.breaker, is),
         None => d.breaker.clone(),
     };
+    // Checked on the effective values (gateway, env and defaults merged): a half-open round
+    // admits at most `max_requests` trials, so a larger `success_threshold` could never be
+    // reached and the breaker would stay half-open for good.
+    if circuit_breaker.enabled && circuit_breaker.success_threshold > circuit_breaker.max_requests {
+        is.error(
+            at(&at(&g.path, "circuit_breaker"), "success_threshold"),
+            format!(
+                "{} exceeds max_requests {}: a half-open breaker could never close",
+                circuit_breaker.success_threshold, circuit_breaker.max_requests
+            ),
+        );
+    }
     let health = match g.object(is, "health_check") {
         Some(hc) => health_check(&hc, &d.health_check, is),
         None => d.health_check.clone(),

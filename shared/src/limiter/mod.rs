@@ -298,7 +298,9 @@ impl LimitPlan<'_> {
 /// One message asking for capacity: its sender and its recipient count (to + cc + bcc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request<'s> {
-    /// Sender address, any case.
+    /// The sender's bare address (`local@domain`, any case; as
+    /// [`crate::address::EmailAddress::as_str`] gives it), never a display form: the per-sender
+    /// counter is keyed by it, so `Name <addr>` would count apart from `addr`.
     pub sender: &'s str,
     /// Recipients; 0 is admitted without consuming anything.
     pub recipients: u64,
@@ -709,7 +711,7 @@ impl<'p, 'c> Tally<'p, 'c> {
             writes.push(Write {
                 key: key.clone(),
                 op: WriteOp::Update(actions),
-                condition: Condition::And(conditions),
+                condition: Condition::all(conditions),
             });
         }
         if let Some((key, q)) = &plan.bucket

@@ -273,6 +273,6 @@ fn refund_write(
     Some(Write {
         key: key.clone(),
         op: WriteOp::Update(actions),
-        condition: Condition::And(conditions),
+        condition: Condition::all(conditions),
     })
 }

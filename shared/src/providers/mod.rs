@@ -47,7 +47,8 @@ pub enum ErrorClass {
 
 impl ErrorClass {
     /// The class recorded in events and the record of delivery. `Unsuitable` is recorded as
-    /// `permanent` for that gateway: the provider was not at fault.
+    /// `permanent` for that gateway: the provider was not at fault. `Unsuitable` is decided
+    /// before any call, so it must not be fed to the breaker's tally.
     pub fn outcome(self) -> OutcomeClass {
         match self {
             Self::Permanent | Self::Unsuitable => OutcomeClass::Permanent,

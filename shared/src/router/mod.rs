@@ -102,7 +102,10 @@ use hash::MessageHash;
 pub struct RouteRequest<'a> {
     /// The message id (idempotency key); seeds `round_robin` and `weighted` draws.
     pub message_id: &'a str,
-    /// The sender address matched against `can_route` / `exclude_patterns` (any case).
+    /// The sender's bare address (`local@domain`, as [`crate::address::EmailAddress::as_str`]
+    /// gives it; any case) matched against `can_route` / `exclude_patterns`. Never a display
+    /// form such as `Name <addr>`: patterns split on the last `@`, so that would fail to match
+    /// an exclusion. Callers parse first.
     pub sender: &'a str,
     /// The gateway id the message pins (`"gateway"` in the message), if any.
     pub pinned: Option<&'a str>,

@@ -245,7 +245,6 @@ pub async fn comparisons_on_missing_or_mistyped_attributes_are_false(
         Condition::cmp("n", CmpOp::Ne, "5"),
         Condition::cmp("s", CmpOp::Eq, 5),
         Condition::cmp("s", CmpOp::Ge, 0),
-        Condition::Or(vec![]),
     ];
     for condition in false_cases {
         let outcome = write(
@@ -519,6 +518,40 @@ pub async fn concurrent_conditional_adds_stop_at_limit(store: &dyn StateStore, n
     assert_eq!(read(store, &k).await, Some(item(&[("n", Value::N(LIMIT))])));
 }
 
+/// Requests DynamoDB cannot express are `Invalid` and change nothing: an empty `OR`, two
+/// actions on one attribute in one update.
+pub async fn inexpressible_requests_are_invalid(store: &dyn StateStore, ns: &str) {
+    let k = key(ns, "inexpressible");
+    let stored = item(&[("n", Value::N(1))]);
+    store
+        .put_many(vec![(k.clone(), stored.clone())])
+        .await
+        .unwrap();
+    let bad = [
+        Write {
+            key: k.clone(),
+            op: WriteOp::Update(vec![UpdateAction::Add("n".into(), 1)]),
+            condition: Condition::Or(vec![]),
+        },
+        Write {
+            key: k.clone(),
+            op: WriteOp::Update(vec![
+                UpdateAction::Set("n".into(), Value::N(7)),
+                UpdateAction::Add("n".into(), 1),
+            ]),
+            condition: Condition::Always,
+        },
+    ];
+    for w in bad {
+        let shown = format!("{w:?}");
+        match store.write(w).await {
+            Err(StoreError::Invalid(_)) => {}
+            other => panic!("{shown} must be Invalid, got {other:?}"),
+        }
+    }
+    assert_eq!(read(store, &k).await, Some(stored));
+}
+
 /// Runs every case of the contract, each under its own sub-namespace of `ns`.
 pub async fn run_all(store: &dyn StateStore, ns: &str) {
     conditional_put(store, &format!("{ns}#1")).await;
@@ -531,6 +564,7 @@ pub async fn run_all(store: &dyn StateStore, ns: &str) {
     duplicate_keys_in_a_transaction_are_invalid(store, &format!("{ns}#8")).await;
     put_many_and_get_many_keep_order(store, &format!("{ns}#9")).await;
     concurrent_conditional_adds_stop_at_limit(store, &format!("{ns}#10")).await;
+    inexpressible_requests_are_invalid(store, &format!("{ns}#11")).await;
 }
 
 #[cfg(test)]

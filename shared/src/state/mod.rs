@@ -22,6 +22,16 @@
 //! - A transaction applies all its writes or none; when any condition fails, the outcome lists
 //!   every write whose condition failed with its current item, and nothing is applied. Keys in
 //!   one transaction must be distinct.
+//! - A transaction cancelled only because another transaction was touching the same items at
+//!   the same moment (DynamoDB's `TransactionConflict`, which no condition caused) is
+//!   `Cancelled(vec![])`: nothing applied, nothing to learn, try again. Callers that retry on
+//!   `Cancelled` therefore handle it without a special case. The in-memory store serialises
+//!   everything and never produces it; tests that need it wrap a store to inject it.
+//! - `And([])` holds (it is the same as `Always`; build conditions with [`Condition::all`],
+//!   which never produces it). `Or([])` cannot be expressed in DynamoDB and is
+//!   [`StoreError::Invalid`].
+//! - Two actions of one update on the same attribute are [`StoreError::Invalid`] (DynamoDB
+//!   rejects overlapping document paths).
 //! - `put_many` is unconditional (DynamoDB `BatchWriteItem`).
 //! - Reads are strongly consistent.
 //! - The attribute [`TTL_ATTRIBUTE`] (epoch seconds) only marks an item for cleanup; no logic may
@@ -153,6 +163,29 @@ impl Condition {
     /// `attr <op> value`.
     pub fn cmp(attr: &str, op: CmpOp, value: impl Into<Value>) -> Self {
         Self::Cmp(attr.to_owned(), op, value.into())
+    }
+
+    /// All of `conditions`: `Always` when empty, the condition itself when alone, `And`
+    /// otherwise. Use it instead of building `And` from a vector that may be empty.
+    pub fn all(mut conditions: Vec<Condition>) -> Self {
+        conditions.retain(|c| *c != Self::Always);
+        match conditions.len() {
+            0 => Self::Always,
+            1 => conditions.pop().unwrap_or(Self::Always),
+            _ => Self::And(conditions),
+        }
+    }
+
+    /// `Invalid` when the condition cannot be expressed in DynamoDB (an empty `Or` anywhere).
+    pub fn check(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Or(cs) if cs.is_empty() => Err(StoreError::Invalid(
+                "an empty OR condition cannot be expressed".into(),
+            )),
+            Self::And(cs) | Self::Or(cs) => cs.iter().try_for_each(Self::check),
+            Self::Not(c) => c.check(),
+            _ => Ok(()),
+        }
     }
 
     /// Evaluates the condition against the stored item (`None`: no item). This is the reference
@@ -301,6 +334,20 @@ pub fn apply_op(current: Option<&Item>, op: &WriteOp) -> Result<Option<Item>, St
         WriteOp::Delete => Ok(None),
         WriteOp::ConditionCheck => Ok(current.cloned()),
         WriteOp::Update(actions) => {
+            let mut seen = std::collections::BTreeSet::new();
+            for action in actions {
+                let attr = match action {
+                    UpdateAction::Set(a, _)
+                    | UpdateAction::SetIfNotExists(a, _)
+                    | UpdateAction::Add(a, _)
+                    | UpdateAction::Remove(a) => a,
+                };
+                if !seen.insert(attr) {
+                    return Err(StoreError::Invalid(format!(
+                        "two actions on attribute {attr} in one update"
+                    )));
+                }
+            }
             let mut item = current.cloned().unwrap_or_default();
             for action in actions {
                 match action {
