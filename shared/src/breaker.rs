@@ -1689,13 +1689,29 @@ mod tests {
         #[test]
         fn an_open_breaker_never_permits_before_its_timeout(
             s in any_settings(),
-            opened_at in 0i64..1_000_000_000,
-            before in 1i64..20_000,
+            start in 0i64..1_000_000_000,
+            probes in prop::collection::vec(0u64..u64::MAX, 1..16),
         ) {
-            let until = opened_at + millis(s.timeout);
-            let state = BreakerState { opened_at, ..open_until(until) };
-            let now = (until - before).max(opened_at);
-            prop_assert_eq!(permit(&state, &s, now), Permit::Reject { until });
+            // Through the real path: failures reported to a shared store open it, then permits
+            // at any moment before `until` are refused and the first one at `until` is a trial.
+            let s = BreakerSettings { enabled: true, ..s };
+            let timeout = millis(s.timeout);
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let store = MemoryStore::new();
+                let opened = flush_outcomes(&store, GW, &s, &failures(s.failure_threshold.get()), start)
+                    .await
+                    .unwrap();
+                assert_eq!(opened.transition.map(|t| t.to), Some(Phase::Open));
+                let until = start + timeout;
+                for p in probes {
+                    let now = start + i64::try_from(p % u64::try_from(timeout).unwrap()).unwrap();
+                    let got = permit_send(&store, GW, &s, now).await.unwrap();
+                    assert_eq!(got.admission, Admission::Rejected { until }, "at {now}, until {until}");
+                }
+                let trial = permit_send(&store, GW, &s, until).await.unwrap();
+                assert_eq!(trial.admission, Admission::Trial);
+            });
         }
     }
 
