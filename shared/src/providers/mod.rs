@@ -5,6 +5,8 @@
 //! failures, never by matching English text. The pipeline only ever looks at
 //! [`SendError::class`] and [`SendError::retry_after`].
 
+pub mod http;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
