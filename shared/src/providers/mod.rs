@@ -6,6 +6,7 @@
 //! [`SendError::class`] and [`SendError::retry_after`].
 
 pub mod http;
+pub mod mailgun;
 
 use std::time::Duration;
 
