@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod mailgun;
+pub mod sendgrid;
 
 use std::time::Duration;
 
