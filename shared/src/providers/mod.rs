@@ -8,6 +8,7 @@
 pub mod http;
 pub mod mailgun;
 pub mod sendgrid;
+pub mod ses;
 
 use std::time::Duration;
 
