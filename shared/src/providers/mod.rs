@@ -9,6 +9,7 @@ pub mod http;
 pub mod mailgun;
 pub mod sendgrid;
 pub mod ses;
+pub mod simulated;
 
 use std::time::Duration;
 
