@@ -1,6 +1,12 @@
 //! The Mailgun client against a local fake of the Mailgun API: the exact request it sends and
 //! how each answer is classified.
 
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers: a failed setup step should fail the test loudly"
+)]
+
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -136,19 +142,55 @@ async fn each_answer_maps_to_its_error_class() {
         ResponseTemplate::new(status).set_body_json(serde_json::json!({ "message": msg }))
     };
     let cases = [
-        Case { name: "400", response: json(400, "'to' parameter is not a valid address"), class: ErrorClass::Permanent, retry_after: None },
-        Case { name: "401", response: ResponseTemplate::new(401).set_body_string("Forbidden"), class: ErrorClass::Auth, retry_after: None },
-        Case { name: "403", response: json(403, "Domain not allowed"), class: ErrorClass::Auth, retry_after: None },
-        Case { name: "404 can be temporal", response: json(404, "Domain not found"), class: ErrorClass::Unavailable, retry_after: None },
-        Case { name: "413", response: ResponseTemplate::new(413), class: ErrorClass::Unsuitable, retry_after: None },
+        Case {
+            name: "400",
+            response: json(400, "'to' parameter is not a valid address"),
+            class: ErrorClass::Permanent,
+            retry_after: None,
+        },
+        Case {
+            name: "401",
+            response: ResponseTemplate::new(401).set_body_string("Forbidden"),
+            class: ErrorClass::Auth,
+            retry_after: None,
+        },
+        Case {
+            name: "403",
+            response: json(403, "Domain not allowed"),
+            class: ErrorClass::Auth,
+            retry_after: None,
+        },
+        Case {
+            name: "404 can be temporal",
+            response: json(404, "Domain not found"),
+            class: ErrorClass::Unavailable,
+            retry_after: None,
+        },
+        Case {
+            name: "413",
+            response: ResponseTemplate::new(413),
+            class: ErrorClass::Unsuitable,
+            retry_after: None,
+        },
         Case {
             name: "429 with reset",
-            response: json(429, "Too many requests").insert_header("X-RateLimit-Reset", "1700000042.5"),
+            response: json(429, "Too many requests")
+                .insert_header("X-RateLimit-Reset", "1700000042.5"),
             class: ErrorClass::Throttled,
             retry_after: Some(NOW + 42_500),
         },
-        Case { name: "429 without reset", response: json(429, "Too many requests"), class: ErrorClass::Throttled, retry_after: None },
-        Case { name: "500", response: ResponseTemplate::new(500), class: ErrorClass::Unavailable, retry_after: None },
+        Case {
+            name: "429 without reset",
+            response: json(429, "Too many requests"),
+            class: ErrorClass::Throttled,
+            retry_after: None,
+        },
+        Case {
+            name: "500",
+            response: ResponseTemplate::new(500),
+            class: ErrorClass::Unavailable,
+            retry_after: None,
+        },
         Case {
             name: "503 with Retry-After",
             response: ResponseTemplate::new(503).insert_header("Retry-After", "30"),
@@ -175,7 +217,11 @@ async fn each_answer_maps_to_its_error_class() {
         assert_eq!(err.class, case.class, "{}: {err}", case.name);
         assert_eq!(err.retry_after, case.retry_after, "{}", case.name);
         assert_eq!(err.provider, "mailgun");
-        assert!(!format!("{err} {err:?}").contains(KEY), "{}: key leaked", case.name);
+        assert!(
+            !format!("{err} {err:?}").contains(KEY),
+            "{}: key leaked",
+            case.name
+        );
     }
 }
 

@@ -1,6 +1,12 @@
 //! The SendGrid client against a local fake of the v3 API: the exact JSON it sends and how each
 //! answer is classified.
 
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers: a failed setup step should fail the test loudly"
+)]
+
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -39,7 +45,9 @@ async fn rich_message_is_posted_as_the_documented_json() {
         .and(path("/v3/mail/send"))
         .and(header("authorization", format!("Bearer {KEY}").as_str()))
         .and(header("content-type", "application/json"))
-        .respond_with(ResponseTemplate::new(202).insert_header("X-Message-Id", "Ua9z9lSTSaqYBWJe_Xfc-Q"))
+        .respond_with(
+            ResponseTemplate::new(202).insert_header("X-Message-Id", "Ua9z9lSTSaqYBWJe_Xfc-Q"),
+        )
         .expect(1)
         .mount(&server)
         .await;
@@ -113,11 +121,39 @@ async fn each_answer_maps_to_its_error_class() {
             .set_body_json(json!({"errors": [{"message": msg, "field": null, "help": null}]}))
     };
     let cases = [
-        Case { name: "400", response: errors(400, "Does not contain a valid address."), class: ErrorClass::Permanent, retry_after: None },
-        Case { name: "401", response: errors(401, "authorization required"), class: ErrorClass::Auth, retry_after: None },
-        Case { name: "403 unverified sender", response: errors(403, "The from address does not match a verified Sender Identity."), class: ErrorClass::Auth, retry_after: None },
-        Case { name: "404", response: errors(404, "not found"), class: ErrorClass::Permanent, retry_after: None },
-        Case { name: "413", response: errors(413, "content too large"), class: ErrorClass::Unsuitable, retry_after: None },
+        Case {
+            name: "400",
+            response: errors(400, "Does not contain a valid address."),
+            class: ErrorClass::Permanent,
+            retry_after: None,
+        },
+        Case {
+            name: "401",
+            response: errors(401, "authorization required"),
+            class: ErrorClass::Auth,
+            retry_after: None,
+        },
+        Case {
+            name: "403 unverified sender",
+            response: errors(
+                403,
+                "The from address does not match a verified Sender Identity.",
+            ),
+            class: ErrorClass::Auth,
+            retry_after: None,
+        },
+        Case {
+            name: "404",
+            response: errors(404, "not found"),
+            class: ErrorClass::Permanent,
+            retry_after: None,
+        },
+        Case {
+            name: "413",
+            response: errors(413, "content too large"),
+            class: ErrorClass::Unsuitable,
+            retry_after: None,
+        },
         Case {
             name: "429 with reset",
             response: errors(429, "too many requests")
@@ -127,9 +163,24 @@ async fn each_answer_maps_to_its_error_class() {
             class: ErrorClass::Throttled,
             retry_after: Some(NOW + 60_000),
         },
-        Case { name: "429 without reset", response: errors(429, "too many requests"), class: ErrorClass::Throttled, retry_after: None },
-        Case { name: "500", response: ResponseTemplate::new(500), class: ErrorClass::Unavailable, retry_after: None },
-        Case { name: "503", response: ResponseTemplate::new(503), class: ErrorClass::Unavailable, retry_after: None },
+        Case {
+            name: "429 without reset",
+            response: errors(429, "too many requests"),
+            class: ErrorClass::Throttled,
+            retry_after: None,
+        },
+        Case {
+            name: "500",
+            response: ResponseTemplate::new(500),
+            class: ErrorClass::Unavailable,
+            retry_after: None,
+        },
+        Case {
+            name: "503",
+            response: ResponseTemplate::new(503),
+            class: ErrorClass::Unavailable,
+            retry_after: None,
+        },
         Case {
             name: "slow response past the timeout",
             response: ResponseTemplate::new(202).set_delay(Duration::from_secs(3)),
@@ -150,7 +201,11 @@ async fn each_answer_maps_to_its_error_class() {
         assert_eq!(err.class, case.class, "{}: {err}", case.name);
         assert_eq!(err.retry_after, case.retry_after, "{}", case.name);
         assert_eq!(err.provider, "sendgrid");
-        assert!(!format!("{err} {err:?}").contains(KEY), "{}: key leaked", case.name);
+        assert!(
+            !format!("{err} {err:?}").contains(KEY),
+            "{}: key leaked",
+            case.name
+        );
     }
 }
 

@@ -91,26 +91,42 @@ pub struct SesProvider {
     configuration_set: Option<String>,
 }
 
-/// Builds an SES client for the gateway's region with the process's HTTP timeouts and SDK
-/// retries disabled (module docs). Credentials and `AWS_ENDPOINT_URL*` come from the
-/// environment as usual; `endpoint_url` in the settings wins over both.
+/// Builds an SES client for the gateway: credentials and `AWS_ENDPOINT_URL*` come from the
+/// environment as usual, then [`configure_ses`] applies the gateway's region, endpoint and the
+/// process's HTTP timeouts, with SDK retries disabled (module docs).
 pub async fn build_ses_client(
     settings: &SesSettings,
     http: &HttpSettings,
 ) -> aws_sdk_sesv2::Client {
-    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(settings.region.clone()))
+        .load()
+        .await;
+    let builder = aws_sdk_sesv2::config::Builder::from(&shared);
+    aws_sdk_sesv2::Client::from_conf(configure_ses(builder, settings, http).build())
+}
+
+/// Applies a gateway's SES settings to an SDK config builder: its region; its `endpoint_url`
+/// when set (it wins over the environment); connect timeout = `http.connect_timeout`; attempt
+/// and operation timeout = `http.request_timeout`; retries disabled.
+pub fn configure_ses(
+    builder: aws_sdk_sesv2::config::Builder,
+    settings: &SesSettings,
+    http: &HttpSettings,
+) -> aws_sdk_sesv2::config::Builder {
+    let timeouts = aws_sdk_sesv2::config::timeout::TimeoutConfig::builder()
         .connect_timeout(http.connect_timeout)
         .operation_attempt_timeout(http.request_timeout)
         .operation_timeout(http.request_timeout)
         .build();
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(settings.region.clone()))
+    let mut builder = builder
+        .region(aws_sdk_sesv2::config::Region::new(settings.region.clone()))
         .timeout_config(timeouts)
-        .retry_config(aws_config::retry::RetryConfig::disabled());
+        .retry_config(aws_sdk_sesv2::config::retry::RetryConfig::disabled());
     if let Some(url) = &settings.endpoint_url {
-        loader = loader.endpoint_url(url);
+        builder = builder.endpoint_url(url);
     }
-    aws_sdk_sesv2::Client::new(&loader.load().await)
+    builder
 }
 
 impl SesProvider {
