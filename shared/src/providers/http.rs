@@ -236,6 +236,17 @@ pub fn status_error(
     }
 }
 
+/// A classified error for a non-success status answering a probe. Probes have no `now`, so
+/// no `retry_after` is derived (a relative hint cannot be made absolute).
+pub fn probe_status_error(
+    provider: &'static str,
+    class: ErrorClass,
+    status: u16,
+    body: &str,
+) -> SendError {
+    status_error(provider, class, status, &HeaderMap::new(), body, 0)
+}
+
 /// The human message of a provider error body: Mailgun's `message`, SendGrid's
 /// `errors[].message` joined, SES's `message`, otherwise the body itself; truncated to
 /// [`MAX_DETAIL_CHARS`] with control characters replaced, so it is safe as one log field.

@@ -56,7 +56,8 @@ use crate::config::{MailgunRegion, MailgunSettings, MailgunTags, Tracking};
 use crate::message::OutboundMessage;
 
 use super::http::{
-    GATEWAY_MESSAGE_ID_HEADER, Secret, class_for_status, elapsed, status_error, transport_error,
+    GATEWAY_MESSAGE_ID_HEADER, Secret, class_for_status, elapsed, probe_status_error, status_error,
+    transport_error,
 };
 use super::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
 
@@ -324,15 +325,12 @@ impl Provider for MailgunProvider {
                 latency: elapsed(start),
             });
         }
-        let headers = response.headers().clone();
         let body = response.text().await.unwrap_or_default();
-        Err(status_error(
+        Err(probe_status_error(
             PROVIDER,
             mailgun_class(status),
             status,
-            &headers,
             &body,
-            0,
         ))
     }
 }
@@ -505,6 +503,30 @@ mod tests {
         }));
         let err = provider(&settings()).form_fields(&m).unwrap_err();
         assert_eq!(err.class, ErrorClass::Unsuitable);
+    }
+
+    #[test]
+    fn attachments_with_a_content_id_are_inline_parts() {
+        let m = message(serde_json::json!({
+            "id": "m1", "from": "d@x.example", "to": ["a@x.example"], "subject": "s",
+            "html": "<img src=cid:logo>",
+            "attachments": [
+                {"filename": "a.pdf", "content": "JVBERg=="},
+                {"filename": "logo.png", "content_type": "image/png", "content": "iVBORw==", "content_id": "logo"}
+            ]
+        }));
+        let f = provider(&settings()).form_fields(&m).unwrap();
+        let files: Vec<_> = f
+            .iter()
+            .filter(|(_, v)| matches!(v, FormValue::Attachment(_)))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                &("attachment".to_owned(), FormValue::Attachment(0)),
+                &("inline".to_owned(), FormValue::Attachment(1)),
+            ]
+        );
     }
 
     #[test]

@@ -49,7 +49,8 @@ use crate::config::{SendgridSettings, Tracking};
 use crate::message::OutboundMessage;
 
 use super::http::{
-    GATEWAY_MESSAGE_ID_HEADER, Secret, class_for_status, elapsed, status_error, transport_error,
+    GATEWAY_MESSAGE_ID_HEADER, Secret, class_for_status, elapsed, probe_status_error, status_error,
+    transport_error,
 };
 use super::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
 
@@ -276,15 +277,12 @@ impl Provider for SendgridProvider {
                 latency: elapsed(start),
             });
         }
-        let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
-        Err(status_error(
+        Err(probe_status_error(
             PROVIDER,
             class_for_status(status),
             status,
-            &headers,
             &text,
-            0,
         ))
     }
 }
@@ -399,6 +397,25 @@ mod tests {
                     "open_tracking": {"enable": true}
                 }
             })
+        );
+    }
+
+    #[test]
+    fn attachments_with_a_content_id_are_inline() {
+        let m = message(json!({
+            "id": "m1", "from": "d@x.example", "to": ["a@x.example"], "subject": "s",
+            "html": "<img src=cid:logo>",
+            "attachments": [
+                {"filename": "logo.png", "content_type": "image/png", "content": "iVBORw==", "content_id": "logo"}
+            ]
+        }));
+        let body = provider(&[]).request_body(&m).unwrap();
+        assert_eq!(
+            body["attachments"],
+            json!([{
+                "content": "iVBORw==", "type": "image/png", "filename": "logo.png",
+                "disposition": "inline", "content_id": "logo"
+            }])
         );
     }
 

@@ -290,12 +290,12 @@ impl Provider for SesProvider {
     /// probe with `Auth`, like a `SendingPausedException` would.
     async fn probe(&self) -> Result<ProbeReport, SendError> {
         let start = std::time::Instant::now();
-        let account = self
-            .client
-            .get_account()
-            .send()
-            .await
-            .map_err(|e| classify_sdk_error(e, 0))?;
+        let account = self.client.get_account().send().await.map_err(|e| {
+            // Probes have no `now`: a relative hint cannot be made absolute.
+            let mut err = classify_sdk_error(e, 0);
+            err.retry_after = None;
+            err
+        })?;
         if !account.sending_enabled {
             return Err(SendError::new(
                 ErrorClass::Auth,
