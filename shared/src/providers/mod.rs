@@ -5,6 +5,12 @@
 //! failures, never by matching English text. The pipeline only ever looks at
 //! [`SendError::class`] and [`SendError::retry_after`].
 
+pub mod http;
+pub mod mailgun;
+pub mod sendgrid;
+pub mod ses;
+pub mod simulated;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
