@@ -229,7 +229,11 @@ fn text_part<'x>(content_type: &'x str, text: &str) -> MimePart<'x> {
     )
 }
 
-fn multipart<'x>(content_type: &'x str, boundary: String, parts: Vec<MimePart<'x>>) -> MimePart<'x> {
+fn multipart<'x>(
+    content_type: &'x str,
+    boundary: String,
+    parts: Vec<MimePart<'x>>,
+) -> MimePart<'x> {
     MimePart::new(
         ContentType::new(content_type).attribute("boundary", boundary),
         BodyPart::Multipart(parts),

@@ -91,15 +91,15 @@ fn rich_message_round_trips_through_a_mime_parser() {
         Some("flu-2026")
     );
     let note = parsed.header_as("X-Note", mail_parser::HeaderForm::Text);
-    assert_eq!(
-        note.first().and_then(|h| h.as_text()),
-        Some("naïve café")
-    );
+    assert_eq!(note.first().and_then(|h| h.as_text()), Some("naïve café"));
     assert_eq!(
         parsed.header_raw(GATEWAY_ID_HEADER).map(str::trim),
         Some("inv-2026:11@28..x")
     );
-    assert_eq!(parsed.body_text(0).as_deref(), Some("Hello\r\nline two\r\n"));
+    assert_eq!(
+        parsed.body_text(0).as_deref(),
+        Some("Hello\r\nline two\r\n")
+    );
     assert_eq!(parsed.body_html(0).as_deref(), Some("<p>Grüße</p>"));
     assert_eq!(parsed.attachment_count(), 1);
     let pdf = parsed
@@ -315,6 +315,9 @@ fn line_breaks_are_normalised_to_crlf() {
 fn debug_shows_size_not_content() {
     let built = build(&rich(), NOW);
     let shown = format!("{built:?}");
-    assert!(!shown.contains("Grüße") && !shown.contains("patient"), "{shown}");
+    assert!(
+        !shown.contains("Grüße") && !shown.contains("patient"),
+        "{shown}"
+    );
     assert!(shown.contains("bytes"));
 }

@@ -5,6 +5,11 @@
 //! failures, never by matching English text. The pipeline only ever looks at
 //! [`SendError::class`] and [`SendError::retry_after`].
 
+pub mod capture;
+pub mod gmail;
+pub mod secret;
+pub mod smtp;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
