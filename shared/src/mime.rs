@@ -27,7 +27,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use base64::Engine as _;
 use mail_builder::MessageBuilder;
+use mail_builder::headers::HeaderType;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::headers::date::Date;
@@ -123,13 +125,16 @@ pub fn build_with(message: &OutboundMessage, now: EpochMillis, options: &MimeOpt
         .as_ref()
         .unwrap_or_else(|| message.sender());
     let mut builder = MessageBuilder::new()
-        .from(address(message.from().name(), from_address))
-        .to(list(message.to()));
+        .header(
+            "From",
+            addresses(&[(message.from().name(), from_address.as_str())]),
+        )
+        .header("To", mailboxes(message.to()));
     if !message.cc().is_empty() {
-        builder = builder.cc(list(message.cc()));
+        builder = builder.header("Cc", mailboxes(message.cc()));
     }
     if options.bcc == BccHeader::Include && !message.bcc().is_empty() {
-        builder = builder.bcc(list(message.bcc()));
+        builder = builder.header("Bcc", mailboxes(message.bcc()));
     }
     let reply_to = match (message.reply_to(), &options.from_override) {
         (Some(reply_to), _) => Some(reply_to),
@@ -137,15 +142,15 @@ pub fn build_with(message: &OutboundMessage, now: EpochMillis, options: &MimeOpt
         (None, _) => None,
     };
     if let Some(reply_to) = reply_to {
-        builder = builder.reply_to(mailbox(reply_to));
+        builder = builder.header("Reply-To", mailboxes(std::slice::from_ref(reply_to)));
     }
     builder = builder
-        .subject(Text::new(message.subject()))
+        .header("Subject", text(message.subject()))
         .date(Date::new(now.div_euclid(1000)))
         .message_id(MessageId::new(message_id.clone()))
         .header("MIME-Version", Raw::new("1.0"));
     for (name, value) in message.headers() {
-        builder = builder.header(name.as_str(), Text::new(value.as_str()));
+        builder = builder.header(name.as_str(), text(value));
     }
     builder = builder
         .header(GATEWAY_ID_HEADER, Raw::new(message.id()))
@@ -176,19 +181,74 @@ pub fn message_id_for(message: &OutboundMessage) -> String {
     format!("{local}@{}", message.sender().domain())
 }
 
-fn address<'x>(name: Option<&'x str>, email: &'x EmailAddress) -> Address<'x> {
-    Address::new_address(name, email.as_str())
-}
-
-fn mailbox(m: &Mailbox) -> Address<'_> {
-    address(m.name(), m.address())
-}
-
-fn list(mailboxes: &[Mailbox]) -> Address<'_> {
-    match mailboxes {
-        [one] => mailbox(one),
-        many => Address::new_list(many.iter().map(mailbox).collect()),
+/// An address header. When a display name contains `=?`, a reader would decode that part as an
+/// RFC 2047 encoded word and show something else than the sender wrote; such names are written
+/// as encoded words themselves (allowed in a phrase, RFC 2047 §5), which decode back exactly.
+fn addresses<'x>(items: &[(Option<&'x str>, &'x str)]) -> HeaderType<'x> {
+    if items
+        .iter()
+        .any(|(name, _)| name.is_some_and(looks_encoded))
+    {
+        let written: Vec<String> = items
+            .iter()
+            .map(|(name, email)| match name {
+                Some(name) => format!("{} <{email}>", encoded_words(name)),
+                None => (*email).to_owned(),
+            })
+            .collect();
+        return Raw::new(written.join(", ")).into();
     }
+    let mut list: Vec<Address<'x>> = items
+        .iter()
+        .map(|(name, email)| Address::new_address(*name, *email))
+        .collect();
+    match list.len() {
+        1 => list.remove(0).into(),
+        _ => Address::new_list(list).into(),
+    }
+}
+
+fn mailboxes(list: &[Mailbox]) -> HeaderType<'_> {
+    let items: Vec<(Option<&str>, &str)> = list
+        .iter()
+        .map(|m| (m.name(), m.address().as_str()))
+        .collect();
+    addresses(&items)
+}
+
+/// Unstructured header text; text containing `=?` is written as encoded words (see
+/// [`addresses`]) so it reads back literally.
+fn text(value: &str) -> HeaderType<'_> {
+    if looks_encoded(value) {
+        Raw::new(encoded_words(value)).into()
+    } else {
+        Text::new(value).into()
+    }
+}
+
+/// True when a decoder could take part of the text for an RFC 2047 encoded word.
+fn looks_encoded(text: &str) -> bool {
+    text.contains("=?")
+}
+
+/// The whole text as RFC 2047 `B` encoded words of at most 75 characters, separated by spaces
+/// (which decoders drop between adjacent encoded words; the header writer folds there).
+fn encoded_words(text: &str) -> String {
+    // 45 bytes of UTF-8 are 60 base64 characters: with `=?utf-8?B?` and `?=` that is 72.
+    const CHUNK: usize = 45;
+    let mut words = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + CHUNK).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(&text.as_bytes()[start..end]);
+        words.push(format!("=?utf-8?B?{encoded}?="));
+        start = end;
+    }
+    words.join(" ")
 }
 
 fn body<'x>(message: &'x OutboundMessage, boundaries: &Boundaries) -> MimePart<'x> {
@@ -245,7 +305,10 @@ fn attachment_part(a: &Attachment) -> MimePart<'_> {
         content_type(a.content_type()),
         BodyPart::Binary(Cow::Borrowed(a.content())),
     )
-    .attachment(a.filename())
+    .header(
+        "Content-Disposition",
+        disposition("attachment", a.filename()),
+    )
 }
 
 fn inline_part(a: &Attachment) -> MimePart<'_> {
@@ -253,14 +316,32 @@ fn inline_part(a: &Attachment) -> MimePart<'_> {
         content_type(a.content_type()),
         BodyPart::Binary(Cow::Borrowed(a.content())),
     )
-    .header(
-        "Content-Disposition",
-        ContentType::new("inline").attribute("filename", a.filename()),
-    );
+    .header("Content-Disposition", disposition("inline", a.filename()));
     match a.content_id() {
         Some(cid) => part.cid(cid),
         None => part,
     }
+}
+
+/// `Content-Disposition` with the file name. Readers decode encoded words even inside quoted
+/// parameters, so a name containing `=?` is written in RFC 2231 form (`filename*=utf-8''…`,
+/// percent-encoded), which cannot be mistaken for one.
+fn disposition<'x>(kind: &'x str, filename: &'x str) -> HeaderType<'x> {
+    if !looks_encoded(filename) {
+        return ContentType::new(kind)
+            .attribute("filename", filename)
+            .into();
+    }
+    let mut value = format!("{kind}; filename*=utf-8''");
+    for b in filename.bytes() {
+        // RFC 2231 attribute-char: ALPHA, DIGIT and a few marks are written as they are.
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            value.push(char::from(b));
+        } else {
+            value.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Raw::new(value).into()
 }
 
 /// `type/subtype; key=value; key="quoted"` into a content type with attributes. Parameters that

@@ -4,6 +4,11 @@
 //! key pair generated for this test run (never a real key) and answers per subject; the tests
 //! then check the JWT header and claims, the form fields, and the MIME inside `raw`.
 
+#![allow(
+    clippy::panic,
+    reason = "the fixture helpers are test code: a broken fixture should fail the test loudly"
+)]
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 

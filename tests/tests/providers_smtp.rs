@@ -2,6 +2,11 @@
 //! the class of every kind of failure, including the difference between a timeout before the
 //! content was sent (`Unavailable`) and after (`Ambiguous`).
 
+#![allow(
+    clippy::panic,
+    reason = "the fixture helpers are test code: a broken fixture should fail the test loudly"
+)]
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -110,7 +115,9 @@ async fn serve(stream: tokio::net::TcpStream, script: Script, received: Arc<Mute
             }
             script.rcpt.unwrap_or("250 2.1.5 Ok").into()
         } else if upper == "DATA" {
-            let _ = write.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await;
+            let _ = write
+                .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                .await;
             let mut data = Vec::new();
             loop {
                 let mut l = String::new();
@@ -133,10 +140,7 @@ async fn serve(stream: tokio::net::TcpStream, script: Script, received: Arc<Mute
                 None => {
                     if let Some(mut r) = current.take() {
                         r.data = data;
-                        received
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(r);
+                        received.lock().unwrap_or_else(|p| p.into_inner()).push(r);
                     }
                     "250 2.0.0 Ok: queued as Q4711".into()
                 }
@@ -165,7 +169,12 @@ fn angle(command: &str) -> String {
     command[start..end].to_owned()
 }
 
-fn provider(addr: SocketAddr, tls: SmtpTls, exchange: Duration, limits: SmtpLimits) -> SmtpProvider {
+fn provider(
+    addr: SocketAddr,
+    tls: SmtpTls,
+    exchange: Duration,
+    limits: SmtpLimits,
+) -> SmtpProvider {
     let settings = SmtpSettings {
         host: addr.ip().to_string(),
         port: addr.port(),
@@ -187,11 +196,17 @@ fn provider(addr: SocketAddr, tls: SmtpTls, exchange: Duration, limits: SmtpLimi
 }
 
 fn plain(addr: SocketAddr) -> SmtpProvider {
-    provider(addr, SmtpTls::None, Duration::from_secs(5), SmtpLimits::default())
+    provider(
+        addr,
+        SmtpTls::None,
+        Duration::from_secs(5),
+        SmtpLimits::default(),
+    )
 }
 
 fn rich_message() -> OutboundMessage {
-    let pdf = base64::engine::general_purpose::STANDARD.encode(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n%%EOF\n");
+    let pdf = base64::engine::general_purpose::STANDARD
+        .encode(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n%%EOF\n");
     let json = serde_json::json!({
         "id": "inv-2026-11-28-000123",
         "from": "Dr. Zoë Lovelace <ada@clinic.example>",
@@ -212,7 +227,9 @@ fn rich_message() -> OutboundMessage {
 }
 
 fn simple_message(recipients: usize) -> OutboundMessage {
-    let to: Vec<String> = (0..recipients).map(|i| format!("p{i}@example.org")).collect();
+    let to: Vec<String> = (0..recipients)
+        .map(|i| format!("p{i}@example.org"))
+        .collect();
     let json = serde_json::json!({
         "id": "m-1", "from": "ada@clinic.example", "to": to, "subject": "s", "text": "t"
     });
@@ -258,12 +275,18 @@ async fn rich_message_arrives_with_the_right_envelope_and_mime() {
     let parsed = MessageParser::default()
         .parse(&got.data)
         .unwrap_or_else(|| panic!("unparseable"));
-    assert_eq!(parsed.subject(), Some("Ihr Termin am Dienstag – Bestätigung"));
+    assert_eq!(
+        parsed.subject(),
+        Some("Ihr Termin am Dienstag – Bestätigung")
+    );
     assert_eq!(
         parsed.from().and_then(|a| a.first()).and_then(|a| a.name()),
         Some("Dr. Zoë Lovelace")
     );
-    assert!(parsed.bcc().is_none(), "Bcc must not reach the relay's headers");
+    assert!(
+        parsed.bcc().is_none(),
+        "Bcc must not reach the relay's headers"
+    );
     assert!(!String::from_utf8_lossy(&got.data).contains("audit@clinic.example"));
     assert_eq!(
         parsed.header_raw(GATEWAY_ID_HEADER).map(str::trim),
@@ -407,7 +430,12 @@ async fn connection_refused_is_unavailable() {
 async fn tls_that_the_relay_cannot_speak_is_unavailable() {
     for tls in [SmtpTls::Tls, SmtpTls::Starttls] {
         let sink = Sink::start(Script::default()).await;
-        let provider = provider(sink.addr, tls, Duration::from_secs(2), SmtpLimits::default());
+        let provider = provider(
+            sink.addr,
+            tls,
+            Duration::from_secs(2),
+            SmtpLimits::default(),
+        );
         let error = provider
             .send(&simple_message(1), NOW)
             .await

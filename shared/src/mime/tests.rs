@@ -321,3 +321,59 @@ fn debug_shows_size_not_content() {
     );
     assert!(shown.contains("bytes"));
 }
+
+#[test]
+fn encoded_words_stay_short_and_split_on_character_boundaries() {
+    let cases = ["=?", "a=?b", &"ä=?".repeat(60), &"🚑".repeat(40)];
+    for text in cases {
+        let words = encoded_words(text);
+        let mut decoded = Vec::new();
+        for word in words.split(' ') {
+            assert!(word.len() <= 75, "{word}");
+            let inner = word
+                .strip_prefix("=?utf-8?B?")
+                .and_then(|w| w.strip_suffix("?="))
+                .unwrap_or_else(|| panic!("not an encoded word: {word}"));
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(inner)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                std::str::from_utf8(&bytes).is_ok(),
+                "split inside a character"
+            );
+            decoded.extend(bytes);
+        }
+        assert_eq!(String::from_utf8(decoded).ok().as_deref(), Some(text));
+    }
+}
+
+#[test]
+fn text_that_looks_like_an_encoded_word_reads_back_literally() {
+    let m = message(serde_json::json!({
+        "id": "ew", "from": {"email": "ada@clinic.example", "name": "=?utf-8?Q?Boss?="},
+        "to": ["p@example.org", {"email": "q@example.org", "name": "=?x?="}],
+        "subject": "=?utf-8?B?SGFja2Vk?=", "text": "t",
+        "headers": {"X-Note": "=?utf-8?B?SGFja2Vk?= too"}
+    }));
+    let built = build(&m, NOW);
+    let parsed = MessageParser::default()
+        .parse(built.bytes())
+        .unwrap_or_else(|| panic!("unparseable"));
+    assert_eq!(parsed.subject(), Some("=?utf-8?B?SGFja2Vk?="));
+    assert_eq!(
+        addresses(parsed.from()),
+        vec![(Some("=?utf-8?Q?Boss?=".into()), "ada@clinic.example".into())]
+    );
+    assert_eq!(
+        addresses(parsed.to()),
+        vec![
+            (None, "p@example.org".into()),
+            (Some("=?x?=".into()), "q@example.org".into())
+        ]
+    );
+    let note = parsed.header_as("X-Note", mail_parser::HeaderForm::Text);
+    assert_eq!(
+        note.first().and_then(|h| h.as_text()),
+        Some("=?utf-8?B?SGFja2Vk?= too")
+    );
+}
