@@ -397,6 +397,11 @@ async fn tokens_are_cached_per_subject_until_shortly_before_expiry() {
             "at {now}"
         );
     }
+    let shown = format!("{provider:?}");
+    assert!(
+        !shown.contains("tok-"),
+        "cached tokens must not show in Debug: {shown}"
+    );
 }
 
 #[tokio::test]

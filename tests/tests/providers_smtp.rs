@@ -23,7 +23,8 @@ use tokio::net::TcpListener;
 
 const NOW: i64 = 1_795_000_000_000;
 
-/// What the sink answers; `None` means the normal positive reply.
+/// What the sink answers; `None` means the normal positive reply, `Some("")` closes the
+/// connection instead of answering.
 #[derive(Debug, Clone, Default)]
 struct Script {
     greeting_stalls: bool,
@@ -31,6 +32,7 @@ struct Script {
     rcpt: Option<&'static str>,
     data_end: Option<&'static str>,
     stall_after_content: bool,
+    close_after_content: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +133,9 @@ async fn serve(stream: tokio::net::TcpStream, script: Script, received: Arc<Mute
                 let unstuffed = l.strip_prefix('.').unwrap_or(&l);
                 data.extend_from_slice(unstuffed.as_bytes());
             }
+            if script.close_after_content {
+                return;
+            }
             if script.stall_after_content {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 return;
@@ -153,6 +158,10 @@ async fn serve(stream: tokio::net::TcpStream, script: Script, received: Arc<Mute
         } else {
             "502 5.5.2 Error: command not recognized".into()
         };
+        if reply.is_empty() {
+            // An empty scripted reply drops the connection instead of answering.
+            return;
+        }
         if write
             .write_all(format!("{reply}\r\n").as_bytes())
             .await
@@ -390,6 +399,36 @@ async fn timeout_after_the_content_was_sent_is_ambiguous() {
         .err()
         .unwrap_or_else(|| panic!("must time out"));
     assert_eq!(error.class(), ErrorClass::Ambiguous, "{error}");
+}
+
+#[tokio::test]
+async fn connection_lost_after_the_content_was_sent_is_ambiguous() {
+    let sink = Sink::start(Script {
+        close_after_content: true,
+        ..Script::default()
+    })
+    .await;
+    let error = plain(sink.addr)
+        .send(&simple_message(1), NOW)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("must fail"));
+    assert_eq!(error.class(), ErrorClass::Ambiguous, "{error}");
+}
+
+#[tokio::test]
+async fn connection_lost_before_the_content_was_sent_is_unavailable() {
+    let sink = Sink::start(Script {
+        rcpt: Some(""),
+        ..Script::default()
+    })
+    .await;
+    let error = plain(sink.addr)
+        .send(&simple_message(1), NOW)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("must fail"));
+    assert_eq!(error.class(), ErrorClass::Unavailable, "{error}");
 }
 
 #[tokio::test]
