@@ -6,7 +6,9 @@
 //! - Headers `From`, `To`, `Cc` (when any), `Reply-To` (when set), `Subject`, `Date` (from `now`,
 //!   UTC), `Message-ID`, `MIME-Version`, then the message's custom headers in their order, then
 //!   [`GATEWAY_ID_HEADER`] carrying our message id. Non-ASCII subjects, display names and custom
-//!   header values are RFC 2047 encoded; long values are folded.
+//!   header values are RFC 2047 encoded; long values are folded. A value that merely contains
+//!   `=?` is encoded too (and a file name containing it is written in RFC 2231 form), because
+//!   readers would otherwise decode it as an encoded word and show different text than was sent.
 //! - `Bcc` is **not** written unless [`BccHeader::Include`] is asked for (Gmail reads its
 //!   recipients from that header and strips it before delivery). Everywhere else the Bcc
 //!   recipients exist only in the envelope, so no recipient can see them.
@@ -21,8 +23,9 @@
 //! which lets receiving systems and support staff recognise a duplicate.
 //!
 //! Header injection is impossible by construction: [`OutboundMessage`] rejects CR, LF and other
-//! control characters in every value that becomes a header, and this builder only writes those
-//! values through `mail-builder`'s encoders.
+//! control characters in every value that becomes a header, and this builder writes those values
+//! only through encoders (`mail-builder`'s, or its own RFC 2047 / RFC 2231 encoding, whose
+//! output is plain ASCII without line breaks).
 
 use std::borrow::Cow;
 use std::fmt;
