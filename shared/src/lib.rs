@@ -19,6 +19,7 @@ pub mod events;
 pub mod limiter;
 pub mod mandrill;
 pub mod message;
+pub mod mime;
 pub mod pattern;
 pub mod providers;
 pub mod records;

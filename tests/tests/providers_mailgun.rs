@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use gateway_core::config::{MailgunRegion, MailgunSettings, MailgunTags, SecretRef, Tracking};
-use gateway_core::providers::http::{Secret, build_client};
+use gateway_core::providers::http::build_client;
 use gateway_core::providers::mailgun::MailgunProvider;
+use gateway_core::providers::secret::SecretString;
 use gateway_core::providers::{ErrorClass, Provider};
 use gateway_tests::{
     FormPart, PDF_BYTES, RICH_SUBJECT, closed_port, http_settings, parse_multipart, rich_message,
@@ -46,7 +47,12 @@ fn settings(base_url: String) -> MailgunSettings {
 
 fn provider(base_url: String, timeout: Duration) -> MailgunProvider {
     let client = build_client(&http_settings(timeout)).expect("client");
-    MailgunProvider::new("mg-primary", &settings(base_url), Secret::new(KEY), client)
+    MailgunProvider::new(
+        "mg-primary",
+        &settings(base_url),
+        SecretString::new(KEY),
+        client,
+    )
 }
 
 fn basic_auth() -> String {

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use gateway_core::config::{SecretRef, SendgridSettings, Tracking};
-use gateway_core::providers::http::{Secret, build_client};
+use gateway_core::providers::http::build_client;
+use gateway_core::providers::secret::SecretString;
 use gateway_core::providers::sendgrid::SendgridProvider;
 use gateway_core::providers::{ErrorClass, Provider};
 use gateway_tests::{PDF_BYTES, RICH_SUBJECT, closed_port, http_settings, rich_message};
@@ -35,7 +36,7 @@ fn provider(base_url: String, timeout: Duration) -> SendgridProvider {
         webhook_public_key: None,
     };
     let client = build_client(&http_settings(timeout)).expect("client");
-    SendgridProvider::new("sg-primary", &settings, Secret::new(KEY), client)
+    SendgridProvider::new("sg-primary", &settings, SecretString::new(KEY), client)
 }
 
 #[tokio::test]

@@ -37,7 +37,6 @@
 //! body fails afterwards; clients then report an acceptance without a provider id rather than an
 //! error, because a retry would be a duplicate.
 
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
@@ -47,9 +46,9 @@ use crate::config::HttpSettings;
 
 use super::{ErrorClass, SendError};
 
-/// The header every provider request carries with our message id, so bounces and the provider's
-/// stored copy can be traced back to the message. A custom header of the same name is replaced.
-pub const GATEWAY_MESSAGE_ID_HEADER: &str = "X-Gateway-Message-Id";
+/// The header carrying our message id on every provider request (one name for raw MIME and
+/// for the HTTP APIs' header fields).
+pub use crate::mime::GATEWAY_ID_HEADER as GATEWAY_MESSAGE_ID_HEADER;
 
 /// Longest `detail` taken from a provider's error body, in characters.
 pub const MAX_DETAIL_CHARS: usize = 200;
@@ -71,29 +70,6 @@ pub fn build_client(settings: &HttpSettings) -> Result<reqwest::Client, HttpClie
         .user_agent(concat!("mail-gateway/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(HttpClientError)
-}
-
-/// A resolved secret (API key, password). `Debug` prints `Secret(<redacted>)` and there is no
-/// `Display`, so it cannot reach a log or an error by formatting.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a resolved secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value, for the one place that puts it on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
 }
 
 /// The class of a non-success HTTP status, per the table in the module docs. 2xx statuses are
@@ -139,8 +115,10 @@ pub fn retry_after_from_values(
     Some(at.max(now))
 }
 
-/// `Retry-After`: delay-seconds or an HTTP date.
-fn parse_retry_after(value: &str, now: EpochMillis) -> Option<EpochMillis> {
+/// `Retry-After`: delay-seconds or an HTTP date (IMF-fixdate and the obsolete forms), as an
+/// absolute time (epoch ms). Anything else is ignored.
+pub fn parse_retry_after(value: &str, now: EpochMillis) -> Option<EpochMillis> {
+    let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         let ms = i64::try_from(seconds).ok()?.checked_mul(1000)?;
         return now.checked_add(ms);
@@ -384,13 +362,6 @@ mod tests {
         assert_eq!(error_message("plain\r\ntext"), "plain  text");
         let long = "x".repeat(500);
         assert_eq!(error_message(&long).chars().count(), MAX_DETAIL_CHARS + 1);
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        let s = Secret::new("key-123");
-        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
-        assert_eq!(s.expose(), "key-123");
     }
 
     fn client(total_ms: u64) -> reqwest::Client {

@@ -56,9 +56,10 @@ use crate::config::{MailgunRegion, MailgunSettings, MailgunTags, Tracking};
 use crate::message::OutboundMessage;
 
 use super::http::{
-    GATEWAY_MESSAGE_ID_HEADER, Secret, class_for_status, elapsed, probe_status_error, status_error,
+    GATEWAY_MESSAGE_ID_HEADER, class_for_status, elapsed, probe_status_error, status_error,
     transport_error,
 };
+use super::secret::SecretString;
 use super::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
 
 /// Provider name in errors and logs.
@@ -93,7 +94,7 @@ pub enum FormValue {
 pub struct MailgunProvider {
     gateway_id: String,
     client: reqwest::Client,
-    api_key: Secret,
+    api_key: SecretString,
     domain: String,
     base_url: String,
     tracking: Tracking,
@@ -107,7 +108,7 @@ impl MailgunProvider {
     pub fn new(
         gateway_id: impl Into<String>,
         settings: &MailgunSettings,
-        api_key: Secret,
+        api_key: SecretString,
         client: reqwest::Client,
     ) -> Self {
         let base_url = match (&settings.base_url, settings.region) {
@@ -419,7 +420,7 @@ mod tests {
     }
 
     fn provider(s: &MailgunSettings) -> MailgunProvider {
-        MailgunProvider::new("mg", s, Secret::new("k"), reqwest::Client::new())
+        MailgunProvider::new("mg", s, SecretString::new("k"), reqwest::Client::new())
     }
 
     fn texts<'a>(fields: &'a [(String, FormValue)], name: &str) -> Vec<&'a str> {

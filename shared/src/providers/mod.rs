@@ -5,11 +5,15 @@
 //! failures, never by matching English text. The pipeline only ever looks at
 //! [`SendError::class`] and [`SendError::retry_after`].
 
+pub mod capture;
+pub mod gmail;
 pub mod http;
 pub mod mailgun;
+pub mod secret;
 pub mod sendgrid;
 pub mod ses;
 pub mod simulated;
+pub mod smtp;
 
 use std::time::Duration;
 

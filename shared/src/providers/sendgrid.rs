@@ -49,9 +49,10 @@ use crate::config::{SendgridSettings, Tracking};
 use crate::message::OutboundMessage;
 
 use super::http::{
-    GATEWAY_MESSAGE_ID_HEADER, Secret, class_for_status, elapsed, probe_status_error, status_error,
+    GATEWAY_MESSAGE_ID_HEADER, class_for_status, elapsed, probe_status_error, status_error,
     transport_error,
 };
+use super::secret::SecretString;
 use super::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
 
 /// Provider name in errors and logs.
@@ -74,7 +75,7 @@ pub const MAX_MESSAGE_BYTES: usize = 30_000_000;
 pub struct SendgridProvider {
     gateway_id: String,
     client: reqwest::Client,
-    api_key: Secret,
+    api_key: SecretString,
     base_url: String,
     tracking: Tracking,
     categories: Vec<String>,
@@ -87,7 +88,7 @@ impl SendgridProvider {
     pub fn new(
         gateway_id: impl Into<String>,
         settings: &SendgridSettings,
-        api_key: Secret,
+        api_key: SecretString,
         client: reqwest::Client,
     ) -> Self {
         let base_url = settings
@@ -350,7 +351,12 @@ mod tests {
             categories: categories.iter().map(|c| (*c).to_owned()).collect(),
             webhook_public_key: None,
         };
-        SendgridProvider::new("sg", &settings, Secret::new("k"), reqwest::Client::new())
+        SendgridProvider::new(
+            "sg",
+            &settings,
+            SecretString::new("k"),
+            reqwest::Client::new(),
+        )
     }
 
     fn message(json: Value) -> OutboundMessage {

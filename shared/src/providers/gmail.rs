@@ -1,0 +1,710 @@
+//! The `google_workspace` gateway: the Gmail API with a Workspace service account and
+//! domain-wide delegation (providers §4).
+//!
+//! For each send the client impersonates the sender: it signs a JWT (RS256, claims `iss` =
+//! service-account email, `sub` = sender, `scope` = `gmail.send`, `aud` = token URL, `iat`,
+//! `exp` = `iat` + 1 h), exchanges it at the token URL for an access token, and posts the MIME
+//! from [`crate::mime`] base64url-encoded to `users/me/messages/send`. Access tokens are cached
+//! per subject until [`TOKEN_REFRESH_MARGIN_MS`] before they expire; the cache is shared by
+//! concurrent sends.
+//!
+//! **Impersonation refused.** When the token endpoint refuses the sender as subject (400/401
+//! with `invalid_grant` or `unauthorized_client`) and the gateway has a `default_sender` (and
+//! `require_valid_sender` is off), the message is sent once more as that sender: `From` carries
+//! the default sender's address with the original display name, `Reply-To` the original sender
+//! unless the message set one, and [`Accepted::substituted_sender`] records the substitution.
+//! Without a fallback the refusal is `Auth`: the token endpoint cannot tell a sender outside the
+//! workspace from a broken key or delegation, and the latter must alert.
+//!
+//! **Errors** (providers §4.4, by status and `error.errors[0].reason`, never by message text):
+//!
+//! | response | class |
+//! |---|---|
+//! | 429; 403 `rateLimitExceeded` / `userRateLimitExceeded` | `Throttled`, retry from `Retry-After` |
+//! | 403 `dailyLimitExceeded` | `Throttled`, retry at the next UTC midnight |
+//! | 401 (after one token refresh), other 403 | `Auth` |
+//! | 413 | `Unsuitable` |
+//! | 400, 404, other 4xx | `Permanent` |
+//! | 408, 5xx | `Unavailable` |
+//! | connect failure | `Unavailable` |
+//! | timeout or broken connection once the request may have been sent | `Ambiguous` |
+//!
+//! Failures of the token exchange never sent mail: they are `Unavailable` (transport, 408,
+//! 429, 5xx) or `Auth`.
+//!
+//! Limits checked before any call: [`MAX_RECIPIENTS`] and [`MAX_MESSAGE_BYTES`] of encoded MIME;
+//! a message over them is `Unsuitable`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+
+use crate::address::EmailAddress;
+use crate::clock::{Clock, DAY_MS, EpochMillis, utc_day};
+use crate::config::GoogleWorkspaceSettings;
+use crate::message::OutboundMessage;
+use crate::mime::{self, BccHeader, BuiltMime, MimeOptions};
+use crate::providers::secret::SecretString;
+use crate::providers::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
+
+const PROVIDER: &str = "google_workspace";
+
+/// Google's OAuth 2.0 token endpoint, used when neither the config nor the key names one.
+pub const DEFAULT_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+/// The Gmail API base URL, used when the config does not override it.
+pub const DEFAULT_API_BASE_URL: &str = "https://gmail.googleapis.com";
+/// The only scope requested: sending mail.
+pub const GMAIL_SEND_SCOPE: &str = "https://www.googleapis.com/auth/gmail.send";
+/// The JWT-bearer grant type of the token exchange.
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// Most recipients (to + cc + bcc) per message.
+pub const MAX_RECIPIENTS: usize = 100;
+/// Largest encoded message in bytes (35 MiB, the API's `maxSize`).
+pub const MAX_MESSAGE_BYTES: usize = 36_700_160;
+/// Lifetime of the signed assertion, in seconds (the maximum Google accepts).
+pub const ASSERTION_LIFETIME_SECS: i64 = 3600;
+/// A cached access token is replaced this long (ms) before it expires, so a token never expires
+/// in flight.
+pub const TOKEN_REFRESH_MARGIN_MS: i64 = 5 * 60 * 1000;
+
+/// Why a Gmail gateway cannot be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GmailSetupError {
+    /// The service-account secret is not a JSON object of the expected shape.
+    #[error("service-account key is not valid JSON of the expected shape")]
+    MalformedKey,
+    /// A required field of the service-account key is missing or empty.
+    #[error("service-account key lacks {0}")]
+    MissingKeyField(&'static str),
+    /// `private_key` is not an RSA private key in PEM form.
+    #[error("service-account private_key is not an RSA PEM key")]
+    InvalidPrivateKey,
+    /// `default_sender` is not an email address.
+    #[error("default_sender is not an email address")]
+    InvalidDefaultSender,
+}
+
+/// A parsed service-account key. `Debug` shows the account and key id, never the key.
+#[derive(Clone)]
+pub struct ServiceAccountKey {
+    client_email: String,
+    private_key_id: Option<String>,
+    token_uri: Option<String>,
+    signing_key: EncodingKey,
+}
+
+#[derive(Deserialize)]
+struct KeyFile {
+    client_email: Option<String>,
+    private_key: Option<String>,
+    private_key_id: Option<String>,
+    token_uri: Option<String>,
+}
+
+impl ServiceAccountKey {
+    /// Parses the JSON key file Google issues (`client_email`, `private_key` PEM,
+    /// `private_key_id`, `token_uri`; other fields are ignored).
+    pub fn from_json(json: &SecretString) -> Result<Self, GmailSetupError> {
+        let file: KeyFile =
+            serde_json::from_str(json.expose()).map_err(|_| GmailSetupError::MalformedKey)?;
+        let client_email = file
+            .client_email
+            .filter(|s| !s.is_empty())
+            .ok_or(GmailSetupError::MissingKeyField("client_email"))?;
+        let pem = file
+            .private_key
+            .filter(|s| !s.is_empty())
+            .ok_or(GmailSetupError::MissingKeyField("private_key"))?;
+        let signing_key = EncodingKey::from_rsa_pem(pem.as_bytes())
+            .map_err(|_| GmailSetupError::InvalidPrivateKey)?;
+        Ok(Self {
+            client_email,
+            private_key_id: file.private_key_id.filter(|s| !s.is_empty()),
+            token_uri: file.token_uri.filter(|s| !s.is_empty()),
+            signing_key,
+        })
+    }
+
+    /// The service account's email (the JWT `iss`).
+    pub fn client_email(&self) -> &str {
+        &self.client_email
+    }
+}
+
+impl fmt::Debug for ServiceAccountKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceAccountKey")
+            .field("client_email", &self.client_email)
+            .field("private_key_id", &self.private_key_id)
+            .field("token_uri", &self.token_uri)
+            .field("signing_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The claim set of the assertion (providers §4.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssertionClaims {
+    /// Service-account email.
+    pub iss: String,
+    /// The user impersonated; absent for the service account itself (probe without a
+    /// default sender).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// Space-separated scopes: [`GMAIL_SEND_SCOPE`].
+    pub scope: String,
+    /// The token URL the assertion is sent to.
+    pub aud: String,
+    /// Issued at, epoch seconds.
+    pub iat: i64,
+    /// Expiry, epoch seconds: `iat` + [`ASSERTION_LIFETIME_SECS`].
+    pub exp: i64,
+}
+
+#[derive(Debug)]
+struct CachedToken {
+    token: SecretString,
+    refresh_at: EpochMillis,
+}
+
+/// A Gmail API client for one Workspace gateway.
+#[derive(Debug)]
+pub struct GmailProvider {
+    gateway_id: String,
+    http: reqwest::Client,
+    key: ServiceAccountKey,
+    token_url: String,
+    api_base_url: String,
+    default_sender: Option<EmailAddress>,
+    require_valid_sender: bool,
+    clock: Arc<dyn Clock>,
+    tokens: Mutex<HashMap<String, CachedToken>>,
+}
+
+/// The outcome of a token exchange that did not produce a token.
+enum TokenFailure {
+    /// The subject may not be impersonated (or the key/delegation is broken; Google does not
+    /// say which).
+    Refused { status: u16 },
+    /// Any other failure, already classified.
+    Failed(SendError),
+}
+
+impl GmailProvider {
+    /// A client for `settings`. `service_account` is the resolved `settings.service_account`
+    /// (the JSON key file). `http` is the process's shared client (its timeouts apply); `clock`
+    /// dates the probe's token exchange (sends use the `now` they are given).
+    ///
+    /// The token URL is `settings.token_url`, else the key's `token_uri`, else
+    /// [`DEFAULT_TOKEN_URL`]; the API base is `settings.api_base_url` or
+    /// [`DEFAULT_API_BASE_URL`] (trailing slashes ignored).
+    pub fn new(
+        gateway_id: impl Into<String>,
+        settings: &GoogleWorkspaceSettings,
+        service_account: &SecretString,
+        http: reqwest::Client,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, GmailSetupError> {
+        let key = ServiceAccountKey::from_json(service_account)?;
+        let default_sender = settings
+            .default_sender
+            .as_deref()
+            .map(EmailAddress::parse)
+            .transpose()
+            .map_err(|_| GmailSetupError::InvalidDefaultSender)?;
+        let token_url = settings
+            .token_url
+            .clone()
+            .or_else(|| key.token_uri.clone())
+            .unwrap_or_else(|| DEFAULT_TOKEN_URL.to_owned());
+        let api_base_url = settings
+            .api_base_url
+            .as_deref()
+            .unwrap_or(DEFAULT_API_BASE_URL)
+            .trim_end_matches('/')
+            .to_owned();
+        Ok(Self {
+            gateway_id: gateway_id.into(),
+            http,
+            key,
+            token_url,
+            api_base_url,
+            default_sender,
+            require_valid_sender: settings.require_valid_sender,
+            clock,
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The claims of an assertion for `subject` issued at `now` (epoch ms).
+    pub fn assertion_claims(&self, subject: Option<&str>, now: EpochMillis) -> AssertionClaims {
+        let iat = now.div_euclid(1000);
+        AssertionClaims {
+            iss: self.key.client_email.clone(),
+            sub: subject.map(str::to_owned),
+            scope: GMAIL_SEND_SCOPE.to_owned(),
+            aud: self.token_url.clone(),
+            iat,
+            exp: iat + ASSERTION_LIFETIME_SECS,
+        }
+    }
+
+    fn cache_key(subject: Option<&str>) -> String {
+        subject.map(str::to_ascii_lowercase).unwrap_or_default()
+    }
+
+    fn forget_token(&self, subject: Option<&str>) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.remove(&Self::cache_key(subject));
+        }
+    }
+
+    /// An access token for `subject`, from the cache while it is fresh.
+    async fn token(
+        &self,
+        subject: Option<&str>,
+        now: EpochMillis,
+    ) -> Result<SecretString, TokenFailure> {
+        let key = Self::cache_key(subject);
+        // A poisoned lock only means another send panicked mid-update; the map is still a
+        // valid cache, so it is used rather than failing every later send.
+        {
+            let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(cached) = tokens.get(&key)
+                && now < cached.refresh_at
+            {
+                return Ok(cached.token.clone());
+            }
+        }
+        let (token, expires_in_secs) = self.exchange(subject, now).await?;
+        let refresh_at = now + expires_in_secs.saturating_mul(1000) - TOKEN_REFRESH_MARGIN_MS;
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.insert(
+            key,
+            CachedToken {
+                token: token.clone(),
+                refresh_at,
+            },
+        );
+        Ok(token)
+    }
+
+    /// Signs an assertion and exchanges it for an access token: (token, lifetime in seconds).
+    async fn exchange(
+        &self,
+        subject: Option<&str>,
+        now: EpochMillis,
+    ) -> Result<(SecretString, i64), TokenFailure> {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = self.key.private_key_id.clone();
+        let claims = self.assertion_claims(subject, now);
+        let assertion =
+            jsonwebtoken::encode(&header, &claims, &self.key.signing_key).map_err(|_| {
+                TokenFailure::Failed(SendError::new(
+                    ErrorClass::Auth,
+                    PROVIDER,
+                    "the service-account key cannot sign",
+                ))
+            })?;
+        let response = self
+            .http
+            .post(&self.token_url)
+            .form(&[("grant_type", JWT_BEARER_GRANT), ("assertion", &assertion)])
+            .send()
+            .await
+            .map_err(|e| {
+                // No mail is sent by a token exchange, so any transport failure is safe to
+                // fail over from.
+                TokenFailure::Failed(transport_error(
+                    ErrorClass::Unavailable,
+                    "token exchange",
+                    e,
+                ))
+            })?;
+        let status = response.status().as_u16();
+        let retry_after = retry_after_header(response.headers(), now);
+        let body = response.bytes().await.map_err(|e| {
+            TokenFailure::Failed(transport_error(
+                ErrorClass::Unavailable,
+                "token exchange",
+                e,
+            ))
+        })?;
+        if (200..300).contains(&status) {
+            let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+                TokenFailure::Failed(SendError::new(
+                    ErrorClass::Unavailable,
+                    PROVIDER,
+                    "token endpoint answered without an access token",
+                ))
+            })?;
+            let lifetime = parsed
+                .expires_in
+                .map_or(ASSERTION_LIFETIME_SECS, |e| e.secs());
+            return Ok((SecretString::new(parsed.access_token), lifetime));
+        }
+        let code = serde_json::from_slice::<TokenErrorBody>(&body)
+            .ok()
+            .and_then(|b| b.error);
+        if matches!(status, 400 | 401)
+            && matches!(
+                code.as_deref(),
+                Some("invalid_grant" | "unauthorized_client")
+            )
+        {
+            return Err(TokenFailure::Refused { status });
+        }
+        let class = match status {
+            408 | 429 | 500..=599 => ErrorClass::Unavailable,
+            _ => ErrorClass::Auth,
+        };
+        Err(TokenFailure::Failed(SendError {
+            class,
+            provider: PROVIDER,
+            http_status: Some(status),
+            retry_after,
+            detail: format!(
+                "token endpoint answered {status} {}",
+                code.as_deref().map(short).unwrap_or_default()
+            )
+            .trim_end()
+            .to_owned(),
+            source: None,
+        }))
+    }
+
+    /// A token for the sender, or for the default sender when impersonating the sender is
+    /// refused and substitution is allowed: (token, substituted sender).
+    async fn token_for_sender(
+        &self,
+        sender: &EmailAddress,
+        now: EpochMillis,
+    ) -> Result<(SecretString, Option<EmailAddress>), SendError> {
+        let refused_status = match self.token(Some(sender.as_str()), now).await {
+            Ok(token) => return Ok((token, None)),
+            Err(TokenFailure::Failed(e)) => return Err(e),
+            Err(TokenFailure::Refused { status }) => status,
+        };
+        let fallback = self
+            .default_sender
+            .as_ref()
+            .filter(|d| !self.require_valid_sender && *d != sender);
+        let Some(fallback) = fallback else {
+            return Err(refused(
+                refused_status,
+                "impersonating the sender was refused",
+            ));
+        };
+        match self.token(Some(fallback.as_str()), now).await {
+            Ok(token) => Ok((token, Some(fallback.clone()))),
+            Err(TokenFailure::Failed(e)) => Err(e),
+            Err(TokenFailure::Refused { status }) => Err(refused(
+                status,
+                "impersonating the sender and the default sender was refused",
+            )),
+        }
+    }
+
+    async fn post_message(
+        &self,
+        token: &SecretString,
+        raw: &str,
+        now: EpochMillis,
+    ) -> Result<SendResponse, SendError> {
+        let url = format!("{}/gmail/v1/users/me/messages/send", self.api_base_url);
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(token.expose())
+            .json(&serde_json::json!({ "raw": raw }))
+            .send()
+            .await
+            .map_err(|e| {
+                let class = if e.is_connect() {
+                    ErrorClass::Unavailable
+                } else {
+                    ErrorClass::Ambiguous
+                };
+                transport_error(class, "send", e)
+            })?;
+        let status = response.status().as_u16();
+        let retry_after = retry_after_header(response.headers(), now);
+        // A 2xx whose body cannot be read is still an acceptance: Gmail took the message.
+        let body = response.bytes().await.unwrap_or_default();
+        Ok(SendResponse {
+            status,
+            retry_after,
+            body: body.to_vec(),
+        })
+    }
+}
+
+struct SendResponse {
+    status: u16,
+    retry_after: Option<EpochMillis>,
+    body: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: Option<ExpiresIn>,
+}
+
+/// google-auth accepts `expires_in` as a number or a string; so do we.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ExpiresIn {
+    Number(i64),
+    Text(String),
+}
+
+impl ExpiresIn {
+    fn secs(&self) -> i64 {
+        match self {
+            Self::Number(n) => *n,
+            Self::Text(s) => s.trim().parse().unwrap_or(ASSERTION_LIFETIME_SECS),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenErrorBody {
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GmailErrorBody {
+    error: Option<GmailError>,
+}
+
+#[derive(Deserialize)]
+struct GmailError {
+    message: Option<String>,
+    #[serde(default)]
+    errors: Vec<GmailErrorItem>,
+}
+
+#[derive(Deserialize)]
+struct GmailErrorItem {
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SentMessage {
+    id: Option<String>,
+}
+
+#[async_trait]
+impl Provider for GmailProvider {
+    fn gateway_id(&self) -> &str {
+        &self.gateway_id
+    }
+
+    async fn send(
+        &self,
+        message: &OutboundMessage,
+        now: EpochMillis,
+    ) -> Result<Accepted, SendError> {
+        let recipients = message.recipient_count();
+        if recipients > MAX_RECIPIENTS {
+            return Err(SendError::new(
+                ErrorClass::Unsuitable,
+                PROVIDER,
+                format!("{recipients} recipients exceed Gmail's limit of {MAX_RECIPIENTS}"),
+            ));
+        }
+        let options = MimeOptions {
+            bcc: BccHeader::Include,
+            ..MimeOptions::default()
+        };
+        let mut built = mime::build_with(message, now, &options);
+        check_size(&built)?;
+
+        let sender = message.sender();
+        let (mut token, substituted) = self.token_for_sender(sender, now).await?;
+        if let Some(substitute) = &substituted {
+            let options = MimeOptions {
+                from_override: Some(substitute.clone()),
+                ..options
+            };
+            built = mime::build_with(message, now, &options);
+            check_size(&built)?;
+        }
+        let subject = substituted.as_ref().unwrap_or(sender).as_str();
+        let raw = base64::engine::general_purpose::URL_SAFE.encode(built.bytes());
+
+        let mut response = self.post_message(&token, &raw, now).await?;
+        if response.status == 401 {
+            // An access token can be revoked or expire early; Google's advice is to refresh
+            // once. A 401 means the message was not accepted, so repeating it is safe.
+            self.forget_token(Some(subject));
+            token = match self.token(Some(subject), now).await {
+                Ok(token) => token,
+                Err(TokenFailure::Failed(e)) => return Err(e),
+                Err(TokenFailure::Refused { status }) => {
+                    return Err(refused(status, "token refresh was refused"));
+                }
+            };
+            response = self.post_message(&token, &raw, now).await?;
+        }
+
+        if (200..300).contains(&response.status) {
+            let id = serde_json::from_slice::<SentMessage>(&response.body)
+                .ok()
+                .and_then(|m| m.id);
+            return Ok(Accepted {
+                provider_message_id: id,
+                substituted_sender: substituted.map(|s| s.as_str().to_owned()),
+            });
+        }
+        let error = serde_json::from_slice::<GmailErrorBody>(&response.body)
+            .ok()
+            .and_then(|b| b.error);
+        let reason = error
+            .as_ref()
+            .and_then(|e| e.errors.first())
+            .and_then(|i| i.reason.clone());
+        let (class, retry_after) = classify_response(
+            response.status,
+            reason.as_deref(),
+            response.retry_after,
+            now,
+        );
+        let text = error
+            .and_then(|e| e.message)
+            .map(|m| short(&m))
+            .unwrap_or_default();
+        Err(SendError {
+            class,
+            provider: PROVIDER,
+            http_status: Some(response.status),
+            retry_after,
+            detail: format!(
+                "Gmail answered {} {} {text}",
+                response.status,
+                reason.as_deref().unwrap_or("")
+            )
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+            source: None,
+        })
+    }
+
+    /// Exchanges a fresh token for the default sender (or for the service account itself when
+    /// there is none): proves the key, the delegation and the token endpoint, sends nothing.
+    async fn probe(&self) -> Result<ProbeReport, SendError> {
+        let started = Instant::now();
+        let now = self.clock.now_ms();
+        let subject = self.default_sender.as_ref().map(EmailAddress::as_str);
+        match self.exchange(subject, now).await {
+            Ok(_) => Ok(ProbeReport {
+                latency: started.elapsed(),
+            }),
+            Err(TokenFailure::Failed(e)) => Err(e),
+            Err(TokenFailure::Refused { status }) => {
+                Err(refused(status, "token endpoint refused the probe subject"))
+            }
+        }
+    }
+}
+
+/// Classifies a non-2xx answer of the send endpoint from its status and
+/// `error.errors[0].reason` (see the module table). `retry_after` is what the response headers
+/// said; a `dailyLimitExceeded` is retried at the next UTC midnight after `now` instead.
+pub fn classify_response(
+    status: u16,
+    reason: Option<&str>,
+    retry_after: Option<EpochMillis>,
+    now: EpochMillis,
+) -> (ErrorClass, Option<EpochMillis>) {
+    match (status, reason) {
+        (403, Some("dailyLimitExceeded")) => {
+            (ErrorClass::Throttled, Some((utc_day(now) + 1) * DAY_MS))
+        }
+        (429, _) | (403, Some("rateLimitExceeded" | "userRateLimitExceeded")) => {
+            (ErrorClass::Throttled, retry_after)
+        }
+        (401 | 403, _) => (ErrorClass::Auth, None),
+        (413, _) => (ErrorClass::Unsuitable, None),
+        (408, _) | (500..=599, _) => (ErrorClass::Unavailable, retry_after),
+        (400..=499, _) => (ErrorClass::Permanent, None),
+        _ => (ErrorClass::Unavailable, retry_after),
+    }
+}
+
+pub use super::http::parse_retry_after;
+
+fn retry_after_header(
+    headers: &reqwest::header::HeaderMap,
+    now: EpochMillis,
+) -> Option<EpochMillis> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, now))
+}
+
+fn check_size(built: &BuiltMime) -> Result<(), SendError> {
+    if built.encoded_size() > MAX_MESSAGE_BYTES {
+        return Err(SendError::new(
+            ErrorClass::Unsuitable,
+            PROVIDER,
+            format!(
+                "encoded size {} bytes exceeds Gmail's limit of {MAX_MESSAGE_BYTES}",
+                built.encoded_size()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn refused(status: u16, what: &str) -> SendError {
+    SendError {
+        class: ErrorClass::Auth,
+        provider: PROVIDER,
+        http_status: Some(status),
+        retry_after: None,
+        detail: what.to_owned(),
+        source: None,
+    }
+}
+
+fn transport_error(class: ErrorClass, step: &str, e: reqwest::Error) -> SendError {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "connection failed"
+    };
+    SendError {
+        class,
+        provider: PROVIDER,
+        http_status: None,
+        retry_after: None,
+        detail: format!("{step}: {what}"),
+        // reqwest errors name the URL, never headers or bodies, so the token cannot leak here.
+        source: Some(Box::new(e.without_url())),
+    }
+}
+
+/// A provider message for logs: one line, at most 200 characters.
+fn short(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(200)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
