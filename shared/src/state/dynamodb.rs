@@ -68,6 +68,8 @@ pub const KEY_ATTRIBUTE: &str = "pk";
 
 type AttrMap = HashMap<String, AttributeValue>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Indexes of a cancelled transaction's failed writes, with their current items.
+type FailedWrites = Vec<(usize, Option<Item>)>;
 
 /// The table name from [`TABLE_ENV`], or [`DEFAULT_TABLE`] when unset or empty.
 pub fn table_name_from_env() -> String {
@@ -878,7 +880,7 @@ impl StateStore for DynamoStore {
 /// throttling of any item makes the whole transaction worth retrying.
 fn cancelled(
     reasons: &[aws_sdk_dynamodb::types::CancellationReason],
-) -> Result<Option<Vec<(usize, Option<Item>)>>, Failure> {
+) -> Result<Option<FailedWrites>, Failure> {
     let mut failed = Vec::new();
     let mut retry = false;
     for (i, reason) in reasons.iter().enumerate() {
