@@ -3,7 +3,7 @@
 //! # Table
 //! One table (name from [`TABLE_ENV`], default [`DEFAULT_TABLE`]) with a string partition key
 //! [`KEY_ATTRIBUTE`] (`pk`), no sort key, on-demand billing and TTL on
-//! [`TTL_ATTRIBUTE`](super::TTL_ATTRIBUTE). The port's key is stored in `pk`; every other
+//! [`TTL_ATTRIBUTE`]. The port's key is stored in `pk`; every other
 //! attribute of an [`Item`] is stored under its own name, numbers as `N`, strings as `S`. An
 //! item may therefore not carry an attribute named `pk` ([`StoreError::Invalid`]). Key
 //! prefixes of each item kind are listed in `docs/STATE.md`.
@@ -65,6 +65,11 @@ pub const TABLE_ENV: &str = "GATEWAY_STATE_TABLE";
 pub const DEFAULT_TABLE: &str = "gateway-state";
 /// The partition key attribute (string) holding the port's [`Key`].
 pub const KEY_ATTRIBUTE: &str = "pk";
+/// Longest wait for a connection to DynamoDB.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait for one request's answer (DynamoDB answers in milliseconds; a request this
+/// slow is stuck and is retried).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 type AttrMap = HashMap<String, AttributeValue>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -205,10 +210,17 @@ impl DynamoStore {
 }
 
 /// An SDK client configured from the environment with the SDK's retries off (see
-/// [`DynamoStore::from_env`]).
+/// [`DynamoStore::from_env`]) and bounded waits: [`CONNECT_TIMEOUT`] to connect and
+/// [`ATTEMPT_TIMEOUT`] per request, so a stalled connection becomes a retried
+/// [`StoreError::Unavailable`] instead of hanging the invocation until Lambda kills it.
 pub async fn client_from_env() -> Client {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .build();
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .retry_config(aws_config::retry::RetryConfig::disabled())
+        .timeout_config(timeouts)
         .load()
         .await;
     Client::new(&config)
@@ -916,7 +928,7 @@ fn cancelled(
 }
 
 /// Creates the state table: key [`KEY_ATTRIBUTE`] (S), on-demand billing, TTL on
-/// [`TTL_ATTRIBUTE`](super::TTL_ATTRIBUTE). Returns `false` when a table of that name already
+/// [`TTL_ATTRIBUTE`]. Returns `false` when a table of that name already
 /// existed (nothing is changed then).
 pub async fn create_table(client: &Client, table: &str) -> Result<bool, StoreError> {
     let definition = AttributeDefinition::builder()
