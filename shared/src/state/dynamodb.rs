@@ -1009,6 +1009,11 @@ where
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+
     use super::*;
 
     fn cmp(a: &str, op: CmpOp, v: impl Into<Value>) -> Condition {
@@ -1098,6 +1103,133 @@ mod tests {
                 ("n".into(), Value::N(-12)),
                 ("s".into(), Value::S("v".into()))
             ])
+        );
+    }
+
+    /// A loopback HTTP server that answers every request with `status` and a DynamoDB error
+    /// of type `error_type`, counting requests. Lives until the test process ends.
+    fn failing_endpoint(status: u16, error_type: &'static str) -> (String, Arc<AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Read, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&count);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let seen = Arc::clone(&seen);
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut out = stream;
+                    loop {
+                        let mut length = 0;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let lower = line.to_ascii_lowercase();
+                            if let Some(v) = lower.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        seen.fetch_add(1, AtomicOrdering::SeqCst);
+                        let payload = format!(
+                            "{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{error_type}\",\"message\":\"test\"}}"
+                        );
+                        let response = format!(
+                            "HTTP/1.1 {status} Error\r\ncontent-type: application/x-amz-json-1.0\r\n\
+                             x-amzn-errortype: {error_type}\r\ncontent-length: {}\r\n\r\n{payload}",
+                            payload.len()
+                        );
+                        if out.write_all(response.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, count)
+    }
+
+    fn store_at(url: &str, attempts: u32) -> DynamoStore {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .endpoint_url(url)
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .build();
+        DynamoStore::new(Client::from_conf(config), "t").with_retry(RetryPolicy {
+            max_attempts: attempts,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(4),
+        })
+    }
+
+    fn touch() -> Write {
+        Write {
+            key: "k".into(),
+            op: WriteOp::Update(vec![UpdateAction::Add("n".into(), 1)]),
+            condition: Condition::Always,
+        }
+    }
+
+    #[tokio::test]
+    async fn throttling_is_retried_then_surfaced_as_retryable() {
+        let (url, requests) = failing_endpoint(400, "ProvisionedThroughputExceededException");
+        let result = store_at(&url, 3).write(touch()).await;
+        assert!(matches!(result, Err(StoreError::Throttled)), "{result:?}");
+        assert!(result.is_err_and(|e| e.is_retryable()));
+        assert_eq!(requests.load(AtomicOrdering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_then_surfaced_as_unavailable() {
+        let (url, requests) = failing_endpoint(500, "InternalServerError");
+        let result = store_at(&url, 4).get_many(&["a".into(), "b".into()]).await;
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{result:?}"
+        );
+        assert_eq!(requests.load(AtomicOrdering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_missing_table_is_not_retried_and_names_the_table() {
+        let (url, requests) = failing_endpoint(400, "ResourceNotFoundException");
+        let result = store_at(&url, 4).transact(vec![touch()]).await;
+        match result {
+            Err(StoreError::Misconfigured(message)) => {
+                assert!(message.contains("table t does not exist"), "{message}");
+            }
+            other => panic!("expected Misconfigured, got {other:?}"),
+        }
+        assert_eq!(requests.load(AtomicOrdering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_unavailable_and_retryable() {
+        // Bind and drop a listener: nothing listens on that port any more.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let result = store_at(&format!("http://127.0.0.1:{port}"), 2)
+            .put_many(vec![("k".into(), Item::new())])
+            .await;
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{result:?}"
         );
     }
 
