@@ -4,8 +4,9 @@ moto's DynamoDB backend takes no locks, and `moto_server` serves requests on par
 so two concurrent conditional writes to one item can both pass their condition, and a reader
 can see an item half-way through an update. Real DynamoDB is linearizable per item, and the
 gateway's tests of concurrent limits, claims and breaker transitions depend on exactly that.
-This launcher keeps moto's threaded HTTP server (connections stay independent) but runs the
-application under one lock, which makes every request atomic.
+This launcher keeps moto's threaded HTTP server (connections stay independent) but runs every
+DynamoDB request under one lock, which makes each of them atomic. Other services (SQS long
+polls, SES) are served in parallel as before.
 
 Usage: python scripts/moto_serial.py -H 127.0.0.1 -p PORT
 """
@@ -36,6 +37,9 @@ def main() -> None:
     lock = threading.Lock()
 
     def one_at_a_time(environ, start_response):
+        # Only DynamoDB needs it; SQS long polls must not hold up every other request.
+        if not environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB"):
+            return app(environ, start_response)
         with lock:
             # Drain the body inside the lock: the response is computed lazily by some routes.
             return list(app(environ, start_response))
