@@ -9,6 +9,7 @@
 
 mod config_cmd;
 mod route_cmd;
+mod state_cmd;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,9 @@ enum Command {
     Config(config_cmd::ConfigCommand),
     /// Show which gateways a message would be routed to, in order, and why.
     Route(route_cmd::RouteArgs),
+    /// Administer the shared-state table in DynamoDB.
+    #[command(subcommand)]
+    State(state_cmd::StateCommand),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Route(args) => route_cmd::run(&args),
+        Command::State(cmd) => state_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

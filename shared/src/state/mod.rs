@@ -39,6 +39,8 @@
 
 #[cfg(any(test, feature = "testing"))]
 pub mod contract;
+pub mod counting;
+pub mod dynamodb;
 pub mod memory;
 
 use std::collections::BTreeMap;
