@@ -108,7 +108,6 @@ impl StateStore for MemoryStore {
                 "a condition check is only valid inside a transaction".into(),
             ));
         }
-        write.condition.check()?;
         self.writes.fetch_add(1, Ordering::Relaxed);
         let mut map = self.lock();
         let current = map.get(&write.key);
@@ -132,9 +131,6 @@ impl StateStore for MemoryStore {
             return Err(StoreError::Invalid(
                 "a transaction names the same key twice".into(),
             ));
-        }
-        for w in &writes {
-            w.condition.check()?;
         }
         self.transactions.fetch_add(1, Ordering::Relaxed);
         let mut map = self.lock();

@@ -23,13 +23,12 @@
 //!   every write whose condition failed with its current item, and nothing is applied. Keys in
 //!   one transaction must be distinct.
 //! - A transaction cancelled only because another transaction was touching the same items at
-//!   the same moment (DynamoDB's `TransactionConflict`, which no condition caused) is
-//!   `Cancelled(vec![])`: nothing applied, nothing to learn, try again. Callers that retry on
-//!   `Cancelled` therefore handle it without a special case. The in-memory store serialises
-//!   everything and never produces it; tests that need it wrap a store to inject it.
-//! - `And([])` holds (it is the same as `Always`; build conditions with [`Condition::all`],
-//!   which never produces it). `Or([])` cannot be expressed in DynamoDB and is
-//!   [`StoreError::Invalid`].
+//!   the same moment (DynamoDB's `TransactionConflict`, which no condition caused) is not a
+//!   value: nothing was decided. Adapters retry it with backoff and, when it persists, report
+//!   [`StoreError::Throttled`] (retryable), like throttling. The in-memory store serialises
+//!   everything and never produces it.
+//! - `And([])` holds and `Or([])` does not ([`Condition::all`] builds conditions without
+//!   producing either).
 //! - Two actions of one update on the same attribute are [`StoreError::Invalid`] (DynamoDB
 //!   rejects overlapping document paths).
 //! - `put_many` is unconditional (DynamoDB `BatchWriteItem`).
@@ -175,18 +174,6 @@ impl Condition {
             0 => Self::Always,
             1 => conditions.pop().unwrap_or(Self::Always),
             _ => Self::And(conditions),
-        }
-    }
-
-    /// `Invalid` when the condition cannot be expressed in DynamoDB (an empty `Or` anywhere).
-    pub fn check(&self) -> Result<(), StoreError> {
-        match self {
-            Self::Or(cs) if cs.is_empty() => Err(StoreError::Invalid(
-                "an empty OR condition cannot be expressed".into(),
-            )),
-            Self::And(cs) | Self::Or(cs) => cs.iter().try_for_each(Self::check),
-            Self::Not(c) => c.check(),
-            _ => Ok(()),
         }
     }
 
