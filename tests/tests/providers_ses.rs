@@ -339,3 +339,66 @@ async fn probe_fails_only_when_sending_is_disabled() {
         .await
         .expect("sending enabled");
 }
+
+#[tokio::test]
+async fn a_message_simple_content_cannot_carry_goes_raw_and_arrives() {
+    let moto = moto_url();
+    let http = http_settings(Duration::from_secs(10));
+    let settings = settings(moto.clone());
+    let client = build_ses_client(&settings, &http).await;
+    client
+        .create_email_identity()
+        .email_identity("clinic.example")
+        .send()
+        .await
+        .expect("identity created");
+    let _ = client
+        .create_configuration_set()
+        .configuration_set_name("gateway-events")
+        .send()
+        .await;
+    // Twenty custom headers: more than SES simple content takes.
+    let headers: serde_json::Map<String, serde_json::Value> = (0..20)
+        .map(|i| (format!("X-Ref-{i}"), json!(format!("r{i}"))))
+        .collect();
+    let body = json!({
+        "id": "raw-ses-1",
+        "from": "Clinic <zoe@clinic.example>",
+        "to": ["patient@example.org"],
+        "bcc": ["archive@clinic.example"],
+        "subject": "Befund",
+        "text": "Guten Tag",
+        "headers": headers,
+    });
+    let message = gateway_core::message::parse_message(body.to_string().as_bytes(), None)
+        .expect("valid message");
+    assert!(gateway_core::providers::ses::needs_raw(&message).is_some());
+    let provider = SesProvider::new("ses-primary", &settings, client);
+    let accepted = provider.send(&message, NOW).await.expect("accepted by SES");
+    let id = accepted.provider_message_id.expect("SES message id");
+
+    let data: serde_json::Value = reqwest::get(format!("{moto}/moto-api/data.json"))
+        .await
+        .expect("moto data")
+        .json()
+        .await
+        .expect("JSON");
+    let sent = data["ses"]["RawMessage"]
+        .as_array()
+        .expect("ses.RawMessage list")
+        .iter()
+        .find(|m| m["id"] == json!(id))
+        .unwrap_or_else(|| panic!("raw message {id} not recorded by moto: {data:#}"));
+    let raw = sent["raw_data"].as_str().expect("raw_data");
+    assert!(raw.contains("X-Ref-19: r19"), "{raw}");
+    assert!(raw.contains("X-Gateway-Message-Id: raw-ses-1"), "{raw}");
+    assert!(
+        !raw.to_ascii_lowercase().contains("\nbcc:"),
+        "no Bcc header: {raw}"
+    );
+    let destinations = sent["destinations"].to_string();
+    assert!(
+        destinations.contains("archive@clinic.example"),
+        "{destinations}"
+    );
+}

@@ -22,8 +22,15 @@
 //!
 //! More than [`MAX_RECIPIENTS`] recipients, more than [`MAX_HEADERS`] headers (ours included),
 //! a header value longer than [`MAX_HEADER_VALUE_LEN`] after encoding, or an estimated encoded
-//! size over [`MAX_MESSAGE_BYTES`] → `Unsuitable`. Simple content cannot carry more headers;
-//! sending such a message as raw MIME is future work (it needs the MIME builder).
+//! size over [`MAX_MESSAGE_BYTES`] → `Unsuitable`.
+//!
+//! # Raw when needed
+//!
+//! `Simple` content carries at most [`MAX_HEADERS`] headers of at most [`MAX_HEADER_VALUE_LEN`]
+//! characters. A message beyond that ([`needs_raw`]) is sent as `Content.Raw`: the RFC 5322
+//! message of [`crate::mime`] (no Bcc header; every recipient, Bcc included, in
+//! `Destination`, which SES uses as the envelope), checked against [`MAX_MESSAGE_BYTES`] on its
+//! real encoded size. Everything else goes as `Simple`, which lets SES build the MIME.
 //!
 //! # Error classes (SES codes, never message text)
 //!
@@ -52,7 +59,7 @@ use aws_sdk_sesv2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sesv2::primitives::Blob;
 use aws_sdk_sesv2::types::{
     Attachment, AttachmentContentDisposition, Body, Content, Destination, EmailContent, Message,
-    MessageHeader, MessageTag,
+    MessageHeader, MessageTag, RawMessage,
 };
 use base64::Engine as _;
 
@@ -144,14 +151,46 @@ impl SesProvider {
         }
     }
 
-    /// The `Simple` content for `message`, after the limit checks (module docs).
-    pub fn simple_content(&self, message: &OutboundMessage) -> Result<Message, SendError> {
-        if message.recipient_count() > MAX_RECIPIENTS {
+    /// The raw content for `message`: our MIME, without a Bcc header, size-checked.
+    pub fn raw_content(
+        &self,
+        message: &OutboundMessage,
+        now: EpochMillis,
+    ) -> Result<RawMessage, SendError> {
+        check_recipients(message)?;
+        let built = crate::mime::build(message, now);
+        if built.encoded_size() > MAX_MESSAGE_BYTES {
             return Err(unsuitable(format!(
-                "{} recipients, SES takes at most {MAX_RECIPIENTS}",
-                message.recipient_count()
+                "message is {} bytes encoded, SES takes at most {MAX_MESSAGE_BYTES}",
+                built.encoded_size()
             )));
         }
+        RawMessage::builder()
+            .data(Blob::new(built.into_bytes()))
+            .build()
+            .map_err(build_error)
+    }
+
+    /// The content `send` uses: `Simple` unless [`needs_raw`] says otherwise.
+    pub fn email_content(
+        &self,
+        message: &OutboundMessage,
+        now: EpochMillis,
+    ) -> Result<EmailContent, SendError> {
+        Ok(match needs_raw(message) {
+            None => EmailContent::builder()
+                .simple(self.simple_content(message)?)
+                .build(),
+            Some(_) => EmailContent::builder()
+                .raw(self.raw_content(message, now)?)
+                .build(),
+        })
+    }
+
+    /// The `Simple` content for `message`, after the limit checks (module docs). A message
+    /// that [`needs_raw`] is `Unsuitable` here; [`Self::email_content`] sends it raw instead.
+    pub fn simple_content(&self, message: &OutboundMessage) -> Result<Message, SendError> {
+        check_recipients(message)?;
         let custom: Vec<&(String, String)> = message
             .headers()
             .iter()
@@ -159,7 +198,7 @@ impl SesProvider {
             .collect();
         if custom.len() + 1 > MAX_HEADERS {
             return Err(unsuitable(format!(
-                "{} headers, SES simple content takes at most {MAX_HEADERS}; raw sending is not supported yet",
+                "{} headers, SES simple content takes at most {MAX_HEADERS}",
                 custom.len() + 1
             )));
         }
@@ -242,7 +281,7 @@ impl Provider for SesProvider {
         message: &OutboundMessage,
         now: EpochMillis,
     ) -> Result<Accepted, SendError> {
-        let simple = self.simple_content(message)?;
+        let content = self.email_content(message, now)?;
         let mut destination = Destination::builder();
         for m in message.to() {
             destination = destination.to_addresses(ses_mailbox(m));
@@ -258,7 +297,7 @@ impl Provider for SesProvider {
             .send_email()
             .from_email_address(ses_mailbox(message.from()))
             .destination(destination.build())
-            .content(EmailContent::builder().simple(simple).build())
+            .content(content)
             .set_configuration_set_name(self.configuration_set.clone());
         if let Some(r) = message.reply_to() {
             request = request.reply_to_addresses(ses_mailbox(r));
@@ -540,6 +579,41 @@ fn estimated_size(message: &OutboundMessage) -> usize {
         .map(|(_, m)| m.to_string().len() + 2)
         .sum();
     bodies + attachments + headers + addresses + b64(message.subject().len()) + 1024
+}
+
+fn check_recipients(message: &OutboundMessage) -> Result<(), SendError> {
+    if message.recipient_count() > MAX_RECIPIENTS {
+        return Err(unsuitable(format!(
+            "{} recipients, SES takes at most {MAX_RECIPIENTS}",
+            message.recipient_count()
+        )));
+    }
+    Ok(())
+}
+
+/// Why `message` cannot go as `Simple` content (too many headers, or a header value too long
+/// once encoded), or `None` when it can.
+pub fn needs_raw(message: &OutboundMessage) -> Option<String> {
+    let custom = message
+        .headers()
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case(GATEWAY_MESSAGE_ID_HEADER));
+    let mut count = 1; // ours
+    for (name, value) in custom {
+        count += 1;
+        let len = if value.is_ascii() {
+            value.len()
+        } else {
+            encode_words(value).len()
+        };
+        if len > MAX_HEADER_VALUE_LEN {
+            return Some(format!(
+                "header {name} is longer than {MAX_HEADER_VALUE_LEN} characters once encoded"
+            ));
+        }
+    }
+    (count > MAX_HEADERS)
+        .then(|| format!("{count} headers, simple content takes at most {MAX_HEADERS}"))
 }
 
 fn build_error(e: aws_sdk_sesv2::error::BuildError) -> SendError {
