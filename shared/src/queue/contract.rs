@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
+/// The attribute [`QueueFactory`] implementations need, re-exported so that test crates need no
+/// direct dependency on `async-trait`.
+pub use async_trait::async_trait;
 
 use super::{EntryFailureReason, Queue, QueueError, Received, VisibilityChange};
 

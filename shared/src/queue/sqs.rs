@@ -12,12 +12,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
     DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
 };
+
+/// The SQS SDK client, re-exported so callers need no direct SDK dependency.
+pub use aws_sdk_sqs::Client;
 
 use super::{
     EntryFailure, EntryFailureReason, MAX_BATCH, MAX_WAIT, Queue, QueueError, Received,
