@@ -36,6 +36,12 @@ use crate::providers::secret::SecretString;
 /// How long a resolved Secrets Manager or SSM value is used before it is read again.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
 
+/// Connect bound for the Secrets Manager and SSM clients built from the environment.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Per-attempt bound for those clients, so a stalled store cannot eat a cold start.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A boxed error cause.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -262,7 +268,12 @@ impl SecretResolver {
     async fn aws_config(&self) -> &SdkConfig {
         self.aws
             .get_or_init(|| async {
+                let timeouts = aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build();
                 aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .timeout_config(timeouts)
                     .load()
                     .await
             })
@@ -449,6 +460,108 @@ mod tests {
         let r = resolver(&[]);
         let got = r.resolve(&SecretRef::parse(VALUE)).await.unwrap();
         assert_eq!(got.expose(), VALUE);
+    }
+
+    mod against_a_fake_secrets_manager {
+        use wiremock::matchers::{header, method};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+
+        use super::*;
+
+        const ARN: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:mailgun";
+
+        fn sdk_config(server: &MockServer) -> SdkConfig {
+            use aws_sdk_secretsmanager::config::{Credentials, Region, SharedCredentialsProvider};
+            SdkConfig::builder()
+                .behavior_version(aws_config::BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .endpoint_url(server.uri())
+                .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                    "test", "test", None, None, "test",
+                )))
+                .retry_config(aws_config::retry::RetryConfig::disabled())
+                .build()
+        }
+
+        fn value(secret: &str) -> ResponseTemplate {
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "application/x-amz-json-1.1")
+                .set_body_string(
+                    serde_json::json!({"ARN": ARN, "Name": "mailgun", "SecretString": secret})
+                        .to_string(),
+                )
+        }
+
+        fn error(status: u16, code: &str) -> ResponseTemplate {
+            ResponseTemplate::new(status)
+                .insert_header("content-type", "application/x-amz-json-1.1")
+                .insert_header("x-amzn-errortype", code)
+                .set_body_string(serde_json::json!({"__type": code, "message": "no"}).to_string())
+        }
+
+        /// A resolver whose first read answers `VALUE` and every later one `then`.
+        async fn resolver_then(
+            then: ResponseTemplate,
+        ) -> (MockServer, Arc<ManualClock>, SecretResolver) {
+            let server = MockServer::start().await;
+            let target = || header("x-amz-target", "secretsmanager.GetSecretValue");
+            Mock::given(method("POST"))
+                .and(target())
+                .respond_with(value(VALUE))
+                .up_to_n_times(1)
+                .with_priority(1)
+                .mount(&server)
+                .await;
+            Mock::given(method("POST"))
+                .and(target())
+                .respond_with(then)
+                .with_priority(2)
+                .mount(&server)
+                .await;
+            let clock = Arc::new(ManualClock::new(0));
+            let resolver = SecretResolver::new(clock.clone()).with_aws_config(sdk_config(&server));
+            (server, clock, resolver)
+        }
+
+        fn reference() -> SecretRef {
+            SecretRef::SecretsManager {
+                arn: ARN.into(),
+                json_key: None,
+            }
+        }
+
+        #[tokio::test]
+        async fn unreachable_store_after_the_ttl_keeps_the_cached_value() {
+            let (server, clock, r) = resolver_then(error(500, "InternalServiceError")).await;
+            assert_eq!(r.resolve(&reference()).await.unwrap().expose(), VALUE);
+            clock.advance(DEFAULT_TTL.as_millis() as i64);
+            assert_eq!(r.resolve(&reference()).await.unwrap().expose(), VALUE);
+            let requests = server.received_requests().await.unwrap_or_default();
+            assert_eq!(requests.len(), 2, "the value was read again after the TTL");
+        }
+
+        #[tokio::test]
+        async fn deleted_secret_after_the_ttl_is_reported_despite_the_cache() {
+            let (_server, clock, r) = resolver_then(error(400, "ResourceNotFoundException")).await;
+            r.resolve(&reference()).await.unwrap();
+            clock.advance(DEFAULT_TTL.as_millis() as i64);
+            let err = r.resolve(&reference()).await.unwrap_err();
+            assert!(matches!(err, SecretError::SecretNotFound { .. }), "{err:?}");
+        }
+
+        #[tokio::test]
+        async fn unreachable_store_without_a_cached_value_is_retryable() {
+            let server = MockServer::start().await;
+            Mock::given(method("POST"))
+                .respond_with(error(503, "ServiceUnavailable"))
+                .mount(&server)
+                .await;
+            let r = SecretResolver::new(Arc::new(ManualClock::new(0)))
+                .with_aws_config(sdk_config(&server));
+            let err = r.resolve(&reference()).await.unwrap_err();
+            assert!(err.is_retryable(), "{err:?}");
+            assert!(err.to_string().contains(ARN), "{err}");
+        }
     }
 
     #[tokio::test]

@@ -15,7 +15,10 @@
 //!
 //! **Failures.** Entries SQS refuses, and whole requests that fail, are retried with exponential
 //! backoff (only the entries not yet accepted); what still fails after the last attempt is
-//! [`SinkError::Unavailable`] (retryable). Some events may then have been delivered twice over
+//! [`SinkError::Unavailable`] (retryable). A request failing for a reason that cannot heal
+//! within the call (missing queue, refused request) is not repeated here, but is reported as
+//! `Unavailable` too, the only retryable variant: the caller keeps the events and emits them on
+//! a later attempt, when configuration may have been fixed. Some events may then have been delivered twice over
 //! the caller's retries, which recording absorbs: it is idempotent.
 
 use std::time::Duration;
@@ -108,6 +111,8 @@ impl SqsEventSink {
                     ));
                     pending = refused.into_iter().map(|i| pending[i]).collect();
                 }
+                // A missing queue or a refused request will not heal within this call.
+                Err(e) if !e.is_retryable() => return Err(SinkError::Unavailable(Box::new(e))),
                 Err(e) => last = Some(SinkError::Unavailable(Box::new(e))),
             }
         }
@@ -211,6 +216,108 @@ mod tests {
             error: Some("x".repeat(error_len)),
             at: 1_795_910_400_000,
         })
+    }
+
+    mod against_a_fake_sqs {
+        use wiremock::matchers::{header, method};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+
+        use super::*;
+
+        const TARGET: &str = "AmazonSQS.SendMessageBatch";
+
+        fn sink(server: &MockServer) -> SqsEventSink {
+            let config = aws_sdk_sqs::Config::builder()
+                .behavior_version_latest()
+                .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+                .endpoint_url(server.uri())
+                .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                    "test", "test", None, None, "test",
+                ))
+                .build();
+            SqsEventSink::new(Client::from_conf(config), format!("{}/q", server.uri())).with_retry(
+                SinkRetry {
+                    attempts: 3,
+                    base_delay: Duration::from_millis(1),
+                },
+            )
+        }
+
+        fn answer(failed_ids: &[&str]) -> ResponseTemplate {
+            let failed: Vec<_> = failed_ids
+                .iter()
+                .map(|id| {
+                    serde_json::json!({"Id": id, "Code": "InternalError", "SenderFault": false})
+                })
+                .collect();
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "application/x-amz-json-1.0")
+                .set_body_string(
+                    serde_json::json!({"Successful": [], "Failed": failed}).to_string(),
+                )
+        }
+
+        /// The message bodies of every `SendMessageBatch` the server received, per request.
+        async fn sent_bodies(server: &MockServer) -> Vec<Vec<String>> {
+            server
+                .received_requests()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .map(|r| {
+                    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                    body["Entries"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| e["MessageBody"].as_str().unwrap().to_owned())
+                        .collect()
+                })
+                .collect()
+        }
+
+        #[tokio::test]
+        async fn refused_entries_alone_are_sent_again() {
+            let server = MockServer::start().await;
+            Mock::given(method("POST"))
+                .and(header("x-amz-target", TARGET))
+                .respond_with(answer(&["1"]))
+                .up_to_n_times(1)
+                .with_priority(1)
+                .mount(&server)
+                .await;
+            Mock::given(method("POST"))
+                .and(header("x-amz-target", TARGET))
+                .respond_with(answer(&[]))
+                .with_priority(2)
+                .mount(&server)
+                .await;
+            let events = [health(1), health(2)];
+            sink(&server).emit(&events).await.unwrap();
+            let bodies = plan_batches(&events).unwrap().remove(0);
+            assert_eq!(
+                sent_bodies(&server).await,
+                [bodies.clone(), vec![bodies[1].clone()]]
+            );
+        }
+
+        #[tokio::test]
+        async fn entries_refused_on_every_attempt_are_unavailable() {
+            let server = MockServer::start().await;
+            Mock::given(method("POST"))
+                .and(header("x-amz-target", TARGET))
+                .respond_with(answer(&["0"]))
+                .mount(&server)
+                .await;
+            let err = sink(&server).emit(&[health(1)]).await.unwrap_err();
+            assert!(matches!(err, SinkError::Unavailable(_)), "{err:?}");
+            assert!(err.is_retryable());
+            assert_eq!(
+                sent_bodies(&server).await.len(),
+                3,
+                "one request per attempt"
+            );
+        }
     }
 
     #[test]
