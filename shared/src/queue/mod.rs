@@ -56,7 +56,7 @@ pub struct Received {
     pub body: String,
     /// How many times the message has been received, this delivery included (1 on the first).
     pub receive_count: u32,
-    /// When the message was first sent (epoch ms).
+    /// When the message was first sent (epoch ms); 0 if the queue did not report it.
     pub sent_at: EpochMillis,
 }
 
