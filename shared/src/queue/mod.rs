@@ -9,7 +9,10 @@
 //!   higher. Delivery is at least once, so the consumer must be idempotent (the ledger is).
 //! - A receipt handle is only good for the delivery it came with. Changing the visibility of, or
 //!   deleting, a message through the handle of an earlier delivery is
-//!   [`QueueError::InvalidReceipt`] (for batches: an entry failure with that reason).
+//!   [`QueueError::InvalidReceipt`] (for batches: an entry failure with that reason). SQS
+//!   documents only that the latest handle must be used and may accept an older one (moto
+//!   does), so the in-memory queue is the strict one: code that passes its tests never relies on
+//!   a stale handle.
 //! - With a redrive policy, a message received `max_receive_count` times and not deleted moves to
 //!   the dead-letter queue on the next receive instead of being delivered again.
 //! - Visibility timeouts are capped at [`MAX_VISIBILITY`] (SQS's 12 hours); longer requests are
