@@ -6,6 +6,7 @@
 //! [`SendError::class`] and [`SendError::retry_after`].
 
 pub mod capture;
+pub mod factory;
 pub mod gmail;
 pub mod http;
 pub mod mailgun;
