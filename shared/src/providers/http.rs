@@ -214,6 +214,29 @@ pub fn status_error(
     }
 }
 
+/// Sends an authenticated probe request and turns its answer into a [`ProbeReport`] or a
+/// classified error (`class` maps a non-success status). Shared by the HTTP providers, whose
+/// probes differ only in the request.
+pub async fn probe_request(
+    provider: &'static str,
+    request: reqwest::RequestBuilder,
+    class: fn(u16) -> ErrorClass,
+) -> Result<super::ProbeReport, SendError> {
+    let start = std::time::Instant::now();
+    let response = request
+        .send()
+        .await
+        .map_err(|e| transport_error(provider, e))?;
+    let status = response.status().as_u16();
+    if response.status().is_success() {
+        return Ok(super::ProbeReport {
+            latency: elapsed(start),
+        });
+    }
+    let body = response.text().await.unwrap_or_default();
+    Err(probe_status_error(provider, class(status), status, &body))
+}
+
 /// A classified error for a non-success status answering a probe. Probes have no `now`, so
 /// no `retry_after` is derived (a relative hint cannot be made absolute).
 pub fn probe_status_error(

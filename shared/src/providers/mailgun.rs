@@ -56,8 +56,7 @@ use crate::config::{MailgunRegion, MailgunSettings, MailgunTags, Tracking};
 use crate::message::OutboundMessage;
 
 use super::http::{
-    GATEWAY_MESSAGE_ID_HEADER, class_for_status, elapsed, probe_status_error, status_error,
-    transport_error,
+    GATEWAY_MESSAGE_ID_HEADER, class_for_status, probe_request, status_error, transport_error,
 };
 use super::secret::SecretString;
 use super::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
@@ -311,28 +310,12 @@ impl Provider for MailgunProvider {
     /// `GET {base}/v3/domains/{domain}`: authenticated, sends nothing, and proves the domain
     /// exists for this key.
     async fn probe(&self) -> Result<ProbeReport, SendError> {
-        let start = std::time::Instant::now();
         let url = format!("{}/v3/domains/{}", self.base_url, self.domain);
-        let response = self
+        let request = self
             .client
             .get(url)
-            .basic_auth("api", Some(self.api_key.expose()))
-            .send()
-            .await
-            .map_err(|e| transport_error(PROVIDER, e))?;
-        let status = response.status().as_u16();
-        if response.status().is_success() {
-            return Ok(ProbeReport {
-                latency: elapsed(start),
-            });
-        }
-        let body = response.text().await.unwrap_or_default();
-        Err(probe_status_error(
-            PROVIDER,
-            mailgun_class(status),
-            status,
-            &body,
-        ))
+            .basic_auth("api", Some(self.api_key.expose()));
+        probe_request(PROVIDER, request, mailgun_class).await
     }
 }
 

@@ -49,8 +49,7 @@ use crate::config::{SendgridSettings, Tracking};
 use crate::message::OutboundMessage;
 
 use super::http::{
-    GATEWAY_MESSAGE_ID_HEADER, class_for_status, elapsed, probe_status_error, status_error,
-    transport_error,
+    GATEWAY_MESSAGE_ID_HEADER, class_for_status, probe_request, status_error, transport_error,
 };
 use super::secret::SecretString;
 use super::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
@@ -264,27 +263,11 @@ impl Provider for SendgridProvider {
 
     /// `GET {base}/v3/scopes` (see module docs).
     async fn probe(&self) -> Result<ProbeReport, SendError> {
-        let start = std::time::Instant::now();
-        let response = self
+        let request = self
             .client
             .get(format!("{}/v3/scopes", self.base_url))
-            .bearer_auth(self.api_key.expose())
-            .send()
-            .await
-            .map_err(|e| transport_error(PROVIDER, e))?;
-        let status = response.status().as_u16();
-        if response.status().is_success() {
-            return Ok(ProbeReport {
-                latency: elapsed(start),
-            });
-        }
-        let text = response.text().await.unwrap_or_default();
-        Err(probe_status_error(
-            PROVIDER,
-            class_for_status(status),
-            status,
-            &text,
-        ))
+            .bearer_auth(self.api_key.expose());
+        probe_request(PROVIDER, request, class_for_status).await
     }
 }
 
