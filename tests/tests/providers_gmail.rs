@@ -24,6 +24,7 @@ use gateway_core::mime::GATEWAY_ID_HEADER;
 use gateway_core::providers::gmail::{GMAIL_SEND_SCOPE, GmailProvider, JWT_BEARER_GRANT};
 use gateway_core::providers::secret::SecretString;
 use gateway_core::providers::{ErrorClass, Provider};
+use gateway_tests::{PDF_BYTES, RICH_SUBJECT, rich_message};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use mail_parser::{MessageParser, MimeHeaders};
 use wiremock::matchers::{method, path};
@@ -240,7 +241,8 @@ fn ok_send() -> ResponseTemplate {
     }))
 }
 
-fn rich_message() -> OutboundMessage {
+/// A message from a workspace sender whose impersonation the fake refuses (fallback tests).
+fn lovelace_message() -> OutboundMessage {
     let pdf = base64::engine::general_purpose::STANDARD
         .encode(b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n%%EOF\n");
     let json = serde_json::json!({
@@ -318,7 +320,7 @@ async fn rich_message_is_sent_with_a_signed_assertion_and_the_raw_mime() {
         claims,
         serde_json::json!({
             "iss": CLIENT_EMAIL,
-            "sub": "ada@clinic.example",
+            "sub": "zoe@clinic.example",
             "scope": GMAIL_SEND_SCOPE,
             "aud": fake.token_url(),
             "iat": NOW / 1000,
@@ -331,20 +333,17 @@ async fn rich_message_is_sent_with_a_signed_assertion_and_the_raw_mime() {
     let send = &sends[0];
     assert_eq!(
         header(send, "authorization"),
-        Some("Bearer tok-ada@clinic.example")
+        Some("Bearer tok-zoe@clinic.example")
     );
     assert_eq!(header(send, "content-type"), Some("application/json"));
     let mime = raw_mime(send);
     let parsed = MessageParser::default()
         .parse(&mime)
         .unwrap_or_else(|| panic!("raw is not MIME"));
-    assert_eq!(
-        parsed.subject(),
-        Some("Ihr Termin am Dienstag – Bestätigung")
-    );
+    assert_eq!(parsed.subject(), Some(RICH_SUBJECT));
     let from = parsed.from().and_then(|a| a.first());
-    assert_eq!(from.and_then(|a| a.address()), Some("ada@clinic.example"));
-    assert_eq!(from.and_then(|a| a.name()), Some("Dr. Zoë Lovelace"));
+    assert_eq!(from.and_then(|a| a.address()), Some("zoe@clinic.example"));
+    assert_eq!(from.and_then(|a| a.name()), Some("Dr. Zoë Müller"));
     let to: Vec<_> = parsed
         .to()
         .map(|a| a.iter().filter_map(|x| x.address()).collect())
@@ -354,7 +353,7 @@ async fn rich_message_is_sent_with_a_signed_assertion_and_the_raw_mime() {
     assert!(
         parsed
             .bcc()
-            .is_some_and(|b| b.contains("audit@clinic.example"))
+            .is_some_and(|b| b.contains("archive@clinic.example"))
     );
     assert_eq!(
         parsed.header_raw(GATEWAY_ID_HEADER).map(str::trim),
@@ -362,13 +361,13 @@ async fn rich_message_is_sent_with_a_signed_assertion_and_the_raw_mime() {
     );
     assert_eq!(
         parsed.body_html(0).as_deref(),
-        Some("<p>Ihr Termin ist <b>bestätigt</b>.</p>")
+        Some("<p>Guten Tag,</p><p>Ihr Befund liegt bei.</p>")
     );
     let pdf = parsed
         .attachment(0)
         .unwrap_or_else(|| panic!("no attachment"));
-    assert_eq!(pdf.attachment_name(), Some("letter.pdf"));
-    assert!(pdf.contents().starts_with(b"%PDF-1.4"));
+    assert_eq!(pdf.attachment_name(), Some("befund.pdf"));
+    assert_eq!(pdf.contents(), PDF_BYTES);
 }
 
 #[tokio::test]
@@ -410,7 +409,7 @@ async fn refused_impersonation_falls_back_to_the_default_sender_once() {
     fake.send_answers(ok_send()).await;
     let accepted = fake
         .provider(Some("noreply@clinic.example"), false)
-        .send(&rich_message(), NOW)
+        .send(&lovelace_message(), NOW)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(

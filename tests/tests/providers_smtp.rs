@@ -313,6 +313,50 @@ async fn rich_message_arrives_with_the_right_envelope_and_mime() {
     assert!(pdf.contents().starts_with(b"%PDF-1.4"));
 }
 
+/// The rich message every real provider is tested with (`gateway_tests::rich_message`).
+#[tokio::test]
+async fn the_shared_rich_message_arrives_with_its_envelope_and_content() {
+    let sink = Sink::start(Script::default()).await;
+    plain(sink.addr)
+        .send(&gateway_tests::rich_message(), NOW)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let received = sink.received();
+    assert_eq!(received.len(), 1);
+    let got = &received[0];
+    assert_eq!(got.mail_from, "zoe@clinic.example");
+    assert_eq!(
+        got.rcpt_to,
+        [
+            "patient@example.org",
+            "b@example.org",
+            "family@example.org",
+            "archive@clinic.example"
+        ]
+    );
+    let parsed = MessageParser::default()
+        .parse(&got.data)
+        .unwrap_or_else(|| panic!("unparseable"));
+    assert_eq!(parsed.subject(), Some(gateway_tests::RICH_SUBJECT));
+    assert_eq!(
+        parsed.from().and_then(|a| a.first()).and_then(|a| a.name()),
+        Some("Dr. Zoë Müller")
+    );
+    assert!(
+        parsed.bcc().is_none(),
+        "Bcc must not reach the relay's headers"
+    );
+    assert_eq!(
+        parsed.body_html(0).as_deref(),
+        Some("<p>Guten Tag,</p><p>Ihr Befund liegt bei.</p>")
+    );
+    let pdf = parsed
+        .attachment(0)
+        .unwrap_or_else(|| panic!("no attachment"));
+    assert_eq!(pdf.attachment_name(), Some("befund.pdf"));
+    assert_eq!(pdf.contents(), gateway_tests::PDF_BYTES);
+}
+
 #[tokio::test]
 async fn smtp_replies_map_to_error_classes() {
     let cases = [
