@@ -214,7 +214,7 @@ pub fn status_error(
     }
 }
 
-/// Sends an authenticated probe request and turns its answer into a [`ProbeReport`] or a
+/// Sends an authenticated probe request and turns its answer into a [`ProbeReport`](super::ProbeReport) or a
 /// classified error (`class` maps a non-success status). Shared by the HTTP providers, whose
 /// probes differ only in the request.
 pub async fn probe_request(
