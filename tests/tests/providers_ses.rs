@@ -120,37 +120,46 @@ async fn rich_message_is_sent_as_the_documented_send_email_request() {
     );
 }
 
-#[tokio::test]
-async fn rich_message_arrives_at_the_emulator() {
-    let moto = moto_url();
-    let http = http_settings(Duration::from_secs(10));
-    let settings = settings(moto.clone());
-    let client = build_ses_client(&settings, &http).await;
+/// An SES client on the emulator with the sending identity and the configuration set in place
+/// (the set may already exist from an earlier run against the same emulator).
+async fn provider_on_moto(moto: &str) -> SesProvider {
+    let settings = settings(moto.to_owned());
+    let client = build_ses_client(&settings, &http_settings(Duration::from_secs(10))).await;
     client
         .create_email_identity()
         .email_identity("clinic.example")
         .send()
         .await
         .expect("identity created");
-    // The configuration set may already exist from an earlier run against the same emulator.
     let _ = client
         .create_configuration_set()
         .configuration_set_name("gateway-events")
         .send()
         .await;
-    let provider = SesProvider::new("ses-primary", &settings, client);
+    SesProvider::new("ses-primary", &settings, client)
+}
+
+/// What the emulator recorded (`ses.Message`, `ses.RawMessage`, …).
+async fn moto_data(moto: &str) -> serde_json::Value {
+    reqwest::get(format!("{moto}/moto-api/data.json"))
+        .await
+        .expect("moto data")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+#[tokio::test]
+async fn rich_message_arrives_at_the_emulator() {
+    let moto = moto_url();
+    let provider = provider_on_moto(&moto).await;
     let accepted = provider
         .send(&rich_message(), NOW)
         .await
         .expect("accepted by SES");
     let id = accepted.provider_message_id.expect("SES message id");
 
-    let data: serde_json::Value = reqwest::get(format!("{moto}/moto-api/data.json"))
-        .await
-        .expect("moto data")
-        .json()
-        .await
-        .expect("JSON");
+    let data = moto_data(&moto).await;
     let sent = data["ses"]["Message"]
         .as_array()
         .expect("ses.Message list")
@@ -343,20 +352,6 @@ async fn probe_fails_only_when_sending_is_disabled() {
 #[tokio::test]
 async fn a_message_simple_content_cannot_carry_goes_raw_and_arrives() {
     let moto = moto_url();
-    let http = http_settings(Duration::from_secs(10));
-    let settings = settings(moto.clone());
-    let client = build_ses_client(&settings, &http).await;
-    client
-        .create_email_identity()
-        .email_identity("clinic.example")
-        .send()
-        .await
-        .expect("identity created");
-    let _ = client
-        .create_configuration_set()
-        .configuration_set_name("gateway-events")
-        .send()
-        .await;
     // Twenty custom headers: more than SES simple content takes.
     let headers: serde_json::Map<String, serde_json::Value> = (0..20)
         .map(|i| (format!("X-Ref-{i}"), json!(format!("r{i}"))))
@@ -373,16 +368,11 @@ async fn a_message_simple_content_cannot_carry_goes_raw_and_arrives() {
     let message = gateway_core::message::parse_message(body.to_string().as_bytes(), None)
         .expect("valid message");
     assert!(gateway_core::providers::ses::needs_raw(&message).is_some());
-    let provider = SesProvider::new("ses-primary", &settings, client);
+    let provider = provider_on_moto(&moto).await;
     let accepted = provider.send(&message, NOW).await.expect("accepted by SES");
     let id = accepted.provider_message_id.expect("SES message id");
 
-    let data: serde_json::Value = reqwest::get(format!("{moto}/moto-api/data.json"))
-        .await
-        .expect("moto data")
-        .json()
-        .await
-        .expect("JSON");
+    let data = moto_data(&moto).await;
     let sent = data["ses"]["RawMessage"]
         .as_array()
         .expect("ses.RawMessage list")

@@ -213,7 +213,8 @@ fn plain(addr: SocketAddr) -> SmtpProvider {
     )
 }
 
-fn rich_message() -> OutboundMessage {
+/// A message whose text has a line holding a lone `.` (SMTP dot-stuffing).
+fn dot_line_message() -> OutboundMessage {
     let pdf = base64::engine::general_purpose::STANDARD
         .encode(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n%%EOF\n");
     let json = serde_json::json!({
@@ -259,68 +260,15 @@ async fn closed_port() -> SocketAddr {
 
 #[tokio::test]
 async fn rich_message_arrives_with_the_right_envelope_and_mime() {
+    // The rich message every real provider is tested with (`gateway_tests::rich_message`).
     let sink = Sink::start(Script::default()).await;
-    let message = rich_message();
     let accepted = plain(sink.addr)
-        .send(&message, NOW)
+        .send(&gateway_tests::rich_message(), NOW)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(accepted.provider_message_id.as_deref(), Some("Q4711"));
     assert_eq!(accepted.substituted_sender, None);
 
-    let received = sink.received();
-    assert_eq!(received.len(), 1);
-    let got = &received[0];
-    assert_eq!(got.mail_from, "ada@clinic.example");
-    assert_eq!(
-        got.rcpt_to,
-        [
-            "patient@example.org",
-            "b@example.org",
-            "nurse@clinic.example",
-            "audit@clinic.example"
-        ]
-    );
-    let parsed = MessageParser::default()
-        .parse(&got.data)
-        .unwrap_or_else(|| panic!("unparseable"));
-    assert_eq!(
-        parsed.subject(),
-        Some("Ihr Termin am Dienstag – Bestätigung")
-    );
-    assert_eq!(
-        parsed.from().and_then(|a| a.first()).and_then(|a| a.name()),
-        Some("Dr. Zoë Lovelace")
-    );
-    assert!(
-        parsed.bcc().is_none(),
-        "Bcc must not reach the relay's headers"
-    );
-    assert!(!String::from_utf8_lossy(&got.data).contains("audit@clinic.example"));
-    assert_eq!(
-        parsed.header_raw(GATEWAY_ID_HEADER).map(str::trim),
-        Some("inv-2026-11-28-000123")
-    );
-    // The lone "." line of the text survived dot-stuffing.
-    assert_eq!(
-        parsed.body_text(0).as_deref(),
-        Some("Guten Tag,\r\nIhr Termin ist bestätigt.\r\n.\r\nEnde")
-    );
-    let pdf = parsed
-        .attachment(0)
-        .unwrap_or_else(|| panic!("no attachment"));
-    assert_eq!(pdf.attachment_name(), Some("letter.pdf"));
-    assert!(pdf.contents().starts_with(b"%PDF-1.4"));
-}
-
-/// The rich message every real provider is tested with (`gateway_tests::rich_message`).
-#[tokio::test]
-async fn the_shared_rich_message_arrives_with_its_envelope_and_content() {
-    let sink = Sink::start(Script::default()).await;
-    plain(sink.addr)
-        .send(&gateway_tests::rich_message(), NOW)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
     let received = sink.received();
     assert_eq!(received.len(), 1);
     let got = &received[0];
@@ -346,6 +294,11 @@ async fn the_shared_rich_message_arrives_with_its_envelope_and_content() {
         parsed.bcc().is_none(),
         "Bcc must not reach the relay's headers"
     );
+    assert!(!String::from_utf8_lossy(&got.data).contains("archive@clinic.example"));
+    assert_eq!(
+        parsed.header_raw(GATEWAY_ID_HEADER).map(str::trim),
+        Some("inv-2026-11-28-000123")
+    );
     assert_eq!(
         parsed.body_html(0).as_deref(),
         Some("<p>Guten Tag,</p><p>Ihr Befund liegt bei.</p>")
@@ -355,6 +308,23 @@ async fn the_shared_rich_message_arrives_with_its_envelope_and_content() {
         .unwrap_or_else(|| panic!("no attachment"));
     assert_eq!(pdf.attachment_name(), Some("befund.pdf"));
     assert_eq!(pdf.contents(), gateway_tests::PDF_BYTES);
+}
+
+#[tokio::test]
+async fn a_lone_dot_line_survives_dot_stuffing() {
+    let sink = Sink::start(Script::default()).await;
+    plain(sink.addr)
+        .send(&dot_line_message(), NOW)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let received = sink.received();
+    let parsed = MessageParser::default()
+        .parse(&received[0].data)
+        .unwrap_or_else(|| panic!("unparseable"));
+    assert_eq!(
+        parsed.body_text(0).as_deref(),
+        Some("Guten Tag,\r\nIhr Termin ist bestätigt.\r\n.\r\nEnde")
+    );
 }
 
 #[tokio::test]
@@ -545,7 +515,7 @@ async fn messages_over_the_limits_are_unsuitable_without_connecting() {
                 max_message_bytes: 1000,
                 ..SmtpLimits::default()
             },
-            rich_message(),
+            dot_line_message(),
         ),
     ];
     for (limits, message) in cases {
