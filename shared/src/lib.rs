@@ -22,6 +22,7 @@ pub mod mandrill;
 pub mod message;
 pub mod mime;
 pub mod pattern;
+pub mod pipeline;
 pub mod providers;
 pub mod queue;
 pub mod records;

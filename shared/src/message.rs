@@ -302,6 +302,29 @@ impl OutboundMessage {
             .chain(self.bcc.iter().map(tag(RecipientKind::Bcc)))
     }
 
+    /// This message without the recipients for which `drop` is true (the sender leaves out
+    /// suppressed addresses); every other field is unchanged. `None` when no recipient would
+    /// remain, since a message must have one.
+    #[must_use]
+    pub fn without_recipients(&self, mut drop: impl FnMut(&EmailAddress) -> bool) -> Option<Self> {
+        let mut keep = |list: &[Mailbox]| -> Vec<Mailbox> {
+            list.iter()
+                .filter(|m| !drop(m.address()))
+                .cloned()
+                .collect()
+        };
+        let (to, cc, bcc) = (keep(&self.to), keep(&self.cc), keep(&self.bcc));
+        if to.is_empty() && cc.is_empty() && bcc.is_empty() {
+            return None;
+        }
+        Some(Self {
+            to,
+            cc,
+            bcc,
+            ..self.clone()
+        })
+    }
+
     /// Number of distinct recipients (1 ..= [`MAX_RECIPIENTS`]): the unit of every rate limit.
     pub fn recipient_count(&self) -> usize {
         self.to.len() + self.cc.len() + self.bcc.len()
