@@ -109,7 +109,8 @@ use crate::state::{
 };
 
 pub use service::{
-    CONTENDED_RETRY_MS, MAX_ATTEMPTS, RefundOutcome, acquire, acquire_one, read_usage, refund,
+    CONTENDED_RETRY_MS, MAX_ATTEMPTS, RefundOutcome, acquire, acquire_one, acquire_with_items,
+    read_usage, refund,
 };
 
 /// Attribute of a day count (system and gateway items).

@@ -74,11 +74,27 @@ pub async fn acquire<S: StateStore + ?Sized>(
     requests: &[Request<'_>],
 ) -> Result<Vec<Verdict>, StoreError> {
     let keys = plan.keys();
-    let mut items = if keys.is_empty() {
+    let items = if keys.is_empty() {
         Vec::new()
     } else {
         store.get_many(keys).await?
     };
+    acquire_with_items(store, plan, requests, items).await
+}
+
+/// [`acquire`] on items the caller already read (aligned with [`LimitPlan::keys`]; `None` = no
+/// item), for example in one read of every candidate gateway's breaker and limit items. Stale
+/// items are safe: every write is conditioned on the values decided from, so a stale decision
+/// only costs a lost condition, after which the decision is taken again on the items the store
+/// returned. Missing trailing items count as `None`.
+pub async fn acquire_with_items<S: StateStore + ?Sized>(
+    store: &S,
+    plan: &LimitPlan<'_>,
+    requests: &[Request<'_>],
+    mut items: Vec<Option<Item>>,
+) -> Result<Vec<Verdict>, StoreError> {
+    let keys = plan.keys();
+    items.resize(keys.len(), None);
     let mut last = Vec::new();
     for _ in 0..MAX_ATTEMPTS {
         let decision = decide(plan, &items, requests);

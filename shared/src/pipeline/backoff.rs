@@ -75,10 +75,7 @@ impl Backoff {
 /// splitmix64 finaliser): stable for one delivery, spread across messages.
 pub fn jitter_fraction(message_id: &str, receive_count: u32) -> f64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in message_id
-        .bytes()
-        .chain(receive_count.to_le_bytes().into_iter())
-    {
+    for b in message_id.bytes().chain(receive_count.to_le_bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }

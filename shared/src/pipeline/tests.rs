@@ -1,1 +1,902 @@
+//! The pipeline over in-memory parts: scripted providers, the memory store (which honours
+//! conditions exactly as DynamoDB does), a memory event sink and a manual clock. The same
+//! behaviour is checked against moto and HTTP fakes in the `gateway-tests` crate.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::clock::{DAY_MS, ManualClock};
+use crate::config::load_config;
+use crate::events::{
+    GatewayEvent, MemoryEventSink, OutcomeClass, OutcomeEvent, RecipientStatus, SinkError,
+};
+use crate::ledger::{self, Entry};
+use crate::message::OutboundMessage;
+use crate::providers::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
+use crate::queue::Received;
+use crate::state::memory::MemoryStore;
+use crate::state::{Item, Key, StoreError, TransactOutcome, Write, WriteOutcome};
+use crate::suppression::{self, Reason, Suppression};
+
+/// 2026-11-28T10:00:00Z.
+const T0: EpochMillis = 1_795_860_000_000;
+const LEASE_MS: i64 = 60_000;
+
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    Accept,
+    Fail(ErrorClass, Option<EpochMillis>),
+    /// Never answers (the pipeline abandons the call at the deadline).
+    Hang,
+}
+
+#[derive(Debug)]
+struct Scripted {
+    id: String,
+    script: Mutex<VecDeque<Reply>>,
+    default: Mutex<Reply>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl Scripted {
+    fn new(id: &str, default: Reply) -> Arc<Self> {
+        Arc::new(Self {
+            id: id.to_owned(),
+            script: Mutex::default(),
+            default: Mutex::new(default),
+            calls: Mutex::default(),
+        })
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn set(&self, reply: Reply) {
+        *self.default.lock().unwrap() = reply;
+    }
+}
+
+#[async_trait]
+impl Provider for Scripted {
+    fn gateway_id(&self) -> &str {
+        &self.id
+    }
+
+    async fn send(
+        &self,
+        message: &OutboundMessage,
+        _now: EpochMillis,
+    ) -> Result<Accepted, SendError> {
+        self.calls.lock().unwrap().push(message.id().to_owned());
+        let reply = self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(*self.default.lock().unwrap());
+        match reply {
+            Reply::Accept => Ok(Accepted {
+                provider_message_id: Some(format!("<{}@{}>", message.id(), self.id)),
+                substituted_sender: None,
+            }),
+            Reply::Fail(class, retry_after) => {
+                let mut e = SendError::new(class, "scripted", format!("scripted {class:?}"));
+                e.retry_after = retry_after;
+                e.http_status = Some(match class {
+                    ErrorClass::Throttled => 429,
+                    ErrorClass::Auth => 401,
+                    ErrorClass::Permanent | ErrorClass::Unsuitable => 400,
+                    _ => 503,
+                });
+                Err(e)
+            }
+            Reply::Hang => {
+                std::future::pending::<()>().await;
+                unreachable!()
+            }
+        }
+    }
+
+    async fn probe(&self) -> Result<ProbeReport, SendError> {
+        Ok(ProbeReport {
+            latency: Duration::ZERO,
+        })
+    }
+}
+
+/// A memory store whose batch puts (the ledger's sent marks) can be made to fail.
+#[derive(Debug, Default)]
+struct FlakyStore {
+    inner: MemoryStore,
+    fail_puts: AtomicBool,
+    hang_puts: AtomicBool,
+}
+
+#[async_trait]
+impl StateStore for FlakyStore {
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
+        self.inner.get_many(keys).await
+    }
+    async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
+        self.inner.write(write).await
+    }
+    async fn transact(&self, writes: Vec<Write>) -> Result<TransactOutcome, StoreError> {
+        self.inner.transact(writes).await
+    }
+    async fn put_many(&self, items: Vec<(Key, Item)>) -> Result<(), StoreError> {
+        if self.fail_puts.load(Ordering::SeqCst) {
+            return Err(StoreError::Throttled);
+        }
+        if self.hang_puts.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.put_many(items).await
+    }
+}
+
+/// An event sink that can be made to fail.
+#[derive(Debug, Default)]
+struct Sink {
+    inner: MemoryEventSink,
+    down: AtomicBool,
+}
+
+#[async_trait]
+impl EventSink for Sink {
+    async fn emit(&self, events: &[GatewayEvent]) -> Result<(), SinkError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SinkError::Unavailable("sink down".into()));
+        }
+        self.inner.emit(events).await
+    }
+}
+
+struct Harness {
+    pipeline: Pipeline,
+    store: Arc<FlakyStore>,
+    sink: Arc<Sink>,
+    clock: Arc<ManualClock>,
+    providers: HashMap<String, Arc<Scripted>>,
+    batches: Mutex<u32>,
+}
+
+/// Gateways `a`, `b`, … with priorities in that order, each answering `default`.
+fn config_json(gateways: &[&str], extra_gateway: &str, routing: &str) -> String {
+    let list: Vec<String> = gateways
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            format!(
+                r#"{{"id": "{id}", "type": "capture", "display_name": "{id}", "priority": {p},
+                    "capture": {{"directory": "/tmp/unused"}},
+                    "routing": {{"can_route": ["*"]}} {extra_gateway}}}"#,
+                p = i + 1
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"gateways": [{}], "routing": {{"strategy": "priority" {routing}}}}}"#,
+        list.join(",")
+    )
+}
+
+fn harness(gateways: &[(&str, Reply)], extra_gateway: &str, routing: &str) -> Harness {
+    let ids: Vec<&str> = gateways.iter().map(|(id, _)| *id).collect();
+    let json = config_json(&ids, extra_gateway, routing);
+    let config = match load_config(Some(&json), None, &|_| None) {
+        Ok(loaded) => loaded.config,
+        Err(e) => panic!("test config invalid: {e:?}\n{json}"),
+    };
+    let providers: HashMap<String, Arc<Scripted>> = gateways
+        .iter()
+        .map(|(id, reply)| ((*id).to_owned(), Scripted::new(id, *reply)))
+        .collect();
+    let store = Arc::new(FlakyStore::default());
+    let sink = Arc::new(Sink::default());
+    let clock = Arc::new(ManualClock::new(T0));
+    let pipeline = Pipeline::new(
+        Arc::new(config),
+        providers
+            .iter()
+            .map(|(id, p)| (id.clone(), Arc::clone(p) as Arc<dyn Provider>))
+            .collect(),
+        Arc::clone(&store) as Arc<dyn StateStore>,
+        Arc::clone(&sink) as Arc<dyn EventSink>,
+        Arc::clone(&clock) as Arc<dyn Clock>,
+        PipelineSettings::default(),
+    );
+    Harness {
+        pipeline,
+        store,
+        sink,
+        clock,
+        providers,
+        batches: Mutex::new(0),
+    }
+}
+
+fn body(id: &str, from: &str, to: &[&str]) -> String {
+    serde_json::json!({
+        "id": id, "from": from, "to": to, "subject": "Your appointment", "text": "See you",
+    })
+    .to_string()
+}
+
+fn record(n: usize, body: String) -> Received {
+    Received {
+        message_id: format!("sqs-{n}"),
+        receipt_handle: format!("rh-{n}"),
+        body,
+        receive_count: 1,
+        sent_at: T0,
+    }
+}
+
+fn records(bodies: Vec<String>) -> Vec<Received> {
+    bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| record(i, b))
+        .collect()
+}
+
+impl Harness {
+    async fn run(&self, records: &[Received]) -> BatchReport {
+        let n = {
+            let mut b = self.batches.lock().unwrap();
+            *b += 1;
+            *b
+        };
+        let owner = format!("inv-{n}");
+        self.pipeline
+            .process(Batch {
+                records,
+                owner: &owner,
+                deadline: self.clock.now_ms() + LEASE_MS,
+            })
+            .await
+    }
+
+    fn calls(&self, id: &str) -> Vec<String> {
+        self.providers[id].calls()
+    }
+
+    fn outcomes(&self) -> Vec<OutcomeEvent> {
+        self.sink
+            .inner
+            .take()
+            .into_iter()
+            .filter_map(|e| match e {
+                GatewayEvent::Outcome(o) => Some(o),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn ledger(&self, id: &str) -> Option<Entry> {
+        ledger::lookup(self.store.as_ref(), id).await.unwrap()
+    }
+}
+
+fn retry_after(item: &ItemReport) -> Duration {
+    match item.disposition {
+        Disposition::Retry { after } => after,
+        Disposition::Done => panic!("{} is done, expected a retry", item.queue_message_id),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_sent_recorded_and_acknowledged() {
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    let batch = records(
+        (0..3)
+            .map(|i| {
+                body(
+                    &format!("m-{i}"),
+                    "Dr. A <dr@clinic.example>",
+                    &["p@example.org"],
+                )
+            })
+            .collect(),
+    );
+    let report = h.run(&batch).await;
+    assert!(
+        report
+            .items
+            .iter()
+            .all(|i| i.disposition == Disposition::Done)
+    );
+    assert!(
+        report
+            .items
+            .iter()
+            .all(|i| i.outcome == Outcome::Sent && !i.replayed)
+    );
+    assert_eq!(h.calls("a"), ["m-0", "m-1", "m-2"]);
+    let events = h.outcomes();
+    assert_eq!(events.len(), 3);
+    for e in &events {
+        assert_eq!(e.outcome, Outcome::Sent);
+        assert_eq!(e.gateway_id.as_deref(), Some("a"));
+        assert_eq!(e.sender, "dr@clinic.example");
+        assert_eq!(e.recipients[0].status, RecipientStatus::Sent);
+        assert_eq!(e.attempts.len(), 1);
+        assert_eq!(
+            e.provider_message_id.as_deref(),
+            Some(format!("<{}@a>", e.message_id).as_str())
+        );
+    }
+    for i in 0..3 {
+        assert!(matches!(
+            h.ledger(&format!("m-{i}")).await,
+            Some(Entry::Sent(_))
+        ));
+    }
+    assert_eq!(report.metrics.sent, 3);
+    assert_eq!(report.metrics.gateways["a"].attempts, 3);
+}
+
+#[tokio::test]
+async fn a_poison_record_does_not_fail_the_other_nine() {
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    let mut bodies: Vec<String> = (0..10)
+        .map(|i| body(&format!("m-{i}"), "dr@clinic.example", &["p@example.org"]))
+        .collect();
+    bodies[4] =
+        r#"{"id": "bad-1", "from": "dr@clinic.example", "to": ["p@example.org"], "subject": "x"}"#
+            .into();
+    let report = h.run(&records(bodies)).await;
+    assert!(
+        report
+            .items
+            .iter()
+            .all(|i| i.disposition == Disposition::Done)
+    );
+    assert_eq!(report.failures().count(), 0);
+    assert_eq!(report.items[4].outcome, Outcome::Rejected);
+    assert_eq!(report.items[4].message_id.as_deref(), Some("bad-1"));
+    assert!(
+        report.items[4].reason.as_deref().unwrap().contains("text"),
+        "{:?}",
+        report.items[4].reason
+    );
+    assert_eq!(h.calls("a").len(), 9);
+    let events = h.outcomes();
+    let rejected: Vec<&OutcomeEvent> = events
+        .iter()
+        .filter(|e| e.outcome == Outcome::Rejected)
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].message_id, "bad-1");
+    assert_eq!(rejected[0].recipients[0].status, RecipientStatus::Rejected);
+    assert_eq!(events.len(), 10);
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_rejected_under_its_queue_id() {
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    let report = h.run(&[record(7, "not json".into())]).await;
+    assert_eq!(report.items[0].disposition, Disposition::Done);
+    assert_eq!(report.items[0].message_id.as_deref(), Some("sqs-7"));
+    assert_eq!(h.outcomes()[0].message_id, "sqs-7");
+}
+
+#[tokio::test]
+async fn a_duplicate_in_the_same_batch_is_sent_once() {
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    let b = body("m-1", "dr@clinic.example", &["p@example.org"]);
+    let report = h.run(&records(vec![b.clone(), b])).await;
+    assert_eq!(h.calls("a"), ["m-1"]);
+    assert_eq!(report.items[1].disposition, Disposition::Done);
+    assert!(report.items[1].replayed);
+    assert_eq!(h.outcomes().len(), 1);
+}
+
+#[tokio::test]
+async fn redelivery_of_a_sent_message_calls_no_provider_and_re_emits_its_event() {
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    let batch = records(vec![body("m-1", "dr@clinic.example", &["p@example.org"])]);
+    h.run(&batch).await;
+    let first = h.outcomes();
+    let report = h.run(&batch).await;
+    assert_eq!(h.calls("a").len(), 1);
+    assert_eq!(report.items[0].disposition, Disposition::Done);
+    assert!(report.items[0].replayed);
+    let again = h.outcomes();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].outcome, Outcome::Sent);
+    assert_eq!(again[0].provider_message_id, first[0].provider_message_id);
+    assert_eq!(again[0].gateway_id.as_deref(), Some("a"));
+}
+
+#[tokio::test]
+async fn an_unavailable_primary_fails_over_to_the_secondary() {
+    let h = harness(
+        &[
+            ("a", Reply::Fail(ErrorClass::Unavailable, None)),
+            ("b", Reply::Accept),
+        ],
+        "",
+        "",
+    );
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(report.items[0].outcome, Outcome::Sent);
+    assert_eq!(report.items[0].gateway.as_deref(), Some("b"));
+    assert_eq!(report.metrics.failovers, 1);
+    let e = &h.outcomes()[0];
+    let classes: Vec<(&str, OutcomeClass)> = e
+        .attempts
+        .iter()
+        .map(|a| (a.gateway.as_str(), a.class))
+        .collect();
+    assert_eq!(
+        classes,
+        [("a", OutcomeClass::Unavailable), ("b", OutcomeClass::Ok)]
+    );
+    assert_eq!(e.attempts[0].http_status, Some(503));
+}
+
+#[tokio::test]
+async fn throttled_and_auth_failures_fail_over_too() {
+    for class in [ErrorClass::Throttled, ErrorClass::Auth] {
+        let h = harness(
+            &[
+                ("a", Reply::Fail(class, Some(T0 + 5_000))),
+                ("b", Reply::Accept),
+            ],
+            "",
+            "",
+        );
+        let report = h
+            .run(&records(vec![body(
+                "m-1",
+                "dr@clinic.example",
+                &["p@example.org"],
+            )]))
+            .await;
+        assert_eq!(report.items[0].gateway.as_deref(), Some("b"), "{class:?}");
+        assert_eq!(h.calls("a").len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_permanent_refusal_stops_without_failover() {
+    let h = harness(
+        &[
+            ("a", Reply::Fail(ErrorClass::Permanent, None)),
+            ("b", Reply::Accept),
+        ],
+        "",
+        "",
+    );
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(report.items[0].outcome, Outcome::Failed);
+    assert_eq!(report.items[0].disposition, Disposition::Done);
+    assert!(h.calls("b").is_empty());
+    assert!(matches!(h.ledger("m-1").await, Some(Entry::Failed(_))));
+    let e = &h.outcomes()[0];
+    assert_eq!(e.outcome, Outcome::Failed);
+    assert_eq!(e.recipients[0].status, RecipientStatus::Failed);
+    // The redelivery does not try again.
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(report.items[0].outcome, Outcome::Failed);
+    assert!(report.items[0].replayed);
+    assert_eq!(h.calls("a").len(), 1);
+}
+
+#[tokio::test]
+async fn an_ambiguous_answer_is_deferred_without_failover_and_the_claim_kept() {
+    let h = harness(
+        &[
+            ("a", Reply::Fail(ErrorClass::Ambiguous, None)),
+            ("b", Reply::Accept),
+        ],
+        "",
+        "",
+    );
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(report.items[0].outcome, Outcome::Deferred);
+    assert!(h.calls("b").is_empty());
+    // Not visible again before this invocation's lease has ended.
+    assert!(retry_after(&report.items[0]) >= Duration::from_millis(LEASE_MS as u64));
+    assert!(matches!(h.ledger("m-1").await, Some(Entry::Claimed { .. })));
+    assert!(
+        report.items[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("may have accepted")
+    );
+}
+
+#[tokio::test]
+async fn the_failover_policy_sends_an_ambiguous_message_on() {
+    let h = harness(
+        &[
+            ("a", Reply::Fail(ErrorClass::Ambiguous, None)),
+            ("b", Reply::Accept),
+        ],
+        "",
+        r#", "ambiguous_policy": "failover""#,
+    );
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(report.items[0].gateway.as_deref(), Some("b"));
+    assert!(
+        report.items[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("possible duplicate")
+    );
+}
+
+#[tokio::test]
+async fn when_every_gateway_fails_the_message_returns_at_the_providers_retry_time() {
+    let h = harness(
+        &[
+            ("a", Reply::Fail(ErrorClass::Throttled, Some(T0 + 120_000))),
+            ("b", Reply::Fail(ErrorClass::Unavailable, None)),
+        ],
+        "",
+        "",
+    );
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    let after = retry_after(&report.items[0]);
+    assert!(
+        after >= Duration::from_secs(120) && after <= Duration::from_secs(150),
+        "{after:?}"
+    );
+    // The claim was given back: the redelivery may claim at once.
+    assert!(matches!(
+        h.ledger("m-1").await,
+        Some(Entry::Released { .. })
+    ));
+    let e = &h.outcomes()[0];
+    assert_eq!(e.outcome, Outcome::Deferred);
+    assert_eq!(e.attempts.len(), 2);
+    assert!(e.retry_at.is_some());
+}
+
+#[tokio::test]
+async fn a_senders_fourth_message_over_its_daily_limit_goes_to_the_next_gateway() {
+    let h = harness(
+        &[("a", Reply::Accept), ("b", Reply::Accept)],
+        r#", "rate_limits": {"per_user_daily": 3}"#,
+        "",
+    );
+    let batch = records(
+        (0..4)
+            .map(|i| body(&format!("m-{i}"), "dr@clinic.example", &["p@example.org"]))
+            .collect(),
+    );
+    let report = h.run(&batch).await;
+    assert_eq!(h.calls("a").len(), 3);
+    assert_eq!(h.calls("b").len(), 1);
+    assert!(report.items.iter().all(|i| i.outcome == Outcome::Sent));
+    assert_eq!(report.metrics.gateways["a"].limited, 1);
+}
+
+#[tokio::test]
+async fn over_the_limit_everywhere_the_message_waits_for_the_window_to_reset() {
+    let h = harness(
+        &[("a", Reply::Accept)],
+        r#", "rate_limits": {"per_user_daily": 3}"#,
+        "",
+    );
+    let batch = records(
+        (0..4)
+            .map(|i| body(&format!("m-{i}"), "dr@clinic.example", &["p@example.org"]))
+            .collect(),
+    );
+    let report = h.run(&batch).await;
+    assert_eq!(h.calls("a").len(), 3);
+    let deferred = &report.items[3];
+    assert_eq!(deferred.outcome, Outcome::Deferred);
+    // 10:00 UTC → the next UTC day starts in 14 h, beyond SQS's 12 h: capped.
+    assert_eq!(retry_after(deferred), crate::queue::MAX_VISIBILITY);
+    assert!(deferred.reason.as_deref().unwrap().contains("limit"));
+    // A sender's limit never admits more, whatever the batches.
+    let more = records(vec![body("m-9", "DR@clinic.example", &["p@example.org"])]);
+    h.run(&more).await;
+    assert_eq!(h.calls("a").len(), 3);
+    // Next day it goes.
+    h.clock.advance(DAY_MS);
+    let report = h.run(&more).await;
+    assert_eq!(report.items[0].outcome, Outcome::Sent);
+}
+
+#[tokio::test]
+async fn a_failing_provider_opens_its_breaker_and_then_gets_only_trial_calls() {
+    // Threshold 3, 2 trial calls, 2 successes close it, 30 s open.
+    let h = harness(
+        &[("a", Reply::Fail(ErrorClass::Unavailable, None))],
+        r#", "circuit_breaker": {"failure_threshold": 3, "success_threshold": 2, "max_requests": 2, "timeout": "30s"}"#,
+        "",
+    );
+    let msgs = |from: usize, n: usize| {
+        records(
+            (from..from + n)
+                .map(|i| body(&format!("m-{i}"), "dr@clinic.example", &["p@example.org"]))
+                .collect(),
+        )
+    };
+    let report = h.run(&msgs(0, 3)).await;
+    assert_eq!(h.calls("a").len(), 3);
+    assert!(
+        report
+            .transitions
+            .iter()
+            .any(|t| t.to == crate::breaker::Phase::Open)
+    );
+    // Open: no call reaches it; messages are deferred until the open period ends.
+    h.clock.advance(1_000);
+    let report = h.run(&msgs(3, 5)).await;
+    assert_eq!(h.calls("a").len(), 3);
+    let after = retry_after(&report.items[0]);
+    assert!(
+        after >= Duration::from_secs(29) && after <= Duration::from_secs(35),
+        "{after:?}"
+    );
+    // After the timeout: exactly max_requests trial calls, whatever the batch size.
+    h.clock.advance(30_000);
+    h.providers["a"].set(Reply::Accept);
+    let report = h.run(&msgs(10, 5)).await;
+    assert_eq!(h.calls("a").len(), 5, "two trials");
+    assert_eq!(report.metrics.sent, 2);
+    // Two successes closed it: everything flows again.
+    assert!(
+        report
+            .transitions
+            .iter()
+            .any(|t| t.to == crate::breaker::Phase::Closed)
+    );
+    let report = h.run(&msgs(20, 4)).await;
+    assert_eq!(report.metrics.sent, 4);
+}
+
+#[tokio::test]
+async fn suppressed_recipients_are_left_out_and_all_suppressed_is_rejected() {
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    suppression::add(
+        h.store.as_ref(),
+        &Suppression::new("gone@example.org", Reason::HardBounce, "test", T0),
+    )
+    .await
+    .unwrap();
+    let batch = records(vec![
+        body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org", "GONE@example.org"],
+        ),
+        body("m-2", "dr@clinic.example", &["gone@example.org"]),
+    ]);
+    let report = h.run(&batch).await;
+    assert_eq!(report.items[0].outcome, Outcome::Sent);
+    assert_eq!(report.items[1].outcome, Outcome::Rejected);
+    assert_eq!(report.items[1].disposition, Disposition::Done);
+    assert_eq!(h.calls("a"), ["m-1"]);
+    let events = h.outcomes();
+    let statuses: Vec<RecipientStatus> = events[0].recipients.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [RecipientStatus::Sent, RecipientStatus::Suppressed]
+    );
+    assert_eq!(events[1].recipients[0].status, RecipientStatus::Suppressed);
+    assert_eq!(report.metrics.suppressed_recipients, 2);
+}
+
+#[tokio::test]
+async fn when_events_cannot_be_emitted_the_sent_message_is_retried_and_replayed() {
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    h.sink.down.store(true, Ordering::SeqCst);
+    let batch = records(vec![body("m-1", "dr@clinic.example", &["p@example.org"])]);
+    let report = h.run(&batch).await;
+    assert!(matches!(
+        report.items[0].disposition,
+        Disposition::Retry { .. }
+    ));
+    assert_eq!(report.metrics.emit_failures, 1);
+    h.sink.down.store(false, Ordering::SeqCst);
+    let report = h.run(&batch).await;
+    assert_eq!(report.items[0].disposition, Disposition::Done);
+    assert_eq!(h.calls("a").len(), 1);
+    assert_eq!(h.outcomes()[0].outcome, Outcome::Sent);
+}
+
+#[tokio::test]
+async fn a_send_the_ledger_could_not_record_is_still_reported_and_acknowledged() {
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    h.store.fail_puts.store(true, Ordering::SeqCst);
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(report.items[0].outcome, Outcome::Sent);
+    // Acknowledged: no redelivery can send it again while the ledger still shows the claim.
+    assert_eq!(report.items[0].disposition, Disposition::Done);
+    assert_eq!(h.outcomes()[0].outcome, Outcome::Sent);
+}
+
+#[tokio::test]
+async fn a_crash_after_the_send_is_recovered_when_the_lease_expires_and_flagged() {
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    let batch = records(vec![body("m-1", "dr@clinic.example", &["p@example.org"])]);
+    // The invocation dies after the provider accepted, before the ledger mark: the mark hangs
+    // and the future is dropped.
+    h.store.hang_puts.store(true, Ordering::SeqCst);
+    let crashed = h.pipeline.process(Batch {
+        records: &batch,
+        owner: "crashed",
+        deadline: T0 + LEASE_MS,
+    });
+    // Run it only until the provider call happened.
+    tokio::select! {
+        _ = crashed => {}
+        () = async {
+            while h.calls("a").is_empty() {
+                tokio::task::yield_now().await;
+            }
+        } => {}
+    }
+    h.store.hang_puts.store(false, Ordering::SeqCst);
+    assert_eq!(h.calls("a").len(), 1);
+    assert!(
+        h.outcomes().is_empty(),
+        "the crashed invocation reported nothing"
+    );
+    // While the dead invocation's lease runs, a redelivery does not send.
+    let report = h.run(&batch).await;
+    assert_eq!(h.calls("a").len(), 1);
+    assert!(matches!(
+        report.items[0].disposition,
+        Disposition::Retry { .. }
+    ));
+    // After it, the message is reclaimed, sent and recorded, flagged as a possible duplicate.
+    h.clock.advance(LEASE_MS);
+    let report = h.run(&batch).await;
+    assert_eq!(report.items[0].outcome, Outcome::Sent);
+    let events = h.outcomes();
+    let sent = events.iter().find(|e| e.outcome == Outcome::Sent).unwrap();
+    assert!(
+        sent.reason.as_deref().unwrap().contains("crashed"),
+        "{:?}",
+        sent.reason
+    );
+    assert!(matches!(h.ledger("m-1").await, Some(Entry::Sent(_))));
+}
+
+#[tokio::test]
+async fn near_the_deadline_nothing_is_started_and_everything_is_deferred() {
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    let batch = records(vec![body("m-1", "dr@clinic.example", &["p@example.org"])]);
+    let report = h
+        .pipeline
+        .process(Batch {
+            records: &batch,
+            owner: "late",
+            deadline: T0 + 1_000,
+        })
+        .await;
+    assert!(h.calls("a").is_empty());
+    assert_eq!(report.items[0].outcome, Outcome::Deferred);
+    assert!(matches!(
+        h.ledger("m-1").await,
+        Some(Entry::Released { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_call_that_outlives_the_deadline_is_abandoned_as_ambiguous() {
+    let h = harness(&[("a", Reply::Hang)], "", "");
+    let batch = records(vec![body("m-1", "dr@clinic.example", &["p@example.org"])]);
+    tokio::time::pause();
+    let report = h
+        .pipeline
+        .process(Batch {
+            records: &batch,
+            owner: "slow",
+            deadline: T0 + 5_000,
+        })
+        .await;
+    assert_eq!(report.items[0].outcome, Outcome::Deferred);
+    assert_eq!(report.metrics.gateways["a"].ambiguous, 1);
+}
+
+#[tokio::test]
+async fn a_message_held_by_a_live_invocation_waits_for_its_lease() {
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    ledger::claim(h.store.as_ref(), "m-1", "other", T0 + 20_000, T0)
+        .await
+        .unwrap();
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert!(h.calls("a").is_empty());
+    let after = retry_after(&report.items[0]);
+    assert!(
+        after >= Duration::from_secs(20) && after <= Duration::from_secs(23),
+        "{after:?}"
+    );
+    assert!(h.outcomes().is_empty(), "the holder reports the outcome");
+}
+
+#[tokio::test]
+async fn the_happy_path_costs_three_round_trips_of_state() {
+    let h = harness(
+        &[("a", Reply::Accept)],
+        r#", "rate_limits": {"workspace_daily": 1000, "per_hour": 100, "burst_limit": 50, "per_user_daily": 100}"#,
+        "",
+    );
+    let batch = records(
+        (0..10)
+            .map(|i| {
+                body(
+                    &format!("m-{i}"),
+                    &format!("s{i}@clinic.example"),
+                    &["p@example.org"],
+                )
+            })
+            .collect(),
+    );
+    let before = h.store.inner.request_counts();
+    h.run(&batch).await;
+    let after = h.store.inner.request_counts();
+    // 10 claims + (suppression + state) reads + 1 limit transaction + 1 batch put.
+    assert_eq!(
+        after.total() - before.total(),
+        10 + 2 + 1 + 1,
+        "{before:?} → {after:?}"
+    );
+}
