@@ -136,9 +136,14 @@ pub async fn run_batch(
         .await;
     let took = started.elapsed();
     if report.metrics.sent as usize != BATCH
-        || report.items.iter().any(|i| i.disposition != Disposition::Done)
+        || report
+            .items
+            .iter()
+            .any(|i| i.disposition != Disposition::Done)
     {
-        return Err(format!("the happy path did not send everything: {report:?}"));
+        return Err(format!(
+            "the happy path did not send everything: {report:?}"
+        ));
     }
     Ok((report, took))
 }
