@@ -45,6 +45,9 @@ enum Stage {
     Failed { gateway: usize, reason: String },
     /// Refused before any provider (every recipient suppressed).
     Rejected { reason: String },
+    /// Found in the ledger (sent, failed, or held by another invocation): nothing to do here;
+    /// its resolution comes from the ledger entry.
+    Replayed,
     /// Not sent now.
     Deferred {
         reason: String,
@@ -312,36 +315,20 @@ impl Pipeline {
                 }
                 Ok(ClaimOutcome::AlreadySent(record)) => {
                     replays.insert(w.record, Replay::Sent(record));
-                    w.stage = Stage::Deferred {
-                        reason: String::new(),
-                        retry_at: None,
-                        keep_claim: true,
-                    };
+                    w.stage = Stage::Replayed;
                 }
                 Ok(ClaimOutcome::AlreadyFailed(record)) => {
                     replays.insert(w.record, Replay::Failed(record));
-                    w.stage = Stage::Deferred {
-                        reason: String::new(),
-                        retry_at: None,
-                        keep_claim: true,
-                    };
+                    w.stage = Stage::Replayed;
                 }
                 Ok(ClaimOutcome::Held { until }) => {
                     replays.insert(w.record, Replay::Held { until });
-                    w.stage = Stage::Deferred {
-                        reason: String::new(),
-                        retry_at: Some(until),
-                        keep_claim: true,
-                    };
+                    w.stage = Stage::Replayed;
                 }
                 Err(error) => {
                     tracing::warn!(message_id = %id, error_kind = "ledger", %error, "claim failed; deferring");
                     // No claim is held, so there is nothing to release.
-                    w.stage = Stage::Deferred {
-                        reason: format!("ledger unavailable ({error})"),
-                        retry_at: None,
-                        keep_claim: true,
-                    };
+                    w.defer(format!("ledger unavailable ({error})"), None);
                 }
             }
         }
@@ -437,6 +424,13 @@ impl Pipeline {
                         retry_at = earliest(retry_at, Some(until));
                     }
                     reasons.push(format!("{}: {}", d.gateway.id, d.reason));
+                }
+                if let Some(pin) = &plan.pin {
+                    reasons.push(format!(
+                        "pinned gateway {:?}: {}",
+                        w.original.gateway().unwrap_or_default(),
+                        pin.code()
+                    ));
                 }
                 let reason = if reasons.is_empty() {
                     "no gateway is configured for this sender".to_owned()
@@ -1076,7 +1070,7 @@ impl Pipeline {
                                     event: Some(event),
                                 }
                             }
-                            Stage::Pending => {
+                            Stage::Pending | Stage::Replayed => {
                                 // Unreachable after the rounds; defer rather than lose it.
                                 Resolution {
                                     outcome: Outcome::Deferred,

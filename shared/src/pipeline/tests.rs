@@ -900,3 +900,26 @@ async fn the_happy_path_costs_three_round_trips_of_state() {
         "{before:?} → {after:?}"
     );
 }
+
+#[tokio::test]
+async fn a_pinned_message_goes_to_its_gateway_and_an_unknown_pin_waits_with_the_reason() {
+    let h = harness(&[("a", Reply::Accept), ("b", Reply::Accept)], "", "");
+    let pinned = |id: &str, gateway: &str| {
+        serde_json::json!({
+            "id": id, "from": "dr@clinic.example", "to": ["p@example.org"],
+            "subject": "s", "text": "t", "gateway": gateway,
+        })
+        .to_string()
+    };
+    let report = h
+        .run(&records(vec![pinned("m-1", "b"), pinned("m-2", "nope")]))
+        .await;
+    assert_eq!(report.items[0].gateway.as_deref(), Some("b"));
+    assert_eq!(report.items[1].outcome, Outcome::Deferred);
+    let reason = report.items[1].reason.as_deref().unwrap();
+    assert!(
+        reason.contains("\"nope\"") && reason.contains("unknown"),
+        "{reason}"
+    );
+    assert!(h.calls("a").is_empty());
+}
