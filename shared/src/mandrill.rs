@@ -18,10 +18,12 @@
 
 use std::collections::BTreeMap;
 
+use aws_lc_rs::hmac;
+use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::clock::EpochMillis;
-use crate::events::{DeliveryEvent, DeliveryKind};
+use crate::events::{DeliveryEvent, DeliveryKind, Outcome, OutcomeEvent, RecipientStatus};
 
 /// Mandrill's event names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +149,132 @@ pub fn from_delivery(message_id: &str, event: &DeliveryEvent, ctx: &MessageConte
     out
 }
 
+/// The Mandrill events an outcome announces, one per recipient (DESIGN §2.5):
+/// - `reject` for a recipient we refused (`REJECTED`: invalid message; `SUPPRESSED`: on the
+///   suppression list) or the provider refused permanently (`FAILED`);
+/// - `deferral` for each deferral (with the reason as `msg.smtp_events[0].diag`);
+/// - `send` when the message was sent *and* `announce_send` is true: the gateway that sent it
+///   reports no delivery events (Gmail API, SMTP relay, capture, simulated), so acceptance is
+///   the best fact there is. For the others the provider's delivery event makes the `send`.
+///
+/// Event ids are `{message_id}:{outcome}:{address}:{at}`: stable when the same outcome event is
+/// re-emitted (a redelivered, already-sent message carries the original `at`), distinct for
+/// each deferral.
+pub fn from_outcome(event: &OutcomeEvent, announce_send: bool) -> Vec<Value> {
+    let ts = event.at.div_euclid(1000);
+    event
+        .recipients
+        .iter()
+        .filter_map(|r| {
+            let kind = match (event.outcome, r.status) {
+                (
+                    _,
+                    RecipientStatus::Rejected
+                    | RecipientStatus::Suppressed
+                    | RecipientStatus::Failed,
+                ) => MandrillEvent::Reject,
+                (Outcome::Deferred, _) => MandrillEvent::Deferral,
+                (Outcome::Sent, RecipientStatus::Sent) if announce_send => MandrillEvent::Send,
+                _ => return None,
+            };
+            let mut msg = json!({
+                "_id": event.message_id,
+                "ts": ts,
+                "state": kind.state(),
+                "email": r.address,
+                "subject": event.subject,
+                "sender": event.sender,
+                "tags": event.tags,
+                "metadata": event.metadata,
+                "opens": [],
+                "clicks": [],
+            });
+            if let Some(reason) = &event.reason {
+                match kind {
+                    MandrillEvent::Deferral => {
+                        msg["smtp_events"] =
+                            json!([{"ts": ts, "type": "deferred", "diag": reason}]);
+                    }
+                    MandrillEvent::Reject => {
+                        let why = if r.status == RecipientStatus::Suppressed {
+                            "address is on the suppression list"
+                        } else {
+                            reason.as_str()
+                        };
+                        msg["diag"] = why.into();
+                    }
+                    _ => {}
+                }
+            }
+            Some(json!({
+                "event": kind.as_str(),
+                "ts": ts,
+                "_id": format!(
+                    "{}:{}:{}:{}",
+                    event.message_id,
+                    outcome_name(event.outcome),
+                    r.address.to_lowercase(),
+                    event.at
+                ),
+                "msg": msg,
+            }))
+        })
+        .collect()
+}
+
+fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Sent => "sent",
+        Outcome::Deferred => "deferred",
+        Outcome::Failed => "failed",
+        Outcome::Rejected => "rejected",
+    }
+}
+
+/// The `X-Mandrill-Signature` of a POST of `mandrill_events` (the JSON text, decoded) to `url`
+/// (exactly as configured) with webhook key `key`: base64 of HMAC-SHA1 over
+/// `url + "mandrill_events" + mandrill_events` (providers.md §5.2). SHA-1 is Mandrill's choice,
+/// kept for compatibility with the receivers customers already run.
+pub fn signature(key: &[u8], url: &str, mandrill_events: &str) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key);
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(url.as_bytes());
+    ctx.update(b"mandrill_events");
+    ctx.update(mandrill_events.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(ctx.sign().as_ref())
+}
+
+/// Constant-time check of a received `X-Mandrill-Signature` (for customers' receivers and our
+/// tests).
+pub fn verify(key: &[u8], url: &str, mandrill_events: &str, signature_b64: &str) -> bool {
+    let Ok(received) = base64::engine::general_purpose::STANDARD.decode(signature_b64.trim())
+    else {
+        return false;
+    };
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key);
+    let mut message = Vec::with_capacity(url.len() + 15 + mandrill_events.len());
+    message.extend_from_slice(url.as_bytes());
+    message.extend_from_slice(b"mandrill_events");
+    message.extend_from_slice(mandrill_events.as_bytes());
+    hmac::verify(&key, &message, &received).is_ok()
+}
+
+/// The `application/x-www-form-urlencoded` body carrying `mandrill_events`.
+pub fn form_body(mandrill_events: &str) -> String {
+    let mut out = String::with_capacity(mandrill_events.len() * 3 / 2 + 16);
+    out.push_str("mandrill_events=");
+    for b in mandrill_events.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                out.push(char::from(b));
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +355,134 @@ mod tests {
         assert_eq!(one["msg"]["_id"], two["msg"]["_id"]);
         assert_eq!(one["url"], "https://example.org/l");
         assert_eq!(one["msg"]["clicks"][0]["url"], "https://example.org/l");
+    }
+
+    const VECTOR_EVENTS: &str = r#"[{"event":"send","msg":{"ts":1461095211,"subject":"Webhook Test","email":"recipient@example.com","sender":"sender@example.com","tags":["tag1"],"metadata":{"custom1":"value1"},"_id":"abcdef012345789abcdef012345789"},"_id":"abcdef012345789abcdef012345789","ts":1461095246}]"#;
+
+    #[test]
+    fn the_signature_matches_the_derived_vector() {
+        let url = "https://hooks.example.com/mandrill/webhook";
+        let sig = signature(b"TEST_WEBHOOK_KEY", url, VECTOR_EVENTS);
+        assert_eq!(sig, "Qm848pYPHZGa89hWqNdp6VSiN+4=");
+        assert!(verify(b"TEST_WEBHOOK_KEY", url, VECTOR_EVENTS, &sig));
+        // Any change to the key, the URL (even a trailing slash) or the body breaks it.
+        assert!(!verify(b"OTHER_KEY", url, VECTOR_EVENTS, &sig));
+        assert!(!verify(
+            b"TEST_WEBHOOK_KEY",
+            &format!("{url}/"),
+            VECTOR_EVENTS,
+            &sig
+        ));
+        assert!(!verify(
+            b"TEST_WEBHOOK_KEY",
+            url,
+            &VECTOR_EVENTS.replace("tag1", "tag2"),
+            &sig
+        ));
+        assert!(!verify(
+            b"TEST_WEBHOOK_KEY",
+            url,
+            VECTOR_EVENTS,
+            "not base64!"
+        ));
+    }
+
+    #[test]
+    fn the_form_body_decodes_to_the_signed_text() {
+        let body = form_body(VECTOR_EVENTS);
+        assert!(body.starts_with("mandrill_events=%5B%7B%22event%22"));
+        let decoded: Vec<(String, String)> = url_decode_pairs(&body);
+        assert_eq!(
+            decoded,
+            [("mandrill_events".to_owned(), VECTOR_EVENTS.to_owned())]
+        );
+    }
+
+    fn url_decode_pairs(body: &str) -> Vec<(String, String)> {
+        body.split('&')
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let mut bytes = Vec::new();
+                let raw = v.as_bytes();
+                let mut i = 0;
+                while i < raw.len() {
+                    match raw[i] {
+                        b'+' => bytes.push(b' '),
+                        b'%' => {
+                            let hex = std::str::from_utf8(&raw[i + 1..i + 3]).unwrap_or("00");
+                            bytes.push(u8::from_str_radix(hex, 16).unwrap_or(0));
+                            i += 2;
+                        }
+                        b => bytes.push(b),
+                    }
+                    i += 1;
+                }
+                (k.to_owned(), String::from_utf8(bytes).unwrap_or_default())
+            })
+            .collect()
+    }
+
+    fn outcome_event(outcome: Outcome, statuses: &[(&str, RecipientStatus)]) -> OutcomeEvent {
+        OutcomeEvent {
+            message_id: "m-1".into(),
+            sender: "dr@clinic.example".into(),
+            subject: "Your appointment".into(),
+            campaign_id: None,
+            user_id: None,
+            tags: vec!["t".into()],
+            metadata: BTreeMap::new(),
+            recipients: statuses
+                .iter()
+                .map(|(a, s)| crate::events::RecipientOutcome {
+                    address: (*a).into(),
+                    kind: crate::events::RecipientKind::To,
+                    status: *s,
+                })
+                .collect(),
+            outcome,
+            gateway_id: Some("gw".into()),
+            gateway_type: Some("smtp".into()),
+            provider_message_id: None,
+            attempts: Vec::new(),
+            reason: Some("why".into()),
+            retry_at: None,
+            at: 1_795_860_000_123,
+        }
+    }
+
+    #[test]
+    fn outcomes_announce_one_event_per_recipient() {
+        let sent = outcome_event(
+            Outcome::Sent,
+            &[
+                ("a@x.org", RecipientStatus::Sent),
+                ("b@x.org", RecipientStatus::Suppressed),
+            ],
+        );
+        let events = from_outcome(&sent, true);
+        let names: Vec<&str> = events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(names, ["send", "reject"]);
+        assert_eq!(events[0]["_id"], "m-1:sent:a@x.org:1795860000123");
+        assert_ne!(events[0]["_id"], events[1]["_id"]);
+        assert_eq!(
+            events[1]["msg"]["diag"],
+            "address is on the suppression list"
+        );
+        assert_eq!(events[0]["ts"], 1_795_860_000);
+        // A provider with delivery events announces `send` itself.
+        let names: Vec<Value> = from_outcome(&sent, false)
+            .iter()
+            .map(|e| e["event"].clone())
+            .collect();
+        assert_eq!(names, [json!("reject")]);
+        let deferred = outcome_event(Outcome::Deferred, &[("a@x.org", RecipientStatus::Deferred)]);
+        let events = from_outcome(&deferred, true);
+        assert_eq!(events[0]["event"], "deferral");
+        assert_eq!(events[0]["msg"]["smtp_events"][0]["diag"], "why");
+        let failed = outcome_event(Outcome::Failed, &[("a@x.org", RecipientStatus::Failed)]);
+        assert_eq!(from_outcome(&failed, true)[0]["event"], "reject");
     }
 }
