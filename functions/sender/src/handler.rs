@@ -1,0 +1,123 @@
+//! The sender handler: translates an SQS event into one [`Pipeline::process`] call and the
+//! pipeline's report into the Lambda answer (partial batch failures). No business rules here;
+//! they live in `gateway_core::pipeline`.
+
+use std::sync::Arc;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use gateway_core::pipeline::{Batch, Pipeline, emf_lines, settle};
+use gateway_core::queue::{Queue, Received};
+use lambda_runtime::{Error, LambdaEvent};
+
+/// Deadline used when the runtime gives none (a local invoke): a minute from now, in ms.
+pub const LOCAL_DEADLINE_MS: i64 = 60_000;
+
+/// What the handler needs, built once per process by `main`.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    /// The send pipeline.
+    pub pipeline: Arc<Pipeline>,
+    /// The outbound queue, to set the visibility of deferred records.
+    pub queue: Arc<dyn Queue>,
+    /// CloudWatch namespace of the metric lines.
+    pub metrics_namespace: String,
+}
+
+/// Why a batch failed as a whole (the runtime then retries every record; the ledger makes that
+/// safe).
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// A record to retry has no message id, so it cannot be named as a batch item failure; an
+    /// unnamed failure would be deleted with the successes.
+    #[error("a record to retry has no SQS message id; failing the whole batch so none is lost")]
+    UnnamedFailure,
+}
+
+/// The pipeline's view of one SQS record. A record without a body gets an empty one, which the
+/// pipeline rejects as poison (recorded, never silently dropped).
+pub fn received(message: &SqsMessage) -> Received {
+    let attribute = |name: &str| message.attributes.get(name).map(String::as_str);
+    Received {
+        message_id: message.message_id.clone().unwrap_or_default(),
+        receipt_handle: message.receipt_handle.clone().unwrap_or_default(),
+        body: message.body.clone().unwrap_or_default(),
+        receive_count: attribute("ApproximateReceiveCount")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
+        sent_at: attribute("SentTimestamp")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    }
+}
+
+/// Handles one SQS batch: runs the pipeline, sets the visibility of the records it defers,
+/// prints the metric lines and answers the records to retry as batch item failures.
+pub async fn handle(event: LambdaEvent<SqsEvent>, deps: &Deps) -> Result<SqsBatchResponse, Error> {
+    let (event, context) = event.into_parts();
+    let records: Vec<Received> = event.records.iter().map(received).collect();
+    let now = deps.pipeline.clock().now_ms();
+    let deadline = i64::try_from(context.deadline)
+        .ok()
+        .filter(|d| *d > now)
+        .unwrap_or(now + LOCAL_DEADLINE_MS);
+    let owner = if context.request_id.is_empty() {
+        format!("local-{now}")
+    } else {
+        context.request_id.clone()
+    };
+    let report = deps
+        .pipeline
+        .process(Batch {
+            records: &records,
+            owner: &owner,
+            deadline,
+        })
+        .await;
+
+    match settle(deps.queue.as_ref(), &report, false).await {
+        Ok(summary) => {
+            for refused in &summary.refused {
+                tracing::warn!(error_kind = "queue_settle", reason = ?refused.reason, "visibility not changed; the record returns after the queue's visibility timeout");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(error_kind = "queue_settle", %error, "visibility of deferred records not changed; they return after the queue's visibility timeout");
+        }
+    }
+    emit_metrics(
+        &deps.metrics_namespace,
+        &report,
+        deps.pipeline.clock().now_ms(),
+    );
+    let m = &report.metrics;
+    tracing::info!(
+        records = m.records,
+        sent = m.sent,
+        deferred = m.deferred,
+        failed = m.failed,
+        rejected = m.rejected,
+        replayed = m.replayed,
+        failovers = m.failovers,
+        "batch done"
+    );
+
+    let mut response = SqsBatchResponse::default();
+    for item in report.failures() {
+        if item.queue_message_id.is_empty() {
+            return Err(HandlerError::UnnamedFailure.into());
+        }
+        let mut failure = BatchItemFailure::default();
+        failure.item_identifier = item.queue_message_id.clone();
+        response.batch_item_failures.push(failure);
+    }
+    Ok(response)
+}
+
+/// Writes the batch's Embedded Metric Format lines to stdout, where CloudWatch Logs picks them
+/// up.
+#[allow(clippy::print_stdout, reason = "EMF lines go to stdout by design")]
+fn emit_metrics(namespace: &str, report: &gateway_core::pipeline::BatchReport, now: i64) {
+    for line in emf_lines(&report.metrics, &report.transitions, namespace, now) {
+        println!("{line}");
+    }
+}

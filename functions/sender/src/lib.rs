@@ -1,0 +1,7 @@
+//! The sender function (DESIGN §1): `main.rs` wires the dependencies once, [`handler`]
+//! translates each SQS event into one call of the send pipeline and its report back into the
+//! Lambda answer.
+
+pub mod handler;
+
+pub use handler::{Deps, HandlerError, LOCAL_DEADLINE_MS, handle, received};
