@@ -1,5 +1,5 @@
-//! The `gateway` command: config tools and route explanation (the local run and the service
-//! commands join as their parts land).
+//! The `gateway` command: the local run (`serve`), enqueueing (`send`), config tools, route
+//! explanation and shared-state administration.
 //!
 //! Exit codes: 0 success; 1 the input is wrong (invalid config, no gateway can take the message);
 //! 2 usage errors (clap's default).
@@ -9,6 +9,8 @@
 
 mod config_cmd;
 mod route_cmd;
+mod send_cmd;
+mod serve_cmd;
 mod state_cmd;
 
 use std::process::ExitCode;
@@ -25,6 +27,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway locally: poll a queue, send through the configured gateways and serve
+    /// the HTTP API (embedded defaults: in-memory everything, capture and simulated gateways).
+    Serve(Box<serve_cmd::ServeArgs>),
+    /// Enqueue a message (JSON file) on an SQS queue or through a running `gateway serve`.
+    Send(send_cmd::SendArgs),
     /// Check or convert gateway configuration files.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -38,6 +45,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve_cmd::run(*args),
+        Command::Send(args) => send_cmd::run(&args),
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Route(args) => route_cmd::run(&args),
         Command::State(cmd) => state_cmd::run(cmd),

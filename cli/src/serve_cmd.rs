@@ -1,0 +1,462 @@
+//! `gateway serve`: the whole sending side in one process, the way DESIGN §4 describes the local
+//! run. With no flags everything is embedded and in memory (config `examples/local.json`,
+//! queue, shared state, record of delivery), so it runs on a fresh machine with no AWS and no
+//! database. Flags point each part at a real service instead; the queue is then polled exactly
+//! as the Lambda event source mapping does it, through the same pipeline code the sender
+//! function runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use clap::Args;
+use gateway_core::clock::{Clock, SystemClock};
+use gateway_core::config::{Config, ProviderSettings, load_config, redacted_document};
+use gateway_core::duration::parse_duration;
+use gateway_core::events::{EventSink, GatewayEvent, SinkError};
+use gateway_core::message::parse_message;
+use gateway_core::pipeline::{Pipeline, PipelineSettings, PollSettings, Poller};
+use gateway_core::providers::factory::build_providers;
+use gateway_core::queue::Queue;
+use gateway_core::queue::memory::{MemoryQueue, Redrive};
+use gateway_core::queue::sqs::SqsQueue;
+use gateway_core::records::{MemoryRecords, RecordReader, RecordWriter};
+use gateway_core::secrets::SecretResolver;
+use gateway_core::sqs_sink::SqsEventSink;
+use gateway_core::state::StateStore;
+use gateway_core::state::dynamodb::{self, DynamoStore, table_name_from_env};
+use gateway_core::state::memory::MemoryStore;
+use serde_json::json;
+use tokio::sync::watch;
+
+/// The embedded local config: a capture gateway writing `.eml` files to `.local/outbox` and a
+/// simulated provider as its failover.
+pub const LOCAL_CONFIG: &str = include_str!("../../examples/local.json");
+
+/// Receives after which the in-memory queue moves a message to its dead-letter queue (the
+/// local stand-in for the outbound queue's redrive policy).
+const LOCAL_MAX_RECEIVES: u32 = 10;
+
+/// `gateway serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Gateway config file; default: the embedded `examples/local.json`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address of the HTTP API (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8025", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Bearer token of the status routes; default: $GATEWAY_API_TOKEN, else a random one,
+    /// printed at start.
+    #[arg(long, env = "GATEWAY_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Poll this SQS queue instead of the in-memory one (AWS settings from the environment).
+    #[arg(long, value_name = "URL")]
+    sqs_queue_url: Option<String>,
+    /// Send outcome events to this SQS queue instead of the in-memory record of delivery.
+    #[arg(long, value_name = "URL")]
+    events_queue_url: Option<String>,
+    /// Keep shared state (limits, breakers, ledger, suppressions) in DynamoDB instead of memory.
+    #[arg(long)]
+    dynamodb: bool,
+    /// DynamoDB table with --dynamodb; default $GATEWAY_STATE_TABLE, else `gateway-state`.
+    #[arg(long, requires = "dynamodb")]
+    table: Option<String>,
+    /// Records per batch (1–10), like the event source mapping's batch size.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=10))]
+    batch_size: u8,
+    /// How long a received batch stays hidden (the function timeout's role), e.g. `60s`.
+    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    visibility_timeout: Duration,
+    /// Longest wait of one receive, e.g. `5s` (at most 20 s).
+    #[arg(long, default_value = "5s", value_parser = duration_arg)]
+    poll_wait: Duration,
+}
+
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Applies emitted events straight to the in-memory record of delivery: the local stand-in for
+/// the events queue and the recorder.
+#[derive(Debug)]
+struct RecordingSink(Arc<MemoryRecords>);
+
+#[async_trait]
+impl EventSink for RecordingSink {
+    async fn emit(&self, events: &[GatewayEvent]) -> Result<(), SinkError> {
+        self.0
+            .apply(events)
+            .await
+            .map_err(|e| SinkError::Unavailable(Box::new(e)))
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    queue: Arc<dyn Queue>,
+    records: Option<Arc<MemoryRecords>>,
+    config: Arc<Config>,
+    token: Arc<str>,
+    /// Whether the enqueue route needs the token too (when listening beyond loopback).
+    enqueue_needs_token: bool,
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": {"code": code, "message": message.into()}})),
+    )
+        .into_response()
+}
+
+fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    let expected = format!("Bearer {}", state.token);
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "a valid `Authorization: Bearer <token>` header is required",
+    )
+}
+
+async fn enqueue(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if state.enqueue_needs_token && !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    // Validated here so a typo gets a clear answer at once; the sender validates again.
+    let message = match parse_message(&body, Some("queue-assigned-id")) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_message", e.to_string()),
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+            "body is not UTF-8",
+        );
+    };
+    match state.queue.send(text).await {
+        Ok(queue_id) => {
+            let message_id = if message.id() == "queue-assigned-id" {
+                queue_id.clone()
+            } else {
+                message.id().to_owned()
+            };
+            tracing::info!(message_id = %message_id, "enqueued");
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({"queue_message_id": queue_id, "message_id": message_id})),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error_kind = "queue_send", error = %e, "enqueue failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_unavailable",
+                "the message could not be enqueued; try again",
+            )
+        }
+    }
+}
+
+async fn message_record(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let Some(records) = &state.records else {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "records_not_local",
+            "outcome events go to the events queue; the recorder keeps the record of delivery",
+        );
+    };
+    match records.message(&id).await {
+        Ok(Some(record)) => axum::Json(record).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no record of message {id:?}"),
+        ),
+        Err(e) => {
+            tracing::warn!(error_kind = "records", error = %e, "record read failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "records_unavailable",
+                "the record of delivery could not be read",
+            )
+        }
+    }
+}
+
+async fn effective_config(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    axum::Json(redacted_document(&state.config)).into_response()
+}
+
+fn random_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 24];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("no randomness for the token"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+    let (text, origin) = match &args.config {
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (
+            LOCAL_CONFIG.to_owned(),
+            "embedded examples/local.json".to_owned(),
+        ),
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    match load_config(Some(&text), None, &env) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            Ok(loaded.config)
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            bail!(
+                "{origin}: the configuration is invalid ({} problems)",
+                errors.0.len()
+            )
+        }
+    }
+}
+
+/// Runs `gateway serve` until Ctrl-C or SIGTERM.
+pub fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Arc::new(load(&args)?);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // AWS settings only when something may use them: the embedded config needs none, and
+    // loading them on a machine without AWS settings only produces noise.
+    let needs_aws = args.dynamodb
+        || args.sqs_queue_url.is_some()
+        || args.events_queue_url.is_some()
+        || args.config.is_some();
+    let aws = if needs_aws {
+        Some(aws_config::load_from_env().await)
+    } else {
+        None
+    };
+    let mut resolver = SecretResolver::new(Arc::clone(&clock));
+    if let Some(aws) = &aws {
+        resolver = resolver.with_aws_config(aws.clone());
+    }
+    let providers = build_providers(&config, &resolver, &config.http, Arc::clone(&clock))
+        .await
+        .map_err(|e| anyhow::anyhow!("the gateways' providers could not be built: {e}"))?;
+
+    let mut lines = Vec::new();
+    let store: Arc<dyn StateStore> = if args.dynamodb {
+        let table = args.table.clone().unwrap_or_else(table_name_from_env);
+        lines.push(format!("shared state:   DynamoDB table {table}"));
+        let aws = aws.as_ref().context("AWS settings")?;
+        Arc::new(DynamoStore::new(dynamodb::Client::new(aws), table))
+    } else {
+        lines.push("shared state:   in memory".to_owned());
+        Arc::new(MemoryStore::new())
+    };
+    let sqs = aws.as_ref().map(aws_sdk_sqs::Client::new);
+    let queue: Arc<dyn Queue> = match &args.sqs_queue_url {
+        Some(url) => {
+            lines.push(format!("queue:          SQS {url}"));
+            let sqs = sqs.clone().context("AWS settings")?;
+            Arc::new(SqsQueue::new(sqs, url.clone()))
+        }
+        None => {
+            lines.push(format!(
+                "queue:          in memory (dead-letter after {LOCAL_MAX_RECEIVES} receives)"
+            ));
+            let dead_letter = Arc::new(MemoryQueue::new(Arc::clone(&clock)));
+            Arc::new(MemoryQueue::with_redrive(
+                Arc::clone(&clock),
+                Redrive {
+                    dead_letter,
+                    max_receive_count: LOCAL_MAX_RECEIVES,
+                },
+            ))
+        }
+    };
+    let (events, records): (Arc<dyn EventSink>, Option<Arc<MemoryRecords>>) =
+        match &args.events_queue_url {
+            Some(url) => {
+                lines.push(format!("outcome events: SQS {url}"));
+                let sqs = sqs.clone().context("AWS settings")?;
+                (Arc::new(SqsEventSink::new(sqs, url.clone())), None)
+            }
+            None => {
+                lines.push("outcome events: in-memory record of delivery".to_owned());
+                let records = Arc::new(MemoryRecords::new());
+                (Arc::new(RecordingSink(Arc::clone(&records))), Some(records))
+            }
+        };
+    for g in config.gateways.iter().filter(|g| g.enabled) {
+        match &g.provider {
+            ProviderSettings::Capture(c) => {
+                lines.push(format!(
+                    "captured mail:  {} (gateway {})",
+                    c.directory, g.id
+                ));
+            }
+            ProviderSettings::Simulated(s) => lines.push(format!(
+                "simulated:      gateway {} ({} ms latency)",
+                g.id,
+                s.latency.as_millis()
+            )),
+            _ => lines.push(format!("gateway:        {} ({})", g.id, g.kind.as_str())),
+        }
+    }
+
+    let pipeline = Arc::new(Pipeline::new(
+        Arc::clone(&config),
+        providers,
+        store,
+        events,
+        Arc::clone(&clock),
+        PipelineSettings::default(),
+    ));
+    let poller = Poller::new(
+        pipeline,
+        Arc::clone(&queue),
+        PollSettings {
+            batch_size: usize::from(args.batch_size),
+            wait: args.poll_wait,
+            visibility: args.visibility_timeout,
+            ..PollSettings::default()
+        },
+        "serve",
+    );
+
+    let token: Arc<str> = match &args.token {
+        Some(t) if !t.trim().is_empty() => Arc::from(t.trim()),
+        _ => Arc::from(random_token()?),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let state = AppState {
+        queue,
+        records,
+        config,
+        token: Arc::clone(&token),
+        enqueue_needs_token: !addr.ip().is_loopback(),
+    };
+    let app = Router::new()
+        .route("/api/messages", post(enqueue))
+        .route("/api/messages/{id}", get(message_record))
+        .route("/api/gateways/config", get(effective_config))
+        .with_state(state);
+
+    let base = format!("http://{addr}");
+    println!("gateway serve listening on {base}");
+    println!("api token:      {token}");
+    for line in &lines {
+        println!("{line}");
+    }
+    println!(
+        "enqueue:        curl -s -X POST {base}/api/messages -H 'content-type: application/json' --data @examples/message.json"
+    );
+    println!("                (or: gateway send --local {base} examples/message.json)");
+    println!(
+        "record:         curl -s -H 'authorization: Bearer {token}' {base}/api/messages/MESSAGE_ID"
+    );
+    println!("stop with Ctrl-C");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let polling = tokio::spawn({
+        let stop = stop_rx.clone();
+        async move { poller.run(stop).await }
+    });
+    let mut http_stop = stop_rx;
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = http_stop.wait_for(|stop| *stop).await;
+    });
+    let server = tokio::spawn(async move { server.await });
+
+    shutdown_signal().await;
+    eprintln!("stopping: finishing the batch in progress");
+    let _ = stop_tx.send(true);
+    if let Err(e) = polling.await {
+        tracing::warn!(error = %e, "poller task ended abnormally");
+    }
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server error"),
+        Err(e) => tracing::warn!(error = %e, "HTTP server task ended abnormally"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

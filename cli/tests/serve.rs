@@ -1,0 +1,328 @@
+//! `gateway serve` and `gateway send` as a developer runs them: the binary started in a scratch
+//! directory, driven over HTTP, its captured mail read from disk. One test also runs it
+//! against the emulator (SQS and DynamoDB in moto), the way acceptance runs do.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gateway_core::queue::sqs::{client_from_env, create_queue};
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "gw-serve-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A running `gateway serve`, stopped when dropped.
+struct Server {
+    child: Child,
+    base: String,
+    token: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--poll-wait", "1s"])
+        .args(extra)
+        .current_dir(dir)
+        .env_remove("GATEWAY_API_TOKEN")
+        .env_remove("GATEWAY_MODE")
+        .env_remove("QUEUE_DAILY_RATE_LIMIT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gateway serve starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut base = None;
+    let mut token = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("gateway serve listening on ") {
+            base = Some(rest.trim().to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("api token:") {
+            token = Some(rest.trim().to_owned());
+        }
+        if line.starts_with("stop with") {
+            break;
+        }
+    }
+    Server {
+        child,
+        base: base.expect("serve prints where it listens"),
+        token: token.expect("serve prints its token"),
+    }
+}
+
+async fn record(server: &Server, id: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{}/api/messages/{id}", server.base))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// Polls the record until it is `sent` (bounded: fails after 30 s).
+async fn until_sent(server: &Server, id: &str) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let (status, body) = record(server, id).await;
+        if status == 200 && body["status"] == "sent" {
+            return body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{id} not sent: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn eml_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".eml"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn serve_on_embedded_defaults_sends_a_posted_message_to_the_outbox() {
+    let dir = scratch("local");
+    let server = serve(&dir, &[]);
+    let body = std::fs::read_to_string(repo("events/message.json")).unwrap();
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let posted = reqwest::Client::new()
+        .post(format!("{}/api/messages", server.base))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status().as_u16(), 202);
+    let answer: serde_json::Value = posted.json().await.unwrap();
+    assert_eq!(answer["message_id"], id.as_str());
+
+    let record = until_sent(&server, &id).await;
+    assert_eq!(record["gateway_id"], "local-capture");
+    assert_eq!(record["recipients"][0]["status"], "SENT");
+    let outbox = dir.join(".local/outbox");
+    assert_eq!(eml_files(&outbox), [format!("{id}.eml")]);
+    let eml = std::fs::read_to_string(outbox.join(format!("{id}.eml"))).unwrap();
+    assert!(
+        eml.contains(&format!("X-Gateway-Message-Id: {id}")),
+        "{eml}"
+    );
+}
+
+#[tokio::test]
+async fn status_routes_need_the_token_and_bad_messages_get_a_clear_400() {
+    let dir = scratch("auth");
+    let server = serve(&dir, &["--token", "local-test-token"]);
+    assert_eq!(server.token, "local-test-token");
+    let client = reqwest::Client::new();
+    for path in ["/api/messages/anything", "/api/gateways/config"] {
+        let response = client
+            .get(format!("{}{path}", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+        let wrong = client
+            .get(format!("{}{path}", server.base))
+            .bearer_auth("local-test-tokeX")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status().as_u16(), 401, "{path}");
+    }
+    let (status, body) = record(&server, "never-sent").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let config: serde_json::Value = client
+        .get(format!("{}/api/gateways/config", server.base))
+        .bearer_auth("local-test-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["gateways"][0]["id"], "local-capture");
+
+    let bad = client
+        .post(format!("{}/api/messages", server.base))
+        .body(r#"{"id": "x", "from": "not an address", "to": ["p@example.org"], "text": "t"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let body: serde_json::Value = bad.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_message");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("from") && message.contains("subject"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn send_local_enqueues_through_a_running_serve() {
+    let dir = scratch("send");
+    let server = serve(&dir, &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["send", "--local", &server.base])
+        .arg(repo("events/message.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("hello-2026-11-28-0001"), "{stdout}");
+    until_sent(&server, "hello-2026-11-28-0001").await;
+
+    // An invalid file is refused before anything is sent, naming the fields.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"from": "a@clinic.example", "to": []}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["send", "--local", &server.base])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("subject: required"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serve_against_the_emulator_polls_sqs_and_keeps_state_in_dynamodb() {
+    if std::env::var_os("MOTO_URL").is_none() {
+        panic!(
+            "MOTO_URL is unset: this test needs the emulator. Run `scripts/services up && \
+             source .local/services.env` first (scripts/test does it)."
+        );
+    }
+    let dir = scratch("aws");
+    let tag = dir.file_name().unwrap().to_string_lossy().replace('.', "-");
+    let sqs = client_from_env().await;
+    let outbound = create_queue(&sqs, &format!("{tag}-out"), None)
+        .await
+        .unwrap();
+    let events = create_queue(&sqs, &format!("{tag}-events"), None)
+        .await
+        .unwrap();
+    let table = format!("{tag}-state");
+    let created = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["state", "create-table", "--table", &table])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "gateways": [{"id": "capture", "type": "capture", "display_name": "capture",
+                          "capture": {"directory": "outbox"}, "routing": {"can_route": ["*"]}}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let _server = serve(
+        &dir,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--sqs-queue-url",
+            &outbound,
+            "--events-queue-url",
+            &events,
+            "--dynamodb",
+            "--table",
+            &table,
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["send", "--queue-url", &outbound])
+        .arg(repo("events/message.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = Instant::now();
+    while eml_files(&dir.join("outbox")).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing captured"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        eml_files(&dir.join("outbox")),
+        ["hello-2026-11-28-0001.eml"]
+    );
+    // The outcome event is on the events queue.
+    let events = gateway_core::queue::sqs::SqsQueue::new(sqs, events);
+    let received = gateway_core::queue::Queue::receive(
+        &events,
+        10,
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(received.len(), 1);
+    assert!(
+        received[0].body.contains("\"outcome\":\"sent\""),
+        "{}",
+        received[0].body
+    );
+}
