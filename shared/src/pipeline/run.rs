@@ -1096,11 +1096,21 @@ impl Pipeline {
         resolved: Vec<Option<Resolution>>,
         report: &mut BatchReport,
     ) {
-        let events: Vec<GatewayEvent> = resolved
+        let mut events: Vec<GatewayEvent> = resolved
             .iter()
             .flatten()
             .filter_map(|r| r.event.clone().map(GatewayEvent::Outcome))
             .collect();
+        // Breaker transitions are recorded too (each one is performed, so reported, by exactly
+        // one instance). If they cannot be emitted they are only logged: the breaker's state
+        // itself is in the store, and retrying a batch for its history is not worth a resend
+        // window.
+        events.extend(
+            report
+                .transitions
+                .iter()
+                .map(|t| GatewayEvent::Breaker(t.into())),
+        );
         let emitted = if events.is_empty() {
             true
         } else {
@@ -1108,7 +1118,13 @@ impl Pipeline {
                 Ok(()) => true,
                 Err(error) => {
                     tracing::error!(error_kind = "events", %error, events = events.len(), "outcome events not emitted; their messages will be retried");
-                    report.metrics.emit_failures = u32::try_from(events.len()).unwrap_or(u32::MAX);
+                    report.metrics.emit_failures = u32::try_from(
+                        events
+                            .iter()
+                            .filter(|e| matches!(e, GatewayEvent::Outcome(_)))
+                            .count(),
+                    )
+                    .unwrap_or(u32::MAX);
                     false
                 }
             }

@@ -672,6 +672,19 @@ async fn a_failing_provider_opens_its_breaker_and_then_gets_only_trial_calls() {
             .iter()
             .any(|t| t.to == crate::breaker::Phase::Open)
     );
+    // The transition is recorded through the event sink.
+    let breaker_events: Vec<_> = h
+        .sink
+        .inner
+        .take()
+        .into_iter()
+        .filter_map(|e| match e {
+            GatewayEvent::Breaker(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(breaker_events.len(), 1);
+    assert_eq!(breaker_events[0].to, crate::breaker::Phase::Open);
     // Open: no call reaches it; messages are deferred until the open period ends.
     h.clock.advance(1_000);
     let report = h.run(&msgs(3, 5)).await;
