@@ -20,6 +20,9 @@
 //! A delivery event without a message id is kept (unique on its provider id) but belongs to no
 //! message.
 
+#[cfg(feature = "mysql")]
+pub mod mysql;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
