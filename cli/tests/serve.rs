@@ -259,6 +259,14 @@ async fn send_local_enqueues_through_a_running_serve() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("subject: required"), "{stderr}");
+
+    // Poison goes straight to a queue only: the local route validates what it enqueues.
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["send", "--no-validate", "--local", &server.base])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[tokio::test]
@@ -341,21 +349,51 @@ async fn serve_against_the_emulator_polls_sqs_and_keeps_state_in_dynamodb() {
         (501, Some("records_not_local")),
         "{body}"
     );
-    // The outcome event is on the events queue.
-    let events = gateway_core::queue::sqs::SqsQueue::new(sqs, events);
-    let received = gateway_core::queue::Queue::receive(
-        &events,
-        10,
-        Duration::from_secs(5),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    assert_eq!(received.len(), 1);
+    // A poison message, sent on purpose, is rejected and acknowledged, not retried.
+    let poison = dir.join("poison.json");
+    std::fs::write(&poison, r#"{"id": "poison-1", "from": "not an address"}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["send", "--no-validate", "--queue-url", &outbound])
+        .arg(&poison)
+        .output()
+        .unwrap();
     assert!(
-        received[0].body.contains("\"outcome\":\"sent\""),
+        out.status.success(),
         "{}",
-        received[0].body
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both outcome events reach the events queue.
+    let events = gateway_core::queue::sqs::SqsQueue::new(sqs, events);
+    let mut bodies = Vec::new();
+    let started = Instant::now();
+    while bodies.len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "outcome events missing; got {bodies:?}"
+        );
+        let received = gateway_core::queue::Queue::receive(
+            &events,
+            10,
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        bodies.extend(received.into_iter().map(|r| r.body));
+    }
+    let event = |id: &str| -> serde_json::Value {
+        bodies
+            .iter()
+            .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap())
+            .find(|e| e["message_id"] == id)
+            .unwrap_or_else(|| panic!("no event for {id} in {bodies:?}"))
+    };
+    assert_eq!(event("hello-2026-11-28-0001")["outcome"], "sent");
+    assert_eq!(event("poison-1")["outcome"], "rejected");
+    assert_eq!(
+        eml_files(&dir.join("outbox")),
+        ["hello-2026-11-28-0001.eml"],
+        "nothing sent for the poison message"
     );
 }
 
