@@ -3,12 +3,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use gateway_core::message::parse_message;
 use gateway_core::queue::Queue;
 use gateway_core::queue::sqs::SqsQueue;
+
+/// Bound on the whole request to a local `gateway serve` (it only validates and enqueues).
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `gateway send` options.
 #[derive(Debug, Args)]
@@ -25,8 +29,9 @@ pub struct SendArgs {
     /// Bearer token for a `gateway serve` listening beyond loopback ($GATEWAY_API_TOKEN).
     #[arg(long, env = "GATEWAY_API_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Send even if the message is invalid (to see how the gateway rejects a poison message).
-    #[arg(long)]
+    /// Send even if the message is invalid, to see how the gateway rejects a poison message
+    /// (only with --queue-url: the local route validates what it enqueues).
+    #[arg(long, conflicts_with = "local")]
     no_validate: bool,
 }
 
@@ -66,7 +71,11 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
             .as_deref()
             .unwrap_or_default()
             .trim_end_matches('/');
-        let mut request = reqwest::Client::new()
+        let client = reqwest::Client::builder()
+            .timeout(LOCAL_TIMEOUT)
+            .build()
+            .context("building the HTTP client")?;
+        let mut request = client
             .post(format!("{base}/api/messages"))
             .header("content-type", "application/json")
             .body(body);

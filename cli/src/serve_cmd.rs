@@ -14,7 +14,8 @@ use anyhow::{Context, bail};
 use async_trait::async_trait;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,9 +27,9 @@ use gateway_core::events::{EventSink, GatewayEvent, SinkError};
 use gateway_core::message::parse_message;
 use gateway_core::pipeline::{Pipeline, PipelineSettings, PollSettings, Poller};
 use gateway_core::providers::factory::build_providers;
-use gateway_core::queue::Queue;
 use gateway_core::queue::memory::{MemoryQueue, Redrive};
 use gateway_core::queue::sqs::SqsQueue;
+use gateway_core::queue::{Queue, QueueError};
 use gateway_core::records::{MemoryRecords, RecordReader, RecordWriter};
 use gateway_core::secrets::SecretResolver;
 use gateway_core::sqs_sink::SqsEventSink;
@@ -45,6 +46,10 @@ pub const LOCAL_CONFIG: &str = include_str!("../../examples/local.json");
 /// Receives after which the in-memory queue moves a message to its dead-letter queue (the
 /// local stand-in for the outbound queue's redrive policy).
 const LOCAL_MAX_RECEIVES: u32 = 10;
+
+/// Largest request body the enqueue route reads: a little over SQS's 1 MiB message limit, so
+/// an oversized message is answered with the queue's own limit in the message.
+const BODY_LIMIT: usize = gateway_core::queue::memory::MAX_BODY_BYTES + 64 * 1024;
 
 /// `gateway serve` options.
 #[derive(Debug, Args)]
@@ -77,10 +82,18 @@ pub struct ServeArgs {
     /// How long a received batch stays hidden (the function timeout's role), e.g. `60s`.
     #[arg(long, default_value = "60s", value_parser = duration_arg)]
     visibility_timeout: Duration,
-    /// Longest wait of one receive, e.g. `5s` (at most 20 s).
-    #[arg(long, default_value = "5s", value_parser = duration_arg)]
-    poll_wait: Duration,
+    /// Longest wait of one receive, e.g. `5s` (at most 20 s). Default: 1 s on the in-memory
+    /// queue (a deferred message is seen again by the next receive, so a short wait retries it
+    /// on time), 20 s on SQS (fewer empty receives; a message that arrives ends the wait).
+    #[arg(long, value_parser = duration_arg)]
+    poll_wait: Option<Duration>,
 }
+
+/// Poll wait on the in-memory queue when `--poll-wait` is not given.
+const MEMORY_POLL_WAIT: Duration = Duration::from_secs(1);
+
+/// Poll wait on SQS when `--poll-wait` is not given (SQS's longest long poll).
+const SQS_POLL_WAIT: Duration = gateway_core::queue::MAX_WAIT;
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
@@ -139,10 +152,18 @@ fn unauthorized() -> Response {
     )
 }
 
-async fn enqueue(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn enqueue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     if state.enqueue_needs_token && !authorized(&state, &headers) {
         return unauthorized();
     }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_refused(&rejection),
+    };
     // Validated here so a typo gets a clear answer at once; the sender validates again.
     let message = match parse_message(&body, Some("queue-assigned-id")) {
         Ok(m) => m,
@@ -169,6 +190,11 @@ async fn enqueue(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
             )
                 .into_response()
         }
+        Err(QueueError::TooLarge { bytes, max }) => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!("the message is {bytes} bytes; the queue takes at most {max}"),
+        ),
         Err(e) => {
             tracing::warn!(error_kind = "queue_send", error = %e, "enqueue failed");
             error(
@@ -183,11 +209,18 @@ async fn enqueue(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
 async fn message_record(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
     }
+    let Ok(Path(id)) = id else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            "the message id in the path is not valid UTF-8",
+        );
+    };
     let Some(records) = &state.records else {
         return error(
             StatusCode::NOT_IMPLEMENTED,
@@ -211,6 +244,41 @@ async fn message_record(
             )
         }
     }
+}
+
+/// Answers a body the server could not read (too large, broken transfer) without axum's
+/// plain-text detail.
+fn body_refused(rejection: &BytesRejection) -> Response {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        error(
+            status,
+            "message_too_large",
+            format!("the body exceeds the server's limit of {BODY_LIMIT} bytes"),
+        )
+    } else {
+        error(
+            StatusCode::BAD_REQUEST,
+            "unreadable_body",
+            "the request body could not be read",
+        )
+    }
+}
+
+async fn no_route() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; served: POST /api/messages, GET /api/messages/{id}, GET /api/gateways/config",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
 }
 
 async fn effective_config(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -262,6 +330,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
 pub fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -275,8 +344,39 @@ pub fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// Refuses a visibility timeout in which no provider call could start, and warns when a call
+/// may outlive the batch's lease (its records could then be delivered again while it runs).
+fn check_visibility(
+    visibility: Duration,
+    settings: &PipelineSettings,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let margin = settings.deadline_margin;
+    if visibility <= margin {
+        bail!(
+            "--visibility-timeout {} ms is too short: no provider call starts in the last {} ms \
+             of a batch, so nothing would ever be sent",
+            visibility.as_millis(),
+            margin.as_millis()
+        );
+    }
+    let needed = margin + config.http.request_timeout;
+    if visibility < needed {
+        eprintln!(
+            "warning: --visibility-timeout {} ms is shorter than the provider request timeout \
+             plus the {} ms deadline margin ({} ms): a slow send may outlive its batch",
+            visibility.as_millis(),
+            margin.as_millis(),
+            needed.as_millis()
+        );
+    }
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(load(&args)?);
+    let settings = PipelineSettings::default();
+    check_visibility(args.visibility_timeout, &settings, &config)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // AWS settings only when something may use them: the embedded config needs none, and
     // loading them on a machine without AWS settings only produces noise.
@@ -344,10 +444,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for g in config.gateways.iter().filter(|g| g.enabled) {
         match &g.provider {
             ProviderSettings::Capture(c) => {
-                lines.push(format!(
-                    "captured mail:  {} (gateway {})",
-                    c.directory, g.id
-                ));
+                // Relative directories are relative to where serve runs; say where that is.
+                let shown = std::path::absolute(&c.directory)
+                    .map_or_else(|_| c.directory.clone(), |p| p.display().to_string());
+                lines.push(format!("captured mail:  {shown} (gateway {})", g.id));
             }
             ProviderSettings::Simulated(s) => lines.push(format!(
                 "simulated:      gateway {} ({} ms latency)",
@@ -364,14 +464,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store,
         events,
         Arc::clone(&clock),
-        PipelineSettings::default(),
+        settings,
     ));
+    let poll_wait = args.poll_wait.unwrap_or(if args.sqs_queue_url.is_some() {
+        SQS_POLL_WAIT
+    } else {
+        MEMORY_POLL_WAIT
+    });
     let poller = Poller::new(
         pipeline,
         Arc::clone(&queue),
         PollSettings {
             batch_size: usize::from(args.batch_size),
-            wait: args.poll_wait,
+            wait: poll_wait,
             visibility: args.visibility_timeout,
             ..PollSettings::default()
         },
@@ -397,6 +502,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .route("/api/messages", post(enqueue))
         .route("/api/messages/{id}", get(message_record))
         .route("/api/gateways/config", get(effective_config))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state);
 
     let base = format!("http://{addr}");
@@ -412,7 +520,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!(
         "record:         curl -s -H 'authorization: Bearer {token}' {base}/api/messages/MESSAGE_ID"
     );
-    println!("stop with Ctrl-C");
+    println!("stop with Ctrl-C (or SIGTERM): the batch in progress finishes first");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let polling = tokio::spawn({

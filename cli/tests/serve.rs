@@ -44,23 +44,32 @@ impl Drop for Server {
     }
 }
 
-fn serve(dir: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+fn serve_command(dir: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    command
         .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--poll-wait", "1s"])
+        .args(["--listen", "127.0.0.1:0"])
         .args(extra)
         .current_dir(dir)
         .env_remove("GATEWAY_API_TOKEN")
         .env_remove("GATEWAY_MODE")
-        .env_remove("QUEUE_DAILY_RATE_LIMIT")
+        .env_remove("QUEUE_DAILY_RATE_LIMIT");
+    command
+}
+
+/// Starts `gateway serve` in `dir` and reads its banner. Its log goes to `dir/serve.log`, shown
+/// when the banner is incomplete.
+fn serve(dir: &Path, extra: &[&str]) -> Server {
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let mut child = serve_command(dir, extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("gateway serve starts");
-    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut base = None;
     let mut token = None;
-    for line in BufReader::new(stdout).lines() {
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(rest) = line.strip_prefix("gateway serve listening on ") {
             base = Some(rest.trim().to_owned());
@@ -72,11 +81,13 @@ fn serve(dir: &Path, extra: &[&str]) -> Server {
             break;
         }
     }
-    Server {
-        child,
-        base: base.expect("serve prints where it listens"),
-        token: token.expect("serve prints its token"),
-    }
+    // Keep draining stdout so that a later line never meets a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let log = || std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+    let (Some(base), Some(token)) = (base, token) else {
+        panic!("serve printed no address or token; its log:\n{}", log());
+    };
+    Server { child, base, token }
 }
 
 async fn record(server: &Server, id: &str) -> (u16, serde_json::Value) {
@@ -122,7 +133,9 @@ fn eml_files(dir: &Path) -> Vec<String> {
 async fn serve_on_embedded_defaults_sends_a_posted_message_to_the_outbox() {
     let dir = scratch("local");
     let server = serve(&dir, &[]);
-    let body = std::fs::read_to_string(repo("events/message.json")).unwrap();
+    // The example pins `mailgun-primary`, which the embedded config lacks: the local config lets
+    // pinned messages fall back to normal routing, so the capture gateway takes it.
+    let body = std::fs::read_to_string(repo("examples/message.json")).unwrap();
     let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
         .as_str()
         .unwrap()
@@ -140,7 +153,9 @@ async fn serve_on_embedded_defaults_sends_a_posted_message_to_the_outbox() {
 
     let record = until_sent(&server, &id).await;
     assert_eq!(record["gateway_id"], "local-capture");
-    assert_eq!(record["recipients"][0]["status"], "SENT");
+    let recipients = record["recipients"].as_array().unwrap();
+    assert_eq!(recipients.len(), 2, "{record}");
+    assert!(recipients.iter().all(|r| r["status"] == "SENT"), "{record}");
     let outbox = dir.join(".local/outbox");
     assert_eq!(eml_files(&outbox), [format!("{id}.eml")]);
     let eml = std::fs::read_to_string(outbox.join(format!("{id}.eml"))).unwrap();
@@ -148,6 +163,7 @@ async fn serve_on_embedded_defaults_sends_a_posted_message_to_the_outbox() {
         eml.contains(&format!("X-Gateway-Message-Id: {id}")),
         "{eml}"
     );
+    assert!(eml.contains("letter.pdf"), "the attachment is kept:\n{eml}");
 }
 
 #[tokio::test]
@@ -188,6 +204,15 @@ async fn status_routes_need_the_token_and_bad_messages_get_a_clear_400() {
         .await
         .unwrap();
     assert_eq!(config["gateways"][0]["id"], "local-capture");
+
+    let unknown = client
+        .get(format!("{}/api/nothing-here", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status().as_u16(), 404);
+    let body: serde_json::Value = unknown.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
 
     let bad = client
         .post(format!("{}/api/messages", server.base))
@@ -234,6 +259,14 @@ async fn send_local_enqueues_through_a_running_serve() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("subject: required"), "{stderr}");
+
+    // Poison goes straight to a queue only: the local route validates what it enqueues.
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["send", "--no-validate", "--local", &server.base])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[tokio::test]
@@ -273,7 +306,7 @@ async fn serve_against_the_emulator_polls_sqs_and_keeps_state_in_dynamodb() {
         .to_string(),
     )
     .unwrap();
-    let _server = serve(
+    let server = serve(
         &dir,
         &[
             "--config",
@@ -309,20 +342,137 @@ async fn serve_against_the_emulator_polls_sqs_and_keeps_state_in_dynamodb() {
         eml_files(&dir.join("outbox")),
         ["hello-2026-11-28-0001.eml"]
     );
-    // The outcome event is on the events queue.
-    let events = gateway_core::queue::sqs::SqsQueue::new(sqs, events);
-    let received = gateway_core::queue::Queue::receive(
-        &events,
-        10,
-        Duration::from_secs(5),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    assert_eq!(received.len(), 1);
-    assert!(
-        received[0].body.contains("\"outcome\":\"sent\""),
-        "{}",
-        received[0].body
+    // The record of delivery is the recorder's, not this process's: said plainly.
+    let (status, body) = record(&server, "hello-2026-11-28-0001").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (501, Some("records_not_local")),
+        "{body}"
     );
+    // A poison message, sent on purpose, is rejected and acknowledged, not retried.
+    let poison = dir.join("poison.json");
+    std::fs::write(&poison, r#"{"id": "poison-1", "from": "not an address"}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["send", "--no-validate", "--queue-url", &outbound])
+        .arg(&poison)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both outcome events reach the events queue.
+    let events = gateway_core::queue::sqs::SqsQueue::new(sqs, events);
+    let mut bodies = Vec::new();
+    let started = Instant::now();
+    while bodies.len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "outcome events missing; got {bodies:?}"
+        );
+        let received = gateway_core::queue::Queue::receive(
+            &events,
+            10,
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        bodies.extend(received.into_iter().map(|r| r.body));
+    }
+    let event = |id: &str| -> serde_json::Value {
+        bodies
+            .iter()
+            .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap())
+            .find(|e| e["message_id"] == id)
+            .unwrap_or_else(|| panic!("no event for {id} in {bodies:?}"))
+    };
+    assert_eq!(event("hello-2026-11-28-0001")["outcome"], "sent");
+    assert_eq!(event("poison-1")["outcome"], "rejected");
+    assert_eq!(
+        eml_files(&dir.join("outbox")),
+        ["hello-2026-11-28-0001.eml"],
+        "nothing sent for the poison message"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_serve_with_exit_0_after_its_work() {
+    let dir = scratch("term");
+    let mut server = serve(&dir, &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["send", "--local", &server.base])
+        .arg(repo("events/message.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    until_sent(&server, "hello-2026-11-28-0001").await;
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "serve did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(dir.join("serve.log")).unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("stopping"), "{log}");
+}
+
+#[test]
+fn serve_refuses_an_invalid_config_naming_every_problem_by_path() {
+    let dir = scratch("badconfig");
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "gateways": [
+                {"id": "c", "type": "capture", "display_name": "c",
+                 "routing": {"can_route": ["*"], "failover_to": ["nowhere"]}}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = serve_command(&dir, &["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "gateways[0].capture: required",
+        "gateways[0].routing.failover_to[0]",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening"),
+        "nothing is served"
+    );
+}
+
+#[test]
+fn serve_refuses_a_visibility_timeout_in_which_nothing_could_be_sent() {
+    let dir = scratch("vis");
+    let out = serve_command(&dir, &["--visibility-timeout", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--visibility-timeout"), "{stderr}");
 }
