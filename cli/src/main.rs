@@ -8,10 +8,12 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod config_cmd;
+mod migrate_cmd;
 mod route_cmd;
 mod send_cmd;
 mod serve_cmd;
 mod state_cmd;
+mod suppression_cmd;
 
 use std::process::ExitCode;
 
@@ -40,6 +42,11 @@ enum Command {
     /// Administer the shared-state table in DynamoDB.
     #[command(subcommand)]
     State(state_cmd::StateCommand),
+    /// Apply the MySQL migrations (the record of delivery).
+    Migrate(migrate_cmd::MigrateArgs),
+    /// List, check, add or remove suppressed addresses.
+    #[command(subcommand)]
+    Suppression(suppression_cmd::SuppressionCommand),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +57,8 @@ fn main() -> ExitCode {
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Route(args) => route_cmd::run(&args),
         Command::State(cmd) => state_cmd::run(cmd),
+        Command::Migrate(args) => migrate_cmd::run(&args),
+        Command::Suppression(cmd) => suppression_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -30,7 +30,9 @@ use gateway_core::providers::factory::build_providers;
 use gateway_core::queue::memory::{MemoryQueue, Redrive};
 use gateway_core::queue::sqs::SqsQueue;
 use gateway_core::queue::{Queue, QueueError};
-use gateway_core::records::{MemoryRecords, RecordReader, RecordWriter};
+use gateway_core::recorder::Recorder;
+use gateway_core::records::mysql::{MysqlRecords, PoolSettings};
+use gateway_core::records::{MemoryRecords, RecordReader};
 use gateway_core::secrets::SecretResolver;
 use gateway_core::sqs_sink::SqsEventSink;
 use gateway_core::state::StateStore;
@@ -67,9 +69,13 @@ pub struct ServeArgs {
     /// Poll this SQS queue instead of the in-memory one (AWS settings from the environment).
     #[arg(long, value_name = "URL")]
     sqs_queue_url: Option<String>,
-    /// Send outcome events to this SQS queue instead of the in-memory record of delivery.
-    #[arg(long, value_name = "URL")]
+    /// Send outcome events to this SQS queue instead of recording them in-process.
+    #[arg(long, value_name = "URL", conflicts_with = "database_url")]
     events_queue_url: Option<String>,
+    /// Record in-process into this MySQL/MariaDB database (migrated at start) instead of
+    /// memory; `mysql://user:password@host:3306/database`.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
     /// Keep shared state (limits, breakers, ledger, suppressions) in DynamoDB instead of memory.
     #[arg(long)]
     dynamodb: bool,
@@ -99,16 +105,16 @@ fn duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
 
-/// Applies emitted events straight to the in-memory record of delivery: the local stand-in for
-/// the events queue and the recorder.
+/// Hands emitted events straight to an in-process recorder (record of delivery and suppression
+/// list): the local stand-in for the events queue and the recorder function.
 #[derive(Debug)]
-struct RecordingSink(Arc<MemoryRecords>);
+struct RecordingSink(Recorder);
 
 #[async_trait]
 impl EventSink for RecordingSink {
     async fn emit(&self, events: &[GatewayEvent]) -> Result<(), SinkError> {
         self.0
-            .apply(events)
+            .apply_events(events)
             .await
             .map_err(|e| SinkError::Unavailable(Box::new(e)))
     }
@@ -117,7 +123,7 @@ impl EventSink for RecordingSink {
 #[derive(Clone)]
 struct AppState {
     queue: Arc<dyn Queue>,
-    records: Option<Arc<MemoryRecords>>,
+    records: Option<Arc<dyn RecordReader>>,
     config: Arc<Config>,
     token: Arc<str>,
     /// Whether the enqueue route needs the token too (when listening beyond loopback).
@@ -428,17 +434,49 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ))
         }
     };
-    let (events, records): (Arc<dyn EventSink>, Option<Arc<MemoryRecords>>) =
-        match &args.events_queue_url {
-            Some(url) => {
+    let (events, records): (Arc<dyn EventSink>, Option<Arc<dyn RecordReader>>) =
+        match (&args.events_queue_url, &args.database_url) {
+            (Some(url), _) => {
                 lines.push(format!("outcome events: SQS {url}"));
                 let sqs = sqs.clone().context("AWS settings")?;
                 (Arc::new(SqsEventSink::new(sqs, url.clone())), None)
             }
-            None => {
+            (None, Some(url)) => {
+                let db = Arc::new(
+                    MysqlRecords::connect(url, &PoolSettings::default())
+                        .map_err(|e| anyhow::anyhow!("--database-url: {e}"))?,
+                );
+                let applied = db
+                    .migrate()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("migrating the database: {e}"))?;
+                lines.push(format!(
+                    "record:         MySQL (migrations applied now: {})",
+                    if applied.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        format!("{applied:?}")
+                    }
+                ));
+                let recorder =
+                    Recorder::new(Arc::clone(&db) as _, Arc::clone(&store), Arc::clone(&clock));
+                (
+                    Arc::new(RecordingSink(recorder)),
+                    Some(db as Arc<dyn RecordReader>),
+                )
+            }
+            (None, None) => {
                 lines.push("outcome events: in-memory record of delivery".to_owned());
                 let records = Arc::new(MemoryRecords::new());
-                (Arc::new(RecordingSink(Arc::clone(&records))), Some(records))
+                let recorder = Recorder::new(
+                    Arc::clone(&records) as _,
+                    Arc::clone(&store),
+                    Arc::clone(&clock),
+                );
+                (
+                    Arc::new(RecordingSink(recorder)),
+                    Some(records as Arc<dyn RecordReader>),
+                )
             }
         };
     for g in config.gateways.iter().filter(|g| g.enabled) {

@@ -25,6 +25,7 @@ pub mod pattern;
 pub mod pipeline;
 pub mod providers;
 pub mod queue;
+pub mod recorder;
 pub mod records;
 pub mod router;
 pub mod secrets;

@@ -36,9 +36,12 @@ pub fn canonical(address: &str) -> String {
     address.to_ascii_lowercase()
 }
 
+/// Prefix of every suppression key (for listing them).
+pub const KEY_PREFIX: &str = "sup#";
+
 /// The store key of an address's entry: `sup#{lower-cased address}`.
 pub fn key(address: &str) -> Key {
-    format!("sup#{}", canonical(address))
+    format!("{KEY_PREFIX}{}", canonical(address))
 }
 
 /// Why an address is suppressed.

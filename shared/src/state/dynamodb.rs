@@ -173,6 +173,39 @@ impl DynamoStore {
         &self.client
     }
 
+    /// Every item whose key starts with `prefix`, with its key, by a paginated `Scan` (it reads
+    /// the whole table: for operator commands such as `gateway suppression list`, never for
+    /// the send path).
+    pub async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(Key, Item)>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<AttrMap> = None;
+        loop {
+            let answer = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(#k, :p)")
+                .expression_attribute_names("#k", KEY_ATTRIBUTE)
+                .expression_attribute_values(":p", AttributeValue::S(prefix.to_owned()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| final_error(e, &self.table))?;
+            for attrs in answer.items() {
+                let Some(AttributeValue::S(key)) = attrs.get(KEY_ATTRIBUTE) else {
+                    continue;
+                };
+                out.push((key.clone(), from_attrs(attrs)?));
+            }
+            match answer.last_evaluated_key() {
+                Some(next) if !next.is_empty() => start = Some(next.clone()),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
     fn missing_table(&self) -> StoreError {
         StoreError::Misconfigured(format!(
             "table {} does not exist (set {TABLE_ENV}, or create it with `gateway state \

@@ -1,0 +1,322 @@
+//! The recorder (DESIGN §1): the only writer of the record of delivery. It consumes the events
+//! queue (sender outcomes, normalised provider webhook events, health results, breaker
+//! transitions), applies them to the record store and adds hard bounces, complaints and
+//! unsubscribes to the suppression list the sender checks.
+//!
+//! Every step is idempotent (records are upserts keyed by natural ids, a suppression is a put of
+//! the same item), so a batch retried by SQS, whole or in part, changes nothing twice.
+//!
+//! # What fails a record
+//! - A body that is not a gateway event (or of an unknown version): reported as a failure, so
+//!   after the queue's `maxReceiveCount` it lands in the events dead-letter queue with its body
+//!   intact for an operator; never silently dropped.
+//! - The record store unavailable: every event of the batch is retried.
+//! - An event the store can never hold ([`RecordError::Unrecordable`]): the batch is applied again
+//!   event by event, so only that event is retried (and ends in the dead-letter queue) while the
+//!   others are recorded.
+//! - The suppression list unavailable: the delivery events that would suppress are retried.
+
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::events::{DeliveryEvent, GatewayEvent};
+use crate::queue::Received;
+use crate::records::{RecordError, RecordWriter};
+use crate::state::StateStore;
+use crate::suppression::{self, Reason, Suppression};
+
+/// What happened to one batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecorderReport {
+    /// Queue message ids of the records to retry (batch item failures), in record order.
+    pub failures: Vec<String>,
+    /// Events applied to the record store.
+    pub recorded: usize,
+    /// Addresses added to the suppression list.
+    pub suppressed: usize,
+    /// Records whose body is not a gateway event.
+    pub undecodable: usize,
+}
+
+/// The recorder's dependencies.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    records: Arc<dyn RecordWriter>,
+    state: Arc<dyn StateStore>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Recorder {
+    /// A recorder writing to `records`, suppressing into `state`.
+    pub fn new(
+        records: Arc<dyn RecordWriter>,
+        state: Arc<dyn StateStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            records,
+            state,
+            clock,
+        }
+    }
+
+    /// Applies events that did not come through a queue (the local run's in-process events):
+    /// records them and suppresses what they call for.
+    pub async fn apply_events(&self, events: &[GatewayEvent]) -> Result<(), RecordError> {
+        self.records.apply(events).await?;
+        let suppressions = self.suppressions(events.iter());
+        if !suppressions.is_empty() {
+            suppression::add_many(self.state.as_ref(), &suppressions)
+                .await
+                .map_err(|e| RecordError::Unavailable(Box::new(e)))?;
+        }
+        Ok(())
+    }
+
+    /// Processes one batch of the events queue.
+    pub async fn process(&self, records: &[Received]) -> RecorderReport {
+        let mut report = RecorderReport::default();
+        let mut decoded: Vec<(&Received, GatewayEvent)> = Vec::with_capacity(records.len());
+        let mut failed: Vec<&str> = Vec::new();
+        for r in records {
+            match serde_json::from_str::<GatewayEvent>(&r.body) {
+                Ok(event) => decoded.push((r, event)),
+                Err(error) => {
+                    tracing::error!(
+                        queue_message_id = %r.message_id,
+                        error_kind = "undecodable_event",
+                        %error,
+                        "not a gateway event; it will reach the dead-letter queue"
+                    );
+                    report.undecodable += 1;
+                    failed.push(&r.message_id);
+                }
+            }
+        }
+
+        let events: Vec<GatewayEvent> = decoded.iter().map(|(_, e)| e.clone()).collect();
+        let mut recorded: Vec<bool> = vec![true; decoded.len()];
+        match self.records.apply(&events).await {
+            Ok(()) => report.recorded = events.len(),
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(error_kind = "records", %error, "record store unavailable; the batch is retried");
+                recorded.fill(false);
+            }
+            Err(error) => {
+                tracing::warn!(error_kind = "records", %error, "an event cannot be recorded; isolating it");
+                for (i, event) in events.iter().enumerate() {
+                    match self.records.apply(std::slice::from_ref(event)).await {
+                        Ok(()) => report.recorded += 1,
+                        Err(error) => {
+                            tracing::error!(
+                                queue_message_id = %decoded[i].0.message_id,
+                                message_id = event.message_id().unwrap_or_default(),
+                                error_kind = "records",
+                                %error,
+                                "event not recorded"
+                            );
+                            recorded[i] = false;
+                        }
+                    }
+                }
+            }
+        }
+
+        // Suppress only what was recorded: a retried event suppresses on its retry.
+        let to_suppress: Vec<(usize, Suppression)> = decoded
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| recorded[*i])
+            .filter_map(|(i, (_, e))| match e {
+                GatewayEvent::Delivery(d) => self.suppression(d).map(|s| (i, s)),
+                _ => None,
+            })
+            .collect();
+        if !to_suppress.is_empty() {
+            let list: Vec<Suppression> = to_suppress.iter().map(|(_, s)| s.clone()).collect();
+            match suppression::add_many(self.state.as_ref(), &list).await {
+                Ok(()) => report.suppressed = list.len(),
+                Err(error) => {
+                    tracing::warn!(error_kind = "suppression", %error, "suppression list unavailable; those events are retried");
+                    for (i, _) in &to_suppress {
+                        recorded[*i] = false;
+                    }
+                }
+            }
+        }
+
+        for (i, (r, _)) in decoded.iter().enumerate() {
+            if !recorded[i] {
+                failed.push(&r.message_id);
+            }
+        }
+        // Failures in record order.
+        report.failures = records
+            .iter()
+            .filter(|r| failed.contains(&r.message_id.as_str()))
+            .map(|r| r.message_id.clone())
+            .collect();
+        report
+    }
+
+    fn suppression(&self, d: &DeliveryEvent) -> Option<Suppression> {
+        Reason::from_delivery(d.kind).map(|reason| {
+            Suppression::new(
+                &d.recipient,
+                reason,
+                &format!("{}:{}", d.provider, d.provider_event_id),
+                self.clock.now_ms(),
+            )
+        })
+    }
+
+    fn suppressions<'a>(&self, events: impl Iterator<Item = &'a GatewayEvent>) -> Vec<Suppression> {
+        events
+            .filter_map(|e| match e {
+                GatewayEvent::Delivery(d) => self.suppression(d),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::events::DeliveryKind;
+    use crate::records::{MemoryRecords, RecordReader};
+    use crate::state::memory::MemoryStore;
+
+    const T0: i64 = 1_795_860_000_000;
+
+    fn delivery(id: &str, recipient: &str, kind: DeliveryKind) -> String {
+        serde_json::to_string(&GatewayEvent::Delivery(DeliveryEvent {
+            provider: "mailgun".into(),
+            provider_event_id: id.into(),
+            message_id: Some("m-1".into()),
+            recipient: recipient.into(),
+            kind,
+            at: T0,
+            diagnostic: None,
+            url: None,
+        }))
+        .unwrap()
+    }
+
+    fn received(n: usize, body: String) -> Received {
+        Received {
+            message_id: format!("q-{n}"),
+            receipt_handle: format!("rh-{n}"),
+            body,
+            receive_count: 1,
+            sent_at: T0,
+        }
+    }
+
+    /// A record store that can be down, or refuse one message id for good.
+    #[derive(Debug, Default)]
+    struct Flaky {
+        inner: MemoryRecords,
+        down: AtomicBool,
+    }
+
+    #[async_trait]
+    impl RecordWriter for Flaky {
+        async fn apply(&self, events: &[GatewayEvent]) -> Result<(), RecordError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(RecordError::Unavailable("down".into()));
+            }
+            if events.iter().any(|e| e.message_id() == Some("too-big")) {
+                return Err(RecordError::Unrecordable {
+                    reason: "too big".into(),
+                });
+            }
+            self.inner.apply(events).await
+        }
+    }
+
+    fn recorder(records: Arc<Flaky>, state: Arc<MemoryStore>) -> Recorder {
+        Recorder::new(records, state, Arc::new(ManualClock::new(T0)))
+    }
+
+    #[tokio::test]
+    async fn bounces_complaints_and_unsubscribes_are_suppressed_and_recorded() {
+        let records = Arc::new(Flaky::default());
+        let state = Arc::new(MemoryStore::new());
+        let r = recorder(Arc::clone(&records), Arc::clone(&state));
+        let batch = [
+            received(
+                0,
+                delivery("e1", "gone@example.org", DeliveryKind::HardBounce),
+            ),
+            received(
+                1,
+                delivery("e2", "angry@example.org", DeliveryKind::Complained),
+            ),
+            received(
+                2,
+                delivery("e3", "fine@example.org", DeliveryKind::Delivered),
+            ),
+            received(
+                3,
+                delivery("e4", "later@example.org", DeliveryKind::SoftBounce),
+            ),
+        ];
+        let report = r.process(&batch).await;
+        assert_eq!(report.failures, Vec::<String>::new());
+        assert_eq!((report.recorded, report.suppressed), (4, 2));
+        for (address, listed) in [
+            ("GONE@example.org", true),
+            ("angry@example.org", true),
+            ("fine@example.org", false),
+            ("later@example.org", false),
+        ] {
+            let found = suppression::lookup(state.as_ref(), address).await.unwrap();
+            assert_eq!(found.is_some(), listed, "{address}");
+        }
+        let record = records.inner.message("m-1").await.unwrap().unwrap();
+        assert_eq!(record.events.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_body_fails_alone_and_a_store_outage_fails_everything() {
+        let records = Arc::new(Flaky::default());
+        let state = Arc::new(MemoryStore::new());
+        let r = recorder(Arc::clone(&records), state);
+        let batch = [
+            received(0, "not an event".into()),
+            received(1, delivery("e1", "a@example.org", DeliveryKind::Delivered)),
+        ];
+        let report = r.process(&batch).await;
+        assert_eq!(report.failures, ["q-0"]);
+        assert_eq!(report.undecodable, 1);
+        records.down.store(true, Ordering::SeqCst);
+        let report = r.process(&batch).await;
+        assert_eq!(report.failures, ["q-0", "q-1"]);
+    }
+
+    #[tokio::test]
+    async fn an_unrecordable_event_is_isolated_from_the_rest_of_its_batch() {
+        let records = Arc::new(Flaky::default());
+        let r = recorder(Arc::clone(&records), Arc::new(MemoryStore::new()));
+        let mut bad: serde_json::Value =
+            serde_json::from_str(&delivery("e9", "x@example.org", DeliveryKind::Delivered))
+                .unwrap();
+        bad["message_id"] = "too-big".into();
+        let batch = [
+            received(0, delivery("e1", "a@example.org", DeliveryKind::Delivered)),
+            received(1, bad.to_string()),
+        ];
+        let report = r.process(&batch).await;
+        assert_eq!(report.failures, ["q-1"]);
+        assert_eq!(report.recorded, 1);
+        assert!(records.inner.message("m-1").await.unwrap().is_some());
+    }
+}
