@@ -489,3 +489,57 @@ async fn an_unreachable_database_is_a_retryable_error_that_names_no_password() {
     let shown = format!("{error} {error:?} {db:?}");
     assert!(!shown.contains("s3cret-password"), "{shown}");
 }
+
+/// The recorder over MySQL: while the database is away every record of the batch is a failure
+/// to retry; once it is back the same batch records, and a further replay adds no row.
+#[tokio::test]
+async fn the_recorder_retries_through_an_outage_without_duplicating_rows() {
+    use gateway_core::clock::ManualClock;
+    use gateway_core::queue::Received;
+    use gateway_core::recorder::Recorder;
+    use gateway_core::state::memory::MemoryStore;
+    use std::sync::Arc;
+
+    let batch: Vec<Received> = history()
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| Received {
+            message_id: format!("q-{i}"),
+            receipt_handle: format!("rh-{i}"),
+            body: serde_json::to_string(&e).unwrap(),
+            receive_count: 1,
+            sent_at: T0,
+        })
+        .collect();
+    let recorder = |records: MysqlRecords| {
+        Recorder::new(
+            Arc::new(records),
+            Arc::new(MemoryStore::new()),
+            Arc::new(ManualClock::new(T0)),
+        )
+    };
+    let away = MysqlRecords::connect(
+        "mysql://gateway_test:gateway_test@127.0.0.1:1/nowhere",
+        &PoolSettings {
+            acquire_timeout: std::time::Duration::from_secs(1),
+            ..PoolSettings::default()
+        },
+    )
+    .unwrap();
+    let report = recorder(away).process(&batch).await;
+    assert_eq!(
+        report.failures.len(),
+        batch.len(),
+        "every record is retried"
+    );
+
+    let db = fresh().await;
+    let back = recorder(db.clone());
+    let report = back.process(&batch).await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let counts = table_counts(&db).await;
+    let figures = stats(&db).await;
+    assert!(back.process(&batch).await.failures.is_empty());
+    assert_eq!(table_counts(&db).await, counts);
+    assert_eq!(stats(&db).await, figures);
+}
