@@ -3,6 +3,7 @@
 //! they live in `gateway_core::pipeline`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use gateway_core::pipeline::{Batch, Pipeline, emf_lines, settle};
@@ -56,12 +57,14 @@ pub async fn handle(event: LambdaEvent<SqsEvent>, deps: &Deps) -> Result<SqsBatc
     let (event, context) = event.into_parts();
     let records: Vec<Received> = event.records.iter().map(received).collect();
     let now = deps.pipeline.clock().now_ms();
+    // Only a missing deadline is replaced: a real one is passed on even when it has already
+    // passed, so the pipeline starts no provider call and no lease outlives the invocation.
     let deadline = i64::try_from(context.deadline)
         .ok()
-        .filter(|d| *d > now)
-        .unwrap_or(now + LOCAL_DEADLINE_MS);
+        .filter(|d| *d > 0)
+        .unwrap_or(now.saturating_add(LOCAL_DEADLINE_MS));
     let owner = if context.request_id.is_empty() {
-        format!("local-{now}")
+        local_owner(now)
     } else {
         context.request_id.clone()
     };
@@ -111,6 +114,15 @@ pub async fn handle(event: LambdaEvent<SqsEvent>, deps: &Deps) -> Result<SqsBatc
         response.batch_item_failures.push(failure);
     }
     Ok(response)
+}
+
+/// A ledger owner for an invocation without a request id (a local invoke): unique within the
+/// process even for invocations in the same millisecond, and across processes by the pid, so
+/// two invocations never take each other's leases for their own.
+fn local_owner(now: i64) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("local-{}-{now}-{n}", std::process::id())
 }
 
 /// Writes the batch's Embedded Metric Format lines to stdout, where CloudWatch Logs picks them

@@ -4,17 +4,23 @@
 //! `GATEWAY_STATE_TABLE` (DynamoDB table, default `gateway-state`), `OUTBOUND_QUEUE_URL` (the
 //! queue this function consumes, for visibility changes), `EVENTS_QUEUE_URL` (where outcome
 //! events go), `METRICS_NAMESPACE` (default `MailGateway`), `RUST_LOG` (default `info`).
+//!
+//! A start-up problem is logged once per problem, naming the variable or config path at fault
+//! (never a secret value), and the process exits with status 1, which Lambda reports as an init
+//! failure. Every problem found is reported, not only the first.
 
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
+use aws_config::SdkConfig;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use gateway_core::clock::{Clock, SystemClock};
 use gateway_core::config::load_from_env;
 use gateway_core::events::EventSink;
 use gateway_core::pipeline::{Pipeline, PipelineSettings};
 use gateway_core::providers::factory::build_providers;
 use gateway_core::queue::Queue;
-use gateway_core::queue::sqs::SqsQueue;
+use gateway_core::queue::sqs::{self, SqsQueue};
 use gateway_core::secrets::SecretResolver;
 use gateway_core::sqs_sink::SqsEventSink;
 use gateway_core::state::StateStore;
@@ -22,32 +28,113 @@ use gateway_core::state::dynamodb::{self, DynamoStore, table_name_from_env};
 use lambda_runtime::{LambdaEvent, service_fn};
 use sender::{Deps, handle};
 
-fn required(name: &str) -> anyhow::Result<String> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => Ok(v),
-        _ => bail!("environment variable {name} is required"),
+/// Namespace of the metric lines when `METRICS_NAMESPACE` is unset or empty.
+const DEFAULT_NAMESPACE: &str = "MailGateway";
+
+/// One thing that keeps the function from starting.
+struct Problem {
+    /// The environment variable or config path at fault.
+    setting: String,
+    /// What is wrong with it (never a secret value).
+    message: String,
+}
+
+impl Problem {
+    fn new(setting: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            setting: setting.into(),
+            message: message.into(),
+        }
     }
 }
 
-async fn deps() -> anyhow::Result<Deps> {
-    let loaded = load_from_env().map_err(|e| anyhow::anyhow!("configuration invalid: {e}"))?;
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn required(name: &str, problems: &mut Vec<Problem>) -> Option<String> {
+    let value = env(name);
+    if value.is_none() {
+        problems.push(Problem::new(name, "required, and not set"));
+    }
+    value
+}
+
+/// `aws` with the DynamoDB adapter's expectations: the SDK's retries off (the adapter's own
+/// retry policy is the only one, so a throttled request is retried a known number of times) and
+/// bounded waits, so a stalled connection fails instead of hanging the invocation.
+fn dynamodb_config(aws: &SdkConfig) -> SdkConfig {
+    aws.to_builder()
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(dynamodb::CONNECT_TIMEOUT)
+                .operation_attempt_timeout(dynamodb::ATTEMPT_TIMEOUT)
+                .build(),
+        )
+        .build()
+}
+
+/// `aws` with the SQS adapters' bounded waits (SDK retries stay on: every SQS call here is safe
+/// to repeat, a repeated event is absorbed by the idempotent recorder).
+fn sqs_config(aws: &SdkConfig) -> SdkConfig {
+    aws.to_builder()
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(sqs::CONNECT_TIMEOUT)
+                .operation_attempt_timeout(sqs::ATTEMPT_TIMEOUT)
+                .build(),
+        )
+        .build()
+}
+
+async fn deps() -> Result<Deps, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let outbound_url = required("OUTBOUND_QUEUE_URL", &mut problems);
+    let events_url = required("EVENTS_QUEUE_URL", &mut problems);
+    let loaded = match load_from_env() {
+        Ok(loaded) => Some(loaded),
+        Err(errors) => {
+            problems.extend(
+                errors
+                    .0
+                    .into_iter()
+                    .map(|issue| Problem::new(issue.path, issue.message)),
+            );
+            None
+        }
+    };
+    let (Some(loaded), Some(outbound_url), Some(events_url)) = (loaded, outbound_url, events_url)
+    else {
+        return Err(problems);
+    };
     for warning in &loaded.warnings {
-        tracing::warn!(%warning, "configuration warning");
+        tracing::warn!(setting = %warning.path, problem = %warning.message, "configuration warning");
     }
     let config = loaded.config;
-    let outbound_url = required("OUTBOUND_QUEUE_URL")?;
-    let events_url = required("EVENTS_QUEUE_URL")?;
+
     let aws = aws_config::load_from_env().await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let resolver = SecretResolver::new(Arc::clone(&clock)).with_aws_config(aws.clone());
     let providers = build_providers(&config, &resolver, &config.http, Arc::clone(&clock))
         .await
-        .map_err(|e| anyhow::anyhow!("providers could not be built: {e}"))?;
-    let sqs = aws_sdk_sqs::Client::new(&aws);
+        .map_err(|e| {
+            e.problems
+                .iter()
+                .map(|p| {
+                    Problem::new(
+                        format!("gateways[{}] ({})", p.index, p.gateway_id),
+                        p.problem.to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })?;
+
     let store: Arc<dyn StateStore> = Arc::new(DynamoStore::new(
-        dynamodb::Client::new(&aws),
+        dynamodb::Client::new(&dynamodb_config(&aws)),
         table_name_from_env(),
     ));
+    let sqs = sqs::Client::new(&sqs_config(&aws));
     let events: Arc<dyn EventSink> = Arc::new(SqsEventSink::new(sqs.clone(), events_url));
     let queue: Arc<dyn Queue> = Arc::new(SqsQueue::new(sqs, outbound_url));
     let pipeline = Pipeline::new(
@@ -61,13 +148,13 @@ async fn deps() -> anyhow::Result<Deps> {
     Ok(Deps {
         pipeline: Arc::new(pipeline),
         queue,
-        metrics_namespace: std::env::var("METRICS_NAMESPACE")
-            .unwrap_or_else(|_| "MailGateway".to_owned()),
+        metrics_namespace: env("METRICS_NAMESPACE").unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
     })
 }
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
+    // JSON lines without colours or timestamps: CloudWatch Logs stamps every line itself.
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -79,10 +166,15 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         .with_current_span(false)
         .without_time()
         .init();
-    let deps = deps()
-        .await
-        .context("sender start-up")
-        .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "start-up failed"))?;
+    let deps = match deps().await {
+        Ok(deps) => deps,
+        Err(problems) => {
+            for p in &problems {
+                tracing::error!(setting = %p.setting, problem = %p.message, "start-up failed");
+            }
+            std::process::exit(1);
+        }
+    };
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
         handle(event, deps).await

@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use gateway_core::clock::{Clock, SystemClock};
+use gateway_core::clock::{Clock, ManualClock, SystemClock};
 use gateway_core::config::load_config;
 use gateway_core::events::{EventSink, GatewayEvent, MemoryEventSink, Outcome};
 use gateway_core::message::OutboundMessage;
 use gateway_core::pipeline::{Pipeline, PipelineSettings};
 use gateway_core::providers::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
-use gateway_core::queue::Queue;
 use gateway_core::queue::memory::MemoryQueue;
+use gateway_core::queue::{EntryFailure, Queue, QueueError, Received, VisibilityChange};
 use gateway_core::state::StateStore;
 use gateway_core::state::memory::MemoryStore;
 use lambda_runtime::{Context, LambdaEvent};
@@ -60,6 +60,12 @@ struct Setup {
 }
 
 fn setup(fail: Option<ErrorClass>) -> Setup {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let queue = Arc::new(MemoryQueue::new(Arc::clone(&clock))) as Arc<dyn Queue>;
+    setup_with(fail, clock, queue)
+}
+
+fn setup_with(fail: Option<ErrorClass>, clock: Arc<dyn Clock>, queue: Arc<dyn Queue>) -> Setup {
     let config = load_config(
         Some(
             r#"{"gateways": [{"id": "primary", "type": "capture", "display_name": "p",
@@ -75,7 +81,6 @@ fn setup(fail: Option<ErrorClass>) -> Setup {
         sent: Mutex::default(),
     });
     let sink = Arc::new(MemoryEventSink::new());
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let providers = HashMap::from([(
         "primary".to_owned(),
         Arc::clone(&provider) as Arc<dyn Provider>,
@@ -91,7 +96,7 @@ fn setup(fail: Option<ErrorClass>) -> Setup {
     Setup {
         deps: Deps {
             pipeline: Arc::new(pipeline),
-            queue: Arc::new(MemoryQueue::new(clock)) as Arc<dyn Queue>,
+            queue,
             metrics_namespace: "MailGateway".into(),
         },
         provider,
@@ -195,4 +200,167 @@ async fn a_record_to_retry_without_a_message_id_fails_the_whole_batch() {
     event.records = vec![record];
     let error = handle(invocation(event), &s.deps).await.unwrap_err();
     assert!(error.to_string().contains("no SQS message id"), "{error}");
+}
+
+/// A good message addressed to one patient.
+fn good_body(id: &str) -> String {
+    serde_json::json!({"id": id, "from": "frontdesk@clinic.example", "to": ["p@example.org"],
+                       "subject": "Reminder", "text": "See you tomorrow."})
+    .to_string()
+}
+
+/// The SQS record Lambda would hand over for a delivery taken from `queue`.
+fn record_of(received: &Received) -> SqsMessage {
+    let mut record = SqsMessage::default();
+    record.message_id = Some(received.message_id.clone());
+    record.receipt_handle = Some(received.receipt_handle.clone());
+    record.body = Some(received.body.clone());
+    record.attributes = HashMap::from([
+        (
+            "ApproximateReceiveCount".to_owned(),
+            received.receive_count.to_string(),
+        ),
+        ("SentTimestamp".to_owned(), received.sent_at.to_string()),
+    ]);
+    record
+}
+
+#[tokio::test]
+async fn a_deferred_record_returns_after_its_retry_delay_not_the_queue_timeout() {
+    let clock = Arc::new(ManualClock::new(1_795_856_400_000));
+    let queue = Arc::new(MemoryQueue::new(Arc::clone(&clock) as Arc<dyn Clock>));
+    let s = setup_with(
+        Some(ErrorClass::Unavailable),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+        Arc::clone(&queue) as Arc<dyn Queue>,
+    );
+    queue.send(&good_body("m-deferred")).await.unwrap();
+    // Hidden for an hour, as a long function timeout would; the retry delay of a first
+    // delivery is at most 30 s.
+    let received = queue
+        .receive(10, Duration::ZERO, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let mut event = SqsEvent::default();
+    event.records = received.iter().map(record_of).collect();
+    let mut context = Context::default();
+    context.request_id = "req-deferred".into();
+    context.deadline = u64::try_from(clock.now_ms() + 60_000).unwrap();
+
+    let response = handle(LambdaEvent::new(event, context), &s.deps)
+        .await
+        .unwrap();
+
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert_eq!(
+        response.batch_item_failures[0].item_identifier,
+        received[0].message_id
+    );
+    let none = queue
+        .receive(10, Duration::ZERO, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "visible again at once: {none:?}");
+    clock.advance(31_000);
+    let again = queue
+        .receive(10, Duration::ZERO, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "not back after the retry delay");
+    assert_eq!(again[0].receive_count, 2);
+}
+
+/// A queue whose every request fails, as SQS does when throttling the account.
+#[derive(Debug)]
+struct Unreachable;
+
+#[async_trait]
+impl Queue for Unreachable {
+    async fn send(&self, _body: &str) -> Result<String, QueueError> {
+        Err(QueueError::Throttled)
+    }
+
+    async fn receive(
+        &self,
+        _max: usize,
+        _wait: Duration,
+        _visibility: Duration,
+    ) -> Result<Vec<Received>, QueueError> {
+        Err(QueueError::Throttled)
+    }
+
+    async fn delete_batch(&self, _receipts: &[String]) -> Result<Vec<EntryFailure>, QueueError> {
+        Err(QueueError::Throttled)
+    }
+
+    async fn change_visibility(
+        &self,
+        _receipt_handle: &str,
+        _visibility: Duration,
+    ) -> Result<(), QueueError> {
+        Err(QueueError::Throttled)
+    }
+
+    async fn change_visibility_batch(
+        &self,
+        _changes: &[VisibilityChange],
+    ) -> Result<Vec<EntryFailure>, QueueError> {
+        Err(QueueError::Throttled)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_visibility_change_still_reports_the_records_to_retry() {
+    let s = setup_with(
+        Some(ErrorClass::Unavailable),
+        Arc::new(SystemClock),
+        Arc::new(Unreachable),
+    );
+    let response = handle(invocation(sample_batch()), &s.deps).await.unwrap();
+    // The same three records as with a working queue: they come back after the queue's own
+    // visibility timeout instead of their retry delay.
+    assert_eq!(response.batch_item_failures.len(), 3);
+}
+
+#[tokio::test]
+async fn an_invocation_without_deadline_or_request_id_still_sends() {
+    let s = setup(None);
+    let response = handle(
+        LambdaEvent::new(sample_batch(), Context::default()),
+        &s.deps,
+    )
+    .await
+    .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(s.provider.sent.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_invocation_past_its_deadline_sends_nothing_and_retries_the_good_records() {
+    let s = setup(None);
+    let mut context = Context::default();
+    context.request_id = "req-late".into();
+    context.deadline = u64::try_from(SystemClock.now_ms() - 1_000).unwrap();
+    let response = handle(LambdaEvent::new(sample_batch(), context), &s.deps)
+        .await
+        .unwrap();
+    assert!(s.provider.sent.lock().unwrap().is_empty());
+    let ids: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    // The poison record is still acknowledged: it needs no provider.
+    assert!(
+        !ids.contains(&"3b1f6c1e-2d4a-4f7e-9a51-6f0c2d8e1a03"),
+        "{ids:?}"
+    );
+    assert!(
+        ids.contains(&"3b1f6c1e-2d4a-4f7e-9a51-6f0c2d8e1a01"),
+        "{ids:?}"
+    );
+    assert!(
+        ids.contains(&"3b1f6c1e-2d4a-4f7e-9a51-6f0c2d8e1a02"),
+        "{ids:?}"
+    );
 }
