@@ -13,6 +13,21 @@ use lambda_runtime::{Error, LambdaEvent};
 /// Deadline used when the runtime gives none (a local invoke): a minute from now, in ms.
 pub const LOCAL_DEADLINE_MS: i64 = 60_000;
 
+/// Deadlines before this instant (2001-09-09, epoch ms) are not epoch times: Lambda sends none
+/// so small, but local emulators do (`cargo lambda watch` sends a fixed `600000`).
+pub const EARLIEST_DEADLINE_MS: i64 = 1_000_000_000_000;
+
+/// The deadline the pipeline works to, from the runtime's `Lambda-Runtime-Deadline-Ms` (epoch
+/// ms) seen at `now`. A missing (0) or non-epoch value, as local invokes give, becomes
+/// [`LOCAL_DEADLINE_MS`] from now. A real deadline is kept even when it has already passed: the
+/// pipeline then starts no provider call and takes no lease that outlives the invocation.
+pub fn effective_deadline(given: u64, now: i64) -> i64 {
+    i64::try_from(given)
+        .ok()
+        .filter(|d| *d >= EARLIEST_DEADLINE_MS)
+        .unwrap_or(now.saturating_add(LOCAL_DEADLINE_MS))
+}
+
 /// What the handler needs, built once per process by `main`.
 #[derive(Debug, Clone)]
 pub struct Deps {
@@ -57,12 +72,13 @@ pub async fn handle(event: LambdaEvent<SqsEvent>, deps: &Deps) -> Result<SqsBatc
     let (event, context) = event.into_parts();
     let records: Vec<Received> = event.records.iter().map(received).collect();
     let now = deps.pipeline.clock().now_ms();
-    // Only a missing deadline is replaced: a real one is passed on even when it has already
-    // passed, so the pipeline starts no provider call and no lease outlives the invocation.
-    let deadline = i64::try_from(context.deadline)
-        .ok()
-        .filter(|d| *d > 0)
-        .unwrap_or(now.saturating_add(LOCAL_DEADLINE_MS));
+    let deadline = effective_deadline(context.deadline, now);
+    tracing::debug!(
+        records = records.len(),
+        deadline,
+        remaining_ms = deadline.saturating_sub(now),
+        "batch received"
+    );
     let owner = if context.request_id.is_empty() {
         local_owner(now)
     } else {
@@ -131,5 +147,25 @@ fn local_owner(now: i64) -> String {
 fn emit_metrics(namespace: &str, report: &gateway_core::pipeline::BatchReport, now: i64) {
     for line in emf_lines(&report.metrics, &report.transitions, namespace, now) {
         println!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_epoch_deadlines_are_kept() {
+        let now = 1_795_856_400_000;
+        let cases = [
+            (0, now + LOCAL_DEADLINE_MS),       // no deadline (a bare local invoke)
+            (600_000, now + LOCAL_DEADLINE_MS), // cargo lambda watch's fixed value
+            (1_795_856_430_000, 1_795_856_430_000), // Lambda: 30 s left
+            (1_795_856_399_000, 1_795_856_399_000), // already passed: kept
+            (u64::MAX, now + LOCAL_DEADLINE_MS), // not an i64
+        ];
+        for (given, want) in cases {
+            assert_eq!(effective_deadline(given, now), want, "{given}");
+        }
     }
 }

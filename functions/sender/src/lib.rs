@@ -4,4 +4,7 @@
 
 pub mod handler;
 
-pub use handler::{Deps, HandlerError, LOCAL_DEADLINE_MS, handle, received};
+pub use handler::{
+    Deps, EARLIEST_DEADLINE_MS, HandlerError, LOCAL_DEADLINE_MS, effective_deadline, handle,
+    received,
+};

@@ -336,6 +336,20 @@ async fn an_invocation_without_deadline_or_request_id_still_sends() {
 }
 
 #[tokio::test]
+async fn an_invocation_from_cargo_lambda_watch_still_sends() {
+    // cargo lambda watch sends a fixed, non-epoch deadline.
+    let s = setup(None);
+    let mut context = Context::default();
+    context.request_id = "req-local".into();
+    context.deadline = 600_000;
+    let response = handle(LambdaEvent::new(sample_batch(), context), &s.deps)
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(s.provider.sent.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
 async fn an_invocation_past_its_deadline_sends_nothing_and_retries_the_good_records() {
     let s = setup(None);
     let mut context = Context::default();
