@@ -407,8 +407,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store: Arc<dyn StateStore> = if args.dynamodb {
         let table = args.table.clone().unwrap_or_else(table_name_from_env);
         lines.push(format!("shared state:   DynamoDB table {table}"));
-        let aws = aws.as_ref().context("AWS settings")?;
-        Arc::new(DynamoStore::new(dynamodb::Client::new(aws), table))
+        // The adapter's own client: SDK retries off (the store retries) and bounded waits.
+        Arc::new(DynamoStore::new(dynamodb::client_from_env().await, table))
     } else {
         lines.push("shared state:   in memory".to_owned());
         Arc::new(MemoryStore::new())
