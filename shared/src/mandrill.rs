@@ -49,6 +49,24 @@ pub enum MandrillEvent {
 }
 
 impl MandrillEvent {
+    /// Every event, in the order of Mandrill's documentation.
+    pub const ALL: [Self; 9] = [
+        Self::Send,
+        Self::Deferral,
+        Self::HardBounce,
+        Self::SoftBounce,
+        Self::Open,
+        Self::Click,
+        Self::Spam,
+        Self::Unsub,
+        Self::Reject,
+    ];
+
+    /// The event named `name` on the wire, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+
     /// The event name on the wire.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -19,9 +19,11 @@
 use std::sync::Arc;
 
 use crate::clock::Clock;
+use crate::config::CustomerWebhook;
+use crate::customer_webhooks::{self, Announcement, Worker, WorkerReport};
 use crate::events::{DeliveryEvent, GatewayEvent};
-use crate::queue::Received;
-use crate::records::{RecordError, RecordWriter};
+use crate::queue::{Queue, Received};
+use crate::records::{Applied, RecordError, RecordWriter};
 use crate::state::StateStore;
 use crate::suppression::{self, Reason, Suppression};
 
@@ -36,7 +38,35 @@ pub struct RecorderReport {
     pub suppressed: usize,
     /// Records whose body is not a gateway event.
     pub undecodable: usize,
+    /// Mandrill events put on the customer-webhook queue (counted once per endpoint).
+    pub announced: usize,
+    /// Customer-webhook jobs of this batch (records from the customer-webhook queue).
+    pub webhooks: WorkerReport,
 }
+
+/// Customer-webhook delivery (DESIGN §2.5; see [`crate::customer_webhooks`]).
+#[derive(Debug, Clone)]
+pub struct CustomerWebhooks {
+    endpoints: Arc<[CustomerWebhook]>,
+    jobs: Arc<dyn Queue>,
+    worker: Worker,
+}
+
+impl CustomerWebhooks {
+    /// Announcements to `endpoints` are queued on `jobs`; `worker` delivers the jobs.
+    pub fn new(endpoints: Arc<[CustomerWebhook]>, jobs: Arc<dyn Queue>, worker: Worker) -> Self {
+        Self {
+            endpoints,
+            jobs,
+            worker,
+        }
+    }
+}
+
+/// Receives a provider event whose message the record does not know yet (its outcome not
+/// recorded) is retried before it is announced without a sender, when some endpoint filters
+/// on senders: the sender's outcome normally arrives within seconds.
+pub const RECEIVES_WAITING_FOR_OUTCOME: u32 = 3;
 
 /// The recorder's dependencies.
 #[derive(Debug, Clone)]
@@ -44,6 +74,7 @@ pub struct Recorder {
     records: Arc<dyn RecordWriter>,
     state: Arc<dyn StateStore>,
     clock: Arc<dyn Clock>,
+    webhooks: Option<CustomerWebhooks>,
 }
 
 impl Recorder {
@@ -57,25 +88,89 @@ impl Recorder {
             records,
             state,
             clock,
+            webhooks: None,
         }
     }
 
+    /// Also announces recorded events to customer webhooks, and delivers the jobs it receives.
+    #[must_use]
+    pub fn with_customer_webhooks(mut self, webhooks: CustomerWebhooks) -> Self {
+        self.webhooks = Some(webhooks);
+        self
+    }
+
     /// Applies events that did not come through a queue (the local run's in-process events):
-    /// records them and suppresses what they call for.
+    /// records them, suppresses what they call for and queues their announcements.
     pub async fn apply_events(&self, events: &[GatewayEvent]) -> Result<(), RecordError> {
-        self.records.apply(events).await?;
+        let applied = self.records.apply(events).await?;
         let suppressions = self.suppressions(events.iter());
         if !suppressions.is_empty() {
             suppression::add_many(self.state.as_ref(), &suppressions)
                 .await
                 .map_err(|e| RecordError::Unavailable(Box::new(e)))?;
         }
+        if let Some(webhooks) = &self.webhooks {
+            let list: Vec<Announcement> = events
+                .iter()
+                .enumerate()
+                .flat_map(|(i, e)| customer_webhooks::announcements(e, &applied, i))
+                .collect();
+            for job in customer_webhooks::plan(&webhooks.endpoints, &list, self.clock.now_ms()) {
+                let body = serde_json::to_string(&job.delivery)
+                    .map_err(|e| RecordError::Unavailable(Box::new(e)))?;
+                webhooks
+                    .jobs
+                    .send(&body)
+                    .await
+                    .map_err(|e| RecordError::Unavailable(Box::new(e)))?;
+            }
+        }
         Ok(())
     }
 
-    /// Processes one batch of the events queue.
+    /// Processes one batch of the events queue or of the customer-webhook queue (the function
+    /// consumes both; a record is routed by its body).
     pub async fn process(&self, records: &[Received]) -> RecorderReport {
+        let (jobs, events): (Vec<&Received>, Vec<&Received>) = records
+            .iter()
+            .partition(|r| customer_webhooks::is_job(&r.body));
         let mut report = RecorderReport::default();
+        let mut failed: Vec<&str> = Vec::new();
+        if !jobs.is_empty() {
+            match &self.webhooks {
+                Some(webhooks) => {
+                    report.webhooks = webhooks.worker.process(&jobs).await;
+                }
+                None => {
+                    tracing::error!(
+                        jobs = jobs.len(),
+                        error_kind = "customer_webhook",
+                        "customer-webhook jobs received but no customer webhook is configured;                          they are retried and reach the dead-letter queue"
+                    );
+                    report.webhooks.failures = jobs.iter().map(|r| r.message_id.clone()).collect();
+                }
+            }
+        }
+        let retried = self.record(&events, &mut report).await;
+        failed.extend(retried);
+        let webhook_failures = std::mem::take(&mut report.webhooks.failures);
+        failed.extend(webhook_failures.iter().map(String::as_str));
+        // Failures in record order.
+        report.failures = records
+            .iter()
+            .filter(|r| failed.contains(&r.message_id.as_str()))
+            .map(|r| r.message_id.clone())
+            .collect();
+        report.webhooks.failures = webhook_failures;
+        report
+    }
+
+    /// Records gateway events; returns the queue message ids to retry.
+    async fn record<'r>(
+        &self,
+        records: &[&'r Received],
+        report: &mut RecorderReport,
+    ) -> Vec<&'r str> {
         let mut decoded: Vec<(&Received, GatewayEvent)> = Vec::with_capacity(records.len());
         let mut failed: Vec<&str> = Vec::new();
         for r in records {
@@ -93,11 +188,18 @@ impl Recorder {
                 }
             }
         }
+        if decoded.is_empty() {
+            return failed;
+        }
 
         let events: Vec<GatewayEvent> = decoded.iter().map(|(_, e)| e.clone()).collect();
         let mut recorded: Vec<bool> = vec![true; decoded.len()];
+        let mut applied = Applied::default();
         match self.records.apply(&events).await {
-            Ok(()) => report.recorded = events.len(),
+            Ok(all) => {
+                report.recorded = events.len();
+                applied = all;
+            }
             Err(error) if error.is_retryable() => {
                 tracing::warn!(error_kind = "records", %error, "record store unavailable; the batch is retried");
                 recorded.fill(false);
@@ -106,7 +208,10 @@ impl Recorder {
                 tracing::warn!(error_kind = "records", %error, "an event cannot be recorded; isolating it");
                 for (i, event) in events.iter().enumerate() {
                     match self.records.apply(std::slice::from_ref(event)).await {
-                        Ok(()) => report.recorded += 1,
+                        Ok(one) => {
+                            report.recorded += 1;
+                            applied.messages.extend(one.messages);
+                        }
                         Err(error) => {
                             tracing::error!(
                                 queue_message_id = %decoded[i].0.message_id,
@@ -145,18 +250,74 @@ impl Recorder {
             }
         }
 
+        if let Some(webhooks) = &self.webhooks {
+            self.announce(webhooks, &decoded, &applied, &mut recorded, report)
+                .await;
+        }
+
         for (i, (r, _)) in decoded.iter().enumerate() {
             if !recorded[i] {
                 failed.push(&r.message_id);
             }
         }
-        // Failures in record order.
-        report.failures = records
-            .iter()
-            .filter(|r| failed.contains(&r.message_id.as_str()))
-            .map(|r| r.message_id.clone())
-            .collect();
-        report
+        failed
+    }
+
+    /// Queues the customer announcements of the recorded events; a record whose announcements
+    /// could not be queued (or should wait for its message's outcome) is marked for retry.
+    async fn announce(
+        &self,
+        webhooks: &CustomerWebhooks,
+        decoded: &[(&Received, GatewayEvent)],
+        applied: &Applied,
+        ok: &mut [bool],
+        report: &mut RecorderReport,
+    ) {
+        let mut list: Vec<Announcement> = Vec::new();
+        for (i, (r, event)) in decoded.iter().enumerate() {
+            if !ok[i] {
+                continue;
+            }
+            let found = customer_webhooks::announcements(event, applied, i);
+            let waits = r.receive_count < RECEIVES_WAITING_FOR_OUTCOME
+                && found.iter().any(|a| {
+                    a.sender.is_none()
+                        && webhooks.endpoints.iter().any(|e| {
+                            !e.senders.is_empty() && e.enabled && e.events.contains(&a.kind)
+                        })
+                });
+            if waits {
+                tracing::info!(
+                    queue_message_id = %r.message_id,
+                    message_id = event.message_id().unwrap_or_default(),
+                    "provider event recorded before its message's outcome; announcing it on a retry"
+                );
+                ok[i] = false;
+                continue;
+            }
+            list.extend(found);
+        }
+        for job in customer_webhooks::plan(&webhooks.endpoints, &list, self.clock.now_ms()) {
+            let sent = match serde_json::to_string(&job.delivery) {
+                Ok(body) => webhooks.jobs.send(&body).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match sent {
+                Ok(_) => report.announced += job.delivery.events.len(),
+                Err(error) => {
+                    tracing::warn!(
+                        endpoint = %job.delivery.endpoint,
+                        events = job.delivery.events.len(),
+                        error_kind = "customer_webhook",
+                        %error,
+                        "customer-webhook job not queued; its events are retried (recording them again changes nothing)"
+                    );
+                    for i in job.sources {
+                        ok[i] = false;
+                    }
+                }
+            }
+        }
     }
 
     fn suppression(&self, d: &DeliveryEvent) -> Option<Suppression> {
@@ -229,7 +390,7 @@ mod tests {
 
     #[async_trait]
     impl RecordWriter for Flaky {
-        async fn apply(&self, events: &[GatewayEvent]) -> Result<(), RecordError> {
+        async fn apply(&self, events: &[GatewayEvent]) -> Result<Applied, RecordError> {
             if self.down.load(Ordering::SeqCst) {
                 return Err(RecordError::Unavailable("down".into()));
             }

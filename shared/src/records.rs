@@ -150,7 +150,7 @@ pub struct MessageRecord {
 }
 
 impl MessageRecord {
-    fn new(message_id: &str, at: EpochMillis) -> Self {
+    pub(crate) fn new(message_id: &str, at: EpochMillis) -> Self {
         Self {
             message_id: message_id.to_owned(),
             status: MessageStatus::Queued,
@@ -332,13 +332,23 @@ impl RecordError {
     }
 }
 
+/// What one [`RecordWriter::apply`] call left in the record: the merged record of every message
+/// its events named, keyed by message id. The recorder reads the subject, sender, tags and
+/// metadata of a provider event's message from here to announce it to customers, without a
+/// second read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// The records of the messages the events named, after the events.
+    pub messages: BTreeMap<String, MessageRecord>,
+}
+
 /// Applies events to the record of delivery.
 #[async_trait]
 pub trait RecordWriter: Send + Sync + std::fmt::Debug {
     /// Applies the events. Idempotent and order-tolerant (see the module docs): applying the
     /// same events again, or in another order, gives the same records. On error some events may
     /// have been applied; applying them all again is safe.
-    async fn apply(&self, events: &[GatewayEvent]) -> Result<(), RecordError>;
+    async fn apply(&self, events: &[GatewayEvent]) -> Result<Applied, RecordError>;
 }
 
 /// Reads the record of delivery.
@@ -447,12 +457,20 @@ impl Tables {
 
 #[async_trait]
 impl RecordWriter for MemoryRecords {
-    async fn apply(&self, events: &[GatewayEvent]) -> Result<(), RecordError> {
+    async fn apply(&self, events: &[GatewayEvent]) -> Result<Applied, RecordError> {
         let mut tables = self.lock();
         for event in events {
             tables.apply(event);
         }
-        Ok(())
+        let messages = events
+            .iter()
+            .filter_map(GatewayEvent::message_id)
+            .filter_map(|id| {
+                let record = tables.messages.get(id)?;
+                Some((id.to_owned(), record.clone()))
+            })
+            .collect();
+        Ok(Applied { messages })
     }
 }
 

@@ -161,3 +161,52 @@ pub fn moto_url() -> String {
         )
     })
 }
+
+static NEXT_DATABASE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The MariaDB server URL from `DATABASE_URL` (no database name); fails the test with
+/// instructions when it is unset, so a database test never passes by being skipped.
+pub fn database_server_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "DATABASE_URL is unset: these tests need MariaDB. Run `scripts/services up && \
+             source .local/services.env` first (scripts/test does it)."
+        )
+    })
+}
+
+/// A fresh database named `{prefix}_{pid}_{n}` on the test server, with both migrations applied.
+pub async fn fresh_database(prefix: &str) -> gateway_core::records::mysql::MysqlRecords {
+    use gateway_core::records::mysql::{MysqlRecords, PoolSettings};
+    let server = database_server_url();
+    let name = format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT_DATABASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! { panic!("{what}: {e}") };
+    let admin = MysqlRecords::connect(&server, &PoolSettings::default())
+        .unwrap_or_else(|e| fail("connecting to DATABASE_URL", &e));
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name}"
+    )))
+    .execute(admin.pool())
+    .await
+    .unwrap_or_else(|e| fail("dropping the test database", &e));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(admin.pool())
+        .await
+        .unwrap_or_else(|e| fail("creating the test database", &e));
+    let records = MysqlRecords::connect(&format!("{server}/{name}"), &PoolSettings::default())
+        .unwrap_or_else(|e| fail("connecting to the test database", &e));
+    let applied = records
+        .migrate()
+        .await
+        .unwrap_or_else(|e| fail("migrating", &e));
+    assert_eq!(
+        applied,
+        [1, 2],
+        "both migrations apply on an empty database"
+    );
+    records
+}

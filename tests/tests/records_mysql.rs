@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use gateway_core::breaker::{Phase, TransitionReason};
 use gateway_core::events::{
@@ -23,45 +22,9 @@ use sqlx::Row;
 /// 2026-11-28T10:00:00Z.
 const T0: i64 = 1_795_860_000_000;
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-fn server_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-        panic!(
-            "DATABASE_URL is unset: these tests need MariaDB. Run `scripts/services up && \
-             source .local/services.env` first (scripts/test does it)."
-        )
-    })
-}
-
 /// A fresh, migrated database.
 async fn fresh() -> MysqlRecords {
-    let server = server_url();
-    let name = format!(
-        "rec_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let admin = MysqlRecords::connect(&server, &PoolSettings::default()).unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name}"
-    )))
-    .execute(admin.pool())
-    .await
-    .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(admin.pool())
-        .await
-        .unwrap();
-    let records =
-        MysqlRecords::connect(&format!("{server}/{name}"), &PoolSettings::default()).unwrap();
-    let applied = records.migrate().await.unwrap();
-    assert_eq!(
-        applied,
-        [1, 2],
-        "both migrations apply on an empty database"
-    );
-    records
+    gateway_tests::fresh_database("rec").await
 }
 
 fn attempt(gateway: &str, class: OutcomeClass, at: i64, latency_ms: u64) -> AttemptRecord {
@@ -542,4 +505,32 @@ async fn the_recorder_retries_through_an_outage_without_duplicating_rows() {
     assert!(back.process(&batch).await.failures.is_empty());
     assert_eq!(table_counts(&db).await, counts);
     assert_eq!(stats(&db).await, figures);
+}
+
+/// A value longer than its column is refused as unrecordable (its event goes to the dead-letter
+/// queue), never truncated into the record, and nothing of its batch is written.
+#[tokio::test]
+async fn a_value_too_long_for_its_column_is_refused_not_truncated() {
+    let db = fresh().await;
+    let long = DeliveryEvent {
+        provider: "mailgun".into(),
+        provider_event_id: "e".repeat(300),
+        message_id: None,
+        recipient: "x@example.org".into(),
+        kind: DeliveryKind::Delivered,
+        at: T0,
+        diagnostic: None,
+        url: None,
+    };
+    let mut batch = history();
+    batch.push(GatewayEvent::Delivery(long));
+    let error = db.apply(&batch).await.unwrap_err();
+    assert!(!error.is_retryable(), "{error:?}");
+    assert!(error.to_string().contains("does not fit"), "{error}");
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM delivery_events")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "the whole batch was rolled back");
+    assert!(db.message("m-1").await.unwrap().is_none());
 }

@@ -45,6 +45,10 @@ pub async fn handle(event: LambdaEvent<SqsEvent>, deps: &Deps) -> Result<SqsBatc
         recorded = report.recorded,
         suppressed = report.suppressed,
         undecodable = report.undecodable,
+        announced = report.announced,
+        webhooks_delivered = report.webhooks.delivered,
+        webhooks_retried = report.webhooks.retried,
+        webhooks_dead_lettered = report.webhooks.dead_lettered,
         failures = report.failures.len(),
         "batch recorded"
     );

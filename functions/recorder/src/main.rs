@@ -1,16 +1,37 @@
 //! Lambda entry point of the recorder: wires the dependencies once, then serves invocations.
 //!
-//! Environment: `DATABASE_URL` (a `mysql://` URL, or a secret reference `secretsmanager:ARN[#key]`,
-//! `ssm:/path` or `env:NAME` holding one), `GATEWAY_STATE_TABLE` (the DynamoDB table holding the
-//! suppression list, default `gateway-state`), `DATABASE_MAX_CONNECTIONS` (default 2),
-//! `RUST_LOG` (default `info`).
+//! The function is triggered by the events queue and, when customer webhooks are in use, by the
+//! customer-webhook queue as well (a record is routed by its body).
+//!
+//! Environment:
+//! - `DATABASE_URL` (required): a `mysql://` URL, or a secret reference
+//!   `secretsmanager:ARN[#key]`, `ssm:/path` or `env:NAME` holding one.
+//! - `DATABASE_MAX_CONNECTIONS` (default 2): connections per execution environment.
+//! - `GATEWAY_STATE_TABLE` (default `gateway-state`): the DynamoDB table of the suppression list.
+//! - `GATEWAY_CONFIG_FILE` / `GMAIL_WORKSPACES_FILE` (and the other config variables of DESIGN
+//!   §2.2): the same gateway config as the sender's; the recorder reads its
+//!   `customer_webhooks`. Unset: no customer webhooks.
+//! - `CUSTOMER_WEBHOOK_QUEUE_URL`: the queue announcements are put on (and consumed from);
+//!   required when the config names customer webhooks.
+//! - `CUSTOMER_WEBHOOK_DLQ_URL`: where jobs go, with the reason, once their attempts are spent;
+//!   required with `CUSTOMER_WEBHOOK_QUEUE_URL`.
+//! - `CUSTOMER_WEBHOOK_MAX_ATTEMPTS` (default 12), `CUSTOMER_WEBHOOK_TIMEOUT` (default `10s`).
+//! - `RUST_LOG` (default `info`).
+//!
+//! A start-up problem is logged once per problem, naming the variable or config path at fault
+//! (never a secret), and the process exits 1.
 
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
 use gateway_core::clock::{Clock, SystemClock};
-use gateway_core::config::SecretRef;
-use gateway_core::recorder::Recorder;
+use gateway_core::config::{
+    CustomerWebhook, GATEWAY_CONFIG_FILE, GMAIL_WORKSPACES_FILE, SecretRef, load_from_env,
+};
+use gateway_core::customer_webhooks::{Worker, WorkerSettings};
+use gateway_core::duration::parse_duration;
+use gateway_core::queue::Queue;
+use gateway_core::queue::sqs::{self, SqsQueue};
+use gateway_core::recorder::{CustomerWebhooks, Recorder};
 use gateway_core::records::RecordWriter;
 use gateway_core::records::mysql::{MysqlRecords, PoolSettings};
 use gateway_core::secrets::SecretResolver;
@@ -19,38 +40,148 @@ use gateway_core::state::dynamodb::{self, DynamoStore, table_name_from_env};
 use lambda_runtime::{LambdaEvent, service_fn};
 use recorder::{Deps, handle};
 
-async fn deps() -> anyhow::Result<Deps> {
-    let Ok(reference) = std::env::var("DATABASE_URL") else {
-        bail!("environment variable DATABASE_URL is required");
+/// One thing that keeps the function from starting: the setting at fault and what is wrong.
+struct Problem(String, String);
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The customer webhooks of the gateway config, when one is named.
+fn customer_webhooks(problems: &mut Vec<Problem>) -> Vec<CustomerWebhook> {
+    if env(GATEWAY_CONFIG_FILE).is_none() && env(GMAIL_WORKSPACES_FILE).is_none() {
+        return Vec::new();
+    }
+    match load_from_env() {
+        Ok(loaded) => {
+            for w in loaded
+                .warnings
+                .iter()
+                .filter(|w| w.path.starts_with("customer_webhooks"))
+            {
+                tracing::warn!(setting = %w.path, problem = %w.message, "configuration warning");
+            }
+            loaded.config.customer_webhooks
+        }
+        Err(errors) => {
+            problems.extend(errors.0.into_iter().map(|i| Problem(i.path, i.message)));
+            Vec::new()
+        }
+    }
+}
+
+fn worker_settings(problems: &mut Vec<Problem>) -> WorkerSettings {
+    let mut settings = WorkerSettings::default();
+    if let Some(n) = env("CUSTOMER_WEBHOOK_MAX_ATTEMPTS") {
+        match n.parse::<u32>() {
+            Ok(n) if n >= 1 => settings.max_attempts = n,
+            _ => problems.push(Problem(
+                "CUSTOMER_WEBHOOK_MAX_ATTEMPTS".into(),
+                format!("{n:?} is not a positive whole number"),
+            )),
+        }
+    }
+    if let Some(t) = env("CUSTOMER_WEBHOOK_TIMEOUT") {
+        match parse_duration(&t) {
+            Ok(d) if !d.is_zero() => settings.timeout = d,
+            _ => problems.push(Problem(
+                "CUSTOMER_WEBHOOK_TIMEOUT".into(),
+                format!("{t:?} is not a positive duration such as \"10s\""),
+            )),
+        }
+    }
+    settings
+}
+
+async fn deps() -> Result<Deps, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let database = env("DATABASE_URL");
+    if database.is_none() {
+        problems.push(Problem(
+            "DATABASE_URL".into(),
+            "required, and not set".into(),
+        ));
+    }
+    let mut pool = PoolSettings::default();
+    if let Some(n) = env("DATABASE_MAX_CONNECTIONS") {
+        match n.parse::<u32>() {
+            Ok(n) if n >= 1 => pool.max_connections = n,
+            _ => problems.push(Problem(
+                "DATABASE_MAX_CONNECTIONS".into(),
+                format!("{n:?} is not a positive whole number"),
+            )),
+        }
+    }
+    let endpoints = customer_webhooks(&mut problems);
+    let jobs_url = env("CUSTOMER_WEBHOOK_QUEUE_URL");
+    let dlq_url = env("CUSTOMER_WEBHOOK_DLQ_URL");
+    if !endpoints.is_empty() && jobs_url.is_none() {
+        problems.push(Problem(
+            "CUSTOMER_WEBHOOK_QUEUE_URL".into(),
+            format!(
+                "required: the config names {} customer webhook(s)",
+                endpoints.len()
+            ),
+        ));
+    }
+    if jobs_url.is_some() && dlq_url.is_none() {
+        problems.push(Problem(
+            "CUSTOMER_WEBHOOK_DLQ_URL".into(),
+            "required with CUSTOMER_WEBHOOK_QUEUE_URL".into(),
+        ));
+    }
+    let settings = worker_settings(&mut problems);
+    let Some(database) = database else {
+        return Err(problems);
     };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+
     let aws = aws_config::load_from_env().await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let resolver = SecretResolver::new(Arc::clone(&clock)).with_aws_config(aws.clone());
+    let resolver = Arc::new(SecretResolver::new(Arc::clone(&clock)).with_aws_config(aws.clone()));
     let url = resolver
-        .resolve(&SecretRef::parse(&reference))
+        .resolve(&SecretRef::parse(&database))
         .await
-        .map_err(|e| anyhow::anyhow!("DATABASE_URL could not be resolved: {e}"))?;
-    let mut pool = PoolSettings::default();
-    if let Ok(n) = std::env::var("DATABASE_MAX_CONNECTIONS") {
-        pool.max_connections = n
-            .parse()
-            .with_context(|| format!("DATABASE_MAX_CONNECTIONS={n:?} is not a number"))?;
-    }
+        .map_err(|e| vec![Problem("DATABASE_URL".into(), format!("not resolved: {e}"))])?;
     let records: Arc<dyn RecordWriter> = Arc::new(
         MysqlRecords::connect(url.expose(), &pool)
-            .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?,
+            .map_err(|e| vec![Problem("DATABASE_URL".into(), e.to_string())])?,
     );
     let state: Arc<dyn StateStore> = Arc::new(DynamoStore::new(
         dynamodb::Client::new(&aws),
         table_name_from_env(),
     ));
+    let mut recorder = Recorder::new(records, state, Arc::clone(&clock));
+    if let (Some(jobs_url), Some(dlq_url)) = (jobs_url, dlq_url) {
+        let sqs = sqs::Client::new(&aws);
+        let jobs: Arc<dyn Queue> = Arc::new(SqsQueue::new(sqs.clone(), jobs_url));
+        let dead_letters: Arc<dyn Queue> = Arc::new(SqsQueue::new(sqs, dlq_url));
+        let endpoints: Arc<[CustomerWebhook]> = endpoints.into();
+        let worker = Worker::new(
+            Arc::clone(&endpoints),
+            resolver,
+            Arc::clone(&jobs),
+            dead_letters,
+            clock,
+            settings,
+        )
+        .map_err(|e| vec![Problem("customer_webhooks".into(), e.to_string())])?;
+        tracing::info!(
+            endpoints = endpoints.len(),
+            "customer webhooks: announcing and delivering"
+        );
+        recorder = recorder.with_customer_webhooks(CustomerWebhooks::new(endpoints, jobs, worker));
+    }
     Ok(Deps {
-        recorder: Arc::new(Recorder::new(records, state, clock)),
+        recorder: Arc::new(recorder),
     })
 }
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
+    // JSON lines without colours or timestamps: CloudWatch Logs stamps every line itself.
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -62,10 +193,15 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         .with_current_span(false)
         .without_time()
         .init();
-    let deps = deps()
-        .await
-        .context("recorder start-up")
-        .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "start-up failed"))?;
+    let deps = match deps().await {
+        Ok(deps) => deps,
+        Err(problems) => {
+            for Problem(setting, problem) in &problems {
+                tracing::error!(%setting, %problem, "start-up failed");
+            }
+            std::process::exit(1);
+        }
+    };
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
         handle(event, deps).await

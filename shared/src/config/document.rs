@@ -223,6 +223,18 @@ pub fn redacted_document(config: &Config) -> Value {
             "rules": rules,
         },
         "system_limits": { "daily": limit(config.system_limits.daily) },
+        "customer_webhooks": config.customer_webhooks.iter().map(customer_webhook).collect::<Vec<_>>(),
+    })
+}
+
+fn customer_webhook(w: &CustomerWebhook) -> Value {
+    json!({
+        "id": w.id,
+        "url": w.url,
+        "key": secret(&w.key),
+        "events": w.events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+        "senders": patterns(&w.senders),
+        "enabled": w.enabled,
     })
 }
 

@@ -24,6 +24,37 @@ pub struct Config {
     pub http: HttpSettings,
     /// Which sources the gateways came from.
     pub mode: GatewayMode,
+    /// Where customers receive their events in Mandrill's format (`customer_webhooks[]`).
+    pub customer_webhooks: Vec<CustomerWebhook>,
+}
+
+/// One customer webhook endpoint (`customer_webhooks[]`, DESIGN §2.5): the events of the
+/// messages of the matching senders, batched and signed as Mandrill does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerWebhook {
+    /// Unique id (same syntax as a gateway id); names the endpoint in delivery jobs and logs.
+    pub id: String,
+    /// The URL posted to, exactly as configured: it is part of the signed text.
+    pub url: String,
+    /// The webhook key the signature is computed with.
+    pub key: SecretRef,
+    /// The Mandrill events delivered (`events`); all of them when the file names none.
+    pub events: Vec<crate::mandrill::MandrillEvent>,
+    /// Whose messages (`senders`, sender patterns); every sender when empty.
+    pub senders: Vec<SenderPattern>,
+    /// `enabled` (default true); a disabled endpoint receives nothing new.
+    pub enabled: bool,
+}
+
+impl CustomerWebhook {
+    /// Whether this endpoint wants `event` about a message from `sender` (`None` when the
+    /// record does not know the sender yet: only endpoints without a sender filter match).
+    pub fn wants(&self, event: crate::mandrill::MandrillEvent, sender: Option<&str>) -> bool {
+        self.enabled
+            && self.events.contains(&event)
+            && (self.senders.is_empty()
+                || sender.is_some_and(|s| self.senders.iter().any(|p| p.matches(s))))
+    }
 }
 
 impl Config {

@@ -1436,3 +1436,86 @@ fn legacy_conversion_never_copies_an_inline_mailgun_key() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn customer_webhooks_resolve_with_every_event_and_every_sender_by_default() {
+    let doc = with(
+        base(),
+        "/customer_webhooks",
+        Some(json!([
+            {"id": "portal", "url": "https://hooks.clinic.example/mandrill",
+             "key": "secretsmanager:arn:aws:secretsmanager:eu-west-1:1:secret:hooks#portal"},
+            {"id": "bounces", "url": "http://127.0.0.1:9000/hook", "key": "env:HOOK_KEY",
+             "events": ["hard_bounce", "reject"], "senders": ["@clinic.example"], "enabled": false}
+        ])),
+    );
+    let l = loaded(&doc);
+    assert_eq!(l.warnings, vec![]);
+    let [portal, bounces] = &l.config.customer_webhooks[..] else {
+        panic!("two endpoints: {:?}", l.config.customer_webhooks);
+    };
+    assert_eq!(portal.events, crate::mandrill::MandrillEvent::ALL);
+    assert!(portal.senders.is_empty() && portal.enabled);
+    assert!(portal.wants(crate::mandrill::MandrillEvent::Open, None));
+    assert_eq!(
+        bounces.events,
+        [
+            crate::mandrill::MandrillEvent::HardBounce,
+            crate::mandrill::MandrillEvent::Reject
+        ]
+    );
+    assert!(!bounces.enabled);
+    let again = loaded(&redacted_document(&l.config)).config;
+    assert_eq!(
+        again, l.config,
+        "the redacted document reloads to the same endpoints"
+    );
+}
+
+#[test]
+fn customer_webhook_problems_are_reported_at_their_paths() {
+    let doc = with(
+        base(),
+        "/customer_webhooks",
+        Some(json!([
+            {"id": "a", "url": "http://hooks.example.com/x", "key": "env:K", "events": ["sent"]},
+            {"id": "a", "url": "https://user:pw@hooks.example.com/x", "senders": ["@@bad"]},
+            {"id": "bad id!", "url": "not a url", "key": "env:K", "events": [], "colour": 1}
+        ])),
+    );
+    let errs = errors(&doc);
+    for path in [
+        "customer_webhooks[0].url",
+        "customer_webhooks[0].events[0]",
+        "customer_webhooks[1].id",
+        "customer_webhooks[1].url",
+        "customer_webhooks[1].key",
+        "customer_webhooks[1].senders[0]",
+        "customer_webhooks[2].id",
+        "customer_webhooks[2].url",
+        "customer_webhooks[2].events",
+        "customer_webhooks[2].colour",
+    ] {
+        assert!(errs.has_path(path), "{path} missing from:\n{errs}");
+    }
+    assert!(!errs.to_string().contains("pw@"), "{errs}");
+}
+
+#[test]
+fn an_inline_customer_webhook_key_is_a_warning_and_never_shown() {
+    let doc = with(
+        base(),
+        "/customer_webhooks",
+        Some(json!([{"id": "p", "url": "https://h.example/x", "key": SECRET}])),
+    );
+    let l = loaded(&doc);
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.path == "customer_webhooks[0].key"),
+        "{:?}",
+        l.warnings
+    );
+    assert!(!format!("{:?}", l.config).contains(SECRET));
+    assert!(!redacted_document(&l.config).to_string().contains(SECRET));
+}

@@ -516,6 +516,7 @@ pub(crate) struct GatewayEntry<'a> {
 /// The config-file document's top level, resolved.
 #[derive(Debug)]
 struct TopLevel {
+    customer_webhooks: Vec<CustomerWebhook>,
     defaults: Defaults,
     routing: Routing,
     system_limits: SystemLimits,
@@ -529,6 +530,7 @@ const TOP_KEYS: &[&str] = &[
     "global_defaults",
     "routing",
     "system_limits",
+    "customer_webhooks",
 ];
 const RATE_KEYS: &[&str] = &[
     "workspace_daily",
@@ -617,6 +619,7 @@ pub(crate) fn resolve(
         system_limits: top.system_limits,
         http: top.http,
         mode,
+        customer_webhooks: top.customer_webhooks,
     })
 }
 
@@ -629,6 +632,7 @@ fn top_level_defaults(env: &EnvOverrides) -> TopLevel {
     };
     env.apply(&mut defaults.breaker, &mut defaults.health_check);
     TopLevel {
+        customer_webhooks: Vec::new(),
         defaults,
         routing: default_routing(Strategy::Priority),
         system_limits: SystemLimits {
@@ -751,6 +755,7 @@ fn top_level(doc: &Value, env: &EnvOverrides, is: &mut Issues) -> Option<TopLeve
             top.system_limits.daily = env.system_daily.unwrap_or(daily);
         }
     }
+    top.customer_webhooks = customer_webhooks(&root, is);
     match root.get("gateways") {
         None => is.error("gateways", "required"),
         Some(Value::Array(_)) => {}
@@ -760,6 +765,116 @@ fn top_level(doc: &Value, env: &EnvOverrides, is: &mut Issues) -> Option<TopLeve
         ),
     }
     Some(top)
+}
+
+/// `customer_webhooks[]`: every entry checked, every problem reported at its path.
+fn customer_webhooks(root: &Obj<'_>, is: &mut Issues) -> Vec<CustomerWebhook> {
+    let mut out: Vec<CustomerWebhook> = Vec::new();
+    let items = match root.get("customer_webhooks") {
+        None => return out,
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            is.error(
+                "customer_webhooks",
+                format!("expected an array, found {}", type_name(other)),
+            );
+            return out;
+        }
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = index("customer_webhooks", i);
+        let Some(o) = as_object(is, &path, item) else {
+            continue;
+        };
+        o.only_keys(is, &["id", "url", "key", "events", "senders", "enabled"]);
+        let id = o.required_string(is, "id");
+        if let Some(id) = id {
+            if !is_valid_gateway_id(id) {
+                is.error(at(&path, "id"), "must be 1-64 of A-Z a-z 0-9 . _ -");
+            } else if seen.contains(&id) {
+                is.error(
+                    at(&path, "id"),
+                    format!("duplicate customer webhook id {id:?}"),
+                );
+            } else {
+                seen.push(id);
+            }
+        }
+        let url = o.required_string(is, "url");
+        if let Some(url) = url
+            && let Err(problem) = webhook_url_problem(url)
+        {
+            is.error(at(&path, "url"), problem);
+        }
+        let key = o.secret(is, "key", true);
+        let events = match o.strings(is, "events") {
+            None => crate::mandrill::MandrillEvent::ALL.to_vec(),
+            Some(names) => {
+                if names.is_empty() && o.has("events") {
+                    is.error(
+                        at(&path, "events"),
+                        "must name at least one event (leave it out for all)",
+                    );
+                }
+                let mut events = Vec::with_capacity(names.len());
+                for (p, name) in names {
+                    match crate::mandrill::MandrillEvent::parse(name) {
+                        Some(e) if !events.contains(&e) => events.push(e),
+                        Some(_) => is.error(p, format!("{name:?} is listed twice")),
+                        None => {
+                            let all: Vec<&str> = crate::mandrill::MandrillEvent::ALL
+                                .iter()
+                                .map(|e| e.as_str())
+                                .collect();
+                            is.error(
+                                p,
+                                format!(
+                                    "unknown event {name:?}; expected one of: {}",
+                                    all.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                }
+                events
+            }
+        };
+        let senders = patterns(&o, "senders", is).unwrap_or_default();
+        let enabled = o.bool(is, "enabled").unwrap_or(true);
+        if let (Some(id), Some(url), Some(key)) = (id, url, key) {
+            out.push(CustomerWebhook {
+                id: id.to_owned(),
+                url: url.to_owned(),
+                key,
+                events,
+                senders,
+                enabled,
+            });
+        }
+    }
+    out
+}
+
+/// Why `url` cannot be a customer webhook URL: it must be absolute `https://` (or `http://` to
+/// a loopback host, for local runs and tests), with a host and without credentials.
+fn webhook_url_problem(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    let host = parsed.host_str().unwrap_or_default();
+    if host.is_empty() {
+        return Err("needs a host".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not carry credentials; the key signs each request".into());
+    }
+    let loopback = matches!(host, "localhost" | "127.0.0.1" | "[::1]");
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        scheme => Err(format!(
+            "scheme {scheme:?} is not allowed; use https:// (http:// only to localhost)"
+        )),
+    }
 }
 
 /// Strategies that spread load by themselves, whatever `load_balancing_enabled` says.

@@ -113,6 +113,7 @@ fn config(system_daily: Limit, gateways: Vec<Gateway>) -> Config {
             request_timeout: Duration::from_secs(30),
         },
         mode: GatewayMode::New,
+        customer_webhooks: Vec::new(),
     }
 }
 

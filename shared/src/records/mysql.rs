@@ -30,7 +30,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{MySql, QueryBuilder, Row, Transaction};
 
 use super::{
-    MessageRecord, MessageStatus, RecipientRecord, RecordError, RecordReader, RecordWriter,
+    Applied, MessageRecord, MessageStatus, RecipientRecord, RecordError, RecordReader, RecordWriter,
 };
 use crate::clock::{EpochMillis, utc_date_string, utc_day, utc_hour};
 use crate::events::{
@@ -170,7 +170,7 @@ impl MysqlRecords {
         &self,
         tx: &mut Transaction<'_, MySql>,
         events: &[GatewayEvent],
-    ) -> Result<(), RecordError> {
+    ) -> Result<BTreeMap<String, MessageRecord>, RecordError> {
         let mut ids: BTreeSet<String> = BTreeSet::new();
         let mut delivery_keys: BTreeSet<(String, String)> = BTreeSet::new();
         for event in events {
@@ -299,19 +299,20 @@ impl MysqlRecords {
             }
         }
         write_stats(tx, &stats).await?;
-        Ok(())
+        Ok(records)
     }
 }
 
 #[async_trait]
 impl RecordWriter for MysqlRecords {
-    async fn apply(&self, events: &[GatewayEvent]) -> Result<(), RecordError> {
+    async fn apply(&self, events: &[GatewayEvent]) -> Result<Applied, RecordError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Applied::default());
         }
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        self.apply_in(&mut tx, events).await?;
-        tx.commit().await.map_err(unavailable)
+        let messages = self.apply_in(&mut tx, events).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Applied { messages })
     }
 }
 
@@ -709,7 +710,7 @@ async fn write_attempts(
 ) -> Result<(), RecordError> {
     for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
         let mut q: QueryBuilder<MySql> = QueryBuilder::new(
-            "INSERT IGNORE INTO send_attempts (message_id, gateway_id, at_ms, gateway_type, \
+            "INSERT INTO send_attempts (message_id, gateway_id, at_ms, gateway_type, \
              outcome, http_status, latency_ms, error) ",
         );
         q.push_values(chunk, |mut b, (id, a)| {
@@ -722,6 +723,9 @@ async fn write_attempts(
                 .push_bind(i64::try_from(a.latency_ms).unwrap_or(i64::MAX))
                 .push_bind(a.error.clone());
         });
+        // A row already there is kept as it is (a no-op update, not `INSERT IGNORE`, which would
+        // also turn a value too long for its column into a silent truncation).
+        q.push(" ON DUPLICATE KEY UPDATE message_id = message_id");
         q.build().execute(&mut *conn).await.map_err(unavailable)?;
     }
     Ok(())
@@ -730,7 +734,7 @@ async fn write_attempts(
 async fn write_events(conn: &mut Conn, events: &[&DeliveryEvent]) -> Result<(), RecordError> {
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
         let mut q: QueryBuilder<MySql> = QueryBuilder::new(
-            "INSERT IGNORE INTO delivery_events (provider, provider_event_id, message_id, \
+            "INSERT INTO delivery_events (provider, provider_event_id, message_id, \
              recipient, kind, at_ms, diagnostic, url) ",
         );
         q.push_values(chunk, |mut b, e| {
@@ -743,6 +747,7 @@ async fn write_events(conn: &mut Conn, events: &[&DeliveryEvent]) -> Result<(), 
                 .push_bind(e.diagnostic.clone())
                 .push_bind(e.url.clone());
         });
+        q.push(" ON DUPLICATE KEY UPDATE provider = provider");
         q.build().execute(&mut *conn).await.map_err(unavailable)?;
     }
     Ok(())
@@ -784,14 +789,23 @@ async fn write_health<'a>(
 /// Records a breaker transition; true when it was new.
 async fn write_breaker(conn: &mut Conn, e: &BreakerEvent) -> Result<bool, RecordError> {
     let inserted = sqlx::query(
-        "INSERT IGNORE INTO breaker_transitions (gateway_id, at_ms, from_phase, to_phase, reason) \
-         VALUES (?, ?, ?, ?, ?)",
+        // Inserted only when absent, so the affected-row count says whether it is new (sqlx
+        // connects with CLIENT_FOUND_ROWS, under which a no-op upsert also counts 1). A racing
+        // recorder inserting the same row gets a duplicate-key error: retryable, and its retry
+        // finds the row.
+        "INSERT INTO breaker_transitions (gateway_id, at_ms, from_phase, to_phase, reason) \
+         SELECT ?, ?, ?, ?, ? FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM breaker_transitions \
+         WHERE gateway_id = ? AND at_ms = ? AND from_phase = ? AND to_phase = ?)",
     )
     .bind(&e.gateway_id)
     .bind(e.at)
     .bind(e.from.as_str())
     .bind(e.to.as_str())
     .bind(json_text(&e.reason))
+    .bind(&e.gateway_id)
+    .bind(e.at)
+    .bind(e.from.as_str())
+    .bind(e.to.as_str())
     .execute(&mut *conn)
     .await
     .map_err(unavailable)?

@@ -99,6 +99,7 @@ fn config(gateways: Vec<Gateway>, strategy: Strategy) -> Config {
             request_timeout: Duration::from_secs(30),
         },
         mode: GatewayMode::New,
+        customer_webhooks: Vec::new(),
     }
 }
 
