@@ -21,7 +21,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Args;
 use gateway_core::clock::{Clock, SystemClock};
-use gateway_core::config::{Config, ProviderSettings, load_config, redacted_document};
+use gateway_core::config::{
+    Config, CustomerWebhook, ProviderSettings, load_config, redacted_document,
+};
+use gateway_core::customer_webhooks::{Worker, WorkerSettings};
 use gateway_core::duration::parse_duration;
 use gateway_core::events::{EventSink, GatewayEvent, SinkError};
 use gateway_core::message::parse_message;
@@ -30,7 +33,7 @@ use gateway_core::providers::factory::build_providers;
 use gateway_core::queue::memory::{MemoryQueue, Redrive};
 use gateway_core::queue::sqs::SqsQueue;
 use gateway_core::queue::{Queue, QueueError};
-use gateway_core::recorder::Recorder;
+use gateway_core::recorder::{CustomerWebhooks, Recorder};
 use gateway_core::records::mysql::{MysqlRecords, PoolSettings};
 use gateway_core::records::{MemoryRecords, RecordReader};
 use gateway_core::secrets::SecretResolver;
@@ -402,6 +405,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let providers = build_providers(&config, &resolver, &config.http, Arc::clone(&clock))
         .await
         .map_err(|e| anyhow::anyhow!("the gateways' providers could not be built: {e}"))?;
+    let resolver = Arc::new(resolver);
 
     let mut lines = Vec::new();
     let store: Arc<dyn StateStore> = if args.dynamodb {
@@ -434,6 +438,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ))
         }
     };
+    let mut webhooks = local_webhooks(&config, &resolver, &clock, args.events_queue_url.is_some())?;
+    if webhooks.is_some() {
+        lines.push(format!(
+            "customer hooks: {} endpoint(s), delivered from an in-memory queue",
+            config.customer_webhooks.len()
+        ));
+    }
     let (events, records): (Arc<dyn EventSink>, Option<Arc<dyn RecordReader>>) =
         match (&args.events_queue_url, &args.database_url) {
             (Some(url), _) => {
@@ -458,8 +469,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         format!("{applied:?}")
                     }
                 ));
-                let recorder =
-                    Recorder::new(Arc::clone(&db) as _, Arc::clone(&store), Arc::clone(&clock));
+                let recorder = local_recorder(
+                    Recorder::new(Arc::clone(&db) as _, Arc::clone(&store), Arc::clone(&clock)),
+                    &mut webhooks,
+                );
                 (
                     Arc::new(RecordingSink(recorder)),
                     Some(db as Arc<dyn RecordReader>),
@@ -468,10 +481,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (None, None) => {
                 lines.push("outcome events: in-memory record of delivery".to_owned());
                 let records = Arc::new(MemoryRecords::new());
-                let recorder = Recorder::new(
-                    Arc::clone(&records) as _,
-                    Arc::clone(&store),
-                    Arc::clone(&clock),
+                let recorder = local_recorder(
+                    Recorder::new(
+                        Arc::clone(&records) as _,
+                        Arc::clone(&store),
+                        Arc::clone(&clock),
+                    ),
+                    &mut webhooks,
                 );
                 (
                     Arc::new(RecordingSink(recorder)),
@@ -565,6 +581,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let stop = stop_rx.clone();
         async move { poller.run(stop).await }
     });
+    let delivering = webhooks.map(|w| tokio::spawn(deliver_jobs(w, stop_rx.clone())));
     let mut http_stop = stop_rx;
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = http_stop.wait_for(|stop| *stop).await;
@@ -577,12 +594,102 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Err(e) = polling.await {
         tracing::warn!(error = %e, "poller task ended abnormally");
     }
+    if let Some(task) = delivering
+        && let Err(e) = task.await
+    {
+        tracing::warn!(error = %e, "customer-webhook task ended abnormally");
+    }
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server error"),
         Err(e) => tracing::warn!(error = %e, "HTTP server task ended abnormally"),
     }
     Ok(())
+}
+
+/// Customer webhooks of the local run: jobs on an in-memory queue, delivered by
+/// [`deliver_jobs`]; dead letters kept in memory and logged. `None` when the config names no
+/// endpoint, or when outcome events go to an SQS events queue (the recorder function
+/// announces them then).
+#[derive(Debug, Clone)]
+struct LocalWebhooks {
+    webhooks: CustomerWebhooks,
+    jobs: Arc<MemoryQueue>,
+    /// The recorder delivering the jobs (set once the record store is chosen).
+    recorder: Option<Recorder>,
+}
+
+fn local_webhooks(
+    config: &Config,
+    resolver: &Arc<SecretResolver>,
+    clock: &Arc<dyn Clock>,
+    events_go_to_sqs: bool,
+) -> anyhow::Result<Option<LocalWebhooks>> {
+    if config.customer_webhooks.is_empty() || events_go_to_sqs {
+        return Ok(None);
+    }
+    let endpoints: Arc<[CustomerWebhook]> = config.customer_webhooks.clone().into();
+    let jobs = Arc::new(MemoryQueue::new(Arc::clone(clock)));
+    let dead_letters: Arc<dyn Queue> = Arc::new(MemoryQueue::new(Arc::clone(clock)));
+    let worker = Worker::new(
+        Arc::clone(&endpoints),
+        Arc::clone(resolver),
+        Arc::clone(&jobs) as _,
+        dead_letters,
+        Arc::clone(clock),
+        WorkerSettings::default(),
+    )
+    .context("customer webhooks")?;
+    Ok(Some(LocalWebhooks {
+        webhooks: CustomerWebhooks::new(endpoints, Arc::clone(&jobs) as _, worker),
+        jobs,
+        recorder: None,
+    }))
+}
+
+/// `recorder`, announcing to the local customer webhooks when there are any (and delivering
+/// their jobs).
+fn local_recorder(recorder: Recorder, webhooks: &mut Option<LocalWebhooks>) -> Recorder {
+    match webhooks {
+        Some(w) => {
+            let recorder = recorder.with_customer_webhooks(w.webhooks.clone());
+            w.recorder = Some(recorder.clone());
+            recorder
+        }
+        None => recorder,
+    }
+}
+
+/// Delivers the local customer-webhook jobs until `stop`, as the recorder function's event
+/// source mapping would: a batch at a time, the delivered and dead-lettered ones deleted, the
+/// others back after their backoff delay.
+async fn deliver_jobs(webhooks: LocalWebhooks, mut stop: watch::Receiver<bool>) {
+    let Some(recorder) = webhooks.recorder else {
+        return;
+    };
+    while !*stop.borrow() {
+        let batch = tokio::select! {
+            got = webhooks.jobs.receive(10, MEMORY_POLL_WAIT, Duration::from_secs(60)) => got,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let batch = match batch {
+            Ok(batch) if batch.is_empty() => continue,
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "customer-webhook queue");
+                continue;
+            }
+        };
+        let report = recorder.process(&batch).await;
+        let done: Vec<String> = batch
+            .iter()
+            .filter(|r| !report.failures.contains(&r.message_id))
+            .map(|r| r.receipt_handle.clone())
+            .collect();
+        if let Err(e) = webhooks.jobs.delete_batch(&done).await {
+            tracing::warn!(error = %e, "customer-webhook queue");
+        }
+    }
 }
 
 async fn shutdown_signal() {

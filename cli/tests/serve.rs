@@ -476,3 +476,70 @@ fn serve_refuses_a_visibility_timeout_in_which_nothing_could_be_sent() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--visibility-timeout"), "{stderr}");
 }
+
+/// Customer webhooks in the local run: the endpoint of the config receives each recipient's
+/// `send` event of the captured message, signed as Mandrill signs.
+#[tokio::test]
+async fn serve_delivers_signed_customer_webhooks_for_a_captured_message() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let hook = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&hook)
+        .await;
+    let dir = scratch("hooks");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo("examples/local.json")).unwrap())
+            .unwrap();
+    let url = format!("{}/hook", hook.uri());
+    config["customer_webhooks"] = serde_json::json!([{"id": "dev", "url": url, "key": "dev-key"}]);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let server = serve(&dir, &["--config", "config.json"]);
+    let body = std::fs::read_to_string(repo("examples/message.json")).unwrap();
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let posted = reqwest::Client::new()
+        .post(format!("{}/api/messages", server.base))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status().as_u16(), 202);
+    until_sent(&server, &id).await;
+
+    let started = Instant::now();
+    let request = loop {
+        if let Some(r) = hook.received_requests().await.unwrap().into_iter().next() {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no customer webhook arrived; serve's log:\n{}",
+            std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let form = String::from_utf8(request.body.clone()).unwrap();
+    let parsed = reqwest::Url::parse(&format!("http://form.invalid/?{form}")).unwrap();
+    let (name, events) = parsed.query_pairs().next().unwrap();
+    assert_eq!(name, "mandrill_events");
+    let signature = request.headers.get("x-mandrill-signature").unwrap();
+    assert!(gateway_core::mandrill::verify(
+        b"dev-key",
+        &url,
+        &events,
+        signature.to_str().unwrap()
+    ));
+    let events: Vec<serde_json::Value> = serde_json::from_str(&events).unwrap();
+    assert_eq!(events.len(), 2, "one send per recipient: {events:?}");
+    for e in &events {
+        assert_eq!(e["event"], "send");
+        assert_eq!(e["msg"]["_id"], id.as_str());
+    }
+}

@@ -419,15 +419,20 @@ impl Worker {
 
     /// Delivers one batch of jobs received from the customer-webhook queue.
     pub async fn process(&self, records: &[&Received]) -> WorkerReport {
-        let outcomes: Vec<(usize, Handled)> = futures::stream::iter(
-            records
-                .iter()
-                .enumerate()
-                .map(|(i, r)| async move { (i, self.handle(r).await) }),
-        )
-        .buffer_unordered(self.settings.concurrency.max(1))
-        .collect()
-        .await;
+        // Owned futures (a cloned worker is a few `Arc`s): borrowed ones would make the
+        // caller's future not `Send` for every lifetime, which spawning it requires.
+        let tasks: Vec<_> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let (worker, record) = (self.clone(), (*r).clone());
+                async move { (i, worker.handle(&record).await) }
+            })
+            .collect();
+        let outcomes: Vec<(usize, Handled)> = futures::stream::iter(tasks)
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
         let mut report = WorkerReport::default();
         let mut failed = vec![false; records.len()];
         for (i, handled) in outcomes {

@@ -480,4 +480,104 @@ mod tests {
         assert_eq!(report.recorded, 1);
         assert!(records.inner.message("m-1").await.unwrap().is_some());
     }
+
+    fn with_hooks(records: Arc<Flaky>, jobs: Arc<crate::queue::memory::MemoryQueue>) -> Recorder {
+        use crate::pattern::SenderPattern;
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+        let endpoint = |id: &str, senders: &[&str]| CustomerWebhook {
+            id: id.into(),
+            url: format!("http://127.0.0.1:9/{id}"),
+            key: crate::config::SecretRef::Inline("k".into()),
+            events: crate::mandrill::MandrillEvent::ALL.to_vec(),
+            senders: senders
+                .iter()
+                .map(|s| SenderPattern::parse(s).unwrap())
+                .collect(),
+            enabled: true,
+        };
+        let endpoints: Arc<[CustomerWebhook]> = vec![
+            endpoint("all", &[]),
+            endpoint("clinic", &["@clinic.example"]),
+        ]
+        .into();
+        let worker = Worker::new(
+            Arc::clone(&endpoints),
+            Arc::new(crate::secrets::SecretResolver::new(Arc::clone(&clock))),
+            Arc::clone(&jobs) as _,
+            Arc::new(crate::queue::memory::MemoryQueue::new(Arc::clone(&clock))),
+            Arc::clone(&clock),
+            customer_webhooks::WorkerSettings::default(),
+        )
+        .unwrap();
+        Recorder::new(records, Arc::new(MemoryStore::new()), clock)
+            .with_customer_webhooks(CustomerWebhooks::new(endpoints, jobs, worker))
+    }
+
+    fn job_endpoints(jobs: &crate::queue::memory::MemoryQueue) -> Vec<String> {
+        jobs.bodies()
+            .iter()
+            .map(|b| {
+                let job: customer_webhooks::Delivery = serde_json::from_str(b).unwrap();
+                job.endpoint
+            })
+            .collect()
+    }
+
+    /// A provider event recorded before its message's outcome is retried (recorded already)
+    /// so the sender-filtered endpoint gets it once the sender is known; after a few receives
+    /// it goes to the unfiltered endpoints without waiting longer.
+    #[tokio::test]
+    async fn a_provider_event_ahead_of_its_outcome_waits_for_the_sender() {
+        let clock = ManualClock::new(T0);
+        let jobs = Arc::new(crate::queue::memory::MemoryQueue::new(Arc::new(clock)));
+        let records = Arc::new(Flaky::default());
+        let r = with_hooks(Arc::clone(&records), Arc::clone(&jobs));
+        let early = received(0, delivery("e1", "p@x.example", DeliveryKind::Delivered));
+        let report = r.process(std::slice::from_ref(&early)).await;
+        assert_eq!(report.failures, ["q-0"]);
+        assert_eq!(report.recorded, 1, "recorded even while it waits");
+        assert!(jobs.is_empty());
+
+        let late = Received {
+            receive_count: RECEIVES_WAITING_FOR_OUTCOME,
+            ..early.clone()
+        };
+        let report = r.process(std::slice::from_ref(&late)).await;
+        assert_eq!(report.failures, Vec::<String>::new());
+        assert_eq!(job_endpoints(&jobs), ["all"], "the sender is still unknown");
+
+        // Once the outcome is recorded the sender is known: both endpoints at once.
+        let jobs = Arc::new(crate::queue::memory::MemoryQueue::new(Arc::new(
+            ManualClock::new(T0),
+        )));
+        let r = with_hooks(Arc::clone(&records), Arc::clone(&jobs));
+        let outcome = crate::events::OutcomeEvent {
+            message_id: "m-1".into(),
+            sender: "dr@clinic.example".into(),
+            subject: "s".into(),
+            campaign_id: None,
+            user_id: None,
+            tags: vec![],
+            metadata: std::collections::BTreeMap::new(),
+            recipients: vec![],
+            outcome: crate::events::Outcome::Sent,
+            gateway_id: Some("gw".into()),
+            gateway_type: Some("mailgun".into()),
+            provider_message_id: None,
+            attempts: vec![],
+            reason: None,
+            retry_at: None,
+            at: T0,
+        };
+        let batch = [
+            received(
+                1,
+                serde_json::to_string(&GatewayEvent::Outcome(outcome)).unwrap(),
+            ),
+            early,
+        ];
+        let report = r.process(&batch).await;
+        assert_eq!(report.failures, Vec::<String>::new());
+        assert_eq!(job_endpoints(&jobs), ["all", "clinic"]);
+    }
 }
