@@ -24,6 +24,7 @@ use gateway_core::clock::{Clock, SystemClock};
 use gateway_core::config::{
     Config, CustomerWebhook, ProviderSettings, load_config, redacted_document,
 };
+use gateway_core::config_audit::ConfigEvent;
 use gateway_core::customer_webhooks::{Worker, WorkerSettings};
 use gateway_core::duration::parse_duration;
 use gateway_core::events::{EventSink, GatewayEvent, SinkError};
@@ -445,6 +446,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.customer_webhooks.len()
         ));
     }
+    // The recorder of the local run, which also audits the configuration.
+    let mut audit_with: Option<Recorder> = None;
     let (events, records): (Arc<dyn EventSink>, Option<Arc<dyn RecordReader>>) =
         match (&args.events_queue_url, &args.database_url) {
             (Some(url), _) => {
@@ -473,6 +476,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     Recorder::new(Arc::clone(&db) as _, Arc::clone(&store), Arc::clone(&clock)),
                     &mut webhooks,
                 );
+                audit_with = Some(recorder.clone());
                 (
                     Arc::new(RecordingSink(recorder)),
                     Some(db as Arc<dyn RecordReader>),
@@ -489,12 +493,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     ),
                     &mut webhooks,
                 );
+                audit_with = Some(recorder.clone());
                 (
                     Arc::new(RecordingSink(recorder)),
                     Some(records as Arc<dyn RecordReader>),
                 )
             }
         };
+    if let Some(recorder) = &audit_with {
+        let event = ConfigEvent::of(
+            &config,
+            "gateway serve",
+            Some("configuration loaded at start-up"),
+            clock.now_ms(),
+        );
+        if let Err(e) = recorder.apply_events(&[GatewayEvent::Config(event)]).await {
+            eprintln!("warning: the configuration could not be audited: {e}");
+        }
+    }
     for g in config.gateways.iter().filter(|g| g.enabled) {
         match &g.provider {
             ProviderSettings::Capture(c) => {

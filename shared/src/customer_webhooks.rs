@@ -135,7 +135,7 @@ pub fn announcements(event: &GatewayEvent, applied: &Applied, source: usize) -> 
                 source,
             }]
         }
-        GatewayEvent::Health(_) | GatewayEvent::Breaker(_) => Vec::new(),
+        GatewayEvent::Health(_) | GatewayEvent::Breaker(_) | GatewayEvent::Config(_) => Vec::new(),
     }
 }
 

@@ -44,6 +44,8 @@ pub enum GatewayEvent {
     Health(HealthEvent),
     /// A breaker transition.
     Breaker(BreakerEvent),
+    /// The effective configuration, for `gateway_config_audit` and `gateway_routing_rules`.
+    Config(crate::config_audit::ConfigEvent),
 }
 
 /// The wire form: the version beside the internally tagged body.
@@ -61,6 +63,7 @@ enum Body {
     Delivery(DeliveryEvent),
     Health(HealthEvent),
     Breaker(BreakerEvent),
+    Config(crate::config_audit::ConfigEvent),
 }
 
 impl From<GatewayEvent> for Envelope {
@@ -70,6 +73,7 @@ impl From<GatewayEvent> for Envelope {
             GatewayEvent::Delivery(e) => Body::Delivery(e),
             GatewayEvent::Health(e) => Body::Health(e),
             GatewayEvent::Breaker(e) => Body::Breaker(e),
+            GatewayEvent::Config(e) => Body::Config(e),
         };
         Self {
             v: EVENT_VERSION,
@@ -90,6 +94,7 @@ impl TryFrom<Envelope> for GatewayEvent {
             Body::Delivery(e) => Self::Delivery(e),
             Body::Health(e) => Self::Health(e),
             Body::Breaker(e) => Self::Breaker(e),
+            Body::Config(e) => Self::Config(e),
         })
     }
 }
@@ -108,7 +113,7 @@ impl GatewayEvent {
         match self {
             Self::Outcome(e) => Some(&e.message_id),
             Self::Delivery(e) => e.message_id.as_deref(),
-            Self::Health(_) | Self::Breaker(_) => None,
+            Self::Health(_) | Self::Breaker(_) | Self::Config(_) => None,
         }
     }
 }

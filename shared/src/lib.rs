@@ -14,6 +14,7 @@ pub mod address;
 pub mod breaker;
 pub mod clock;
 pub mod config;
+pub mod config_audit;
 pub mod customer_webhooks;
 pub mod duration;
 pub mod events;

@@ -30,6 +30,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::EpochMillis;
+use crate::config_audit::{self, AuditRow, RoutingRule};
 use crate::events::{
     AttemptRecord, BreakerEvent, DeliveryEvent, DeliveryKind, GatewayEvent, HealthEvent, Outcome,
     OutcomeEvent, RecipientKind, RecipientStatus, merge,
@@ -372,6 +373,14 @@ struct Tables {
     health: BTreeMap<String, HealthEvent>,
     /// Breaker transitions, unique on (gateway, at, from, to).
     breaker: Vec<BreakerEvent>,
+    /// `gateway_config_audit`, in insertion order.
+    config_audit: Vec<AuditRow>,
+    /// Each gateway's latest audited config.
+    config_state: BTreeMap<String, serde_json::Value>,
+    /// `at` of the latest config event applied.
+    config_at: EpochMillis,
+    /// `gateway_routing_rules`.
+    routing_rules: Vec<RoutingRule>,
 }
 
 /// In-memory [`RecordWriter`] + [`RecordReader`] (tests, local run).
@@ -399,6 +408,16 @@ impl MemoryRecords {
     /// Delivery events that named no message.
     pub fn unattached_delivery_events(&self) -> Vec<DeliveryEvent> {
         self.lock().unattached.clone()
+    }
+
+    /// `gateway_config_audit`, oldest first.
+    pub fn config_audit(&self) -> Vec<AuditRow> {
+        self.lock().config_audit.clone()
+    }
+
+    /// `gateway_routing_rules`.
+    pub fn routing_rules(&self) -> Vec<RoutingRule> {
+        self.lock().routing_rules.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
@@ -450,6 +469,16 @@ impl Tables {
                     self.breaker
                         .sort_by(|x, y| (x.at, &x.gateway_id).cmp(&(y.at, &y.gateway_id)));
                 }
+            }
+            GatewayEvent::Config(e) => {
+                if e.at < self.config_at {
+                    return;
+                }
+                let rows = config_audit::changes(&self.config_state, e);
+                config_audit::after(&mut self.config_state, &rows);
+                self.config_audit.extend(rows);
+                self.routing_rules.clone_from(&e.rules);
+                self.config_at = e.at;
             }
         }
     }

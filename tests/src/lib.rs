@@ -175,7 +175,7 @@ pub fn database_server_url() -> String {
     })
 }
 
-/// A fresh database named `{prefix}_{pid}_{n}` on the test server, with both migrations applied.
+/// A fresh database named `{prefix}_{pid}_{n}` on the test server, with every migration applied.
 pub async fn fresh_database(prefix: &str) -> gateway_core::records::mysql::MysqlRecords {
     use gateway_core::records::mysql::{MysqlRecords, PoolSettings};
     let server = database_server_url();
@@ -205,8 +205,8 @@ pub async fn fresh_database(prefix: &str) -> gateway_core::records::mysql::Mysql
         .unwrap_or_else(|e| fail("migrating", &e));
     assert_eq!(
         applied,
-        [1, 2],
-        "both migrations apply on an empty database"
+        [1, 2, 3],
+        "every migration applies on an empty database"
     );
     records
 }

@@ -10,7 +10,8 @@
 //! - `GATEWAY_STATE_TABLE` (default `gateway-state`): the DynamoDB table of the suppression list.
 //! - `GATEWAY_CONFIG_FILE` / `GMAIL_WORKSPACES_FILE` (and the other config variables of DESIGN
 //!   §2.2): the same gateway config as the sender's; the recorder reads its
-//!   `customer_webhooks`. Unset: no customer webhooks.
+//!   `customer_webhooks` and records the config in `gateway_config_audit` /
+//!   `gateway_routing_rules` at start-up. Unset: no customer webhooks, no audit.
 //! - `CUSTOMER_WEBHOOK_QUEUE_URL`: the queue announcements are put on (and consumed from);
 //!   required when the config names customer webhooks.
 //! - `CUSTOMER_WEBHOOK_DLQ_URL`: where jobs go, with the reason, once their attempts are spent;
@@ -25,10 +26,12 @@ use std::sync::Arc;
 
 use gateway_core::clock::{Clock, SystemClock};
 use gateway_core::config::{
-    CustomerWebhook, GATEWAY_CONFIG_FILE, GMAIL_WORKSPACES_FILE, SecretRef, load_from_env,
+    Config, CustomerWebhook, GATEWAY_CONFIG_FILE, GMAIL_WORKSPACES_FILE, SecretRef, load_from_env,
 };
+use gateway_core::config_audit::ConfigEvent;
 use gateway_core::customer_webhooks::{Worker, WorkerSettings};
 use gateway_core::duration::parse_duration;
+use gateway_core::events::GatewayEvent;
 use gateway_core::queue::Queue;
 use gateway_core::queue::sqs::{self, SqsQueue};
 use gateway_core::recorder::{CustomerWebhooks, Recorder};
@@ -47,10 +50,11 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// The customer webhooks of the gateway config, when one is named.
-fn customer_webhooks(problems: &mut Vec<Problem>) -> Vec<CustomerWebhook> {
+/// The gateway config, when one is named (the recorder reads its customer webhooks and audits
+/// it).
+fn gateway_config(problems: &mut Vec<Problem>) -> Option<Config> {
     if env(GATEWAY_CONFIG_FILE).is_none() && env(GMAIL_WORKSPACES_FILE).is_none() {
-        return Vec::new();
+        return None;
     }
     match load_from_env() {
         Ok(loaded) => {
@@ -61,12 +65,32 @@ fn customer_webhooks(problems: &mut Vec<Problem>) -> Vec<CustomerWebhook> {
             {
                 tracing::warn!(setting = %w.path, problem = %w.message, "configuration warning");
             }
-            loaded.config.customer_webhooks
+            Some(loaded.config)
         }
         Err(errors) => {
             problems.extend(errors.0.into_iter().map(|i| Problem(i.path, i.message)));
-            Vec::new()
+            None
         }
+    }
+}
+
+/// Records the configuration this instance loaded in `gateway_config_audit` and
+/// `gateway_routing_rules` (a no-op when it is the audited one). Best effort: a database
+/// outage must not keep the recorder from starting; the next cold start audits it.
+async fn audit_config(records: &dyn RecordWriter, config: &Config, clock: &dyn Clock) {
+    let changed_by = format!(
+        "recorder {} ({GATEWAY_CONFIG_FILE}={})",
+        env("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_default(),
+        env(GATEWAY_CONFIG_FILE).unwrap_or_default()
+    );
+    let event = ConfigEvent::of(
+        config,
+        &changed_by,
+        Some("configuration loaded at start-up"),
+        clock.now_ms(),
+    );
+    if let Err(error) = records.apply(&[GatewayEvent::Config(event)]).await {
+        tracing::warn!(%error, "the configuration could not be audited; the next start retries");
     }
 }
 
@@ -112,7 +136,11 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
             )),
         }
     }
-    let endpoints = customer_webhooks(&mut problems);
+    let config = gateway_config(&mut problems);
+    let endpoints = config
+        .as_ref()
+        .map(|c| c.customer_webhooks.clone())
+        .unwrap_or_default();
     let jobs_url = env("CUSTOMER_WEBHOOK_QUEUE_URL");
     let dlq_url = env("CUSTOMER_WEBHOOK_DLQ_URL");
     if !endpoints.is_empty() && jobs_url.is_none() {
@@ -153,6 +181,9 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
         dynamodb::Client::new(&aws),
         table_name_from_env(),
     ));
+    if let Some(config) = &config {
+        audit_config(records.as_ref(), config, clock.as_ref()).await;
+    }
     let mut recorder = Recorder::new(records, state, Arc::clone(&clock));
     if let (Some(jobs_url), Some(dlq_url)) = (jobs_url, dlq_url) {
         let sqs = sqs::Client::new(&aws);

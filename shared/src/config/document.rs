@@ -123,7 +123,9 @@ fn patterns(ps: &[crate::pattern::SenderPattern]) -> Value {
     json!(ps.iter().map(ToString::to_string).collect::<Vec<_>>())
 }
 
-fn gateway(g: &Gateway) -> Value {
+/// One gateway as its config-document entry, every default explicit, secrets redacted (what
+/// `gateway_config_audit` stores).
+pub fn redacted_gateway(g: &Gateway) -> Value {
     let mut o = Map::new();
     o.insert("id".into(), json!(g.id));
     o.insert("type".into(), json!(g.kind.as_str()));
@@ -200,7 +202,7 @@ pub fn redacted_document(config: &Config) -> Value {
         .map(|rule| json!({ "senders": patterns(&rule.senders), "strategy": rule.strategy.as_str() }))
         .collect();
     json!({
-        "gateways": config.gateways.iter().map(gateway).collect::<Vec<_>>(),
+        "gateways": config.gateways.iter().map(redacted_gateway).collect::<Vec<_>>(),
         "global_defaults": {
             "routing_strategy": r.strategy.as_str(),
             "http": {

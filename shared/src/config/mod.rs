@@ -12,7 +12,7 @@ mod load;
 mod model;
 mod validate;
 
-pub use document::redacted_document;
+pub use document::{redacted_document, redacted_gateway};
 pub use env::{EnvOverrides, GATEWAY_CONFIG_FILE, GMAIL_WORKSPACES_FILE};
 pub use legacy::convert_legacy;
 pub use load::{Loaded, load_config, load_from_env};

@@ -33,6 +33,7 @@ use super::{
     Applied, MessageRecord, MessageStatus, RecipientRecord, RecordError, RecordReader, RecordWriter,
 };
 use crate::clock::{EpochMillis, utc_date_string, utc_day, utc_hour};
+use crate::config_audit::{self, ConfigEvent};
 use crate::events::{
     AttemptRecord, BreakerEvent, DeliveryEvent, DeliveryKind, GatewayEvent, HealthEvent,
     OutcomeClass,
@@ -184,7 +185,7 @@ impl MysqlRecords {
                     }
                     delivery_keys.insert((e.provider.clone(), e.provider_event_id.clone()));
                 }
-                GatewayEvent::Health(_) | GatewayEvent::Breaker(_) => {}
+                GatewayEvent::Health(_) | GatewayEvent::Breaker(_) | GatewayEvent::Config(_) => {}
             }
         }
         let ids: Vec<String> = ids.into_iter().collect();
@@ -223,6 +224,8 @@ impl MysqlRecords {
                     }
                 }
                 GatewayEvent::Breaker(e) => breaker.push(e),
+                // In a transaction of its own: see `apply_config`.
+                GatewayEvent::Config(_) => {}
             }
         }
 
@@ -309,10 +312,140 @@ impl RecordWriter for MysqlRecords {
         if events.is_empty() {
             return Ok(Applied::default());
         }
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let messages = self.apply_in(&mut tx, events).await?;
-        tx.commit().await.map_err(unavailable)?;
+        let mut messages = BTreeMap::new();
+        if events.iter().any(|e| !matches!(e, GatewayEvent::Config(_))) {
+            let mut tx = self.pool.begin().await.map_err(unavailable)?;
+            messages = self.apply_in(&mut tx, events).await?;
+            tx.commit().await.map_err(unavailable)?;
+        }
+        let mut configs: Vec<&ConfigEvent> = events
+            .iter()
+            .filter_map(|e| match e {
+                GatewayEvent::Config(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        configs.sort_by_key(|c| c.at);
+        for config in configs {
+            self.apply_config(config).await?;
+        }
         Ok(Applied { messages })
+    }
+}
+
+impl MysqlRecords {
+    /// Audits a configuration ([`crate::config_audit`]) in a transaction of its own. Its first
+    /// statement locks the single `gateway_config_state` row, so recorders auditing at the same
+    /// time take turns, and the later one's reads (the consistent snapshot starts after the
+    /// lock) see the earlier one's rows: each change is written once.
+    async fn apply_config(&self, e: &ConfigEvent) -> Result<(), RecordError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let applied_at: Option<i64> = sqlx::query_scalar(
+            "SELECT applied_at_ms FROM gateway_config_state WHERE id = 1 FOR UPDATE",
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if applied_at.is_some_and(|t| e.at < t) {
+            tracing::info!(
+                at = e.at,
+                newest = applied_at,
+                "a configuration older than the audited one is ignored"
+            );
+            return tx.rollback().await.map_err(unavailable);
+        }
+        let latest: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT a.gateway_id, a.new_config FROM gateway_config_audit a \
+             JOIN (SELECT gateway_id, MAX(id) AS id FROM gateway_config_audit GROUP BY gateway_id) l \
+             ON a.id = l.id",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let mut current = BTreeMap::new();
+        for (id, config) in latest {
+            if let Some(text) = config {
+                let value = serde_json::from_str(&text)
+                    .map_err(|_| corrupt("gateway_config_audit.new_config"))?;
+                current.insert(id, value);
+            }
+        }
+        let rows = config_audit::changes(&current, e);
+        if !rows.is_empty() {
+            let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+                "INSERT INTO gateway_config_audit (gateway_id, action, old_config, new_config, \
+                 changed_by, reason, at_ms) ",
+            );
+            q.push_values(&rows, |mut b, r| {
+                b.push_bind(r.gateway_id.clone())
+                    .push_bind(r.action.clone())
+                    .push_bind(r.old_config.as_ref().map(json_text))
+                    .push_bind(r.new_config.as_ref().map(json_text))
+                    .push_bind(r.changed_by.clone())
+                    .push_bind(r.reason.clone())
+                    .push_bind(r.at);
+            });
+            q.build().execute(&mut *tx).await.map_err(unavailable)?;
+        }
+        let stored: Vec<(String, String, i64, String, bool)> = sqlx::query_as(
+            "SELECT rule_type, gateway_id, priority, conditions, enabled \
+             FROM gateway_routing_rules ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let same_rules = stored.len() == e.rules.len()
+            && stored.iter().zip(&e.rules).all(|(s, r)| {
+                s.0 == r.rule_type
+                    && s.1 == r.gateway_id
+                    && s.2 == i64::from(r.priority)
+                    && serde_json::from_str::<serde_json::Value>(&s.3)
+                        .ok()
+                        .as_ref()
+                        == Some(&r.conditions)
+                    && s.4 == r.enabled
+            });
+        if !same_rules {
+            sqlx::query("DELETE FROM gateway_routing_rules")
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            if !e.rules.is_empty() {
+                let mut q: QueryBuilder<MySql> = QueryBuilder::new(
+                    "INSERT INTO gateway_routing_rules (rule_type, gateway_id, priority, \
+                     conditions, enabled, updated_at_ms) ",
+                );
+                q.push_values(&e.rules, |mut b, r| {
+                    b.push_bind(r.rule_type.clone())
+                        .push_bind(r.gateway_id.clone())
+                        .push_bind(r.priority)
+                        .push_bind(json_text(&r.conditions))
+                        .push_bind(r.enabled)
+                        .push_bind(e.at);
+                });
+                q.build().execute(&mut *tx).await.map_err(unavailable)?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO gateway_config_state (id, applied_at_ms, applied_by) VALUES (1, ?, ?) \
+             ON DUPLICATE KEY UPDATE applied_by = IF(VALUES(applied_at_ms) >= applied_at_ms, \
+             VALUES(applied_by), applied_by), \
+             applied_at_ms = GREATEST(applied_at_ms, VALUES(applied_at_ms))",
+        )
+        .bind(e.at)
+        .bind(&e.changed_by)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        if !rows.is_empty() {
+            tracing::info!(
+                changes = rows.len(),
+                changed_by = %e.changed_by,
+                "gateway configuration changes audited"
+            );
+        }
+        Ok(())
     }
 }
 
