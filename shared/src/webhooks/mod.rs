@@ -11,6 +11,7 @@
 //! [`DeliveryKind`]: crate::events::DeliveryKind
 
 pub mod mailgun;
+pub mod sns;
 pub mod verify;
 
 use crate::events::DeliveryEvent;

@@ -226,7 +226,7 @@ pub async fn first_use<S: StateStore + ?Sized>(
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
