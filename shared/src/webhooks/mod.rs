@@ -11,6 +11,8 @@
 //! [`DeliveryKind`]: crate::events::DeliveryKind
 
 pub mod mailgun;
+pub mod sendgrid;
+pub mod ses;
 pub mod sns;
 pub mod verify;
 

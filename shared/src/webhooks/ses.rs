@@ -1,0 +1,392 @@
+//! Amazon SES event publishing (providers.md §3.5) → [`DeliveryEvent`]s: the `Message` of an SNS
+//! notification, one SES event, normalised into one event per recipient it concerns.
+//!
+//! - Our message id: the `X-Gateway-Message-Id` header SES publishes in `mail.headers` (exact),
+//!   else the `message_id` email tag (lossy: SES tags allow only `[A-Za-z0-9_-]`).
+//! - SES has no per-recipient event id; the id is `{SES message id}:{event type}:{recipient}:{event
+//!   time}`, stable across SNS retries (hashed when longer than the column's 255 characters).
+//! - `Bounce`: `Permanent` → hard bounce, except subtypes `Suppressed` and
+//!   `OnAccountSuppressionList` (SES never tried) → rejected; `Transient` and `Undetermined` →
+//!   soft bounce. `Complaint` → complaint, or rejected for `OnAccountSuppressionList`. `Reject` and
+//!   `Rendering Failure` → rejected for every destination. `DeliveryDelay` → deferred.
+//!   `Subscription` → unsubscribed when it opts out. `Open` and `Click` name no recipient: they
+//!   are attributed to every destination of the message. `Send` is ignored.
+//! - Identity notifications (`notificationType` instead of `eventType`) are read the same way.
+
+use aws_lc_rs::digest;
+use serde_json::Value;
+
+use super::{Normalized, PayloadError};
+use crate::clock::parse_rfc3339;
+use crate::events::{DeliveryEvent, DeliveryKind};
+
+/// Provider name used in events and in `delivery_events.provider`.
+pub const PROVIDER: &str = "amazon_ses";
+
+/// The header carrying our message id.
+pub const MESSAGE_ID_HEADER: &str = "X-Gateway-Message-Id";
+
+/// Normalises one SES event (the SNS `Message` text, already authenticated).
+pub fn normalize(message: &str) -> Result<Vec<Normalized>, PayloadError> {
+    let doc: Value =
+        serde_json::from_str(message).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+    let event_type = doc
+        .get("eventType")
+        .or_else(|| doc.get("notificationType"))
+        .and_then(Value::as_str)
+        .ok_or(PayloadError::Field { field: "eventType" })?;
+    let mail = doc
+        .get("mail")
+        .filter(|m| m.is_object())
+        .ok_or(PayloadError::Field { field: "mail" })?;
+    let ses_id = mail
+        .get("messageId")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or(PayloadError::Field {
+            field: "mail.messageId",
+        })?;
+    let destinations = || -> Vec<String> {
+        mail.get("destination")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let object_key = match event_type {
+        "Rendering Failure" => "failure",
+        "DeliveryDelay" => "deliveryDelay",
+        other => match other {
+            "Bounce" => "bounce",
+            "Complaint" => "complaint",
+            "Delivery" => "delivery",
+            "Reject" => "reject",
+            "Open" => "open",
+            "Click" => "click",
+            "Subscription" => "subscription",
+            _ => "",
+        },
+    };
+    let detail = doc.get(object_key).unwrap_or(&Value::Null);
+    let text = |v: &Value, f: &str| v.get(f).and_then(Value::as_str).map(str::to_owned);
+    let addresses = |list: &str| -> Vec<Recipient> {
+        detail
+            .get(list)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| {
+                        let address = r.get("emailAddress").and_then(Value::as_str)?;
+                        Some((address.to_owned(), text(r, "diagnosticCode")))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let plain = |list: Vec<String>| list.into_iter().map(|a| (a, None)).collect::<Vec<_>>();
+    let (kind, recipients, diagnostic): (DeliveryKind, Vec<Recipient>, Option<String>) =
+        match event_type {
+            "Delivery" => {
+                let list = detail
+                    .get("recipients")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_else(destinations);
+                (
+                    DeliveryKind::Delivered,
+                    plain(list),
+                    text(detail, "smtpResponse"),
+                )
+            }
+            "Bounce" => {
+                let kind = match (
+                    detail.get("bounceType").and_then(Value::as_str),
+                    detail.get("bounceSubType").and_then(Value::as_str),
+                ) {
+                    (Some("Permanent"), Some("Suppressed" | "OnAccountSuppressionList")) => {
+                        DeliveryKind::Rejected
+                    }
+                    (Some("Permanent"), _) => DeliveryKind::HardBounce,
+                    _ => DeliveryKind::SoftBounce,
+                };
+                let sub = text(detail, "bounceSubType");
+                (kind, addresses("bouncedRecipients"), sub)
+            }
+            "Complaint" => {
+                let kind = if detail.get("complaintSubType").and_then(Value::as_str)
+                    == Some("OnAccountSuppressionList")
+                {
+                    DeliveryKind::Rejected
+                } else {
+                    DeliveryKind::Complained
+                };
+                (
+                    kind,
+                    addresses("complainedRecipients"),
+                    text(detail, "complaintFeedbackType"),
+                )
+            }
+            "DeliveryDelay" => (
+                DeliveryKind::Deferred,
+                addresses("delayedRecipients"),
+                text(detail, "delayType"),
+            ),
+            "Reject" => (
+                DeliveryKind::Rejected,
+                plain(destinations()),
+                text(detail, "reason"),
+            ),
+            "Rendering Failure" => (
+                DeliveryKind::Rejected,
+                plain(destinations()),
+                text(detail, "errorMessage"),
+            ),
+            "Open" => (DeliveryKind::Opened, plain(destinations()), None),
+            "Click" => (DeliveryKind::Clicked, plain(destinations()), None),
+            "Subscription" => {
+                let prefs = detail.get("newTopicPreferences").unwrap_or(&Value::Null);
+                let all = prefs.get("unsubscribeAll").and_then(Value::as_bool) == Some(true);
+                let any_out = prefs
+                    .get("topicSubscriptionStatus")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| {
+                        a.iter().any(|t| {
+                            t.get("subscriptionStatus").and_then(Value::as_str) == Some("OptOut")
+                        })
+                    });
+                if !(all || any_out) {
+                    return Ok(vec![Normalized::Ignored {
+                        event: event_type.to_owned(),
+                    }]);
+                }
+                (DeliveryKind::Unsubscribed, plain(destinations()), None)
+            }
+            other => {
+                return Ok(vec![Normalized::Ignored {
+                    event: other.to_owned(),
+                }]);
+            }
+        };
+    if recipients.is_empty() {
+        return Err(PayloadError::Field {
+            field: "recipients",
+        });
+    }
+    let at = text(detail, "timestamp")
+        .or_else(|| text(mail, "timestamp"))
+        .as_deref()
+        .and_then(parse_rfc3339)
+        .ok_or(PayloadError::Field { field: "timestamp" })?;
+    let message_id = our_message_id(mail);
+    let url = text(detail, "link");
+    Ok(recipients
+        .into_iter()
+        .map(|(recipient, own_diagnostic)| {
+            Normalized::Event(DeliveryEvent {
+                provider: PROVIDER.to_owned(),
+                provider_event_id: event_id(ses_id, event_type, &recipient, at),
+                message_id: message_id.clone(),
+                recipient,
+                kind,
+                at,
+                diagnostic: own_diagnostic.or_else(|| diagnostic.clone()),
+                url: url.clone(),
+            })
+        })
+        .collect())
+}
+
+/// A recipient an event concerns, with its own diagnostic when SES gives one.
+type Recipient = (String, Option<String>);
+
+fn our_message_id(mail: &Value) -> Option<String> {
+    let from_header = mail
+        .get("headers")
+        .and_then(Value::as_array)
+        .and_then(|headers| {
+            headers.iter().find_map(|h| {
+                let name = h.get("name").and_then(Value::as_str)?;
+                if name.eq_ignore_ascii_case(MESSAGE_ID_HEADER) {
+                    h.get("value").and_then(Value::as_str)
+                } else {
+                    None
+                }
+            })
+        });
+    let from_tag = || {
+        mail.get("tags")
+            .and_then(|t| t.get("message_id"))
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+    };
+    from_header
+        .or_else(from_tag)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn event_id(ses_id: &str, event_type: &str, recipient: &str, at: i64) -> String {
+    let id = format!("{ses_id}:{event_type}:{}:{at}", recipient.to_lowercase());
+    if id.len() <= 255 {
+        return id;
+    }
+    let hash = digest::digest(&digest::SHA256, id.as_bytes());
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{ses_id}:sha256:{hex}").chars().take(255).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn mail() -> Value {
+        json!({"timestamp": "2017-08-05T00:40:02.012Z", "messageId": "ses-1",
+            "destination": ["a@x.example", "b@x.example"],
+            "headers": [{"name": "x-gateway-message-id", "value": "m-1"}],
+            "tags": {"message_id": ["m_1"]}})
+    }
+
+    fn events(doc: Value) -> Vec<DeliveryEvent> {
+        normalize(&doc.to_string())
+            .unwrap()
+            .into_iter()
+            .map(|n| match n {
+                Normalized::Event(e) => e,
+                Normalized::Ignored { event } => panic!("ignored {event}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_permanent_bounce_is_a_hard_bounce_per_bounced_recipient() {
+        let out = events(json!({"eventType": "Bounce", "mail": mail(),
+            "bounce": {"bounceType": "Permanent", "bounceSubType": "General",
+                "bouncedRecipients": [{"emailAddress": "a@x.example",
+                    "diagnosticCode": "smtp; 550 5.1.1 user unknown"}],
+                "timestamp": "2017-08-05T00:41:02.669Z"}}));
+        assert_eq!(out.len(), 1);
+        let e = &out[0];
+        assert_eq!(e.kind, DeliveryKind::HardBounce);
+        assert_eq!(e.recipient, "a@x.example");
+        assert_eq!(
+            e.message_id.as_deref(),
+            Some("m-1"),
+            "the exact id from the header"
+        );
+        assert_eq!(e.at, 1_501_893_662_669);
+        assert_eq!(
+            e.diagnostic.as_deref(),
+            Some("smtp; 550 5.1.1 user unknown")
+        );
+        assert_eq!(
+            e.provider_event_id,
+            "ses-1:Bounce:a@x.example:1501893662669"
+        );
+    }
+
+    #[test]
+    fn every_event_type_maps_to_its_kind() {
+        use DeliveryKind::*;
+        let cases = [
+            (
+                json!({"eventType": "Delivery", "delivery": {"timestamp": "2017-08-05T00:41:00Z",
+                "recipients": ["a@x.example"], "smtpResponse": "250 ok"}}),
+                vec![Delivered],
+            ),
+            (
+                json!({"eventType": "Bounce", "bounce": {"bounceType": "Transient",
+                "bouncedRecipients": [{"emailAddress": "a@x.example"}]}}),
+                vec![SoftBounce],
+            ),
+            (
+                json!({"eventType": "Bounce", "bounce": {"bounceType": "Permanent",
+                "bounceSubType": "OnAccountSuppressionList",
+                "bouncedRecipients": [{"emailAddress": "a@x.example"}]}}),
+                vec![Rejected],
+            ),
+            (
+                json!({"eventType": "Complaint", "complaint": {"complainedRecipients":
+                [{"emailAddress": "a@x.example"}], "complaintFeedbackType": "abuse"}}),
+                vec![Complained],
+            ),
+            (
+                json!({"eventType": "Reject", "reject": {"reason": "Bad content"}}),
+                vec![Rejected, Rejected],
+            ),
+            (
+                json!({"eventType": "Rendering Failure", "failure": {"errorMessage": "no var"}}),
+                vec![Rejected, Rejected],
+            ),
+            (
+                json!({"eventType": "DeliveryDelay", "deliveryDelay": {"delayType": "MailboxFull",
+                "delayedRecipients": [{"emailAddress": "b@x.example"}]}}),
+                vec![Deferred],
+            ),
+            (
+                json!({"eventType": "Open", "open": {"timestamp": "2017-08-05T01:00:00Z"}}),
+                vec![Opened, Opened],
+            ),
+            (
+                json!({"eventType": "Click", "click": {"link": "https://x.example/l"}}),
+                vec![Clicked, Clicked],
+            ),
+            (
+                json!({"eventType": "Subscription", "subscription": {"newTopicPreferences":
+                {"unsubscribeAll": true}}}),
+                vec![Unsubscribed, Unsubscribed],
+            ),
+        ];
+        for (mut doc, want) in cases {
+            doc["mail"] = mail();
+            let got: Vec<DeliveryKind> = events(doc.clone()).iter().map(|e| e.kind).collect();
+            assert_eq!(got, want, "{doc}");
+        }
+        let mut send = json!({"eventType": "Send", "send": {}});
+        send["mail"] = mail();
+        assert!(matches!(
+            &normalize(&send.to_string()).unwrap()[0],
+            Normalized::Ignored { event } if event == "Send"
+        ));
+    }
+
+    #[test]
+    fn the_tag_stands_in_for_a_missing_header_and_bad_payloads_name_the_field() {
+        let mut m = mail();
+        m.as_object_mut().unwrap().remove("headers");
+        let out = events(json!({"eventType": "Open", "mail": m, "open": {}}));
+        assert_eq!(out[0].message_id.as_deref(), Some("m_1"));
+        assert_eq!(
+            out[0].at, 1_501_893_602_012,
+            "mail.timestamp when the event has none"
+        );
+        assert!(matches!(normalize("nope"), Err(PayloadError::NotJson(_))));
+        assert_eq!(
+            normalize(&json!({"mail": mail()}).to_string()),
+            Err(PayloadError::Field { field: "eventType" })
+        );
+        assert_eq!(
+            normalize(&json!({"eventType": "Bounce", "mail": mail(), "bounce": {}}).to_string()),
+            Err(PayloadError::Field {
+                field: "recipients"
+            })
+        );
+        let long = format!("{}@x.example", "a".repeat(250));
+        let id = event_id("ses-1", "Delivery", &long, 1);
+        assert!(id.len() <= 255 && id.starts_with("ses-1:sha256:"), "{id}");
+    }
+}
