@@ -79,8 +79,7 @@ fn gateway_config(problems: &mut Vec<Problem>) -> Option<Config> {
 /// outage must not keep the recorder from starting; the next cold start audits it.
 async fn audit_config(records: &dyn RecordWriter, config: &Config, clock: &dyn Clock) {
     let changed_by = format!(
-        "recorder {} ({GATEWAY_CONFIG_FILE}={})",
-        env("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_default(),
+        "recorder ({GATEWAY_CONFIG_FILE}={})",
         env(GATEWAY_CONFIG_FILE).unwrap_or_default()
     );
     let event = ConfigEvent::of(

@@ -10,6 +10,7 @@
 //! [`DeliveryEvent`]: crate::events::DeliveryEvent
 //! [`DeliveryKind`]: crate::events::DeliveryKind
 
+pub mod edge;
 pub mod mailgun;
 pub mod sendgrid;
 pub mod ses;

@@ -1,0 +1,395 @@
+//! The provider webhook edge (`POST /webhooks/{mailgun,sendgrid,ses}`): authenticate on the raw
+//! bytes, normalise, put the delivery events on the events queue, answer quickly. The same code
+//! serves the `webhooks` Lambda function and `gateway serve`.
+//!
+//! | outcome | status |
+//! |---|---|
+//! | events queued (or the payload had none we record) | 200 `{"accepted": n, "ignored": m}` |
+//! | signature fields missing or malformed, payload unreadable | 400 |
+//! | signature does not verify with any configured key | 401 |
+//! | signed but stale, replayed, from a topic not on the allow-list, or a certificate URL that is not SNS's | 403 |
+//! | no key configured for the provider | 404 (the route is not in use) |
+//! | the events queue, the replay store or SNS's certificate unreachable | 503 (the provider retries) |
+//!
+//! Every error body is `{"error": code, "message": text}`; none echoes a key or signature.
+//!
+//! Decisions:
+//! - An event without our message id is still queued (the recorder keeps it unattached, and a
+//!   hard bounce still suppresses the address); a warning names the provider event id.
+//! - A Mailgun token is remembered for [`REPLAY_WINDOW`] (longer than the freshness window, so a
+//!   token cannot come back after it is forgotten), and forgotten again if the events could not
+//!   be queued, so the provider's retry is not refused as a replay.
+//! - SNS messages are not freshness-checked: SNS retries for up to an hour with the original
+//!   signature, and the recorder is idempotent on event ids, so a replayed notification changes
+//!   nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::sns::{self, CertCache, CertError};
+use super::verify::{self, MAX_AGE, Rejection};
+use super::{Normalized, PayloadError, mailgun, sendgrid, ses};
+use crate::clock::Clock;
+use crate::config::{Config, ProviderSettings, SecretRef};
+use crate::events::{DeliveryEvent, EventSink, GatewayEvent};
+use crate::secrets::SecretResolver;
+use crate::state::{Condition, StateStore, Write, WriteOp};
+
+/// How long a Mailgun token is remembered.
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(2 * 600 + 60);
+
+/// The largest body accepted (Mailgun and SendGrid batches stay far below it).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// An answer: status and JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Value,
+}
+
+impl Answer {
+    fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({"error": code, "message": message.into()}),
+        }
+    }
+
+    fn rejected(r: &Rejection) -> Self {
+        Self::error(r.status(), r.code(), r.to_string())
+    }
+
+    fn payload(e: &PayloadError) -> Self {
+        Self::error(400, "invalid_payload", e.to_string())
+    }
+}
+
+/// What the edge accepts, read from the gateway config.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookKeys {
+    /// Mailgun webhook signing keys (one per Mailgun gateway that names one).
+    pub mailgun: Vec<SecretRef>,
+    /// SendGrid event-webhook public keys.
+    pub sendgrid: Vec<String>,
+    /// SNS topics allowed on `/webhooks/ses`.
+    pub sns_topics: Vec<String>,
+}
+
+impl WebhookKeys {
+    /// The keys and topics of every gateway in `config` (disabled ones included: their
+    /// provider still reports on mail they sent).
+    pub fn of(config: &Config) -> Self {
+        let mut keys = Self::default();
+        for g in &config.gateways {
+            match &g.provider {
+                ProviderSettings::Mailgun(m) => {
+                    if let Some(k) = &m.webhook_signing_key
+                        && !keys.mailgun.contains(k)
+                    {
+                        keys.mailgun.push(k.clone());
+                    }
+                }
+                ProviderSettings::Sendgrid(s) => {
+                    if let Some(k) = &s.webhook_public_key
+                        && !keys.sendgrid.contains(k)
+                    {
+                        keys.sendgrid.push(k.clone());
+                    }
+                }
+                ProviderSettings::AmazonSes(s) => {
+                    for t in &s.sns_topic_arns {
+                        if !keys.sns_topics.contains(t) {
+                            keys.sns_topics.push(t.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        keys
+    }
+}
+
+/// The webhook edge's dependencies.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    keys: WebhookKeys,
+    secrets: Arc<SecretResolver>,
+    replay: Arc<dyn StateStore>,
+    events: Arc<dyn EventSink>,
+    certs: CertCache,
+    http: reqwest::Client,
+    clock: Arc<dyn Clock>,
+}
+
+impl Edge {
+    /// An edge checking with `keys`, remembering tokens in `replay`, queueing on `events`.
+    pub fn new(
+        keys: WebhookKeys,
+        secrets: Arc<SecretResolver>,
+        replay: Arc<dyn StateStore>,
+        events: Arc<dyn EventSink>,
+        certs: CertCache,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            keys,
+            secrets,
+            replay,
+            events,
+            certs,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
+            clock,
+        })
+    }
+
+    /// Handles `POST /webhooks/{provider}` with the raw `body` (already base64-decoded when API
+    /// Gateway encoded it); `header` looks a request header up by lower-case name.
+    pub async fn handle(
+        &self,
+        provider: &str,
+        header: &(dyn Fn(&str) -> Option<String> + Sync),
+        body: &[u8],
+    ) -> Answer {
+        if body.len() > MAX_BODY {
+            return Answer::error(
+                413,
+                "body_too_large",
+                format!("the body exceeds {MAX_BODY} bytes"),
+            );
+        }
+        match provider {
+            "mailgun" => self.mailgun(body).await,
+            "sendgrid" => self.sendgrid(header, body).await,
+            "ses" => self.ses(body).await,
+            other => Answer::error(
+                404,
+                "unknown_provider",
+                format!("no webhook route for {other:?}; served: mailgun, sendgrid, ses"),
+            ),
+        }
+    }
+
+    async fn mailgun(&self, body: &[u8]) -> Answer {
+        if self.keys.mailgun.is_empty() {
+            return not_configured("mailgun", "gateways[].mailgun.webhook_signing_key");
+        }
+        let sig = match verify::mailgun_signature(body) {
+            Ok(sig) => sig,
+            Err(r) => return Answer::rejected(&r),
+        };
+        let now = self.clock.now_ms();
+        let mut outcome = Err(Rejection::Forged);
+        for reference in &self.keys.mailgun {
+            let key = match self.secrets.resolve(reference).await {
+                Ok(key) => key,
+                Err(error) => {
+                    tracing::error!(%error, "the Mailgun webhook signing key could not be resolved");
+                    return Answer::error(503, "unavailable", "the signing key is unavailable");
+                }
+            };
+            outcome = verify::verify_mailgun(key.expose().as_bytes(), &sig, now, MAX_AGE);
+            if !matches!(outcome, Err(Rejection::Forged)) {
+                break;
+            }
+        }
+        if let Err(r) = outcome {
+            return Answer::rejected(&r);
+        }
+        match verify::first_use(
+            self.replay.as_ref(),
+            "mailgun",
+            &sig.token,
+            now,
+            REPLAY_WINDOW,
+        )
+        .await
+        {
+            Ok(true) => {}
+            Ok(false) => return Answer::rejected(&Rejection::Replayed),
+            Err(error) => {
+                tracing::warn!(%error, "replay store unavailable");
+                return Answer::error(503, "unavailable", "the replay store is unavailable");
+            }
+        }
+        let normalized = match mailgun::normalize(body) {
+            Ok(n) => vec![n],
+            Err(e) => return Answer::payload(&e),
+        };
+        let answer = self.queue("mailgun", normalized).await;
+        if answer.status >= 500 {
+            // Let the provider's retry through.
+            let forget = Write {
+                key: format!("replay#mailgun#{}", sig.token),
+                op: WriteOp::Delete,
+                condition: Condition::Always,
+            };
+            if let Err(error) = self.replay.write(forget).await {
+                tracing::warn!(%error, "a replay token could not be forgotten");
+            }
+        }
+        answer
+    }
+
+    async fn sendgrid(
+        &self,
+        header: &(dyn Fn(&str) -> Option<String> + Sync),
+        body: &[u8],
+    ) -> Answer {
+        if self.keys.sendgrid.is_empty() {
+            return not_configured("sendgrid", "gateways[].sendgrid.webhook_public_key");
+        }
+        let (Some(signature), Some(timestamp)) = (
+            header("x-twilio-email-event-webhook-signature"),
+            header("x-twilio-email-event-webhook-timestamp"),
+        ) else {
+            return Answer::rejected(&Rejection::Malformed {
+                field: "X-Twilio-Email-Event-Webhook-Signature / -Timestamp",
+            });
+        };
+        let now = self.clock.now_ms();
+        let mut outcome = Err(Rejection::Forged);
+        for key in &self.keys.sendgrid {
+            outcome = verify::verify_sendgrid(key, &timestamp, body, &signature, now, MAX_AGE);
+            if !matches!(outcome, Err(Rejection::Forged)) {
+                break;
+            }
+        }
+        if let Err(r) = outcome {
+            return Answer::rejected(&r);
+        }
+        match sendgrid::normalize(body) {
+            Ok(n) => self.queue("sendgrid", n).await,
+            Err(e) => Answer::payload(&e),
+        }
+    }
+
+    async fn ses(&self, body: &[u8]) -> Answer {
+        if self.keys.sns_topics.is_empty() {
+            return not_configured("ses", "gateways[].amazon_ses.sns_topic_arns");
+        }
+        let message = match sns::parse(body) {
+            Ok(m) => m,
+            Err(r) => return Answer::rejected(&r),
+        };
+        if !self.keys.sns_topics.contains(&message.topic_arn) {
+            return Answer::error(
+                403,
+                "topic_not_allowed",
+                "the topic is not on gateways[].amazon_ses.sns_topic_arns",
+            );
+        }
+        let key = match self.certs.public_key(&message.signing_cert_url).await {
+            Ok(key) => key,
+            Err(CertError::Unavailable) => {
+                return Answer::error(503, "unavailable", CertError::Unavailable.to_string());
+            }
+            Err(e) => return Answer::error(403, "untrusted_certificate", e.to_string()),
+        };
+        if let Err(r) = sns::verify(&message, &key) {
+            return Answer::rejected(&r);
+        }
+        match message.kind.as_str() {
+            "Notification" => match ses::normalize(&message.message) {
+                Ok(n) => self.queue("amazon_ses", n).await,
+                Err(e) => Answer::payload(&e),
+            },
+            "SubscriptionConfirmation" => self.confirm(&message).await,
+            "UnsubscribeConfirmation" => {
+                tracing::warn!(topic = %message.topic_arn, "SNS unsubscribed this endpoint");
+                Answer {
+                    status: 200,
+                    body: json!({"accepted": 0, "ignored": 1}),
+                }
+            }
+            _ => Answer::rejected(&Rejection::Malformed { field: "Type" }),
+        }
+    }
+
+    async fn confirm(&self, message: &sns::SnsMessage) -> Answer {
+        let Some(url) = message
+            .subscribe_url
+            .as_deref()
+            .filter(|u| sns::is_sns_url(u, false))
+        else {
+            return Answer::error(
+                403,
+                "untrusted_subscribe_url",
+                "SubscribeURL is not an https://sns.<region>.amazonaws.com URL",
+            );
+        };
+        match self.http.get(url).send().await {
+            Ok(r) if r.status().is_success() => {
+                tracing::info!(topic = %message.topic_arn, "SNS subscription confirmed");
+                Answer {
+                    status: 200,
+                    body: json!({"confirmed": true}),
+                }
+            }
+            _ => Answer::error(
+                503,
+                "unavailable",
+                "the subscription could not be confirmed",
+            ),
+        }
+    }
+
+    async fn queue(&self, provider: &str, normalized: Vec<Normalized>) -> Answer {
+        let mut events: Vec<GatewayEvent> = Vec::new();
+        let mut ignored = 0usize;
+        for n in normalized {
+            match n {
+                Normalized::Event(e) => {
+                    warn_unattached(&e);
+                    events.push(GatewayEvent::Delivery(e));
+                }
+                Normalized::Ignored { event } => {
+                    tracing::debug!(provider, event, "event type without delivery meaning");
+                    ignored += 1;
+                }
+            }
+        }
+        if !events.is_empty()
+            && let Err(error) = self.events.emit(&events).await
+        {
+            tracing::error!(provider, %error, "events queue unavailable; the provider retries");
+            return Answer::error(503, "unavailable", "the events queue is unavailable");
+        }
+        tracing::info!(
+            provider,
+            accepted = events.len(),
+            ignored,
+            "webhook accepted"
+        );
+        Answer {
+            status: 200,
+            body: json!({"accepted": events.len(), "ignored": ignored}),
+        }
+    }
+}
+
+fn warn_unattached(e: &DeliveryEvent) {
+    if e.message_id.is_none() {
+        tracing::warn!(
+            provider = %e.provider,
+            provider_event_id = %e.provider_event_id,
+            "provider event without our message id; recorded unattached"
+        );
+    }
+}
+
+fn not_configured(provider: &str, setting: &str) -> Answer {
+    Answer::error(
+        404,
+        "not_configured",
+        format!("no {provider} webhook is configured ({setting})"),
+    )
+}
