@@ -8,3 +8,26 @@ pub use handler::{
     Deps, EARLIEST_DEADLINE_MS, HandlerError, LOCAL_DEADLINE_MS, effective_deadline, handle,
     received,
 };
+
+/// Every environment variable `main.rs` reads, directly or through `gateway-core`
+/// ([`gateway_core::config::ENV_VARS`] for the gateway config,
+/// [`gateway_core::state::dynamodb::TABLE_ENV`] for the state table) and `RUST_LOG` for the
+/// log filter; the AWS SDK's own variables, which Lambda sets, are not listed. `template.yaml`
+/// gives the function exactly these, and `tests/tests/template.rs` checks both that `main.rs`
+/// reads each of them and that the template matches.
+pub const ENV_VARS: &[&str] = &[
+    "GATEWAY_MODE",
+    "GATEWAY_CONFIG_FILE",
+    "GMAIL_WORKSPACES_FILE",
+    "QUEUE_DAILY_RATE_LIMIT",
+    "CB_FAILURE_THRESHOLD",
+    "CB_SUCCESS_THRESHOLD",
+    "CB_TIMEOUT",
+    "HEALTH_CHECK_INTERVAL",
+    "HEALTH_CHECK_TIMEOUT",
+    "GATEWAY_STATE_TABLE",
+    "OUTBOUND_QUEUE_URL",
+    "EVENTS_QUEUE_URL",
+    "METRICS_NAMESPACE",
+    "RUST_LOG",
+];

@@ -32,6 +32,21 @@ pub const HEALTH_CHECK_INTERVAL: &str = "HEALTH_CHECK_INTERVAL";
 /// `HEALTH_CHECK_TIMEOUT`.
 pub const HEALTH_CHECK_TIMEOUT: &str = "HEALTH_CHECK_TIMEOUT";
 
+/// Every variable [`EnvOverrides::from_lookup`] (and so [`super::load_from_env`]) reads. A
+/// deployment passes each of them to every function that loads the config (empty when unset);
+/// the template drift test (`tests/tests/template.rs`) holds the template to this list.
+pub const ENV_VARS: [&str; 9] = [
+    GATEWAY_MODE,
+    GATEWAY_CONFIG_FILE,
+    GMAIL_WORKSPACES_FILE,
+    QUEUE_DAILY_RATE_LIMIT,
+    CB_FAILURE_THRESHOLD,
+    CB_SUCCESS_THRESHOLD,
+    CB_TIMEOUT,
+    HEALTH_CHECK_INTERVAL,
+    HEALTH_CHECK_TIMEOUT,
+];
+
 /// The parsed environment overrides. `None` means the variable is unset (or empty).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EnvOverrides {
@@ -160,5 +175,26 @@ fn duration(is: &mut Issues, name: &str, v: &str) -> Option<Duration> {
             is.error(name, e.to_string());
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod env_vars_tests {
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+
+    use super::{ENV_VARS, EnvOverrides};
+
+    #[test]
+    fn env_vars_lists_exactly_what_the_overrides_read() {
+        let asked = RefCell::new(BTreeSet::new());
+        let lookup = |name: &str| {
+            asked.borrow_mut().insert(name.to_owned());
+            None
+        };
+        assert!(EnvOverrides::from_lookup(&lookup).is_ok());
+        let listed: BTreeSet<String> = ENV_VARS.iter().map(|v| (*v).to_owned()).collect();
+        assert_eq!(asked.into_inner(), listed);
+        assert_eq!(listed.len(), ENV_VARS.len(), "ENV_VARS has a duplicate");
     }
 }

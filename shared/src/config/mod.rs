@@ -13,7 +13,7 @@ mod model;
 mod validate;
 
 pub use document::{redacted_document, redacted_gateway};
-pub use env::{EnvOverrides, GATEWAY_CONFIG_FILE, GMAIL_WORKSPACES_FILE};
+pub use env::{ENV_VARS, EnvOverrides, GATEWAY_CONFIG_FILE, GMAIL_WORKSPACES_FILE};
 pub use legacy::convert_legacy;
 pub use load::{Loaded, load_config, load_from_env};
 pub use model::*;
