@@ -24,8 +24,7 @@ use gateway_core::clock::{Clock, SystemClock};
 use gateway_core::config::{
     Config, CustomerWebhook, ProviderSettings, load_config, redacted_document,
 };
-use gateway_core::config_audit::ConfigEvent;
-use gateway_core::customer_webhooks::{Worker, WorkerSettings};
+use gateway_core::customer_webhooks::{DeliveryReporting, Worker, WorkerSettings};
 use gateway_core::duration::parse_duration;
 use gateway_core::events::{EventSink, GatewayEvent, SinkError};
 use gateway_core::message::parse_message;
@@ -446,8 +445,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.customer_webhooks.len()
         ));
     }
-    // The recorder of the local run, which also audits the configuration.
-    let mut audit_with: Option<Recorder> = None;
     let (events, records): (Arc<dyn EventSink>, Option<Arc<dyn RecordReader>>) =
         match (&args.events_queue_url, &args.database_url) {
             (Some(url), _) => {
@@ -476,7 +473,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     Recorder::new(Arc::clone(&db) as _, Arc::clone(&store), Arc::clone(&clock)),
                     &mut webhooks,
                 );
-                audit_with = Some(recorder.clone());
                 (
                     Arc::new(RecordingSink(recorder)),
                     Some(db as Arc<dyn RecordReader>),
@@ -493,24 +489,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     ),
                     &mut webhooks,
                 );
-                audit_with = Some(recorder.clone());
                 (
                     Arc::new(RecordingSink(recorder)),
                     Some(records as Arc<dyn RecordReader>),
                 )
             }
         };
-    if let Some(recorder) = &audit_with {
-        let event = ConfigEvent::of(
-            &config,
-            "gateway serve",
-            Some("configuration loaded at start-up"),
-            clock.now_ms(),
-        );
-        if let Err(e) = recorder.apply_events(&[GatewayEvent::Config(event)]).await {
-            eprintln!("warning: the configuration could not be audited: {e}");
-        }
-    }
     for g in config.gateways.iter().filter(|g| g.enabled) {
         match &g.provider {
             ProviderSettings::Capture(c) => {
@@ -657,7 +641,12 @@ fn local_webhooks(
     )
     .context("customer webhooks")?;
     Ok(Some(LocalWebhooks {
-        webhooks: CustomerWebhooks::new(endpoints, Arc::clone(&jobs) as _, worker),
+        webhooks: CustomerWebhooks::new(
+            endpoints,
+            Arc::clone(&jobs) as _,
+            worker,
+            DeliveryReporting::of(config),
+        ),
         jobs,
         recorder: None,
     }))
@@ -705,6 +694,13 @@ async fn deliver_jobs(webhooks: LocalWebhooks, mut stop: watch::Receiver<bool>) 
         if let Err(e) = webhooks.jobs.delete_batch(&done).await {
             tracing::warn!(error = %e, "customer-webhook queue");
         }
+    }
+    let left = webhooks.jobs.len();
+    if left > 0 {
+        tracing::warn!(
+            jobs = left,
+            "stopping with customer-webhook jobs not delivered (the local queue is in memory)"
+        );
     }
 }
 

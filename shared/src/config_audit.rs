@@ -63,7 +63,8 @@ impl ConfigEvent {
         Self {
             gateways: config.gateways.iter().map(redacted_gateway).collect(),
             rules: routing_rules(config),
-            changed_by: changed_by.to_owned(),
+            // The columns hold 255 characters.
+            changed_by: changed_by.chars().take(255).collect(),
             reason: reason.map(str::to_owned),
             at,
         }

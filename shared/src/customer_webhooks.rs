@@ -16,7 +16,7 @@
 //!    acknowledges the job. Anything else (non-2xx, connection error, timeout, the key not
 //!    resolvable) retries it with exponential backoff through the queue's visibility timeout
 //!    (30 s doubling, capped at 1 h, jittered) until the job has been received
-//!    [`WorkerSettings::max_attempts`] times (12 by default: about 4.5–6 hours); then the job
+//!    [`WorkerSettings::max_attempts`] times (12 by default: 2.5–5 hours of backoff); then the job
 //!    goes to the customer-webhook dead-letter queue wrapped in a [`DeadLetter`] that says why,
 //!    and is acknowledged. A job whose endpoint is no longer configured, or disabled, goes there
 //!    at once. Nothing is dropped: if the dead-letter queue refuses the job, it is retried.
@@ -108,18 +108,58 @@ pub struct Announcement {
     pub source: usize,
 }
 
-/// Whether the gateway type reports delivery itself (then its `delivered` event makes the
-/// `send` announcement, not the acceptance). Gmail API, SMTP relays and the local gateways do
-/// not, so their acceptance is announced as `send`.
-pub fn reports_delivery(gateway_type: Option<&str>) -> bool {
-    matches!(gateway_type, Some("mailgun" | "sendgrid" | "amazon_ses"))
+/// The gateways whose provider reports delivery to the gateway (its webhook is configured): for
+/// them the provider's `delivered` event makes the `send` announcement, not the acceptance. For
+/// every other gateway — Gmail API, SMTP relays, local gateways, and Mailgun, SendGrid or SES
+/// gateways whose webhook is not set up — the acceptance is announced as `send`, so a customer
+/// always gets one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryReporting {
+    gateways: std::collections::BTreeSet<String>,
+}
+
+impl DeliveryReporting {
+    /// The gateways of `config` with a provider webhook configured (Mailgun signing key,
+    /// SendGrid public key, SES SNS topics).
+    pub fn of(config: &crate::config::Config) -> Self {
+        use crate::config::ProviderSettings;
+        let gateways = config
+            .gateways
+            .iter()
+            .filter(|g| match &g.provider {
+                ProviderSettings::Mailgun(m) => m.webhook_signing_key.is_some(),
+                ProviderSettings::Sendgrid(s) => s.webhook_public_key.is_some(),
+                ProviderSettings::AmazonSes(s) => !s.sns_topic_arns.is_empty(),
+                _ => false,
+            })
+            .map(|g| g.id.clone())
+            .collect();
+        Self { gateways }
+    }
+
+    /// These gateway ids (tests).
+    pub fn from_ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            gateways: ids.into_iter().map(str::to_owned).collect(),
+        }
+    }
+
+    /// Whether the gateway that sent a message reports its delivery.
+    pub fn reports(&self, gateway_id: Option<&str>) -> bool {
+        gateway_id.is_some_and(|g| self.gateways.contains(g))
+    }
 }
 
 /// The Mandrill events of one recorded gateway event (`source` = its queue record index).
 /// Delivery events without a message id are not announced: customers correlate on `msg._id`.
-pub fn announcements(event: &GatewayEvent, applied: &Applied, source: usize) -> Vec<Announcement> {
+pub fn announcements(
+    event: &GatewayEvent,
+    applied: &Applied,
+    source: usize,
+    reporting: &DeliveryReporting,
+) -> Vec<Announcement> {
     match event {
-        GatewayEvent::Outcome(e) => outcome_announcements(e, source),
+        GatewayEvent::Outcome(e) => outcome_announcements(e, source, reporting),
         GatewayEvent::Delivery(d) => {
             let Some(id) = d.message_id.as_deref() else {
                 return Vec::new();
@@ -139,8 +179,12 @@ pub fn announcements(event: &GatewayEvent, applied: &Applied, source: usize) -> 
     }
 }
 
-fn outcome_announcements(e: &OutcomeEvent, source: usize) -> Vec<Announcement> {
-    mandrill::from_outcome(e, !reports_delivery(e.gateway_type.as_deref()))
+fn outcome_announcements(
+    e: &OutcomeEvent,
+    source: usize,
+    reporting: &DeliveryReporting,
+) -> Vec<Announcement> {
+    mandrill::from_outcome(e, !reporting.reports(e.gateway_id.as_deref()))
         .into_iter()
         .filter_map(|event| {
             let kind = MandrillEvent::parse(event["event"].as_str()?)?;
@@ -710,21 +754,46 @@ mod tests {
     #[test]
     fn acceptance_is_announced_only_where_no_delivery_event_will_follow() {
         let applied = Applied::default();
-        for (gateway_type, sends) in [
-            ("google_workspace", 1),
-            ("smtp", 1),
-            ("capture", 1),
-            ("mailgun", 0),
-            ("sendgrid", 0),
-            ("amazon_ses", 0),
+        let reporting = DeliveryReporting::from_ids(["gw-mailgun-hooked"]);
+        for (gateway, sends) in [
+            ("gw-gmail", 1),
+            ("gw-smtp", 1),
+            ("gw-mailgun-without-webhook", 1),
+            ("gw-mailgun-hooked", 0),
         ] {
-            let list = announcements(&GatewayEvent::Outcome(outcome(gateway_type)), &applied, 4);
-            assert_eq!(list.len(), sends, "{gateway_type}");
+            let mut e = outcome("mailgun");
+            e.gateway_id = Some(gateway.into());
+            let list = announcements(&GatewayEvent::Outcome(e), &applied, 4, &reporting);
+            assert_eq!(list.len(), sends, "{gateway}");
             if let Some(a) = list.first() {
                 assert_eq!((a.kind, a.source), (MandrillEvent::Send, 4));
                 assert_eq!(a.sender.as_deref(), Some("dr@clinic.example"));
             }
         }
+    }
+
+    #[test]
+    fn gateways_with_a_provider_webhook_report_delivery() {
+        let config = crate::config::load_config(
+            Some(
+                &json!({"gateways": [
+                    {"id": "hooked", "type": "mailgun", "mailgun": {"api_key": "env:K",
+                        "domain": "mg.example.com", "webhook_signing_key": "env:S"},
+                     "routing": {"can_route": ["*"]}},
+                    {"id": "bare", "type": "mailgun", "mailgun": {"api_key": "env:K",
+                        "domain": "mg.example.com"}, "routing": {"can_route": ["*"]}}
+                ]})
+                .to_string(),
+            ),
+            None,
+            &|_: &str| None,
+        )
+        .unwrap()
+        .config;
+        let reporting = DeliveryReporting::of(&config);
+        assert!(reporting.reports(Some("hooked")));
+        assert!(!reporting.reports(Some("bare")));
+        assert!(!reporting.reports(None));
     }
 
     #[test]
@@ -745,7 +814,8 @@ mod tests {
         let applied = Applied {
             messages: [("m-1".to_owned(), record)].into(),
         };
-        let list = announcements(&GatewayEvent::Delivery(event.clone()), &applied, 0);
+        let none = DeliveryReporting::default();
+        let list = announcements(&GatewayEvent::Delivery(event.clone()), &applied, 0, &none);
         assert_eq!(list[0].sender.as_deref(), Some("dr@clinic.example"));
         assert_eq!(list[0].event["msg"]["subject"], "Results");
         // Unknown to the record: announced without a sender.
@@ -753,6 +823,7 @@ mod tests {
             &GatewayEvent::Delivery(event.clone()),
             &Applied::default(),
             0,
+            &none,
         );
         assert_eq!(list[0].sender, None);
         // Without a message id: nothing to correlate on, not announced.
@@ -760,6 +831,6 @@ mod tests {
             message_id: None,
             ..event
         };
-        assert!(announcements(&GatewayEvent::Delivery(orphan), &applied, 0).is_empty());
+        assert!(announcements(&GatewayEvent::Delivery(orphan), &applied, 0, &none).is_empty());
     }
 }

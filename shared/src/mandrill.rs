@@ -125,10 +125,21 @@ pub struct MessageContext {
     pub sent_at: Option<EpochMillis>,
 }
 
-/// The unique event id: stable for the same provider event, so a re-delivered batch carries the
-/// same ids and customers can de-duplicate.
+/// An event's `_id`: 32 hex characters (Mandrill's shape, so receivers' fixed-width columns
+/// hold it) of the SHA-256 of a stable key naming the fact, never the address in clear. The
+/// same fact announced again gets the same `_id`, so customers can de-duplicate.
+pub fn opaque_id(stable_key: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, stable_key.as_bytes());
+    digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The `_id` of a provider event: stable for the same provider event, so a re-delivered batch
+/// carries the same ids.
 pub fn event_id(message_id: &str, provider: &str, provider_event_id: &str) -> String {
-    format!("{message_id}:{provider}:{provider_event_id}")
+    opaque_id(&format!("{message_id}:{provider}:{provider_event_id}"))
 }
 
 /// One Mandrill message event for a normalised provider event about message `message_id`.
@@ -175,9 +186,8 @@ pub fn from_delivery(message_id: &str, event: &DeliveryEvent, ctx: &MessageConte
 ///   reports no delivery events (Gmail API, SMTP relay, capture, simulated), so acceptance is
 ///   the best fact there is. For the others the provider's delivery event makes the `send`.
 ///
-/// Event ids are `{message_id}:{outcome}:{address}:{at}`: stable when the same outcome event is
-/// re-emitted (a redelivered, already-sent message carries the original `at`), distinct for
-/// each deferral.
+/// Event ids ([`opaque_id`]) are stable per fact: one `send` and at most one `reject` per
+/// recipient whatever outcome repeats them, and one `deferral` per deferral (keyed by its time).
 pub fn from_outcome(event: &OutcomeEvent, announce_send: bool) -> Vec<Value> {
     let ts = event.at.div_euclid(1000);
     event
@@ -227,13 +237,24 @@ pub fn from_outcome(event: &OutcomeEvent, announce_send: bool) -> Vec<Value> {
             Some(json!({
                 "event": kind.as_str(),
                 "ts": ts,
-                "_id": format!(
-                    "{}:{}:{}:{}",
-                    event.message_id,
-                    outcome_name(event.outcome),
-                    r.address.to_lowercase(),
-                    event.at
-                ),
+                "_id": opaque_id(&match kind {
+                    // One fact per recipient, whichever outcome carries it again (a suppressed
+                    // recipient is reported with every deferral of its message).
+                    MandrillEvent::Reject | MandrillEvent::Send => format!(
+                        "{}:{}:{}",
+                        event.message_id,
+                        kind.as_str(),
+                        r.address.to_lowercase()
+                    ),
+                    // Each deferral is its own fact.
+                    _ => format!(
+                        "{}:{}:{}:{}",
+                        event.message_id,
+                        outcome_name(event.outcome),
+                        r.address.to_lowercase(),
+                        event.at
+                    ),
+                }),
                 "msg": msg,
             }))
         })
@@ -326,7 +347,12 @@ mod tests {
         assert_eq!(out["msg"]["_id"], "test-message-123");
         assert_eq!(out["msg"]["state"], "sent");
         assert_eq!(out["ts"], 1_521_243_339);
-        assert_eq!(out["_id"], "test-message-123:mailgun:evt-1");
+        assert_eq!(out["_id"], event_id("test-message-123", "mailgun", "evt-1"));
+        let id = out["_id"].as_str().unwrap_or_default();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
     }
 
     #[test]
@@ -483,8 +509,12 @@ mod tests {
             .map(|e| e["event"].as_str().unwrap_or(""))
             .collect();
         assert_eq!(names, ["send", "reject"]);
-        assert_eq!(events[0]["_id"], "m-1:sent:a@x.org:1795860000123");
+        assert_eq!(events[0]["_id"], opaque_id("m-1:send:a@x.org"));
         assert_ne!(events[0]["_id"], events[1]["_id"]);
+        assert!(
+            !events[1]["_id"].to_string().contains("x.org"),
+            "no address in clear"
+        );
         assert_eq!(
             events[1]["msg"]["diag"],
             "address is on the suppression list"
@@ -502,5 +532,32 @@ mod tests {
         assert_eq!(events[0]["msg"]["smtp_events"][0]["diag"], "why");
         let failed = outcome_event(Outcome::Failed, &[("a@x.org", RecipientStatus::Failed)]);
         assert_eq!(from_outcome(&failed, true)[0]["event"], "reject");
+    }
+
+    #[test]
+    fn a_suppressed_recipient_is_rejected_once_however_often_its_message_is_deferred() {
+        let statuses = [
+            ("a@x.org", RecipientStatus::Deferred),
+            ("gone@x.org", RecipientStatus::Suppressed),
+        ];
+        let mut first = outcome_event(Outcome::Deferred, &statuses);
+        let one = from_outcome(&first, true);
+        first.at += 60_000;
+        let two = from_outcome(&first, true);
+        let sent = outcome_event(
+            Outcome::Sent,
+            &[
+                ("a@x.org", RecipientStatus::Sent),
+                ("gone@x.org", RecipientStatus::Suppressed),
+            ],
+        );
+        let three = from_outcome(&sent, true);
+        assert_eq!(one[1]["event"], "reject");
+        assert_eq!(one[1]["_id"], two[1]["_id"]);
+        assert_eq!(one[1]["_id"], three[1]["_id"]);
+        assert_ne!(
+            one[0]["_id"], two[0]["_id"],
+            "each deferral is its own event"
+        );
     }
 }

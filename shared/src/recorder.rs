@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::CustomerWebhook;
-use crate::customer_webhooks::{self, Announcement, Worker, WorkerReport};
+use crate::customer_webhooks::{self, Announcement, DeliveryReporting, Worker, WorkerReport};
 use crate::events::{DeliveryEvent, GatewayEvent};
 use crate::queue::{Queue, Received};
 use crate::records::{Applied, RecordError, RecordWriter};
@@ -50,15 +50,24 @@ pub struct CustomerWebhooks {
     endpoints: Arc<[CustomerWebhook]>,
     jobs: Arc<dyn Queue>,
     worker: Worker,
+    reporting: DeliveryReporting,
 }
 
 impl CustomerWebhooks {
-    /// Announcements to `endpoints` are queued on `jobs`; `worker` delivers the jobs.
-    pub fn new(endpoints: Arc<[CustomerWebhook]>, jobs: Arc<dyn Queue>, worker: Worker) -> Self {
+    /// Announcements to `endpoints` are queued on `jobs`; `worker` delivers the jobs;
+    /// `reporting` names the gateways whose provider reports delivery (their acceptance is not
+    /// announced as `send`; see [`DeliveryReporting`]).
+    pub fn new(
+        endpoints: Arc<[CustomerWebhook]>,
+        jobs: Arc<dyn Queue>,
+        worker: Worker,
+        reporting: DeliveryReporting,
+    ) -> Self {
         Self {
             endpoints,
             jobs,
             worker,
+            reporting,
         }
     }
 }
@@ -113,7 +122,9 @@ impl Recorder {
             let list: Vec<Announcement> = events
                 .iter()
                 .enumerate()
-                .flat_map(|(i, e)| customer_webhooks::announcements(e, &applied, i))
+                .flat_map(|(i, e)| {
+                    customer_webhooks::announcements(e, &applied, i, &webhooks.reporting)
+                })
                 .collect();
             for job in customer_webhooks::plan(&webhooks.endpoints, &list, self.clock.now_ms()) {
                 let body = serde_json::to_string(&job.delivery)
@@ -145,7 +156,7 @@ impl Recorder {
                     tracing::error!(
                         jobs = jobs.len(),
                         error_kind = "customer_webhook",
-                        "customer-webhook jobs received but no customer webhook is configured;                          they are retried and reach the dead-letter queue"
+                        "customer-webhook jobs received but customer webhooks are not set up (CUSTOMER_WEBHOOK_QUEUE_URL); they are retried until the queue dead-letters them"
                     );
                     report.webhooks.failures = jobs.iter().map(|r| r.message_id.clone()).collect();
                 }
@@ -278,7 +289,7 @@ impl Recorder {
             if !ok[i] {
                 continue;
             }
-            let found = customer_webhooks::announcements(event, applied, i);
+            let found = customer_webhooks::announcements(event, applied, i, &webhooks.reporting);
             let waits = r.receive_count < RECEIVES_WAITING_FOR_OUTCOME
                 && found.iter().any(|a| {
                     a.sender.is_none()
@@ -299,7 +310,7 @@ impl Recorder {
         }
         for job in customer_webhooks::plan(&webhooks.endpoints, &list, self.clock.now_ms()) {
             let sent = match serde_json::to_string(&job.delivery) {
-                Ok(body) => webhooks.jobs.send(&body).await.map_err(|e| e.to_string()),
+                Ok(body) => send_with_retries(webhooks.jobs.as_ref(), &body).await,
                 Err(e) => Err(e.to_string()),
             };
             match sent {
@@ -338,6 +349,23 @@ impl Recorder {
                 _ => None,
             })
             .collect()
+    }
+}
+
+/// Sends a job, retrying a transient failure twice at once: a failed job makes its source
+/// records retry, which queues the jobs of the other endpoints again too (duplicates customers
+/// de-duplicate on `_id`, but better avoided).
+async fn send_with_retries(queue: &dyn Queue, body: &str) -> Result<String, String> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match queue.send(body).await {
+            Ok(id) => return Ok(id),
+            Err(e) if e.is_retryable() && tries < 3 => {
+                tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
 }
 
@@ -509,8 +537,9 @@ mod tests {
             customer_webhooks::WorkerSettings::default(),
         )
         .unwrap();
-        Recorder::new(records, Arc::new(MemoryStore::new()), clock)
-            .with_customer_webhooks(CustomerWebhooks::new(endpoints, jobs, worker))
+        Recorder::new(records, Arc::new(MemoryStore::new()), clock).with_customer_webhooks(
+            CustomerWebhooks::new(endpoints, jobs, worker, DeliveryReporting::default()),
+        )
     }
 
     fn job_endpoints(jobs: &crate::queue::memory::MemoryQueue) -> Vec<String> {

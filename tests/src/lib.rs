@@ -177,6 +177,13 @@ pub fn database_server_url() -> String {
 
 /// A fresh database named `{prefix}_{pid}_{n}` on the test server, with every migration applied.
 pub async fn fresh_database(prefix: &str) -> gateway_core::records::mysql::MysqlRecords {
+    fresh_database_with_url(prefix).await.0
+}
+
+/// [`fresh_database`] and its URL (to open more pools on it).
+pub async fn fresh_database_with_url(
+    prefix: &str,
+) -> (gateway_core::records::mysql::MysqlRecords, String) {
     use gateway_core::records::mysql::{MysqlRecords, PoolSettings};
     let server = database_server_url();
     let name = format!(
@@ -197,7 +204,8 @@ pub async fn fresh_database(prefix: &str) -> gateway_core::records::mysql::Mysql
         .execute(admin.pool())
         .await
         .unwrap_or_else(|e| fail("creating the test database", &e));
-    let records = MysqlRecords::connect(&format!("{server}/{name}"), &PoolSettings::default())
+    let url = format!("{server}/{name}");
+    let records = MysqlRecords::connect(&url, &PoolSettings::default())
         .unwrap_or_else(|e| fail("connecting to the test database", &e));
     let applied = records
         .migrate()
@@ -208,5 +216,5 @@ pub async fn fresh_database(prefix: &str) -> gateway_core::records::mysql::Mysql
         [1, 2, 3],
         "every migration applies on an empty database"
     );
-    records
+    (records, url)
 }

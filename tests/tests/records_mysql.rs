@@ -650,15 +650,21 @@ async fn configuration_changes_are_audited_once_and_routing_rules_follow() {
 /// change is written once.
 #[tokio::test]
 async fn concurrent_audits_of_one_configuration_write_each_change_once() {
-    let db = fresh().await;
+    let (db, url) = gateway_tests::fresh_database_with_url("rec").await;
     let event = config_event(
         serde_json::json!([mailgun("a", true, 1, &["*"]), mailgun("b", true, 2, &["*"])]),
         T0,
     );
+    // Eight recorders, each with its own pool, released together.
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(8));
     let tasks: Vec<_> = (0..8)
         .map(|_| {
-            let (db, event) = (db.clone(), event.clone());
+            let db = MysqlRecords::connect(&url, &PoolSettings::default()).unwrap();
+            let (event, start) = (event.clone(), start.clone());
             tokio::spawn(async move {
+                // Connected before the start, so the audits themselves overlap.
+                sqlx::query("SELECT 1").execute(db.pool()).await.unwrap();
+                start.wait().await;
                 // A deadlock or lock wait is retryable, as SQS would retry the record.
                 for _ in 0..10 {
                     match db.apply(std::slice::from_ref(&event)).await {

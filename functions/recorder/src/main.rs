@@ -29,7 +29,7 @@ use gateway_core::config::{
     Config, CustomerWebhook, GATEWAY_CONFIG_FILE, GMAIL_WORKSPACES_FILE, SecretRef, load_from_env,
 };
 use gateway_core::config_audit::ConfigEvent;
-use gateway_core::customer_webhooks::{Worker, WorkerSettings};
+use gateway_core::customer_webhooks::{DeliveryReporting, Worker, WorkerSettings};
 use gateway_core::duration::parse_duration;
 use gateway_core::events::GatewayEvent;
 use gateway_core::queue::Queue;
@@ -88,8 +88,17 @@ async fn audit_config(records: &dyn RecordWriter, config: &Config, clock: &dyn C
         Some("configuration loaded at start-up"),
         clock.now_ms(),
     );
-    if let Err(error) = records.apply(&[GatewayEvent::Config(event)]).await {
-        tracing::warn!(%error, "the configuration could not be audited; the next start retries");
+    // Bounded: Lambda's init phase is short, and a lock wait must not eat it.
+    let events = [GatewayEvent::Config(event)];
+    let audit = records.apply(&events);
+    match tokio::time::timeout(std::time::Duration::from_secs(3), audit).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "the configuration could not be audited; the next start retries");
+        }
+        Err(_) => tracing::warn!(
+            "auditing the configuration took over 3 s; skipped, the next start retries"
+        ),
     }
 }
 
@@ -202,7 +211,12 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
             endpoints = endpoints.len(),
             "customer webhooks: announcing and delivering"
         );
-        recorder = recorder.with_customer_webhooks(CustomerWebhooks::new(endpoints, jobs, worker));
+        let reporting = config
+            .as_ref()
+            .map(DeliveryReporting::of)
+            .unwrap_or_default();
+        recorder = recorder
+            .with_customer_webhooks(CustomerWebhooks::new(endpoints, jobs, worker, reporting));
     }
     Ok(Deps {
         recorder: Arc::new(recorder),

@@ -191,7 +191,8 @@ pub fn redacted_gateway(g: &Gateway) -> Value {
 /// The effective config as a config document (the file's shape, every default explicit),
 /// with every secret shown as its reference and inline literals as `"<redacted>"`.
 ///
-/// Loading the result again gives back an equal config when no secret was inline (gateway
+/// Loading the result again gives back an equal config when no secret was inline and no
+/// customer webhook URL has a query string (shown as `?<redacted>`: it may carry a token) (gateway
 /// `source`s aside: the document has no place for them, every gateway reloads as from the
 /// config file).
 pub fn redacted_document(config: &Config) -> Value {
@@ -232,7 +233,11 @@ pub fn redacted_document(config: &Config) -> Value {
 fn customer_webhook(w: &CustomerWebhook) -> Value {
     json!({
         "id": w.id,
-        "url": w.url,
+        // A token in the query string is a secret too.
+        "url": match w.url.split_once('?') {
+            Some((base, _)) => format!("{base}?{REDACTED}"),
+            None => w.url.clone(),
+        },
         "key": secret(&w.key),
         "events": w.events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
         "senders": patterns(&w.senders),

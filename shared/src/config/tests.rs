@@ -1519,3 +1519,30 @@ fn an_inline_customer_webhook_key_is_a_warning_and_never_shown() {
     assert!(!format!("{:?}", l.config).contains(SECRET));
     assert!(!redacted_document(&l.config).to_string().contains(SECRET));
 }
+
+#[test]
+fn a_customer_webhook_url_must_be_canonical_and_its_query_is_redacted() {
+    for (url, ok) in [
+        ("https://hooks.example.com/x", true),
+        ("https://HOOKS.example.com/x", false),
+        ("https://hooks.example.com", false),
+        ("https://hooks.example.com:443/x", false),
+        ("https://hooks.example.com/x#frag", false),
+        ("http://localhost:9000/hook", true),
+    ] {
+        let doc = with(
+            base(),
+            "/customer_webhooks",
+            Some(json!([{"id": "p", "url": url, "key": "env:K"}])),
+        );
+        assert_eq!(load(&doc).is_ok(), ok, "{url}");
+    }
+    let doc = with(
+        base(),
+        "/customer_webhooks",
+        Some(json!([{"id": "p", "url": "https://h.example/x?token=s3cret-token", "key": "env:K"}])),
+    );
+    let shown = redacted_document(&loaded(&doc).config).to_string();
+    assert!(!shown.contains("s3cret-token"), "{shown}");
+    assert!(shown.contains("https://h.example/x?<redacted>"), "{shown}");
+}

@@ -867,6 +867,18 @@ fn webhook_url_problem(url: &str) -> Result<(), String> {
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("must not carry credentials; the key signs each request".into());
     }
+    if parsed.as_str() != url {
+        // The URL is signed as written; what is posted is the parsed form. They must agree.
+        return Err(
+            "is not in canonical form (lower-case scheme and host, a `/` after the \
+                    host, no default port, percent-encoding where needed): it is signed as \
+                    written and must be exactly the URL the receiver sees"
+                .into(),
+        );
+    }
+    if parsed.fragment().is_some() {
+        return Err("must not have a #fragment (it is never sent)".into());
+    }
     let loopback = matches!(host, "localhost" | "127.0.0.1" | "[::1]");
     match parsed.scheme() {
         "https" => Ok(()),

@@ -128,6 +128,21 @@ impl MysqlRecords {
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .idle_timeout(settings.idle_timeout)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // Whatever the server's default: a value too long for its column is an
+                    // error (the event goes to the dead-letter queue), never a silent
+                    // truncation; and a lock wait ends within seconds, inside the function's
+                    // time, as a retryable error.
+                    sqlx::query(
+                        "SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), \
+                         SESSION innodb_lock_wait_timeout = 10",
+                    )
+                    .execute(&mut *conn)
+                    .await
+                    .map(|_| ())
+                })
+            })
             .connect_lazy_with(options);
         Ok(Self { pool })
     }
