@@ -41,6 +41,8 @@ use gateway_core::sqs_sink::SqsEventSink;
 use gateway_core::state::StateStore;
 use gateway_core::state::dynamodb::{self, DynamoStore, table_name_from_env};
 use gateway_core::state::memory::MemoryStore;
+use gateway_core::webhooks::edge::{Edge, WebhookKeys};
+use gateway_core::webhooks::sns::CertCache;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -125,6 +127,8 @@ impl EventSink for RecordingSink {
 
 #[derive(Clone)]
 struct AppState {
+    /// Provider webhooks (`POST /webhooks/{provider}`), authenticated like the function does.
+    edge: Arc<Edge>,
     queue: Arc<dyn Queue>,
     records: Option<Arc<dyn RecordReader>>,
     config: Arc<Config>,
@@ -274,11 +278,33 @@ fn body_refused(rejection: &BytesRejection) -> Response {
     }
 }
 
+/// `POST /webhooks/{provider}`: the webhooks function's edge, in process. Public like the
+/// deployed route: the providers' signatures authenticate it.
+async fn provider_webhook(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let lookup = move |name: &str| -> Option<String> {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let answer = state.edge.handle(&provider, &lookup, &body).await;
+    (
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        axum::Json(answer.body),
+    )
+        .into_response()
+}
+
 async fn no_route() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such route; served: POST /api/messages, GET /api/messages/{id}, GET /api/gateways/config",
+        "no such route; served: POST /api/messages, GET /api/messages/{id}, GET /api/gateways/config, POST /webhooks/{mailgun,sendgrid,ses}",
     )
 }
 
@@ -515,8 +541,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let pipeline = Arc::new(Pipeline::new(
         Arc::clone(&config),
         providers,
-        store,
-        events,
+        Arc::clone(&store),
+        Arc::clone(&events),
         Arc::clone(&clock),
         settings,
     ));
@@ -545,7 +571,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let edge = Arc::new(
+        Edge::new(
+            WebhookKeys::of(&config),
+            Arc::clone(&resolver),
+            Arc::clone(&store),
+            Arc::clone(&events),
+            CertCache::new().context("the HTTP client for SNS certificates")?,
+            Arc::clone(&clock),
+        )
+        .context("the provider webhook edge")?,
+    );
     let state = AppState {
+        edge,
         queue,
         records,
         config,
@@ -556,6 +594,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .route("/api/messages", post(enqueue))
         .route("/api/messages/{id}", get(message_record))
         .route("/api/gateways/config", get(effective_config))
+        .route("/webhooks/{provider}", post(provider_webhook))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

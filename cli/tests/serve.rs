@@ -543,3 +543,67 @@ async fn serve_delivers_signed_customer_webhooks_for_a_captured_message() {
         assert_eq!(e["msg"]["_id"], id.as_str());
     }
 }
+
+/// `POST /webhooks/{provider}` is served with the webhooks function's edge: without a key in the
+/// config the route answers 404 in JSON; with one, a correctly signed but old request (the
+/// derived Mailgun vector, signed in 2023) is refused as stale, so the signature was checked.
+#[tokio::test]
+async fn serve_answers_provider_webhooks_like_the_function() {
+    let dir = scratch("webhooks");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo("examples/local.json")).unwrap())
+            .unwrap();
+    config["gateways"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "id": "mg", "type": "mailgun", "enabled": false,
+            "mailgun": {"api_key": "key-local", "domain": "mg.example.com",
+                        "webhook_signing_key": "WEBHOOK_SIGNING_KEY"},
+            "routing": {"can_route": ["*"]}
+        }));
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let body = serde_json::json!({
+        "signature": {"timestamp": "1700000000",
+            "token": "0123456789abcdef0123456789abcdef0123456789abcdef01",
+            "signature": "01cbfb616a25c3c692f2c338aefd48b4063a79d94f45af2d5f8d3114731f01b5"},
+        "event-data": {"event": "delivered", "id": "e", "timestamp": 1700000000.0,
+            "recipient": "p@x.example"}
+    })
+    .to_string();
+    let post = |base: String, body: String| async move {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/webhooks/mailgun"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+
+    let plain = serve(&dir, &[]);
+    let (status, answer) = post(plain.base.clone(), body.clone()).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (404, Some("not_configured"))
+    );
+    drop(plain);
+
+    let keyed = serve(&dir, &["--config", "config.json"]);
+    let (status, answer) = post(keyed.base.clone(), body.clone()).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (403, Some("stale_timestamp")),
+        "{answer}"
+    );
+    let forged = body.replace("\"01cbfb", "\"02cbfb");
+    let (status, answer) = post(keyed.base.clone(), forged).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("invalid_signature"))
+    );
+}
