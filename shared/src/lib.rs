@@ -18,6 +18,7 @@ pub mod config_audit;
 pub mod customer_webhooks;
 pub mod duration;
 pub mod events;
+pub mod health;
 pub mod ledger;
 pub mod limiter;
 pub mod mandrill;
