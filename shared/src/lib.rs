@@ -34,5 +34,6 @@ pub mod router;
 pub mod secrets;
 pub mod sqs_sink;
 pub mod state;
+pub mod status;
 pub mod suppression;
 pub mod webhooks;

@@ -20,6 +20,7 @@
 //! A delivery event without a message id is kept (unique on its provider id) but belongs to no
 //! message.
 
+pub mod activity;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 
@@ -500,6 +501,45 @@ impl RecordWriter for MemoryRecords {
             })
             .collect();
         Ok(Applied { messages })
+    }
+}
+
+#[async_trait]
+impl activity::ActivityReader for MemoryRecords {
+    async fn activity(
+        &self,
+        from: EpochMillis,
+        to: EpochMillis,
+    ) -> Result<BTreeMap<String, activity::GatewayActivity>, RecordError> {
+        let tables = self.lock();
+        Ok(activity::activity_of(
+            tables.messages.values(),
+            &tables.breaker,
+            from,
+            to,
+        ))
+    }
+
+    async fn hourly(
+        &self,
+        from: EpochMillis,
+    ) -> Result<BTreeMap<String, Vec<activity::HourActivity>>, RecordError> {
+        Ok(activity::hourly_of(self.lock().messages.values(), from))
+    }
+
+    async fn recent_failures(&self, limit: usize) -> Result<Vec<MessageRecord>, RecordError> {
+        let tables = self.lock();
+        let mut records: Vec<&MessageRecord> = tables
+            .messages
+            .values()
+            .filter(|r| activity::is_failure(r))
+            .collect();
+        records.sort_by(|x, y| {
+            y.updated_at
+                .cmp(&x.updated_at)
+                .then_with(|| x.message_id.cmp(&y.message_id))
+        });
+        Ok(records.into_iter().take(limit).cloned().collect())
     }
 }
 

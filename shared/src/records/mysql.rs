@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{MySql, QueryBuilder, Row, Transaction};
 
+use super::activity::{ActivityReader, GatewayActivity, HOUR_MS, HourActivity};
 use super::{
     Applied, MessageRecord, MessageStatus, RecipientRecord, RecordError, RecordReader, RecordWriter,
 };
@@ -476,6 +477,117 @@ impl RecordReader for MysqlRecords {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT message_id FROM messages ORDER BY updated_at_ms DESC, message_id LIMIT ?",
+        )
+        .bind(u64::try_from(limit).unwrap_or(u64::MAX))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        let mut records = load(&mut conn, &ids, false).await?;
+        Ok(ids.iter().filter_map(|id| records.remove(id)).collect())
+    }
+}
+
+#[async_trait]
+impl ActivityReader for MysqlRecords {
+    async fn activity(
+        &self,
+        from: EpochMillis,
+        to: EpochMillis,
+    ) -> Result<BTreeMap<String, GatewayActivity>, RecordError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        let mut out: BTreeMap<String, GatewayActivity> = BTreeMap::new();
+        let calls: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT gateway_id, outcome, latency_ms, COUNT(*) FROM send_attempts \
+             WHERE at_ms >= ? AND at_ms < ? GROUP BY gateway_id, outcome, latency_ms",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        for (gateway, outcome, latency, n) in calls {
+            let n = u64::try_from(n).unwrap_or(0);
+            let g = out.entry(gateway).or_default();
+            g.attempts += n;
+            *g.latencies
+                .entry(u64::try_from(latency).unwrap_or(0))
+                .or_default() += n;
+            match parse_enum::<OutcomeClass>(&outcome, "send_attempts.outcome")? {
+                OutcomeClass::Ok => g.sent += n,
+                OutcomeClass::Permanent => g.failed += n,
+                class => {
+                    g.deferred += n;
+                    if class == OutcomeClass::Throttled {
+                        g.rate_limit_hits += n;
+                    }
+                }
+            }
+        }
+        let counts = [
+            // Transient failures after which the message was tried on another gateway.
+            "SELECT a.gateway_id, COUNT(*) FROM send_attempts a \
+             WHERE a.at_ms >= ? AND a.at_ms < ? AND a.outcome NOT IN ('ok', 'permanent') \
+             AND EXISTS (SELECT 1 FROM send_attempts b WHERE b.message_id = a.message_id \
+             AND b.gateway_id <> a.gateway_id AND b.at_ms > a.at_ms) GROUP BY a.gateway_id",
+            "SELECT m.gateway_id, COUNT(*) FROM delivery_events e \
+             JOIN messages m ON m.message_id = e.message_id \
+             WHERE e.at_ms >= ? AND e.at_ms < ? AND e.kind IN ('hard_bounce', 'soft_bounce') \
+             AND m.gateway_id IS NOT NULL GROUP BY m.gateway_id",
+            "SELECT gateway_id, COUNT(*) FROM breaker_transitions \
+             WHERE at_ms >= ? AND at_ms < ? AND to_phase = 'open' GROUP BY gateway_id",
+        ];
+        for (i, sql) in counts.into_iter().enumerate() {
+            let rows: Vec<(String, i64)> = sqlx::query_as(sql)
+                .bind(from)
+                .bind(to)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            for (gateway, n) in rows {
+                let g = out.entry(gateway).or_default();
+                let n = u64::try_from(n).unwrap_or(0);
+                match i {
+                    0 => g.failovers = n,
+                    1 => g.bounced = n,
+                    _ => g.breaker_trips = n,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn hourly(
+        &self,
+        from: EpochMillis,
+    ) -> Result<BTreeMap<String, Vec<HourActivity>>, RecordError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        let first = from.div_euclid(HOUR_MS) * HOUR_MS;
+        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT gateway_id, (at_ms DIV 3600000) * 3600000 AS hour_ms, \
+             CAST(SUM(outcome = 'ok') AS SIGNED), CAST(SUM(outcome <> 'ok') AS SIGNED) \
+             FROM send_attempts WHERE at_ms >= ? GROUP BY gateway_id, hour_ms \
+             ORDER BY gateway_id, hour_ms",
+        )
+        .bind(first)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        let mut out: BTreeMap<String, Vec<HourActivity>> = BTreeMap::new();
+        for (gateway, hour, sent, failed) in rows {
+            out.entry(gateway).or_default().push(HourActivity {
+                hour,
+                sent: u64::try_from(sent).unwrap_or(0),
+                failed: u64::try_from(failed).unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn recent_failures(&self, limit: usize) -> Result<Vec<MessageRecord>, RecordError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT message_id FROM messages WHERE status IN ('failed', 'rejected') \
+             ORDER BY updated_at_ms DESC, message_id LIMIT ?",
         )
         .bind(u64::try_from(limit).unwrap_or(u64::MAX))
         .fetch_all(&mut *conn)

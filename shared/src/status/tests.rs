@@ -1,0 +1,144 @@
+//! Routing, errors and "can send" of the status API on in-memory parts; the answers' figures
+//! and their match with `docs/openapi.yaml` are tested on MariaDB and moto in
+//! `tests/tests/status_api.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::config::load_config;
+use crate::records::MemoryRecords;
+use crate::state::memory::MemoryStore;
+
+const NOW: EpochMillis = 1_795_876_200_000;
+
+fn api(records: bool, health_required: bool) -> (StatusApi, Arc<MemoryStore>) {
+    let json = format!(
+        r#"{{"gateways": [{{"id": "a", "type": "capture", "display_name": "A",
+              "capture": {{"directory": "/tmp/unused"}}, "routing": {{"can_route": ["*"]}},
+              "rate_limits": {{"per_hour": 5}}}}],
+            "routing": {{"strategy": "priority", "health_check_required": {health_required}}}}}"#
+    );
+    let config = load_config(Some(&json), None, &|_| None).unwrap().config;
+    let store = Arc::new(MemoryStore::new());
+    let api = StatusApi::new(
+        Arc::new(config),
+        Arc::clone(&store) as Arc<dyn StateStore>,
+        records.then(|| Arc::new(MemoryRecords::new()) as Arc<dyn StatusRecords>),
+        Arc::new(ManualClock::new(NOW)) as Arc<dyn Clock>,
+    );
+    (api, store)
+}
+
+fn code(reply: &Reply) -> String {
+    let body: Value = serde_json::from_str(&reply.body).unwrap();
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let (api, _) = api(true, false);
+    let reply = api.handle("GET", "/api/gateways/nope").await;
+    assert_eq!((reply.status, code(&reply).as_str()), (404, "not_found"));
+    let reply = api.handle("POST", "/api/gateways/status").await;
+    assert_eq!(
+        (reply.status, code(&reply).as_str()),
+        (405, "method_not_allowed")
+    );
+    let reply = api.handle("GET", "/api/messages/").await;
+    assert_eq!((reply.status, code(&reply).as_str()), (404, "not_found"));
+    let reply = api.handle("GET", "/api/messages/m%4").await;
+    assert_eq!((reply.status, code(&reply).as_str()), (400, "invalid_id"));
+    let reply = api.handle("GET", "/api/messages/a%2Fb").await;
+    assert_eq!(reply.status, 400, "an id never holds a slash");
+    let reply = api.handle("GET", "/api/messages/m%20x").await;
+    assert_eq!(reply.status, 404);
+    assert!(reply.body.contains("\\\"m x\\\""), "{}", reply.body);
+    // A trailing slash is the same route.
+    assert_eq!(api.handle("GET", "/api/gateways/status/").await.status, 200);
+}
+
+#[tokio::test]
+async fn without_a_record_of_delivery_record_routes_answer_501_and_the_page_says_so() {
+    let (api, _) = api(false, false);
+    for route in ["/api/gateways/metrics", "/api/messages/m-1"] {
+        let reply = api.handle("GET", route).await;
+        assert_eq!(
+            (reply.status, code(&reply).as_str()),
+            (501, "records_not_here")
+        );
+    }
+    let page = api.handle("GET", "/status").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("keeps no record of delivery"));
+    assert!(!page.body.contains("<svg"), "no chart without a record");
+}
+
+#[tokio::test]
+async fn a_gateway_cannot_send_when_unhealthy_where_required_or_its_limit_is_used_up() {
+    let unhealthy = HealthRecord {
+        status: crate::events::HealthStatus::Unhealthy,
+        consecutive_failures: 3,
+        consecutive_successes: 0,
+        latency_ms: None,
+        error: Some("connect timeout".into()),
+        checked_at: NOW - 1_000,
+    };
+    for required in [false, true] {
+        let (api, store) = api(true, required);
+        store
+            .put_many(vec![(health::key("a"), unhealthy.to_item())])
+            .await
+            .unwrap();
+        let reply = api.handle("GET", "/api/gateways/health").await;
+        let body: Value = serde_json::from_str(&reply.body).unwrap();
+        if required {
+            assert_eq!(reply.status, 503, "{body}");
+            assert_eq!(
+                body["gateways"][0]["blocked_by"],
+                "unhealthy (routing.health_check_required)"
+            );
+        } else {
+            assert_eq!(
+                reply.status, 200,
+                "unhealthy but not required: still routed"
+            );
+        }
+    }
+    let (api, store) = api(true, false);
+    let config = Arc::clone(&api.config);
+    let plan = limiter::plan(&config, &config.gateways[0], NOW);
+    let day = plan
+        .keys()
+        .iter()
+        .find(|k| k.contains("#d#"))
+        .unwrap()
+        .clone();
+    let mut item = Item::new();
+    item.insert("h14".into(), crate::state::Value::N(5));
+    store.put_many(vec![(day, item)]).await.unwrap();
+    let reply = api.handle("GET", "/api/gateways/health").await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply
+            .body
+            .contains("per_hour limit used up until 2026-11-28 15:00:00 UTC"),
+        "{}",
+        reply.body
+    );
+}
+
+#[test]
+fn times_are_utc_and_text_is_escaped() {
+    assert_eq!(page::time(NOW), "2026-11-28 14:30:00 UTC");
+    assert_eq!(page::time(0), "1970-01-01 00:00:00 UTC");
+    assert_eq!(
+        page::escape(r#"<a href="x">'&'</a>"#),
+        "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+    );
+}
