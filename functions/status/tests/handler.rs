@@ -1,0 +1,86 @@
+//! The status handler on a real API Gateway (HTTP API v2) event, `events/status-health.json`,
+//! with in-memory state and record; the answers' figures are tested in
+//! `tests/tests/status_api.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use gateway_core::clock::ManualClock;
+use gateway_core::config::load_config;
+use gateway_core::records::MemoryRecords;
+use gateway_core::state::memory::MemoryStore;
+use gateway_core::status::StatusApi;
+use lambda_http::Body;
+use status::handle;
+
+fn event(method: &str, path: &str) -> lambda_http::Request {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../events/status-health.json"
+    );
+    let mut event: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    event["rawPath"] = path.into();
+    event["requestContext"]["http"]["path"] = path.into();
+    event["requestContext"]["http"]["method"] = method.into();
+    lambda_http::request::from_str(&event.to_string()).unwrap()
+}
+
+fn api() -> StatusApi {
+    let config = r#"{"gateways": [{"id": "local", "type": "capture", "display_name": "Local",
+        "capture": {"directory": "/tmp/unused"}, "routing": {"can_route": ["*"]}}]}"#;
+    StatusApi::new(
+        Arc::new(load_config(Some(config), None, &|_| None).unwrap().config),
+        Arc::new(MemoryStore::new()),
+        Some(Arc::new(MemoryRecords::new())),
+        Arc::new(ManualClock::new(1_795_876_200_000)),
+    )
+}
+
+fn text(response: &lambda_http::Response<Body>) -> String {
+    match response.body() {
+        Body::Text(t) => t.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_sample_event_gets_the_health_answer() {
+    let api = api();
+    let response = handle(event("GET", "/api/gateways/health"), &api)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", text(&response));
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body: serde_json::Value = serde_json::from_str(&text(&response)).unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["gateways"][0]["id"], "local");
+}
+
+#[tokio::test]
+async fn every_route_answers_through_the_handler() {
+    let api = api();
+    let page = handle(event("GET", "/status"), &api).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(text(&page).starts_with("<!DOCTYPE html>"));
+    for (method, path, status) in [
+        ("GET", "/api/gateways/status", 200),
+        ("GET", "/api/gateways/metrics", 200),
+        ("GET", "/api/gateways/config", 200),
+        ("GET", "/api/messages/unknown-id", 404),
+        ("POST", "/api/gateways/status", 405),
+        ("GET", "/api/nothing", 404),
+    ] {
+        let response = handle(event(method, path), &api).await.unwrap();
+        assert_eq!(
+            response.status(),
+            status,
+            "{method} {path}: {}",
+            text(&response)
+        );
+        assert_eq!(response.headers()["content-type"], "application/json");
+    }
+}
