@@ -14,16 +14,16 @@ use anyhow::{Context, bail};
 use async_trait::async_trait;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::Args;
 use gateway_core::clock::{Clock, SystemClock};
-use gateway_core::config::{
-    Config, CustomerWebhook, ProviderSettings, load_config, redacted_document,
-};
+use gateway_core::config::{Config, CustomerWebhook, ProviderSettings, load_config};
 use gateway_core::customer_webhooks::{DeliveryReporting, Worker, WorkerSettings};
 use gateway_core::duration::parse_duration;
 use gateway_core::events::{EventSink, GatewayEvent, SinkError};
@@ -34,13 +34,14 @@ use gateway_core::queue::memory::{MemoryQueue, Redrive};
 use gateway_core::queue::sqs::SqsQueue;
 use gateway_core::queue::{Queue, QueueError};
 use gateway_core::recorder::{CustomerWebhooks, Recorder};
+use gateway_core::records::MemoryRecords;
 use gateway_core::records::mysql::{MysqlRecords, PoolSettings};
-use gateway_core::records::{MemoryRecords, RecordReader};
 use gateway_core::secrets::SecretResolver;
 use gateway_core::sqs_sink::SqsEventSink;
 use gateway_core::state::StateStore;
 use gateway_core::state::dynamodb::{self, DynamoStore, table_name_from_env};
 use gateway_core::state::memory::MemoryStore;
+use gateway_core::status::{StatusApi, StatusRecords};
 use gateway_core::webhooks::edge::{Edge, WebhookKeys};
 use gateway_core::webhooks::sns::CertCache;
 use serde_json::json;
@@ -130,8 +131,8 @@ struct AppState {
     /// Provider webhooks (`POST /webhooks/{provider}`), authenticated like the function does.
     edge: Arc<Edge>,
     queue: Arc<dyn Queue>,
-    records: Option<Arc<dyn RecordReader>>,
-    config: Arc<Config>,
+    /// The status routes (`GET /api/gateways/*`, `/api/messages/{id}`, `/status`).
+    status: Arc<StatusApi>,
     token: Arc<str>,
     /// Whether the enqueue route needs the token too (when listening beyond loopback).
     enqueue_needs_token: bool,
@@ -145,12 +146,27 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
+/// The token as a bearer token, or as the password of HTTP Basic authentication (any user
+/// name), so that a browser can open `/status`: it asks for credentials on the 401.
 fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let expected = format!("Bearer {}", state.token);
-    headers
+    let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()))
+    else {
+        return false;
+    };
+    let expected = state.token.as_bytes();
+    if let Some(bearer) = value.strip_prefix("Bearer ") {
+        return constant_time_eq(bearer.as_bytes(), expected);
+    }
+    value
+        .strip_prefix("Basic ")
+        .and_then(|b| BASE64.decode(b.trim()).ok())
+        .and_then(|pair| {
+            let colon = pair.iter().position(|&c| c == b':')?;
+            Some(constant_time_eq(&pair[colon + 1..], expected))
+        })
+        .unwrap_or(false)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -158,11 +174,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn unauthorized() -> Response {
-    error(
+    let mut response = error(
         StatusCode::UNAUTHORIZED,
         "unauthorized",
         "a valid `Authorization: Bearer <token>` header is required",
-    )
+    );
+    // Browsers opening /status prompt for the token (as the password) on this.
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic realm=\"gateway serve\", charset=\"UTF-8\""),
+    );
+    response
 }
 
 async fn enqueue(
@@ -219,44 +241,27 @@ async fn enqueue(
     }
 }
 
-async fn message_record(
+/// The status routes, answered by the same code as the status function, behind the token.
+async fn status_route(
     State(state): State<AppState>,
     headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
 ) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
     }
-    let Ok(Path(id)) = id else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_id",
-            "the message id in the path is not valid UTF-8",
-        );
-    };
-    let Some(records) = &state.records else {
-        return error(
-            StatusCode::NOT_IMPLEMENTED,
-            "records_not_local",
-            "outcome events go to the events queue; the recorder keeps the record of delivery",
-        );
-    };
-    match records.message(&id).await {
-        Ok(Some(record)) => axum::Json(record).into_response(),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no record of message {id:?}"),
-        ),
-        Err(e) => {
-            tracing::warn!(error_kind = "records", error = %e, "record read failed");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "records_unavailable",
-                "the record of delivery could not be read",
-            )
-        }
-    }
+    let reply = state.status.handle(method.as_str(), uri.path()).await;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, reply.content_type),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        reply.body,
+    )
+        .into_response()
 }
 
 /// Answers a body the server could not read (too large, broken transfer) without axum's
@@ -304,7 +309,7 @@ async fn no_route() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such route; served: POST /api/messages, GET /api/messages/{id}, GET /api/gateways/config, POST /webhooks/{mailgun,sendgrid,ses}",
+        "no such route; served: POST /api/messages, GET /api/messages/{id}, GET /api/gateways/{status,health,metrics,config}, GET /status, POST /webhooks/{mailgun,sendgrid,ses}",
     )
 }
 
@@ -314,13 +319,6 @@ async fn method_not_allowed() -> Response {
         "method_not_allowed",
         "this route does not take that method",
     )
-}
-
-async fn effective_config(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
-    axum::Json(redacted_document(&state.config)).into_response()
 }
 
 fn random_token() -> anyhow::Result<String> {
@@ -471,7 +469,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.customer_webhooks.len()
         ));
     }
-    let (events, records): (Arc<dyn EventSink>, Option<Arc<dyn RecordReader>>) =
+    let (events, records): (Arc<dyn EventSink>, Option<Arc<dyn StatusRecords>>) =
         match (&args.events_queue_url, &args.database_url) {
             (Some(url), _) => {
                 lines.push(format!("outcome events: SQS {url}"));
@@ -501,7 +499,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 );
                 (
                     Arc::new(RecordingSink(recorder)),
-                    Some(db as Arc<dyn RecordReader>),
+                    Some(db as Arc<dyn StatusRecords>),
                 )
             }
             (None, None) => {
@@ -517,7 +515,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 );
                 (
                     Arc::new(RecordingSink(recorder)),
-                    Some(records as Arc<dyn RecordReader>),
+                    Some(records as Arc<dyn StatusRecords>),
                 )
             }
         };
@@ -582,18 +580,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .context("the provider webhook edge")?,
     );
+    let status = Arc::new(StatusApi::new(
+        Arc::clone(&config),
+        Arc::clone(&store),
+        records,
+        Arc::clone(&clock),
+    ));
     let state = AppState {
         edge,
         queue,
-        records,
-        config,
+        status,
         token: Arc::clone(&token),
         enqueue_needs_token: !addr.ip().is_loopback(),
     };
     let app = Router::new()
         .route("/api/messages", post(enqueue))
-        .route("/api/messages/{id}", get(message_record))
-        .route("/api/gateways/config", get(effective_config))
+        .route("/api/messages/{id}", get(status_route))
+        .route("/api/gateways/{view}", get(status_route))
+        .route("/status", get(status_route))
         .route("/webhooks/{provider}", post(provider_webhook))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -172,15 +172,36 @@ async fn status_routes_need_the_token_and_bad_messages_get_a_clear_400() {
     let server = serve(&dir, &["--token", "local-test-token"]);
     assert_eq!(server.token, "local-test-token");
     let client = reqwest::Client::new();
-    for path in ["/api/messages/anything", "/api/gateways/config"] {
+    for path in [
+        "/api/messages/anything",
+        "/api/gateways/config",
+        "/api/gateways/status",
+        "/api/gateways/health",
+        "/api/gateways/metrics",
+        "/status",
+    ] {
         let response = client
             .get(format!("{}{path}", server.base))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status().as_u16(), 401, "{path}");
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Basic "),
+            "a browser is asked for the token"
+        );
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unauthorized");
+        let basic_wrong = client
+            .get(format!("{}{path}", server.base))
+            .basic_auth("oncall", Some("nope"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(basic_wrong.status().as_u16(), 401, "{path}");
         let wrong = client
             .get(format!("{}{path}", server.base))
             .bearer_auth("local-test-tokeX")
@@ -204,6 +225,35 @@ async fn status_routes_need_the_token_and_bad_messages_get_a_clear_400() {
         .await
         .unwrap();
     assert_eq!(config["gateways"][0]["id"], "local-capture");
+
+    // With the token: the gateways' live state, health and metrics of the embedded config,
+    // and the page, which a browser opens with the token as the Basic password.
+    for (path, field) in [
+        ("/api/gateways/status", "gateways"),
+        ("/api/gateways/health", "status"),
+        ("/api/gateways/metrics", "windows"),
+    ] {
+        let response = client
+            .get(format!("{}{path}", server.base))
+            .bearer_auth("local-test-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(!body[field].is_null(), "{path}: {body}");
+    }
+    let page = client
+        .get(format!("{}/status", server.base))
+        .basic_auth("oncall", Some("local-test-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("local-capture"), "{html}");
+    assert!(html.contains("All 2 gateways can send now."), "{html}");
 
     let unknown = client
         .get(format!("{}/api/nothing-here", server.base))
@@ -346,7 +396,7 @@ async fn serve_against_the_emulator_polls_sqs_and_keeps_state_in_dynamodb() {
     let (status, body) = record(&server, "hello-2026-11-28-0001").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
-        (501, Some("records_not_local")),
+        (501, Some("records_not_here")),
         "{body}"
     );
     // A poison message, sent on purpose, is rejected and acknowledged, not retried.

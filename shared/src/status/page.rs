@@ -192,13 +192,17 @@ fn card(
         let _ = write!(
             h,
             "<div class=\"bar\"><div class=\"label\"><span>{level}: {used_n} / {limit}</span>\
-             <span>resets {reset}</span></div><div class=\"track\" role=\"img\" \
+             <span>{reset}</span></div><div class=\"track\" role=\"img\" \
              aria-label=\"{level} {pct:.0}% used\"><div class=\"{class}\" style=\"width:{pct:.1}%\">\
              </div></div></div>",
             level = u.level,
             used_n = u.used,
             limit = u.limit,
-            reset = escape(&time(u.resets_at)),
+            reset = if u.resets_at <= now {
+                "all available".to_owned()
+            } else {
+                format!("resets {}", escape(&time(u.resets_at)))
+            },
             pct = used,
         );
     }
@@ -242,7 +246,7 @@ fn chart(h: &mut String, id: &str, hours: &[HourActivity], now: EpochMillis) {
         id = escape(id),
     );
     let slot = W / 24;
-    let scale = (BASE - TOP) as f64 / peak as f64;
+    let scale = (BASE - TOP) as f64 / peak.max(1) as f64;
     for (i, &(hour, s, f)) in columns.iter().enumerate() {
         let x = i as i64 * slot + 1;
         let sh = (s as f64 * scale).round() as i64;
