@@ -638,7 +638,7 @@ async fn serve_answers_provider_webhooks_like_the_function() {
     let plain = serve(&dir, &[]);
     let (status, answer) = post(plain.base.clone(), body.clone()).await;
     assert_eq!(
-        (status, answer["error"].as_str()),
+        (status, answer["error"]["code"].as_str()),
         (404, Some("not_configured"))
     );
     drop(plain);
@@ -646,14 +646,14 @@ async fn serve_answers_provider_webhooks_like_the_function() {
     let keyed = serve(&dir, &["--config", "config.json"]);
     let (status, answer) = post(keyed.base.clone(), body.clone()).await;
     assert_eq!(
-        (status, answer["error"].as_str()),
+        (status, answer["error"]["code"].as_str()),
         (403, Some("stale_timestamp")),
         "{answer}"
     );
     let forged = body.replace("\"01cbfb", "\"02cbfb");
     let (status, answer) = post(keyed.base.clone(), forged).await;
     assert_eq!(
-        (status, answer["error"].as_str()),
+        (status, answer["error"]["code"].as_str()),
         (401, Some("invalid_signature"))
     );
 }

@@ -99,9 +99,9 @@ fn delivered(message_id: Option<&str>) -> Value {
 
 fn assert_refused(answer: &Answer, status: u16, code: &str, sink: &Sink) {
     assert_eq!(answer.status, status, "{answer:?}");
-    assert_eq!(answer.body["error"], code, "{answer:?}");
+    assert_eq!(answer.body["error"]["code"], code, "{answer:?}");
     assert!(
-        answer.body["message"]
+        answer.body["error"]["message"]
             .as_str()
             .is_some_and(|m| !m.is_empty())
     );
@@ -217,7 +217,7 @@ async fn a_queue_outage_is_a_503_and_the_retry_is_not_a_replay() {
     f.sink.down.store(true, Ordering::SeqCst);
     let answer = f.edge.handle("mailgun", &no_headers, &body).await;
     assert_eq!(
-        (answer.status, answer.body["error"].clone()),
+        (answer.status, answer.body["error"]["code"].clone()),
         (503, json!("unavailable"))
     );
     f.sink.down.store(false, Ordering::SeqCst);

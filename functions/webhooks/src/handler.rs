@@ -23,14 +23,14 @@ pub async fn handle(request: Request, edge: &Edge) -> Result<Response<Body>, Err
     else {
         return json(
             404,
-            &serde_json::json!({"error": "not_found",
-                "message": "served: POST /webhooks/mailgun, /webhooks/sendgrid, /webhooks/ses"}),
+            &serde_json::json!({"error": {"code": "not_found",
+                "message": "served: POST /webhooks/mailgun, /webhooks/sendgrid, /webhooks/ses"}}),
         );
     };
     if request.method() != Method::POST {
         return json(
             405,
-            &serde_json::json!({"error": "method_not_allowed", "message": "use POST"}),
+            &serde_json::json!({"error": {"code": "method_not_allowed", "message": "use POST"}}),
         );
     }
     let headers = request.headers().clone();

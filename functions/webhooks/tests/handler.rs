@@ -74,7 +74,10 @@ async fn a_signed_base64_body_is_queued_once_and_a_replay_refused() {
     assert!(matches!(&events[..], [GatewayEvent::Delivery(e)]
         if e.message_id.as_deref() == Some("appt-2026-11-28-0001")));
     let (status, body) = answer(&handle(request(&sample()), &edge).await.unwrap());
-    assert_eq!((status, body["error"].as_str()), (403, Some("replayed")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("replayed"))
+    );
     assert_eq!(sink.events().len(), 1, "nothing more queued");
 }
 
@@ -94,7 +97,7 @@ async fn a_tampered_body_wrong_routes_and_methods_get_json_errors() {
         .into();
     let (status, body) = answer(&handle(request(&forged), &edge).await.unwrap());
     assert_eq!(
-        (status, body["error"].as_str()),
+        (status, body["error"]["code"].as_str()),
         (401, Some("invalid_signature"))
     );
 
@@ -103,7 +106,7 @@ async fn a_tampered_body_wrong_routes_and_methods_get_json_errors() {
     elsewhere["requestContext"]["http"]["path"] = "/webhooks/postmark".into();
     let (status, body) = answer(&handle(request(&elsewhere), &edge).await.unwrap());
     assert_eq!(
-        (status, body["error"].as_str()),
+        (status, body["error"]["code"].as_str()),
         (404, Some("unknown_provider"))
     );
 
@@ -117,7 +120,7 @@ async fn a_tampered_body_wrong_routes_and_methods_get_json_errors() {
     get["requestContext"]["http"]["method"] = "GET".into();
     let (status, body) = answer(&handle(request(&get), &edge).await.unwrap());
     assert_eq!(
-        (status, body["error"].as_str()),
+        (status, body["error"]["code"].as_str()),
         (405, Some("method_not_allowed"))
     );
     assert!(sink.events().is_empty());

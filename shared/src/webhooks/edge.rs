@@ -11,7 +11,8 @@
 //! | no key configured for the provider | 404 (the route is not in use) |
 //! | the events queue, the replay store or SNS's certificate unreachable | 503 (the provider retries) |
 //!
-//! Every error body is `{"error": code, "message": text}`; none echoes a key or signature.
+//! Every error body is `{"error": {"code", "message"}}` (DESIGN §2.3); none echoes a key or
+//! signature.
 //!
 //! Decisions:
 //! - An event without our message id is still queued (the recorder keeps it unattached, and a
@@ -56,7 +57,7 @@ impl Answer {
     fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
         Self {
             status,
-            body: json!({"error": code, "message": message.into()}),
+            body: json!({"error": {"code": code, "message": message.into()}}),
         }
     }
 
