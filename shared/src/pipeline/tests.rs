@@ -106,9 +106,7 @@ impl Provider for Scripted {
     }
 
     async fn probe(&self) -> Result<ProbeReport, SendError> {
-        Ok(ProbeReport {
-            latency: Duration::ZERO,
-        })
+        Ok(ProbeReport::new(Duration::ZERO))
     }
 }
 
