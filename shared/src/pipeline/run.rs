@@ -15,6 +15,7 @@ use crate::events::{
     AttemptRecord, GatewayEvent, Outcome, OutcomeClass, OutcomeEvent, RecipientOutcome,
     RecipientStatus,
 };
+use crate::health;
 use crate::ledger::{self, Claim, ClaimOutcome, ClaimRequest, FailedRecord, SentRecord};
 use crate::limiter::{self, Grant, Refusal, Request, Verdict};
 use crate::message::{MessageError, OutboundMessage, parse_message};
@@ -358,8 +359,11 @@ impl Pipeline {
         Ok((replays, keys.into_iter().zip(items).collect()))
     }
 
-    /// The breaker and limit keys of every gateway any message of the batch may be routed to
-    /// (routed on a clean state, which keeps a superset of the candidates).
+    /// The breaker, limit and health keys of every gateway any message of the batch may be
+    /// routed to (routed on a clean state, which keeps a superset of the candidates). The health
+    /// record rides in the same `BatchGetItem`: no request of its own, and always as fresh as
+    /// the checker left it. It is read only for gateways whose `health_check` is on (the router
+    /// ignores health otherwise).
     fn state_keys(&self, works: &[Work], now: EpochMillis) -> Vec<Key> {
         let config = self.router.config();
         let mut gateways = BTreeSet::new();
@@ -374,7 +378,13 @@ impl Pipeline {
                 continue;
             };
             let plan = limiter::plan(config, gateway, now);
-            for key in std::iter::once(breaker::key(&gateway.id)).chain(plan.keys().iter().cloned())
+            let health_key = gateway
+                .health_check
+                .enabled
+                .then(|| health::key(&gateway.id));
+            for key in std::iter::once(breaker::key(&gateway.id))
+                .chain(plan.keys().iter().cloned())
+                .chain(health_key)
             {
                 if seen.insert(key.clone()) {
                     keys.push(key);
@@ -396,10 +406,11 @@ impl Pipeline {
                 let plan = limiter::plan(config, g, now);
                 let items: Vec<Option<Item>> = plan.keys().iter().map(item).collect();
                 let usage = limiter::usage(&plan, &items, None);
+                let record = health::HealthRecord::from_item(item(&health::key(&g.id)).as_ref());
                 GatewayState {
+                    health: health::routing_health(record.as_ref(), &g.health_check, now),
                     breaker,
                     remaining: Some(limiter::remaining_fraction(&usage)),
-                    ..GatewayState::default()
                 }
             })
             .collect();
