@@ -28,6 +28,7 @@ const FUNCTIONS: &[(&str, &[&str])] = &[
     ("sender", sender::ENV_VARS),
     ("recorder", recorder::ENV_VARS),
     ("webhooks", webhooks::ENV_VARS),
+    ("health-check", health_check::ENV_VARS),
 ];
 
 /// The log filter variable `tracing_subscriber::EnvFilter::try_from_default_env` reads.
