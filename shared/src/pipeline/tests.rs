@@ -1020,3 +1020,32 @@ async fn an_unhealthy_verdict_is_only_a_note_when_health_is_not_required() {
         .await;
     assert_eq!(report.items[0].gateway.as_deref(), Some("a"));
 }
+
+#[tokio::test]
+async fn a_config_whose_state_keys_exceed_one_batch_read_still_routes() {
+    // 40 gateways × (breaker, day counter, health record) = 120 keys: over BatchGetItem's 100.
+    let ids: Vec<String> = (0..40).map(|i| format!("g{i:02}")).collect();
+    let gateways: Vec<(&str, Reply)> = ids.iter().map(|id| (id.as_str(), Reply::Accept)).collect();
+    let h = harness(
+        &gateways,
+        r#", "rate_limits": {"workspace_daily": 1000}"#,
+        "",
+    );
+    store_health(
+        &h,
+        "g00",
+        crate::events::HealthStatus::Unhealthy,
+        T0 - 20_000,
+    )
+    .await;
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(report.items[0].outcome, Outcome::Sent, "{report:?}");
+    // Every chunk was read: g00's unhealthy record drops it.
+    assert_eq!(report.items[0].gateway.as_deref(), Some("g01"));
+}
