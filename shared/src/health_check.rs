@@ -591,3 +591,147 @@ fn log_verdict(g: &Gateway, r: &HealthRecord, prev: Option<&HealthRecord>) {
             "gateway health unchanged");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::load_config;
+    use crate::events::MemoryEventSink;
+    use crate::providers::simulated::SimulatedProvider;
+    use crate::state::memory::MemoryStore;
+
+    const T0: EpochMillis = 1_795_860_000_000;
+
+    fn config(gateways: serde_json::Value) -> Config {
+        let doc = json!({"gateways": gateways});
+        load_config(Some(&doc.to_string()), None, &|_| None)
+            .unwrap()
+            .config
+    }
+
+    fn ses(id: &str, rate_limits: serde_json::Value) -> serde_json::Value {
+        json!({"id": id, "type": "amazon_ses", "display_name": id,
+               "amazon_ses": {"region": "eu-west-1"}, "rate_limits": rate_limits,
+               "routing": {"can_route": ["*"]}})
+    }
+
+    fn quota(daily: f64, rate: f64) -> SendQuota {
+        SendQuota {
+            max_24_hour_send: daily,
+            max_send_rate: rate,
+            sent_last_24_hours: 0.0,
+        }
+    }
+
+    #[test]
+    fn ses_limits_are_compared_with_the_account_quota() {
+        let c = config(json!([
+            ses("both", json!({"workspace_daily": 500, "burst_limit": 20})),
+            ses("daily-only", json!({"workspace_daily": 500, "burst_limit": null})),
+            ses("unlimited", json!({"workspace_daily": null, "burst_limit": null})),
+            {"id": "sim", "type": "simulated", "display_name": "sim", "simulated": {},
+             "rate_limits": {"workspace_daily": 500}, "routing": {"can_route": ["*"]}},
+        ]));
+        let settings =
+            |w: &[SesQuotaWarning]| -> Vec<&str> { w.iter().map(|w| w.setting).collect() };
+        let g = |i: usize| &c.gateways[i];
+        let cases: [(usize, SendQuota, Vec<&str>); 7] = [
+            (
+                0,
+                quota(200.0, 1.0),
+                vec![
+                    "rate_limits.workspace_daily",
+                    "rate_limits.burst_refill_per_second",
+                ],
+            ),
+            (0, quota(500.0, 20.0), vec![]),
+            // SES reports an unlimited quota as -1.
+            (0, quota(-1.0, -1.0), vec![]),
+            (1, quota(200.0, 1.0), vec!["rate_limits.workspace_daily"]),
+            (2, quota(200.0, 1.0), vec![]),
+            // Only SES gateways are compared.
+            (3, quota(200.0, 1.0), vec![]),
+            (1, quota(499.0, 1.0), vec!["rate_limits.workspace_daily"]),
+        ];
+        for (i, q, want) in cases {
+            assert_eq!(
+                settings(&ses_quota_warnings(g(i), &q)),
+                want,
+                "{} {q:?}",
+                g(i).id
+            );
+        }
+    }
+
+    fn checker(
+        config: Config,
+        providers: Providers,
+    ) -> (
+        HealthChecker,
+        Arc<MemoryStore>,
+        Arc<MemoryEventSink>,
+        Arc<ManualClock>,
+    ) {
+        let store = Arc::new(MemoryStore::new());
+        let sink = Arc::new(MemoryEventSink::new());
+        let clock = Arc::new(ManualClock::new(T0));
+        let checker = HealthChecker::new(
+            Arc::new(config),
+            providers,
+            store.clone(),
+            sink.clone(),
+            clock.clone(),
+        );
+        (checker, store, sink, clock)
+    }
+
+    #[tokio::test]
+    async fn a_gateway_without_a_client_fails_its_probe() {
+        let c = config(
+            json!([{"id": "sim", "type": "simulated", "display_name": "sim",
+            "simulated": {}, "routing": {"can_route": ["*"]}}]),
+        );
+        let (checker, _, _, _) = checker(c, HashMap::new());
+        let s = checker.run().await.unwrap();
+        assert_eq!((s.probed, s.degraded), (1, 1), "{s:?}");
+        assert_eq!(
+            s.gateways[0].error.as_deref(),
+            Some("no provider client was built for this gateway")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_periodically_keeps_checking_until_dropped() {
+        let c = config(
+            json!([{"id": "sim", "type": "simulated", "display_name": "sim",
+            "simulated": {}, "routing": {"can_route": ["*"]},
+            "health_check": {"interval": "10s"}}]),
+        );
+        let sim = c.gateways[0].provider.clone();
+        let crate::config::ProviderSettings::Simulated(settings) = sim else {
+            panic!("simulated settings");
+        };
+        let provider: Arc<dyn Provider> = Arc::new(SimulatedProvider::new("sim", settings));
+        let (checker, _, sink, clock) = checker(c, HashMap::from([("sim".to_owned(), provider)]));
+        let task =
+            tokio::spawn(async move { checker.run_periodically(Duration::from_secs(10)).await });
+        for _ in 0..3 {
+            // Let the tick's run finish, then move both clocks to the next tick.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            clock.advance(10_000);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        task.abort();
+        let health = sink
+            .events()
+            .iter()
+            .filter(|e| matches!(e, GatewayEvent::Health(_)))
+            .count();
+        assert!(health >= 3, "{health} health events");
+    }
+}
