@@ -15,10 +15,18 @@
 //! A record older than [`STALE_AFTER_INTERVALS`] probe intervals is stale: the checker has
 //! stopped, so the verdict no longer says anything and the router treats the gateway's health as
 //! unknown (routed to) rather than trusting an old `UNHEALTHY` or `HEALTHY`.
+//!
+//! # Thresholds
+//! [`step`] is the pure decision: the stored record, one probe's result, the gateway's
+//! `health_check` settings and `now` in, the next record out. Consecutive counts make one blip
+//! harmless: a single failed probe of a healthy gateway only makes it `DEGRADED` (still routed
+//! to), and an unhealthy gateway needs `success_threshold` good probes in a row before it is
+//! `HEALTHY` again. The checker ([`crate::health_check`]) does the I/O around it.
 
 use crate::clock::EpochMillis;
 use crate::config::HealthCheckSettings;
 use crate::events::HealthStatus;
+use crate::providers::{ProbeReport, SendError};
 use crate::router::Health;
 use crate::state::{Item, Key, Value, get_n, get_s};
 
@@ -128,6 +136,171 @@ impl HealthRecord {
     }
 }
 
+/// Longest stored error text, in characters: enough for the class, provider and a status line.
+pub const MAX_ERROR_CHARS: usize = 200;
+
+/// What one probe found, reduced to what the thresholds and the record need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeResult {
+    /// The provider answered and accepted the credentials.
+    Ok {
+        /// How long the probe took, in milliseconds.
+        latency_ms: u64,
+    },
+    /// The probe failed, timed out or could not run.
+    Failed {
+        /// Short and secret-free ([`ProbeResult::failed`] truncates to [`MAX_ERROR_CHARS`]).
+        error: String,
+        /// How long it took until it failed, when an answer came back.
+        latency_ms: Option<u64>,
+    },
+}
+
+impl ProbeResult {
+    /// A failure described by `error`, cut to [`MAX_ERROR_CHARS`] characters. Callers pass
+    /// secret-free text only (a [`SendError`]'s `Display`, a fixed sentence).
+    pub fn failed(error: impl std::fmt::Display, latency_ms: Option<u64>) -> Self {
+        Self::Failed {
+            error: truncate(&error.to_string(), MAX_ERROR_CHARS),
+            latency_ms,
+        }
+    }
+
+    /// The result of [`crate::providers::Provider::probe`]. A [`SendError`]'s `Display` is
+    /// secret-free by contract (class, provider and the provider's truncated message).
+    pub fn of(result: &Result<ProbeReport, SendError>) -> Self {
+        match result {
+            Ok(report) => Self::Ok {
+                latency_ms: millis(report.latency),
+            },
+            Err(e) => Self::failed(e, None),
+        }
+    }
+
+    /// Whether the probe succeeded.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Self::Ok { .. })
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    let mut chars = text.chars();
+    let mut out: String = chars.by_ref().take(max).collect();
+    if chars.next().is_some() {
+        out.pop();
+        out.push('…');
+    }
+    out
+}
+
+/// The record after one probe, thresholds applied. Pure: the same inputs give the same record.
+///
+/// `prev` is the stored record, if any; a **stale** one ([`HealthRecord::is_stale`]: the checker
+/// was away for more than [`STALE_AFTER_INTERVALS`] intervals) and a `DISABLED` one count as
+/// none, because their consecutive counts describe probes too old to continue.
+///
+/// Counts: a success sets `consecutive_successes` to the previous run of successes + 1 and
+/// `consecutive_failures` to 0; a failure the other way round. Status:
+///
+/// | previous | probe | next |
+/// |---|---|---|
+/// | none (or stale, or `DISABLED`) | ok | `HEALTHY` |
+/// | none (or stale, or `DISABLED`) | failure | `DEGRADED`, or `UNHEALTHY` when `failure_threshold` is 1 |
+/// | `HEALTHY` / `DEGRADED` | failure | `DEGRADED` until `failure_threshold` consecutive failures, then `UNHEALTHY` |
+/// | `DEGRADED` | ok | `HEALTHY` (degraded means "failing, below the threshold": it was never unhealthy since) |
+/// | `HEALTHY` | ok | `HEALTHY` |
+/// | `UNHEALTHY` | failure | `UNHEALTHY` |
+/// | `UNHEALTHY` | ok | `UNHEALTHY` until `success_threshold` consecutive successes, then `HEALTHY` |
+///
+/// When `settings.enabled` is off the result is [`disabled`] whatever the probe said; a
+/// disabled *gateway* is never probed and gets [`disabled`] from the checker.
+pub fn step(
+    prev: Option<&HealthRecord>,
+    probe: &ProbeResult,
+    settings: &HealthCheckSettings,
+    now: EpochMillis,
+) -> HealthRecord {
+    if !settings.enabled {
+        return disabled(now);
+    }
+    let prev = prev.filter(|p| p.status != HealthStatus::Disabled && !p.is_stale(settings, now));
+    let failure_threshold = settings.failure_threshold.get();
+    let success_threshold = settings.success_threshold.get();
+    match probe {
+        ProbeResult::Ok { latency_ms } => {
+            let successes = prev
+                .map_or(0, |p| p.consecutive_successes)
+                .saturating_add(1);
+            let status = match prev.map(|p| p.status) {
+                Some(HealthStatus::Unhealthy) if successes < success_threshold => {
+                    HealthStatus::Unhealthy
+                }
+                _ => HealthStatus::Healthy,
+            };
+            HealthRecord {
+                status,
+                consecutive_failures: 0,
+                consecutive_successes: successes,
+                latency_ms: Some(*latency_ms),
+                error: None,
+                checked_at: now,
+            }
+        }
+        ProbeResult::Failed { error, latency_ms } => {
+            let failures = prev.map_or(0, |p| p.consecutive_failures).saturating_add(1);
+            let status = match prev.map(|p| p.status) {
+                Some(HealthStatus::Unhealthy) => HealthStatus::Unhealthy,
+                _ if failures >= failure_threshold => HealthStatus::Unhealthy,
+                _ => HealthStatus::Degraded,
+            };
+            HealthRecord {
+                status,
+                consecutive_failures: failures,
+                consecutive_successes: 0,
+                latency_ms: *latency_ms,
+                error: Some(error.clone()),
+                checked_at: now,
+            }
+        }
+    }
+}
+
+/// The record of a gateway that is not probed: the gateway or its health check is disabled.
+/// Counts start again from zero when it is probed next.
+pub fn disabled(now: EpochMillis) -> HealthRecord {
+    HealthRecord {
+        status: HealthStatus::Disabled,
+        consecutive_failures: 0,
+        consecutive_successes: 0,
+        latency_ms: None,
+        error: None,
+        checked_at: now,
+    }
+}
+
+/// Whether a gateway with record `prev` is due for a probe at `now`: no record yet, or
+/// `health_check.interval` has (nearly) elapsed since `checked_at`. "Nearly" is a tenth of the
+/// interval: a schedule that fires every interval is a little early now and then (EventBridge
+/// starts an invocation up to seconds off the minute, and `checked_at` is taken at the start of
+/// the previous run), and skipping that run would halve the probe rate. A `checked_at` in the
+/// future (another instance's clock ahead) is not due.
+pub fn is_due(
+    prev: Option<&HealthRecord>,
+    settings: &HealthCheckSettings,
+    now: EpochMillis,
+) -> bool {
+    let Some(prev) = prev else {
+        return true;
+    };
+    let interval = i64::try_from(settings.interval.as_millis()).unwrap_or(i64::MAX);
+    let slack = interval / 10;
+    now.saturating_sub(prev.checked_at) >= interval.saturating_sub(slack)
+}
+
 /// The router's view of a gateway's health: `Unknown` without a record, with a stale one, or
 /// when the gateway's health check is off (nothing probes it).
 pub fn routing_health(
@@ -174,6 +347,200 @@ mod tests {
             error: Some("503 Service Unavailable".into()),
             checked_at,
         }
+    }
+
+    fn ok() -> ProbeResult {
+        ProbeResult::Ok { latency_ms: 80 }
+    }
+
+    fn fail() -> ProbeResult {
+        ProbeResult::failed("Unavailable from mailgun: 503", Some(15))
+    }
+
+    /// Runs `probes` one interval apart on a manual clock, from `start`, and returns the status
+    /// after each.
+    fn run(
+        start: Option<HealthRecord>,
+        probes: &[ProbeResult],
+        s: &HealthCheckSettings,
+        clock: &ManualClock,
+    ) -> (Vec<HealthStatus>, Option<HealthRecord>) {
+        let mut rec = start;
+        let mut seen = Vec::new();
+        for p in probes {
+            clock.advance(60_000);
+            let next = step(rec.as_ref(), p, s, clock.now_ms());
+            assert_eq!(next.checked_at, clock.now_ms());
+            seen.push(next.status);
+            rec = Some(next);
+        }
+        (seen, rec)
+    }
+
+    use crate::clock::{Clock, ManualClock};
+    use crate::events::HealthStatus::{Degraded, Disabled, Healthy, Unhealthy};
+
+    #[test]
+    fn the_first_probe_decides() {
+        let clock = ManualClock::new(1_700_000_000_000);
+        assert_eq!(run(None, &[ok()], &settings(), &clock).0, [Healthy]);
+        assert_eq!(run(None, &[fail()], &settings(), &clock).0, [Degraded]);
+        let strict = HealthCheckSettings {
+            failure_threshold: NonZeroU32::new(1).unwrap(),
+            ..settings()
+        };
+        assert_eq!(run(None, &[fail()], &strict, &clock).0, [Unhealthy]);
+    }
+
+    #[test]
+    fn one_blip_does_not_flap() {
+        let clock = ManualClock::new(1_700_000_000_000);
+        let (seen, last) = run(
+            None,
+            &[ok(), fail(), ok(), fail(), fail(), ok()],
+            &settings(),
+            &clock,
+        );
+        assert_eq!(
+            seen,
+            [Healthy, Degraded, Healthy, Degraded, Degraded, Healthy]
+        );
+        let last = last.unwrap();
+        assert_eq!(
+            (last.consecutive_failures, last.consecutive_successes),
+            (0, 1)
+        );
+        // Degraded is still routed to.
+        let degraded = step(None, &fail(), &settings(), clock.now_ms());
+        assert_eq!(
+            routing_health(Some(&degraded), &settings(), clock.now_ms()),
+            Health::Degraded
+        );
+    }
+
+    #[test]
+    fn failure_threshold_consecutive_failures_make_it_unhealthy() {
+        let clock = ManualClock::new(1_700_000_000_000);
+        let (seen, last) = run(
+            None,
+            &[ok(), fail(), fail(), fail(), fail()],
+            &settings(),
+            &clock,
+        );
+        assert_eq!(seen, [Healthy, Degraded, Degraded, Unhealthy, Unhealthy]);
+        let last = last.unwrap();
+        assert_eq!(last.consecutive_failures, 4);
+        assert_eq!(last.error.as_deref(), Some("Unavailable from mailgun: 503"));
+        assert_eq!(last.latency_ms, Some(15));
+        assert_eq!(
+            routing_health(Some(&last), &settings(), clock.now_ms()),
+            Health::Unhealthy
+        );
+    }
+
+    #[test]
+    fn recovery_needs_success_threshold_successes_in_a_row() {
+        let clock = ManualClock::new(1_700_000_000_000);
+        let (_, unhealthy) = run(None, &[fail(), fail(), fail()], &settings(), &clock);
+        assert_eq!(unhealthy.as_ref().unwrap().status, Unhealthy);
+        // success_threshold is 2: one success is not enough, and a failure starts again.
+        let (seen, last) = run(
+            unhealthy,
+            &[ok(), fail(), ok(), ok(), ok()],
+            &settings(),
+            &clock,
+        );
+        assert_eq!(seen, [Unhealthy, Unhealthy, Unhealthy, Healthy, Healthy]);
+        let last = last.unwrap();
+        assert_eq!(
+            (last.consecutive_failures, last.consecutive_successes),
+            (0, 3)
+        );
+        assert_eq!(last.error, None);
+    }
+
+    #[test]
+    fn a_stale_record_does_not_carry_its_counts_over() {
+        let clock = ManualClock::new(1_700_000_000_000);
+        let s = settings();
+        let (_, unhealthy) = run(None, &[fail(), fail(), fail()], &s, &clock);
+        // The checker was away for four intervals: the old verdict is ignored by the router
+        // and the first probe after the gap decides.
+        clock.advance(4 * 60_000);
+        let now = clock.now_ms();
+        assert_eq!(routing_health(unhealthy.as_ref(), &s, now), Health::Unknown);
+        let next = step(unhealthy.as_ref(), &ok(), &s, now);
+        assert_eq!((next.status, next.consecutive_successes), (Healthy, 1));
+        // A stale healthy record's old failure run does not continue either.
+        let old = HealthRecord {
+            consecutive_failures: 2,
+            ..record(Degraded, now - 10 * 60_000)
+        };
+        let next = step(Some(&old), &fail(), &s, now);
+        assert_eq!((next.status, next.consecutive_failures), (Degraded, 1));
+        // Within three intervals the counts continue.
+        let recent = HealthRecord {
+            consecutive_failures: 2,
+            ..record(Degraded, now - 3 * 60_000)
+        };
+        assert_eq!(step(Some(&recent), &fail(), &s, now).status, Unhealthy);
+    }
+
+    #[test]
+    fn a_disabled_check_is_disabled_and_probing_again_starts_afresh() {
+        let clock = ManualClock::new(1_700_000_000_000);
+        let off = HealthCheckSettings {
+            enabled: false,
+            ..settings()
+        };
+        let (seen, last) = run(None, &[ok(), fail()], &off, &clock);
+        assert_eq!(seen, [Disabled, Disabled]);
+        assert_eq!(last.as_ref().unwrap(), &disabled(clock.now_ms()));
+        let (seen, _) = run(last, &[fail(), fail(), fail()], &settings(), &clock);
+        assert_eq!(seen, [Degraded, Degraded, Unhealthy]);
+    }
+
+    #[test]
+    fn a_gateway_is_due_once_its_interval_has_nearly_elapsed() {
+        let s = settings();
+        let at = 1_700_000_000_000;
+        let prev = record(Healthy, at);
+        let cases = [
+            (None, at, true),
+            (Some(&prev), at, false),
+            (Some(&prev), at + 53_999, false),
+            // A tenth of the interval early still counts (schedule jitter).
+            (Some(&prev), at + 54_000, true),
+            (Some(&prev), at + 60_000, true),
+            // Another instance's clock is ahead: not due.
+            (Some(&prev), at - 1_000, false),
+        ];
+        for (prev, now, due) in cases {
+            assert_eq!(is_due(prev, &s, now), due, "{prev:?} at {now}");
+        }
+    }
+
+    #[test]
+    fn probe_errors_are_cut_short() {
+        let long = "x".repeat(500);
+        let ProbeResult::Failed { error, .. } = ProbeResult::failed(&long, None) else {
+            unreachable!()
+        };
+        assert_eq!(error.chars().count(), MAX_ERROR_CHARS);
+        assert!(error.ends_with('…'));
+        let e = SendError::new(crate::providers::ErrorClass::Auth, "mailgun", "Forbidden");
+        assert_eq!(
+            ProbeResult::of(&Err(e)),
+            ProbeResult::failed("Auth from mailgun: Forbidden", None)
+        );
+        let report = ProbeReport {
+            latency: Duration::from_millis(42),
+            send_quota: None,
+        };
+        assert_eq!(
+            ProbeResult::of(&Ok(report)),
+            ProbeResult::Ok { latency_ms: 42 }
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod customer_webhooks;
 pub mod duration;
 pub mod events;
 pub mod health;
+pub mod health_check;
 pub mod ledger;
 pub mod limiter;
 pub mod mandrill;

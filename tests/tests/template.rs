@@ -29,6 +29,7 @@ const FUNCTIONS: &[(&str, &[&str])] = &[
     ("recorder", recorder::ENV_VARS),
     ("webhooks", webhooks::ENV_VARS),
     ("status", status::ENV_VARS),
+    ("health-check", health_check::ENV_VARS),
 ];
 
 /// The log filter variable `tracing_subscriber::EnvFilter::try_from_default_env` reads.

@@ -47,9 +47,7 @@ impl Provider for Fake {
     }
 
     async fn probe(&self) -> Result<ProbeReport, SendError> {
-        Ok(ProbeReport {
-            latency: Duration::ZERO,
-        })
+        Ok(ProbeReport::new(Duration::ZERO))
     }
 }
 

@@ -94,7 +94,7 @@ pub fn emf_lines(
     for (name, value) in totals {
         values.insert(name.to_owned(), json!(value));
     }
-    lines.push(line(
+    lines.push(emf_line(
         namespace,
         at,
         &[],
@@ -132,12 +132,15 @@ pub fn emf_lines(
             names.push(("Latency", "Milliseconds"));
             values.insert("Latency".to_owned(), json!(g.latencies_ms));
         }
-        lines.push(line(namespace, at, &["Gateway"], &names, values));
+        lines.push(emf_line(namespace, at, &["Gateway"], &names, values));
     }
     lines
 }
 
-fn line(
+/// One EMF line in `namespace`, stamped `at` (epoch ms): `values` holds the dimension values
+/// and the metric values, `metrics` names each metric with its CloudWatch unit, and every name in
+/// `dimensions` must be a key of `values`. Shared by the functions that write metrics.
+pub fn emf_line(
     namespace: &str,
     at: EpochMillis,
     dimensions: &[&str],

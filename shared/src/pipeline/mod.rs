@@ -54,7 +54,7 @@ use crate::router::Router;
 use crate::state::StateStore;
 
 pub use backoff::{Backoff, jitter_fraction};
-pub use metrics::{GatewayMetrics, Metrics, emf_lines};
+pub use metrics::{GatewayMetrics, Metrics, emf_line, emf_lines};
 pub use poll::{PollSettings, Poller, PollerStats};
 pub use settle::{SettleError, SettleSummary, settle};
 

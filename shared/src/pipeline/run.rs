@@ -15,13 +15,14 @@ use crate::events::{
     AttemptRecord, GatewayEvent, Outcome, OutcomeClass, OutcomeEvent, RecipientOutcome,
     RecipientStatus,
 };
+use crate::health;
 use crate::ledger::{self, Claim, ClaimOutcome, ClaimRequest, FailedRecord, SentRecord};
 use crate::limiter::{self, Grant, Refusal, Request, Verdict};
 use crate::message::{MessageError, OutboundMessage, parse_message};
 use crate::providers::{Accepted, ErrorClass, Provider, SendError};
 use crate::queue::Received;
 use crate::router::{GatewayState, RouteRequest};
-use crate::state::{Item, Key};
+use crate::state::{Item, Key, MAX_BATCH_GET, StateStore, StoreError};
 use crate::suppression;
 
 /// Longest reason text carried in an event (a poison body can produce many problems).
@@ -127,6 +128,21 @@ struct Resolution {
     reason: Option<String>,
     retry: Option<Duration>,
     event: Option<OutcomeEvent>,
+}
+
+/// `get_many` over any number of keys: one `BatchGetItem` per [`MAX_BATCH_GET`] keys, all in
+/// flight together, answers in key order. A config with many gateways (breaker, limit and health
+/// items each) must not turn into an invalid request; up to 100 keys it is the single request the
+/// budget counts.
+async fn read_all(store: &dyn StateStore, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
+    let reads = keys
+        .chunks(MAX_BATCH_GET)
+        .map(|chunk| store.get_many(chunk));
+    let mut items = Vec::with_capacity(keys.len());
+    for read in futures::future::join_all(reads).await {
+        items.extend(read?);
+    }
+    Ok(items)
 }
 
 fn earliest(a: Option<EpochMillis>, b: Option<EpochMillis>) -> Option<EpochMillis> {
@@ -286,13 +302,7 @@ impl Pipeline {
         let (claimed, suppressed, items) = tokio::join!(
             ledger::claim_many(store, &claims, now),
             suppression::lookup_many(store, &addresses),
-            async {
-                if keys.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    store.get_many(&keys).await
-                }
-            },
+            read_all(store, &keys),
         );
 
         let mut replays = HashMap::new();
@@ -358,8 +368,11 @@ impl Pipeline {
         Ok((replays, keys.into_iter().zip(items).collect()))
     }
 
-    /// The breaker and limit keys of every gateway any message of the batch may be routed to
-    /// (routed on a clean state, which keeps a superset of the candidates).
+    /// The breaker, limit and health keys of every gateway any message of the batch may be
+    /// routed to (routed on a clean state, which keeps a superset of the candidates). The health
+    /// record rides in the same `BatchGetItem`: no request of its own, and always as fresh as
+    /// the checker left it. It is read only for gateways whose `health_check` is on (the router
+    /// ignores health otherwise).
     fn state_keys(&self, works: &[Work], now: EpochMillis) -> Vec<Key> {
         let config = self.router.config();
         let mut gateways = BTreeSet::new();
@@ -374,7 +387,13 @@ impl Pipeline {
                 continue;
             };
             let plan = limiter::plan(config, gateway, now);
-            for key in std::iter::once(breaker::key(&gateway.id)).chain(plan.keys().iter().cloned())
+            let health_key = gateway
+                .health_check
+                .enabled
+                .then(|| health::key(&gateway.id));
+            for key in std::iter::once(breaker::key(&gateway.id))
+                .chain(plan.keys().iter().cloned())
+                .chain(health_key)
             {
                 if seen.insert(key.clone()) {
                     keys.push(key);
@@ -396,10 +415,11 @@ impl Pipeline {
                 let plan = limiter::plan(config, g, now);
                 let items: Vec<Option<Item>> = plan.keys().iter().map(item).collect();
                 let usage = limiter::usage(&plan, &items, None);
+                let record = health::HealthRecord::from_item(item(&health::key(&g.id)).as_ref());
                 GatewayState {
+                    health: health::routing_health(record.as_ref(), &g.health_check, now),
                     breaker,
                     remaining: Some(limiter::remaining_fraction(&usage)),
-                    ..GatewayState::default()
                 }
             })
             .collect();

@@ -106,9 +106,7 @@ impl Provider for Scripted {
     }
 
     async fn probe(&self) -> Result<ProbeReport, SendError> {
-        Ok(ProbeReport {
-            latency: Duration::ZERO,
-        })
+        Ok(ProbeReport::new(Duration::ZERO))
     }
 }
 
@@ -935,4 +933,119 @@ async fn a_pinned_message_goes_to_its_gateway_and_an_unknown_pin_waits_with_the_
         "{reason}"
     );
     assert!(h.calls("a").is_empty());
+}
+
+/// Stores the health checker's verdict on `gateway`, probed at `checked_at`.
+async fn store_health(
+    h: &Harness,
+    gateway: &str,
+    status: crate::events::HealthStatus,
+    checked_at: EpochMillis,
+) {
+    let record = crate::health::HealthRecord {
+        status,
+        consecutive_failures: 3,
+        consecutive_successes: 0,
+        latency_ms: None,
+        error: Some("Unavailable from capture: 503".into()),
+        checked_at,
+    };
+    h.store
+        .put_many(vec![(crate::health::key(gateway), record.to_item())])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_fresh_unhealthy_verdict_sends_the_message_to_the_other_gateway() {
+    let h = harness(
+        &[("a", Reply::Accept), ("b", Reply::Accept)],
+        "",
+        r#", "health_check_required": true"#,
+    );
+    // Probed 20 s ago with the default 30 s interval: fresh.
+    store_health(&h, "a", crate::events::HealthStatus::Unhealthy, T0 - 20_000).await;
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(report.items[0].outcome, Outcome::Sent);
+    assert_eq!(report.items[0].gateway.as_deref(), Some("b"));
+    assert!(h.calls("a").is_empty(), "the unhealthy gateway was called");
+}
+
+#[tokio::test]
+async fn a_stale_unhealthy_verdict_does_not_drop_the_gateway() {
+    let h = harness(
+        &[("a", Reply::Accept), ("b", Reply::Accept)],
+        "",
+        r#", "health_check_required": true"#,
+    );
+    // Four intervals old: the checker has stopped, so the verdict says nothing any more.
+    store_health(
+        &h,
+        "a",
+        crate::events::HealthStatus::Unhealthy,
+        T0 - 120_000,
+    )
+    .await;
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(report.items[0].gateway.as_deref(), Some("a"));
+    assert_eq!(h.calls("a"), ["m-1"]);
+}
+
+#[tokio::test]
+async fn an_unhealthy_verdict_is_only_a_note_when_health_is_not_required() {
+    let h = harness(
+        &[("a", Reply::Accept), ("b", Reply::Accept)],
+        "",
+        r#", "health_check_required": false"#,
+    );
+    store_health(&h, "a", crate::events::HealthStatus::Unhealthy, T0 - 20_000).await;
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(report.items[0].gateway.as_deref(), Some("a"));
+}
+
+#[tokio::test]
+async fn a_config_whose_state_keys_exceed_one_batch_read_still_routes() {
+    // 40 gateways × (breaker, day counter, health record) = 120 keys: over BatchGetItem's 100.
+    let ids: Vec<String> = (0..40).map(|i| format!("g{i:02}")).collect();
+    let gateways: Vec<(&str, Reply)> = ids.iter().map(|id| (id.as_str(), Reply::Accept)).collect();
+    let h = harness(
+        &gateways,
+        r#", "rate_limits": {"workspace_daily": 1000}"#,
+        "",
+    );
+    store_health(
+        &h,
+        "g00",
+        crate::events::HealthStatus::Unhealthy,
+        T0 - 20_000,
+    )
+    .await;
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(report.items[0].outcome, Outcome::Sent, "{report:?}");
+    // Every chunk was read: g00's unhealthy record drops it.
+    assert_eq!(report.items[0].gateway.as_deref(), Some("g01"));
 }

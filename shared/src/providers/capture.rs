@@ -84,9 +84,7 @@ impl Provider for CaptureProvider {
             std::fs::remove_file(&temp)
         })
         .await?;
-        Ok(ProbeReport {
-            latency: started.elapsed(),
-        })
+        Ok(ProbeReport::new(started.elapsed()))
     }
 }
 

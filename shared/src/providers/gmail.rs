@@ -605,9 +605,7 @@ impl Provider for GmailProvider {
         let now = self.clock.now_ms();
         let subject = self.default_sender.as_ref().map(EmailAddress::as_str);
         match self.exchange(subject, now).await {
-            Ok(_) => Ok(ProbeReport {
-                latency: started.elapsed(),
-            }),
+            Ok(_) => Ok(ProbeReport::new(started.elapsed())),
             Err(TokenFailure::Failed(e)) => Err(e),
             Err(TokenFailure::Refused { status }) => {
                 Err(refused(status, "token endpoint refused the probe subject"))

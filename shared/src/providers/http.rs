@@ -229,9 +229,7 @@ pub async fn probe_request(
         .map_err(|e| transport_error(provider, e))?;
     let status = response.status().as_u16();
     if response.status().is_success() {
-        return Ok(super::ProbeReport {
-            latency: elapsed(start),
-        });
+        return Ok(super::ProbeReport::new(elapsed(start)));
     }
     let body = response.text().await.unwrap_or_default();
     Err(probe_status_error(provider, class(status), status, &body))

@@ -125,10 +125,34 @@ impl SendError {
 }
 
 /// What a probe found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProbeReport {
     /// How long the probe took.
     pub latency: Duration,
+    /// The account's sending quota, when the probe's answer carries one (SES `GetAccount`).
+    pub send_quota: Option<SendQuota>,
+}
+
+impl ProbeReport {
+    /// A report of `latency` and no quota.
+    pub fn new(latency: Duration) -> Self {
+        Self {
+            latency,
+            send_quota: None,
+        }
+    }
+}
+
+/// A provider account's sending quota (SES `SendQuota`). A negative value means unlimited, as
+/// SES reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SendQuota {
+    /// Messages (recipients) the account may send in 24 hours (`Max24HourSend`).
+    pub max_24_hour_send: f64,
+    /// Messages (recipients) per second (`MaxSendRate`).
+    pub max_send_rate: f64,
+    /// Sent in the last 24 hours (`SentLast24Hours`).
+    pub sent_last_24_hours: f64,
 }
 
 /// One gateway's client. Implementations are built once per process (cold start) and shared.

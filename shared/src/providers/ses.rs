@@ -71,7 +71,7 @@ use crate::message::OutboundMessage;
 use super::http::{
     GATEWAY_MESSAGE_ID_HEADER, class_for_status, elapsed, retry_after_from_values, truncate_detail,
 };
-use super::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
+use super::{Accepted, ErrorClass, ProbeReport, Provider, SendError, SendQuota};
 
 /// Provider name in errors and logs.
 pub const PROVIDER: &str = "amazon_ses";
@@ -326,7 +326,8 @@ impl Provider for SesProvider {
     }
 
     /// `GetAccount`: authenticated and free. An account whose sending is disabled fails the
-    /// probe with `Auth`, like a `SendingPausedException` would.
+    /// probe with `Auth`, like a `SendingPausedException` would. The account's `SendQuota`
+    /// comes back in the report (the health checker compares it with the configured limits).
     async fn probe(&self) -> Result<ProbeReport, SendError> {
         let start = std::time::Instant::now();
         let account = self.client.get_account().send().await.map_err(|e| {
@@ -344,6 +345,11 @@ impl Provider for SesProvider {
         }
         Ok(ProbeReport {
             latency: elapsed(start),
+            send_quota: account.send_quota.map(|q| SendQuota {
+                max_24_hour_send: q.max24_hour_send,
+                max_send_rate: q.max_send_rate,
+                sent_last_24_hours: q.sent_last24_hours,
+            }),
         })
     }
 }

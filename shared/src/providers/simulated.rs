@@ -184,9 +184,7 @@ impl Provider for SimulatedProvider {
                 "simulated gateway is configured to be unavailable",
             ));
         }
-        Ok(ProbeReport {
-            latency: self.settings.latency,
-        })
+        Ok(ProbeReport::new(self.settings.latency))
     }
 }
 

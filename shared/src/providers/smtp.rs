@@ -273,9 +273,7 @@ impl Provider for SmtpProvider {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.quit()).await;
-        Ok(ProbeReport {
-            latency: started.elapsed(),
-        })
+        Ok(ProbeReport::new(started.elapsed()))
     }
 }
 

@@ -1,0 +1,337 @@
+//! The health checker against moto (DynamoDB for the `hc#` records, SQS for the events) and
+//! HTTP fakes of the providers, at manual times: a Mailgun gateway answering its probe 200 and
+//! then 500s goes HEALTHY → DEGRADED → UNHEALTHY at the configured threshold, only due gateways
+//! are probed, overlapping runs record a probe once, and an SES account quota below the
+//! configured limits is reported.
+//!
+//! moto does not implement SES v2 `GetAccount` (the SES probe), so the SES gateway talks to a
+//! wiremock fake of that one endpoint; DynamoDB and SQS are moto's.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_core::clock::ManualClock;
+use gateway_core::config::load_config;
+use gateway_core::events::{EventSink, GatewayEvent, HealthEvent, HealthStatus};
+use gateway_core::health::{self, HealthRecord};
+use gateway_core::health_check::{CheckSummary, HealthChecker};
+use gateway_core::providers::factory::build_providers;
+use gateway_core::queue::Queue;
+use gateway_core::queue::sqs::{SqsQueue, client_from_env, create_queue};
+use gateway_core::secrets::SecretResolver;
+use gateway_core::sqs_sink::SqsEventSink;
+use gateway_core::state::StateStore;
+use gateway_core::state::dynamodb::{self, DynamoStore, create_table};
+use gateway_tests::moto_url;
+use serde_json::json;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const DOMAIN: &str = "mg.clinic.example";
+/// 2026-11-28T10:00:00Z.
+const T0: i64 = 1_795_860_000_000;
+const MINUTE: i64 = 60_000;
+
+fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{tag}-{}-{nanos}", std::process::id())
+}
+
+struct Env {
+    clock: Arc<ManualClock>,
+    store: Arc<DynamoStore>,
+    events: SqsQueue,
+    checker: HealthChecker,
+    /// A second checker on the same table and queue (another invocation).
+    other: HealthChecker,
+}
+
+async fn env(tag: &str, gateways: serde_json::Value) -> Env {
+    moto_url();
+    let doc = json!({
+        "global_defaults": {
+            "http": {"connect_timeout": "1s", "request_timeout": "2s"},
+            "health_check": {"interval": "60s", "timeout": "5s",
+                             "failure_threshold": 2, "success_threshold": 2}
+        },
+        "gateways": gateways,
+    });
+    let config = Arc::new(
+        load_config(Some(&doc.to_string()), None, &|_| None)
+            .unwrap_or_else(|e| panic!("config: {e}"))
+            .config,
+    );
+    let clock = Arc::new(ManualClock::new(T0));
+    let providers = build_providers(
+        &config,
+        &SecretResolver::new(clock.clone()),
+        &config.http,
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let name = unique(tag);
+    let ddb = dynamodb::client_from_env().await;
+    create_table(&ddb, &name).await.unwrap();
+    let store = Arc::new(DynamoStore::new(ddb, name.clone()));
+    let sqs = client_from_env().await;
+    let url = create_queue(&sqs, &format!("{name}-events"), None)
+        .await
+        .unwrap();
+    let sink: Arc<dyn EventSink> = Arc::new(SqsEventSink::new(sqs.clone(), url.clone()));
+    let checker = |changed_by: &str| {
+        HealthChecker::new(
+            Arc::clone(&config),
+            providers.clone(),
+            store.clone(),
+            Arc::clone(&sink),
+            clock.clone(),
+        )
+        .with_changed_by(changed_by)
+    };
+    Env {
+        checker: checker("health-check test"),
+        other: checker("health-check test (second)"),
+        clock,
+        store,
+        events: SqsQueue::new(sqs, url),
+    }
+}
+
+impl Env {
+    async fn record(&self, gateway: &str) -> Option<HealthRecord> {
+        let item = self.store.get(&health::key(gateway)).await.unwrap();
+        HealthRecord::from_item(item.as_ref())
+    }
+
+    /// Every event on the queue now: (health events, number of config events).
+    async fn drain(&self) -> (Vec<HealthEvent>, usize) {
+        let mut health = Vec::new();
+        let mut configs = 0;
+        loop {
+            let got = self
+                .events
+                .receive(10, Duration::ZERO, Duration::from_secs(60))
+                .await
+                .unwrap();
+            if got.is_empty() {
+                break;
+            }
+            for r in &got {
+                match serde_json::from_str::<GatewayEvent>(&r.body).unwrap() {
+                    GatewayEvent::Health(h) => health.push(h),
+                    GatewayEvent::Config(_) => configs += 1,
+                    other => panic!("unexpected event {other:?}"),
+                }
+            }
+            let receipts: Vec<String> = got.iter().map(|r| r.receipt_handle.clone()).collect();
+            assert!(
+                self.events
+                    .delete_batch(&receipts)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        health.sort_by_key(|h| (h.at, h.gateway_id.clone()));
+        (health, configs)
+    }
+
+    async fn run_at(&self, at: i64) -> CheckSummary {
+        self.clock.set(at);
+        self.checker.run().await.unwrap()
+    }
+}
+
+fn mailgun(id: &str, base_url: &str) -> serde_json::Value {
+    json!({"id": id, "type": "mailgun", "display_name": id,
+           "mailgun": {"api_key": "key-health", "domain": DOMAIN, "base_url": base_url},
+           "routing": {"can_route": ["*"]}})
+}
+
+/// A Mailgun fake whose domain probe answers 200 once, then 500.
+async fn flaky_mailgun() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v3/domains/{DOMAIN}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"domain": {}})))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v3/domains/{DOMAIN}")))
+        .respond_with(ResponseTemplate::new(500).set_body_string("internal error"))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn probes(server: &MockServer) -> usize {
+    server.received_requests().await.unwrap_or_default().len()
+}
+
+#[tokio::test]
+async fn a_failing_gateway_becomes_unhealthy_only_at_its_threshold() {
+    let server = flaky_mailgun().await;
+    let e = env("hc-threshold", json!([mailgun("mg", &server.uri())])).await;
+
+    let s = e.run_at(T0).await;
+    assert_eq!((s.probed, s.healthy), (1, 1), "{s:?}");
+    let r = e.record("mg").await.unwrap();
+    assert_eq!((r.status, r.checked_at), (HealthStatus::Healthy, T0));
+    assert!(r.latency_ms.is_some());
+
+    // Not due 30 s later: no probe, nothing written.
+    let s = e.run_at(T0 + MINUTE / 2).await;
+    assert_eq!((s.probed, s.skipped), (0, 1), "{s:?}");
+    assert_eq!(probes(&server).await, 1);
+    assert_eq!(e.record("mg").await.unwrap().checked_at, T0);
+
+    // The first failure only degrades it (one blip does not flap).
+    let s = e.run_at(T0 + MINUTE).await;
+    assert_eq!(s.degraded, 1, "{s:?}");
+    let r = e.record("mg").await.unwrap();
+    assert_eq!(
+        (r.status, r.consecutive_failures),
+        (HealthStatus::Degraded, 1)
+    );
+    let error = r.error.unwrap();
+    assert!(
+        error.contains("Unavailable") && error.contains("mailgun"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("key-health"),
+        "the error shows the key: {error}"
+    );
+
+    // The second consecutive failure reaches failure_threshold = 2.
+    let s = e.run_at(T0 + 2 * MINUTE).await;
+    assert_eq!(s.unhealthy, 1, "{s:?}");
+    let r = e.record("mg").await.unwrap();
+    assert_eq!(
+        (r.status, r.consecutive_failures),
+        (HealthStatus::Unhealthy, 2)
+    );
+    assert_eq!(r.checked_at, T0 + 2 * MINUTE);
+    assert_eq!(probes(&server).await, 3);
+
+    let (health, configs) = e.drain().await;
+    let seen: Vec<(HealthStatus, u32, i64)> = health
+        .iter()
+        .map(|h| (h.status, h.consecutive_failures, h.at))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (HealthStatus::Healthy, 0, T0),
+            (HealthStatus::Degraded, 1, T0 + MINUTE),
+            (HealthStatus::Unhealthy, 2, T0 + 2 * MINUTE),
+        ]
+    );
+    assert!(
+        health
+            .iter()
+            .all(|h| h.gateway_id == "mg" && h.gateway_type == "mailgun")
+    );
+    assert_eq!(configs, 4, "one config event per run");
+}
+
+#[tokio::test]
+async fn overlapping_runs_record_a_probe_once() {
+    let server = flaky_mailgun().await;
+    let e = env("hc-overlap", json!([mailgun("mg", &server.uri())])).await;
+    e.run_at(T0).await;
+    e.drain().await;
+
+    // Two invocations at the same time read the same record and both probe; only one may
+    // count its probe.
+    e.clock.set(T0 + MINUTE);
+    let (a, b) = tokio::join!(e.checker.run(), e.other.run());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.probed + b.probed, 2);
+    assert_eq!(a.superseded + b.superseded, 1, "{a:?} {b:?}");
+    let r = e.record("mg").await.unwrap();
+    assert_eq!(
+        (r.status, r.consecutive_failures),
+        (HealthStatus::Degraded, 1)
+    );
+    let (health, _) = e.drain().await;
+    assert_eq!(health.len(), 1, "{health:?}");
+    assert_eq!(health[0].consecutive_failures, 1);
+}
+
+#[tokio::test]
+async fn an_ses_account_quota_below_the_configured_limits_is_reported() {
+    let ses = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v2/email/account"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "SendingEnabled": true, "ProductionAccessEnabled": false,
+            "SendQuota": {"Max24HourSend": 200.0, "MaxSendRate": 1.0, "SentLast24Hours": 3.0}
+        })))
+        .mount(&ses)
+        .await;
+    let within = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v2/email/account"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "SendingEnabled": true, "ProductionAccessEnabled": true,
+            "SendQuota": {"Max24HourSend": 100000.0, "MaxSendRate": 50.0, "SentLast24Hours": 0.0}
+        })))
+        .mount(&within)
+        .await;
+    let gateway = |id: &str, url: String| {
+        json!({"id": id, "type": "amazon_ses", "display_name": id,
+               "amazon_ses": {"region": "us-east-1", "endpoint_url": url},
+               "rate_limits": {"workspace_daily": 50000, "burst_limit": 14},
+               "routing": {"can_route": ["*"]}})
+    };
+    let e = env(
+        "hc-ses",
+        json!([
+            gateway("ses-sandbox", ses.uri()),
+            gateway("ses-prod", within.uri())
+        ]),
+    )
+    .await;
+
+    let s = e.run_at(T0).await;
+    assert_eq!((s.probed, s.healthy), (2, 2), "{s:?}");
+    let warned: Vec<(&str, &str, f64, f64)> = s
+        .ses_warnings
+        .iter()
+        .map(|w| {
+            (
+                w.gateway_id.as_str(),
+                w.setting,
+                w.configured,
+                w.account_limit,
+            )
+        })
+        .collect();
+    assert_eq!(
+        warned,
+        [
+            ("ses-sandbox", "rate_limits.workspace_daily", 50000.0, 200.0),
+            (
+                "ses-sandbox",
+                "rate_limits.burst_refill_per_second",
+                14.0,
+                1.0
+            ),
+        ]
+    );
+    assert!(s.ses_warnings[0].to_string().contains("Max24HourSend 200"));
+    let summary = s.to_json();
+    assert_eq!(summary["ses_warnings"][1]["quota"], "MaxSendRate");
+    let metrics: serde_json::Value = serde_json::from_str(&s.emf_lines("MailGateway")[0]).unwrap();
+    assert_eq!(metrics["SesQuotaWarnings"], 2);
+}
