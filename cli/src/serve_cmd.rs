@@ -27,6 +27,7 @@ use gateway_core::config::{Config, CustomerWebhook, ProviderSettings, load_confi
 use gateway_core::customer_webhooks::{DeliveryReporting, Worker, WorkerSettings};
 use gateway_core::duration::parse_duration;
 use gateway_core::events::{EventSink, GatewayEvent, SinkError};
+use gateway_core::health_check::HealthChecker;
 use gateway_core::message::parse_message;
 use gateway_core::pipeline::{Pipeline, PipelineSettings, PollSettings, Poller};
 use gateway_core::providers::factory::build_providers;
@@ -54,6 +55,10 @@ pub const LOCAL_CONFIG: &str = include_str!("../../examples/local.json");
 /// Receives after which the in-memory queue moves a message to its dead-letter queue (the
 /// local stand-in for the outbound queue's redrive policy).
 const LOCAL_MAX_RECEIVES: u32 = 10;
+
+/// How often `gateway serve` runs the health checker (each gateway is probed at its own
+/// interval; this bounds the delay).
+const HEALTH_CHECK_TICK: Duration = Duration::from_secs(15);
 
 /// Largest request body the enqueue route reads: a little over SQS's 1 MiB message limit, so
 /// an oversized message is answered with the queue's own limit in the message.
@@ -538,7 +543,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let pipeline = Arc::new(Pipeline::new(
         Arc::clone(&config),
-        providers,
+        providers.clone(),
         Arc::clone(&store),
         Arc::clone(&events),
         Arc::clone(&clock),
@@ -631,8 +636,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     let server = tokio::spawn(async move { server.await });
 
+    // The health checker, as the scheduled function runs it: gateways are probed at their own
+    // `health_check.interval`; the tick only bounds how late a probe can be.
+    let checking = config
+        .gateways
+        .iter()
+        .any(|g| g.enabled && g.health_check.enabled)
+        .then(|| {
+            let checker = HealthChecker::new(
+                Arc::clone(&config),
+                providers,
+                Arc::clone(&store),
+                Arc::clone(&events),
+                Arc::clone(&clock),
+            )
+            .with_changed_by("gateway serve");
+            tokio::spawn(async move { checker.run_periodically(HEALTH_CHECK_TICK).await })
+        });
+
     shutdown_signal().await;
     eprintln!("stopping: finishing the batch in progress");
+    if let Some(task) = checking {
+        task.abort();
+    }
     let _ = stop_tx.send(true);
     if let Err(e) = polling.await {
         tracing::warn!(error = %e, "poller task ended abnormally");
