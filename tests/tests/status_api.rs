@@ -471,7 +471,7 @@ async fn status_answers_from_dynamodb_and_mariadb_match_the_openapi_document() {
         "width:35.0%",
         "<svg",
         // gw-a's 24 hours: m-4 (yesterday 18:30), m-2 (11:30), m-3's two calls, m-1's first.
-        "last 24 h: <tspan fill=\"#12b76a\">2 sent</tspan> · <tspan fill=\"#d92d20\">3 failed</tspan>",
+        "calls, last 24 h: <tspan fill=\"#12b76a\">2 sent</tspan> · <tspan fill=\"#d92d20\">3 failed</tspan>",
         "m-3",
         "gw-a: &lt;b&gt;550 mailbox unavailable&lt;/b&gt;",
     ] {

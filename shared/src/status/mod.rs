@@ -487,7 +487,12 @@ fn gateway_status(
             None => "UNKNOWN",
             Some(r) => health::status_name(r.status),
         },
-        stale: record.is_some_and(|r| r.is_stale(settings, now)),
+        // A DISABLED record is written once and then left alone: it cannot be stale.
+        stale: g.enabled
+            && settings.enabled
+            && record.is_some_and(|r| {
+                r.status != crate::events::HealthStatus::Disabled && r.is_stale(settings, now)
+            }),
         checked_at: record.map(|r| r.checked_at),
         consecutive_failures: record.map_or(0, |r| r.consecutive_failures),
         consecutive_successes: record.map_or(0, |r| r.consecutive_successes),

@@ -227,20 +227,15 @@ fn chart(h: &mut String, id: &str, hours: &[HourActivity], now: EpochMillis) {
             (hour, a.map_or(0, |a| a.sent), a.map_or(0, |a| a.failed))
         })
         .collect();
-    let peak = columns
-        .iter()
-        .map(|&(_, s, f)| s + f)
-        .max()
-        .unwrap_or(0)
-        .max(1);
+    let peak = columns.iter().map(|&(_, s, f)| s + f).max().unwrap_or(0);
     let sent: u64 = columns.iter().map(|c| c.1).sum();
     let failed: u64 = columns.iter().map(|c| c.2).sum();
     let _ = write!(
         h,
         "<svg width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\" \
          aria-label=\"{id}: last 24 hours, {sent} sent, {failed} failed\">\
-         <title>Last 24 hours: {sent} sent, {failed} failed (peak {peak} calls per hour)</title>\
-         <text x=\"0\" y=\"10\" font-size=\"10\" fill=\"#5b6475\">last 24 h: \
+         <title>Provider calls in the last 24 hours: {sent} accepted, {failed} failed (peak {peak} per hour)</title>\
+         <text x=\"0\" y=\"10\" font-size=\"10\" fill=\"#5b6475\">calls, last 24 h: \
          <tspan fill=\"#12b76a\">{sent} sent</tspan> · <tspan fill=\"#d92d20\">{failed} failed</tspan> · peak {peak}/h</text>\
          <line x1=\"0\" y1=\"{BASE}\" x2=\"{W}\" y2=\"{BASE}\" stroke=\"#d0d5dd\"/>",
         id = escape(id),

@@ -65,18 +65,21 @@ async fn unknown_routes_and_methods_get_json_errors() {
 
 #[tokio::test]
 async fn without_a_record_of_delivery_record_routes_answer_501_and_the_page_says_so() {
-    let (api, _) = api(false, false);
+    let (without, _) = api(false, false);
     for route in ["/api/gateways/metrics", "/api/messages/m-1"] {
-        let reply = api.handle("GET", route).await;
+        let reply = without.handle("GET", route).await;
         assert_eq!(
             (reply.status, code(&reply).as_str()),
             (501, "records_not_here")
         );
     }
-    let page = api.handle("GET", "/status").await;
+    let page = without.handle("GET", "/status").await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("keeps no record of delivery"));
     assert!(!page.body.contains("<svg"), "no chart without a record");
+    let (with_record, _) = api(true, false);
+    let page = with_record.handle("GET", "/status").await.body;
+    assert!(page.contains("0 failed</tspan> · peak 0/h"), "{page}");
 }
 
 #[tokio::test]
