@@ -34,6 +34,7 @@ pub mod records;
 pub mod router;
 pub mod secrets;
 pub mod sqs_sink;
+pub mod startup;
 pub mod state;
 pub mod status;
 pub mod suppression;

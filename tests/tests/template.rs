@@ -6,7 +6,8 @@
 //!   crate's `ENV_VARS`, and `ENV_VARS` is exactly what its `main.rs` reads: the names are read
 //!   out of the source (`env("…")`, `required("…", …)`, `std::env::var("…")`, the config
 //!   constants) plus what the `gateway-core` calls it makes read (`load_from_env()`: the config
-//!   variables; `table_name_from_env()`: the state table; `EnvFilter::try_from_default_env()`:
+//!   variables; `table_name_from_env()`: the state table; `EnvFilter::try_from_default_env()` or
+//!   `startup::init_json_logs()`:
 //!   `RUST_LOG`). A read this scan cannot resolve fails the test instead of being skipped, and an
 //!   empty list fails too.
 //! - The queues, table and event sources keep the contracts the code relies on.
@@ -303,7 +304,10 @@ fn reads(source: &str, dir: &str) -> BTreeSet<String> {
     if code.contains("table_name_from_env()") {
         names.insert(gateway_core::state::dynamodb::TABLE_ENV.to_owned());
     }
-    if code.contains("EnvFilter::try_from_default_env()") || code.contains("from_default_env()") {
+    if code.contains("EnvFilter::try_from_default_env()")
+        || code.contains("from_default_env()")
+        || code.contains("startup::init_json_logs()")
+    {
         names.insert(RUST_LOG.to_owned());
     }
     names

@@ -25,6 +25,7 @@ use gateway_core::providers::factory::build_providers;
 use gateway_core::queue::sqs;
 use gateway_core::secrets::SecretResolver;
 use gateway_core::sqs_sink::SqsEventSink;
+use gateway_core::startup::{self, Problem, env};
 use gateway_core::state::StateStore;
 use gateway_core::state::dynamodb::{self, DynamoStore, table_name_from_env};
 use health_check::{Deps, handle};
@@ -32,13 +33,6 @@ use lambda_runtime::{LambdaEvent, service_fn};
 
 /// Namespace of the metric lines when `METRICS_NAMESPACE` is unset or empty.
 const DEFAULT_NAMESPACE: &str = "MailGateway";
-
-/// One thing that keeps the function from starting: the setting at fault and what is wrong.
-struct Problem(String, String);
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
 
 /// `aws` with the DynamoDB adapter's expectations: its own retry policy only, bounded waits.
 fn dynamodb_config(aws: &SdkConfig) -> SdkConfig {
@@ -70,7 +64,7 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
     let mut problems = Vec::new();
     let events_url = env("EVENTS_QUEUE_URL");
     if events_url.is_none() {
-        problems.push(Problem(
+        problems.push(Problem::new(
             "EVENTS_QUEUE_URL".into(),
             "required, and not set".into(),
         ));
@@ -78,7 +72,7 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
     let loaded = match load_from_env() {
         Ok(loaded) => Some(loaded),
         Err(errors) => {
-            problems.extend(errors.0.into_iter().map(|i| Problem(i.path, i.message)));
+            problems.extend(startup::config_problems(errors));
             None
         }
     };
@@ -99,7 +93,7 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
             e.problems
                 .iter()
                 .map(|p| {
-                    Problem(
+                    Problem::new(
                         format!("gateways[{}] ({})", p.index, p.gateway_id),
                         p.problem.to_string(),
                     )
@@ -128,26 +122,10 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    // JSON lines without colours or timestamps: CloudWatch Logs stamps every line itself.
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(false)
-        .with_target(false)
-        .with_current_span(false)
-        .without_time()
-        .init();
+    startup::init_json_logs();
     let deps = match deps().await {
         Ok(deps) => deps,
-        Err(problems) => {
-            for Problem(setting, problem) in &problems {
-                tracing::error!(%setting, %problem, "start-up failed");
-            }
-            std::process::exit(1);
-        }
+        Err(problems) => startup::exit_with(&problems),
     };
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {

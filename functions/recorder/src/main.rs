@@ -38,17 +38,11 @@ use gateway_core::recorder::{CustomerWebhooks, Recorder};
 use gateway_core::records::RecordWriter;
 use gateway_core::records::mysql::{MysqlRecords, PoolSettings};
 use gateway_core::secrets::SecretResolver;
+use gateway_core::startup::{self, Problem, env};
 use gateway_core::state::StateStore;
 use gateway_core::state::dynamodb::{self, DynamoStore, table_name_from_env};
 use lambda_runtime::{LambdaEvent, service_fn};
 use recorder::{Deps, handle};
-
-/// One thing that keeps the function from starting: the setting at fault and what is wrong.
-struct Problem(String, String);
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
 
 /// The gateway config, when one is named (the recorder reads its customer webhooks and audits
 /// it).
@@ -68,7 +62,7 @@ fn gateway_config(problems: &mut Vec<Problem>) -> Option<Config> {
             Some(loaded.config)
         }
         Err(errors) => {
-            problems.extend(errors.0.into_iter().map(|i| Problem(i.path, i.message)));
+            problems.extend(startup::config_problems(errors));
             None
         }
     }
@@ -107,7 +101,7 @@ fn worker_settings(problems: &mut Vec<Problem>) -> WorkerSettings {
     if let Some(n) = env("CUSTOMER_WEBHOOK_MAX_ATTEMPTS") {
         match n.parse::<u32>() {
             Ok(n) if n >= 1 => settings.max_attempts = n,
-            _ => problems.push(Problem(
+            _ => problems.push(Problem::new(
                 "CUSTOMER_WEBHOOK_MAX_ATTEMPTS".into(),
                 format!("{n:?} is not a positive whole number"),
             )),
@@ -116,7 +110,7 @@ fn worker_settings(problems: &mut Vec<Problem>) -> WorkerSettings {
     if let Some(t) = env("CUSTOMER_WEBHOOK_TIMEOUT") {
         match parse_duration(&t) {
             Ok(d) if !d.is_zero() => settings.timeout = d,
-            _ => problems.push(Problem(
+            _ => problems.push(Problem::new(
                 "CUSTOMER_WEBHOOK_TIMEOUT".into(),
                 format!("{t:?} is not a positive duration such as \"10s\""),
             )),
@@ -129,7 +123,7 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
     let mut problems = Vec::new();
     let database = env("DATABASE_URL");
     if database.is_none() {
-        problems.push(Problem(
+        problems.push(Problem::new(
             "DATABASE_URL".into(),
             "required, and not set".into(),
         ));
@@ -138,7 +132,7 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
     if let Some(n) = env("DATABASE_MAX_CONNECTIONS") {
         match n.parse::<u32>() {
             Ok(n) if n >= 1 => pool.max_connections = n,
-            _ => problems.push(Problem(
+            _ => problems.push(Problem::new(
                 "DATABASE_MAX_CONNECTIONS".into(),
                 format!("{n:?} is not a positive whole number"),
             )),
@@ -152,7 +146,7 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
     let jobs_url = env("CUSTOMER_WEBHOOK_QUEUE_URL");
     let dlq_url = env("CUSTOMER_WEBHOOK_DLQ_URL");
     if !endpoints.is_empty() && jobs_url.is_none() {
-        problems.push(Problem(
+        problems.push(Problem::new(
             "CUSTOMER_WEBHOOK_QUEUE_URL".into(),
             format!(
                 "required: the config names {} customer webhook(s)",
@@ -161,7 +155,7 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
         ));
     }
     if jobs_url.is_some() && dlq_url.is_none() {
-        problems.push(Problem(
+        problems.push(Problem::new(
             "CUSTOMER_WEBHOOK_DLQ_URL".into(),
             "required with CUSTOMER_WEBHOOK_QUEUE_URL".into(),
         ));
@@ -180,10 +174,15 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
     let url = resolver
         .resolve(&SecretRef::parse(&database))
         .await
-        .map_err(|e| vec![Problem("DATABASE_URL".into(), format!("not resolved: {e}"))])?;
+        .map_err(|e| {
+            vec![Problem::new(
+                "DATABASE_URL".into(),
+                format!("not resolved: {e}"),
+            )]
+        })?;
     let records: Arc<dyn RecordWriter> = Arc::new(
         MysqlRecords::connect(url.expose(), &pool)
-            .map_err(|e| vec![Problem("DATABASE_URL".into(), e.to_string())])?,
+            .map_err(|e| vec![Problem::new("DATABASE_URL".into(), e.to_string())])?,
     );
     let state: Arc<dyn StateStore> = Arc::new(DynamoStore::new(
         dynamodb::Client::new(&aws),
@@ -206,7 +205,7 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
             clock,
             settings,
         )
-        .map_err(|e| vec![Problem("customer_webhooks".into(), e.to_string())])?;
+        .map_err(|e| vec![Problem::new("customer_webhooks".into(), e.to_string())])?;
         tracing::info!(
             endpoints = endpoints.len(),
             "customer webhooks: announcing and delivering"
@@ -225,26 +224,10 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    // JSON lines without colours or timestamps: CloudWatch Logs stamps every line itself.
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(false)
-        .with_target(false)
-        .with_current_span(false)
-        .without_time()
-        .init();
+    startup::init_json_logs();
     let deps = match deps().await {
         Ok(deps) => deps,
-        Err(problems) => {
-            for Problem(setting, problem) in &problems {
-                tracing::error!(%setting, %problem, "start-up failed");
-            }
-            std::process::exit(1);
-        }
+        Err(problems) => startup::exit_with(&problems),
     };
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {

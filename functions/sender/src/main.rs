@@ -23,6 +23,7 @@ use gateway_core::queue::Queue;
 use gateway_core::queue::sqs::{self, SqsQueue};
 use gateway_core::secrets::SecretResolver;
 use gateway_core::sqs_sink::SqsEventSink;
+use gateway_core::startup::{self, Problem, env, required};
 use gateway_core::state::StateStore;
 use gateway_core::state::dynamodb::{self, DynamoStore, table_name_from_env};
 use lambda_runtime::{LambdaEvent, service_fn};
@@ -30,35 +31,6 @@ use sender::{Deps, handle};
 
 /// Namespace of the metric lines when `METRICS_NAMESPACE` is unset or empty.
 const DEFAULT_NAMESPACE: &str = "MailGateway";
-
-/// One thing that keeps the function from starting.
-struct Problem {
-    /// The environment variable or config path at fault.
-    setting: String,
-    /// What is wrong with it (never a secret value).
-    message: String,
-}
-
-impl Problem {
-    fn new(setting: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            setting: setting.into(),
-            message: message.into(),
-        }
-    }
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn required(name: &str, problems: &mut Vec<Problem>) -> Option<String> {
-    let value = env(name);
-    if value.is_none() {
-        problems.push(Problem::new(name, "required, and not set"));
-    }
-    value
-}
 
 /// `aws` with the DynamoDB adapter's expectations: the SDK's retries off (the adapter's own
 /// retry policy is the only one, so a throttled request is retried a known number of times) and
@@ -95,12 +67,7 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
     let loaded = match load_from_env() {
         Ok(loaded) => Some(loaded),
         Err(errors) => {
-            problems.extend(
-                errors
-                    .0
-                    .into_iter()
-                    .map(|issue| Problem::new(issue.path, issue.message)),
-            );
+            problems.extend(startup::config_problems(errors));
             None
         }
     };
@@ -154,26 +121,10 @@ async fn deps() -> Result<Deps, Vec<Problem>> {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    // JSON lines without colours or timestamps: CloudWatch Logs stamps every line itself.
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(false)
-        .with_target(false)
-        .with_current_span(false)
-        .without_time()
-        .init();
+    startup::init_json_logs();
     let deps = match deps().await {
         Ok(deps) => deps,
-        Err(problems) => {
-            for p in &problems {
-                tracing::error!(setting = %p.setting, problem = %p.message, "start-up failed");
-            }
-            std::process::exit(1);
-        }
+        Err(problems) => startup::exit_with(&problems),
     };
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {

@@ -20,24 +20,18 @@ use gateway_core::clock::{Clock, SystemClock};
 use gateway_core::config::{SecretRef, load_from_env};
 use gateway_core::records::mysql::{MysqlRecords, PoolSettings};
 use gateway_core::secrets::SecretResolver;
+use gateway_core::startup::{self, Problem, env};
 use gateway_core::state::StateStore;
 use gateway_core::state::dynamodb::{self, DynamoStore, table_name_from_env};
 use gateway_core::status::{StatusApi, StatusRecords};
 use lambda_http::{Request, service_fn};
 use status::handle;
 
-/// One thing that keeps the function from starting: the setting at fault and what is wrong.
-struct Problem(String, String);
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
 async fn api() -> Result<StatusApi, Vec<Problem>> {
     let mut problems = Vec::new();
     let database = env("DATABASE_URL");
     if database.is_none() {
-        problems.push(Problem(
+        problems.push(Problem::new(
             "DATABASE_URL".into(),
             "required, and not set".into(),
         ));
@@ -46,7 +40,7 @@ async fn api() -> Result<StatusApi, Vec<Problem>> {
     if let Some(n) = env("DATABASE_MAX_CONNECTIONS") {
         match n.parse::<u32>() {
             Ok(n) if n >= 1 => pool.max_connections = n,
-            _ => problems.push(Problem(
+            _ => problems.push(Problem::new(
                 "DATABASE_MAX_CONNECTIONS".into(),
                 format!("{n:?} is not a positive whole number"),
             )),
@@ -55,7 +49,7 @@ async fn api() -> Result<StatusApi, Vec<Problem>> {
     let config = match load_from_env() {
         Ok(loaded) => Some(loaded.config),
         Err(errors) => {
-            problems.extend(errors.0.into_iter().map(|i| Problem(i.path, i.message)));
+            problems.extend(startup::config_problems(errors));
             None
         }
     };
@@ -68,10 +62,15 @@ async fn api() -> Result<StatusApi, Vec<Problem>> {
     let url = resolver
         .resolve(&SecretRef::parse(&database))
         .await
-        .map_err(|e| vec![Problem("DATABASE_URL".into(), format!("not resolved: {e}"))])?;
+        .map_err(|e| {
+            vec![Problem::new(
+                "DATABASE_URL".into(),
+                format!("not resolved: {e}"),
+            )]
+        })?;
     let records: Arc<dyn StatusRecords> = Arc::new(
         MysqlRecords::connect(url.expose(), &pool)
-            .map_err(|e| vec![Problem("DATABASE_URL".into(), e.to_string())])?,
+            .map_err(|e| vec![Problem::new("DATABASE_URL".into(), e.to_string())])?,
     );
     let state: Arc<dyn StateStore> = Arc::new(DynamoStore::new(
         dynamodb::Client::new(&aws),
@@ -88,26 +87,10 @@ async fn api() -> Result<StatusApi, Vec<Problem>> {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    // JSON lines without colours or timestamps: CloudWatch Logs stamps every line itself.
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(false)
-        .with_target(false)
-        .with_current_span(false)
-        .without_time()
-        .init();
+    startup::init_json_logs();
     let api = match api().await {
         Ok(api) => api,
-        Err(problems) => {
-            for Problem(setting, problem) in &problems {
-                tracing::error!(%setting, %problem, "start-up failed");
-            }
-            std::process::exit(1);
-        }
+        Err(problems) => startup::exit_with(&problems),
     };
     let api = &api;
     lambda_http::run(service_fn(move |request: Request| async move {

@@ -16,6 +16,7 @@ use gateway_core::config::load_from_env;
 use gateway_core::events::EventSink;
 use gateway_core::secrets::SecretResolver;
 use gateway_core::sqs_sink::SqsEventSink;
+use gateway_core::startup::{self, Problem, env};
 use gateway_core::state::StateStore;
 use gateway_core::state::dynamodb::{self, DynamoStore, table_name_from_env};
 use gateway_core::webhooks::edge::{Edge, WebhookKeys};
@@ -23,18 +24,11 @@ use gateway_core::webhooks::sns::CertCache;
 use lambda_http::{Request, service_fn};
 use webhooks::handle;
 
-/// One thing that keeps the function from starting: the setting at fault and what is wrong.
-struct Problem(String, String);
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
 async fn edge() -> Result<Edge, Vec<Problem>> {
     let mut problems = Vec::new();
     let events_url = env("EVENTS_QUEUE_URL");
     if events_url.is_none() {
-        problems.push(Problem(
+        problems.push(Problem::new(
             "EVENTS_QUEUE_URL".into(),
             "required, and not set".into(),
         ));
@@ -42,7 +36,7 @@ async fn edge() -> Result<Edge, Vec<Problem>> {
     let config = match load_from_env() {
         Ok(loaded) => Some(loaded.config),
         Err(errors) => {
-            problems.extend(errors.0.into_iter().map(|i| Problem(i.path, i.message)));
+            problems.extend(startup::config_problems(errors));
             None
         }
     };
@@ -67,33 +61,18 @@ async fn edge() -> Result<Edge, Vec<Problem>> {
         aws_sdk_sqs::Client::new(&aws),
         events_url,
     ));
-    let certs = CertCache::new().map_err(|e| vec![Problem("http client".into(), e.to_string())])?;
+    let certs =
+        CertCache::new().map_err(|e| vec![Problem::new("http client".into(), e.to_string())])?;
     Edge::new(keys, secrets, replay, events, certs, clock)
-        .map_err(|e| vec![Problem("http client".into(), e.to_string())])
+        .map_err(|e| vec![Problem::new("http client".into(), e.to_string())])
 }
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    // JSON lines without colours or timestamps: CloudWatch Logs stamps every line itself.
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(false)
-        .with_target(false)
-        .with_current_span(false)
-        .without_time()
-        .init();
+    startup::init_json_logs();
     let edge = match edge().await {
         Ok(edge) => edge,
-        Err(problems) => {
-            for Problem(setting, problem) in &problems {
-                tracing::error!(%setting, %problem, "start-up failed");
-            }
-            std::process::exit(1);
-        }
+        Err(problems) => startup::exit_with(&problems),
     };
     let edge = &edge;
     lambda_http::run(service_fn(move |request: Request| async move {
