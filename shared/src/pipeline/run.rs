@@ -22,7 +22,7 @@ use crate::message::{MessageError, OutboundMessage, parse_message};
 use crate::providers::{Accepted, ErrorClass, Provider, SendError};
 use crate::queue::Received;
 use crate::router::{GatewayState, RouteRequest};
-use crate::state::{Item, Key, MAX_BATCH_GET, StateStore, StoreError};
+use crate::state::{Item, Key};
 use crate::suppression;
 
 /// Longest reason text carried in an event (a poison body can produce many problems).
@@ -128,21 +128,6 @@ struct Resolution {
     reason: Option<String>,
     retry: Option<Duration>,
     event: Option<OutcomeEvent>,
-}
-
-/// `get_many` over any number of keys: one `BatchGetItem` per [`MAX_BATCH_GET`] keys, all in
-/// flight together, answers in key order. A config with many gateways (breaker, limit and health
-/// items each) must not turn into an invalid request; up to 100 keys it is the single request the
-/// budget counts.
-async fn read_all(store: &dyn StateStore, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
-    let reads = keys
-        .chunks(MAX_BATCH_GET)
-        .map(|chunk| store.get_many(chunk));
-    let mut items = Vec::with_capacity(keys.len());
-    for read in futures::future::join_all(reads).await {
-        items.extend(read?);
-    }
-    Ok(items)
 }
 
 fn earliest(a: Option<EpochMillis>, b: Option<EpochMillis>) -> Option<EpochMillis> {
@@ -302,7 +287,7 @@ impl Pipeline {
         let (claimed, suppressed, items) = tokio::join!(
             ledger::claim_many(store, &claims, now),
             suppression::lookup_many(store, &addresses),
-            read_all(store, &keys),
+            crate::state::get_all(store, &keys),
         );
 
         let mut replays = HashMap::new();

@@ -315,6 +315,24 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     }
 }
 
+/// Reads any number of keys: [`StateStore::get_many`] in chunks of [`MAX_BATCH_GET`], sent
+/// together (one request up to 100 keys, the single request the budget counts), answers in key
+/// order. A config with many gateways must not turn into an invalid request. Keys should be
+/// distinct.
+pub async fn get_all(
+    store: &dyn StateStore,
+    keys: &[Key],
+) -> Result<Vec<Option<Item>>, StoreError> {
+    let reads = keys
+        .chunks(MAX_BATCH_GET)
+        .map(|chunk| store.get_many(chunk));
+    let mut items = Vec::with_capacity(keys.len());
+    for read in futures::future::join_all(reads).await {
+        items.extend(read?);
+    }
+    Ok(items)
+}
+
 /// Applies `op` to `current` as DynamoDB would, returning the new item (`None` = deleted).
 /// Shared by the in-memory adapter and tests; does not check the condition.
 pub fn apply_op(current: Option<&Item>, op: &WriteOp) -> Result<Option<Item>, StoreError> {

@@ -280,16 +280,23 @@ impl StatusApi {
             .iter()
             .map(|g| limiter::plan(config, g, now))
             .collect();
+        // Distinct keys (the system day item is every gateway's), read in chunks of 100.
         let mut keys: Vec<Key> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (g, plan) in config.gateways.iter().zip(&plans) {
-            keys.push(health::key(&g.id));
-            keys.push(breaker::key(&g.id));
-            keys.extend(plan.keys().iter().cloned());
+            let own = [health::key(&g.id), breaker::key(&g.id)];
+            for key in own.into_iter().chain(plan.keys().iter().cloned()) {
+                if seen.insert(key.clone()) {
+                    keys.push(key);
+                }
+            }
         }
-        let items = self.state.get_many(&keys).await.map_err(|error| {
-            tracing::warn!(error_kind = "state", %error, "status read of shared state failed");
-            Unavailable::State
-        })?;
+        let items = crate::state::get_all(self.state.as_ref(), &keys)
+            .await
+            .map_err(|error| {
+                tracing::warn!(error_kind = "state", %error, "status read of shared state failed");
+                Unavailable::State
+            })?;
         let items: HashMap<&Key, Option<Item>> = keys.iter().zip(items).collect();
         let item = |k: &Key| items.get(k).cloned().flatten();
         Ok(config

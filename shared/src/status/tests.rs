@@ -145,3 +145,33 @@ fn times_are_utc_and_text_is_escaped() {
         "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
     );
 }
+
+#[tokio::test]
+async fn many_gateways_are_read_in_chunks_of_the_batch_limit() {
+    // 30 gateways × (health, breaker, day, bucket) + the shared system day: over 100 keys.
+    let gateways: Vec<String> = (0..30)
+        .map(|i| {
+            format!(
+                r#"{{"id": "g{i}", "type": "capture", "display_name": "G{i}",
+                    "capture": {{"directory": "/tmp/unused"}}, "routing": {{"can_route": ["*"]}},
+                    "rate_limits": {{"per_hour": 5}}}}"#
+            )
+        })
+        .collect();
+    let json = format!(
+        r#"{{"gateways": [{}], "global_defaults": {{"rate_limits": {{"workspace_daily": 100}}}},
+            "routing": {{"strategy": "priority"}}}}"#,
+        gateways.join(",")
+    );
+    let config = load_config(Some(&json), None, &|_| None).unwrap().config;
+    let api = StatusApi::new(
+        Arc::new(config),
+        Arc::new(MemoryStore::new()) as Arc<dyn StateStore>,
+        None,
+        Arc::new(ManualClock::new(NOW)) as Arc<dyn Clock>,
+    );
+    let reply = api.handle("GET", "/api/gateways/status").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let body: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(body["gateways"].as_array().unwrap().len(), 30);
+}
