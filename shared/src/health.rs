@@ -12,7 +12,8 @@
 //! | `latency_ms` | N | the latest probe's latency, when it got an answer |
 //! | `error` | S | the latest failure, short and secret-free |
 //!
-//! A record older than [`STALE_AFTER_INTERVALS`] probe intervals is stale: the checker has
+//! A record older than [`STALE_AFTER_INTERVALS`] probe intervals (of at least a minute, the
+//! schedule's period), or dated ahead of this clock by more than an interval, is stale: the checker has
 //! stopped, so the verdict no longer says anything and the router treats the gateway's health as
 //! unknown (routed to) rather than trusting an old `UNHEALTHY` or `HEALTHY`.
 //!
@@ -32,6 +33,10 @@ use crate::state::{Item, Key, Value, get_n, get_s};
 
 /// A verdict older than this many probe intervals is ignored.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
+
+/// How often the scheduled health check runs (EventBridge `rate(1 minute)`): staleness is
+/// counted in intervals of at least this, so a 30 s interval is not stale between runs.
+pub const MIN_CHECK_PERIOD_MS: EpochMillis = 60_000;
 
 const STATUS: &str = "status";
 const FAILURES: &str = "failures";
@@ -130,9 +135,14 @@ impl HealthRecord {
 
     /// Whether the verdict is too old to mean anything (see the module docs).
     pub fn is_stale(&self, settings: &HealthCheckSettings, now: EpochMillis) -> bool {
-        let interval = i64::try_from(settings.interval.as_millis()).unwrap_or(i64::MAX);
+        // The deployed checker runs once a minute: an interval below that is probed every minute.
+        let interval = i64::try_from(settings.interval.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(MIN_CHECK_PERIOD_MS);
         let limit = interval.saturating_mul(i64::from(STALE_AFTER_INTERVALS));
-        now.saturating_sub(self.checked_at) > limit
+        let age = now.saturating_sub(self.checked_at);
+        // A time ahead of ours (another host's clock) must not freeze the verdict.
+        age > limit || age < -interval
     }
 }
 
@@ -298,7 +308,9 @@ pub fn is_due(
     };
     let interval = i64::try_from(settings.interval.as_millis()).unwrap_or(i64::MAX);
     let slack = interval / 10;
-    now.saturating_sub(prev.checked_at) >= interval.saturating_sub(slack)
+    let age = now.saturating_sub(prev.checked_at);
+    // A record dated in the future (a host whose clock runs ahead) is due, not frozen.
+    age >= interval.saturating_sub(slack) || age < -interval
 }
 
 /// The router's view of a gateway's health: `Unknown` without a record, with a stale one, or
@@ -584,5 +596,24 @@ mod tests {
         assert_eq!(routing_health(Some(&fresh), &off, now), Health::Unknown);
         let degraded = record(HealthStatus::Degraded, now);
         assert_eq!(routing_health(Some(&degraded), &s, now), Health::Degraded);
+        // A 30 s interval is counted as the schedule's minute: one missed run is not stale.
+        let short = HealthCheckSettings {
+            interval: Duration::from_secs(30),
+            ..settings()
+        };
+        let two_minutes = record(HealthStatus::Unhealthy, now - 120_000);
+        assert_eq!(
+            routing_health(Some(&two_minutes), &short, now),
+            Health::Unhealthy
+        );
+        // A record from a clock running ahead is stale and due, not frozen.
+        let ahead = record(HealthStatus::Unhealthy, now + 61_000);
+        assert_eq!(routing_health(Some(&ahead), &s, now), Health::Unknown);
+        assert!(is_due(Some(&ahead), &s, now));
+        let slightly_ahead = record(HealthStatus::Unhealthy, now + 1_000);
+        assert_eq!(
+            routing_health(Some(&slightly_ahead), &s, now),
+            Health::Unhealthy
+        );
     }
 }

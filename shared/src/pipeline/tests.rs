@@ -984,12 +984,13 @@ async fn a_stale_unhealthy_verdict_does_not_drop_the_gateway() {
         "",
         r#", "health_check_required": true"#,
     );
-    // Four intervals old: the checker has stopped, so the verdict says nothing any more.
+    // Older than three of the checker's one-minute runs (the 30 s interval counts as the
+    // schedule's minute): the checker has stopped, so the verdict says nothing any more.
     store_health(
         &h,
         "a",
         crate::events::HealthStatus::Unhealthy,
-        T0 - 120_000,
+        T0 - 180_001,
     )
     .await;
     let report = h
