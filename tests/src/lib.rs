@@ -213,7 +213,7 @@ pub async fn fresh_database_with_url(
         .unwrap_or_else(|e| fail("migrating", &e));
     assert_eq!(
         applied,
-        [1, 2, 3, 4],
+        [1, 2, 3, 4, 5],
         "every migration applies on an empty database"
     );
     (records, url)
