@@ -182,7 +182,7 @@ fn unauthorized() -> Response {
     let mut response = error(
         StatusCode::UNAUTHORIZED,
         "unauthorized",
-        "a valid `Authorization: Bearer <token>` header is required",
+        "a valid `Authorization: Bearer <token>` header (or the token as the Basic password) is required",
     );
     // Browsers opening /status prompt for the token (as the password) on this.
     response.headers_mut().insert(

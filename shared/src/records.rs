@@ -534,9 +534,11 @@ impl activity::ActivityReader for MemoryRecords {
             .values()
             .filter(|r| activity::is_failure(r))
             .collect();
+        // By the time of the failure: a later provider event must not bring it back up.
         records.sort_by(|x, y| {
-            y.updated_at
-                .cmp(&x.updated_at)
+            let at = |r: &MessageRecord| r.status_at.unwrap_or(r.updated_at);
+            at(y)
+                .cmp(&at(x))
                 .then_with(|| x.message_id.cmp(&y.message_id))
         });
         Ok(records.into_iter().take(limit).cloned().collect())

@@ -22,8 +22,10 @@ use gateway_core::queue::Queue;
 use gateway_core::queue::sqs::{SqsQueue, client_from_env, create_queue};
 use gateway_core::secrets::SecretResolver;
 use gateway_core::sqs_sink::SqsEventSink;
-use gateway_core::state::StateStore;
 use gateway_core::state::dynamodb::{self, DynamoStore, create_table};
+use gateway_core::state::{
+    Item, Key, StateStore, StoreError, TransactOutcome, Write, WriteOutcome,
+};
 use gateway_tests::moto_url;
 use serde_json::json;
 use wiremock::matchers::{method, path};
@@ -42,8 +44,38 @@ fn unique(tag: &str) -> String {
     format!("{tag}-{}-{nanos}", std::process::id())
 }
 
+/// The table, with a rendezvous after reads when armed: two overlapping runs then both read
+/// before either writes, whatever the scheduling.
+#[derive(Debug)]
+struct ReadTogether {
+    inner: Arc<DynamoStore>,
+    armed: std::sync::atomic::AtomicBool,
+    barrier: tokio::sync::Barrier,
+}
+
+#[async_trait::async_trait]
+impl StateStore for ReadTogether {
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
+        let items = self.inner.get_many(keys).await;
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.barrier.wait().await;
+        }
+        items
+    }
+    async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
+        self.inner.write(write).await
+    }
+    async fn transact(&self, writes: Vec<Write>) -> Result<TransactOutcome, StoreError> {
+        self.inner.transact(writes).await
+    }
+    async fn put_many(&self, items: Vec<(Key, Item)>) -> Result<(), StoreError> {
+        self.inner.put_many(items).await
+    }
+}
+
 struct Env {
     clock: Arc<ManualClock>,
+    reads: Arc<ReadTogether>,
     store: Arc<DynamoStore>,
     events: SqsQueue,
     checker: HealthChecker,
@@ -79,6 +111,11 @@ async fn env(tag: &str, gateways: serde_json::Value) -> Env {
     let ddb = dynamodb::client_from_env().await;
     create_table(&ddb, &name).await.unwrap();
     let store = Arc::new(DynamoStore::new(ddb, name.clone()));
+    let reads = Arc::new(ReadTogether {
+        inner: Arc::clone(&store),
+        armed: std::sync::atomic::AtomicBool::new(false),
+        barrier: tokio::sync::Barrier::new(2),
+    });
     let sqs = client_from_env().await;
     let url = create_queue(&sqs, &format!("{name}-events"), None)
         .await
@@ -88,7 +125,7 @@ async fn env(tag: &str, gateways: serde_json::Value) -> Env {
         HealthChecker::new(
             Arc::clone(&config),
             providers.clone(),
-            store.clone(),
+            Arc::clone(&reads) as Arc<dyn StateStore>,
             Arc::clone(&sink),
             clock.clone(),
         )
@@ -98,6 +135,7 @@ async fn env(tag: &str, gateways: serde_json::Value) -> Env {
         checker: checker("health-check test"),
         other: checker("health-check test (second)"),
         clock,
+        reads,
         store,
         events: SqsQueue::new(sqs, url),
     }
@@ -254,6 +292,9 @@ async fn overlapping_runs_record_a_probe_once() {
     // Two invocations at the same time read the same record and both probe; only one may
     // count its probe.
     e.clock.set(T0 + MINUTE);
+    e.reads
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let (a, b) = tokio::join!(e.checker.run(), e.other.run());
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.probed + b.probed, 2);

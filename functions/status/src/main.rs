@@ -72,8 +72,10 @@ async fn api() -> Result<StatusApi, Vec<Problem>> {
         MysqlRecords::connect(url.expose(), &pool)
             .map_err(|e| vec![Problem::new("DATABASE_URL".into(), e.to_string())])?,
     );
+    // The adapter's own client: SDK retries off (the store retries) and bounded waits, so a
+    // slow table answers 503 in JSON before API Gateway's own timeout.
     let state: Arc<dyn StateStore> = Arc::new(DynamoStore::new(
-        dynamodb::Client::new(&aws),
+        dynamodb::client_from_env().await,
         table_name_from_env(),
     ));
     tracing::info!(gateways = config.gateways.len(), "status API configured");

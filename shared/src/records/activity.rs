@@ -106,7 +106,8 @@ pub trait ActivityReader: Send + Sync + std::fmt::Debug {
         from: EpochMillis,
     ) -> Result<BTreeMap<String, Vec<HourActivity>>, RecordError>;
 
-    /// Up to `limit` messages that ended `failed` or `rejected`, the latest first.
+    /// Up to `limit` messages that ended `failed` or `rejected`, the latest failure (its
+    /// `status_at`, else `updated_at`) first.
     async fn recent_failures(&self, limit: usize) -> Result<Vec<MessageRecord>, RecordError>;
 }
 

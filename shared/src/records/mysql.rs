@@ -587,7 +587,7 @@ impl ActivityReader for MysqlRecords {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT message_id FROM messages WHERE status IN ('failed', 'rejected') \
-             ORDER BY updated_at_ms DESC, message_id LIMIT ?",
+             ORDER BY COALESCE(status_at_ms, updated_at_ms) DESC, message_id LIMIT ?",
         )
         .bind(u64::try_from(limit).unwrap_or(u64::MAX))
         .fetch_all(&mut *conn)
