@@ -29,9 +29,14 @@ async fn a_batch_of_ten_stays_within_the_dynamodb_budget() {
         .unwrap();
     for batch in 0..2 {
         store.reset();
-        budget::run_batch(&pipeline, "test", batch).await.unwrap();
+        budget::run_batch(&pipeline, "test", batch, budget::BATCH)
+            .await
+            .unwrap();
         let usage = store.usage();
-        assert!(budget::within_budget(&usage), "batch {batch}: {usage:?}");
+        assert!(
+            budget::within_budget(&usage, budget::BATCH),
+            "batch {batch}: {usage:?}"
+        );
         // The figures the docs quote: 14 requests (10 claims, 2 reads, 1 transaction, 1 batch
         // put), 26 WCU, 3 round trips per batch.
         assert_eq!(
@@ -40,5 +45,39 @@ async fn a_batch_of_ten_stays_within_the_dynamodb_budget() {
             "batch {batch}: {usage:?}"
         );
         assert_eq!(usage.failed_conditions, 0);
+    }
+}
+
+#[tokio::test]
+async fn every_deployable_batch_size_waits_for_at_most_three_round_trips() {
+    if std::env::var_os("MOTO_URL").is_none() {
+        panic!("MOTO_URL is unset: run `scripts/services up && source .local/services.env`");
+    }
+    let store = budget::fresh_store("budget-sizes").await.unwrap();
+    let pipeline = budget::pipeline(Arc::clone(&store) as Arc<dyn StateStore>, "0ms")
+        .await
+        .unwrap();
+    // The template caps the sender's batch at 10; larger batches are measured by the example.
+    for size in budget::SIZES.into_iter().filter(|&s| s <= budget::BATCH) {
+        store.reset();
+        budget::run_batch(&pipeline, &format!("sizes{size}"), 0, size)
+            .await
+            .unwrap();
+        let usage = store.usage();
+        assert!(
+            budget::within_budget(&usage, size),
+            "size {size}: {usage:?}"
+        );
+        assert!(
+            usage.round_trips <= budget::MAX_ROUND_TRIPS,
+            "size {size}: {usage:?}"
+        );
+        // One claim per message plus the batch's fixed reads, transaction and ledger puts
+        // (one per 25 messages).
+        let fixed = usage.requests() - size as u64;
+        assert!(
+            fixed <= 3 + size.div_ceil(25) as u64,
+            "size {size}: {fixed} requests beyond the claims: {usage:?}"
+        );
     }
 }

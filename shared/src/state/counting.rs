@@ -10,7 +10,9 @@
 //!   `BatchWriteItem` costs 1 WCU per started KB (1024 bytes) of the **larger** of the item
 //!   before and after the write, at least 1 — a failed conditional write included;
 //! - each item of a `TransactWriteItems` costs twice that, and a cancelled transaction is
-//!   counted as if it had been applied (DynamoDB charges for the attempt).
+//!   counted as if it had been applied (DynamoDB charges for the attempt);
+//! - each key of a `BatchGetItem` (strongly consistent, as the DynamoDB adapter reads) costs
+//!   1 RCU per started 4 KB of the item, at least 1 — a key with no item included.
 //!
 //! To know the item before each write the wrapper reads it from the inner store first. That
 //! read is not counted, and it makes the wrapper a measuring tool only: it doubles the traffic
@@ -37,6 +39,8 @@ use super::{
 
 /// Bytes per write capacity unit.
 pub const WCU_BYTES: u64 = 1024;
+/// Bytes per read capacity unit (one strongly consistent read).
+pub const RCU_BYTES: u64 = 4096;
 /// Length of the key attribute's name (`pk`), part of every item's size.
 const KEY_NAME_BYTES: u64 = 2;
 
@@ -98,6 +102,8 @@ pub struct Usage {
     pub batch_writes: u64,
     /// Write capacity units consumed.
     pub wcu: u64,
+    /// Read capacity units consumed (strongly consistent reads).
+    pub rcu: u64,
     /// Sequential round trips (see the module docs).
     pub round_trips: u64,
 }
@@ -185,7 +191,23 @@ impl<S: StateStore> StateStore for CountingStore<S> {
         }
         let depth = self.start(1);
         let result = self.inner.get_many(keys).await;
-        self.finish(depth, |u| u.batch_gets += 1);
+        let rcu: u64 = match &result {
+            Ok(items) => keys
+                .iter()
+                .zip(items)
+                .map(|(k, i)| {
+                    i.as_ref()
+                        .map_or(0, |i| item_size(k, i))
+                        .div_ceil(RCU_BYTES)
+                        .max(1)
+                })
+                .sum(),
+            Err(_) => 0,
+        };
+        self.finish(depth, |u| {
+            u.batch_gets += 1;
+            u.rcu += rcu;
+        });
         result
     }
 
@@ -340,6 +362,22 @@ mod tests {
             .unwrap();
         assert_eq!(store.usage().wcu, 5);
         assert_eq!(store.usage().writes, 2);
+    }
+
+    #[tokio::test]
+    async fn reads_bill_every_key_per_started_4_kb() {
+        let store = CountingStore::new(MemoryStore::new());
+        store
+            .inner()
+            .put_many(vec![("small".into(), big(10)), ("large".into(), big(9000))])
+            .await
+            .unwrap();
+        let keys: Vec<Key> = vec!["small".into(), "large".into(), "missing".into()];
+        store.get_many(&keys).await.unwrap();
+        // 1 for the small item, 3 for the 9 KB one, 1 for the key with no item.
+        assert_eq!(store.usage().rcu, 1 + 3 + 1);
+        assert_eq!(store.usage().batch_gets, 1);
+        assert_eq!(store.usage().wcu, 0);
     }
 
     #[tokio::test]

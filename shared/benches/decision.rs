@@ -1,0 +1,291 @@
+//! CPU of the send pipeline's decisions per message: routing, the limit decision and the
+//! breaker's admission, on in-memory state, with 20 gateways and 1,000 senders (budget: 2 µs
+//! per message, DESIGN §5).
+//!
+//! ```text
+//! cargo bench -p gateway-core --bench decision
+//! ```
+//!
+//! One iteration decides a batch the way `pipeline::run` does between its two store round
+//! trips, minus the I/O:
+//! 1. route every message on empty state to learn which gateways' items to read, and plan
+//!    their limit keys (`state_keys`);
+//! 2. build the router's view of every gateway from the items read: breaker view, limit usage,
+//!    health verdict (`route_all`);
+//! 3. route every message on that view;
+//! 4. per first-choice gateway, plan the limits and decide its messages in one pass
+//!    (`limiter::decide`, what `acquire_with_items` computes before its one write);
+//! 5. ask each admitted message's breaker for a permit.
+//!
+//! The state is warm: every sender already has a per-sender counter in its gateways' day
+//! items (1,000 counters spread over the gateways), each gateway a breaker and a health record.
+//! Throughput is reported per message, so the per-message cost is the time shown per element.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use gateway_core::breaker::{self, BreakerState};
+use gateway_core::clock::EpochMillis;
+use gateway_core::config::{Config, load_config};
+use gateway_core::events::HealthStatus;
+use gateway_core::health::{self, HealthRecord};
+use gateway_core::limiter::{self, Request};
+use gateway_core::router::{GatewayState, RouteRequest, Router};
+use gateway_core::state::{Item, Key, apply_op};
+
+const GATEWAYS: usize = 20;
+const SENDERS: usize = 1_000;
+const DOMAINS: usize = 20;
+/// 2026-11-28T12:00:00Z.
+const NOW: EpochMillis = 1_795_867_200_000;
+
+/// 20 gateways: gateway `k` takes its own clinic domain and, from the fourth on, every sender
+/// as a fallback; every third excludes an internal domain; failover chains to the next two;
+/// every limit level on (system daily, workspace daily, hourly, burst, per sender, one custom
+/// sender limit).
+fn config() -> Config {
+    let gateways: Vec<serde_json::Value> = (0..GATEWAYS)
+        .map(|k| {
+            let mut can_route = vec![format!("*@clinic{k}.example")];
+            if k >= 3 {
+                can_route.push("*".to_owned());
+            }
+            let exclude: Vec<String> = if k % 3 == 0 {
+                vec!["*@internal.example".to_owned()]
+            } else {
+                Vec::new()
+            };
+            serde_json::json!({
+                "id": format!("gw-{k:02}"),
+                "type": "simulated",
+                "display_name": format!("Gateway {k}"),
+                "priority": k % 5 + 1,
+                "weight": k + 1,
+                "simulated": {"latency": "1ms", "seed": k},
+                "routing": {
+                    "can_route": can_route,
+                    "exclude_patterns": exclude,
+                    "failover_to": [format!("gw-{:02}", (k + 1) % GATEWAYS),
+                                    format!("gw-{:02}", (k + 2) % GATEWAYS)],
+                },
+                "rate_limits": {
+                    "workspace_daily": 1_000_000,
+                    "per_hour": 100_000,
+                    "per_user_daily": 2_000,
+                    "burst_limit": 1_000,
+                    "burst_refill_per_second": 100,
+                    "custom_user_limits": {"bulk@clinic0.example": 50_000},
+                },
+                "health_check": {"enabled": true, "interval": "60s"},
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "gateways": gateways,
+        "routing": {"strategy": "failover", "max_failover_attempts": 3},
+    })
+    .to_string();
+    let env = |name: &str| (name == "QUEUE_DAILY_RATE_LIMIT").then(|| "10000000".to_owned());
+    load_config(Some(&doc), None, &env)
+        .expect("benchmark config is valid")
+        .config
+}
+
+fn sender(i: usize) -> String {
+    format!("user{i}@clinic{}.example", i % DOMAINS)
+}
+
+struct Fixture {
+    router: Router,
+    config: Arc<Config>,
+    items: HashMap<Key, Item>,
+    senders: Vec<String>,
+}
+
+/// Config, router and warm state: each sender has sent once through its first-choice gateway.
+fn fixture() -> Fixture {
+    let config = Arc::new(config());
+    let router = Router::new(Arc::clone(&config));
+    let mut items: HashMap<Key, Item> = HashMap::new();
+    for g in &config.gateways {
+        items.insert(breaker::key(&g.id), BreakerState::missing().to_item());
+        let record = HealthRecord {
+            status: HealthStatus::Healthy,
+            consecutive_failures: 0,
+            consecutive_successes: 12,
+            latency_ms: Some(80),
+            error: None,
+            checked_at: NOW - 20_000,
+        };
+        items.insert(health::key(&g.id), record.to_item());
+    }
+    let senders: Vec<String> = (0..SENDERS).map(sender).collect();
+    for (i, s) in senders.iter().enumerate() {
+        let id = format!("warm-{i}");
+        let req = RouteRequest {
+            message_id: &id,
+            sender: s,
+            pinned: None,
+        };
+        let first = router.route(&req, &[], NOW).candidates[0].index;
+        let gateway = &config.gateways[first];
+        let plan = limiter::plan(&config, gateway, NOW);
+        let read: Vec<Option<Item>> = plan.keys().iter().map(|k| items.get(k).cloned()).collect();
+        let (verdict, writes) = limiter::decide_one(&plan, &read, s, 1);
+        assert!(verdict.is_admitted(), "warm-up refused {s}");
+        for w in writes {
+            assert!(w.condition.holds(items.get(&w.key)));
+            match apply_op(items.get(&w.key), &w.op).expect("warm-up write applies") {
+                Some(item) => items.insert(w.key, item),
+                None => items.remove(&w.key),
+            };
+        }
+    }
+    Fixture {
+        router,
+        config,
+        items,
+        senders,
+    }
+}
+
+/// Decides one batch (module docs); returns the number of admitted messages.
+fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
+    let config = &f.config;
+    let requests: Vec<RouteRequest<'_>> = ids
+        .iter()
+        .zip(senders)
+        .map(|(id, s)| RouteRequest {
+            message_id: id,
+            sender: s,
+            pinned: None,
+        })
+        .collect();
+
+    // 1. Which items to read.
+    let mut wanted = BTreeSet::new();
+    for r in &requests {
+        wanted.extend(
+            f.router
+                .route(r, &[], NOW)
+                .candidates
+                .iter()
+                .map(|c| c.index),
+        );
+    }
+    let mut keys: Vec<Key> = Vec::new();
+    for &g in &wanted {
+        let gateway = &config.gateways[g];
+        keys.push(breaker::key(&gateway.id));
+        keys.extend(limiter::plan(config, gateway, NOW).keys().iter().cloned());
+        keys.push(health::key(&gateway.id));
+    }
+    let read: HashMap<&Key, Option<&Item>> = keys.iter().map(|k| (k, f.items.get(k))).collect();
+    let item = |k: &Key| read.get(k).copied().flatten();
+
+    // 2. The router's view of every gateway.
+    let states: Vec<GatewayState> = config
+        .gateways
+        .iter()
+        .map(|g| {
+            let plan = limiter::plan(config, g, NOW);
+            let items: Vec<Option<Item>> = plan.keys().iter().map(|k| item(k).cloned()).collect();
+            let usage = limiter::usage(&plan, &items, None);
+            let record = HealthRecord::from_item(item(&health::key(&g.id)));
+            GatewayState {
+                health: health::routing_health(record.as_ref(), &g.health_check, NOW),
+                breaker: breaker::view(item(&breaker::key(&g.id)), NOW),
+                remaining: Some(limiter::remaining_fraction(&usage)),
+            }
+        })
+        .collect();
+
+    // 3. Route on it; 4. decide the limits per first-choice gateway.
+    let mut by_gateway: BTreeMap<usize, Vec<Request<'_>>> = BTreeMap::new();
+    for (r, s) in requests.iter().zip(senders) {
+        let plan = f.router.route(r, &states, NOW);
+        if let Some(first) = plan.candidates.first() {
+            by_gateway.entry(first.index).or_default().push(Request {
+                sender: s,
+                recipients: 1,
+            });
+        }
+    }
+    let mut admitted = 0;
+    for (g, requests) in &by_gateway {
+        let gateway = &config.gateways[*g];
+        let plan = limiter::plan(config, gateway, NOW);
+        let items: Vec<Option<Item>> = plan.keys().iter().map(|k| item(k).cloned()).collect();
+        let decision = limiter::decide(&plan, &items, requests);
+        // 5. The breaker's permit for every admitted message.
+        let (state, _) = BreakerState::from_item(item(&breaker::key(&gateway.id)));
+        for verdict in &decision.verdicts {
+            if verdict.is_admitted() {
+                black_box(breaker::permit(&state, &gateway.circuit_breaker, NOW));
+                admitted += 1;
+            }
+        }
+        black_box(decision.writes);
+    }
+    admitted
+}
+
+fn bench(c: &mut Criterion) {
+    let f = fixture();
+    let mut group = c.benchmark_group("decision");
+    for batch in [1usize, 10] {
+        // Batches cycle through the senders so that every gateway and counter is exercised.
+        let batches: Vec<(Vec<String>, Vec<&str>)> = (0..SENDERS / batch)
+            .map(|b| {
+                let ids = (0..batch).map(|i| format!("msg-{b}-{i}")).collect();
+                let senders = (0..batch)
+                    .map(|i| f.senders[(b * batch + i * 37) % SENDERS].as_str())
+                    .collect();
+                (ids, senders)
+            })
+            .collect();
+        assert!(
+            batches
+                .iter()
+                .all(|(ids, s)| decide_batch(&f, ids, s) == batch),
+            "every message is admitted on the warm state"
+        );
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(
+            BenchmarkId::new("route+limit+breaker, 20 gateways, 1000 senders", batch),
+            &batches,
+            |b, batches| {
+                let mut i = 0;
+                b.iter(|| {
+                    let (ids, senders) = &batches[i % batches.len()];
+                    i += 1;
+                    decide_batch(&f, ids, senders)
+                });
+            },
+        );
+    }
+    // Routing alone, for comparison.
+    let ids: Vec<String> = (0..SENDERS).map(|i| format!("route-{i}")).collect();
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("route only, 20 gateways", |b| {
+        let states = vec![GatewayState::default(); GATEWAYS];
+        let mut i = 0;
+        b.iter(|| {
+            let req = RouteRequest {
+                message_id: &ids[i % SENDERS],
+                sender: &f.senders[i % SENDERS],
+                pinned: None,
+            };
+            i += 1;
+            black_box(f.router.route(&req, &states, NOW).candidates.len())
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
