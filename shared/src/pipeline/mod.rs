@@ -15,8 +15,10 @@
 //!    then the breaker admits each send (a closed breaker costs no request) and the sends run
 //!    with bounded concurrency. Throttled, Unavailable and Auth answers fail over to the next
 //!    candidate (at most `routing.max_failover_attempts` gateways per message); Permanent stops;
-//!    Ambiguous follows `routing.ambiguous_policy`. Limits of sends the provider did not accept
-//!    are given back.
+//!    Ambiguous follows `routing.ambiguous_policy`. Unsuitable (over that gateway's recipient or
+//!    size limit) moves on without using up an attempt; a message every candidate finds
+//!    unsuitable is rejected with their limits as the reason. Limits of sends the provider did
+//!    not accept are given back.
 //! 5. Sends are recorded in the ledger with one batch put; terminal failures are marked; claims
 //!    of deferred messages are released (except after an ambiguous answer: the claim is kept so
 //!    no other invocation sends until the lease ends).

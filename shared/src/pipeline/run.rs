@@ -71,6 +71,11 @@ struct Work {
     suppressed: BTreeSet<String>,
     claim: Option<Claim>,
     candidates: Vec<usize>,
+    /// Routed gateways beyond `routing.max_failover_attempts`, in order: each gateway that
+    /// answers `Unsuitable` hands its place to the next of them.
+    reserve: Vec<usize>,
+    /// How many candidates answered `Unsuitable`.
+    unsuitable: usize,
     cursor: usize,
     attempts: Vec<AttemptRecord>,
     retry_at: Option<EpochMillis>,
@@ -93,8 +98,18 @@ impl Work {
         self.retry_at = earliest(self.retry_at, retry_at);
     }
 
-    /// Deferred because every candidate was tried or busy.
+    /// Deferred because every candidate was tried or busy; rejected when every candidate said it
+    /// cannot take the message (over its recipient or size limits), since no retry changes that.
     fn exhausted(&mut self) {
+        if self.unsuitable > 0 && self.unsuitable == self.candidates.len() {
+            self.stage = Stage::Rejected {
+                reason: truncate(format!(
+                    "no gateway can take the message: {}",
+                    self.notes.join("; ")
+                )),
+            };
+            return;
+        }
         let reason = if self.notes.is_empty() {
             "no gateway can take the message now".to_owned()
         } else {
@@ -202,6 +217,8 @@ impl Pipeline {
                         suppressed: BTreeSet::new(),
                         claim: None,
                         candidates: Vec::new(),
+                        reserve: Vec::new(),
+                        unsuitable: 0,
                         cursor: 0,
                         attempts: Vec::new(),
                         retry_at: None,
@@ -420,7 +437,9 @@ impl Pipeline {
                 continue;
             }
             let plan = self.router.route(&route_request(&w.original), &states, now);
-            w.candidates = plan.candidates.iter().map(|c| c.index).take(max).collect();
+            let mut ranked = plan.candidates.iter().map(|c| c.index);
+            w.candidates = ranked.by_ref().take(max).collect();
+            w.reserve = ranked.collect();
             if w.candidates.is_empty() {
                 let mut retry_at = None;
                 let mut reasons = Vec::new();
@@ -694,6 +713,12 @@ impl Pipeline {
                                     format!("{}: cannot take it: {}", gateway.id, e.detail),
                                     None,
                                 );
+                                // Not an attempt that failed: the next routed gateway, if any,
+                                // takes its place within the failover bound.
+                                w.unsuitable += 1;
+                                if !w.reserve.is_empty() {
+                                    w.candidates.push(w.reserve.remove(0));
+                                }
                                 w.cursor += 1;
                             }
                             ErrorClass::Throttled | ErrorClass::Unavailable | ErrorClass::Auth => {

@@ -508,6 +508,109 @@ async fn a_permanent_refusal_stops_without_failover() {
     assert_eq!(h.calls("a").len(), 1);
 }
 
+/// A message over a gateway's recipient or size limit (60 recipients for SES's 50) can never
+/// go there: when no candidate can take it, it is rejected with the limits as the reason
+/// instead of being deferred until it lands in the dead-letter queue.
+#[tokio::test]
+async fn a_message_no_gateway_can_take_is_rejected_with_the_reasons() {
+    let h = harness(
+        &[
+            ("a", Reply::Fail(ErrorClass::Unsuitable, None)),
+            ("b", Reply::Fail(ErrorClass::Unsuitable, None)),
+        ],
+        "",
+        "",
+    );
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(report.items[0].outcome, Outcome::Rejected);
+    assert_eq!(report.items[0].disposition, Disposition::Done);
+    assert_eq!(
+        report.items[0].reason.as_deref(),
+        Some(
+            "no gateway can take the message: a: cannot take it: scripted Unsuitable; \
+             b: cannot take it: scripted Unsuitable"
+        )
+    );
+    assert!(matches!(h.ledger("m-1").await, Some(Entry::Failed(_))));
+    let e = &h.outcomes()[0];
+    assert_eq!(e.outcome, Outcome::Rejected);
+    assert_eq!(e.recipients[0].status, RecipientStatus::Rejected);
+}
+
+/// A gateway that cannot take the message does not use up one of the
+/// `max_failover_attempts`: the fourth routed gateway still gets the message.
+#[tokio::test]
+async fn unsuitable_gateways_do_not_use_up_the_failover_attempts() {
+    let unsuitable = Reply::Fail(ErrorClass::Unsuitable, None);
+    let h = harness(
+        &[
+            ("a", unsuitable),
+            ("b", unsuitable),
+            ("c", unsuitable),
+            ("d", Reply::Accept),
+        ],
+        "",
+        "",
+    );
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(report.items[0].outcome, Outcome::Sent);
+    assert_eq!(report.items[0].gateway.as_deref(), Some("d"));
+    // Other failures still count: with a, b, c unavailable, d is past the bound of 3.
+    let h = harness(
+        &[
+            ("a", Reply::Fail(ErrorClass::Unavailable, None)),
+            ("b", Reply::Fail(ErrorClass::Unavailable, None)),
+            ("c", unsuitable),
+            ("d", Reply::Accept),
+        ],
+        "",
+        "",
+    );
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(
+        report.items[0].outcome,
+        Outcome::Sent,
+        "c handed its place to d"
+    );
+    let h = harness(
+        &[
+            ("a", Reply::Fail(ErrorClass::Unavailable, None)),
+            ("b", Reply::Fail(ErrorClass::Unavailable, None)),
+            ("c", Reply::Fail(ErrorClass::Unavailable, None)),
+            ("d", Reply::Accept),
+        ],
+        "",
+        "",
+    );
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(report.items[0].outcome, Outcome::Deferred);
+    assert!(h.calls("d").is_empty());
+}
+
 #[tokio::test]
 async fn an_ambiguous_answer_is_deferred_without_failover_and_the_claim_kept() {
     let h = harness(

@@ -23,6 +23,15 @@
 //! - SNS messages are not freshness-checked: SNS retries for up to an hour with the original
 //!   signature, and the recorder is idempotent on event ids, so a replayed notification changes
 //!   nothing.
+//! - `Content-Type` is not read. It is not signed, so checking it authenticates nothing, and
+//!   the providers do not agree on it (Mailgun and SendGrid send `application/json`, SNS
+//!   `text/plain`). Every body is read as JSON whatever its label: anything else (Mailgun's
+//!   legacy form posts, a form or text body on any route) fails its signature check or its
+//!   parse and is refused like any other unreadable request.
+//! - Mailgun signs only `timestamp ‖ token`, not `event-data`: the token's single use and the
+//!   freshness window are what stop a captured request from being replayed with other events.
+//!   Both readers of the body refuse a repeated `signature` or `event-data` key, so the part
+//!   checked and the part queued cannot be two different copies.
 
 use std::sync::Arc;
 use std::time::Duration;

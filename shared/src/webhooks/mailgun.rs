@@ -12,6 +12,8 @@
 //!   exhausted) → soft bounce; any other `permanent` → hard bounce. Unknown severities are
 //!   treated as temporary: a deferral never suppresses an address, while a wrong hard bounce would.
 
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use super::{Normalized, PayloadError};
@@ -20,16 +22,34 @@ use crate::events::{DeliveryEvent, DeliveryKind};
 /// Provider name used in events and in `delivery_events.provider`.
 pub const PROVIDER: &str = "mailgun";
 
-/// Normalises one Mailgun webhook body (already verified).
+/// The body's two parts. Read with serde's derive, which refuses a repeated key: Mailgun signs
+/// only `timestamp ‖ token`, not `event-data`, and a body that repeats a part (where
+/// `serde_json::Value` would silently keep the last one) is not from Mailgun. The verifier reads
+/// `signature` the same way ([`super::verify::mailgun_signature`]).
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default, rename = "signature")]
+    _signature: Option<IgnoredAny>,
+    #[serde(default, rename = "event-data")]
+    event_data: Option<Value>,
+}
+
+/// Normalises one Mailgun webhook body (already verified). The body must be one JSON object
+/// without repeated `signature` or `event-data` keys.
 pub fn normalize(body: &[u8]) -> Result<Normalized, PayloadError> {
-    let doc: Value =
+    // The derive would also read the envelope from a JSON array; Mailgun posts an object.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(PayloadError::NotJson("expected a JSON object".to_owned()));
+    }
+    let envelope: Envelope =
         serde_json::from_slice(body).map_err(|e| PayloadError::NotJson(e.to_string()))?;
-    let data = doc
-        .get("event-data")
-        .filter(|d| d.is_object())
+    let data = envelope
+        .event_data
+        .filter(Value::is_object)
         .ok_or(PayloadError::Field {
             field: "event-data",
         })?;
+    let data = &data;
     let event = data
         .get("event")
         .and_then(Value::as_str)
@@ -222,6 +242,23 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn a_repeated_part_or_an_array_envelope_is_refused() {
+        let delivered =
+            r#"{"event": "delivered", "id": "e", "timestamp": 1, "recipient": "a@b.example"}"#;
+        let bounce = r#"{"event": "failed", "severity": "permanent", "id": "e2", "timestamp": 1, "recipient": "victim@b.example"}"#;
+        let cases = [
+            format!(r#"{{"event-data": {delivered}, "event-data": {bounce}}}"#),
+            format!(r#"{{"signature": {{}}, "event-data": {delivered}, "signature": {{}}}}"#),
+            format!(r#"[{{}}, {delivered}]"#),
+        ];
+        for body in cases {
+            let err = normalize(body.as_bytes()).unwrap_err();
+            assert!(matches!(err, PayloadError::NotJson(_)), "{body}: {err}");
+        }
+        assert!(normalize(format!(r#" {{"event-data": {delivered}}}"#).as_bytes()).is_ok());
     }
 
     #[test]

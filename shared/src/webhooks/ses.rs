@@ -12,6 +12,10 @@
 //!   `Subscription` → unsubscribed when it opts out. `Open` and `Click` name no recipient: they
 //!   are attributed to every destination of the message. `Send` is ignored.
 //! - Identity notifications (`notificationType` instead of `eventType`) are read the same way.
+//! - An event naming no recipient, or more than SES takes per message
+//!   ([`MAX_RECIPIENTS`](crate::providers::ses::MAX_RECIPIENTS)), is refused: one event is made
+//!   per recipient, each with its own copy of the link and diagnostic, so an unbounded list
+//!   would turn one body into a large multiple of itself.
 
 use aws_lc_rs::digest;
 use serde_json::Value;
@@ -19,6 +23,7 @@ use serde_json::Value;
 use super::{Normalized, PayloadError};
 use crate::clock::parse_rfc3339;
 use crate::events::{DeliveryEvent, DeliveryKind};
+use crate::providers::ses::MAX_RECIPIENTS;
 
 /// Provider name used in events and in `delivery_events.provider`.
 pub const PROVIDER: &str = "amazon_ses";
@@ -176,7 +181,9 @@ pub fn normalize(message: &str) -> Result<Vec<Normalized>, PayloadError> {
                 }]);
             }
         };
-    if recipients.is_empty() {
+    // Each recipient becomes an event carrying copies of the message id, diagnostic and link,
+    // so the count bounds the output; SES sends to at most 50 recipients per message.
+    if recipients.is_empty() || recipients.len() > MAX_RECIPIENTS {
         return Err(PayloadError::Field {
             field: "recipients",
         });
@@ -385,6 +392,23 @@ mod tests {
                 field: "recipients"
             })
         );
+        // Open and Click name every destination: more than SES sends to is not an SES event,
+        // and would multiply the link into one copy per listed address.
+        let many: Vec<String> = (0..=MAX_RECIPIENTS)
+            .map(|i| format!("r{i}@x.example"))
+            .collect();
+        let mut m = mail();
+        m["destination"] = json!(many);
+        let click = json!({"eventType": "Click", "mail": m, "click": {"link": "x".repeat(10_000)}});
+        assert_eq!(
+            normalize(&click.to_string()),
+            Err(PayloadError::Field {
+                field: "recipients"
+            })
+        );
+        m["destination"] = json!(many[..MAX_RECIPIENTS]);
+        let click = json!({"eventType": "Click", "mail": m, "click": {"link": "x"}});
+        assert_eq!(normalize(&click.to_string()).unwrap().len(), MAX_RECIPIENTS);
         let long = format!("{}@x.example", "a".repeat(250));
         let id = event_id("ses-1", "Delivery", &long, 1);
         assert!(id.len() <= 255 && id.starts_with("ses-1:sha256:"), "{id}");

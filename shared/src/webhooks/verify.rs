@@ -108,11 +108,17 @@ pub struct MailgunSignature {
     pub signature: String,
 }
 
-/// Reads only the `signature` object of a Mailgun JSON body.
+/// Reads only the `signature` object of a Mailgun JSON body. A body that is not a JSON object,
+/// or repeats `signature` or one of its fields, is malformed: serde's derive refuses repeated
+/// keys, so no other reader of the body can see a different signature than the one checked.
 pub fn mailgun_signature(body: &[u8]) -> Result<MailgunSignature, Rejection> {
     #[derive(Deserialize)]
     struct Envelope {
         signature: MailgunSignature,
+    }
+    // The derive would also read the envelope from a JSON array; Mailgun posts an object.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(Rejection::Malformed { field: "signature" });
     }
     serde_json::from_slice::<Envelope>(body)
         .map(|e| e.signature)
@@ -340,6 +346,20 @@ mod tests {
             mailgun_signature(b"{\"event-data\":{}}"),
             Err(Rejection::Malformed { field: "signature" })
         );
+        let sig = serde_json::json!({"timestamp": good.timestamp, "token": good.token,
+            "signature": good.signature});
+        for body in [
+            format!(r#"[{sig}]"#),
+            format!(r#"{{"signature": {sig}, "signature": {sig}}}"#),
+            r#"{"signature": {"timestamp": "1", "token": "t", "signature": "00", "token": "u"}}"#
+                .to_owned(),
+        ] {
+            assert_eq!(
+                mailgun_signature(body.as_bytes()),
+                Err(Rejection::Malformed { field: "signature" }),
+                "{body}"
+            );
+        }
         let body = serde_json::json!({"signature": {"timestamp": good.timestamp,
             "token": good.token, "signature": good.signature}, "event-data": {}});
         assert_eq!(
