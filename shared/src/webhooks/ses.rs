@@ -13,7 +13,7 @@
 //!   are attributed to every destination of the message. `Send` is ignored.
 //! - Identity notifications (`notificationType` instead of `eventType`) are read the same way.
 //! - An event naming no recipient, or more than SES takes per message
-//!   ([`MAX_RECIPIENTS`](crate::providers::ses::MAX_RECIPIENTS)), is refused: one event is made
+//!   ([`crate::providers::ses::MAX_RECIPIENTS`]), is refused: one event is made
 //!   per recipient, each with its own copy of the link and diagnostic, so an unbounded list
 //!   would turn one body into a large multiple of itself.
 
