@@ -44,7 +44,7 @@ const DOMAINS: usize = 20;
 const NOW: EpochMillis = 1_795_867_200_000;
 
 /// 20 gateways: gateway `k` takes its own clinic domain and, from the fourth on, every sender
-/// as a fallback; every third excludes an internal domain; failover chains to the next two;
+/// as a fallback; every third excludes an internal domain; failover chains to the next two (the last ones to fewer);
 /// every limit level on (system daily, workspace daily, hourly, burst, per sender, one custom
 /// sender limit).
 fn config() -> Config {
@@ -69,8 +69,10 @@ fn config() -> Config {
                 "routing": {
                     "can_route": can_route,
                     "exclude_patterns": exclude,
-                    "failover_to": [format!("gw-{:02}", (k + 1) % GATEWAYS),
-                                    format!("gw-{:02}", (k + 2) % GATEWAYS)],
+                    // Chains run forward only (the config refuses cycles).
+                    "failover_to": ((k + 1)..GATEWAYS.min(k + 3))
+                        .map(|f| format!("gw-{f:02}"))
+                        .collect::<Vec<_>>(),
                 },
                 "rate_limits": {
                     "workspace_daily": 1_000_000,
@@ -193,7 +195,7 @@ fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
         .iter()
         .map(|g| {
             let plan = limiter::plan(config, g, NOW);
-            let items: Vec<Option<Item>> = plan.keys().iter().map(|k| item(k).cloned()).collect();
+            let items: Vec<Option<&Item>> = plan.keys().iter().map(|k| item(k)).collect();
             let usage = limiter::usage(&plan, &items, None);
             let record = HealthRecord::from_item(item(&health::key(&g.id)));
             GatewayState {
@@ -219,7 +221,7 @@ fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
     for (g, requests) in &by_gateway {
         let gateway = &config.gateways[*g];
         let plan = limiter::plan(config, gateway, NOW);
-        let items: Vec<Option<Item>> = plan.keys().iter().map(|k| item(k).cloned()).collect();
+        let items: Vec<Option<&Item>> = plan.keys().iter().map(|k| item(k)).collect();
         let decision = limiter::decide(&plan, &items, requests);
         // 5. The breaker's permit for every admitted message.
         let (state, _) = BreakerState::from_item(item(&breaker::key(&gateway.id)));

@@ -100,6 +100,7 @@ mod service;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use crate::clock::{DAY_MS, EpochMillis, HOUR_MS, utc_date_string, utc_day, utc_hour};
@@ -273,10 +274,14 @@ impl LimitPlan<'_> {
         self.gateway.rate_limits.per_user_daily_for(sender)
     }
 
-    fn item<'i>(&self, key: Option<&Key>, items: &'i [Option<Item>]) -> Option<&'i Item> {
+    fn item<'i, I: Borrow<Item>>(
+        &self,
+        key: Option<&Key>,
+        items: &'i [Option<I>],
+    ) -> Option<&'i Item> {
         let key = key?;
         let slot = self.keys.iter().position(|k| k == key)?;
-        items.get(slot)?.as_ref()
+        items.get(slot)?.as_ref().map(Borrow::borrow)
     }
 
     fn next_day(&self) -> EpochMillis {
@@ -408,12 +413,12 @@ pub struct BatchDecision {
 }
 
 /// Decides `requests` against the stored `items` (aligned with [`LimitPlan::keys`]; `None` =
-/// no item). Requests are taken in order, first fit: each is admitted if it fits on top of the
+/// no item; owned items or references, so callers need not copy large day items). Requests are taken in order, first fit: each is admitted if it fits on top of the
 /// ones admitted before it, so a refused message does not block a later, smaller one or one
 /// from another sender. Each request is all-or-nothing across levels.
-pub fn decide(
+pub fn decide<I: Borrow<Item>>(
     plan: &LimitPlan<'_>,
-    items: &[Option<Item>],
+    items: &[Option<I>],
     requests: &[Request<'_>],
 ) -> BatchDecision {
     let mut tally = Tally::new(plan, items);
@@ -425,9 +430,9 @@ pub fn decide(
 }
 
 /// Decides one request; see [`decide`].
-pub fn decide_one(
+pub fn decide_one<I: Borrow<Item>>(
     plan: &LimitPlan<'_>,
-    items: &[Option<Item>],
+    items: &[Option<I>],
     sender: &str,
     recipients: u64,
 ) -> (Verdict, Vec<Write>) {
@@ -489,7 +494,7 @@ struct Tally<'p, 'c> {
 }
 
 impl<'p, 'c> Tally<'p, 'c> {
-    fn new(plan: &'p LimitPlan<'c>, items: &'p [Option<Item>]) -> Self {
+    fn new<I: Borrow<Item>>(plan: &'p LimitPlan<'c>, items: &'p [Option<I>]) -> Self {
         let sys_item = plan.item(plan.system_key.as_ref(), items);
         let day_item = plan.item(plan.day_key.as_ref(), items);
         let bucket_item = plan.item(plan.bucket.as_ref().map(|b| &b.0), items);
@@ -795,9 +800,9 @@ pub fn remaining_fraction(usages: &[LevelUsage]) -> f64 {
 /// sender level is included when `sender` is given and has a limit. Order: system, gateway
 /// daily, hourly, burst, sender. To rank many gateways with one read, concatenate their plans'
 /// keys in one `get_many` (at most 3 keys per gateway) and hand each plan its slice.
-pub fn usage(
+pub fn usage<I: Borrow<Item>>(
     plan: &LimitPlan<'_>,
-    items: &[Option<Item>],
+    items: &[Option<I>],
     sender: Option<&str>,
 ) -> Vec<LevelUsage> {
     let rl = &plan.gateway.rate_limits;

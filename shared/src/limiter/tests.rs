@@ -317,7 +317,7 @@ fn bucket_retry_time_rounds_up_to_the_millisecond() {
     rl.burst_refill_per_second = 3.0; // 333 334 µs per token
     let cfg = single(None, rl);
     let p = plan(&cfg, gw(&cfg), TEN_AM);
-    let (first, writes) = decide_one(&p, &[None], "a@x.org", 1);
+    let (first, writes) = decide_one(&p, &[None::<Item>], "a@x.org", 1);
     assert!(first.is_admitted());
     let mut item = None;
     for w in &writes {
@@ -643,7 +643,7 @@ fn a_batch_admits_in_order_what_fits_and_skips_what_does_not() {
             recipients: 1,
         },
     ];
-    let d = decide(&p, &[None], &reqs);
+    let d = decide(&p, &[None::<Item>], &reqs);
     let admitted: Vec<bool> = d.verdicts.iter().map(Verdict::is_admitted).collect();
     assert_eq!(admitted, [true, false, true, false]);
     assert_eq!(d.writes.len(), 1);
@@ -685,7 +685,7 @@ async fn a_lost_race_is_decided_again_from_the_returned_item_without_another_rea
     let cfg = single(None, limits(Some(10), None, None, None));
     let p = plan(&cfg, gw(&cfg), TEN_AM);
     // Someone else takes 8 between our read and our write.
-    let (_, theirs) = decide_one(&p, &[None], "other@x.org", 8);
+    let (_, theirs) = decide_one(&p, &[None::<Item>], "other@x.org", 8);
     let store = Interfering {
         inner: MemoryStore::new(),
         after_read: Mutex::new(theirs),
