@@ -38,12 +38,12 @@ pub(crate) struct Converted {
 /// Every problem of the workspace file is reported at once.
 pub fn convert_legacy(workspaces_json: &str) -> Result<(Value, Vec<ConfigIssue>), ConfigErrors> {
     let mut is = Issues::default();
-    let value: Value = match serde_json::from_str(workspaces_json) {
+    let value: Value = match super::strict_json::parse(workspaces_json) {
         Ok(v) => v,
         Err(e) => {
             return Err(ConfigErrors(vec![ConfigIssue::new(
                 "workspaces",
-                format!("not valid JSON: {e}"),
+                e.to_string(),
             )]));
         }
     };

@@ -23,11 +23,11 @@ pub struct Loaded {
 }
 
 fn parse_json(text: &str, path: &str, is: &mut Issues) -> Option<Value> {
-    match serde_json::from_str(text) {
+    match super::strict_json::parse(text) {
         Ok(v) => Some(v),
         Err(e) => {
             // serde_json's message names line and column, never the text around them.
-            is.error(path, format!("not valid JSON: {e}"));
+            is.error(path, e.to_string());
             None
         }
     }

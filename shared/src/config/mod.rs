@@ -10,6 +10,7 @@ mod env;
 mod legacy;
 mod load;
 mod model;
+mod strict_json;
 mod validate;
 
 pub use document::{redacted_document, redacted_gateway};
