@@ -104,6 +104,11 @@ pub struct ServeArgs {
     /// on time), 20 s on SQS (fewer empty receives; a message that arrives ends the wait).
     #[arg(long, value_parser = duration_arg)]
     poll_wait: Option<Duration>,
+    /// Delay before the first retry of a message deferred with no known retry time (every
+    /// candidate failed, or its outcome could not be recorded), doubled with each further
+    /// delivery, e.g. `5s`. The sender function uses the default.
+    #[arg(long, default_value = "30s", value_parser = duration_arg)]
+    retry_backoff: Duration,
 }
 
 /// Poll wait on the in-memory queue when `--poll-wait` is not given.
@@ -413,7 +418,8 @@ fn check_visibility(
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(load(&args)?);
-    let settings = PipelineSettings::default();
+    let mut settings = PipelineSettings::default();
+    settings.backoff.base = args.retry_backoff;
     check_visibility(args.visibility_timeout, &settings, &config)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // AWS settings only when something may use them: the embedded config needs none, and

@@ -78,7 +78,12 @@ struct Work {
     unsuitable: usize,
     cursor: usize,
     attempts: Vec<AttemptRecord>,
+    /// The earliest time a candidate said it can take the message again.
     retry_at: Option<EpochMillis>,
+    /// Whether a candidate failed without saying when to retry (a 5xx, a connect error): the
+    /// message is then also worth retrying after the ordinary backoff, even when another
+    /// candidate's known time (an hourly limit, say) is much later.
+    retry_unknown: bool,
     notes: Vec<String>,
     last_gateway: Option<usize>,
     stage: Stage,
@@ -96,6 +101,7 @@ impl Work {
     fn note(&mut self, note: String, retry_at: Option<EpochMillis>) {
         self.notes.push(note);
         self.retry_at = earliest(self.retry_at, retry_at);
+        self.retry_unknown |= retry_at.is_none();
     }
 
     /// Deferred because every candidate was tried or busy; rejected when every candidate said it
@@ -222,6 +228,7 @@ impl Pipeline {
                         cursor: 0,
                         attempts: Vec::new(),
                         retry_at: None,
+                        retry_unknown: false,
                         notes: Vec::new(),
                         last_gateway: None,
                         stage: Stage::Pending,
@@ -412,12 +419,13 @@ impl Pipeline {
             .gateways
             .iter()
             .map(|g| {
-                let item = |k: &Key| state.get(k).cloned().flatten();
-                let breaker = breaker::view(item(&breaker::key(&g.id)).as_ref(), now);
+                // Borrowed, not copied: a day item holds every sender's counter.
+                let item = |k: &Key| state.get(k).and_then(Option::as_ref);
+                let breaker = breaker::view(item(&breaker::key(&g.id)), now);
                 let plan = limiter::plan(config, g, now);
-                let items: Vec<Option<Item>> = plan.keys().iter().map(item).collect();
+                let items: Vec<Option<&Item>> = plan.keys().iter().map(item).collect();
                 let usage = limiter::usage(&plan, &items, None);
-                let record = health::HealthRecord::from_item(item(&health::key(&g.id)).as_ref());
+                let record = health::HealthRecord::from_item(item(&health::key(&g.id)));
                 GatewayState {
                     health: health::routing_health(record.as_ref(), &g.health_check, now),
                     breaker,
@@ -1076,12 +1084,18 @@ impl Pipeline {
                                 }
                             }
                             Stage::Deferred {
-                                reason, retry_at, ..
+                                reason, retry_at, keep_claim,
                             } => {
-                                let after = retry_at.map_or_else(
-                                    || backoff.delay(id, receive_count),
-                                    |at| backoff.until(at, now, id, receive_count),
-                                );
+                                // The earliest of the known times, and of the backoff when a
+                                // candidate failed without one. After an ambiguous answer the
+                                // claim's lease must end first, so its time stands.
+                                let after = match retry_at {
+                                    None => backoff.delay(id, receive_count),
+                                    Some(at) if w.retry_unknown && !keep_claim => backoff
+                                        .until(*at, now, id, receive_count)
+                                        .min(backoff.delay(id, receive_count)),
+                                    Some(at) => backoff.until(*at, now, id, receive_count),
+                                };
                                 let retry_at_ms = now.saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX));
                                 let reason = truncate(reason.clone());
                                 tracing::info!(message_id = %id, outcome = "deferred", reason = %reason, retry_in_s = after.as_secs(), "deferred");

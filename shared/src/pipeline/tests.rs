@@ -670,11 +670,13 @@ async fn the_failover_policy_sends_an_ambiguous_message_on() {
 }
 
 #[tokio::test]
-async fn when_every_gateway_fails_the_message_returns_at_the_providers_retry_time() {
+async fn when_every_gateway_fails_the_message_returns_at_the_earliest_providers_retry_time() {
+    // Both said when to come back: the earlier one counts. (When one says nothing, the ordinary
+    // backoff competes too: see a_far_limit_reset_does_not_hold_back_a_retry….)
     let h = harness(
         &[
             ("a", Reply::Fail(ErrorClass::Throttled, Some(T0 + 120_000))),
-            ("b", Reply::Fail(ErrorClass::Unavailable, None)),
+            ("b", Reply::Fail(ErrorClass::Throttled, Some(T0 + 300_000))),
         ],
         "",
         "",
@@ -1152,4 +1154,70 @@ async fn a_config_whose_state_keys_exceed_one_batch_read_still_routes() {
     assert_eq!(report.items[0].outcome, Outcome::Sent, "{report:?}");
     // Every chunk was read: g00's unhealthy record drops it.
     assert_eq!(report.items[0].gateway.as_deref(), Some("g01"));
+}
+
+#[tokio::test]
+async fn a_far_limit_reset_does_not_hold_back_a_retry_another_gateway_may_take_sooner() {
+    // `a` has used its hour; `b` answers 5xx, which says nothing about when to retry. The
+    // message is worth trying again after the ordinary backoff, not at the top of the hour.
+    let h = harness(
+        &[
+            ("a", Reply::Accept),
+            ("b", Reply::Fail(ErrorClass::Unavailable, None)),
+        ],
+        r#", "rate_limits": {"per_hour": 1}"#,
+        "",
+    );
+    let first = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert!(matches!(first.items[0].disposition, Disposition::Done));
+    let second = h
+        .run(&records(vec![body(
+            "m-2",
+            "dr@clinic.example",
+            &["q@example.org"],
+        )]))
+        .await;
+    assert_eq!(h.calls("a").len(), 1, "a's hour is used up");
+    assert_eq!(h.calls("b").len(), 1, "b was tried");
+    let after = retry_after(&second.items[0]);
+    // The first backoff is at most its base (jitter takes it down to half).
+    let backoff = Backoff::default().base;
+    assert!(
+        after <= backoff,
+        "retried after {after:?}, not within the backoff of {backoff:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_known_retry_time_is_kept_when_no_candidate_failed_without_one() {
+    // Both gateways have used their hour: nothing can change before the next hour starts.
+    let h = harness(
+        &[("a", Reply::Accept), ("b", Reply::Accept)],
+        r#", "rate_limits": {"per_hour": 1}"#,
+        "",
+    );
+    let batch = records(vec![
+        body("m-1", "dr@clinic.example", &["p@example.org"]),
+        body("m-2", "dr@clinic.example", &["q@example.org"]),
+    ]);
+    h.run(&batch).await;
+    let third = h
+        .run(&records(vec![body(
+            "m-3",
+            "dr@clinic.example",
+            &["r@example.org"],
+        )]))
+        .await;
+    let after = retry_after(&third.items[0]);
+    let next_hour = Duration::from_millis(u64::try_from(3_600_000 - T0 % 3_600_000).unwrap());
+    assert!(
+        after >= next_hour,
+        "retried after {after:?}, before the hour resets in {next_hour:?}"
+    );
 }
