@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo build --release -p sender
-//! cargo run --release -p gateway-tests --example cold_start -- target/release/sender 30
+//! cargo run -p gateway-tests --example cold_start -- target/release/sender 30
 //! ```
 //!
 //! The function starts as Lambda would start it (the `AWS_LAMBDA_*` variables, credentials
@@ -43,8 +43,8 @@ const CONFIG: &str = r#"{
     {"id": "sendgrid-backup", "type": "sendgrid", "display_name": "SendGrid", "priority": 2,
      "sendgrid": {"api_key": "env:COLD_START_KEY"},
      "routing": {"can_route": ["*"]}},
-    {"id": "ses-bulk", "type": "ses", "display_name": "SES", "priority": 3,
-     "ses": {"region": "eu-west-1"},
+    {"id": "ses-bulk", "type": "amazon_ses", "display_name": "SES", "priority": 3,
+     "amazon_ses": {"region": "eu-west-1"},
      "routing": {"can_route": ["*"]}},
     {"id": "smtp-relay", "type": "smtp", "display_name": "Relay", "priority": 4,
      "smtp": {"host": "smtp.clinic.example", "port": 587, "username": "gateway",
@@ -109,7 +109,8 @@ fn one_start(binary: &Path, config: &Path) -> Result<Duration, String> {
         .env("COLD_START_KEY", "key-0123456789abcdef")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        // The function logs JSON lines to stdout, as Lambda expects.
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting {}: {e}", binary.display()))?;
@@ -120,7 +121,13 @@ fn one_start(binary: &Path, config: &Path) -> Result<Duration, String> {
         Ok(at) => Ok(at.duration_since(started)),
         Err(_) => {
             let stderr = output
-                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .map(|o| {
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    )
+                })
                 .unwrap_or_default();
             Err(format!(
                 "no poll of the Runtime API within {TIMEOUT:?}; the function said:\n{stderr}"
