@@ -195,7 +195,7 @@ fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
         .iter()
         .map(|g| {
             let plan = limiter::plan(config, g, NOW);
-            let items: Vec<Option<&Item>> = plan.keys().iter().map(|k| item(k)).collect();
+            let items: Vec<Option<&Item>> = plan.keys().iter().map(&item).collect();
             let usage = limiter::usage(&plan, &items, None);
             let record = HealthRecord::from_item(item(&health::key(&g.id)));
             GatewayState {
@@ -221,7 +221,7 @@ fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
     for (g, requests) in &by_gateway {
         let gateway = &config.gateways[*g];
         let plan = limiter::plan(config, gateway, NOW);
-        let items: Vec<Option<&Item>> = plan.keys().iter().map(|k| item(k)).collect();
+        let items: Vec<Option<&Item>> = plan.keys().iter().map(&item).collect();
         let decision = limiter::decide(&plan, &items, requests);
         // 5. The breaker's permit for every admitted message.
         let (state, _) = BreakerState::from_item(item(&breaker::key(&gateway.id)));
