@@ -921,14 +921,12 @@ async fn run(plan: Plan) -> Report {
                 }
                 Some(_) => {}
             },
-            Some((status, ..)) => {
-                if sends.is_some_and(|s| s.iter().any(|a| !a.ambiguous)) {
-                    record_mismatch.push(format!(
-                        "{id}: {status} in MySQL, but a provider accepted it"
-                    ));
-                }
+            Some((status, ..)) if sends.is_some_and(|s| s.iter().any(|a| !a.ambiguous)) => {
+                record_mismatch.push(format!(
+                    "{id}: {status} in MySQL, but a provider accepted it"
+                ));
             }
-            None => {}
+            Some(_) | None => {}
         }
     }
     report.line(format!(
