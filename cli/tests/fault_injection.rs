@@ -364,8 +364,8 @@ async fn mysql_proxy(listener: TcpListener, upstream: String, down: watch::Recei
     }
 }
 
-/// `host:port` of a `mysql://user[:password]@host:port[/db]` URL.
-fn host_port(url: &str) -> (&str, &str, &str) {
+/// The user part, `host:port` and `/db` path of a `mysql://user[:password]@host:port[/db]` URL.
+fn split_mysql_url(url: &str) -> (&str, &str, &str) {
     let after_scheme = url.strip_prefix("mysql://").expect("a mysql:// URL");
     let at = after_scheme.rfind('@').expect("a user in DATABASE_URL");
     let rest = &after_scheme[at + 1..];
@@ -522,7 +522,7 @@ async fn run(plan: Plan) -> Report {
 
     // Record of delivery: a fresh database behind the outage proxy.
     let (records, direct_url) = gateway_tests::fresh_database_with_url("faults").await;
-    let (user, upstream, db_path) = host_port(&direct_url);
+    let (user, upstream, db_path) = split_mysql_url(&direct_url);
     let mysql_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxied_url = format!(
         "mysql://{user}@{}{db_path}",

@@ -413,9 +413,10 @@ pub struct BatchDecision {
 }
 
 /// Decides `requests` against the stored `items` (aligned with [`LimitPlan::keys`]; `None` =
-/// no item; owned items or references, so callers need not copy large day items). Requests are taken in order, first fit: each is admitted if it fits on top of the
-/// ones admitted before it, so a refused message does not block a later, smaller one or one
-/// from another sender. Each request is all-or-nothing across levels.
+/// no item; owned items or references, so callers need not copy large day items). Requests
+/// are taken in order, first fit: each is admitted if it fits on top of the ones admitted
+/// before it, so a refused message does not block a later, smaller one or one from another
+/// sender. Each request is all-or-nothing across levels.
 pub fn decide<I: Borrow<Item>>(
     plan: &LimitPlan<'_>,
     items: &[Option<I>],
