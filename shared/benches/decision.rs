@@ -6,15 +6,15 @@
 //! cargo bench -p gateway-core --bench decision
 //! ```
 //!
-//! One iteration decides a batch the way `pipeline::run` does between its two store round
-//! trips, minus the I/O:
-//! 1. route every message on empty state to learn which gateways' items to read, and plan
-//!    their limit keys (`state_keys`);
-//! 2. build the router's view of every gateway from the items read: breaker view, limit usage,
-//!    health verdict (`route_all`);
-//! 3. route every message on that view;
-//! 4. per first-choice gateway, plan the limits and decide its messages in one pass
-//!    (`limiter::decide`, what `acquire_with_items` computes before its one write);
+//! One iteration decides a batch with the functions `pipeline::run` uses between its store
+//! round trips ([`gateway_core::pipeline::Decider`]), minus the I/O:
+//! 1. the gateways any message may use (the router's state-independent filters) and their
+//!    breaker, limit and health keys, taken from the hour's key book (made once per UTC hour);
+//! 2. the router's view of those gateways from the items read: breaker view, limit usage,
+//!    health verdict;
+//! 3. route every message on that view (each message is ranked once);
+//! 4. per first-choice gateway, decide its messages' limits in one pass (`limiter::decide`,
+//!    what `acquire_with_items` computes before its one write);
 //! 5. ask each admitted message's breaker for a permit.
 //!
 //! The state is warm: every sender already has a per-sender counter in its gateways' day
@@ -23,7 +23,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -34,6 +34,7 @@ use gateway_core::config::{Config, load_config};
 use gateway_core::events::HealthStatus;
 use gateway_core::health::{self, HealthRecord};
 use gateway_core::limiter::{self, Request};
+use gateway_core::pipeline::Decider;
 use gateway_core::router::{GatewayState, RouteRequest, Router};
 use gateway_core::state::{Item, Key, apply_op};
 
@@ -102,8 +103,7 @@ fn sender(i: usize) -> String {
 }
 
 struct Fixture {
-    router: Router,
-    config: Arc<Config>,
+    decider: Decider,
     items: HashMap<Key, Item>,
     senders: Vec<String>,
 }
@@ -148,8 +148,7 @@ fn fixture() -> Fixture {
         }
     }
     Fixture {
-        router,
-        config,
+        decider: Decider::new(config),
         items,
         senders,
     }
@@ -157,7 +156,8 @@ fn fixture() -> Fixture {
 
 /// Decides one batch (module docs); returns the number of admitted messages.
 fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
-    let config = &f.config;
+    let d = &f.decider;
+    let config = d.config();
     let requests: Vec<RouteRequest<'_>> = ids
         .iter()
         .zip(senders)
@@ -169,47 +169,19 @@ fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
         .collect();
 
     // 1. Which items to read.
-    let mut wanted = BTreeSet::new();
-    for r in &requests {
-        wanted.extend(
-            f.router
-                .route(r, &[], NOW)
-                .candidates
-                .iter()
-                .map(|c| c.index),
-        );
-    }
-    let mut keys: Vec<Key> = Vec::new();
-    for &g in &wanted {
-        let gateway = &config.gateways[g];
-        keys.push(breaker::key(&gateway.id));
-        keys.extend(limiter::plan(config, gateway, NOW).keys().iter().cloned());
-        keys.push(health::key(&gateway.id));
-    }
-    let read: HashMap<&Key, Option<&Item>> = keys.iter().map(|k| (k, f.items.get(k))).collect();
+    let book = d.keys(NOW);
+    let reachable = d.reachable(requests.iter().copied());
+    let keys = d.keys_to_read(&book, &reachable);
+    // (The store's answer, indexed as the pipeline indexes it.)
+    let read: HashMap<&Key, Option<&Item>, foldhash::fast::RandomState> =
+        keys.iter().map(|k| (k, f.items.get(k))).collect();
     let item = |k: &Key| read.get(k).copied().flatten();
 
-    // 2. The router's view of every gateway.
-    let states: Vec<GatewayState> = config
-        .gateways
-        .iter()
-        .map(|g| {
-            let plan = limiter::plan(config, g, NOW);
-            let items: Vec<Option<&Item>> = plan.keys().iter().map(&item).collect();
-            let usage = limiter::usage(&plan, &items, None);
-            let record = HealthRecord::from_item(item(&health::key(&g.id)));
-            GatewayState {
-                health: health::routing_health(record.as_ref(), &g.health_check, NOW),
-                breaker: breaker::view(item(&breaker::key(&g.id)), NOW),
-                remaining: Some(limiter::remaining_fraction(&usage)),
-            }
-        })
-        .collect();
-
-    // 3. Route on it; 4. decide the limits per first-choice gateway.
+    // 2. The router's view of the gateways; 3. route every message on it.
+    let states = d.view(&book, &reachable, item, NOW);
     let mut by_gateway: BTreeMap<usize, Vec<Request<'_>>> = BTreeMap::new();
     for (r, s) in requests.iter().zip(senders) {
-        let plan = f.router.route(r, &states, NOW);
+        let plan = d.router().route(r, &states, NOW);
         if let Some(first) = plan.candidates.first() {
             by_gateway.entry(first.index).or_default().push(Request {
                 sender: s,
@@ -217,16 +189,18 @@ fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
             });
         }
     }
+
+    // 4. The limits per first-choice gateway; 5. the breaker's permit per admitted message.
     let mut admitted = 0;
-    for (g, requests) in &by_gateway {
-        let gateway = &config.gateways[*g];
-        let plan = limiter::plan(config, gateway, NOW);
-        let items: Vec<Option<&Item>> = plan.keys().iter().map(&item).collect();
+    for (&g, requests) in &by_gateway {
+        let gateway = &config.gateways[g];
+        let plan = d.limit_plan(&book, g, NOW);
+        let items: Vec<Option<&Item>> = plan.keys().iter().map(item).collect();
         let decision = limiter::decide(&plan, &items, requests);
-        // 5. The breaker's permit for every admitted message.
-        let (state, _) = BreakerState::from_item(item(&breaker::key(&gateway.id)));
+        let breaker_item = book.breaker(g).and_then(item);
         for verdict in &decision.verdicts {
             if verdict.is_admitted() {
+                let (state, _) = BreakerState::from_item(breaker_item);
                 black_box(breaker::permit(&state, &gateway.circuit_breaker, NOW));
                 admitted += 1;
             }
@@ -270,6 +244,45 @@ fn bench(c: &mut Criterion) {
             },
         );
     }
+    // The per-message part alone: route on a view built once, decide the message's limits on
+    // its first choice, ask that breaker for a permit. The batch cases above add what a batch
+    // does once (its keys, its read, the view of every gateway it may use).
+    {
+        let d = &f.decider;
+        let book = d.keys(NOW);
+        let all = vec![true; GATEWAYS];
+        let states = d.view(&book, &all, |k| f.items.get(k), NOW);
+        let ids: Vec<String> = (0..SENDERS).map(|i| format!("one-{i}")).collect();
+        group.throughput(Throughput::Elements(1));
+        group.bench_function("per message on a built view: route+limit+breaker", |b| {
+            let mut i = 0;
+            b.iter(|| {
+                let sender = f.senders[i % SENDERS].as_str();
+                let req = RouteRequest {
+                    message_id: &ids[i % SENDERS],
+                    sender,
+                    pinned: None,
+                };
+                i += 1;
+                let plan = d.router().route(&req, &states, NOW);
+                let g = plan.candidates[0].index;
+                let limits = d.limit_plan(&book, g, NOW);
+                let mut items: [Option<&Item>; 3] = [None; 3];
+                for (slot, key) in items.iter_mut().zip(limits.keys()) {
+                    *slot = f.items.get(key);
+                }
+                let (verdict, writes) = limiter::decide_one(&limits, &items, sender, 1);
+                let (state, _) =
+                    BreakerState::from_item(book.breaker(g).and_then(|k| f.items.get(k)));
+                let gateway = &d.config().gateways[g];
+                black_box((
+                    verdict.is_admitted(),
+                    writes,
+                    breaker::permit(&state, &gateway.circuit_breaker, NOW),
+                ))
+            });
+        });
+    }
     // Routing alone, for comparison.
     let ids: Vec<String> = (0..SENDERS).map(|i| format!("route-{i}")).collect();
     group.throughput(Throughput::Elements(1));
@@ -283,7 +296,13 @@ fn bench(c: &mut Criterion) {
                 pinned: None,
             };
             i += 1;
-            black_box(f.router.route(&req, &states, NOW).candidates.len())
+            black_box(
+                f.decider
+                    .router()
+                    .route(&req, &states, NOW)
+                    .candidates
+                    .len(),
+            )
         });
     });
     group.finish();

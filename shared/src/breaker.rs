@@ -62,6 +62,7 @@
 //! and clean and reported as [`MalformedItem`] for the caller to log; the next write replaces it
 //! (guarded by its exact current content).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -71,7 +72,7 @@ use crate::config::BreakerSettings;
 use crate::events::OutcomeClass;
 use crate::state::{
     CmpOp, Condition, Item, Key, StateStore, StoreError, UpdateAction, Value, Write, WriteOp,
-    WriteOutcome, get_n, get_s,
+    WriteOutcome,
 };
 
 /// Most conditional writes one [`permit_send`] or [`flush_outcomes`] call attempts before giving
@@ -255,26 +256,50 @@ impl BreakerState {
 }
 
 fn decode(item: &Item) -> Result<BreakerState, MalformedItem> {
-    let phase = get_s(item, PHASE)
+    // One pass over the attributes rather than a map lookup per field: every batch decodes
+    // the breaker of every gateway it may use.
+    let mut phase = None;
+    let mut numbers: [Option<i64>; 9] = [None; 9];
+    for (attr, value) in item {
+        let slot = match attr.as_str() {
+            PHASE => {
+                phase = value.as_s();
+                continue;
+            }
+            GEN => 0,
+            WINDOW_START => 1,
+            FAILURES => 2,
+            SUCCESSES => 3,
+            OPENED_AT => 4,
+            UNTIL => 5,
+            HALF_OPEN_AT => 6,
+            ADMITTED => 7,
+            TRIAL_SUCCESSES => 8,
+            _ => continue,
+        };
+        numbers[slot] = value.as_n();
+    }
+    let phase = phase
         .and_then(Phase::parse)
         .ok_or(MalformedItem::Attribute(PHASE))?;
-    let time = |attr: &'static str| get_n(item, attr).ok_or(MalformedItem::Attribute(attr));
-    let count = |attr: &'static str| {
-        get_n(item, attr)
+    let time =
+        |slot: usize, attr: &'static str| numbers[slot].ok_or(MalformedItem::Attribute(attr));
+    let count = |slot: usize, attr: &'static str| {
+        numbers[slot]
             .and_then(|n| u32::try_from(n).ok())
             .ok_or(MalformedItem::Attribute(attr))
     };
     Ok(BreakerState {
         phase,
-        generation: time(GEN)?,
-        window_start: time(WINDOW_START)?,
-        failures: count(FAILURES)?,
-        successes: count(SUCCESSES)?,
-        opened_at: time(OPENED_AT)?,
-        until: time(UNTIL)?,
-        half_open_at: time(HALF_OPEN_AT)?,
-        admitted: count(ADMITTED)?,
-        trial_successes: count(TRIAL_SUCCESSES)?,
+        generation: time(0, GEN)?,
+        window_start: time(1, WINDOW_START)?,
+        failures: count(2, FAILURES)?,
+        successes: count(3, SUCCESSES)?,
+        opened_at: time(4, OPENED_AT)?,
+        until: time(5, UNTIL)?,
+        half_open_at: time(6, HALF_OPEN_AT)?,
+        admitted: count(7, ADMITTED)?,
+        trial_successes: count(8, TRIAL_SUCCESSES)?,
         stored: Stored::Valid,
     })
 }
@@ -815,7 +840,7 @@ pub async fn permit_send(
         });
     }
     let item = store.get(&key(gateway)).await?;
-    permit_send_with_item(store, gateway, settings, item, now).await
+    permit_send_with_item(store, gateway, settings, item.map(Cow::Owned), now).await
 }
 
 /// [`permit_send`] on an item the caller already read (for example in the batched read of
@@ -823,12 +848,12 @@ pub async fn permit_send(
 /// of its own. An `Allow` or `Reject` is only as fresh as that item, so read it in the same
 /// round trip that precedes the send; a trial can never be admitted from a stale item, because
 /// trial writes are conditional and a lost condition is decided again on the item the store
-/// returns.
+/// returns. The item is borrowed until the store returns a fresher one.
 pub async fn permit_send_with_item(
     store: &dyn StateStore,
     gateway: &str,
     settings: &BreakerSettings,
-    item: Option<Item>,
+    item: Option<Cow<'_, Item>>,
     now: EpochMillis,
 ) -> Result<PermitOutcome, BreakerError> {
     if !settings.enabled {
@@ -841,7 +866,7 @@ pub async fn permit_send_with_item(
     let mut item = item;
     let mut malformed = None;
     for _ in 0..MAX_ATTEMPTS {
-        let (state, problem) = BreakerState::from_item(item.as_ref());
+        let (state, problem) = BreakerState::from_item(item.as_deref());
         malformed = malformed.or(problem);
         let (write, change) = match permit(&state, settings, now) {
             Permit::Allow => {
@@ -868,7 +893,7 @@ pub async fn permit_send_with_item(
                     malformed,
                 });
             }
-            WriteOutcome::ConditionFailed(current) => item = current,
+            WriteOutcome::ConditionFailed(current) => item = current.map(Cow::Owned),
         }
     }
     Err(BreakerError::Contended {
@@ -1409,7 +1434,7 @@ mod tests {
         // Read while open; meanwhile others moved it to half-open and took every slot.
         let stale = open_until(T0).to_item();
         seed(&store, half_open_since(T0, 2, 0)).await;
-        let out = permit_send_with_item(&store, GW, &s, Some(stale), T0 + 1)
+        let out = permit_send_with_item(&store, GW, &s, Some(Cow::Owned(stale)), T0 + 1)
             .await
             .unwrap();
         assert_eq!(out.admission, Admission::Rejected { until: T0 + 60_000 });

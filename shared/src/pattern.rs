@@ -77,11 +77,13 @@ impl SenderPattern {
 
     /// True when `sender` (an address, any case) matches.
     pub fn matches(&self, sender: &str) -> bool {
-        if *self == Self::Any {
-            return true;
-        }
-        let Some((local, domain)) = sender.rsplit_once('@') else {
-            return false;
+        self.matches_split(&SplitSender::new(sender))
+    }
+
+    /// [`SenderPattern::matches`] on a sender split once for many patterns.
+    pub fn matches_split(&self, sender: &SplitSender<'_>) -> bool {
+        let Some((local, domain)) = sender.parts else {
+            return *self == Self::Any;
         };
         match self {
             Self::Any => true,
@@ -92,7 +94,9 @@ impl SenderPattern {
                     && domain[domain.len() - d.len()..].eq_ignore_ascii_case(d)
             }
             Self::Address(a) => {
-                sender.len() == a.len() && sender.eq_ignore_ascii_case(a) && !local.is_empty()
+                sender.whole.len() == a.len()
+                    && sender.whole.eq_ignore_ascii_case(a)
+                    && !local.is_empty()
             }
         }
     }
@@ -103,6 +107,24 @@ impl SenderPattern {
             Self::Domain(d) => Some(d),
             Self::Address(a) => a.rsplit_once('@').map(|(_, d)| d),
             Self::Any | Self::Subdomain(_) => None,
+        }
+    }
+}
+
+/// A sender address split at its last `@`, for matching against many patterns.
+#[derive(Debug, Clone, Copy)]
+pub struct SplitSender<'a> {
+    whole: &'a str,
+    /// `(local, domain)`; `None` without an `@`.
+    parts: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> SplitSender<'a> {
+    /// Splits `sender` (an address, any case).
+    pub fn new(sender: &'a str) -> Self {
+        Self {
+            whole: sender,
+            parts: sender.rsplit_once('@'),
         }
     }
 }

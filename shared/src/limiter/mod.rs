@@ -100,7 +100,7 @@ mod service;
 #[cfg(test)]
 mod tests;
 
-use std::borrow::Borrow;
+use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
 
 use crate::clock::{DAY_MS, EpochMillis, HOUR_MS, utc_date_string, utc_day, utc_hour};
@@ -202,11 +202,23 @@ impl BucketQuota {
 }
 
 /// The limits of one gateway at one instant: which levels apply, their windows and the item
-/// keys to read. Built by [`plan`]; valid for the `now` it was built with.
+/// keys to read. Built by [`plan`], or from [`HourKeys`] without formatting a key; valid for
+/// the `now` it was built with.
 #[derive(Debug, Clone)]
 pub struct LimitPlan<'c> {
     gateway: &'c Gateway,
     now: EpochMillis,
+    windows: Cow<'c, HourKeys>,
+}
+
+/// What [`plan`] derives from the config and the clock for one gateway, valid for a whole UTC
+/// hour: the item keys and the hour's attribute name. A caller that plans the same gateways
+/// many times (the send pipeline, for every batch) keeps these and makes each plan with
+/// [`HourKeys::plan`], which formats no key and allocates nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HourKeys {
+    /// `utc_hour` of the instant the keys were made for.
+    hour: i64,
     system_daily: Limit,
     hour_attr: String,
     system_key: Option<Key>,
@@ -217,6 +229,16 @@ pub struct LimitPlan<'c> {
 
 /// Plans the limits of `gateway` (with the system level of `config`) at `now`.
 pub fn plan<'c>(config: &Config, gateway: &'c Gateway, now: EpochMillis) -> LimitPlan<'c> {
+    LimitPlan {
+        gateway,
+        now,
+        windows: Cow::Owned(hour_keys(config, gateway, now)),
+    }
+}
+
+/// The keys of `gateway`'s limits (with the system level of `config`) for the UTC hour of
+/// `now`.
+pub fn hour_keys(config: &Config, gateway: &Gateway, now: EpochMillis) -> HourKeys {
     let day = utc_date_string(now);
     let rl = &gateway.rate_limits;
     let system_daily = config.system_limits.daily;
@@ -240,9 +262,8 @@ pub fn plan<'c>(config: &Config, gateway: &'c Gateway, now: EpochMillis) -> Limi
     .into_iter()
     .flatten()
     .collect();
-    LimitPlan {
-        gateway,
-        now,
+    HourKeys {
+        hour: utc_hour(now),
         system_daily,
         hour_attr: format!("h{:02}", utc_hour(now) - utc_day(now) * 24),
         system_key,
@@ -252,11 +273,38 @@ pub fn plan<'c>(config: &Config, gateway: &'c Gateway, now: EpochMillis) -> Limi
     }
 }
 
+impl HourKeys {
+    /// The plan of `gateway` (the one these keys were made for) at `now`, borrowing the keys;
+    /// `None` when `now` falls outside their UTC hour (make new keys then).
+    pub fn plan<'a>(&'a self, gateway: &'a Gateway, now: EpochMillis) -> Option<LimitPlan<'a>> {
+        (utc_hour(now) == self.hour).then_some(LimitPlan {
+            gateway,
+            now,
+            windows: Cow::Borrowed(self),
+        })
+    }
+
+    /// The keys to read, as [`LimitPlan::keys`] names them.
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+
+    /// The system day key (the same for every gateway), when the system level is limited.
+    pub fn system_key(&self) -> Option<&Key> {
+        self.system_key.as_ref()
+    }
+
+    /// Whether the keys hold for `now`.
+    pub fn covers(&self, now: EpochMillis) -> bool {
+        utc_hour(now) == self.hour
+    }
+}
+
 impl LimitPlan<'_> {
     /// The keys to read, in the order [`decide`] and [`usage`] expect their items. Empty when
     /// every level is unlimited. At most 3.
     pub fn keys(&self) -> &[Key] {
-        &self.keys
+        &self.windows.keys
     }
 
     /// The instant the plan's windows were fixed at.
@@ -280,7 +328,7 @@ impl LimitPlan<'_> {
         items: &'i [Option<I>],
     ) -> Option<&'i Item> {
         let key = key?;
-        let slot = self.keys.iter().position(|k| k == key)?;
+        let slot = self.windows.keys.iter().position(|k| k == key)?;
         items.get(slot)?.as_ref().map(Borrow::borrow)
     }
 
@@ -379,7 +427,8 @@ impl Grant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Charge {
     key: Key,
-    attr: String,
+    /// Borrowed for the fixed attribute names (`n`, `tat_us`), so a grant allocates less.
+    attr: Cow<'static, str>,
     /// Recipients for a counter; microseconds for the bucket's `tat_us`.
     amount: i64,
 }
@@ -478,6 +527,8 @@ struct SenderTally {
     limit: Limit,
     stored: i64,
     pending: i64,
+    /// The sender's counter attribute (`u#{sender}`).
+    attr: String,
 }
 
 /// Stored usage plus what this decision has admitted so far.
@@ -496,16 +547,16 @@ struct Tally<'p, 'c> {
 
 impl<'p, 'c> Tally<'p, 'c> {
     fn new<I: Borrow<Item>>(plan: &'p LimitPlan<'c>, items: &'p [Option<I>]) -> Self {
-        let sys_item = plan.item(plan.system_key.as_ref(), items);
-        let day_item = plan.item(plan.day_key.as_ref(), items);
-        let bucket_item = plan.item(plan.bucket.as_ref().map(|b| &b.0), items);
+        let sys_item = plan.item(plan.windows.system_key.as_ref(), items);
+        let day_item = plan.item(plan.windows.day_key.as_ref(), items);
+        let bucket_item = plan.item(plan.windows.bucket.as_ref().map(|b| &b.0), items);
         Self {
             plan,
             day_item,
             sys_stored: sys_item.and_then(|i| get_n(i, COUNT_ATTR)).unwrap_or(0),
             day_stored: day_item.and_then(|i| get_n(i, COUNT_ATTR)).unwrap_or(0),
             hour_stored: day_item
-                .and_then(|i| get_n(i, &plan.hour_attr))
+                .and_then(|i| get_n(i, &plan.windows.hour_attr))
                 .unwrap_or(0),
             tat_us: bucket_item.and_then(|i| get_n(i, TAT_ATTR)),
             sys_pending: 0,
@@ -515,21 +566,19 @@ impl<'p, 'c> Tally<'p, 'c> {
         }
     }
 
-    fn sender(&mut self, sender: &str) -> (String, &mut SenderTally) {
-        let lc = sender.to_ascii_lowercase();
-        let limit = self.plan.sender_limit(&lc);
-        let day_item = self.day_item;
-        let entry = self
-            .senders
-            .entry(lc.clone())
-            .or_insert_with(|| SenderTally {
-                limit,
-                stored: day_item
-                    .and_then(|i| get_n(i, &sender_attr(&lc)))
-                    .unwrap_or(0),
-                pending: 0,
-            });
-        (lc, entry)
+    /// Makes the tally of `sender_lc` (lower-cased) on its first request.
+    fn ensure_sender(&mut self, sender_lc: &str) {
+        if self.senders.contains_key(sender_lc) {
+            return;
+        }
+        let attr = sender_attr(sender_lc);
+        let tally = SenderTally {
+            limit: self.plan.sender_limit(sender_lc),
+            stored: self.day_item.and_then(|i| get_n(i, &attr)).unwrap_or(0),
+            pending: 0,
+            attr,
+        };
+        self.senders.insert(sender_lc.to_owned(), tally);
     }
 
     /// `max(tat, now)` after what this decision already took, in µs.
@@ -549,15 +598,18 @@ impl<'p, 'c> Tally<'p, 'c> {
         let n = to_i64(r.recipients);
         let plan = self.plan;
         let rl = &plan.gateway.rate_limits;
-        let (sender_lc, s) = self.sender(r.sender);
-        let sender_limit = s.limit;
-        let sender_used = s.stored + s.pending;
+        let sender_lc = r.sender.to_ascii_lowercase();
+        self.ensure_sender(&sender_lc);
+        let (sender_limit, sender_used) = self
+            .senders
+            .get(&sender_lc)
+            .map_or((None, 0), |s| (s.limit, s.stored + s.pending));
 
         // (level, limit, used including this decision, when the window resets)
         let counters = [
             (
                 LevelKind::SystemDaily,
-                plan.system_daily,
+                plan.windows.system_daily,
                 self.sys_stored + self.sys_pending,
                 plan.next_day(),
             ),
@@ -591,7 +643,7 @@ impl<'p, 'c> Tally<'p, 'c> {
                 });
             }
         }
-        if let Some((_, q)) = &plan.bucket
+        if let Some((_, q)) = &plan.windows.bucket
             && r.recipients > q.capacity
         {
             return Verdict::Refuse(Refusal::TooLarge {
@@ -613,7 +665,7 @@ impl<'p, 'c> Tally<'p, 'c> {
                 note(level, resets);
             }
         }
-        if let Some((_, q)) = &plan.bucket {
+        if let Some((_, q)) = &plan.windows.bucket {
             let after = self.bucket_base(q) + i128::from(n) * q.interval_i();
             let allowed = plan.now_us() + q.capacity_i() * q.interval_i();
             if after > allowed {
@@ -626,42 +678,42 @@ impl<'p, 'c> Tally<'p, 'c> {
         }
 
         let mut charges = Vec::new();
-        if let Some(key) = &plan.system_key {
+        if let Some(key) = &plan.windows.system_key {
             self.sys_pending += n;
             charges.push(Charge {
                 key: key.clone(),
-                attr: COUNT_ATTR.to_owned(),
+                attr: Cow::Borrowed(COUNT_ATTR),
                 amount: n,
             });
         }
-        if let Some(key) = &plan.day_key {
+        if let Some(key) = &plan.windows.day_key {
             self.day_pending += n;
             charges.push(Charge {
                 key: key.clone(),
-                attr: COUNT_ATTR.to_owned(),
+                attr: Cow::Borrowed(COUNT_ATTR),
                 amount: n,
             });
             charges.push(Charge {
                 key: key.clone(),
-                attr: plan.hour_attr.clone(),
+                attr: Cow::Owned(plan.windows.hour_attr.clone()),
                 amount: n,
             });
-            if sender_limit.is_some() {
-                if let Some(s) = self.senders.get_mut(&sender_lc) {
-                    s.pending += n;
-                }
+            if sender_limit.is_some()
+                && let Some(s) = self.senders.get_mut(&sender_lc)
+            {
+                s.pending += n;
                 charges.push(Charge {
                     key: key.clone(),
-                    attr: sender_attr(&sender_lc),
+                    attr: Cow::Owned(s.attr.clone()),
                     amount: n,
                 });
             }
         }
-        if let Some((key, q)) = &plan.bucket {
+        if let Some((key, q)) = &plan.windows.bucket {
             self.bucket_pending += n;
             charges.push(Charge {
                 key: key.clone(),
-                attr: TAT_ATTR.to_owned(),
+                attr: Cow::Borrowed(TAT_ATTR),
                 amount: clamp_i64(i128::from(n) * q.interval_i()),
             });
         }
@@ -675,7 +727,7 @@ impl<'p, 'c> Tally<'p, 'c> {
         let plan = self.plan;
         let rl = &plan.gateway.rate_limits;
         let mut writes = Vec::new();
-        if let (Some(key), Some(limit)) = (&plan.system_key, plan.system_daily)
+        if let (Some(key), Some(limit)) = (&plan.windows.system_key, plan.windows.system_daily)
             && self.sys_pending > 0
         {
             writes.push(Write {
@@ -687,28 +739,27 @@ impl<'p, 'c> Tally<'p, 'c> {
                 condition: room(COUNT_ATTR, limit, self.sys_pending),
             });
         }
-        if let Some(key) = &plan.day_key
+        if let Some(key) = &plan.windows.day_key
             && self.day_pending > 0
         {
             let total = self.day_pending;
             let mut actions = vec![
                 UpdateAction::Add(COUNT_ATTR.to_owned(), total),
-                UpdateAction::Add(plan.hour_attr.clone(), total),
+                UpdateAction::Add(plan.windows.hour_attr.clone(), total),
             ];
             let mut conditions = Vec::new();
             if let Some(limit) = rl.workspace_daily {
                 conditions.push(room(COUNT_ATTR, limit, total));
             }
             if let Some(limit) = rl.per_hour {
-                conditions.push(room(&plan.hour_attr, limit, total));
+                conditions.push(room(&plan.windows.hour_attr, limit, total));
             }
-            for (lc, s) in &self.senders {
+            for s in self.senders.values() {
                 if let Some(limit) = s.limit
                     && s.pending > 0
                 {
-                    let attr = sender_attr(lc);
-                    conditions.push(room(&attr, limit, s.pending));
-                    actions.push(UpdateAction::Add(attr, s.pending));
+                    conditions.push(room(&s.attr, limit, s.pending));
+                    actions.push(UpdateAction::Add(s.attr.clone(), s.pending));
                 }
             }
             actions.push(UpdateAction::Set(
@@ -721,7 +772,7 @@ impl<'p, 'c> Tally<'p, 'c> {
                 condition: Condition::all(conditions),
             });
         }
-        if let Some((key, q)) = &plan.bucket
+        if let Some((key, q)) = &plan.windows.bucket
             && self.bucket_pending > 0
         {
             writes.push(self.bucket_write(key, q));
@@ -806,16 +857,37 @@ pub fn usage<I: Borrow<Item>>(
     items: &[Option<I>],
     sender: Option<&str>,
 ) -> Vec<LevelUsage> {
+    let mut out = Vec::new();
+    each_usage(plan, items, sender, |u| out.push(u));
+    out
+}
+
+/// [`remaining_fraction`] of the plan's levels (without the sender level), computed without
+/// collecting them: what the router's view of a gateway needs, for every gateway of a batch.
+pub fn remaining<I: Borrow<Item>>(plan: &LimitPlan<'_>, items: &[Option<I>]) -> f64 {
+    let mut tightest = 1.0_f64;
+    each_usage(plan, items, None, |u| {
+        tightest = tightest.min(u.remaining_fraction());
+    });
+    tightest
+}
+
+/// Hands every limited level's use to `f`, in [`usage`]'s order.
+fn each_usage<I: Borrow<Item>>(
+    plan: &LimitPlan<'_>,
+    items: &[Option<I>],
+    sender: Option<&str>,
+    mut f: impl FnMut(LevelUsage),
+) {
     let rl = &plan.gateway.rate_limits;
     let count = |key: Option<&Key>, attr: &str| {
         plan.item(key, items)
             .and_then(|i| get_n(i, attr))
             .map_or(0, |n| u64::try_from(n).unwrap_or(0))
     };
-    let mut out = Vec::new();
     let mut counter = |level, limit: Limit, used, resets_at| {
         if let Some(limit) = limit {
-            out.push(LevelUsage {
+            f(LevelUsage {
                 level,
                 used,
                 limit,
@@ -825,23 +897,23 @@ pub fn usage<I: Borrow<Item>>(
     };
     counter(
         LevelKind::SystemDaily,
-        plan.system_daily,
-        count(plan.system_key.as_ref(), COUNT_ATTR),
+        plan.windows.system_daily,
+        count(plan.windows.system_key.as_ref(), COUNT_ATTR),
         plan.next_day(),
     );
     counter(
         LevelKind::GatewayDaily,
         rl.workspace_daily,
-        count(plan.day_key.as_ref(), COUNT_ATTR),
+        count(plan.windows.day_key.as_ref(), COUNT_ATTR),
         plan.next_day(),
     );
     counter(
         LevelKind::GatewayHourly,
         rl.per_hour,
-        count(plan.day_key.as_ref(), &plan.hour_attr),
+        count(plan.windows.day_key.as_ref(), &plan.windows.hour_attr),
         plan.next_hour(),
     );
-    if let Some((key, q)) = &plan.bucket {
+    if let Some((key, q)) = &plan.windows.bucket {
         let now = plan.now_us();
         let tat = plan
             .item(Some(key), items)
@@ -850,7 +922,7 @@ pub fn usage<I: Borrow<Item>>(
             .max(now);
         let owed = tat - now;
         let used = (owed + q.interval_i() - 1) / q.interval_i();
-        out.push(LevelUsage {
+        f(LevelUsage {
             level: LevelKind::GatewayBurst,
             used: u64::try_from(used.clamp(0, q.capacity_i())).unwrap_or(q.capacity),
             limit: q.capacity,
@@ -860,9 +932,9 @@ pub fn usage<I: Borrow<Item>>(
     if let Some(sender) = sender {
         let lc = sender.to_ascii_lowercase();
         let limit = plan.sender_limit(&lc);
-        let used = count(plan.day_key.as_ref(), &sender_attr(&lc));
+        let used = count(plan.windows.day_key.as_ref(), &sender_attr(&lc));
         if let Some(limit) = limit {
-            out.push(LevelUsage {
+            f(LevelUsage {
                 level: LevelKind::SenderDaily,
                 used,
                 limit,
@@ -870,5 +942,4 @@ pub fn usage<I: Borrow<Item>>(
             });
         }
     }
-    out
 }

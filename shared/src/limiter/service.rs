@@ -1,6 +1,7 @@
 //! The limiter over the [`StateStore`] port: read once, decide, write once, and on a lost
 //! condition decide again from the items the store returned.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::clock::EpochMillis;
@@ -51,13 +52,19 @@ pub(super) async fn commit<S: StateStore + ?Sized>(
     })
 }
 
-/// Replaces the items named in `fresh` in `items` (aligned with `keys`).
-pub(super) fn absorb(keys: &[Key], items: &mut [Option<Item>], fresh: Vec<(Key, Option<Item>)>) {
+/// Replaces the items named in `fresh` in `items` (aligned with `keys`), each made by `hold`
+/// (identity for owned items, `Cow::Owned` for borrowed ones).
+pub(super) fn absorb<I>(
+    keys: &[Key],
+    items: &mut [Option<I>],
+    fresh: Vec<(Key, Option<Item>)>,
+    hold: impl Fn(Item) -> I,
+) {
     for (key, item) in fresh {
         if let Some(slot) = keys.iter().position(|k| *k == key)
             && let Some(entry) = items.get_mut(slot)
         {
-            *entry = item;
+            *entry = item.map(&hold);
         }
     }
 }
@@ -79,6 +86,7 @@ pub async fn acquire<S: StateStore + ?Sized>(
     } else {
         store.get_many(keys).await?
     };
+    let items = items.into_iter().map(|i| i.map(Cow::Owned)).collect();
     acquire_with_items(store, plan, requests, items).await
 }
 
@@ -86,12 +94,13 @@ pub async fn acquire<S: StateStore + ?Sized>(
 /// item), for example in one read of every candidate gateway's breaker and limit items. Stale
 /// items are safe: every write is conditioned on the values decided from, so a stale decision
 /// only costs a lost condition, after which the decision is taken again on the items the store
-/// returned. Missing trailing items count as `None`.
+/// returned. Missing trailing items count as `None`. The items are borrowed (a gateway's day
+/// item holds every sender's counter; copying it per decision would cost more than deciding).
 pub async fn acquire_with_items<S: StateStore + ?Sized>(
     store: &S,
     plan: &LimitPlan<'_>,
     requests: &[Request<'_>],
-    mut items: Vec<Option<Item>>,
+    mut items: Vec<Option<Cow<'_, Item>>>,
 ) -> Result<Vec<Verdict>, StoreError> {
     let keys = plan.keys();
     items.resize(keys.len(), None);
@@ -103,7 +112,7 @@ pub async fn acquire_with_items<S: StateStore + ?Sized>(
         }
         match commit(store, decision.writes).await? {
             None => return Ok(decision.verdicts),
-            Some(fresh) => absorb(keys, &mut items, fresh),
+            Some(fresh) => absorb(keys, &mut items, fresh, Cow::Owned),
         }
         last = decision.verdicts;
     }
@@ -186,7 +195,7 @@ pub async fn refund<S: StateStore + ?Sized>(
         if attr == TAT_ATTR {
             entry.bucket_us = entry.bucket_us.saturating_add(*amount);
         } else {
-            let c = entry.counters.entry(attr.clone()).or_default();
+            let c = entry.counters.entry(attr.to_string()).or_default();
             *c = c.saturating_add(*amount);
         }
     }

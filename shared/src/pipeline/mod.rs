@@ -36,6 +36,7 @@
 //! its visibility to the given delay, see [`settle`]).
 
 mod backoff;
+mod decide;
 mod metrics;
 mod poll;
 mod run;
@@ -52,10 +53,10 @@ use crate::clock::{Clock, EpochMillis};
 use crate::config::Config;
 use crate::events::{EventSink, Outcome};
 use crate::providers::factory::Providers;
-use crate::router::Router;
 use crate::state::StateStore;
 
 pub use backoff::{Backoff, jitter_fraction};
+pub use decide::{Decider, KeyBook, StateItems};
 pub use metrics::{GatewayMetrics, Metrics, emf_line, emf_lines};
 pub use poll::{PollSettings, Poller, PollerStats};
 pub use settle::{SettleError, SettleSummary, settle};
@@ -86,7 +87,7 @@ impl Default for PipelineSettings {
 /// Everything the pipeline needs, built once per process.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
-    router: Router,
+    decider: Decider,
     providers: Providers,
     store: Arc<dyn StateStore>,
     events: Arc<dyn EventSink>,
@@ -106,7 +107,7 @@ impl Pipeline {
         settings: PipelineSettings,
     ) -> Self {
         Self {
-            router: Router::new(config),
+            decider: Decider::new(config),
             providers,
             store,
             events,
@@ -117,7 +118,7 @@ impl Pipeline {
 
     /// The effective config.
     pub fn config(&self) -> &Arc<Config> {
-        self.router.config()
+        self.decider.config()
     }
 
     /// The clock the pipeline reads.

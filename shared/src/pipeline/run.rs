@@ -1,5 +1,6 @@
 //! The batch run (see the module docs of [`super`] for the steps and their costs).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use futures::stream::{self, StreamExt};
 
-use super::{Batch, BatchReport, Disposition, ItemReport, Metrics, Pipeline};
+use super::{Batch, BatchReport, Disposition, ItemReport, KeyBook, Metrics, Pipeline, StateItems};
 use crate::breaker::{self, Admission, Tally};
 use crate::clock::EpochMillis;
 use crate::config::{AmbiguousPolicy, Gateway};
@@ -15,13 +16,12 @@ use crate::events::{
     AttemptRecord, GatewayEvent, Outcome, OutcomeClass, OutcomeEvent, RecipientOutcome,
     RecipientStatus,
 };
-use crate::health;
 use crate::ledger::{self, Claim, ClaimOutcome, ClaimRequest, FailedRecord, SentRecord};
 use crate::limiter::{self, Grant, Refusal, Request, Verdict};
 use crate::message::{MessageError, OutboundMessage, parse_message};
 use crate::providers::{Accepted, ErrorClass, Provider, SendError};
 use crate::queue::Received;
-use crate::router::{GatewayState, RouteRequest};
+use crate::router::RouteRequest;
 use crate::state::{Item, Key};
 use crate::suppression;
 
@@ -244,7 +244,12 @@ impl Pipeline {
         }
 
         // 2. Claims, suppression and gateway state in one round trip.
-        let early = self.claim_and_read(&mut works, &batch, now).await;
+        let book = self.decider.keys(now);
+        let reachable = self
+            .decider
+            .reachable(works.iter().map(|w| route_request(&w.original)));
+        let keys = self.decider.keys_to_read(&book, &reachable);
+        let early = self.claim_and_read(&mut works, &batch, keys, now).await;
         let (replays, state) = match early {
             Ok(found) => found,
             Err(reason) => {
@@ -254,7 +259,7 @@ impl Pipeline {
                 {
                     w.defer(reason.clone(), None);
                 }
-                (HashMap::new(), HashMap::new())
+                (HashMap::new(), StateItems::default())
             }
         };
         let mut state = state;
@@ -264,7 +269,7 @@ impl Pipeline {
                 .unwrap_or(u32::MAX);
 
         // 3. Route on the state read.
-        self.route_all(&mut works, &state, now);
+        self.route_all(&mut works, &state, &book, &reachable, now);
 
         // 4. Rounds of limits, breaker and sends.
         let mut tallies: BTreeMap<usize, Tally> = BTreeMap::new();
@@ -282,17 +287,20 @@ impl Pipeline {
     }
 
     /// Step 2: claims every message, looks up the suppression of every recipient and reads the
-    /// breaker and limit items of every gateway any message may use, all in flight together.
+    /// breaker, limit and health `keys` of every gateway any message may use, all in flight
+    /// together. The health records ride in the same `BatchGetItem`: no request of their own,
+    /// and always as fresh as the checker left them.
     /// Returns the replays (messages found in the ledger) and the items read; an error when
     /// suppression or state could not be read (nothing may be sent then).
     async fn claim_and_read(
         &self,
         works: &mut [Work],
         batch: &Batch<'_>,
+        keys: Vec<Key>,
         now: EpochMillis,
-    ) -> Result<(HashMap<usize, Replay>, HashMap<Key, Option<Item>>), String> {
+    ) -> Result<(HashMap<usize, Replay>, StateItems), String> {
         if works.is_empty() {
-            return Ok((HashMap::new(), HashMap::new()));
+            return Ok((HashMap::new(), StateItems::default()));
         }
         let claims: Vec<ClaimRequest<'_>> = works
             .iter()
@@ -306,7 +314,6 @@ impl Pipeline {
             .iter()
             .flat_map(|w| w.original.recipients().map(|(_, m)| m.address().as_str()))
             .collect();
-        let keys = self.state_keys(works, now);
         let store = self.store.as_ref();
         let (claimed, suppressed, items) = tokio::join!(
             ledger::claim_many(store, &claims, now),
@@ -377,62 +384,23 @@ impl Pipeline {
         Ok((replays, keys.into_iter().zip(items).collect()))
     }
 
-    /// The breaker, limit and health keys of every gateway any message of the batch may be
-    /// routed to (routed on a clean state, which keeps a superset of the candidates). The health
-    /// record rides in the same `BatchGetItem`: no request of its own, and always as fresh as
-    /// the checker left it. It is read only for gateways whose `health_check` is on (the router
-    /// ignores health otherwise).
-    fn state_keys(&self, works: &[Work], now: EpochMillis) -> Vec<Key> {
-        let config = self.router.config();
-        let mut gateways = BTreeSet::new();
-        for w in works {
-            let plan = self.router.route(&route_request(&w.original), &[], now);
-            gateways.extend(plan.candidates.iter().map(|c| c.index));
-        }
-        let mut keys = Vec::new();
-        let mut seen = BTreeSet::new();
-        for &g in &gateways {
-            let Some(gateway) = config.gateways.get(g) else {
-                continue;
-            };
-            let plan = limiter::plan(config, gateway, now);
-            let health_key = gateway
-                .health_check
-                .enabled
-                .then(|| health::key(&gateway.id));
-            for key in std::iter::once(breaker::key(&gateway.id))
-                .chain(plan.keys().iter().cloned())
-                .chain(health_key)
-            {
-                if seen.insert(key.clone()) {
-                    keys.push(key);
-                }
-            }
-        }
-        keys
-    }
-
     /// Step 3: the ordered candidates of every claimed message, on the state read.
-    fn route_all(&self, works: &mut [Work], state: &HashMap<Key, Option<Item>>, now: EpochMillis) {
-        let config = self.router.config();
-        let states: Vec<GatewayState> = config
-            .gateways
-            .iter()
-            .map(|g| {
-                // Borrowed, not copied: a day item holds every sender's counter.
-                let item = |k: &Key| state.get(k).and_then(Option::as_ref);
-                let breaker = breaker::view(item(&breaker::key(&g.id)), now);
-                let plan = limiter::plan(config, g, now);
-                let items: Vec<Option<&Item>> = plan.keys().iter().map(item).collect();
-                let usage = limiter::usage(&plan, &items, None);
-                let record = health::HealthRecord::from_item(item(&health::key(&g.id)));
-                GatewayState {
-                    health: health::routing_health(record.as_ref(), &g.health_check, now),
-                    breaker,
-                    remaining: Some(limiter::remaining_fraction(&usage)),
-                }
-            })
-            .collect();
+    fn route_all(
+        &self,
+        works: &mut [Work],
+        state: &StateItems,
+        book: &KeyBook,
+        reachable: &[bool],
+        now: EpochMillis,
+    ) {
+        let config = self.decider.config();
+        // Borrowed, not copied: a day item holds every sender's counter.
+        let states = self.decider.view(
+            book,
+            reachable,
+            |k| state.get(k).and_then(Option::as_ref),
+            now,
+        );
         let max = config.routing.max_failover_attempts.get() as usize;
         for w in works.iter_mut() {
             if !matches!(w.stage, Stage::Pending) || w.claim.is_none() {
@@ -444,7 +412,10 @@ impl Pipeline {
                 };
                 continue;
             }
-            let plan = self.router.route(&route_request(&w.original), &states, now);
+            let plan = self
+                .decider
+                .router()
+                .route(&route_request(&w.original), &states, now);
             let mut ranked = plan.candidates.iter().map(|c| c.index);
             w.candidates = ranked.by_ref().take(max).collect();
             w.reserve = ranked.collect();
@@ -480,15 +451,16 @@ impl Pipeline {
     async fn send_rounds(
         &self,
         works: &mut [Work],
-        state: &mut HashMap<Key, Option<Item>>,
+        state: &mut StateItems,
         batch: &Batch<'_>,
         tallies: &mut BTreeMap<usize, Tally>,
         report: &mut BatchReport,
     ) {
-        let config = Arc::clone(self.router.config());
+        let config = Arc::clone(self.decider.config());
         let margin = i64::try_from(self.settings.deadline_margin.as_millis()).unwrap_or(i64::MAX);
         loop {
             let now = self.clock.now_ms();
+            let book = self.decider.keys(now);
             let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
             for (i, w) in works.iter_mut().enumerate() {
                 if !matches!(w.stage, Stage::Pending) || w.claim.is_none() {
@@ -516,7 +488,6 @@ impl Pipeline {
 
             // Limits, one decision per gateway, all gateways in flight together.
             let decisions = join_all(groups.iter().map(|(&g, members)| {
-                let gateway = &config.gateways[g];
                 let items: Vec<(usize, String, u64)> = members
                     .iter()
                     .map(|&i| {
@@ -525,11 +496,11 @@ impl Pipeline {
                         (i, w.original.sender().as_str().to_owned(), count as u64)
                     })
                     .collect();
-                let plan = limiter::plan(&config, gateway, now);
-                let cached: Vec<Option<Item>> = plan
+                let plan = self.decider.limit_plan(&book, g, now);
+                let cached: Vec<Option<Cow<'_, Item>>> = plan
                     .keys()
                     .iter()
-                    .map(|k| state.get(k).cloned().flatten())
+                    .map(|k| state.get(k).and_then(Option::as_ref).map(Cow::Borrowed))
                     .collect();
                 async move {
                     let requests: Vec<Request<'_>> = items
@@ -584,7 +555,11 @@ impl Pipeline {
             }
             let permits = join_all(admitted.iter().map(|&(_, g, _)| {
                 let gateway = &config.gateways[g];
-                let item = state.get(&breaker::key(&gateway.id)).cloned().flatten();
+                let item = book
+                    .breaker(g)
+                    .and_then(|k| state.get(k))
+                    .and_then(Option::as_ref)
+                    .map(Cow::Borrowed);
                 breaker::permit_send_with_item(
                     self.store.as_ref(),
                     &gateway.id,
@@ -846,11 +821,11 @@ impl Pipeline {
     async fn finish(
         &self,
         works: &[Work],
-        state: &HashMap<Key, Option<Item>>,
+        state: &StateItems,
         tallies: &BTreeMap<usize, Tally>,
         report: &mut BatchReport,
     ) {
-        let config = self.router.config();
+        let config = self.decider.config();
         let now = self.clock.now_ms();
         let store = self.store.as_ref();
         let ledger_writes = join_all(works.iter().filter_map(|w| {
@@ -934,7 +909,7 @@ impl Pipeline {
         records: &[Received],
         now: EpochMillis,
     ) -> Vec<Option<Resolution>> {
-        let config = self.router.config();
+        let config = self.decider.config();
         let backoff = &self.settings.backoff;
         let gateway_type = |id: &str| config.gateway(id).map(|g| g.kind.as_str().to_owned());
         slots

@@ -94,7 +94,7 @@ pub use plan::{
 
 use crate::clock::EpochMillis;
 use crate::config::{Config, Gateway, GatewayMode, GatewaySource, Strategy};
-use crate::pattern::SenderPattern;
+use crate::pattern::{SenderPattern, SplitSender};
 use hash::MessageHash;
 
 /// What the router needs to know about one message.
@@ -269,6 +269,42 @@ impl Router {
             .iter()
             .find(|(span, _)| m.first_match(*span).is_some())
             .map_or(self.config.routing.strategy, |&(_, s)| s)
+    }
+
+    /// Marks (in `marks`, indexed like `config.gateways`) every gateway [`Router::route`] may
+    /// return as a candidate for `req` on *some* state: the ones the state-independent filters
+    /// keep (enabled, `can_route` matched, not excluded), only the pinned one when the message
+    /// pins a known gateway without `routing.pinned_failover`, none when it pins an unknown one
+    /// without it. Reading the state of the marked gateways is therefore enough to route the
+    /// message on any state, without ranking it twice. Indices past the end of `marks` are
+    /// skipped.
+    pub fn mark_reachable(&self, req: &RouteRequest<'_>, marks: &mut [bool]) {
+        let gateways = &self.config.gateways;
+        let mut m = Matcher::new(self, req.sender);
+        let mut only = None;
+        if let Some(pinned) = req.pinned
+            && !self.config.routing.pinned_failover
+        {
+            match self.slots.iter().find(|s| gateways[s.index].id == pinned) {
+                Some(slot) => only = Some(slot.index),
+                None => return,
+            }
+        }
+        for slot in &self.slots {
+            if only.is_some_and(|i| i != slot.index) || !self.statically_kept(slot, &mut m) {
+                continue;
+            }
+            if let Some(mark) = marks.get_mut(slot.index) {
+                *mark = true;
+            }
+        }
+    }
+
+    /// The filters of [`Router::verdict`] that do not depend on state.
+    fn statically_kept(&self, slot: &Slot, m: &mut Matcher<'_, '_>) -> bool {
+        slot.enabled
+            && m.first_match(slot.can_route).is_some()
+            && m.first_match(slot.exclude).is_none()
     }
 
     /// Orders the gateways for one message (see the module docs for every rule).
@@ -567,7 +603,7 @@ impl PatternTable {
 /// the `route` call.
 struct Matcher<'r, 's> {
     router: &'r Router,
-    sender: &'s str,
+    sender: SplitSender<'s>,
     /// Per pattern id: 0 not matched yet, 1 no match, 2 match. Bytes rather than bit sets:
     /// one load per lookup, where 128-bit shifts cost tens of instructions.
     memo: [u8; MEMO_PATTERNS],
@@ -577,7 +613,7 @@ impl<'r, 's> Matcher<'r, 's> {
     fn new(router: &'r Router, sender: &'s str) -> Self {
         Self {
             router,
-            sender,
+            sender: SplitSender::new(sender),
             memo: [0; MEMO_PATTERNS],
         }
     }
@@ -598,7 +634,7 @@ impl<'r, 's> Matcher<'r, 's> {
     fn matches(&mut self, id: usize, pattern: &SenderPattern) -> bool {
         match self.memo.get_mut(id) {
             Some(0) | None => {
-                let matched = pattern.matches(self.sender);
+                let matched = pattern.matches_split(&self.sender);
                 if let Some(slot) = self.memo.get_mut(id) {
                     *slot = 1 + u8::from(matched);
                 }

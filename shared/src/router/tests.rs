@@ -1014,6 +1014,54 @@ fn arb_strategy() -> impl Arb<Value = Strategy> {
     (0..Strategy::ALL.len()).prop_map(|i| Strategy::ALL[i])
 }
 
+#[test]
+fn reachable_gateways_are_the_statically_eligible_or_the_pin() {
+    let mut a = gateway("a", 1);
+    a.routing.exclude_patterns = pats(&["@internal.example.com"]);
+    let mut b = gateway("b", 2);
+    b.routing.can_route = pats(&["@internal.example.com"]);
+    let mut c = gateway("c", 3);
+    c.enabled = false;
+    let mut cfg = config(vec![a, b, c, gateway("d", 4)], Strategy::Priority);
+    let marks = |r: &Router, sender: &str, pinned: Option<&str>| {
+        let mut marks = vec![false; 4];
+        let request = RouteRequest {
+            message_id: "m",
+            sender,
+            pinned,
+        };
+        r.mark_reachable(&request, &mut marks);
+        marks
+    };
+    let r = router(cfg.clone());
+    assert_eq!(
+        marks(&r, "ann@clinic.example", None),
+        [true, false, false, true]
+    );
+    assert_eq!(
+        marks(&r, "bob@internal.example.com", None),
+        [false, true, false, true]
+    );
+    // A pin without pinned failover narrows to the pin; an unknown pin reaches nothing.
+    assert_eq!(
+        marks(&r, "ann@clinic.example", Some("d")),
+        [false, false, false, true]
+    );
+    assert_eq!(marks(&r, "ann@clinic.example", Some("b")), [false; 4]);
+    assert_eq!(marks(&r, "ann@clinic.example", Some("zz")), [false; 4]);
+    // With pinned failover the others stay reachable (the pin may be unusable).
+    cfg.routing.pinned_failover = true;
+    let r = router(cfg);
+    assert_eq!(
+        marks(&r, "ann@clinic.example", Some("d")),
+        [true, false, false, true]
+    );
+    assert_eq!(
+        marks(&r, "ann@clinic.example", Some("zz")),
+        [true, false, false, true]
+    );
+}
+
 proptest! {
     #[test]
     fn routing_never_returns_a_forbidden_gateway(
@@ -1063,6 +1111,11 @@ proptest! {
         let request = RouteRequest { message_id: &message, sender, pinned: pinned.as_deref() };
         let plan = r.route(&request, &state, NOW);
 
+        let mut reachable = vec![false; n];
+        r.mark_reachable(&request, &mut reachable);
+        for c in &plan.candidates {
+            prop_assert!(reachable[c.index], "candidate {} not marked reachable", c.gateway.id);
+        }
         let mut seen = BTreeSet::new();
         for c in &plan.candidates {
             let g = c.gateway;

@@ -1,0 +1,332 @@
+//! The pure part of a batch's decisions (no I/O), shared by [`super::Pipeline`] and the
+//! `decision` benchmark: which gateways a batch may use and which state items to read for
+//! them, the router's view of those gateways built from the items read, and the limit plans
+//! the limiter decides with.
+//!
+//! What depends only on the config and the UTC hour (every item key, the hour's counter
+//! attribute) is made once per hour per process ([`KeyBook`]) rather than formatted for every
+//! batch, and each message is ranked once: the gateways to read are found with the router's
+//! state-independent filters ([`Router::mark_reachable`]), not by routing on an empty state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::breaker;
+use crate::clock::{EpochMillis, utc_hour};
+use crate::config::Config;
+use crate::health::{self, HealthRecord};
+use crate::limiter::{self, HourKeys, LimitPlan};
+use crate::router::{GatewayState, RouteRequest, Router};
+use crate::state::{Item, Key};
+
+/// The state items a batch read, by key. The keys are the store's, hashed with a fast
+/// non-cryptographic hash (a batch looks up about a hundred of them several times).
+pub type StateItems = HashMap<Key, Option<Item>, foldhash::fast::RandomState>;
+
+/// The router with the keys of the current hour. Cheap to share; `Clone` keeps the keys made.
+#[derive(Debug)]
+pub struct Decider {
+    router: Router,
+    book: Mutex<Option<Arc<KeyBook>>>,
+}
+
+impl Clone for Decider {
+    fn clone(&self) -> Self {
+        Self {
+            router: self.router.clone(),
+            book: Mutex::new(self.current()),
+        }
+    }
+}
+
+/// The state keys of every configured gateway for one UTC hour (indexed like
+/// `config.gateways`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyBook {
+    hour: i64,
+    gateways: Vec<GatewayKeys>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct GatewayKeys {
+    breaker: Key,
+    /// Only for gateways whose `health_check` is on: the router ignores health otherwise.
+    health: Option<Key>,
+    limits: HourKeys,
+}
+
+impl KeyBook {
+    /// The keys of `config`'s gateways for the UTC hour of `now`.
+    pub fn new(config: &Config, now: EpochMillis) -> Self {
+        Self {
+            hour: utc_hour(now),
+            gateways: config
+                .gateways
+                .iter()
+                .map(|g| GatewayKeys {
+                    breaker: breaker::key(&g.id),
+                    health: g.health_check.enabled.then(|| health::key(&g.id)),
+                    limits: limiter::hour_keys(config, g, now),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the keys hold at `now`.
+    pub fn covers(&self, now: EpochMillis) -> bool {
+        utc_hour(now) == self.hour
+    }
+
+    /// The breaker key of gateway `g` (a config index).
+    pub fn breaker(&self, g: usize) -> Option<&Key> {
+        self.gateways.get(g).map(|k| &k.breaker)
+    }
+}
+
+impl Decider {
+    /// A decider over `config`.
+    pub fn new(config: Arc<Config>) -> Self {
+        Self {
+            router: Router::new(config),
+            book: Mutex::new(None),
+        }
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The effective config.
+    pub fn config(&self) -> &Arc<Config> {
+        self.router.config()
+    }
+
+    fn current(&self) -> Option<Arc<KeyBook>> {
+        self.book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The keys for `now`: made once per UTC hour (or when the clock moves back across an
+    /// hour), then shared.
+    pub fn keys(&self, now: EpochMillis) -> Arc<KeyBook> {
+        let mut slot = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(book) if book.covers(now) => Arc::clone(book),
+            _ => {
+                let book = Arc::new(KeyBook::new(self.config(), now));
+                *slot = Some(Arc::clone(&book));
+                book
+            }
+        }
+    }
+
+    /// Which gateways (indexed like `config.gateways`) any of `requests` may be routed to on
+    /// any state (see [`Router::mark_reachable`]).
+    pub fn reachable<'m>(&self, requests: impl IntoIterator<Item = RouteRequest<'m>>) -> Vec<bool> {
+        let mut marks = vec![false; self.config().gateways.len()];
+        for r in requests {
+            self.router.mark_reachable(&r, &mut marks);
+        }
+        marks
+    }
+
+    /// The breaker, limit and health keys of the `reachable` gateways, each once (the system
+    /// day key is shared by every gateway), for one `get_many`.
+    pub fn keys_to_read(&self, book: &KeyBook, reachable: &[bool]) -> Vec<Key> {
+        let mut keys = Vec::new();
+        let mut system_read = false;
+        for (keyed, _) in book.gateways.iter().zip(reachable).filter(|(_, r)| **r) {
+            keys.push(keyed.breaker.clone());
+            for key in keyed.limits.keys() {
+                if keyed.limits.system_key() == Some(key) {
+                    if system_read {
+                        continue;
+                    }
+                    system_read = true;
+                }
+                keys.push(key.clone());
+            }
+            keys.extend(keyed.health.iter().cloned());
+        }
+        keys
+    }
+
+    /// The limit plan of gateway `g` at `now`, from `book` when it covers `now` (no key
+    /// formatted) and planned afresh otherwise.
+    ///
+    /// # Panics
+    /// When `g` is not an index of `config.gateways` (every router candidate is one).
+    pub fn limit_plan<'a>(
+        &'a self,
+        book: &'a KeyBook,
+        g: usize,
+        now: EpochMillis,
+    ) -> LimitPlan<'a> {
+        let gateway = &self.config().gateways[g];
+        book.gateways
+            .get(g)
+            .and_then(|k| k.limits.plan(gateway, now))
+            .unwrap_or_else(|| limiter::plan(self.config(), gateway, now))
+    }
+
+    /// The router's view of every gateway from the items read (`item` answers `None` for a
+    /// key with no item or not read): breaker, tightest limit level, health verdict. Gateways
+    /// not `reachable` get the default view; no message of the batch can be routed to them.
+    pub fn view<'i>(
+        &self,
+        book: &KeyBook,
+        reachable: &[bool],
+        item: impl Fn(&Key) -> Option<&'i Item>,
+        now: EpochMillis,
+    ) -> Vec<GatewayState> {
+        let config = self.config();
+        (0..config.gateways.len())
+            .map(|g| {
+                let (true, Some(keyed)) = (
+                    reachable.get(g).copied().unwrap_or(false),
+                    book.gateways.get(g),
+                ) else {
+                    return GatewayState::default();
+                };
+                let gateway = &config.gateways[g];
+                let plan = self.limit_plan(book, g, now);
+                // A plan names at most 3 keys.
+                let mut items: [Option<&Item>; 3] = [None; 3];
+                for (slot, key) in items.iter_mut().zip(plan.keys()) {
+                    *slot = item(key);
+                }
+                let record = HealthRecord::from_item(keyed.health.as_ref().and_then(&item));
+                GatewayState {
+                    health: health::routing_health(record.as_ref(), &gateway.health_check, now),
+                    breaker: breaker::view(item(&keyed.breaker), now),
+                    remaining: Some(limiter::remaining(&plan, &items)),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::clock::HOUR_MS;
+    use crate::config::load_config;
+
+    /// 2026-11-28T12:30:00Z.
+    const NOW: EpochMillis = 1_795_869_000_000;
+
+    fn config() -> Arc<Config> {
+        let doc = serde_json::json!({
+            "gateways": [
+                {"id": "a", "type": "simulated", "priority": 1, "simulated": {},
+                 "routing": {"can_route": ["*@clinic.example"]},
+                 "rate_limits": {"workspace_daily": 100, "per_hour": 10, "burst_limit": 5,
+                                 "burst_refill_per_second": 1},
+                 "health_check": {"enabled": true, "interval": "60s"}},
+                {"id": "b", "type": "simulated", "priority": 2, "simulated": {},
+                 "routing": {"can_route": ["*"], "exclude_patterns": ["*@internal.example"]},
+                 "rate_limits": {"workspace_daily": 100},
+                 "health_check": {"enabled": false}},
+                {"id": "c", "type": "simulated", "priority": 3, "simulated": {},
+                 "routing": {"can_route": ["*@internal.example"]}}
+            ]
+        })
+        .to_string();
+        let env = |name: &str| (name == "QUEUE_DAILY_RATE_LIMIT").then(|| "1000".to_owned());
+        Arc::new(load_config(Some(&doc), None, &env).expect("valid").config)
+    }
+
+    fn req<'a>(id: &'a str, sender: &'a str) -> RouteRequest<'a> {
+        RouteRequest {
+            message_id: id,
+            sender,
+            pinned: None,
+        }
+    }
+
+    #[test]
+    fn keys_are_those_of_the_reachable_gateways_each_once() {
+        let d = Decider::new(config());
+        let book = d.keys(NOW);
+        let reachable = d.reachable([req("m1", "ann@clinic.example")]);
+        assert_eq!(reachable, [true, true, false]);
+        let keys = d.keys_to_read(&book, &reachable);
+        let unique: BTreeSet<&Key> = keys.iter().collect();
+        assert_eq!(unique.len(), keys.len(), "duplicate key in {keys:?}");
+        let mut expected = vec![breaker::key("a"), breaker::key("b"), health::key("a")];
+        for g in &d.config().gateways[..2] {
+            expected.extend(limiter::plan(d.config(), g, NOW).keys().iter().cloned());
+        }
+        let expected: BTreeSet<&Key> = expected.iter().collect();
+        assert_eq!(unique, expected);
+        // The gateway without health checks has no health key read.
+        assert!(!keys.contains(&health::key("b")));
+    }
+
+    #[test]
+    fn plans_from_the_book_equal_fresh_plans_and_the_book_follows_the_hour() {
+        let d = Decider::new(config());
+        let book = d.keys(NOW);
+        assert!(
+            Arc::ptr_eq(&book, &d.keys(NOW + 60_000)),
+            "same hour, same book"
+        );
+        for (g, gateway) in d.config().gateways.iter().enumerate() {
+            let from_book = d.limit_plan(&book, g, NOW);
+            let fresh = limiter::plan(d.config(), gateway, NOW);
+            assert_eq!(from_book.keys(), fresh.keys());
+            // Outside the book's hour the plan is made afresh, with the next hour's windows.
+            let later = NOW + HOUR_MS;
+            let planned = d.limit_plan(&book, g, later);
+            assert_eq!(planned.now(), later);
+            assert_eq!(
+                planned.keys(),
+                limiter::plan(d.config(), gateway, later).keys()
+            );
+        }
+        let next = d.keys(NOW + HOUR_MS);
+        assert!(!Arc::ptr_eq(&book, &next));
+        assert!(next.covers(NOW + HOUR_MS) && !next.covers(NOW));
+    }
+
+    #[test]
+    fn the_view_reads_breaker_limits_and_health_of_reachable_gateways_only() {
+        let d = Decider::new(config());
+        let book = d.keys(NOW);
+        let config = d.config();
+        let plan = limiter::plan(config, &config.gateways[0], NOW);
+        // Gateway a has taken 4 of its bucket's 5 (and 4 of 10 this hour); its breaker is open.
+        let (verdict, writes) =
+            limiter::decide_one(&plan, &[None::<&Item>; 3], "ann@clinic.example", 4);
+        assert!(verdict.is_admitted());
+        let mut items: std::collections::HashMap<Key, Item> = std::collections::HashMap::new();
+        for w in writes {
+            let item = crate::state::apply_op(items.get(&w.key), &w.op).expect("applies");
+            items.extend(item.map(|i| (w.key, i)));
+        }
+        let open = breaker::BreakerState {
+            phase: breaker::Phase::Open,
+            generation: 1,
+            opened_at: NOW - 30_000,
+            until: NOW + 30_000,
+            ..breaker::BreakerState::missing()
+        };
+        items.insert(breaker::key("a"), open.to_item());
+        let view = d.view(&book, &[true, false, false], |k| items.get(k), NOW);
+        assert_eq!(
+            view[0].breaker,
+            breaker::BreakerView::Open {
+                until: NOW + 30_000
+            }
+        );
+        let remaining = view[0].remaining.expect("limited");
+        assert!((remaining - 0.2).abs() < 1e-9, "remaining {remaining}");
+        assert_eq!(view[1], GatewayState::default());
+        assert_eq!(view[2], GatewayState::default());
+    }
+}
