@@ -233,7 +233,7 @@ impl BreakerState {
                 std::iter::once(Condition::ItemExists)
                     .chain(
                         item.iter()
-                            .map(|(a, v)| Condition::Cmp(a.clone(), CmpOp::Eq, v.clone())),
+                            .map(|(a, v)| Condition::Cmp(a.clone().into(), CmpOp::Eq, v.clone())),
                     )
                     .collect(),
             ),

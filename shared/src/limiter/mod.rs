@@ -106,7 +106,7 @@ use std::collections::BTreeMap;
 use crate::clock::{DAY_MS, EpochMillis, HOUR_MS, utc_date_string, utc_day, utc_hour};
 use crate::config::{Config, Gateway, Limit};
 use crate::state::{
-    CmpOp, Condition, Item, Key, TTL_ATTRIBUTE, UpdateAction, Value, Write, WriteOp, get_n,
+    Attr, CmpOp, Condition, Item, Key, TTL_ATTRIBUTE, UpdateAction, Value, Write, WriteOp, get_n,
 };
 
 pub use service::{
@@ -503,9 +503,9 @@ fn to_i64(n: u64) -> i64 {
 }
 
 /// `attribute_not_exists(attr) OR attr <= limit - total`.
-fn room(attr: &str, limit: u64, total: i64) -> Condition {
+fn room(attr: Attr, limit: u64, total: i64) -> Condition {
     Condition::Or(vec![
-        Condition::AttrNotExists(attr.to_owned()),
+        Condition::AttrNotExists(attr.clone()),
         Condition::cmp(attr, CmpOp::Le, to_i64(limit).saturating_sub(total)),
     ])
 }
@@ -733,10 +733,10 @@ impl<'p, 'c> Tally<'p, 'c> {
             writes.push(Write {
                 key: key.clone(),
                 op: WriteOp::Update(vec![
-                    UpdateAction::Add(COUNT_ATTR.to_owned(), self.sys_pending),
-                    UpdateAction::Set(TTL_ATTRIBUTE.to_owned(), Value::N(plan.day_ttl())),
+                    UpdateAction::Add(COUNT_ATTR.into(), self.sys_pending),
+                    UpdateAction::Set(TTL_ATTRIBUTE.into(), Value::N(plan.day_ttl())),
                 ]),
-                condition: room(COUNT_ATTR, limit, self.sys_pending),
+                condition: room(COUNT_ATTR.into(), limit, self.sys_pending),
             });
         }
         if let Some(key) = &plan.windows.day_key
@@ -744,26 +744,26 @@ impl<'p, 'c> Tally<'p, 'c> {
         {
             let total = self.day_pending;
             let mut actions = vec![
-                UpdateAction::Add(COUNT_ATTR.to_owned(), total),
-                UpdateAction::Add(plan.windows.hour_attr.clone(), total),
+                UpdateAction::Add(COUNT_ATTR.into(), total),
+                UpdateAction::Add(plan.windows.hour_attr.clone().into(), total),
             ];
             let mut conditions = Vec::new();
             if let Some(limit) = rl.workspace_daily {
-                conditions.push(room(COUNT_ATTR, limit, total));
+                conditions.push(room(COUNT_ATTR.into(), limit, total));
             }
             if let Some(limit) = rl.per_hour {
-                conditions.push(room(&plan.windows.hour_attr, limit, total));
+                conditions.push(room(plan.windows.hour_attr.clone().into(), limit, total));
             }
             for s in self.senders.values() {
                 if let Some(limit) = s.limit
                     && s.pending > 0
                 {
-                    conditions.push(room(&s.attr, limit, s.pending));
-                    actions.push(UpdateAction::Add(s.attr.clone(), s.pending));
+                    conditions.push(room(s.attr.clone().into(), limit, s.pending));
+                    actions.push(UpdateAction::Add(s.attr.clone().into(), s.pending));
                 }
             }
             actions.push(UpdateAction::Set(
-                TTL_ATTRIBUTE.to_owned(),
+                TTL_ATTRIBUTE.into(),
                 Value::N(plan.day_ttl()),
             ));
             writes.push(Write {
@@ -791,8 +791,8 @@ impl<'p, 'c> Tally<'p, 'c> {
             Some(tat) if i128::from(tat) >= now => Write {
                 key: key.clone(),
                 op: WriteOp::Update(vec![
-                    UpdateAction::Add(TAT_ATTR.to_owned(), clamp_i64(take)),
-                    UpdateAction::Set(TTL_ATTRIBUTE.to_owned(), ttl),
+                    UpdateAction::Add(TAT_ATTR.into(), clamp_i64(take)),
+                    UpdateAction::Set(TTL_ATTRIBUTE.into(), ttl),
                 ]),
                 condition: Condition::And(vec![
                     Condition::cmp(TAT_ATTR, CmpOp::Ge, now_v),
@@ -802,11 +802,11 @@ impl<'p, 'c> Tally<'p, 'c> {
             _ => Write {
                 key: key.clone(),
                 op: WriteOp::Update(vec![
-                    UpdateAction::Set(TAT_ATTR.to_owned(), Value::N(clamp_i64(now + take))),
-                    UpdateAction::Set(TTL_ATTRIBUTE.to_owned(), ttl),
+                    UpdateAction::Set(TAT_ATTR.into(), Value::N(clamp_i64(now + take))),
+                    UpdateAction::Set(TTL_ATTRIBUTE.into(), ttl),
                 ]),
                 condition: Condition::Or(vec![
-                    Condition::AttrNotExists(TAT_ATTR.to_owned()),
+                    Condition::AttrNotExists(TAT_ATTR.into()),
                     Condition::cmp(TAT_ATTR, CmpOp::Lt, now_v),
                 ]),
             },

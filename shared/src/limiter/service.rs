@@ -258,8 +258,8 @@ fn refund_write(
             Some(item) => get_n(item, attr).unwrap_or(0).clamp(0, *amount),
         };
         if give > 0 {
-            actions.push(UpdateAction::Add(attr.clone(), -give));
-            conditions.push(Condition::cmp(attr, CmpOp::Ge, give));
+            actions.push(UpdateAction::Add(attr.clone().into(), -give));
+            conditions.push(Condition::cmp(attr.clone(), CmpOp::Ge, give));
         }
     }
     if r.bucket_us > 0 {
@@ -267,7 +267,7 @@ fn refund_write(
         match stored.map(|i| get_n(i, TAT_ATTR)) {
             // Unknown: assume the whole amount lies ahead of now.
             None => {
-                actions.push(UpdateAction::Add(TAT_ATTR.to_owned(), -r.bucket_us));
+                actions.push(UpdateAction::Add(TAT_ATTR.into(), -r.bucket_us));
                 conditions.push(Condition::cmp(
                     TAT_ATTR,
                     CmpOp::Ge,
@@ -275,7 +275,7 @@ fn refund_write(
                 ));
             }
             Some(Some(tat)) if tat.saturating_sub(r.bucket_us) >= now_us => {
-                actions.push(UpdateAction::Add(TAT_ATTR.to_owned(), -r.bucket_us));
+                actions.push(UpdateAction::Add(TAT_ATTR.into(), -r.bucket_us));
                 conditions.push(Condition::cmp(
                     TAT_ATTR,
                     CmpOp::Ge,
@@ -284,7 +284,7 @@ fn refund_write(
             }
             // Part of it has refilled already: the bucket becomes full, and no fuller.
             Some(Some(tat)) if tat > now_us => {
-                actions.push(UpdateAction::Set(TAT_ATTR.to_owned(), Value::N(now_us)));
+                actions.push(UpdateAction::Set(TAT_ATTR.into(), Value::N(now_us)));
                 conditions.push(Condition::cmp(TAT_ATTR, CmpOp::Eq, tat));
             }
             // Already full.

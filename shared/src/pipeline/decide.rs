@@ -19,9 +19,13 @@ use crate::limiter::{self, HourKeys, LimitPlan};
 use crate::router::{GatewayState, RouteRequest, Router};
 use crate::state::{Item, Key};
 
-/// The state items a batch read, by key. The keys are the store's, hashed with a fast
-/// non-cryptographic hash (a batch looks up about a hundred of them several times).
-pub type StateItems = HashMap<Key, Option<Item>, foldhash::fast::RandomState>;
+/// The state items a batch read, by key (borrowed from [`Decider::keys_to_read`]'s list),
+/// hashed with a fast non-cryptographic hash: a batch looks up about a hundred of them.
+pub type StateItems<'k> = HashMap<&'k Key, Option<Item>, foldhash::fast::RandomState>;
+
+/// Key lists remembered per book (one per distinct set of reachable gateways): most batches
+/// reach the same few sets, so the list is made once an hour rather than cloned per batch.
+const REMEMBERED_READS: usize = 16;
 
 /// The router with the keys of the current hour. Cheap to share; `Clone` keeps the keys made.
 #[derive(Debug)]
@@ -41,10 +45,12 @@ impl Clone for Decider {
 
 /// The state keys of every configured gateway for one UTC hour (indexed like
 /// `config.gateways`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct KeyBook {
     hour: i64,
     gateways: Vec<GatewayKeys>,
+    /// Key lists made by [`Decider::keys_to_read`], by reachable set, most recent last.
+    reads: Mutex<Vec<(Vec<bool>, Arc<[Key]>)>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +75,7 @@ impl KeyBook {
                     limits: limiter::hour_keys(config, g, now),
                 })
                 .collect(),
+            reads: Mutex::new(Vec::new()),
         }
     }
 
@@ -134,8 +141,16 @@ impl Decider {
     }
 
     /// The breaker, limit and health keys of the `reachable` gateways, each once (the system
-    /// day key is shared by every gateway), for one `get_many`.
-    pub fn keys_to_read(&self, book: &KeyBook, reachable: &[bool]) -> Vec<Key> {
+    /// day key is shared by every gateway), for one `get_many`. Made once per reachable set
+    /// and hour, then shared.
+    pub fn keys_to_read(&self, book: &KeyBook, reachable: &[bool]) -> Arc<[Key]> {
+        let mut reads = book.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = reads.iter().position(|(set, _)| set == reachable) {
+            let entry = reads.remove(i);
+            let keys = Arc::clone(&entry.1);
+            reads.push(entry);
+            return keys;
+        }
         let mut keys = Vec::new();
         let mut system_read = false;
         for (keyed, _) in book.gateways.iter().zip(reachable).filter(|(_, r)| **r) {
@@ -151,6 +166,11 @@ impl Decider {
             }
             keys.extend(keyed.health.iter().cloned());
         }
+        let keys: Arc<[Key]> = keys.into();
+        if reads.len() == REMEMBERED_READS {
+            reads.remove(0);
+        }
+        reads.push((reachable.to_vec(), Arc::clone(&keys)));
         keys
     }
 
@@ -266,6 +286,10 @@ mod tests {
         assert_eq!(unique, expected);
         // The gateway without health checks has no health key read.
         assert!(!keys.contains(&health::key("b")));
+        // The same set gets the same list; another set its own.
+        assert!(Arc::ptr_eq(&keys, &d.keys_to_read(&book, &reachable)));
+        let other = d.keys_to_read(&book, &[true, false, false]);
+        assert!(!other.contains(&breaker::key("b")));
     }
 
     #[test]

@@ -249,7 +249,7 @@ impl Pipeline {
             .decider
             .reachable(works.iter().map(|w| route_request(&w.original)));
         let keys = self.decider.keys_to_read(&book, &reachable);
-        let early = self.claim_and_read(&mut works, &batch, keys, now).await;
+        let early = self.claim_and_read(&mut works, &batch, &keys, now).await;
         let (replays, state) = match early {
             Ok(found) => found,
             Err(reason) => {
@@ -292,13 +292,13 @@ impl Pipeline {
     /// and always as fresh as the checker left them.
     /// Returns the replays (messages found in the ledger) and the items read; an error when
     /// suppression or state could not be read (nothing may be sent then).
-    async fn claim_and_read(
+    async fn claim_and_read<'k>(
         &self,
         works: &mut [Work],
         batch: &Batch<'_>,
-        keys: Vec<Key>,
+        keys: &'k [Key],
         now: EpochMillis,
-    ) -> Result<(HashMap<usize, Replay>, StateItems), String> {
+    ) -> Result<(HashMap<usize, Replay>, StateItems<'k>), String> {
         if works.is_empty() {
             return Ok((HashMap::new(), StateItems::default()));
         }
@@ -318,7 +318,7 @@ impl Pipeline {
         let (claimed, suppressed, items) = tokio::join!(
             ledger::claim_many(store, &claims, now),
             suppression::lookup_many(store, &addresses),
-            crate::state::get_all(store, &keys),
+            crate::state::get_all(store, keys),
         );
 
         let mut replays = HashMap::new();
@@ -381,14 +381,14 @@ impl Pipeline {
                 .original
                 .without_recipients(|a| suppressed.contains(&suppression::canonical(a.as_str())));
         }
-        Ok((replays, keys.into_iter().zip(items).collect()))
+        Ok((replays, keys.iter().zip(items).collect()))
     }
 
     /// Step 3: the ordered candidates of every claimed message, on the state read.
     fn route_all(
         &self,
         works: &mut [Work],
-        state: &StateItems,
+        state: &StateItems<'_>,
         book: &KeyBook,
         reachable: &[bool],
         now: EpochMillis,
@@ -451,7 +451,7 @@ impl Pipeline {
     async fn send_rounds(
         &self,
         works: &mut [Work],
-        state: &mut StateItems,
+        state: &mut StateItems<'_>,
         batch: &Batch<'_>,
         tallies: &mut BTreeMap<usize, Tally>,
         report: &mut BatchReport,
@@ -821,7 +821,7 @@ impl Pipeline {
     async fn finish(
         &self,
         works: &[Work],
-        state: &StateItems,
+        state: &StateItems<'_>,
         tallies: &BTreeMap<usize, Tally>,
         report: &mut BatchReport,
     ) {

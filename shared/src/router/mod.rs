@@ -417,13 +417,7 @@ impl Router {
                 self.order_group(group, group_perm, strategy, &ctx);
                 group_perm.iter_mut().for_each(|p| *p += offset);
             }
-            let mut ordered = Vec::with_capacity(gateways.len());
-            for &p in &perm {
-                if let Some(c) = plan.candidates.get(p) {
-                    ordered.push(c.clone());
-                }
-            }
-            plan.candidates = ordered;
+            permute(&mut plan.candidates, &mut perm);
         }
 
         if !self.config.routing.failover_enabled && plan.candidates.len() > 1 {
@@ -658,6 +652,24 @@ fn group_rank(hybrid: bool, g: &Gateway) -> u8 {
     match (&g.source, hybrid) {
         (GatewaySource::LegacyWorkspace(_), true) => 0,
         _ => 1,
+    }
+}
+
+/// Reorders `items` in place so that `items[i]` becomes the old `items[perm[i]]`, following
+/// the permutation's cycles (no copy of the list). `perm` is consumed (every entry is
+/// overwritten); entries that are out of range or repeated end their cycle.
+fn permute<T>(items: &mut [T], perm: &mut [usize]) {
+    const DONE: usize = usize::MAX;
+    for start in 0..perm.len().min(items.len()) {
+        let mut i = start;
+        while perm[i] != DONE {
+            let from = std::mem::replace(&mut perm[i], DONE);
+            if from == start || from >= items.len() || perm.get(from) == Some(&DONE) {
+                break;
+            }
+            items.swap(i, from);
+            i = from;
+        }
     }
 }
 

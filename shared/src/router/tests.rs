@@ -1064,6 +1064,19 @@ fn reachable_gateways_are_the_statically_eligible_or_the_pin() {
 
 proptest! {
     #[test]
+    fn permute_applies_any_permutation_in_place(
+        perm in (1usize..12).prop_flat_map(|n| Just((0..n).collect::<Vec<usize>>()).prop_shuffle()),
+    ) {
+        let mut items: Vec<usize> = (0..perm.len()).map(|i| i * 10).collect();
+        let expected: Vec<usize> = perm.iter().map(|&p| p * 10).collect();
+        let mut scratch = perm.clone();
+        permute(&mut items, &mut scratch);
+        prop_assert_eq!(items, expected);
+    }
+}
+
+proptest! {
+    #[test]
     fn routing_never_returns_a_forbidden_gateway(
         arb in proptest::collection::vec(arb_gateway(), 1..8),
         strategy in arb_strategy(),

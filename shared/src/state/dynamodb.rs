@@ -1050,7 +1050,7 @@ mod tests {
     use super::*;
 
     fn cmp(a: &str, op: CmpOp, v: impl Into<Value>) -> Condition {
-        Condition::cmp(a, op, v)
+        Condition::cmp(a.to_owned(), op, v)
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub mod counting;
 pub mod dynamodb;
 pub mod memory;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -109,6 +110,11 @@ impl From<String> for Value {
 /// An item's attributes (the key is not repeated inside).
 pub type Item = BTreeMap<String, Value>;
 
+/// An attribute name in a write or condition: borrowed for the fixed names (`n`, `ttl`,
+/// `tat_us`, …), so building the writes of a decision allocates only for the names made at
+/// run time.
+pub type Attr = Cow<'static, str>;
+
 /// Reads a number attribute, `None` when missing or not a number.
 pub fn get_n(item: &Item, attr: &str) -> Option<i64> {
     item.get(attr).and_then(Value::as_n)
@@ -147,11 +153,11 @@ pub enum Condition {
     /// The item does not exist (`attribute_not_exists(pk)`).
     ItemNotExists,
     /// The attribute exists.
-    AttrExists(String),
+    AttrExists(Attr),
     /// The attribute does not exist.
-    AttrNotExists(String),
+    AttrNotExists(Attr),
     /// `attr <op> value`; false when the attribute is missing or of another type.
-    Cmp(String, CmpOp, Value),
+    Cmp(Attr, CmpOp, Value),
     /// All hold (empty: true).
     And(Vec<Condition>),
     /// Any holds (empty: false).
@@ -162,8 +168,8 @@ pub enum Condition {
 
 impl Condition {
     /// `attr <op> value`.
-    pub fn cmp(attr: &str, op: CmpOp, value: impl Into<Value>) -> Self {
-        Self::Cmp(attr.to_owned(), op, value.into())
+    pub fn cmp(attr: impl Into<Attr>, op: CmpOp, value: impl Into<Value>) -> Self {
+        Self::Cmp(attr.into(), op, value.into())
     }
 
     /// All of `conditions`: `Always` when empty, the condition itself when alone, `And`
@@ -184,10 +190,10 @@ impl Condition {
             Self::Always => true,
             Self::ItemExists => item.is_some(),
             Self::ItemNotExists => item.is_none(),
-            Self::AttrExists(a) => item.is_some_and(|i| i.contains_key(a)),
-            Self::AttrNotExists(a) => !item.is_some_and(|i| i.contains_key(a)),
+            Self::AttrExists(a) => item.is_some_and(|i| i.contains_key(a.as_ref())),
+            Self::AttrNotExists(a) => !item.is_some_and(|i| i.contains_key(a.as_ref())),
             Self::Cmp(a, op, v) => {
-                let Some(stored) = item.and_then(|i| i.get(a)) else {
+                let Some(stored) = item.and_then(|i| i.get(a.as_ref())) else {
                     return false;
                 };
                 let ord = match (stored, v) {
@@ -215,13 +221,13 @@ impl Condition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpdateAction {
     /// `SET attr = value`.
-    Set(String, Value),
+    Set(Attr, Value),
     /// `SET attr = if_not_exists(attr, value)`.
-    SetIfNotExists(String, Value),
+    SetIfNotExists(Attr, Value),
     /// `ADD attr delta` (missing attribute counts as 0).
-    Add(String, i64),
+    Add(Attr, i64),
     /// `REMOVE attr`.
-    Remove(String),
+    Remove(Attr),
 }
 
 /// What a write does to its item.
@@ -359,13 +365,13 @@ pub fn apply_op(current: Option<&Item>, op: &WriteOp) -> Result<Option<Item>, St
             for action in actions {
                 match action {
                     UpdateAction::Set(a, v) => {
-                        item.insert(a.clone(), v.clone());
+                        item.insert(a.to_string(), v.clone());
                     }
                     UpdateAction::SetIfNotExists(a, v) => {
-                        item.entry(a.clone()).or_insert_with(|| v.clone());
+                        item.entry(a.to_string()).or_insert_with(|| v.clone());
                     }
                     UpdateAction::Add(a, delta) => {
-                        let now = match item.get(a) {
+                        let now = match item.get(a.as_ref()) {
                             None => 0,
                             Some(Value::N(n)) => *n,
                             Some(Value::S(_)) => {
@@ -377,10 +383,10 @@ pub fn apply_op(current: Option<&Item>, op: &WriteOp) -> Result<Option<Item>, St
                         let next = now.checked_add(*delta).ok_or_else(|| {
                             StoreError::Invalid(format!("ADD overflows attribute {a}"))
                         })?;
-                        item.insert(a.clone(), Value::N(next));
+                        item.insert(a.to_string(), Value::N(next));
                     }
                     UpdateAction::Remove(a) => {
-                        item.remove(a);
+                        item.remove(a.as_ref());
                     }
                 }
             }
