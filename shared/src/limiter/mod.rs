@@ -102,6 +102,7 @@ mod tests;
 
 use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::clock::{DAY_MS, EpochMillis, HOUR_MS, utc_date_string, utc_day, utc_hour};
 use crate::config::{Config, Gateway, Limit};
@@ -215,7 +216,7 @@ pub struct LimitPlan<'c> {
 /// hour: the item keys and the hour's attribute name. A caller that plans the same gateways
 /// many times (the send pipeline, for every batch) keeps these and makes each plan with
 /// [`HourKeys::plan`], which formats no key and allocates nothing.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HourKeys {
     /// `utc_hour` of the instant the keys were made for.
     hour: i64,
@@ -225,6 +226,8 @@ pub struct HourKeys {
     day_key: Option<Key>,
     bucket: Option<(Key, BucketQuota)>,
     keys: Vec<Key>,
+    /// The same keys as grants hold them.
+    grant_keys: Arc<GrantKeys>,
 }
 
 /// Plans the limits of `gateway` (with the system level of `config`) at `now`.
@@ -262,14 +265,22 @@ pub fn hour_keys(config: &Config, gateway: &Gateway, now: EpochMillis) -> HourKe
     .into_iter()
     .flatten()
     .collect();
+    let hour_attr = format!("h{:02}", utc_hour(now) - utc_day(now) * 24);
+    let grant_keys = Arc::new(GrantKeys {
+        system: system_key.clone(),
+        day: day_key.clone(),
+        hour_attr: hour_attr.clone(),
+        bucket: bucket.as_ref().map(|b| b.0.clone()),
+    });
     HourKeys {
         hour: utc_hour(now),
         system_daily,
-        hour_attr: format!("h{:02}", utc_hour(now) - utc_day(now) * 24),
+        hour_attr,
         system_key,
         day_key,
         bucket,
         keys,
+        grant_keys,
     }
 }
 
@@ -410,10 +421,29 @@ impl Refusal {
 }
 
 /// What one admitted request consumed, item by item: exactly what [`refund`] gives back.
+/// The item keys are shared with the plan's [`HourKeys`] (no key is copied per message).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     recipients: u64,
-    charges: Vec<Charge>,
+    /// The keys charged; `None` when nothing was (no recipients).
+    keys: Option<Arc<GrantKeys>>,
+    /// Added to the system day count.
+    system: i64,
+    /// Added to the gateway's day count and to the hour's count.
+    day: i64,
+    /// The sender's counter attribute, when the sender has a limit (charged `day` too).
+    sender_attr: Option<String>,
+    /// Microseconds added to the bucket's `tat_us`.
+    bucket_us: i64,
+}
+
+/// The keys a grant charges, made once per [`HourKeys`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GrantKeys {
+    system: Option<Key>,
+    day: Option<Key>,
+    hour_attr: String,
+    bucket: Option<Key>,
 }
 
 impl Grant {
@@ -421,16 +451,32 @@ impl Grant {
     pub fn recipients(&self) -> u64 {
         self.recipients
     }
-}
 
-/// One amount added to one attribute of one item.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Charge {
-    key: Key,
-    /// Borrowed for the fixed attribute names (`n`, `tat_us`), so a grant allocates less.
-    attr: Cow<'static, str>,
-    /// Recipients for a counter; microseconds for the bucket's `tat_us`.
-    amount: i64,
+    /// Every `(key, attribute, amount)` the grant added.
+    fn charges(&self) -> impl Iterator<Item = (&Key, &str, i64)> {
+        let keys = self.keys.as_deref();
+        let system = keys
+            .and_then(|k| k.system.as_ref())
+            .filter(|_| self.system > 0)
+            .map(|key| (key, COUNT_ATTR, self.system));
+        let day = keys
+            .and_then(|k| k.day.as_ref().map(|key| (key, k.hour_attr.as_str())))
+            .filter(|_| self.day > 0);
+        let day_charges = day.into_iter().flat_map(move |(key, hour)| {
+            [
+                Some((key, COUNT_ATTR, self.day)),
+                Some((key, hour, self.day)),
+                self.sender_attr.as_deref().map(|a| (key, a, self.day)),
+            ]
+            .into_iter()
+            .flatten()
+        });
+        let bucket = keys
+            .and_then(|k| k.bucket.as_ref())
+            .filter(|_| self.bucket_us > 0)
+            .map(|key| (key, TAT_ATTR, self.bucket_us));
+        system.into_iter().chain(day_charges).chain(bucket)
+    }
 }
 
 /// The verdict on one request.
@@ -592,7 +638,11 @@ impl<'p, 'c> Tally<'p, 'c> {
         if r.recipients == 0 {
             return Verdict::Admit(Grant {
                 recipients: 0,
-                charges: Vec::new(),
+                keys: None,
+                system: 0,
+                day: 0,
+                sender_attr: None,
+                bucket_us: 0,
             });
         }
         let n = to_i64(r.recipients);
@@ -677,50 +727,33 @@ impl<'p, 'c> Tally<'p, 'c> {
             return Verdict::Refuse(Refusal::Exhausted { level, retry_after });
         }
 
-        let mut charges = Vec::new();
-        if let Some(key) = &plan.windows.system_key {
+        let mut grant = Grant {
+            recipients: r.recipients,
+            keys: Some(Arc::clone(&plan.windows.grant_keys)),
+            system: 0,
+            day: 0,
+            sender_attr: None,
+            bucket_us: 0,
+        };
+        if plan.windows.system_key.is_some() {
             self.sys_pending += n;
-            charges.push(Charge {
-                key: key.clone(),
-                attr: Cow::Borrowed(COUNT_ATTR),
-                amount: n,
-            });
+            grant.system = n;
         }
-        if let Some(key) = &plan.windows.day_key {
+        if plan.windows.day_key.is_some() {
             self.day_pending += n;
-            charges.push(Charge {
-                key: key.clone(),
-                attr: Cow::Borrowed(COUNT_ATTR),
-                amount: n,
-            });
-            charges.push(Charge {
-                key: key.clone(),
-                attr: Cow::Owned(plan.windows.hour_attr.clone()),
-                amount: n,
-            });
+            grant.day = n;
             if sender_limit.is_some()
                 && let Some(s) = self.senders.get_mut(&sender_lc)
             {
                 s.pending += n;
-                charges.push(Charge {
-                    key: key.clone(),
-                    attr: Cow::Owned(s.attr.clone()),
-                    amount: n,
-                });
+                grant.sender_attr = Some(s.attr.clone());
             }
         }
-        if let Some((key, q)) = &plan.windows.bucket {
+        if let Some((_, q)) = &plan.windows.bucket {
             self.bucket_pending += n;
-            charges.push(Charge {
-                key: key.clone(),
-                attr: Cow::Borrowed(TAT_ATTR),
-                amount: clamp_i64(i128::from(n) * q.interval_i()),
-            });
+            grant.bucket_us = clamp_i64(i128::from(n) * q.interval_i());
         }
-        Verdict::Admit(Grant {
-            recipients: r.recipients,
-            charges,
-        })
+        Verdict::Admit(grant)
     }
 
     fn writes(&self) -> Vec<Write> {

@@ -11,8 +11,7 @@ use crate::state::{
 };
 
 use super::{
-    Charge, Grant, LevelUsage, LimitPlan, Refusal, Request, TAT_ATTR, US_PER_MS, Verdict, decide,
-    usage,
+    Grant, LevelUsage, LimitPlan, Refusal, Request, TAT_ATTR, US_PER_MS, Verdict, decide, usage,
 };
 
 /// Most decisions one [`acquire`] (or [`refund`]) makes before giving up on a contended item.
@@ -189,14 +188,13 @@ pub async fn refund<S: StateStore + ?Sized>(
     now: EpochMillis,
 ) -> Result<RefundOutcome, StoreError> {
     let mut by_key: BTreeMap<Key, KeyRefund> = BTreeMap::new();
-    for charge in grants.iter().flat_map(|g| &g.charges) {
-        let Charge { key, attr, amount } = charge;
+    for (key, attr, amount) in grants.iter().flat_map(Grant::charges) {
         let entry = by_key.entry(key.clone()).or_default();
         if attr == TAT_ATTR {
-            entry.bucket_us = entry.bucket_us.saturating_add(*amount);
+            entry.bucket_us = entry.bucket_us.saturating_add(amount);
         } else {
-            let c = entry.counters.entry(attr.to_string()).or_default();
-            *c = c.saturating_add(*amount);
+            let c = entry.counters.entry(attr.to_owned()).or_default();
+            *c = c.saturating_add(amount);
         }
     }
     let pending: Vec<(Key, KeyRefund)> = by_key.into_iter().collect();

@@ -276,8 +276,9 @@ impl Router {
     /// keep (enabled, `can_route` matched, not excluded), only the pinned one when the message
     /// pins a known gateway without `routing.pinned_failover`, none when it pins an unknown one
     /// without it. Reading the state of the marked gateways is therefore enough to route the
-    /// message on any state, without ranking it twice. Indices past the end of `marks` are
-    /// skipped.
+    /// message on any state, without ranking it twice. Marks already set stay set and their
+    /// gateways are not matched again, so one `marks` collects a whole batch cheaply. Indices
+    /// past the end of `marks` are skipped.
     pub fn mark_reachable(&self, req: &RouteRequest<'_>, marks: &mut [bool]) {
         let gateways = &self.config.gateways;
         let mut m = Matcher::new(self, req.sender);
@@ -291,12 +292,14 @@ impl Router {
             }
         }
         for slot in &self.slots {
-            if only.is_some_and(|i| i != slot.index) || !self.statically_kept(slot, &mut m) {
+            // Already marked (by an earlier message of the batch): nothing to match.
+            let Some(mark) = marks.get_mut(slot.index) else {
+                continue;
+            };
+            if *mark || only.is_some_and(|i| i != slot.index) {
                 continue;
             }
-            if let Some(mark) = marks.get_mut(slot.index) {
-                *mark = true;
-            }
+            *mark = self.statically_kept(slot, &mut m);
         }
     }
 
