@@ -104,7 +104,9 @@ fn sender(i: usize) -> String {
 
 struct Fixture {
     decider: Decider,
-    items: HashMap<Key, Item>,
+    /// The stored items (the store's answer is looked up here, one hashed lookup per key:
+    /// more than the store's answer costs the sender, which arrives aligned with the keys).
+    items: HashMap<Key, Item, foldhash::fast::RandomState>,
     senders: Vec<String>,
 }
 
@@ -112,7 +114,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let config = Arc::new(config());
     let router = Router::new(Arc::clone(&config));
-    let mut items: HashMap<Key, Item> = HashMap::new();
+    let mut items: HashMap<Key, Item, foldhash::fast::RandomState> = HashMap::default();
     for g in &config.gateways {
         items.insert(breaker::key(&g.id), BreakerState::missing().to_item());
         let record = HealthRecord {
@@ -171,14 +173,13 @@ fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
     // 1. Which items to read.
     let book = d.keys(NOW);
     let reachable = d.reachable(requests.iter().copied());
-    let keys = d.keys_to_read(&book, &reachable);
-    // (The store's answer, indexed as the pipeline indexes it.)
-    let read: HashMap<&Key, Option<&Item>, foldhash::fast::RandomState> =
-        keys.iter().map(|k| (k, f.items.get(k))).collect();
-    let item = |k: &Key| read.get(k).copied().flatten();
+    let list = d.keys_to_read(&book, &reachable);
+    // (The store's answer: the items of the keys, in their order.)
+    let answer: Vec<Option<&Item>> = list.keys().iter().map(|k| f.items.get(k)).collect();
+    let read = list.read(&answer);
 
     // 2. The router's view of the gateways; 3. route every message on it.
-    let states = d.view(&book, &reachable, item, NOW);
+    let states = d.view(&book, &reachable, &read, NOW);
     let mut by_gateway: BTreeMap<usize, Vec<Request<'_>>> = BTreeMap::new();
     for (r, s) in requests.iter().zip(senders) {
         let plan = d.router().route(r, &states, NOW);
@@ -195,9 +196,9 @@ fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
     for (&g, requests) in &by_gateway {
         let gateway = &config.gateways[g];
         let plan = d.limit_plan(&book, g, NOW);
-        let items: Vec<Option<&Item>> = plan.keys().iter().map(item).collect();
+        let items = read.limits(g, &plan);
         let decision = limiter::decide(&plan, &items, requests);
-        let breaker_item = book.breaker(g).and_then(item);
+        let breaker_item = read.breaker(g);
         for verdict in &decision.verdicts {
             if verdict.is_admitted() {
                 let (state, _) = BreakerState::from_item(breaker_item);
@@ -251,7 +252,9 @@ fn bench(c: &mut Criterion) {
         let d = &f.decider;
         let book = d.keys(NOW);
         let all = vec![true; GATEWAYS];
-        let states = d.view(&book, &all, |k| f.items.get(k), NOW);
+        let list = d.keys_to_read(&book, &all);
+        let answer: Vec<Option<&Item>> = list.keys().iter().map(|k| f.items.get(k)).collect();
+        let states = d.view(&book, &all, &list.read(&answer), NOW);
         let ids: Vec<String> = (0..SENDERS).map(|i| format!("one-{i}")).collect();
         group.throughput(Throughput::Elements(1));
         group.bench_function("per message on a built view: route+limit+breaker", |b| {

@@ -29,7 +29,7 @@ use crate::config::HealthCheckSettings;
 use crate::events::HealthStatus;
 use crate::providers::{ProbeReport, SendError};
 use crate::router::Health;
-use crate::state::{Item, Key, Value, get_n, get_s};
+use crate::state::{Item, Key, Value};
 
 /// A verdict older than this many probe intervals is ignored.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
@@ -87,24 +87,32 @@ fn parse_status(s: &str) -> Option<HealthStatus> {
     })
 }
 
-fn count(item: &Item, attr: &str) -> u32 {
-    get_n(item, attr)
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(0)
-}
-
 impl HealthRecord {
     /// Reads a stored record; `None` when the item is missing or not a health record (an
-    /// unknown status, no `checked_at`).
+    /// unknown status, no `checked_at`). One pass over the attributes: the send pipeline reads
+    /// the record of every gateway a batch may use.
     pub fn from_item(item: Option<&Item>) -> Option<Self> {
-        let item = item?;
+        let (mut status, mut failures, mut successes) = (None, None, None);
+        let (mut latency, mut error, mut checked_at) = (None, None, None);
+        for (attr, value) in item? {
+            match attr.as_str() {
+                STATUS => status = value.as_s(),
+                FAILURES => failures = value.as_n(),
+                SUCCESSES => successes = value.as_n(),
+                LATENCY_MS => latency = value.as_n(),
+                ERROR => error = value.as_s(),
+                CHECKED_AT => checked_at = value.as_n(),
+                _ => {}
+            }
+        }
+        let count = |n: Option<i64>| n.and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
         Some(Self {
-            status: parse_status(get_s(item, STATUS)?)?,
-            consecutive_failures: count(item, FAILURES),
-            consecutive_successes: count(item, SUCCESSES),
-            latency_ms: get_n(item, LATENCY_MS).and_then(|n| u64::try_from(n).ok()),
-            error: get_s(item, ERROR).map(str::to_owned),
-            checked_at: get_n(item, CHECKED_AT)?,
+            status: parse_status(status?)?,
+            consecutive_failures: count(failures),
+            consecutive_successes: count(successes),
+            latency_ms: latency.and_then(|n| u64::try_from(n).ok()),
+            error: error.map(str::to_owned),
+            checked_at: checked_at?,
         })
     }
 

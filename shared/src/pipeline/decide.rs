@@ -8,7 +8,7 @@
 //! batch, and each message is ranked once: the gateways to read are found with the router's
 //! state-independent filters ([`Router::mark_reachable`]), not by routing on an empty state.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::breaker;
@@ -19,9 +19,75 @@ use crate::limiter::{self, HourKeys, LimitPlan};
 use crate::router::{GatewayState, RouteRequest, Router};
 use crate::state::{Item, Key};
 
-/// The state items a batch read, by key (borrowed from [`Decider::keys_to_read`]'s list),
-/// hashed with a fast non-cryptographic hash: a batch looks up about a hundred of them.
-pub type StateItems<'k> = HashMap<&'k Key, Option<Item>, foldhash::fast::RandomState>;
+/// The keys a batch reads (one `get_many`) and where each gateway's items are among them, so
+/// the items read are found by position: no key is hashed or compared per lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadList {
+    keys: Vec<Key>,
+    /// Per gateway (indexed like `config.gateways`; unread gateways have no slots).
+    slots: Vec<Slots>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Slots {
+    breaker: Option<usize>,
+    /// Aligned with the gateway's [`LimitPlan::keys`] for the book's hour.
+    limits: [Option<usize>; 3],
+    health: Option<usize>,
+}
+
+impl ReadList {
+    /// The keys to read, in the order the items are expected.
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+
+    /// The items read (`items` aligned with [`ReadList::keys`]), by gateway.
+    pub fn read<'a, I: Borrow<Item>>(&'a self, items: &'a [Option<I>]) -> Read<'a, I> {
+        Read { list: self, items }
+    }
+}
+
+/// The items of one read, by gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct Read<'a, I> {
+    list: &'a ReadList,
+    items: &'a [Option<I>],
+}
+
+impl<'a, I: Borrow<Item>> Read<'a, I> {
+    fn at(&self, slot: Option<usize>) -> Option<&'a Item> {
+        self.items.get(slot?)?.as_ref().map(Borrow::borrow)
+    }
+
+    fn slots(&self, g: usize) -> Slots {
+        self.list.slots.get(g).copied().unwrap_or_default()
+    }
+
+    /// Gateway `g`'s breaker item.
+    pub fn breaker(&self, g: usize) -> Option<&'a Item> {
+        self.at(self.slots(g).breaker)
+    }
+
+    /// Gateway `g`'s health record item.
+    pub fn health(&self, g: usize) -> Option<&'a Item> {
+        self.at(self.slots(g).health)
+    }
+
+    /// Gateway `g`'s limit items aligned with `plan`'s keys. A key the read did not cover (the
+    /// plan is for a later hour or day than the read) has no item: deciding on it is safe,
+    /// since every limit write is conditioned on the values decided from.
+    pub fn limits(&self, g: usize, plan: &LimitPlan<'_>) -> [Option<&'a Item>; 3] {
+        let slots = self.slots(g).limits;
+        let mut out = [None; 3];
+        for ((item, key), slot) in out.iter_mut().zip(plan.keys()).zip(slots) {
+            if slot.and_then(|i| self.list.keys.get(i)) == Some(key) {
+                *item = self.at(slot);
+            }
+        }
+        out
+    }
+}
 
 /// Key lists remembered per book (one per distinct set of reachable gateways): most batches
 /// reach the same few sets, so the list is made once an hour rather than cloned per batch.
@@ -50,7 +116,7 @@ pub struct KeyBook {
     hour: i64,
     gateways: Vec<GatewayKeys>,
     /// Key lists made by [`Decider::keys_to_read`], by reachable set, most recent last.
-    reads: Mutex<Vec<(Vec<bool>, Arc<[Key]>)>>,
+    reads: Mutex<Vec<(Vec<bool>, Arc<ReadList>)>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -143,35 +209,41 @@ impl Decider {
     /// The breaker, limit and health keys of the `reachable` gateways, each once (the system
     /// day key is shared by every gateway), for one `get_many`. Made once per reachable set
     /// and hour, then shared.
-    pub fn keys_to_read(&self, book: &KeyBook, reachable: &[bool]) -> Arc<[Key]> {
+    pub fn keys_to_read(&self, book: &KeyBook, reachable: &[bool]) -> Arc<ReadList> {
         let mut reads = book.reads.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(i) = reads.iter().position(|(set, _)| set == reachable) {
             let entry = reads.remove(i);
-            let keys = Arc::clone(&entry.1);
+            let list = Arc::clone(&entry.1);
             reads.push(entry);
-            return keys;
+            return list;
         }
         let mut keys = Vec::new();
-        let mut system_read = false;
-        for (keyed, _) in book.gateways.iter().zip(reachable).filter(|(_, r)| **r) {
-            keys.push(keyed.breaker.clone());
-            for key in keyed.limits.keys() {
-                if keyed.limits.system_key() == Some(key) {
-                    if system_read {
-                        continue;
-                    }
-                    system_read = true;
-                }
-                keys.push(key.clone());
+        let mut slots = vec![Slots::default(); book.gateways.len()];
+        let mut system_slot = None;
+        let add = |keys: &mut Vec<Key>, key: &Key| {
+            keys.push(key.clone());
+            Some(keys.len() - 1)
+        };
+        for ((keyed, read), slot) in book.gateways.iter().zip(reachable).zip(&mut slots) {
+            if !read {
+                continue;
             }
-            keys.extend(keyed.health.iter().cloned());
+            slot.breaker = add(&mut keys, &keyed.breaker);
+            for (limit, key) in slot.limits.iter_mut().zip(keyed.limits.keys()) {
+                *limit = if keyed.limits.system_key() == Some(key) {
+                    *system_slot.get_or_insert_with(|| add(&mut keys, key))
+                } else {
+                    add(&mut keys, key)
+                };
+            }
+            slot.health = keyed.health.as_ref().and_then(|k| add(&mut keys, k));
         }
-        let keys: Arc<[Key]> = keys.into();
+        let list = Arc::new(ReadList { keys, slots });
         if reads.len() == REMEMBERED_READS {
             reads.remove(0);
         }
-        reads.push((reachable.to_vec(), Arc::clone(&keys)));
-        keys
+        reads.push((reachable.to_vec(), Arc::clone(&list)));
+        list
     }
 
     /// The limit plan of gateway `g` at `now`, from `book` when it covers `now` (no key
@@ -192,36 +264,29 @@ impl Decider {
             .unwrap_or_else(|| limiter::plan(self.config(), gateway, now))
     }
 
-    /// The router's view of every gateway from the items read (`item` answers `None` for a
-    /// key with no item or not read): breaker, tightest limit level, health verdict. Gateways
-    /// not `reachable` get the default view; no message of the batch can be routed to them.
-    pub fn view<'i>(
+    /// The router's view of every gateway from the items `read` (made from `book`): breaker,
+    /// tightest limit level, health verdict. Gateways not `reachable` get the default view; no
+    /// message of the batch can be routed to them.
+    pub fn view<I: Borrow<Item>>(
         &self,
         book: &KeyBook,
         reachable: &[bool],
-        item: impl Fn(&Key) -> Option<&'i Item>,
+        read: &Read<'_, I>,
         now: EpochMillis,
     ) -> Vec<GatewayState> {
         let config = self.config();
         (0..config.gateways.len())
             .map(|g| {
-                let (true, Some(keyed)) = (
-                    reachable.get(g).copied().unwrap_or(false),
-                    book.gateways.get(g),
-                ) else {
+                if !reachable.get(g).copied().unwrap_or(false) {
                     return GatewayState::default();
-                };
+                }
                 let gateway = &config.gateways[g];
                 let plan = self.limit_plan(book, g, now);
-                // A plan names at most 3 keys.
-                let mut items: [Option<&Item>; 3] = [None; 3];
-                for (slot, key) in items.iter_mut().zip(plan.keys()) {
-                    *slot = item(key);
-                }
-                let record = HealthRecord::from_item(keyed.health.as_ref().and_then(&item));
+                let items = read.limits(g, &plan);
+                let record = HealthRecord::from_item(read.health(g));
                 GatewayState {
                     health: health::routing_health(record.as_ref(), &gateway.health_check, now),
-                    breaker: breaker::view(item(&keyed.breaker), now),
+                    breaker: breaker::view(read.breaker(g), now),
                     remaining: Some(limiter::remaining(&plan, &items)),
                 }
             })
@@ -275,7 +340,8 @@ mod tests {
         let book = d.keys(NOW);
         let reachable = d.reachable([req("m1", "ann@clinic.example")]);
         assert_eq!(reachable, [true, true, false]);
-        let keys = d.keys_to_read(&book, &reachable);
+        let list = d.keys_to_read(&book, &reachable);
+        let keys = list.keys();
         let unique: BTreeSet<&Key> = keys.iter().collect();
         assert_eq!(unique.len(), keys.len(), "duplicate key in {keys:?}");
         let mut expected = vec![breaker::key("a"), breaker::key("b"), health::key("a")];
@@ -287,9 +353,9 @@ mod tests {
         // The gateway without health checks has no health key read.
         assert!(!keys.contains(&health::key("b")));
         // The same set gets the same list; another set its own.
-        assert!(Arc::ptr_eq(&keys, &d.keys_to_read(&book, &reachable)));
+        assert!(Arc::ptr_eq(&list, &d.keys_to_read(&book, &reachable)));
         let other = d.keys_to_read(&book, &[true, false, false]);
-        assert!(!other.contains(&breaker::key("b")));
+        assert!(!other.keys().contains(&breaker::key("b")));
     }
 
     #[test]
@@ -341,7 +407,11 @@ mod tests {
             ..breaker::BreakerState::missing()
         };
         items.insert(breaker::key("a"), open.to_item());
-        let view = d.view(&book, &[true, false, false], |k| items.get(k), NOW);
+        let reachable = [true, false, false];
+        let list = d.keys_to_read(&book, &reachable);
+        let read_items: Vec<Option<&Item>> = list.keys().iter().map(|k| items.get(k)).collect();
+        let read = list.read(&read_items);
+        let view = d.view(&book, &reachable, &read, NOW);
         assert_eq!(
             view[0].breaker,
             breaker::BreakerView::Open {
@@ -352,5 +422,14 @@ mod tests {
         assert!((remaining - 0.2).abs() < 1e-9, "remaining {remaining}");
         assert_eq!(view[1], GatewayState::default());
         assert_eq!(view[2], GatewayState::default());
+        // Limits are found by position for the read's hour; a plan for the next day gets no
+        // day items (its keys are other) rather than yesterday's, but the same bucket (its key
+        // has no window).
+        let today = d.limit_plan(&book, 0, NOW);
+        assert!(read.limits(0, &today).iter().all(Option::is_some));
+        let tomorrow = d.limit_plan(&book, 0, NOW + 24 * HOUR_MS);
+        let later = read.limits(0, &tomorrow);
+        assert_eq!(later[..2], [None, None]);
+        assert_eq!(later[2], read.limits(0, &today)[2]);
     }
 }

@@ -56,7 +56,7 @@ use crate::providers::factory::Providers;
 use crate::state::StateStore;
 
 pub use backoff::{Backoff, jitter_fraction};
-pub use decide::{Decider, KeyBook, StateItems};
+pub use decide::{Decider, KeyBook, Read, ReadList};
 pub use metrics::{GatewayMetrics, Metrics, emf_line, emf_lines};
 pub use poll::{PollSettings, Poller, PollerStats};
 pub use settle::{SettleError, SettleSummary, settle};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use futures::stream::{self, StreamExt};
 
-use super::{Batch, BatchReport, Disposition, ItemReport, KeyBook, Metrics, Pipeline, StateItems};
+use super::{Batch, BatchReport, Disposition, ItemReport, KeyBook, Metrics, Pipeline, Read};
 use crate::breaker::{self, Admission, Tally};
 use crate::clock::EpochMillis;
 use crate::config::{AmbiguousPolicy, Gateway};
@@ -248,8 +248,10 @@ impl Pipeline {
         let reachable = self
             .decider
             .reachable(works.iter().map(|w| route_request(&w.original)));
-        let keys = self.decider.keys_to_read(&book, &reachable);
-        let early = self.claim_and_read(&mut works, &batch, &keys, now).await;
+        let list = self.decider.keys_to_read(&book, &reachable);
+        let early = self
+            .claim_and_read(&mut works, &batch, list.keys(), now)
+            .await;
         let (replays, state) = match early {
             Ok(found) => found,
             Err(reason) => {
@@ -259,10 +261,11 @@ impl Pipeline {
                 {
                     w.defer(reason.clone(), None);
                 }
-                (HashMap::new(), StateItems::default())
+                (HashMap::new(), Vec::new())
             }
         };
-        let mut state = state;
+        // Aligned with the read list; empty when the read failed (nothing is sent then).
+        let state = list.read(&state);
 
         report.metrics.suppressed_recipients =
             u32::try_from(works.iter().map(|w| w.suppressed.len()).sum::<usize>())
@@ -273,7 +276,7 @@ impl Pipeline {
 
         // 4. Rounds of limits, breaker and sends.
         let mut tallies: BTreeMap<usize, Tally> = BTreeMap::new();
-        self.send_rounds(&mut works, &mut state, &batch, &mut tallies, &mut report)
+        self.send_rounds(&mut works, &state, &batch, &mut tallies, &mut report)
             .await;
 
         // 5. Settle the ledger and the breakers.
@@ -292,15 +295,15 @@ impl Pipeline {
     /// and always as fresh as the checker left them.
     /// Returns the replays (messages found in the ledger) and the items read; an error when
     /// suppression or state could not be read (nothing may be sent then).
-    async fn claim_and_read<'k>(
+    async fn claim_and_read(
         &self,
         works: &mut [Work],
         batch: &Batch<'_>,
-        keys: &'k [Key],
+        keys: &[Key],
         now: EpochMillis,
-    ) -> Result<(HashMap<usize, Replay>, StateItems<'k>), String> {
+    ) -> Result<(HashMap<usize, Replay>, Vec<Option<Item>>), String> {
         if works.is_empty() {
-            return Ok((HashMap::new(), StateItems::default()));
+            return Ok((HashMap::new(), Vec::new()));
         }
         let claims: Vec<ClaimRequest<'_>> = works
             .iter()
@@ -381,26 +384,21 @@ impl Pipeline {
                 .original
                 .without_recipients(|a| suppressed.contains(&suppression::canonical(a.as_str())));
         }
-        Ok((replays, keys.iter().zip(items).collect()))
+        Ok((replays, items))
     }
 
     /// Step 3: the ordered candidates of every claimed message, on the state read.
     fn route_all(
         &self,
         works: &mut [Work],
-        state: &StateItems<'_>,
+        state: &Read<'_, Item>,
         book: &KeyBook,
         reachable: &[bool],
         now: EpochMillis,
     ) {
         let config = self.decider.config();
         // Borrowed, not copied: a day item holds every sender's counter.
-        let states = self.decider.view(
-            book,
-            reachable,
-            |k| state.get(k).and_then(Option::as_ref),
-            now,
-        );
+        let states = self.decider.view(book, reachable, state, now);
         let max = config.routing.max_failover_attempts.get() as usize;
         for w in works.iter_mut() {
             if !matches!(w.stage, Stage::Pending) || w.claim.is_none() {
@@ -451,7 +449,7 @@ impl Pipeline {
     async fn send_rounds(
         &self,
         works: &mut [Work],
-        state: &mut StateItems<'_>,
+        state: &Read<'_, Item>,
         batch: &Batch<'_>,
         tallies: &mut BTreeMap<usize, Tally>,
         report: &mut BatchReport,
@@ -497,10 +495,11 @@ impl Pipeline {
                     })
                     .collect();
                 let plan = self.decider.limit_plan(&book, g, now);
-                let cached: Vec<Option<Cow<'_, Item>>> = plan
-                    .keys()
-                    .iter()
-                    .map(|k| state.get(k).and_then(Option::as_ref).map(Cow::Borrowed))
+                let cached: Vec<Option<Cow<'_, Item>>> = state
+                    .limits(g, &plan)
+                    .into_iter()
+                    .take(plan.keys().len())
+                    .map(|i| i.map(Cow::Borrowed))
                     .collect();
                 async move {
                     let requests: Vec<Request<'_>> = items
@@ -555,11 +554,7 @@ impl Pipeline {
             }
             let permits = join_all(admitted.iter().map(|&(_, g, _)| {
                 let gateway = &config.gateways[g];
-                let item = book
-                    .breaker(g)
-                    .and_then(|k| state.get(k))
-                    .and_then(Option::as_ref)
-                    .map(Cow::Borrowed);
+                let item = state.breaker(g).map(Cow::Borrowed);
                 breaker::permit_send_with_item(
                     self.store.as_ref(),
                     &gateway.id,
@@ -821,7 +816,7 @@ impl Pipeline {
     async fn finish(
         &self,
         works: &[Work],
-        state: &StateItems<'_>,
+        state: &Read<'_, Item>,
         tallies: &BTreeMap<usize, Tally>,
         report: &mut BatchReport,
     ) {
@@ -848,7 +843,7 @@ impl Pipeline {
                 .filter(|(_, t)| !t.is_empty())
                 .map(|(&g, tally)| {
                     let gateway: &Gateway = &config.gateways[g];
-                    let item = state.get(&breaker::key(&gateway.id)).cloned().flatten();
+                    let item = state.breaker(g).cloned();
                     // A closed breaker read at the start is good enough: any change since makes the
                     // conditional write fail and the decision is taken again on the fresh item. An
                     // open or half-open one is read again, because this batch's own trial writes

@@ -328,7 +328,8 @@ impl Router {
             strategy,
             pin: None,
             candidates: Vec::with_capacity(gateways.len()),
-            dropped: Vec::with_capacity(gateways.len()),
+            // Usually a few: grown on demand rather than sized for every gateway.
+            dropped: Vec::new(),
         };
 
         if let Some(pinned) = req.pinned {
