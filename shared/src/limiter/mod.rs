@@ -612,10 +612,11 @@ impl<'p, 'c> Tally<'p, 'c> {
         }
     }
 
-    /// Makes the tally of `sender_lc` (lower-cased) on its first request.
-    fn ensure_sender(&mut self, sender_lc: &str) {
-        if self.senders.contains_key(sender_lc) {
-            return;
+    /// The limit of `sender_lc` (lower-cased) and what it has used including this decision;
+    /// its tally is made on its first request.
+    fn sender_use(&mut self, sender_lc: &str) -> (Limit, i64) {
+        if let Some(s) = self.senders.get(sender_lc) {
+            return (s.limit, s.stored + s.pending);
         }
         let attr = sender_attr(sender_lc);
         let tally = SenderTally {
@@ -624,7 +625,9 @@ impl<'p, 'c> Tally<'p, 'c> {
             pending: 0,
             attr,
         };
+        let used = (tally.limit, tally.stored);
         self.senders.insert(sender_lc.to_owned(), tally);
+        used
     }
 
     /// `max(tat, now)` after what this decision already took, in µs.
@@ -649,11 +652,7 @@ impl<'p, 'c> Tally<'p, 'c> {
         let plan = self.plan;
         let rl = &plan.gateway.rate_limits;
         let sender_lc = r.sender.to_ascii_lowercase();
-        self.ensure_sender(&sender_lc);
-        let (sender_limit, sender_used) = self
-            .senders
-            .get(&sender_lc)
-            .map_or((None, 0), |s| (s.limit, s.stored + s.pending));
+        let (sender_limit, sender_used) = self.sender_use(&sender_lc);
 
         // (level, limit, used including this decision, when the window resets)
         let counters = [
@@ -742,11 +741,15 @@ impl<'p, 'c> Tally<'p, 'c> {
         if plan.windows.day_key.is_some() {
             self.day_pending += n;
             grant.day = n;
-            if sender_limit.is_some()
-                && let Some(s) = self.senders.get_mut(&sender_lc)
-            {
-                s.pending += n;
-                grant.sender_attr = Some(s.attr.clone());
+            if sender_limit.is_some() {
+                grant.sender_attr = Some(match self.senders.get_mut(&sender_lc) {
+                    Some(s) => {
+                        s.pending += n;
+                        s.attr.clone()
+                    }
+                    // Made by `sender_use` above; the charge stands either way.
+                    None => sender_attr(&sender_lc),
+                });
             }
         }
         if let Some((_, q)) = &plan.windows.bucket {

@@ -91,8 +91,9 @@ pub async fn acquire<S: StateStore + ?Sized>(
 
 /// [`acquire`] on items the caller already read (aligned with [`LimitPlan::keys`]; `None` = no
 /// item), for example in one read of every candidate gateway's breaker and limit items. Stale
-/// items are safe: every write is conditioned on the values decided from, so a stale decision
-/// only costs a lost condition, after which the decision is taken again on the items the store
+/// items are safe: every counter write is conditioned on staying within its limit and every
+/// bucket write on the bucket's state it was decided from, so a stale decision can only lose
+/// a condition (never exceed a limit), after which it is taken again on the items the store
 /// returned. Missing trailing items count as `None`. The items are borrowed (a gateway's day
 /// item holds every sender's counter; copying it per decision would cost more than deciding).
 pub async fn acquire_with_items<S: StateStore + ?Sized>(

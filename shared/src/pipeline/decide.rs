@@ -20,7 +20,8 @@ use crate::router::{GatewayState, RouteRequest, Router};
 use crate::state::{Item, Key};
 
 /// The keys a batch reads (one `get_many`) and where each gateway's items are among them, so
-/// the items read are found by position: no key is hashed or compared per lookup.
+/// the items read are found by position: no key is hashed per lookup (a limit item's key is
+/// compared once, see [`Read::limits`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadList {
     keys: Vec<Key>,
@@ -74,9 +75,10 @@ impl<'a, I: Borrow<Item>> Read<'a, I> {
         self.at(self.slots(g).health)
     }
 
-    /// Gateway `g`'s limit items aligned with `plan`'s keys. A key the read did not cover (the
-    /// plan is for a later hour or day than the read) has no item: deciding on it is safe,
-    /// since every limit write is conditioned on the values decided from.
+    /// Gateway `g`'s limit items aligned with `plan`'s keys. A key the read did not cover (a
+    /// plan for a later UTC day than the read has other day keys; the bucket's key has no
+    /// window) has no item: deciding on it is safe, since every limit write carries a
+    /// condition that fails past the limit or on a bucket that moved.
     pub fn limits(&self, g: usize, plan: &LimitPlan<'_>) -> [Option<&'a Item>; 3] {
         let slots = self.slots(g).limits;
         let mut out = [None; 3];
@@ -128,8 +130,9 @@ struct GatewayKeys {
 }
 
 impl KeyBook {
-    /// The keys of `config`'s gateways for the UTC hour of `now`.
-    pub fn new(config: &Config, now: EpochMillis) -> Self {
+    /// The keys of `config`'s gateways for the UTC hour of `now` (made by [`Decider::keys`],
+    /// so a book always belongs to its decider's config).
+    fn new(config: &Config, now: EpochMillis) -> Self {
         Self {
             hour: utc_hour(now),
             gateways: config

@@ -1221,3 +1221,43 @@ async fn a_known_retry_time_is_kept_when_no_candidate_failed_without_one() {
         "retried after {after:?}, before the hour resets in {next_hour:?}"
     );
 }
+
+#[tokio::test]
+async fn without_failover_an_open_breaker_on_the_next_gateway_is_still_honoured() {
+    // Failover off: each message has one candidate, the first usable one. With `a` open, that
+    // is `b`; its breaker must be read too (it is open as well), so nothing is sent.
+    let h = harness(
+        &[("a", Reply::Accept), ("b", Reply::Accept)],
+        "",
+        r#", "failover_enabled": false"#,
+    );
+    let open = crate::breaker::BreakerState {
+        phase: crate::breaker::Phase::Open,
+        generation: 1,
+        opened_at: T0 - 1_000,
+        until: T0 + 30_000,
+        ..crate::breaker::BreakerState::missing()
+    };
+    h.store
+        .put_many(vec![
+            (crate::breaker::key("a"), open.to_item()),
+            (crate::breaker::key("b"), open.to_item()),
+        ])
+        .await
+        .unwrap();
+    let report = h
+        .run(&records(vec![body(
+            "m-1",
+            "dr@clinic.example",
+            &["p@example.org"],
+        )]))
+        .await;
+    assert_eq!(report.items[0].outcome, Outcome::Deferred);
+    assert!(h.calls("a").is_empty() && h.calls("b").is_empty());
+    // Retried when the first breaker may admit again (plus jitter).
+    let after = retry_after(&report.items[0]);
+    assert!(
+        after >= Duration::from_secs(30) && after < Duration::from_secs(60),
+        "{after:?}"
+    );
+}

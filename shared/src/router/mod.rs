@@ -660,15 +660,20 @@ fn group_rank(hybrid: bool, g: &Gateway) -> u8 {
 }
 
 /// Reorders `items` in place so that `items[i]` becomes the old `items[perm[i]]`, following
-/// the permutation's cycles (no copy of the list). `perm` is consumed (every entry is
-/// overwritten); entries that are out of range or repeated end their cycle.
+/// the permutation's cycles (no copy of the list). `perm` is consumed (every entry it visits is
+/// overwritten). Meant for a true permutation of `items`' indices; on anything else it stops
+/// following a cycle where an entry is out of range or repeated, and never panics.
 fn permute<T>(items: &mut [T], perm: &mut [usize]) {
     const DONE: usize = usize::MAX;
     for start in 0..perm.len().min(items.len()) {
         let mut i = start;
-        while perm[i] != DONE {
-            let from = std::mem::replace(&mut perm[i], DONE);
-            if from == start || from >= items.len() || perm.get(from) == Some(&DONE) {
+        while let Some(slot) = perm.get_mut(i) {
+            let from = std::mem::replace(slot, DONE);
+            if from == DONE
+                || from == start
+                || from >= items.len()
+                || perm.get(from).is_none_or(|&p| p == DONE)
+            {
                 break;
             }
             items.swap(i, from);
