@@ -179,7 +179,7 @@ fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
     let read = list.read(&answer);
 
     // 2. The router's view of the gateways; 3. route every message on it.
-    let states = d.view(&book, &reachable, &read, NOW);
+    let states = d.view(&book, &read, NOW);
     let mut by_gateway: BTreeMap<usize, Vec<Request<'_>>> = BTreeMap::new();
     for (r, s) in requests.iter().zip(senders) {
         let plan = d.router().route(r, &states, NOW);
@@ -254,7 +254,8 @@ fn bench(c: &mut Criterion) {
         let all = vec![true; GATEWAYS];
         let list = d.keys_to_read(&book, &all);
         let answer: Vec<Option<&Item>> = list.keys().iter().map(|k| f.items.get(k)).collect();
-        let states = d.view(&book, &all, &list.read(&answer), NOW);
+        let read = list.read(&answer);
+        let states = d.view(&book, &read, NOW);
         let ids: Vec<String> = (0..SENDERS).map(|i| format!("one-{i}")).collect();
         group.throughput(Throughput::Elements(1));
         group.bench_function("per message on a built view: route+limit+breaker", |b| {
@@ -270,13 +271,9 @@ fn bench(c: &mut Criterion) {
                 let plan = d.router().route(&req, &states, NOW);
                 let g = plan.candidates[0].index;
                 let limits = d.limit_plan(&book, g, NOW);
-                let mut items: [Option<&Item>; 3] = [None; 3];
-                for (slot, key) in items.iter_mut().zip(limits.keys()) {
-                    *slot = f.items.get(key);
-                }
+                let items = read.limits(g, &limits);
                 let (verdict, writes) = limiter::decide_one(&limits, &items, sender, 1);
-                let (state, _) =
-                    BreakerState::from_item(book.breaker(g).and_then(|k| f.items.get(k)));
+                let (state, _) = BreakerState::from_item(read.breaker(g));
                 let gateway = &d.config().gateways[g];
                 black_box((
                     verdict.is_admitted(),

@@ -221,13 +221,19 @@ pub struct HourKeys {
     /// `utc_hour` of the instant the keys were made for.
     hour: i64,
     system_daily: Limit,
+    /// Each level's key, shared with the grants decided on them.
+    named: Arc<LevelKeys>,
+    /// The same keys in read order (system, day, bucket), for `get_many`.
+    keys: Vec<Key>,
+}
+
+/// The item key of each limited level and the hour's counter attribute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LevelKeys {
     hour_attr: String,
     system_key: Option<Key>,
     day_key: Option<Key>,
     bucket: Option<(Key, BucketQuota)>,
-    keys: Vec<Key>,
-    /// The same keys as grants hold them.
-    grant_keys: Arc<GrantKeys>,
 }
 
 /// Plans the limits of `gateway` (with the system level of `config`) at `now`.
@@ -265,22 +271,16 @@ pub fn hour_keys(config: &Config, gateway: &Gateway, now: EpochMillis) -> HourKe
     .into_iter()
     .flatten()
     .collect();
-    let hour_attr = format!("h{:02}", utc_hour(now) - utc_day(now) * 24);
-    let grant_keys = Arc::new(GrantKeys {
-        system: system_key.clone(),
-        day: day_key.clone(),
-        hour_attr: hour_attr.clone(),
-        bucket: bucket.as_ref().map(|b| b.0.clone()),
-    });
     HourKeys {
         hour: utc_hour(now),
         system_daily,
-        hour_attr,
-        system_key,
-        day_key,
-        bucket,
+        named: Arc::new(LevelKeys {
+            hour_attr: format!("h{:02}", utc_hour(now) - utc_day(now) * 24),
+            system_key,
+            day_key,
+            bucket,
+        }),
         keys,
-        grant_keys,
     }
 }
 
@@ -302,12 +302,7 @@ impl HourKeys {
 
     /// The system day key (the same for every gateway), when the system level is limited.
     pub fn system_key(&self) -> Option<&Key> {
-        self.system_key.as_ref()
-    }
-
-    /// Whether the keys hold for `now`.
-    pub fn covers(&self, now: EpochMillis) -> bool {
-        utc_hour(now) == self.hour
+        self.named.system_key.as_ref()
     }
 }
 
@@ -426,7 +421,7 @@ impl Refusal {
 pub struct Grant {
     recipients: u64,
     /// The keys charged; `None` when nothing was (no recipients).
-    keys: Option<Arc<GrantKeys>>,
+    keys: Option<Arc<LevelKeys>>,
     /// Added to the system day count.
     system: i64,
     /// Added to the gateway's day count and to the hour's count.
@@ -435,15 +430,6 @@ pub struct Grant {
     sender_attr: Option<String>,
     /// Microseconds added to the bucket's `tat_us`.
     bucket_us: i64,
-}
-
-/// The keys a grant charges, made once per [`HourKeys`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct GrantKeys {
-    system: Option<Key>,
-    day: Option<Key>,
-    hour_attr: String,
-    bucket: Option<Key>,
 }
 
 impl Grant {
@@ -456,11 +442,11 @@ impl Grant {
     fn charges(&self) -> impl Iterator<Item = (&Key, &str, i64)> {
         let keys = self.keys.as_deref();
         let system = keys
-            .and_then(|k| k.system.as_ref())
+            .and_then(|k| k.system_key.as_ref())
             .filter(|_| self.system > 0)
             .map(|key| (key, COUNT_ATTR, self.system));
         let day = keys
-            .and_then(|k| k.day.as_ref().map(|key| (key, k.hour_attr.as_str())))
+            .and_then(|k| k.day_key.as_ref().map(|key| (key, k.hour_attr.as_str())))
             .filter(|_| self.day > 0);
         let day_charges = day.into_iter().flat_map(move |(key, hour)| {
             [
@@ -472,7 +458,7 @@ impl Grant {
             .flatten()
         });
         let bucket = keys
-            .and_then(|k| k.bucket.as_ref())
+            .and_then(|k| k.bucket.as_ref().map(|b| &b.0))
             .filter(|_| self.bucket_us > 0)
             .map(|key| (key, TAT_ATTR, self.bucket_us));
         system.into_iter().chain(day_charges).chain(bucket)
@@ -593,16 +579,16 @@ struct Tally<'p, 'c> {
 
 impl<'p, 'c> Tally<'p, 'c> {
     fn new<I: Borrow<Item>>(plan: &'p LimitPlan<'c>, items: &'p [Option<I>]) -> Self {
-        let sys_item = plan.item(plan.windows.system_key.as_ref(), items);
-        let day_item = plan.item(plan.windows.day_key.as_ref(), items);
-        let bucket_item = plan.item(plan.windows.bucket.as_ref().map(|b| &b.0), items);
+        let sys_item = plan.item(plan.windows.named.system_key.as_ref(), items);
+        let day_item = plan.item(plan.windows.named.day_key.as_ref(), items);
+        let bucket_item = plan.item(plan.windows.named.bucket.as_ref().map(|b| &b.0), items);
         Self {
             plan,
             day_item,
             sys_stored: sys_item.and_then(|i| get_n(i, COUNT_ATTR)).unwrap_or(0),
             day_stored: day_item.and_then(|i| get_n(i, COUNT_ATTR)).unwrap_or(0),
             hour_stored: day_item
-                .and_then(|i| get_n(i, &plan.windows.hour_attr))
+                .and_then(|i| get_n(i, &plan.windows.named.hour_attr))
                 .unwrap_or(0),
             tat_us: bucket_item.and_then(|i| get_n(i, TAT_ATTR)),
             sys_pending: 0,
@@ -692,7 +678,7 @@ impl<'p, 'c> Tally<'p, 'c> {
                 });
             }
         }
-        if let Some((_, q)) = &plan.windows.bucket
+        if let Some((_, q)) = &plan.windows.named.bucket
             && r.recipients > q.capacity
         {
             return Verdict::Refuse(Refusal::TooLarge {
@@ -714,7 +700,7 @@ impl<'p, 'c> Tally<'p, 'c> {
                 note(level, resets);
             }
         }
-        if let Some((_, q)) = &plan.windows.bucket {
+        if let Some((_, q)) = &plan.windows.named.bucket {
             let after = self.bucket_base(q) + i128::from(n) * q.interval_i();
             let allowed = plan.now_us() + q.capacity_i() * q.interval_i();
             if after > allowed {
@@ -728,17 +714,17 @@ impl<'p, 'c> Tally<'p, 'c> {
 
         let mut grant = Grant {
             recipients: r.recipients,
-            keys: Some(Arc::clone(&plan.windows.grant_keys)),
+            keys: Some(Arc::clone(&plan.windows.named)),
             system: 0,
             day: 0,
             sender_attr: None,
             bucket_us: 0,
         };
-        if plan.windows.system_key.is_some() {
+        if plan.windows.named.system_key.is_some() {
             self.sys_pending += n;
             grant.system = n;
         }
-        if plan.windows.day_key.is_some() {
+        if plan.windows.named.day_key.is_some() {
             self.day_pending += n;
             grant.day = n;
             if sender_limit.is_some() {
@@ -752,7 +738,7 @@ impl<'p, 'c> Tally<'p, 'c> {
                 });
             }
         }
-        if let Some((_, q)) = &plan.windows.bucket {
+        if let Some((_, q)) = &plan.windows.named.bucket {
             self.bucket_pending += n;
             grant.bucket_us = clamp_i64(i128::from(n) * q.interval_i());
         }
@@ -763,7 +749,8 @@ impl<'p, 'c> Tally<'p, 'c> {
         let plan = self.plan;
         let rl = &plan.gateway.rate_limits;
         let mut writes = Vec::new();
-        if let (Some(key), Some(limit)) = (&plan.windows.system_key, plan.windows.system_daily)
+        if let (Some(key), Some(limit)) =
+            (&plan.windows.named.system_key, plan.windows.system_daily)
             && self.sys_pending > 0
         {
             writes.push(Write {
@@ -775,20 +762,24 @@ impl<'p, 'c> Tally<'p, 'c> {
                 condition: room(COUNT_ATTR.into(), limit, self.sys_pending),
             });
         }
-        if let Some(key) = &plan.windows.day_key
+        if let Some(key) = &plan.windows.named.day_key
             && self.day_pending > 0
         {
             let total = self.day_pending;
             let mut actions = vec![
                 UpdateAction::Add(COUNT_ATTR.into(), total),
-                UpdateAction::Add(plan.windows.hour_attr.clone().into(), total),
+                UpdateAction::Add(plan.windows.named.hour_attr.clone().into(), total),
             ];
             let mut conditions = Vec::new();
             if let Some(limit) = rl.workspace_daily {
                 conditions.push(room(COUNT_ATTR.into(), limit, total));
             }
             if let Some(limit) = rl.per_hour {
-                conditions.push(room(plan.windows.hour_attr.clone().into(), limit, total));
+                conditions.push(room(
+                    plan.windows.named.hour_attr.clone().into(),
+                    limit,
+                    total,
+                ));
             }
             for s in self.senders.values() {
                 if let Some(limit) = s.limit
@@ -808,7 +799,7 @@ impl<'p, 'c> Tally<'p, 'c> {
                 condition: Condition::all(conditions),
             });
         }
-        if let Some((key, q)) = &plan.windows.bucket
+        if let Some((key, q)) = &plan.windows.named.bucket
             && self.bucket_pending > 0
         {
             writes.push(self.bucket_write(key, q));
@@ -934,22 +925,25 @@ fn each_usage<I: Borrow<Item>>(
     counter(
         LevelKind::SystemDaily,
         plan.windows.system_daily,
-        count(plan.windows.system_key.as_ref(), COUNT_ATTR),
+        count(plan.windows.named.system_key.as_ref(), COUNT_ATTR),
         plan.next_day(),
     );
     counter(
         LevelKind::GatewayDaily,
         rl.workspace_daily,
-        count(plan.windows.day_key.as_ref(), COUNT_ATTR),
+        count(plan.windows.named.day_key.as_ref(), COUNT_ATTR),
         plan.next_day(),
     );
     counter(
         LevelKind::GatewayHourly,
         rl.per_hour,
-        count(plan.windows.day_key.as_ref(), &plan.windows.hour_attr),
+        count(
+            plan.windows.named.day_key.as_ref(),
+            &plan.windows.named.hour_attr,
+        ),
         plan.next_hour(),
     );
-    if let Some((key, q)) = &plan.windows.bucket {
+    if let Some((key, q)) = &plan.windows.named.bucket {
         let now = plan.now_us();
         let tat = plan
             .item(Some(key), items)
@@ -968,7 +962,7 @@ fn each_usage<I: Borrow<Item>>(
     if let Some(sender) = sender {
         let lc = sender.to_ascii_lowercase();
         let limit = plan.sender_limit(&lc);
-        let used = count(plan.windows.day_key.as_ref(), &sender_attr(&lc));
+        let used = count(plan.windows.named.day_key.as_ref(), &sender_attr(&lc));
         if let Some(limit) = limit {
             f(LevelUsage {
                 level: LevelKind::SenderDaily,

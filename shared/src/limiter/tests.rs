@@ -163,7 +163,7 @@ fn keys_name_the_window_and_the_bucket_parameters() {
             "lim#gw#gw#b#10#333334".to_owned(),
         ]
     );
-    assert_eq!(p.windows.hour_attr, "h10");
+    assert_eq!(p.windows.named.hour_attr, "h10");
 }
 
 #[test]

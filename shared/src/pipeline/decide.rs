@@ -65,6 +65,11 @@ impl<'a, I: Borrow<Item>> Read<'a, I> {
         self.list.slots.get(g).copied().unwrap_or_default()
     }
 
+    /// Whether gateway `g`'s items were read (it is reachable by some message of the batch).
+    pub fn has(&self, g: usize) -> bool {
+        self.slots(g).breaker.is_some()
+    }
+
     /// Gateway `g`'s breaker item.
     pub fn breaker(&self, g: usize) -> Option<&'a Item> {
         self.at(self.slots(g).breaker)
@@ -151,11 +156,6 @@ impl KeyBook {
     /// Whether the keys hold at `now`.
     pub fn covers(&self, now: EpochMillis) -> bool {
         utc_hour(now) == self.hour
-    }
-
-    /// The breaker key of gateway `g` (a config index).
-    pub fn breaker(&self, g: usize) -> Option<&Key> {
-        self.gateways.get(g).map(|k| &k.breaker)
     }
 }
 
@@ -268,19 +268,18 @@ impl Decider {
     }
 
     /// The router's view of every gateway from the items `read` (made from `book`): breaker,
-    /// tightest limit level, health verdict. Gateways not `reachable` get the default view; no
-    /// message of the batch can be routed to them.
+    /// tightest limit level, health verdict. Gateways whose items were not read get the default
+    /// view; no message of the batch can be routed to them.
     pub fn view<I: Borrow<Item>>(
         &self,
         book: &KeyBook,
-        reachable: &[bool],
         read: &Read<'_, I>,
         now: EpochMillis,
     ) -> Vec<GatewayState> {
         let config = self.config();
         (0..config.gateways.len())
             .map(|g| {
-                if !reachable.get(g).copied().unwrap_or(false) {
+                if !read.has(g) {
                     return GatewayState::default();
                 }
                 let gateway = &config.gateways[g];
@@ -414,7 +413,7 @@ mod tests {
         let list = d.keys_to_read(&book, &reachable);
         let read_items: Vec<Option<&Item>> = list.keys().iter().map(|k| items.get(k)).collect();
         let read = list.read(&read_items);
-        let view = d.view(&book, &reachable, &read, NOW);
+        let view = d.view(&book, &read, NOW);
         assert_eq!(
             view[0].breaker,
             breaker::BreakerView::Open {

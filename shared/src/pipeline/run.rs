@@ -272,7 +272,7 @@ impl Pipeline {
                 .unwrap_or(u32::MAX);
 
         // 3. Route on the state read.
-        self.route_all(&mut works, &state, &book, &reachable, now);
+        self.route_all(&mut works, &state, &book, now);
 
         // 4. Rounds of limits, breaker and sends.
         let mut tallies: BTreeMap<usize, Tally> = BTreeMap::new();
@@ -393,12 +393,11 @@ impl Pipeline {
         works: &mut [Work],
         state: &Read<'_, Item>,
         book: &KeyBook,
-        reachable: &[bool],
         now: EpochMillis,
     ) {
         let config = self.decider.config();
         // Borrowed, not copied: a day item holds every sender's counter.
-        let states = self.decider.view(book, reachable, state, now);
+        let states = self.decider.view(book, state, now);
         let max = config.routing.max_failover_attempts.get() as usize;
         for w in works.iter_mut() {
             if !matches!(w.stage, Stage::Pending) || w.claim.is_none() {
