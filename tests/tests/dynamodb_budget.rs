@@ -1,7 +1,7 @@
 //! The DESIGN §5 DynamoDB budget of the sender's happy path, measured on the emulator through
 //! the real send pipeline with the same batches the `dynamodb_budget` example prints: ≤ 2
-//! requests and ≤ 4 WCU per message, ≤ 3 sequential round trips per batch of 10. Counts only;
-//! the example reports the times.
+//! requests and ≤ 4 WCU per message in a batch of 10, ≤ 3 sequential round trips per batch of
+//! any size (1, 10 and 100 messages). Counts only; the example reports the times.
 //!
 //! Needs the emulator: `scripts/services up && source .local/services.env`.
 
@@ -49,7 +49,7 @@ async fn a_batch_of_ten_stays_within_the_dynamodb_budget() {
 }
 
 #[tokio::test]
-async fn every_deployable_batch_size_waits_for_at_most_three_round_trips() {
+async fn every_batch_size_waits_for_at_most_three_round_trips() {
     if std::env::var_os("MOTO_URL").is_none() {
         panic!("MOTO_URL is unset: run `scripts/services up && source .local/services.env`");
     }
@@ -57,8 +57,9 @@ async fn every_deployable_batch_size_waits_for_at_most_three_round_trips() {
     let pipeline = budget::pipeline(Arc::clone(&store) as Arc<dyn StateStore>, "0ms")
         .await
         .unwrap();
-    // The template caps the sender's batch at 10; larger batches are measured by the example.
-    for size in budget::SIZES.into_iter().filter(|&s| s <= budget::BATCH) {
+    // DESIGN §5: whatever the batch's size. The template caps the sender's batch at 10; 100
+    // is what a batching window could bring if the cap were raised.
+    for size in budget::SIZES {
         store.reset();
         budget::run_batch(&pipeline, &format!("sizes{size}"), 0, size)
             .await

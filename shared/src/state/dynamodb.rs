@@ -912,12 +912,19 @@ impl StateStore for DynamoStore {
                 .map_err(|e| StoreError::Invalid(format!("put not built: {e}")))?;
             requests.push(WriteRequest::builder().put_request(put).build());
         }
+        // The chunks name distinct keys, so their order does not matter: they go out together
+        // and the call waits for one round trip whatever the number of items. Every chunk is
+        // seen through to its end before an error is returned, so none is left in flight.
         let mut requests = requests.into_iter().peekable();
+        let mut chunks = Vec::new();
         while requests.peek().is_some() {
             let chunk: Vec<WriteRequest> = requests.by_ref().take(MAX_BATCH_WRITE).collect();
-            self.batch_put(chunk).await?;
+            chunks.push(self.batch_put(chunk));
         }
-        Ok(())
+        futures::future::join_all(chunks)
+            .await
+            .into_iter()
+            .collect::<Result<(), StoreError>>()
     }
 }
 
@@ -1139,18 +1146,22 @@ mod tests {
         );
     }
 
-    /// A loopback HTTP server that answers every request with `status` and a DynamoDB error
-    /// of type `error_type`, counting requests. Lives until the test process ends.
-    fn failing_endpoint(status: u16, error_type: &'static str) -> (String, Arc<AtomicUsize>) {
+    /// A loopback HTTP server standing in for DynamoDB: `answer` gets each request's body and
+    /// returns the status, error type (`None` for a success) and JSON payload. Each connection
+    /// is served on its own thread, so requests in flight together are answered together.
+    /// Lives until the test process ends.
+    fn endpoint<F>(answer: F) -> String
+    where
+        F: Fn(&[u8]) -> (u16, Option<&'static str>, String) + Send + Sync + 'static,
+    {
         use std::io::{BufRead, BufReader, Read, Write as _};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let count = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::clone(&count);
+        let answer = Arc::new(answer);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
-                let seen = Arc::clone(&seen);
+                let answer = Arc::clone(&answer);
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().unwrap());
                     let mut out = stream;
@@ -1173,13 +1184,13 @@ mod tests {
                         if reader.read_exact(&mut body).is_err() {
                             return;
                         }
-                        seen.fetch_add(1, AtomicOrdering::SeqCst);
-                        let payload = format!(
-                            "{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{error_type}\",\"message\":\"test\"}}"
-                        );
+                        let (status, error_type, payload) = answer(&body);
+                        let error_header = error_type
+                            .map(|t| format!("x-amzn-errortype: {t}\r\n"))
+                            .unwrap_or_default();
                         let response = format!(
-                            "HTTP/1.1 {status} Error\r\ncontent-type: application/x-amz-json-1.0\r\n\
-                             x-amzn-errortype: {error_type}\r\ncontent-length: {}\r\n\r\n{payload}",
+                            "HTTP/1.1 {status} Answer\r\ncontent-type: application/x-amz-json-1.0\r\n\
+                             {error_header}content-length: {}\r\n\r\n{payload}",
                             payload.len()
                         );
                         if out.write_all(response.as_bytes()).is_err() {
@@ -1188,6 +1199,21 @@ mod tests {
                     }
                 });
             }
+        });
+        url
+    }
+
+    /// An [`endpoint`] that answers every request with `status` and a DynamoDB error of type
+    /// `error_type`, counting requests.
+    fn failing_endpoint(status: u16, error_type: &'static str) -> (String, Arc<AtomicUsize>) {
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&count);
+        let url = endpoint(move |_| {
+            seen.fetch_add(1, AtomicOrdering::SeqCst);
+            let payload = format!(
+                "{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{error_type}\",\"message\":\"test\"}}"
+            );
+            (status, Some(error_type), payload)
         });
         (url, count)
     }
@@ -1264,6 +1290,97 @@ mod tests {
             matches!(result, Err(StoreError::Unavailable(_))),
             "{result:?}"
         );
+    }
+
+    /// The puts of one `BatchWriteItem` body: their keys, in order.
+    fn put_keys(body: &[u8]) -> Vec<String> {
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+        json["RequestItems"]["t"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                w["PutRequest"]["Item"]["pk"]["S"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    fn numbered(keys: impl Iterator<Item = usize>) -> Vec<(Key, Item)> {
+        keys.map(|i| {
+            let item = Item::from([("i".to_owned(), Value::N(i as i64))]);
+            (format!("k{i}"), item)
+        })
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn batch_puts_send_every_chunk_together() {
+        use std::sync::{Condvar, Mutex};
+        // 91 puts naming 90 keys: four chunks of at most 25. Each request waits (up to 5 s)
+        // until all four are in flight; sent one after another, only one ever would be.
+        #[derive(Default)]
+        struct Seen {
+            in_flight: usize,
+            most_in_flight: usize,
+            keys: Vec<Vec<String>>,
+        }
+        let seen = Arc::new((Mutex::new(Seen::default()), Condvar::new()));
+        let server = Arc::clone(&seen);
+        let url = endpoint(move |body| {
+            let (lock, all_here) = &*server;
+            let mut s = lock.lock().unwrap();
+            s.in_flight += 1;
+            s.most_in_flight = s.most_in_flight.max(s.in_flight);
+            s.keys.push(put_keys(body));
+            all_here.notify_all();
+            let (mut s, _) = all_here
+                .wait_timeout_while(s, Duration::from_secs(5), |s| s.most_in_flight < 4)
+                .unwrap();
+            s.in_flight -= 1;
+            (200, None, r#"{"UnprocessedItems":{}}"#.to_owned())
+        });
+        let mut items = numbered(0..90);
+        items.push(("k7".into(), Item::new()));
+        store_at(&url, 1).put_many(items).await.unwrap();
+
+        let s = seen.0.lock().unwrap();
+        assert_eq!(s.most_in_flight, 4, "chunks sent: {:?}", s.keys);
+        assert!(s.keys.iter().all(|k| k.len() <= MAX_BATCH_WRITE));
+        let mut keys: Vec<&String> = s.keys.iter().flatten().collect();
+        keys.sort();
+        let mut expected: Vec<String> = (0..90).map(|i| format!("k{i}")).collect();
+        expected.sort();
+        assert_eq!(keys, expected.iter().collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_failed_chunk_is_reported_after_the_others_have_answered() {
+        // The first chunk to arrive is refused at once; the others answer 300 ms later. The
+        // call must not return (leaving them in flight) before they have.
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let (a, b) = (Arc::clone(&arrived), Arc::clone(&answered));
+        let url = endpoint(move |_| {
+            if a.fetch_add(1, AtomicOrdering::SeqCst) == 0 {
+                let payload = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ValidationException","message":"item too large"}"#;
+                return (400, Some("ValidationException"), payload.to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            b.fetch_add(1, AtomicOrdering::SeqCst);
+            (200, None, r#"{"UnprocessedItems":{}}"#.to_owned())
+        });
+        let result = store_at(&url, 1).put_many(numbered(0..60)).await;
+        match result {
+            Err(StoreError::Invalid(message)) => {
+                assert!(message.contains("too large"), "{message}")
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        assert_eq!(arrived.load(AtomicOrdering::SeqCst), 3);
+        assert_eq!(answered.load(AtomicOrdering::SeqCst), 2);
     }
 
     #[test]

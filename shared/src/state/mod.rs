@@ -31,7 +31,9 @@
 //!   producing either).
 //! - Two actions of one update on the same attribute are [`StoreError::Invalid`] (DynamoDB
 //!   rejects overlapping document paths).
-//! - `put_many` is unconditional (DynamoDB `BatchWriteItem`).
+//! - `put_many` is unconditional (DynamoDB `BatchWriteItem`). Adapters send its chunks of
+//!   [`MAX_BATCH_WRITE`] together, in no order (one round trip whatever the number of items);
+//!   when it fails, some chunks may have been written: a retry of the same call converges.
 //! - Reads are strongly consistent.
 //! - The attribute [`TTL_ATTRIBUTE`] (epoch seconds) only marks an item for cleanup; no logic may
 //!   depend on an item having been deleted by it.
@@ -311,7 +313,8 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// All-or-nothing conditional writes on distinct keys, at most [`MAX_TRANSACTION`].
     async fn transact(&self, writes: Vec<Write>) -> Result<TransactOutcome, StoreError>;
 
-    /// Unconditional puts (any number; adapters chunk by [`MAX_BATCH_WRITE`]).
+    /// Unconditional puts (any number; adapters chunk by [`MAX_BATCH_WRITE`] and send the
+    /// chunks together). A key named twice keeps its last item.
     async fn put_many(&self, items: Vec<(Key, Item)>) -> Result<(), StoreError>;
 
     /// Reads one item.
