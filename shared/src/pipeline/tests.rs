@@ -246,6 +246,11 @@ fn records(bodies: Vec<String>) -> Vec<Received> {
         .collect()
 }
 
+/// A batch of one message, `m-1` from `dr@clinic.example` to `p@example.org`.
+fn one_message() -> Vec<Received> {
+    records(vec![body("m-1", "dr@clinic.example", &["p@example.org"])])
+}
+
 impl Harness {
     async fn run(&self, records: &[Received]) -> BatchReport {
         let n = {
@@ -401,7 +406,7 @@ async fn a_duplicate_in_the_same_batch_is_sent_once() {
 #[tokio::test]
 async fn redelivery_of_a_sent_message_calls_no_provider_and_re_emits_its_event() {
     let h = harness(&[("a", Reply::Accept)], "", "");
-    let batch = records(vec![body("m-1", "dr@clinic.example", &["p@example.org"])]);
+    let batch = one_message();
     h.run(&batch).await;
     let first = h.outcomes();
     let report = h.run(&batch).await;
@@ -425,13 +430,7 @@ async fn an_unavailable_primary_fails_over_to_the_secondary() {
         "",
         "",
     );
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert_eq!(report.items[0].outcome, Outcome::Sent);
     assert_eq!(report.items[0].gateway.as_deref(), Some("b"));
     assert_eq!(report.metrics.failovers, 1);
@@ -459,13 +458,7 @@ async fn throttled_and_auth_failures_fail_over_too() {
             "",
             "",
         );
-        let report = h
-            .run(&records(vec![body(
-                "m-1",
-                "dr@clinic.example",
-                &["p@example.org"],
-            )]))
-            .await;
+        let report = h.run(&one_message()).await;
         assert_eq!(report.items[0].gateway.as_deref(), Some("b"), "{class:?}");
         assert_eq!(h.calls("a").len(), 1);
     }
@@ -481,13 +474,7 @@ async fn a_permanent_refusal_stops_without_failover() {
         "",
         "",
     );
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert_eq!(report.items[0].outcome, Outcome::Failed);
     assert_eq!(report.items[0].disposition, Disposition::Done);
     assert!(h.calls("b").is_empty());
@@ -496,13 +483,7 @@ async fn a_permanent_refusal_stops_without_failover() {
     assert_eq!(e.outcome, Outcome::Failed);
     assert_eq!(e.recipients[0].status, RecipientStatus::Failed);
     // The redelivery does not try again.
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert_eq!(report.items[0].outcome, Outcome::Failed);
     assert!(report.items[0].replayed);
     assert_eq!(h.calls("a").len(), 1);
@@ -521,13 +502,7 @@ async fn a_message_no_gateway_can_take_is_rejected_with_the_reasons() {
         "",
         "",
     );
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert_eq!(report.items[0].outcome, Outcome::Rejected);
     assert_eq!(report.items[0].disposition, Disposition::Done);
     assert_eq!(
@@ -558,13 +533,7 @@ async fn unsuitable_gateways_do_not_use_up_the_failover_attempts() {
         "",
         "",
     );
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert_eq!(report.items[0].outcome, Outcome::Sent);
     assert_eq!(report.items[0].gateway.as_deref(), Some("d"));
     // Other failures still count: with a, b, c unavailable, d is past the bound of 3.
@@ -578,13 +547,7 @@ async fn unsuitable_gateways_do_not_use_up_the_failover_attempts() {
         "",
         "",
     );
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert_eq!(
         report.items[0].outcome,
         Outcome::Sent,
@@ -600,13 +563,7 @@ async fn unsuitable_gateways_do_not_use_up_the_failover_attempts() {
         "",
         "",
     );
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert_eq!(report.items[0].outcome, Outcome::Deferred);
     assert!(h.calls("d").is_empty());
 }
@@ -621,13 +578,7 @@ async fn an_ambiguous_answer_is_deferred_without_failover_and_the_claim_kept() {
         "",
         "",
     );
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert_eq!(report.items[0].outcome, Outcome::Deferred);
     assert!(h.calls("b").is_empty());
     // Not visible again before this invocation's lease has ended.
@@ -652,13 +603,7 @@ async fn the_failover_policy_sends_an_ambiguous_message_on() {
         "",
         r#", "ambiguous_policy": "failover""#,
     );
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert_eq!(report.items[0].gateway.as_deref(), Some("b"));
     assert!(
         report.items[0]
@@ -681,13 +626,7 @@ async fn when_every_gateway_fails_the_message_returns_at_the_earliest_providers_
         "",
         "",
     );
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     let after = retry_after(&report.items[0]);
     assert!(
         after >= Duration::from_secs(120) && after <= Duration::from_secs(150),
@@ -850,7 +789,7 @@ async fn suppressed_recipients_are_left_out_and_all_suppressed_is_rejected() {
 async fn when_events_cannot_be_emitted_the_sent_message_is_retried_and_replayed() {
     let h = harness(&[("a", Reply::Accept)], "", "");
     h.sink.down.store(true, Ordering::SeqCst);
-    let batch = records(vec![body("m-1", "dr@clinic.example", &["p@example.org"])]);
+    let batch = one_message();
     let report = h.run(&batch).await;
     assert!(matches!(
         report.items[0].disposition,
@@ -868,13 +807,7 @@ async fn when_events_cannot_be_emitted_the_sent_message_is_retried_and_replayed(
 async fn a_send_the_ledger_could_not_record_is_still_reported_and_acknowledged() {
     let h = harness(&[("a", Reply::Accept)], "", "");
     h.store.fail_puts.store(true, Ordering::SeqCst);
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert_eq!(report.items[0].outcome, Outcome::Sent);
     // Acknowledged: no redelivery can send it again while the ledger still shows the claim.
     assert_eq!(report.items[0].disposition, Disposition::Done);
@@ -884,7 +817,7 @@ async fn a_send_the_ledger_could_not_record_is_still_reported_and_acknowledged()
 #[tokio::test]
 async fn a_crash_after_the_send_is_recovered_when_the_lease_expires_and_flagged() {
     let h = harness(&[("a", Reply::Accept)], "", "");
-    let batch = records(vec![body("m-1", "dr@clinic.example", &["p@example.org"])]);
+    let batch = one_message();
     // The invocation dies after the provider accepted, before the ledger mark: the mark hangs
     // and the future is dropped.
     h.store.hang_puts.store(true, Ordering::SeqCst);
@@ -932,7 +865,7 @@ async fn a_crash_after_the_send_is_recovered_when_the_lease_expires_and_flagged(
 #[tokio::test]
 async fn near_the_deadline_nothing_is_started_and_everything_is_deferred() {
     let h = harness(&[("a", Reply::Accept)], "", "");
-    let batch = records(vec![body("m-1", "dr@clinic.example", &["p@example.org"])]);
+    let batch = one_message();
     let report = h
         .pipeline
         .process(Batch {
@@ -952,7 +885,7 @@ async fn near_the_deadline_nothing_is_started_and_everything_is_deferred() {
 #[tokio::test]
 async fn a_call_that_outlives_the_deadline_is_abandoned_as_ambiguous() {
     let h = harness(&[("a", Reply::Hang)], "", "");
-    let batch = records(vec![body("m-1", "dr@clinic.example", &["p@example.org"])]);
+    let batch = one_message();
     tokio::time::pause();
     let report = h
         .pipeline
@@ -972,13 +905,7 @@ async fn a_message_held_by_a_live_invocation_waits_for_its_lease() {
     ledger::claim(h.store.as_ref(), "m-1", "other", T0 + 20_000, T0)
         .await
         .unwrap();
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert!(h.calls("a").is_empty());
     let after = retry_after(&report.items[0]);
     assert!(
@@ -1070,13 +997,7 @@ async fn a_fresh_unhealthy_verdict_sends_the_message_to_the_other_gateway() {
     );
     // Probed 20 s ago with the default 30 s interval: fresh.
     store_health(&h, "a", crate::events::HealthStatus::Unhealthy, T0 - 20_000).await;
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert_eq!(report.items[0].outcome, Outcome::Sent);
     assert_eq!(report.items[0].gateway.as_deref(), Some("b"));
     assert!(h.calls("a").is_empty(), "the unhealthy gateway was called");
@@ -1098,13 +1019,7 @@ async fn a_stale_unhealthy_verdict_does_not_drop_the_gateway() {
         T0 - 180_001,
     )
     .await;
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert_eq!(report.items[0].gateway.as_deref(), Some("a"));
     assert_eq!(h.calls("a"), ["m-1"]);
 }
@@ -1117,13 +1032,7 @@ async fn an_unhealthy_verdict_is_only_a_note_when_health_is_not_required() {
         r#", "health_check_required": false"#,
     );
     store_health(&h, "a", crate::events::HealthStatus::Unhealthy, T0 - 20_000).await;
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert_eq!(report.items[0].gateway.as_deref(), Some("a"));
 }
 
@@ -1144,13 +1053,7 @@ async fn a_config_whose_state_keys_exceed_one_batch_read_still_routes() {
         T0 - 20_000,
     )
     .await;
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert_eq!(report.items[0].outcome, Outcome::Sent, "{report:?}");
     // Every chunk was read: g00's unhealthy record drops it.
     assert_eq!(report.items[0].gateway.as_deref(), Some("g01"));
@@ -1168,13 +1071,7 @@ async fn a_far_limit_reset_does_not_hold_back_a_retry_another_gateway_may_take_s
         r#", "rate_limits": {"per_hour": 1}"#,
         "",
     );
-    let first = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let first = h.run(&one_message()).await;
     assert!(matches!(first.items[0].disposition, Disposition::Done));
     let second = h
         .run(&records(vec![body(
@@ -1245,13 +1142,7 @@ async fn without_failover_an_open_breaker_on_the_next_gateway_is_still_honoured(
         ])
         .await
         .unwrap();
-    let report = h
-        .run(&records(vec![body(
-            "m-1",
-            "dr@clinic.example",
-            &["p@example.org"],
-        )]))
-        .await;
+    let report = h.run(&one_message()).await;
     assert_eq!(report.items[0].outcome, Outcome::Deferred);
     assert!(h.calls("a").is_empty() && h.calls("b").is_empty());
     // Retried when the first breaker may admit again (plus jitter).
