@@ -18,7 +18,7 @@ const LOCAL_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["queue_url", "local"])))]
 pub struct SendArgs {
-    /// The message (JSON, DESIGN §2.1).
+    /// The message (JSON, ARCHITECTURE §2.1).
     file: PathBuf,
     /// Send to this SQS queue (AWS settings from the environment).
     #[arg(long, value_name = "URL")]

@@ -1,4 +1,4 @@
-//! `gateway serve`: the whole sending side in one process, the way DESIGN §4 describes the local
+//! `gateway serve`: the whole sending side in one process, the way ARCHITECTURE §4 describes the local
 //! run. With no flags everything is embedded and in memory (config `examples/local.json`,
 //! queue, shared state, record of delivery), so it runs on a fresh machine with no AWS and no
 //! database. Flags point each part at a real service instead; the queue is then polled exactly
@@ -27,7 +27,7 @@ use gateway_core::config::{Config, CustomerWebhook, ProviderSettings, load_confi
 use gateway_core::customer_webhooks::{DeliveryReporting, Worker, WorkerSettings};
 use gateway_core::duration::parse_duration;
 use gateway_core::events::{EventSink, GatewayEvent, SinkError};
-use gateway_core::health_check::HealthChecker;
+use gateway_core::health::HealthChecker;
 use gateway_core::message::parse_message;
 use gateway_core::pipeline::{Pipeline, PipelineSettings, PollSettings, Poller};
 use gateway_core::providers::factory::build_providers;
@@ -39,8 +39,9 @@ use gateway_core::records::MemoryRecords;
 use gateway_core::records::mysql::{MysqlRecords, PoolSettings};
 use gateway_core::secrets::SecretResolver;
 use gateway_core::sqs_sink::SqsEventSink;
+use gateway_core::startup::AwsClients;
 use gateway_core::state::StateStore;
-use gateway_core::state::dynamodb::{self, DynamoStore, table_name_from_env};
+use gateway_core::state::dynamodb::table_name_from_env;
 use gateway_core::state::memory::MemoryStore;
 use gateway_core::status::{StatusApi, StatusRecords};
 use gateway_core::webhooks::edge::{Edge, WebhookKeys};
@@ -429,13 +430,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         || args.events_queue_url.is_some()
         || args.config.is_some();
     let aws = if needs_aws {
-        Some(aws_config::load_from_env().await)
+        Some(AwsClients::from_env().await)
     } else {
         None
     };
     let mut resolver = SecretResolver::new(Arc::clone(&clock));
     if let Some(aws) = &aws {
-        resolver = resolver.with_aws_config(aws.clone());
+        resolver = resolver.with_aws_config(aws.sdk().clone());
     }
     let providers = build_providers(&config, &resolver, &config.http, Arc::clone(&clock))
         .await
@@ -447,12 +448,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let table = args.table.clone().unwrap_or_else(table_name_from_env);
         lines.push(format!("shared state:   DynamoDB table {table}"));
         // The adapter's own client: SDK retries off (the store retries) and bounded waits.
-        Arc::new(DynamoStore::new(dynamodb::client_from_env().await, table))
+        match &aws {
+            Some(aws) => aws.state_store(table),
+            None => AwsClients::from_env().await.state_store(table),
+        }
     } else {
         lines.push("shared state:   in memory".to_owned());
         Arc::new(MemoryStore::new())
     };
-    let sqs = aws.as_ref().map(aws_sdk_sqs::Client::new);
+    let sqs = aws.as_ref().map(AwsClients::sqs);
     let queue: Arc<dyn Queue> = match &args.sqs_queue_url {
         Some(url) => {
             lines.push(format!("queue:          SQS {url}"));

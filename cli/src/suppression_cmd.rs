@@ -1,4 +1,4 @@
-//! `gateway suppression …`: the suppression list the sender checks (DESIGN §3.6), in the
+//! `gateway suppression …`: the suppression list the sender checks (ARCHITECTURE §3.6), in the
 //! shared-state DynamoDB table. The recorder adds hard bounces, complaints and unsubscribes;
 //! operators list, add and remove entries here.
 

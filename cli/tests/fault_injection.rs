@@ -25,7 +25,7 @@
 //!
 //! ```text
 //! scripts/services up && source .local/services.env
-//! cargo test -p gateway-cli --test fault_injection -- --ignored --nocapture
+//! cargo test -p gateway-cli --test integration fault_injection_10k -- --ignored --nocapture
 //! ```
 
 #![allow(

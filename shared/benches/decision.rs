@@ -1,6 +1,6 @@
 //! CPU of the send pipeline's decisions per message: routing, the limit decision and the
 //! breaker's admission, on in-memory state, with 20 gateways and 1,000 senders (budget: 2 µs
-//! per message, DESIGN §5).
+//! per message, ARCHITECTURE §5).
 //!
 //! ```text
 //! cargo bench -p gateway-core --bench decision

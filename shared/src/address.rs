@@ -1,4 +1,4 @@
-//! Email addresses and mailboxes of the outbound message contract (DESIGN §2.1, providers §7).
+//! Email addresses and mailboxes of the outbound message contract (ARCHITECTURE §2.1, providers §7).
 //!
 //! Every provider builds headers from these values, and the gateway builds raw MIME itself for
 //! Mailgun, SES and Gmail, so a value of [`EmailAddress`] or [`Mailbox`] is safe to put in a header

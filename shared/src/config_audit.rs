@@ -1,4 +1,4 @@
-//! The configuration's own record (DESIGN §2.2, §2.4): which gateways existed when, every change
+//! The configuration's own record (ARCHITECTURE §2.2, §2.4): which gateways existed when, every change
 //! to them (`gateway_config_audit`), and the routing rules in force (`gateway_routing_rules`).
 //!
 //! A process that loads the config (the recorder at start-up, `gateway serve`) describes it as a

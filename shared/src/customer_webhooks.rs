@@ -1,4 +1,4 @@
-//! Customer webhooks (DESIGN §2.5): the recorder tells customers what happened to their
+//! Customer webhooks (ARCHITECTURE §2.5): the recorder tells customers what happened to their
 //! messages in Mandrill's webhook format, without ever letting a slow or broken customer
 //! endpoint hold up the record of delivery.
 //!
@@ -381,11 +381,10 @@ impl Worker {
         clock: Arc<dyn Clock>,
         settings: WorkerSettings,
     ) -> Result<Self, WorkerBuildError> {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::reqwest_builder()
             .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
             .timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("mail-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(WorkerBuildError)?;
         Ok(Self {

@@ -1,7 +1,7 @@
 //! The events contract: what the sender, webhooks and health-check functions put on the events
 //! queue, and the [`EventSink`] port they put it through.
 //!
-//! The sender never talks to MySQL (DESIGN §1): it emits [`GatewayEvent`]s and the recorder
+//! The sender never talks to MySQL (ARCHITECTURE §1): it emits [`GatewayEvent`]s and the recorder
 //! applies them ([`crate::records::RecordWriter`]). The JSON form is a wire contract between
 //! functions deployed at different times, so it is versioned and pinned by tests:
 //!
@@ -134,24 +134,7 @@ pub enum Outcome {
 
 pub use crate::message::RecipientKind;
 
-/// The class of one provider call's result (DESIGN §3.2). Decides failover, retry and whether
-/// the breaker counts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutcomeClass {
-    /// Accepted.
-    Ok,
-    /// Invalid recipient or content: no retry, no failover, not a provider failure.
-    Permanent,
-    /// 429 or a provider quota.
-    Throttled,
-    /// 5xx or a connection error.
-    Unavailable,
-    /// 401/403: bad credentials.
-    Auth,
-    /// Timeout after the request was sent: the provider may have accepted it.
-    Ambiguous,
-}
+pub use crate::outcome::OutcomeClass;
 
 /// One recipient's status after this outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,7 +241,7 @@ pub enum DeliveryKind {
 }
 
 impl DeliveryKind {
-    /// True when the recipient must be added to the suppression list (DESIGN §3.6): a hard
+    /// True when the recipient must be added to the suppression list (ARCHITECTURE §3.6): a hard
     /// bounce, a complaint or an unsubscribe. A soft bounce, deferral or rejection is about
     /// one message, not the address.
     pub fn suppresses(self) -> bool {

@@ -1,4 +1,4 @@
-//! The idempotency ledger (DESIGN §3.5): one item per message id that makes sending
+//! The idempotency ledger (ARCHITECTURE §3.5): one item per message id that makes sending
 //! effectively once although SQS delivers at least once.
 //!
 //! # Life of an entry

@@ -1,4 +1,4 @@
-//! Customer-facing events in Mandrill's webhook format (DESIGN §2.5, providers.md §5–6).
+//! Customer-facing events in Mandrill's webhook format (ARCHITECTURE §2.5, providers.md §5–6).
 //!
 //! Pure mapping from what the gateway knows to one Mandrill message event. Batching, signing and
 //! delivery to customer endpoints belong to the recorder; this module fixes the shape.
@@ -25,72 +25,20 @@ use serde_json::{Value, json};
 use crate::clock::EpochMillis;
 use crate::events::{DeliveryEvent, DeliveryKind, Outcome, OutcomeEvent, RecipientStatus};
 
-/// Mandrill's event names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MandrillEvent {
-    /// `send`
-    Send,
-    /// `deferral`
-    Deferral,
-    /// `hard_bounce`
-    HardBounce,
-    /// `soft_bounce`
-    SoftBounce,
-    /// `open`
-    Open,
-    /// `click`
-    Click,
-    /// `spam`
-    Spam,
-    /// `unsub`
-    Unsub,
-    /// `reject`
-    Reject,
-}
+pub use crate::config::MandrillEvent;
 
-impl MandrillEvent {
-    /// Every event, in the order of Mandrill's documentation.
-    pub const ALL: [Self; 9] = [
-        Self::Send,
-        Self::Deferral,
-        Self::HardBounce,
-        Self::SoftBounce,
-        Self::Open,
-        Self::Click,
-        Self::Spam,
-        Self::Unsub,
-        Self::Reject,
-    ];
-
-    /// The event named `name` on the wire, if any.
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|e| e.as_str() == name)
-    }
-
-    /// The event name on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Send => "send",
-            Self::Deferral => "deferral",
-            Self::HardBounce => "hard_bounce",
-            Self::SoftBounce => "soft_bounce",
-            Self::Open => "open",
-            Self::Click => "click",
-            Self::Spam => "spam",
-            Self::Unsub => "unsub",
-            Self::Reject => "reject",
-        }
-    }
-
-    /// `msg.state` for this event.
-    pub fn state(self) -> &'static str {
-        match self {
-            Self::Send | Self::Open | Self::Click | Self::Spam | Self::Unsub => "sent",
-            Self::Deferral => "deferred",
-            Self::HardBounce => "bounced",
-            Self::SoftBounce => "soft-bounced",
-            Self::Reject => "rejected",
-        }
+/// `msg.state` for an event, as in Mandrill's samples.
+fn msg_state(event: MandrillEvent) -> &'static str {
+    match event {
+        MandrillEvent::Send
+        | MandrillEvent::Open
+        | MandrillEvent::Click
+        | MandrillEvent::Spam
+        | MandrillEvent::Unsub => "sent",
+        MandrillEvent::Deferral => "deferred",
+        MandrillEvent::HardBounce => "bounced",
+        MandrillEvent::SoftBounce => "soft-bounced",
+        MandrillEvent::Reject => "rejected",
     }
 }
 
@@ -149,7 +97,7 @@ pub fn from_delivery(message_id: &str, event: &DeliveryEvent, ctx: &MessageConte
     let mut msg = json!({
         "_id": message_id,
         "ts": ctx.sent_at.map_or(ts, |t| t.div_euclid(1000)),
-        "state": kind.state(),
+        "state": msg_state(kind),
         "email": event.recipient,
         "subject": ctx.subject,
         "sender": ctx.sender,
@@ -178,7 +126,7 @@ pub fn from_delivery(message_id: &str, event: &DeliveryEvent, ctx: &MessageConte
     out
 }
 
-/// The Mandrill events an outcome announces, one per recipient (DESIGN §2.5):
+/// The Mandrill events an outcome announces, one per recipient (ARCHITECTURE §2.5):
 /// - `reject` for a recipient we refused (`REJECTED`: invalid message; `SUPPRESSED`: on the
 ///   suppression list) or the provider refused permanently (`FAILED`);
 /// - `deferral` for each deferral (with the reason as `msg.smtp_events[0].diag`);
@@ -208,7 +156,7 @@ pub fn from_outcome(event: &OutcomeEvent, announce_send: bool) -> Vec<Value> {
             let mut msg = json!({
                 "_id": event.message_id,
                 "ts": ts,
-                "state": kind.state(),
+                "state": msg_state(kind),
                 "email": r.address,
                 "subject": event.subject,
                 "sender": event.sender,
@@ -370,7 +318,7 @@ mod tests {
         ];
         for (kind, name, state) in table {
             let e = MandrillEvent::from(kind);
-            assert_eq!((e.as_str(), e.state()), (name, state), "{kind:?}");
+            assert_eq!((e.as_str(), msg_state(e)), (name, state), "{kind:?}");
         }
     }
 

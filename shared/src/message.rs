@@ -1,4 +1,4 @@
-//! The outbound message contract: the JSON body of one SQS message (DESIGN §2.1).
+//! The outbound message contract: the JSON body of one SQS message (ARCHITECTURE §2.1).
 //!
 //! [`parse_message`] turns a body into an [`OutboundMessage`] or into a [`MessageError`] that lists
 //! every problem found, each with the path of the field (`to[2]: not an email address`). A
@@ -12,7 +12,7 @@
 //! contract tests check that schema and parser agree. Only what a schema cannot say (repeated
 //! keys, case-insensitive header repeats, de-duplicated recipient count, body size) is parser-only.
 //!
-//! Rules beyond the ones DESIGN §2.1 states, and why:
+//! Rules beyond the ones ARCHITECTURE §2.1 states, and why:
 //!
 //! - **Unknown fields and duplicate keys are errors.** `"htlm": "…"` must not silently send a
 //!   message without its body, and with `"to"` given twice a JSON parser would keep only one list.
@@ -538,7 +538,7 @@ pub struct FieldError {
 }
 
 /// Why a body is not a valid outbound message: every problem found (at least one), unknown and
-/// repeated keys first, then the contract's fields in the order of DESIGN §2.1. Such a message is
+/// repeated keys first, then the contract's fields in the order of ARCHITECTURE §2.1. Such a message is
 /// permanently invalid (a poison message): retrying cannot help.
 ///
 /// `Display` joins the problems with `"; "`. At most [`MAX_REPORTED_PROBLEMS`] are kept; the

@@ -45,7 +45,7 @@ use crate::address::{EmailAddress, Mailbox};
 use crate::clock::EpochMillis;
 use crate::message::{Attachment, OutboundMessage};
 
-/// The header that carries our message id (the idempotency key of DESIGN §2.1) in every raw
+/// The header that carries our message id (the idempotency key of ARCHITECTURE §2.1) in every raw
 /// message, so a copy found in a mailbox, a bounce or a capture file can be traced back to the
 /// record of delivery.
 pub const GATEWAY_ID_HEADER: &str = "X-Gateway-Message-Id";

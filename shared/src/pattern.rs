@@ -1,4 +1,4 @@
-//! Sender patterns of `can_route` / `exclude_patterns` (DESIGN §3.1).
+//! Sender patterns of `can_route` / `exclude_patterns` (ARCHITECTURE §3.1).
 //!
 //! The language is closed on purpose; the original matched by substring, so `b.com` matched
 //! `x@notb.com`. Every pattern is one of:

@@ -1,4 +1,4 @@
-//! The recorder (DESIGN §1): the only writer of the record of delivery. It consumes the events
+//! The recorder (ARCHITECTURE §1): the only writer of the record of delivery. It consumes the events
 //! queue (sender outcomes, normalised provider webhook events, health results, breaker
 //! transitions), applies them to the record store and adds hard bounces, complaints and
 //! unsubscribes to the suppression list the sender checks.
@@ -44,7 +44,7 @@ pub struct RecorderReport {
     pub webhooks: WorkerReport,
 }
 
-/// Customer-webhook delivery (DESIGN §2.5; see [`crate::customer_webhooks`]).
+/// Customer-webhook delivery (ARCHITECTURE §2.5; see [`crate::customer_webhooks`]).
 #[derive(Debug, Clone)]
 pub struct CustomerWebhooks {
     endpoints: Arc<[CustomerWebhook]>,

@@ -1,7 +1,7 @@
 //! The record-of-delivery ports: [`RecordWriter`] (the recorder applies events) and
 //! [`RecordReader`] (the status API reads a message's record), with the in-memory adapter
 //! [`MemoryRecords`]. The MySQL adapter implements the same traits over the tables of
-//! DESIGN §2.4.
+//! ARCHITECTURE §2.4.
 //!
 //! # Idempotency and order
 //! SQS delivers events at least once and in any order, so applying is idempotent and

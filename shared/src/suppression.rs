@@ -1,4 +1,4 @@
-//! The suppression list (DESIGN §3.6): addresses that hard-bounced, complained or unsubscribed,
+//! The suppression list (ARCHITECTURE §3.6): addresses that hard-bounced, complained or unsubscribed,
 //! which the sender must not send to.
 //!
 //! # Stored form

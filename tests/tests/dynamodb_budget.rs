@@ -1,4 +1,4 @@
-//! The DESIGN §5 DynamoDB budget of the sender's happy path, measured on the emulator through
+//! The ARCHITECTURE §5 DynamoDB budget of the sender's happy path, measured on the emulator through
 //! the real send pipeline with the same batches the `dynamodb_budget` example prints: ≤ 2
 //! requests and ≤ 4 WCU per message in a batch of 10, ≤ 3 sequential round trips per batch of
 //! any size (1, 10 and 100 messages). Counts only; the example reports the times.
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use gateway_core::state::StateStore;
 
-#[path = "../examples/dynamodb_budget.rs"]
+#[path = "../benches/dynamodb_budget.rs"]
 #[allow(dead_code)]
 mod budget;
 
@@ -57,7 +57,7 @@ async fn every_batch_size_waits_for_at_most_three_round_trips() {
     let pipeline = budget::pipeline(Arc::clone(&store) as Arc<dyn StateStore>, "0ms")
         .await
         .unwrap();
-    // DESIGN §5: whatever the batch's size. The template caps the sender's batch at 10; 100
+    // ARCHITECTURE §5: whatever the batch's size. The template caps the sender's batch at 10; 100
     // is what a batching window could bring if the cap were raised.
     for size in budget::SIZES {
         store.reset();

@@ -947,7 +947,7 @@ fn header_injection_is_refused_in_every_header_field_with_its_path() {
     }
 }
 
-/// Sizes over the limits of DESIGN §2.1 / providers.md §7.3 that the parser owns: the body
+/// Sizes over the limits of ARCHITECTURE §2.1 / providers.md §7.3 that the parser owns: the body
 /// (the SQS limit) and the recipient count across lists (the largest provider cap).
 #[test]
 fn oversized_bodies_and_recipient_lists_are_refused_naming_the_limit() {

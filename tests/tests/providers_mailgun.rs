@@ -13,8 +13,8 @@ use base64::Engine as _;
 use gateway_core::config::{MailgunRegion, MailgunSettings, MailgunTags, SecretRef, Tracking};
 use gateway_core::providers::http::build_client;
 use gateway_core::providers::mailgun::MailgunProvider;
-use gateway_core::providers::secret::SecretString;
 use gateway_core::providers::{ErrorClass, Provider};
+use gateway_core::secrets::SecretString;
 use gateway_tests::{
     FormPart, PDF_BYTES, RICH_SUBJECT, closed_port, http_settings, parse_multipart, rich_message,
 };

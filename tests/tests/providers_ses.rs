@@ -13,6 +13,7 @@ use base64::Engine as _;
 use gateway_core::config::SesSettings;
 use gateway_core::providers::ses::{SesProvider, build_ses_client, configure_ses};
 use gateway_core::providers::{ErrorClass, Provider};
+use gateway_core::startup::AwsClients;
 use gateway_tests::{PDF_BYTES, RICH_SUBJECT, closed_port, http_settings, moto_url, rich_message};
 use serde_json::json;
 use wiremock::matchers::{method, path};
@@ -124,7 +125,12 @@ async fn rich_message_is_sent_as_the_documented_send_email_request() {
 /// (the set may already exist from an earlier run against the same emulator).
 async fn provider_on_moto(moto: &str) -> SesProvider {
     let settings = settings(moto.to_owned());
-    let client = build_ses_client(&settings, &http_settings(Duration::from_secs(10))).await;
+    let aws = AwsClients::from_env().await;
+    let client = build_ses_client(
+        aws.sdk(),
+        &settings,
+        &http_settings(Duration::from_secs(10)),
+    );
     client
         .create_email_identity()
         .email_identity("clinic.example")

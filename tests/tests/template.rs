@@ -1,15 +1,14 @@
 //! Drift between `template.yaml` and the code it deploys.
 //!
 //! - Every crate under `functions/` with a `src/main.rs` is built by exactly one
-//!   `AWS::Serverless::Function` of the template (and no template function builds anything else).
+//!   `AWS::Serverless::Function` of the template, through the root `Makefile`'s
+//!   `build-<LogicalId>` target (and no template function builds anything else).
 //! - Each function's environment in the template (`Globals` merged with its own) is exactly its
-//!   crate's `ENV_VARS`, and `ENV_VARS` is exactly what its `main.rs` reads: the names are read
-//!   out of the source (`env("…")`, `required("…", …)`, `std::env::var("…")`, the config
-//!   constants) plus what the `gateway-core` calls it makes read (`load_from_env()`: the config
-//!   variables; `table_name_from_env()`: the state table; `EnvFilter::try_from_default_env()` or
-//!   `startup::init_json_logs()`:
-//!   `RUST_LOG`). A read this scan cannot resolve fails the test instead of being skipped, and an
-//!   empty list fails too.
+//!   crate's `ENV_VARS`, and `ENV_VARS` is exactly what its `wire` reads: each function is wired
+//!   for real from a complete environment and [`Startup::variables_read`] says which names it
+//!   asked for (plus `RUST_LOG`, read by `startup::init_json_logs`).
+//! - Every AWS client each function's wiring builds has bounded waits, and DynamoDB clients have
+//!   the SDK's retries off (the store retries).
 //! - The queues, table and event sources keep the contracts the code relies on.
 //!
 //! The template uses only long-form intrinsics (`Ref:`, `Fn::GetAtt:` …), so a plain YAML parser
@@ -21,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use gateway_core::startup::Startup;
 use serde_norway::Value;
 
 /// Each function crate's declared environment, by its directory under `functions/`. A new
@@ -116,6 +116,36 @@ fn binary_name(manifest: &str, crate_dir: &str) -> String {
     .unwrap_or_else(|| panic!("functions/{crate_dir}/Cargo.toml names no binary"))
 }
 
+/// The binary each `build-<LogicalId>` target of the root `Makefile` copies
+/// (`cp target/lambda/<binary>/bootstrap "$(ARTIFACTS_DIR)/bootstrap"`), and the packages its
+/// one `cargo lambda build` builds (`FUNCTIONS := …`).
+fn makefile() -> (BTreeMap<String, String>, BTreeSet<String>) {
+    let path = root().join("Makefile");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let mut targets = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let mut packages = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(list) = line.strip_prefix("FUNCTIONS := ") {
+            packages.extend(list.split_whitespace().map(str::to_owned));
+        } else if let Some(id) = line
+            .strip_prefix("build-")
+            .and_then(|l| l.split(':').next())
+        {
+            current = Some(id.to_owned());
+        } else if let (Some(id), Some(rest)) =
+            (&current, line.trim().strip_prefix("cp target/lambda/"))
+        {
+            let binary = rest.split('/').next().unwrap_or_default().to_owned();
+            assert!(
+                targets.insert(id.clone(), binary).is_none(),
+                "Makefile: build-{id} copies more than one binary"
+            );
+        }
+    }
+    (targets, packages)
+}
+
 #[test]
 fn every_function_crate_is_deployed_by_exactly_one_template_function() {
     let template = template();
@@ -132,6 +162,12 @@ fn every_function_crate_is_deployed_by_exactly_one_template_function() {
         "FUNCTIONS in this test must list every function crate (with its ENV_VARS)"
     );
 
+    let (targets, packages) = makefile();
+    let crate_dirs: BTreeSet<String> = crates.keys().cloned().collect();
+    assert_eq!(
+        packages, crate_dirs,
+        "the Makefile's FUNCTIONS (left) must be the function crates (right): one cargo invocation builds them all"
+    );
     assert!(
         of_type(&template, "AWS::Lambda::Function").is_empty(),
         "functions are deployed as AWS::Serverless::Function, built from their crate"
@@ -140,24 +176,22 @@ fn every_function_crate_is_deployed_by_exactly_one_template_function() {
     for (id, function) in of_type(&template, "AWS::Serverless::Function") {
         assert_eq!(
             function["Metadata"]["BuildMethod"].as_str(),
-            Some("rust-cargolambda"),
+            Some("makefile"),
             "{id}: Metadata.BuildMethod"
         );
-        let binary = function["Metadata"]["BuildProperties"]["Binary"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{id}: Metadata.BuildProperties.Binary missing"));
-        let (dir, _) = crates
-            .iter()
-            .find(|(_, bin)| *bin == binary)
-            .unwrap_or_else(|| {
-                panic!("{id} builds binary {binary:?}, which no function crate has")
-            });
         assert_eq!(
             function["Properties"]["CodeUri"].as_str(),
-            Some(format!("functions/{dir}").as_str()),
-            "{id}: CodeUri must be the crate that builds {binary:?}"
+            Some("."),
+            "{id}: CodeUri must be the repository root, where the Makefile is"
         );
-        built.entry(binary.to_owned()).or_default().push(id);
+        let binary = targets.get(&id).unwrap_or_else(|| {
+            panic!("{id}: the Makefile has no build-{id} target copying a bootstrap")
+        });
+        assert!(
+            crates.values().any(|bin| bin == binary),
+            "{id} deploys binary {binary:?}, which no function crate builds"
+        );
+        built.entry(binary.clone()).or_default().push(id);
     }
     for (dir, binary) in &crates {
         let by = built.get(binary).map(Vec::as_slice).unwrap_or_default();
@@ -169,11 +203,12 @@ fn every_function_crate_is_deployed_by_exactly_one_template_function() {
     }
 }
 
-/// The template function whose `Binary` is `binary`.
+/// The template function whose Makefile target copies `binary`.
 fn template_function<'a>(template: &'a Value, binary: &str) -> (String, &'a Value) {
+    let (targets, _) = makefile();
     of_type(template, "AWS::Serverless::Function")
         .into_iter()
-        .find(|(_, f)| f["Metadata"]["BuildProperties"]["Binary"].as_str() == Some(binary))
+        .find(|(id, _)| targets.get(id).map(String::as_str) == Some(binary))
         .unwrap_or_else(|| panic!("no template function builds {binary:?}"))
 }
 
@@ -189,11 +224,77 @@ fn variable_names(environment: &Value) -> Vec<String> {
     }
 }
 
-#[test]
-fn each_function_gets_exactly_the_variables_its_main_reads() {
+/// A gateway config with one gateway of every sending type whose secrets are `env:`
+/// references, so every function's wiring builds everything it builds in Lambda.
+const CONFIG: &str = r#"{
+  "gateways": [
+    {"id": "mailgun-primary", "type": "mailgun", "display_name": "Mailgun", "priority": 1,
+     "mailgun": {"domain": "mg.clinic.example", "api_key": "env:WIRING_TEST_KEY",
+                 "webhook_signing_key": "env:WIRING_TEST_KEY"},
+     "routing": {"can_route": ["*"]}},
+    {"id": "sendgrid-backup", "type": "sendgrid", "display_name": "SendGrid", "priority": 2,
+     "sendgrid": {"api_key": "env:WIRING_TEST_KEY"}, "routing": {"can_route": ["*"]}},
+    {"id": "ses-bulk", "type": "amazon_ses", "display_name": "SES", "priority": 3,
+     "amazon_ses": {"region": "eu-west-1"}, "routing": {"can_route": ["*"]}}
+  ]
+}"#;
+
+/// Every variable any function reads, with a valid value: each function takes what it needs.
+fn complete_environment(config: &Path) -> Vec<(String, String)> {
+    let queue = "https://sqs.eu-west-1.amazonaws.com/123456789012/q";
+    [
+        ("GATEWAY_CONFIG_FILE", config.to_string_lossy().as_ref()),
+        ("GATEWAY_STATE_TABLE", "gateway-state"),
+        ("OUTBOUND_QUEUE_URL", queue),
+        ("EVENTS_QUEUE_URL", queue),
+        ("CUSTOMER_WEBHOOK_QUEUE_URL", queue),
+        ("CUSTOMER_WEBHOOK_DLQ_URL", queue),
+        ("CUSTOMER_WEBHOOK_MAX_ATTEMPTS", "12"),
+        ("CUSTOMER_WEBHOOK_TIMEOUT", "10s"),
+        // Nobody listens there: the pools connect lazily, and the recorder's start-up audit
+        // gives up quickly.
+        ("DATABASE_URL", "mysql://gateway:wiring@127.0.0.1:9/gateway"),
+        ("DATABASE_MAX_CONNECTIONS", "2"),
+        ("METRICS_NAMESPACE", "MailGateway"),
+        ("WIRING_TEST_KEY", "key-0123456789abcdef"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// Wires the function in `functions/{dir}` from [`complete_environment`]; the start-up with what
+/// it read and built.
+async fn wire(dir: &str, config: &Path) -> Startup {
+    let mut startup = Startup::with_env(complete_environment(config));
+    let wired = match dir {
+        "sender" => sender::wire(&mut startup).await.is_some(),
+        "recorder" => recorder::wire(&mut startup).await.is_some(),
+        "webhooks" => webhooks::wire(&mut startup).await.is_some(),
+        "status" => status::wire(&mut startup).await.is_some(),
+        "health-check" => health_check::wire(&mut startup).await.is_some(),
+        other => panic!("no wiring known for functions/{other}: add it here"),
+    };
+    assert!(
+        wired && startup.problems().is_empty(),
+        "functions/{dir} did not wire from a complete environment: {:?}",
+        startup.problems()
+    );
+    startup
+}
+
+fn config_file() -> PathBuf {
+    let path = std::env::temp_dir().join(format!("wiring-test-{}.json", std::process::id()));
+    std::fs::write(&path, CONFIG).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    path
+}
+
+#[tokio::test]
+async fn each_function_gets_exactly_the_variables_its_wiring_reads() {
     let template = template();
     let crates = function_crates();
     let globals = variable_names(&template["Globals"]["Function"]["Environment"]);
+    let config = config_file();
     for (dir, env_vars) in FUNCTIONS {
         assert!(!env_vars.is_empty(), "{dir}::ENV_VARS is empty");
         let declared: BTreeSet<String> = env_vars.iter().map(|v| (*v).to_owned()).collect();
@@ -203,13 +304,11 @@ fn each_function_gets_exactly_the_variables_its_main_reads() {
             "{dir}::ENV_VARS has a duplicate"
         );
 
-        let main = root().join(format!("functions/{dir}/src/main.rs"));
-        let source = std::fs::read_to_string(&main).unwrap_or_else(|e| panic!("{main:?}: {e}"));
-        let read = reads(&source, dir);
-        assert!(!read.is_empty(), "found no variable read in {main:?}");
+        let mut read = wire(dir, &config).await.variables_read();
+        read.insert(RUST_LOG.to_owned());
         assert_eq!(
             read, declared,
-            "functions/{dir}: what main.rs reads (left) differs from ENV_VARS (right)"
+            "functions/{dir}: what its wiring reads (left) differs from ENV_VARS (right)"
         );
 
         let binary = &crates[*dir];
@@ -221,96 +320,33 @@ fn each_function_gets_exactly_the_variables_its_main_reads() {
             "{id}: template variables (left) differ from {dir}::ENV_VARS (right)"
         );
     }
+    let _ = std::fs::remove_file(&config);
 }
 
-/// The environment variables `source` (a `main.rs`) reads. Panics on a read it cannot name.
-fn reads(source: &str, dir: &str) -> BTreeSet<String> {
-    // Whole-line comments (the module docs list the variables too) do not read anything.
-    let mut code: String = source
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    // The `env(name)` / `required(name, …)` helpers read whatever their callers name: their
-    // calls are counted, their bodies (which pass `name` on) are left out.
-    for helper in ["fn env(", "fn required("] {
-        while let Some(start) = code.find(helper) {
-            let end = code[start..]
-                .find("\n}")
-                .map(|e| start + e + 2)
-                .unwrap_or_else(|| panic!("{dir}: `{helper}` has no closing brace"));
-            code.replace_range(start..end, "");
-        }
-    }
-    assert!(
-        !code.contains("env::vars("),
-        "{dir}: main.rs iterates the whole environment; this test cannot follow that"
-    );
-    let constants: [(&str, &str); 3] = [
-        (
-            "GATEWAY_CONFIG_FILE",
-            gateway_core::config::GATEWAY_CONFIG_FILE,
-        ),
-        (
-            "GMAIL_WORKSPACES_FILE",
-            gateway_core::config::GMAIL_WORKSPACES_FILE,
-        ),
-        ("TABLE_ENV", gateway_core::state::dynamodb::TABLE_ENV),
-    ];
-    let mut names = BTreeSet::new();
-    for call in [
-        "std::env::var(",
-        "env::var(",
-        "std::env::var_os(",
-        "env::var_os(",
-        "env(",
-        "required(",
-    ] {
-        for (at, _) in code.match_indices(call) {
-            let before = &code[..at];
-            // `load_from_env(`, `try_from_default_env(` … are other functions; `std::env::var(`
-            // is matched by its own pattern.
-            if before
-                .chars()
-                .next_back()
-                .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
-            {
-                continue;
-            }
-            let rest = &code[at + call.len()..];
-            let end = rest.find([',', ')']).unwrap_or(rest.len());
-            let arg = rest[..end].trim();
-            if let Some(literal) = arg.strip_prefix('"').and_then(|a| a.strip_suffix('"')) {
-                names.insert(literal.to_owned());
-            } else if let Some((_, value)) = constants.iter().find(|(c, _)| *c == arg) {
-                names.insert((*value).to_owned());
-            } else {
-                panic!(
-                    "{dir}: main.rs reads the environment through `{call}{arg})`, which this test cannot resolve"
+#[tokio::test]
+async fn every_aws_client_a_function_builds_has_bounded_waits_and_dynamodb_no_sdk_retries() {
+    let config = config_file();
+    for (dir, _) in FUNCTIONS {
+        let clients = wire(dir, &config).await.clients();
+        assert!(
+            clients.iter().any(|c| c.service == "dynamodb"),
+            "functions/{dir} builds no DynamoDB client: {clients:?}"
+        );
+        for client in &clients {
+            assert!(
+                client.attempt_timeout.is_some() && client.connect_timeout.is_some(),
+                "functions/{dir}: a {} client without bounded waits: {client:?}",
+                client.service
+            );
+            if client.service == "dynamodb" {
+                assert_eq!(
+                    client.max_attempts, 1,
+                    "functions/{dir}: the DynamoDB client retries under the store's own policy"
                 );
             }
         }
     }
-    // What the gateway-core calls main.rs makes read.
-    let config_loads = code.matches("load_from_env()").count()
-        - code.matches("aws_config::load_from_env()").count();
-    if config_loads > 0 {
-        names.extend(
-            gateway_core::config::ENV_VARS
-                .iter()
-                .map(|v| (*v).to_owned()),
-        );
-    }
-    if code.contains("table_name_from_env()") {
-        names.insert(gateway_core::state::dynamodb::TABLE_ENV.to_owned());
-    }
-    if code.contains("EnvFilter::try_from_default_env()")
-        || code.contains("from_default_env()")
-        || code.contains("startup::init_json_logs()")
-    {
-        names.insert(RUST_LOG.to_owned());
-    }
-    names
+    let _ = std::fs::remove_file(&config);
 }
 
 /// The logical id an intrinsic (`{Ref: X}` or `{Fn::GetAtt: [X, Attr]}`) points at.

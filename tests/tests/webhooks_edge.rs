@@ -517,7 +517,7 @@ fn forged_cases() -> Vec<Forged> {
     ]
 }
 
-/// DESIGN §2.3: a forged, stale or replayed request gets 401/403 and changes nothing; an
+/// ARCHITECTURE §2.3: a forged, stale or replayed request gets 401/403 and changes nothing; an
 /// unreadable one 400, an oversized one 413, an unserved route 404. One row per case; each
 /// asserts the status, the error code and that nothing reached the events queue.
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use gateway_core::health_check::HealthChecker;
+use gateway_core::health::HealthChecker;
 use lambda_runtime::{Error, LambdaEvent};
 use serde_json::Value;
 

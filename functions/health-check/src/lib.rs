@@ -1,17 +1,19 @@
-//! The health-check function (DESIGN §1): an EventBridge schedule invokes it every minute;
-//! `main.rs` wires the dependencies once, [`handler`] runs one
-//! [`gateway_core::health_check::HealthChecker::run`] per invocation and answers with its
+//! The health-check function (ARCHITECTURE §1): an EventBridge schedule invokes it every minute;
+//! [`wire()`] builds the dependencies once, [`handler`] runs one
+//! [`gateway_core::health::HealthChecker::run`] per invocation and answers with its
 //! summary. Which gateways are due, the thresholds and the records are `gateway-core`'s.
 
 pub mod handler;
+pub mod wire;
 
 pub use handler::{Deps, handle};
+pub use wire::wire;
 
-/// Every environment variable `main.rs` reads, directly or through `gateway-core`
+/// Every environment variable [`wire()`] reads, directly or through `gateway-core`
 /// ([`gateway_core::config::ENV_VARS`] for the gateway config,
 /// [`gateway_core::state::dynamodb::TABLE_ENV`] for the state table), `EVENTS_QUEUE_URL`,
 /// `METRICS_NAMESPACE` and `RUST_LOG`. `template.yaml` gives the function exactly these, and
-/// `tests/tests/template.rs` checks both that `main.rs` reads each of them and that the template
+/// `tests/tests/template.rs` checks both that [`wire()`] reads each of them and that the template
 /// matches.
 pub const ENV_VARS: &[&str] = &[
     "GATEWAY_MODE",
@@ -28,3 +30,6 @@ pub const ENV_VARS: &[&str] = &[
     "METRICS_NAMESPACE",
     "RUST_LOG",
 ];
+
+#[cfg(test)]
+mod tests;

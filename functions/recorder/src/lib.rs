@@ -1,16 +1,18 @@
-//! The recorder function (DESIGN §1): `main.rs` wires the dependencies once, [`handler`]
+//! The recorder function (ARCHITECTURE §1): [`wire()`] builds the dependencies once, [`handler`]
 //! translates each SQS event of the events queue into one call of
 //! [`gateway_core::recorder::Recorder::process`] and its report back into partial batch failures.
 
 pub mod handler;
+pub mod wire;
 
 pub use handler::{Deps, HandlerError, handle};
+pub use wire::wire;
 
-/// Every environment variable `main.rs` reads, directly or through `gateway-core`
+/// Every environment variable [`wire()`] reads, directly or through `gateway-core`
 /// ([`gateway_core::config::ENV_VARS`] for the gateway config,
 /// [`gateway_core::state::dynamodb::TABLE_ENV`] for the state table) and `RUST_LOG` for the
 /// log filter; the AWS SDK's own variables, which Lambda sets, are not listed. `template.yaml`
-/// gives the function exactly these, and `tests/tests/template.rs` checks both that `main.rs`
+/// gives the function exactly these, and `tests/tests/template.rs` checks both that [`wire()`]
 /// reads each of them and that the template matches.
 pub const ENV_VARS: &[&str] = &[
     "DATABASE_URL",
@@ -31,3 +33,6 @@ pub const ENV_VARS: &[&str] = &[
     "CUSTOMER_WEBHOOK_TIMEOUT",
     "RUST_LOG",
 ];
+
+#[cfg(test)]
+mod tests;

@@ -1,19 +1,21 @@
-//! The sender function (DESIGN §1): `main.rs` wires the dependencies once, [`handler`]
+//! The sender function (ARCHITECTURE §1): [`wire()`] builds the dependencies once, [`handler`]
 //! translates each SQS event into one call of the send pipeline and its report back into the
 //! Lambda answer.
 
 pub mod handler;
+pub mod wire;
 
 pub use handler::{
     Deps, EARLIEST_DEADLINE_MS, HandlerError, LOCAL_DEADLINE_MS, effective_deadline, handle,
     received,
 };
+pub use wire::wire;
 
-/// Every environment variable `main.rs` reads, directly or through `gateway-core`
+/// Every environment variable [`wire()`] reads, directly or through `gateway-core`
 /// ([`gateway_core::config::ENV_VARS`] for the gateway config,
 /// [`gateway_core::state::dynamodb::TABLE_ENV`] for the state table) and `RUST_LOG` for the
 /// log filter; the AWS SDK's own variables, which Lambda sets, are not listed. `template.yaml`
-/// gives the function exactly these, and `tests/tests/template.rs` checks both that `main.rs`
+/// gives the function exactly these, and `tests/tests/template.rs` checks both that [`wire()`]
 /// reads each of them and that the template matches.
 pub const ENV_VARS: &[&str] = &[
     "GATEWAY_MODE",
@@ -31,3 +33,6 @@ pub const ENV_VARS: &[&str] = &[
     "METRICS_NAMESPACE",
     "RUST_LOG",
 ];
+
+#[cfg(test)]
+mod tests;

@@ -1,17 +1,19 @@
-//! The status function (DESIGN §1, §2.3): `GET /api/gateways/{status,health,metrics,config}`,
+//! The status function (ARCHITECTURE §1, §2.3): `GET /api/gateways/{status,health,metrics,config}`,
 //! `GET /api/messages/{id}` and the `GET /status` page behind API Gateway (HTTP API, payload
-//! v2, IAM authorization on every route). `main.rs` wires the dependencies once; [`handler`]
+//! v2, IAM authorization on every route). [`wire()`] builds the dependencies once; [`handler`]
 //! hands the request to [`gateway_core::status::StatusApi`], which reads shared state
 //! (DynamoDB) and the record of delivery (MySQL).
 
 pub mod handler;
+pub mod wire;
 
 pub use handler::handle;
+pub use wire::wire;
 
 /// Every environment variable the function reads: the gateway config's
 /// ([`gateway_core::config::ENV_VARS`]), the database (`DATABASE_URL`,
 /// `DATABASE_MAX_CONNECTIONS`), the state table and `RUST_LOG`. `template.yaml` gives the
-/// function exactly these, and `tests/tests/template.rs` checks both that `main.rs` reads each
+/// function exactly these, and `tests/tests/template.rs` checks both that [`wire()`] reads each
 /// of them and that the template matches.
 pub const ENV_VARS: &[&str] = &[
     "DATABASE_URL",
@@ -28,3 +30,6 @@ pub const ENV_VARS: &[&str] = &[
     "GATEWAY_STATE_TABLE",
     "RUST_LOG",
 ];
+
+#[cfg(test)]
+mod tests;

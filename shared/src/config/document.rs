@@ -1,5 +1,5 @@
 //! The effective config printed back in the file's shape, for the status API
-//! (`GET /api/gateways/config`), the config audit and `gateway config show`.
+//! (`GET /api/gateways/config`) and the config audit.
 //!
 //! Every value is explicit (defaults applied), so an operator sees what is in force rather
 //! than what was written. Secrets appear as their references; an inline literal appears as

@@ -1,4 +1,4 @@
-//! Environment overrides (DESIGN §2.2). The environment is read through a lookup function so
+//! Environment overrides (ARCHITECTURE §2.2). The environment is read through a lookup function so
 //! the loader stays pure and tests need no process environment.
 //!
 //! A variable set to a malformed value is an error naming the variable, never a silent
@@ -9,8 +9,8 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use super::issues::{ConfigErrors, Issues};
 use super::model::{BreakerSettings, GatewayMode, HealthCheckSettings, Limit};
-use super::validate::{ConfigErrors, Issues};
 use crate::duration::parse_duration;
 
 /// `GATEWAY_MODE`.

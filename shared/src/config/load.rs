@@ -132,11 +132,15 @@ pub fn load_config(
     }
 }
 
-/// Loads the configuration named by the process environment: reads `GATEWAY_CONFIG_FILE` and
-/// `GMAIL_WORKSPACES_FILE` (when set) and calls [`load_config`] with `std::env`. The only I/O
-/// of the config module; an unreadable file is an error naming its variable.
+/// Loads the configuration named by the process environment: [`load_from`] on `std::env`.
 pub fn load_from_env() -> Result<Loaded, ConfigErrors> {
-    let env = |name: &str| std::env::var(name).ok();
+    load_from(&|name| std::env::var(name).ok())
+}
+
+/// Loads the configuration named by `env`: reads `GATEWAY_CONFIG_FILE` and
+/// `GMAIL_WORKSPACES_FILE` (when set) and calls [`load_config`] with `env`. The only I/O of the
+/// config module; an unreadable file is an error naming its variable.
+pub fn load_from(env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigErrors> {
     let mut errors = Vec::new();
     let mut read = |var: &str| -> Option<String> {
         let path = env(var).filter(|p| !p.trim().is_empty())?;
@@ -153,5 +157,5 @@ pub fn load_from_env() -> Result<Loaded, ConfigErrors> {
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    load_config(config.as_deref(), legacy.as_deref(), &env)
+    load_config(config.as_deref(), legacy.as_deref(), env)
 }

@@ -1,4 +1,4 @@
-//! Gateway configuration (DESIGN §2.2): the seed's JSON format, `global_defaults`, environment
+//! Gateway configuration (ARCHITECTURE §2.2): the seed's JSON format, `global_defaults`, environment
 //! overrides, secret references, legacy `workspaces.json` conversion and `GATEWAY_MODE`.
 //!
 //! Entry points: [`load_config`] (pure: documents and an env lookup in, effective [`Config`]
@@ -7,6 +7,7 @@
 
 mod document;
 mod env;
+mod issues;
 mod legacy;
 mod load;
 mod model;
@@ -16,7 +17,7 @@ mod validate;
 pub use document::{redacted_document, redacted_gateway};
 pub use env::{ENV_VARS, EnvOverrides, GATEWAY_CONFIG_FILE, GMAIL_WORKSPACES_FILE};
 pub use legacy::convert_legacy;
-pub use load::{Loaded, load_config, load_from_env};
+pub use load::{Loaded, load_config, load_from, load_from_env};
 pub use model::*;
 pub use validate::{
     ConfigErrors, ConfigIssue, DEFAULT_PRIORITY, DEFAULT_WEIGHT, MAX_FAILOVER_ATTEMPTS_MAX,

@@ -28,7 +28,66 @@ pub struct Config {
     pub customer_webhooks: Vec<CustomerWebhook>,
 }
 
-/// One customer webhook endpoint (`customer_webhooks[]`, DESIGN §2.5): the events of the
+/// The customer-facing event types, by Mandrill's names (`customer_webhooks[].events`; the
+/// payloads are built by [`crate::mandrill`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MandrillEvent {
+    /// `send`
+    Send,
+    /// `deferral`
+    Deferral,
+    /// `hard_bounce`
+    HardBounce,
+    /// `soft_bounce`
+    SoftBounce,
+    /// `open`
+    Open,
+    /// `click`
+    Click,
+    /// `spam`
+    Spam,
+    /// `unsub`
+    Unsub,
+    /// `reject`
+    Reject,
+}
+
+impl MandrillEvent {
+    /// Every event, in the order of Mandrill's documentation.
+    pub const ALL: [Self; 9] = [
+        Self::Send,
+        Self::Deferral,
+        Self::HardBounce,
+        Self::SoftBounce,
+        Self::Open,
+        Self::Click,
+        Self::Spam,
+        Self::Unsub,
+        Self::Reject,
+    ];
+
+    /// The event named `name` on the wire, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+
+    /// The event name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Send => "send",
+            Self::Deferral => "deferral",
+            Self::HardBounce => "hard_bounce",
+            Self::SoftBounce => "soft_bounce",
+            Self::Open => "open",
+            Self::Click => "click",
+            Self::Spam => "spam",
+            Self::Unsub => "unsub",
+            Self::Reject => "reject",
+        }
+    }
+}
+
+/// One customer webhook endpoint (`customer_webhooks[]`, ARCHITECTURE §2.5): the events of the
 /// messages of the matching senders, batched and signed as Mandrill does.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CustomerWebhook {
@@ -39,7 +98,7 @@ pub struct CustomerWebhook {
     /// The webhook key the signature is computed with.
     pub key: SecretRef,
     /// The Mandrill events delivered (`events`); all of them when the file names none.
-    pub events: Vec<crate::mandrill::MandrillEvent>,
+    pub events: Vec<MandrillEvent>,
     /// Whose messages (`senders`, sender patterns); every sender when empty.
     pub senders: Vec<SenderPattern>,
     /// `enabled` (default true); a disabled endpoint receives nothing new.
@@ -49,7 +108,7 @@ pub struct CustomerWebhook {
 impl CustomerWebhook {
     /// Whether this endpoint wants `event` about a message from `sender` (`None` when the
     /// record does not know the sender yet: only endpoints without a sender filter match).
-    pub fn wants(&self, event: crate::mandrill::MandrillEvent, sender: Option<&str>) -> bool {
+    pub fn wants(&self, event: MandrillEvent, sender: Option<&str>) -> bool {
         self.enabled
             && self.events.contains(&event)
             && (self.senders.is_empty()
@@ -223,7 +282,7 @@ pub struct GatewayRouting {
     pub failover_to: Vec<String>,
 }
 
-/// Routing strategy (DESIGN §3.1).
+/// Routing strategy (ARCHITECTURE §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Strategy {
     /// Lowest `priority` first, ties by id.
@@ -319,7 +378,7 @@ pub struct Routing {
     pub pinned_failover: bool,
 }
 
-/// Circuit-breaker settings (DESIGN §3.4).
+/// Circuit-breaker settings (ARCHITECTURE §3.4).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerSettings {
     /// A disabled breaker never opens.

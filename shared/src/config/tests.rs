@@ -1454,14 +1454,14 @@ fn customer_webhooks_resolve_with_every_event_and_every_sender_by_default() {
     let [portal, bounces] = &l.config.customer_webhooks[..] else {
         panic!("two endpoints: {:?}", l.config.customer_webhooks);
     };
-    assert_eq!(portal.events, crate::mandrill::MandrillEvent::ALL);
+    assert_eq!(portal.events, crate::config::MandrillEvent::ALL);
     assert!(portal.senders.is_empty() && portal.enabled);
-    assert!(portal.wants(crate::mandrill::MandrillEvent::Open, None));
+    assert!(portal.wants(crate::config::MandrillEvent::Open, None));
     assert_eq!(
         bounces.events,
         [
-            crate::mandrill::MandrillEvent::HardBounce,
-            crate::mandrill::MandrillEvent::Reject
+            crate::config::MandrillEvent::HardBounce,
+            crate::config::MandrillEvent::Reject
         ]
     );
     assert!(!bounces.enabled);

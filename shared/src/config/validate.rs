@@ -6,83 +6,17 @@
 //! problem is collected with its JSON path, and nothing is resolved unless all of them are fixed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 use super::env::EnvOverrides;
+pub(crate) use super::issues::Issues;
+pub use super::issues::{ConfigErrors, ConfigIssue};
 use super::model::*;
 use crate::duration::parse_duration;
 use crate::pattern::SenderPattern;
-
-/// One problem (or warning) found in the configuration, located by its JSON path
-/// (`gateways[1].mailgun.domain`) or, for an environment variable, by the variable's name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigIssue {
-    /// JSON path of the offending value, or the environment variable name.
-    pub path: String,
-    /// What is wrong, in operator language. Never contains a secret value.
-    pub message: String,
-}
-
-impl ConfigIssue {
-    /// An issue at `path`.
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigIssue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", &self.path, self.message)
-    }
-}
-
-/// Every error found while loading a configuration (never empty when returned as an error).
-/// `Display` prints one issue per line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigIssue>);
-
-impl ConfigErrors {
-    /// True when some issue is located at exactly `path`.
-    pub fn has_path(&self, path: &str) -> bool {
-        self.0.iter().any(|i| i.path == path)
-    }
-}
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (n, issue) in self.0.iter().enumerate() {
-            if n > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{issue}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Errors and warnings collected so far.
-#[derive(Debug, Default)]
-pub(crate) struct Issues {
-    pub(crate) errors: Vec<ConfigIssue>,
-    pub(crate) warnings: Vec<ConfigIssue>,
-}
-
-impl Issues {
-    pub(crate) fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ConfigIssue::new(path, message));
-    }
-
-    pub(crate) fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.warnings.push(ConfigIssue::new(path, message));
-    }
-}
 
 /// `parent.key`, or `key` at the root.
 pub(crate) fn at(parent: &str, key: &str) -> String {
@@ -809,7 +743,7 @@ fn customer_webhooks(root: &Obj<'_>, is: &mut Issues) -> Vec<CustomerWebhook> {
         }
         let key = o.secret(is, "key", true);
         let events = match o.strings(is, "events") {
-            None => crate::mandrill::MandrillEvent::ALL.to_vec(),
+            None => MandrillEvent::ALL.to_vec(),
             Some(names) => {
                 if names.is_empty() && o.has("events") {
                     is.error(
@@ -819,14 +753,12 @@ fn customer_webhooks(root: &Obj<'_>, is: &mut Issues) -> Vec<CustomerWebhook> {
                 }
                 let mut events = Vec::with_capacity(names.len());
                 for (p, name) in names {
-                    match crate::mandrill::MandrillEvent::parse(name) {
+                    match MandrillEvent::parse(name) {
                         Some(e) if !events.contains(&e) => events.push(e),
                         Some(_) => is.error(p, format!("{name:?} is listed twice")),
                         None => {
-                            let all: Vec<&str> = crate::mandrill::MandrillEvent::ALL
-                                .iter()
-                                .map(|e| e.as_str())
-                                .collect();
+                            let all: Vec<&str> =
+                                MandrillEvent::ALL.iter().map(|e| e.as_str()).collect();
                             is.error(
                                 p,
                                 format!(

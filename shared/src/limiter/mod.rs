@@ -1,4 +1,4 @@
-//! Shared rate limits (DESIGN §3.3): a pure decision core and its persistence on the
+//! Shared rate limits (ARCHITECTURE §3.3): a pure decision core and its persistence on the
 //! [`StateStore`](crate::state::StateStore) port.
 //!
 //! # Levels
@@ -63,7 +63,7 @@
 //! All items of one decision are written together: one conditional write when one item
 //! changes, otherwise one transaction (all levels or none).
 //!
-//! # Cost (DESIGN §5 budget)
+//! # Cost (ARCHITECTURE §5 budget)
 //! A batch of 10 messages from 10 senders through one gateway with every level on touches 3
 //! items: the system day item, the gateway day item, the bucket. [`acquire`] with all 10
 //! requests costs 1 `BatchGetItem` (3 keys, read capacity only) + 1 `TransactWriteItems` of 3
@@ -127,7 +127,7 @@ const US_PER_MS: i64 = 1_000;
 /// for any window the gateway cares about, and the bound keeps the arithmetic far from overflow.
 const MAX_INTERVAL_US: i64 = 365 * 86_400 * 1_000_000;
 
-/// A limit level (DESIGN §3.3).
+/// A limit level (ARCHITECTURE §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LevelKind {
     /// System-wide recipients per UTC day, all gateways together.

@@ -7,10 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 
 use crate::breaker::Transition;
 use crate::clock::EpochMillis;
+use crate::emf::emf_line;
 
 /// Counters of one gateway in one batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -137,37 +138,11 @@ pub fn emf_lines(
     lines
 }
 
-/// One EMF line in `namespace`, stamped `at` (epoch ms): `values` holds the dimension values
-/// and the metric values, `metrics` names each metric with its CloudWatch unit, and every name in
-/// `dimensions` must be a key of `values`. Shared by the functions that write metrics.
-pub fn emf_line(
-    namespace: &str,
-    at: EpochMillis,
-    dimensions: &[&str],
-    metrics: &[(&str, &str)],
-    mut values: Map<String, Value>,
-) -> String {
-    let definitions: Vec<Value> = metrics
-        .iter()
-        .map(|(name, unit)| json!({"Name": name, "Unit": unit}))
-        .collect();
-    values.insert(
-        "_aws".to_owned(),
-        json!({
-            "Timestamp": at,
-            "CloudWatchMetrics": [{
-                "Namespace": namespace,
-                "Dimensions": [dimensions],
-                "Metrics": definitions,
-            }],
-        }),
-    );
-    Value::Object(values).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use serde_json::Value;
 
     use super::*;
     use crate::breaker::{Phase, TransitionReason};

@@ -1,4 +1,4 @@
-//! The send pipeline (DESIGN §3): what the sender function and `gateway serve` do with one
+//! The send pipeline (ARCHITECTURE §3): what the sender function and `gateway serve` do with one
 //! batch of queued messages. It composes the pure cores (message validation, router, limiter,
 //! breaker) with the ports (state store, providers, event sink, clock).
 //!
@@ -52,12 +52,12 @@ use crate::breaker::Transition;
 use crate::clock::{Clock, EpochMillis};
 use crate::config::Config;
 use crate::events::{EventSink, Outcome};
-use crate::providers::factory::Providers;
+use crate::providers::Providers;
 use crate::state::StateStore;
 
 pub use backoff::{Backoff, jitter_fraction};
 pub use decide::{Decider, KeyBook, Read, ReadList};
-pub use metrics::{GatewayMetrics, Metrics, emf_line, emf_lines};
+pub use metrics::{GatewayMetrics, Metrics, emf_lines};
 pub use poll::{PollSettings, Poller, PollerStats};
 pub use settle::{SettleError, SettleSummary, settle};
 

@@ -17,7 +17,6 @@
 //! list ([`FactoryError`]); secrets are resolved through [`SecretResolver`] and never appear in
 //! a problem's text.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -28,11 +27,11 @@ use crate::providers::capture::CaptureProvider;
 use crate::providers::gmail::{GmailProvider, GmailSetupError};
 use crate::providers::http::{self, HttpClientError};
 use crate::providers::mailgun::MailgunProvider;
-use crate::providers::secret::SecretString;
 use crate::providers::sendgrid::SendgridProvider;
 use crate::providers::ses::{self, SesProvider};
 use crate::providers::simulated::SimulatedProvider;
 use crate::providers::smtp::{SmtpLimits, SmtpProvider, SmtpSetupError, SmtpTimeouts};
+use crate::secrets::SecretString;
 use crate::secrets::{SecretError, SecretResolver};
 
 /// What is wrong with one gateway.
@@ -109,7 +108,7 @@ impl fmt::Display for FactoryError {
 }
 
 /// The built providers, keyed by gateway id.
-pub type Providers = HashMap<String, Arc<dyn Provider>>;
+pub use super::Providers;
 
 /// Builds one provider client per enabled gateway of `config` (see the module docs). `http`
 /// configures the shared HTTP client and the SMTP timeouts; `clock` is given to providers that
@@ -197,7 +196,8 @@ impl Builder<'_> {
                 Ok(Arc::new(SendgridProvider::new(id, settings, key, client)))
             }
             ProviderSettings::AmazonSes(settings) => {
-                let client = ses::build_ses_client(settings, self.http).await;
+                let client =
+                    ses::build_ses_client(self.resolver.sdk_config().await, settings, self.http);
                 Ok(Arc::new(SesProvider::new(id, settings, client)))
             }
             ProviderSettings::GoogleWorkspace(settings) => {

@@ -50,8 +50,8 @@ use crate::clock::{Clock, DAY_MS, EpochMillis, utc_day};
 use crate::config::GoogleWorkspaceSettings;
 use crate::message::OutboundMessage;
 use crate::mime::{self, BccHeader, BuiltMime, MimeOptions};
-use crate::providers::secret::SecretString;
 use crate::providers::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
+use crate::secrets::SecretString;
 
 const PROVIDER: &str = "google_workspace";
 

@@ -3,7 +3,7 @@
 //!
 //! # Status codes
 //!
-//! [`class_for_status`] is the common table (DESIGN §3.2, providers §1.4 and §2.4); a client
+//! [`class_for_status`] is the common table (ARCHITECTURE §3.2, providers §1.4 and §2.4); a client
 //! overrides single codes where its provider documents a different meaning (Mailgun's 404).
 //!
 //! | status | class | why |
@@ -63,11 +63,10 @@ pub struct HttpClientError(#[source] reqwest::Error);
 /// bounds a whole request from start to the end of the response body. Redirects are not followed:
 /// a provider API never redirects a send, and following one would re-post the message.
 pub fn build_client(settings: &HttpSettings) -> Result<reqwest::Client, HttpClientError> {
-    reqwest::Client::builder()
+    crate::tls::reqwest_builder()
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.request_timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("mail-gateway/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(HttpClientError)
 }

@@ -1,28 +1,48 @@
 //! The provider port: one trait every gateway `type` implements, and the error classes the
-//! pipeline decides on (DESIGN §3.2).
+//! pipeline decides on (ARCHITECTURE §3.2).
 //!
 //! Errors are classified at the edge, by each client, from status codes, headers and transport
 //! failures, never by matching English text. The pipeline only ever looks at
 //! [`SendError::class`] and [`SendError::retry_after`].
 
+// The clients, behind the `providers` feature: the functions that only receive webhooks, record
+// or report do not link the SES SDK, lettre or the JWT stack.
+#[cfg(feature = "providers")]
 pub mod capture;
+#[cfg(feature = "providers")]
 pub mod factory;
+#[cfg(feature = "providers")]
 pub mod gmail;
+#[cfg(feature = "providers")]
 pub mod http;
+#[cfg(feature = "providers")]
 pub mod mailgun;
-pub mod secret;
+#[cfg(feature = "providers")]
 pub mod sendgrid;
+#[cfg(feature = "providers")]
 pub mod ses;
 pub mod simulated;
+#[cfg(feature = "providers")]
 pub mod smtp;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::clock::EpochMillis;
-use crate::events::OutcomeClass;
 use crate::message::OutboundMessage;
+use crate::outcome::OutcomeClass;
+
+/// One client per gateway id (the enabled gateways of a config; `factory::build_providers` with
+/// the `providers` feature builds them).
+pub type Providers = HashMap<String, Arc<dyn Provider>>;
+
+/// At most this many recipients (To, Cc and Bcc together) per SES `SendEmail` call: the SES
+/// client refuses a larger message as unsuitable, and an SES notification naming more is not
+/// one of ours.
+pub const SES_MAX_RECIPIENTS: usize = 50;
 
 /// A provider accepted the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +55,7 @@ pub struct Accepted {
     pub substituted_sender: Option<String>,
 }
 
-/// How a failed provider call is handled (DESIGN §3.2).
+/// How a failed provider call is handled (ARCHITECTURE §3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
     /// The message itself is unacceptable (invalid recipient or content): no retry, no failover,

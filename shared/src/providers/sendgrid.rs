@@ -51,8 +51,8 @@ use crate::message::OutboundMessage;
 use super::http::{
     GATEWAY_MESSAGE_ID_HEADER, class_for_status, probe_request, status_error, transport_error,
 };
-use super::secret::SecretString;
 use super::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
+use crate::secrets::SecretString;
 
 /// Provider name in errors and logs.
 pub const PROVIDER: &str = "sendgrid";

@@ -76,7 +76,7 @@ use super::{Accepted, ErrorClass, ProbeReport, Provider, SendError, SendQuota};
 /// Provider name in errors and logs.
 pub const PROVIDER: &str = "amazon_ses";
 /// Most recipients (to + cc + bcc) per message.
-pub const MAX_RECIPIENTS: usize = 50;
+pub const MAX_RECIPIENTS: usize = super::SES_MAX_RECIPIENTS;
 /// Most headers in `Simple` content.
 pub const MAX_HEADERS: usize = 15;
 /// Longest header value; the older SDK limit, the safe one (providers §3.2).
@@ -98,18 +98,15 @@ pub struct SesProvider {
     configuration_set: Option<String>,
 }
 
-/// Builds an SES client for the gateway: credentials and `AWS_ENDPOINT_URL*` come from the
-/// environment as usual, then [`configure_ses`] applies the gateway's region, endpoint and the
+/// Builds an SES client for the gateway from the process's AWS configuration `base`
+/// (credentials, `AWS_ENDPOINT_URL*`, the shared HTTP client), then [`configure_ses`] applies the gateway's region, endpoint and the
 /// process's HTTP timeouts, with SDK retries disabled (module docs).
-pub async fn build_ses_client(
+pub fn build_ses_client(
+    base: &aws_config::SdkConfig,
     settings: &SesSettings,
     http: &HttpSettings,
 ) -> aws_sdk_sesv2::Client {
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(settings.region.clone()))
-        .load()
-        .await;
-    let builder = aws_sdk_sesv2::config::Builder::from(&shared);
+    let builder = aws_sdk_sesv2::config::Builder::from(base);
     aws_sdk_sesv2::Client::from_conf(configure_ses(builder, settings, http).build())
 }
 

@@ -37,8 +37,8 @@ use crate::clock::EpochMillis;
 use crate::config::{SmtpSettings, SmtpTls};
 use crate::message::OutboundMessage;
 use crate::mime;
-use crate::providers::secret::SecretString;
 use crate::providers::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
+use crate::secrets::SecretString;
 
 const PROVIDER: &str = "smtp";
 

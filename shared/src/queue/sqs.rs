@@ -26,26 +26,34 @@ use super::{
     VisibilityChange, check_max, visibility_seconds,
 };
 
-/// Bounded connect wait for SQS clients built by [`client_from_env`].
+/// Bounded connect wait for SQS clients built by [`client`].
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Per-attempt bound for SQS requests; above the longest long poll ([`MAX_WAIT`]) so a poll is
 /// never cut short.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(25);
 
-/// An SQS client configured from the environment (`aws_config` honours `AWS_ENDPOINT_URL` and
-/// `AWS_ENDPOINT_URL_SQS`, so tests point it at the emulator), with bounded connect and
-/// per-attempt timeouts so a stalled connection fails instead of hanging the invocation.
-pub async fn client_from_env() -> Client {
-    let timeouts = aws_config::timeout::TimeoutConfig::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+/// The queue and event-sink adapters' SQS client on `sdk`, with bounded connect and
+/// per-attempt waits so a stalled connection fails instead of hanging the invocation. The SDK's
+/// own retries stay on: every SQS call here is safe to repeat (a repeated event is absorbed by
+/// the idempotent recorder, a repeated visibility change or delete is harmless). Every entry
+/// point builds its client here.
+pub fn client(sdk: &aws_config::SdkConfig) -> Client {
+    let config = aws_sdk_sqs::config::Builder::from(sdk)
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .build(),
+        )
         .build();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .timeout_config(timeouts)
-        .load()
-        .await;
-    Client::new(&config)
+    Client::from_conf(config)
+}
+
+/// [`client`] on the SDK configuration of the environment (`aws_config` honours
+/// `AWS_ENDPOINT_URL` and `AWS_ENDPOINT_URL_SQS`, so tests point it at the emulator).
+pub async fn client_from_env() -> Client {
+    client(&aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
 }
 
 /// One SQS queue, addressed by URL.

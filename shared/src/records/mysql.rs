@@ -21,13 +21,15 @@
 //! 8's row alias; MySQL 8 accepts it with a deprecation note.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
-use sqlx::{MySql, QueryBuilder, Row, Transaction};
+use sqlx::{MySql, QueryBuilder, Row, SqlSafeStr as _, Transaction};
 
 use super::activity::{ActivityReader, GatewayActivity, HOUR_MS, HourActivity};
 use super::{
@@ -40,9 +42,63 @@ use crate::events::{
     OutcomeClass,
 };
 
-/// The embedded migrations of `migrations/` (applied by [`MysqlRecords::migrate`] and
-/// `gateway migrate`).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+/// The files of `migrations/`, embedded in the binary: version, file name, SQL. Listed by hand
+/// rather than with `sqlx::migrate!`, whose proc-macro builds a second copy of sqlx, tokio and
+/// rustls for the compiler (about 40 s of every clean build); the test
+/// `embedded_migrations_are_the_directory` fails when a file is added without its line here.
+const MIGRATION_FILES: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "0001_record_of_delivery.sql",
+        include_str!("../../../migrations/0001_record_of_delivery.sql"),
+    ),
+    (
+        2,
+        "0002_gateway_tracking.sql",
+        include_str!("../../../migrations/0002_gateway_tracking.sql"),
+    ),
+    (
+        3,
+        "0003_config_state.sql",
+        include_str!("../../../migrations/0003_config_state.sql"),
+    ),
+    (
+        4,
+        "0004_activity_indexes.sql",
+        include_str!("../../../migrations/0004_activity_indexes.sql"),
+    ),
+    (
+        5,
+        "0005_event_time_index.sql",
+        include_str!("../../../migrations/0005_event_time_index.sql"),
+    ),
+];
+
+/// The embedded migrations (applied by [`MysqlRecords::migrate`] and `gateway migrate`), built
+/// exactly as `sqlx migrate` reads a directory: the description is the file name after the
+/// version with `_` as spaces, the checksum is SHA-384 of the SQL (so databases migrated by
+/// either way agree), and a file starting with `-- no-transaction` runs outside a transaction.
+pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
+    Migrator::with_migrations(
+        MIGRATION_FILES
+            .iter()
+            .map(|&(version, file, sql)| {
+                let description = file
+                    .split_once('_')
+                    .map_or(file, |(_, rest)| rest)
+                    .trim_end_matches(".sql")
+                    .replace('_', " ");
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    sql.starts_with("-- no-transaction"),
+                )
+            })
+            .collect(),
+    )
+});
 
 /// Rows per multi-row statement (well under MySQL's 65 535 placeholders).
 const ROWS_PER_STATEMENT: usize = 500;
@@ -1127,4 +1183,96 @@ async fn write_stats(conn: &mut Conn, stats: &Stats) -> Result<(), RecordError> 
         q.build().execute(&mut *conn).await.map_err(unavailable)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::panic)]
+
+    use super::*;
+
+    /// A released migration is never edited (sqlx refuses a database whose applied migrations
+    /// changed): each file keeps the SHA-384 it was released with.
+    #[test]
+    fn released_migrations_are_unchanged() {
+        const RELEASED: [(i64, &str); 5] = [
+            (
+                1,
+                "a161e560ca4d47d96208f9e2c95350f9e31e779d0edc1ea05d5767110d83604e609334827c91bfbe9ba3eab208645715",
+            ),
+            (
+                2,
+                "9e3e2a981567b46b8780b94d0f433f485b11199d97a0b0be39c79bde59f4998f1a7a4f0aea5eaea21611aca9ad3d8b70",
+            ),
+            (
+                3,
+                "81330618dabbde1364558b6f9826623081664eef08624faaf4ac89064ed9970f236c1e0138499a62e5af13a7dbf7e5f0",
+            ),
+            (
+                4,
+                "9b4addb6cfb4e6d11b8b232c0351159274ccc70edc36a0d05f6cb7abf5707902a21c6d17f4114bbdc1a94fc93d76c8ff",
+            ),
+            (
+                5,
+                "17d1bb2d924275e2c4d7d8bd81fa9c3dae5b79398d3140d62bb79ae5d4b4aae3fd7bbfcf94c2802d068d858c6e5054f0",
+            ),
+        ];
+        for (version, checksum) in RELEASED {
+            let migration = MIGRATOR
+                .iter()
+                .find(|m| m.version == version)
+                .unwrap_or_else(|| panic!("migration {version} is missing"));
+            let hex: String = migration
+                .checksum
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(
+                hex, checksum,
+                "migration {version} was edited after its release"
+            );
+        }
+    }
+
+    /// Every `.sql` file of `migrations/` is embedded, under its own version and with its
+    /// current content, and nothing else is.
+    #[test]
+    fn embedded_migrations_are_the_directory() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
+        let mut on_disk: Vec<(i64, String, String)> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".sql"))
+            .map(|name| {
+                let version = name
+                    .split_once('_')
+                    .and_then(|(v, _)| v.parse().ok())
+                    .unwrap_or(-1);
+                let sql = std::fs::read_to_string(format!("{dir}/{name}")).unwrap_or_default();
+                (version, name, sql)
+            })
+            .collect();
+        on_disk.sort();
+        let embedded: Vec<(i64, String, String)> = MIGRATION_FILES
+            .iter()
+            .map(|&(v, name, sql)| (v, name.to_owned(), sql.to_owned()))
+            .collect();
+        assert_eq!(
+            embedded.iter().map(|m| (m.0, &m.1)).collect::<Vec<_>>(),
+            on_disk.iter().map(|m| (m.0, &m.1)).collect::<Vec<_>>(),
+            "migrations/ and MIGRATION_FILES list different files"
+        );
+        assert_eq!(
+            embedded, on_disk,
+            "an embedded migration differs from its file"
+        );
+        let described: Vec<(i64, String)> = MIGRATOR
+            .iter()
+            .map(|m| (m.version, m.description.to_string()))
+            .collect();
+        assert_eq!(described[0], (1, "record of delivery".to_owned()));
+        assert_eq!(described.len(), on_disk.len());
+    }
 }

@@ -1,4 +1,4 @@
-//! The router (DESIGN §3.1): which gateways may take a message, and in which order to try them.
+//! The router (ARCHITECTURE §3.1): which gateways may take a message, and in which order to try them.
 //!
 //! A pure core. Input: the effective [`Config`], a [`RouteRequest`], a view of live state
 //! ([`GatewayState`] per gateway) and `now`. Output: a [`RoutePlan`], the ordered candidates

@@ -242,21 +242,27 @@ impl DynamoStore {
     }
 }
 
-/// An SDK client configured from the environment with the SDK's retries off (see
-/// [`DynamoStore::from_env`]) and bounded waits: [`CONNECT_TIMEOUT`] to connect and
-/// [`ATTEMPT_TIMEOUT`] per request, so a stalled connection becomes a retried
-/// [`StoreError::Unavailable`] instead of hanging the invocation until Lambda kills it.
-pub async fn client_from_env() -> Client {
-    let timeouts = aws_config::timeout::TimeoutConfig::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-        .build();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+/// The store's DynamoDB client on `sdk`: the SDK's retries off (the store's [`RetryPolicy`] is
+/// the only one, so a throttled request is retried a known number of times and never twice
+/// over) and bounded waits, [`CONNECT_TIMEOUT`] to connect and [`ATTEMPT_TIMEOUT`] per request,
+/// so a stalled connection becomes a retried [`StoreError::Unavailable`] instead of hanging the
+/// invocation until Lambda kills it. Every entry point builds its client here.
+pub fn client(sdk: &aws_config::SdkConfig) -> Client {
+    let config = aws_sdk_dynamodb::config::Builder::from(sdk)
         .retry_config(aws_config::retry::RetryConfig::disabled())
-        .timeout_config(timeouts)
-        .load()
-        .await;
-    Client::new(&config)
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .build(),
+        )
+        .build();
+    Client::from_conf(config)
+}
+
+/// [`client`] on the SDK configuration of the environment (the CLI's admin commands).
+pub async fn client_from_env() -> Client {
+    client(&aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
 }
 
 /// What became of a request, before retry decisions.

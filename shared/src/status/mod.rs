@@ -1,4 +1,4 @@
-//! The status API (DESIGN §2.3) and the status page: what operators read about the gateways and
+//! The status API (ARCHITECTURE §2.3) and the status page: what operators read about the gateways and
 //! the messages. The same code serves the `status` Lambda function and `gateway serve`.
 //!
 //! | route | answer |

@@ -11,7 +11,7 @@
 //! | no key configured for the provider | 404 (the route is not in use) |
 //! | the events queue, the replay store or SNS's certificate unreachable | 503 (the provider retries) |
 //!
-//! Every error body is `{"error": {"code", "message"}}` (DESIGN §2.3); none echoes a key or
+//! Every error body is `{"error": {"code", "message"}}` (ARCHITECTURE §2.3); none echoes a key or
 //! signature.
 //!
 //! Decisions:
@@ -153,7 +153,7 @@ impl Edge {
             replay,
             events,
             certs,
-            http: reqwest::Client::builder()
+            http: crate::tls::reqwest_builder()
                 .timeout(Duration::from_secs(5))
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,

@@ -1,7 +1,15 @@
-//! Provider webhook normalisation: a provider's event payload in, [`DeliveryEvent`]s out.
+//! Provider webhooks: authentication, normalisation and the HTTP edge that does both.
 //!
-//! Pure functions over bodies whose signature has **already been verified** on the raw bytes
-//! (verification happens first, at the HTTP edge, before anything is parsed). Each provider
+//! - [`verify`] checks signatures on the raw bytes and [`mailgun`], [`sendgrid`] and [`ses`]
+//!   normalise a provider's event payload into [`DeliveryEvent`]s: pure functions, over bodies
+//!   whose signature has **already been verified** (verification happens first, before
+//!   anything is parsed).
+//! - [`sns`] verifies SNS messages (SES notifications), fetching and caching the signing
+//!   certificates; [`edge`] is the service the webhooks function and `gateway serve` run: it
+//!   authenticates a request, keeps the replay cache in the state store and puts the events on
+//!   the events queue.
+//!
+//! The normalisers Each provider
 //! module maps its own event vocabulary onto [`DeliveryKind`] following the mapping of
 //! providers.md §6; events that say nothing about delivery (Mailgun `accepted`, `stored`, list
 //! events, unknown future types) are [`Normalized::Ignored`] so the edge can acknowledge them

@@ -13,7 +13,7 @@
 //!   are attributed to every destination of the message. `Send` is ignored.
 //! - Identity notifications (`notificationType` instead of `eventType`) are read the same way.
 //! - An event naming no recipient, or more than SES takes per message
-//!   ([`crate::providers::ses::MAX_RECIPIENTS`]), is refused: one event is made
+//!   ([`crate::providers::SES_MAX_RECIPIENTS`]), is refused: one event is made
 //!   per recipient, each with its own copy of the link and diagnostic, so an unbounded list
 //!   would turn one body into a large multiple of itself.
 
@@ -23,7 +23,7 @@ use serde_json::Value;
 use super::{Normalized, PayloadError};
 use crate::clock::parse_rfc3339;
 use crate::events::{DeliveryEvent, DeliveryKind};
-use crate::providers::ses::MAX_RECIPIENTS;
+use crate::providers::SES_MAX_RECIPIENTS as MAX_RECIPIENTS;
 
 /// Provider name used in events and in `delivery_events.provider`.
 pub const PROVIDER: &str = "amazon_ses";

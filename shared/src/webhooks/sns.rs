@@ -224,7 +224,7 @@ impl CertCache {
     /// An empty cache fetching with a 5 s timeout.
     pub fn new() -> Result<Self, reqwest::Error> {
         Ok(Self {
-            http: reqwest::Client::builder()
+            http: crate::tls::reqwest_builder()
                 .timeout(Duration::from_secs(5))
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,

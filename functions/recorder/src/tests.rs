@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::{Deps, handle};
 use aws_lambda_events::event::sqs::SqsEvent;
 use gateway_core::clock::ManualClock;
 use gateway_core::recorder::Recorder;
@@ -12,7 +13,6 @@ use gateway_core::records::{MemoryRecords, RecordReader};
 use gateway_core::state::memory::MemoryStore;
 use gateway_core::suppression;
 use lambda_runtime::{Context, LambdaEvent};
-use recorder::{Deps, handle};
 
 #[tokio::test]
 async fn the_sample_batch_is_recorded_suppressed_and_the_garbage_retried() {

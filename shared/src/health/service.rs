@@ -46,13 +46,13 @@ use futures::StreamExt as _;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use super::{self as health, HealthRecord, ProbeResult};
 use crate::clock::{Clock, EpochMillis};
 use crate::config::{Config, Gateway, GatewayKind};
 use crate::config_audit::ConfigEvent;
+use crate::emf::emf_line;
 use crate::events::{EventSink, GatewayEvent, HealthEvent, HealthStatus};
-use crate::health::{self, HealthRecord, ProbeResult};
-use crate::pipeline::emf_line;
-use crate::providers::factory::Providers;
+use crate::providers::Providers;
 use crate::providers::{Provider, SendQuota};
 use crate::state::{
     CmpOp, Condition, Item, MAX_BATCH_GET, StateStore, StoreError, Value as StateValue, Write,

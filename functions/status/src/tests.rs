@@ -6,13 +6,13 @@
 
 use std::sync::Arc;
 
+use crate::handle;
 use gateway_core::clock::ManualClock;
 use gateway_core::config::load_config;
 use gateway_core::records::MemoryRecords;
 use gateway_core::state::memory::MemoryStore;
 use gateway_core::status::StatusApi;
 use lambda_http::Body;
-use status::handle;
 
 fn event(method: &str, path: &str) -> lambda_http::Request {
     let file = concat!(

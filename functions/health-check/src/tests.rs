@@ -6,16 +6,16 @@
 
 use std::sync::Arc;
 
+use crate::{Deps, handle};
 use gateway_core::clock::{Clock, ManualClock};
 use gateway_core::config::load_config;
 use gateway_core::events::{GatewayEvent, HealthStatus, MemoryEventSink};
+use gateway_core::health::HealthChecker;
 use gateway_core::health::{self, HealthRecord};
-use gateway_core::health_check::HealthChecker;
 use gateway_core::providers::factory::build_providers;
 use gateway_core::secrets::SecretResolver;
 use gateway_core::state::StateStore;
 use gateway_core::state::memory::MemoryStore;
-use health_check::{Deps, handle};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
 

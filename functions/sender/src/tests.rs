@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::{Deps, handle};
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use gateway_core::clock::{Clock, ManualClock, SystemClock};
@@ -21,7 +22,6 @@ use gateway_core::queue::{EntryFailure, Queue, QueueError, Received, VisibilityC
 use gateway_core::state::StateStore;
 use gateway_core::state::memory::MemoryStore;
 use lambda_runtime::{Context, LambdaEvent};
-use sender::{Deps, handle};
 
 #[derive(Debug)]
 struct Fake {

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! scripts/services up && source .local/services.env
-//! cargo run --release -p gateway-tests --example dynamodb_budget
+//! cargo bench -p gateway-tests --bench dynamodb_budget
 //! ```
 //!
 //! What one batch costs (see `gateway_core::pipeline`): the ledger claims, the suppression
@@ -45,7 +45,7 @@ use gateway_core::state::memory::MemoryStore;
 pub const BATCH: usize = 10;
 /// Batch sizes measured: one message, the default, and a batching window's worth.
 pub const SIZES: [usize; 3] = [1, 10, 100];
-/// Budgets (DESIGN §5).
+/// Budgets (ARCHITECTURE §5).
 pub const MAX_REQUESTS_PER_MESSAGE: f64 = 2.0;
 /// WCU budget per message.
 pub const MAX_WCU_PER_MESSAGE: f64 = 4.0;
@@ -186,7 +186,7 @@ pub async fn fresh_table(name: &str) -> Result<DynamoStore, String> {
 }
 
 /// Whether `usage` of one batch of `size` messages is within every budget: requests and WCU
-/// per message apply to the batch of [`BATCH`] (DESIGN §5; a single message carries the
+/// per message apply to the batch of [`BATCH`] (ARCHITECTURE §5; a single message carries the
 /// batch's fixed reads and writes alone), round trips to every size.
 pub fn within_budget(usage: &Usage, size: usize) -> bool {
     let n = size as f64;

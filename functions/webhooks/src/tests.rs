@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::handle;
 use gateway_core::clock::ManualClock;
 use gateway_core::config::SecretRef;
 use gateway_core::events::{GatewayEvent, MemoryEventSink};
@@ -14,7 +15,6 @@ use gateway_core::state::memory::MemoryStore;
 use gateway_core::webhooks::edge::{Edge, WebhookKeys};
 use gateway_core::webhooks::sns::CertCache;
 use lambda_http::Body;
-use webhooks::handle;
 
 fn sample() -> serde_json::Value {
     let path = concat!(

@@ -31,7 +31,9 @@ use tokio::sync::OnceCell;
 
 use crate::clock::{Clock, EpochMillis};
 use crate::config::SecretRef;
-use crate::providers::secret::SecretString;
+mod string;
+
+pub use string::SecretString;
 
 /// How long a resolved Secrets Manager or SSM value is used before it is read again.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
@@ -156,6 +158,16 @@ impl std::fmt::Debug for SecretResolver {
     }
 }
 
+/// The resolver's bounds on one Secrets Manager or SSM request, whatever SDK configuration it
+/// was given: a secret fetch that stalls fails (and a cached value is used) instead of hanging
+/// the invocation.
+fn timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .build()
+}
+
 impl SecretResolver {
     /// A resolver reading the process environment and, on first need, AWS configured from the
     /// environment (`aws_config` defaults, which honour `AWS_ENDPOINT_URL`), with
@@ -265,18 +277,12 @@ impl SecretResolver {
         }
     }
 
-    async fn aws_config(&self) -> &SdkConfig {
+    /// The process's AWS configuration: the one given with [`SecretResolver::with_aws_config`],
+    /// else the environment's, loaded on first need. Other AWS clients built beside the
+    /// resolver (SES) start from it.
+    pub(crate) async fn sdk_config(&self) -> &SdkConfig {
         self.aws
-            .get_or_init(|| async {
-                let timeouts = aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                    .build();
-                aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .timeout_config(timeouts)
-                    .load()
-                    .await
-            })
+            .get_or_init(|| aws_config::load_defaults(aws_config::BehaviorVersion::latest()))
             .await
     }
 
@@ -285,10 +291,15 @@ impl SecretResolver {
         arn: &str,
         json_key: Option<&str>,
     ) -> Result<SecretString, SecretError> {
-        let config = self.aws_config().await;
+        let config = self.sdk_config().await;
         let client = self
             .secretsmanager
-            .get_or_init(|| async { aws_sdk_secretsmanager::Client::new(config) })
+            .get_or_init(|| async {
+                let config = aws_sdk_secretsmanager::config::Builder::from(config)
+                    .timeout_config(timeouts())
+                    .build();
+                aws_sdk_secretsmanager::Client::from_conf(config)
+            })
             .await;
         let reference = match json_key {
             Some(k) => format!("secretsmanager:{arn}#{k}"),
@@ -333,10 +344,15 @@ impl SecretResolver {
     }
 
     async fn fetch_ssm(&self, path: &str) -> Result<SecretString, SecretError> {
-        let config = self.aws_config().await;
+        let config = self.sdk_config().await;
         let client = self
             .ssm
-            .get_or_init(|| async { aws_sdk_ssm::Client::new(config) })
+            .get_or_init(|| async {
+                let config = aws_sdk_ssm::config::Builder::from(config)
+                    .timeout_config(timeouts())
+                    .build();
+                aws_sdk_ssm::Client::from_conf(config)
+            })
             .await;
         let reference = format!("ssm:{path}");
         let out = client

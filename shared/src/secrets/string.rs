@@ -1,8 +1,8 @@
 //! A resolved secret value (API key, password, service-account key, access token).
 //!
-//! Resolving a `SecretRef` (environment, Secrets Manager, SSM) happens elsewhere; provider
-//! clients receive the resolved value wrapped in [`SecretString`], whose `Debug` is redacted and
-//! which has no `Display`, so a secret cannot reach a log line or an error text by a stray `{:?}`.
+//! The resolver ([`super::SecretResolver`]) hands every resolved value out wrapped in
+//! [`SecretString`], whose `Debug` is redacted and which has no `Display`, so a secret cannot
+//! reach a log line or an error text by a stray `{:?}`.
 
 use std::fmt;
 

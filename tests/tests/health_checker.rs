@@ -16,7 +16,7 @@ use gateway_core::clock::ManualClock;
 use gateway_core::config::load_config;
 use gateway_core::events::{EventSink, GatewayEvent, HealthEvent, HealthStatus};
 use gateway_core::health::{self, HealthRecord};
-use gateway_core::health_check::{CheckSummary, HealthChecker};
+use gateway_core::health::{CheckSummary, HealthChecker};
 use gateway_core::providers::factory::build_providers;
 use gateway_core::queue::Queue;
 use gateway_core::queue::sqs::{SqsQueue, client_from_env, create_queue};

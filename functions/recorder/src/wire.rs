@@ -1,0 +1,124 @@
+//! The recorder's dependencies, built once per process through the shared wiring path
+//! ([`gateway_core::startup`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_core::config::{CustomerWebhook, GATEWAY_CONFIG_FILE};
+use gateway_core::config_audit::ConfigEvent;
+use gateway_core::customer_webhooks::{DeliveryReporting, Worker, WorkerSettings};
+use gateway_core::events::GatewayEvent;
+use gateway_core::recorder::{CustomerWebhooks, Recorder};
+use gateway_core::records::RecordWriter;
+use gateway_core::startup::Startup;
+
+use crate::Deps;
+
+/// How long the audit of the config may wait on the database (it runs beside the first
+/// invocations; a lock wait must not hold a connection for long).
+const AUDIT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Builds the recorder: the MySQL record (`DATABASE_URL`), the state store (the suppression
+/// list) and, when the gateway config names customer webhooks, their announcing queue, their
+/// dead-letter queue and the delivering worker. The config, when one is named, is audited
+/// (`gateway_config_audit`, `gateway_routing_rules`). `None` when a problem was recorded in
+/// `startup`.
+pub async fn wire(startup: &mut Startup) -> Option<Deps> {
+    let records = startup.database().await;
+    let config = startup.optional_config();
+    let endpoints = config
+        .as_ref()
+        .map(|c| c.customer_webhooks.clone())
+        .unwrap_or_default();
+    let jobs_url = startup.var("CUSTOMER_WEBHOOK_QUEUE_URL");
+    let dlq_url = startup.var("CUSTOMER_WEBHOOK_DLQ_URL");
+    if !endpoints.is_empty() && jobs_url.is_none() {
+        let count = endpoints.len();
+        startup.problem(
+            "CUSTOMER_WEBHOOK_QUEUE_URL",
+            format!("required: the config names {count} customer webhook(s)"),
+        );
+    }
+    if jobs_url.is_some() && dlq_url.is_none() {
+        startup.problem(
+            "CUSTOMER_WEBHOOK_DLQ_URL",
+            "required with CUSTOMER_WEBHOOK_QUEUE_URL",
+        );
+    }
+    let defaults = WorkerSettings::default();
+    let settings = WorkerSettings {
+        max_attempts: startup.positive("CUSTOMER_WEBHOOK_MAX_ATTEMPTS", defaults.max_attempts),
+        timeout: startup.duration("CUSTOMER_WEBHOOK_TIMEOUT", defaults.timeout),
+        ..defaults
+    };
+    let records: Arc<dyn RecordWriter> = Arc::new(records?);
+    if !startup.problems().is_empty() {
+        return None;
+    }
+    let state = startup.state_store().await;
+    let clock = startup.clock();
+    if let Some(config) = &config {
+        let changed_by = format!(
+            "recorder ({GATEWAY_CONFIG_FILE}={})",
+            startup.var(GATEWAY_CONFIG_FILE).unwrap_or_default()
+        );
+        // Off the start path: the audit waits on the database, which start-up must not (a
+        // database outage would otherwise delay every cold start by the audit's timeout).
+        let event = ConfigEvent::of(
+            config,
+            &changed_by,
+            Some("configuration loaded at start-up"),
+            clock.now_ms(),
+        );
+        tokio::spawn(audit_config(Arc::clone(&records), event));
+    }
+    let mut recorder = Recorder::new(records, state, Arc::clone(&clock));
+    if let (Some(jobs_url), Some(dlq_url)) = (jobs_url, dlq_url) {
+        let jobs = startup.queue(jobs_url).await;
+        let dead_letters = startup.queue(dlq_url).await;
+        let endpoints: Arc<[CustomerWebhook]> = endpoints.into();
+        let resolver = startup.resolver().await;
+        let worker = Worker::new(
+            Arc::clone(&endpoints),
+            resolver,
+            Arc::clone(&jobs),
+            dead_letters,
+            clock,
+            settings,
+        );
+        let worker = worker
+            .map_err(|e| startup.problem("customer_webhooks", e.to_string()))
+            .ok()?;
+        tracing::info!(
+            endpoints = endpoints.len(),
+            "customer webhooks: announcing and delivering"
+        );
+        let reporting = config
+            .as_ref()
+            .map(DeliveryReporting::of)
+            .unwrap_or_default();
+        recorder = recorder
+            .with_customer_webhooks(CustomerWebhooks::new(endpoints, jobs, worker, reporting));
+    }
+    Some(Deps {
+        recorder: Arc::new(recorder),
+    })
+}
+
+/// Records the configuration this instance loaded in `gateway_config_audit` and
+/// `gateway_routing_rules` (a no-op when it is the audited one). Best effort, in the
+/// background: a database outage must not keep the recorder from starting; the next cold start
+/// audits it.
+async fn audit_config(records: Arc<dyn RecordWriter>, event: ConfigEvent) {
+    let events = [GatewayEvent::Config(event)];
+    match tokio::time::timeout(AUDIT_TIMEOUT, records.apply(&events)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "the configuration could not be audited; the next start retries");
+        }
+        Err(_) => tracing::warn!(
+            timeout_s = AUDIT_TIMEOUT.as_secs(),
+            "auditing the configuration timed out; skipped, the next start retries"
+        ),
+    }
+}

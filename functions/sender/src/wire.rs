@@ -1,0 +1,45 @@
+//! The sender's dependencies, built once per process through the shared wiring path
+//! ([`gateway_core::startup`]).
+
+use std::sync::Arc;
+
+use gateway_core::pipeline::{Pipeline, PipelineSettings};
+use gateway_core::startup::Startup;
+
+use crate::Deps;
+
+/// Namespace of the metric lines when `METRICS_NAMESPACE` is unset or empty.
+pub const DEFAULT_NAMESPACE: &str = "MailGateway";
+
+/// Builds the sender's dependencies: the gateway config, one provider client per gateway, the
+/// state store, the events queue and the outbound queue (for visibility changes). `None` when
+/// a problem was recorded in `startup`; every problem found is recorded, not only the first.
+pub async fn wire(startup: &mut Startup) -> Option<Deps> {
+    let outbound_url = startup.required("OUTBOUND_QUEUE_URL");
+    let events_url = startup.required("EVENTS_QUEUE_URL");
+    let metrics_namespace = startup
+        .var("METRICS_NAMESPACE")
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+    let config = startup.config();
+    let (Some(config), Some(outbound_url), Some(events_url)) = (config, outbound_url, events_url)
+    else {
+        return None;
+    };
+    let providers = startup.providers(&config).await?;
+    let store = startup.state_store().await;
+    let events = startup.event_sink(events_url).await;
+    let queue = startup.queue(outbound_url).await;
+    let pipeline = Pipeline::new(
+        Arc::new(config),
+        providers,
+        store,
+        events,
+        startup.clock(),
+        PipelineSettings::default(),
+    );
+    Some(Deps {
+        pipeline: Arc::new(pipeline),
+        queue,
+        metrics_namespace,
+    })
+}
