@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The class of one provider call's result (DESIGN §3.2). Decides failover, retry and whether
+/// The class of one provider call's result (ARCHITECTURE §3.2). Decides failover, retry and whether
 /// the breaker counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

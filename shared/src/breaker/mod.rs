@@ -1,5 +1,6 @@
-//! The shared circuit breaker (DESIGN §3.4): a pure state machine over one stored item per
-//! gateway, and a small service that runs it against the [`StateStore`] port.
+//! The shared circuit breaker (ARCHITECTURE §3.4): a pure state machine over one stored item
+//! per gateway, and a small service that runs it against the
+//! [`StateStore`](crate::state::StateStore) port.
 //!
 //! # Why it is shaped this way
 //! Every Lambda instance reads and writes the same item, so every transition is a conditional

@@ -22,7 +22,7 @@
 //! `health_check` settings and `now` in, the next record out. Consecutive counts make one blip
 //! harmless: a single failed probe of a healthy gateway only makes it `DEGRADED` (still routed
 //! to), and an unhealthy gateway needs `success_threshold` good probes in a row before it is
-//! `HEALTHY` again. The checker ([`crate::health_check`]) does the I/O around it.
+//! `HEALTHY` again. The checker ([`HealthChecker`]) does the I/O around it.
 
 use crate::clock::EpochMillis;
 use crate::config::HealthCheckSettings;

@@ -1,4 +1,4 @@
-//! The health checker (DESIGN §1): probes every due gateway, applies the thresholds
+//! The health checker (ARCHITECTURE §1): probes every due gateway, applies the thresholds
 //! ([`crate::health::step`]), writes each gateway's record to shared state (`hc#{gateway}`, read
 //! by the router in the sender's state read) and reports to the events queue.
 //!
