@@ -31,6 +31,7 @@ use tokio::sync::OnceCell;
 
 use crate::clock::{Clock, EpochMillis};
 use crate::config::SecretRef;
+mod ssm;
 mod string;
 
 pub use string::SecretString;
@@ -144,7 +145,7 @@ pub struct SecretResolver {
     env: EnvLookup,
     aws: OnceCell<SdkConfig>,
     secretsmanager: OnceCell<aws_sdk_secretsmanager::Client>,
-    ssm: OnceCell<aws_sdk_ssm::Client>,
+    ssm: OnceCell<Result<ssm::SsmClient, String>>,
     cache: Mutex<HashMap<String, Cached>>,
 }
 
@@ -345,38 +346,69 @@ impl SecretResolver {
 
     async fn fetch_ssm(&self, path: &str) -> Result<SecretString, SecretError> {
         let config = self.sdk_config().await;
+        let reference = format!("ssm:{path}");
         let client = self
             .ssm
-            .get_or_init(|| async {
-                let config = aws_sdk_ssm::config::Builder::from(config)
-                    .timeout_config(timeouts())
-                    .build();
-                aws_sdk_ssm::Client::from_conf(config)
-            })
-            .await;
-        let reference = format!("ssm:{path}");
-        let out = client
-            .get_parameter()
-            .name(path)
-            .with_decryption(true)
-            .send()
+            .get_or_init(|| async { ssm::SsmClient::new(config).map_err(|e| e.to_string()) })
             .await
-            .map_err(|e| {
-                classify(e, &reference, |code| match code {
-                    "ParameterNotFound" | "ParameterVersionNotFound" => {
-                        Some(SecretError::ParameterNotFound {
-                            path: path.to_owned(),
-                        })
-                    }
-                    _ => None,
-                })
+            .as_ref()
+            .map_err(|_| SecretError::Unavailable {
+                reference: reference.clone(),
+                source: "the HTTP client for SSM could not be built".into(),
             })?;
-        out.parameter()
-            .and_then(|p| p.value())
-            .map(SecretString::new)
-            .ok_or_else(|| SecretError::ParameterNotFound {
-                path: path.to_owned(),
-            })
+        let not_found = || SecretError::ParameterNotFound {
+            path: path.to_owned(),
+        };
+        match client.get_parameter(path).await {
+            Ok(Some(value)) => Ok(SecretString::new(value)),
+            Ok(None) => Err(not_found()),
+            Err(ssm::SsmError::Service { code, .. })
+                if code == "ParameterNotFound" || code == "ParameterVersionNotFound" =>
+            {
+                Err(not_found())
+            }
+            Err(ssm::SsmError::Service { code, status }) => Err(match code_class(&code) {
+                CodeClass::Denied => SecretError::AccessDenied { reference },
+                CodeClass::Refused => SecretError::Refused { reference, code },
+                CodeClass::Transient => SecretError::Unavailable {
+                    reference,
+                    source: Box::new(ssm::SsmError::Service { code, status }),
+                },
+            }),
+            Err(e @ ssm::SsmError::Transport(_)) => Err(SecretError::Unavailable {
+                reference,
+                source: Box::new(e),
+            }),
+            Err(ssm::SsmError::Signing(_)) => Err(SecretError::AccessDenied { reference }),
+        }
+    }
+}
+
+/// What a service error code says, for Secrets Manager and SSM alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CodeClass {
+    /// Our credentials may not read it (or cannot decrypt it).
+    Denied,
+    /// The service failed or throttled; a later attempt may succeed.
+    Transient,
+    /// Anything else: the request itself is refused.
+    Refused,
+}
+
+fn code_class(code: &str) -> CodeClass {
+    match code {
+        "AccessDeniedException"
+        | "AccessDenied"
+        | "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "DecryptionFailure"
+        | "KMSAccessDeniedException" => CodeClass::Denied,
+        ""
+        | "InternalServiceError"
+        | "InternalServerError"
+        | "ThrottlingException"
+        | "ServiceUnavailable" => CodeClass::Transient,
+        _ => CodeClass::Refused,
     }
 }
 
@@ -390,36 +422,23 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
+    let reference = reference.to_owned();
     if let SdkError::ServiceError(_) = &err {
         let code = err.code().unwrap_or_default().to_owned();
         if let Some(e) = specific(&code) {
             return e;
         }
-        return match code.as_str() {
-            "AccessDeniedException"
-            | "AccessDenied"
-            | "UnrecognizedClientException"
-            | "InvalidSignatureException"
-            | "DecryptionFailure"
-            | "KMSAccessDeniedException" => SecretError::AccessDenied {
-                reference: reference.to_owned(),
-            },
-            ""
-            | "InternalServiceError"
-            | "InternalServerError"
-            | "ThrottlingException"
-            | "ServiceUnavailable" => SecretError::Unavailable {
-                reference: reference.to_owned(),
+        return match code_class(&code) {
+            CodeClass::Denied => SecretError::AccessDenied { reference },
+            CodeClass::Transient => SecretError::Unavailable {
+                reference,
                 source: Box::new(err),
             },
-            _ => SecretError::Refused {
-                reference: reference.to_owned(),
-                code,
-            },
+            CodeClass::Refused => SecretError::Refused { reference, code },
         };
     }
     SecretError::Unavailable {
-        reference: reference.to_owned(),
+        reference,
         source: Box::new(err),
     }
 }
@@ -476,6 +495,107 @@ mod tests {
         let r = resolver(&[]);
         let got = r.resolve(&SecretRef::parse(VALUE)).await.unwrap();
         assert_eq!(got.expose(), VALUE);
+    }
+
+    mod against_a_fake_ssm {
+        use wiremock::matchers::{body_json, header, header_regex, method, path};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+
+        use super::*;
+
+        fn sdk_config(server: &MockServer) -> SdkConfig {
+            use aws_sdk_secretsmanager::config::{Credentials, Region, SharedCredentialsProvider};
+            SdkConfig::builder()
+                .behavior_version(aws_config::BehaviorVersion::latest())
+                .region(Region::new("eu-west-1"))
+                .endpoint_url(server.uri())
+                .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                    "AKIDSSMTEST",
+                    "secret",
+                    None,
+                    None,
+                    "test",
+                )))
+                .build()
+        }
+
+        async fn resolve(
+            answer: ResponseTemplate,
+            expected_requests: u64,
+        ) -> Result<SecretString, SecretError> {
+            let server = MockServer::start().await;
+            // The request SSM's JSON 1.1 protocol takes, signed with SigV4 for `ssm` in the
+            // configured region.
+            Mock::given(method("POST"))
+                .and(path("/"))
+                .and(header("x-amz-target", "AmazonSSM.GetParameter"))
+                .and(header("content-type", "application/x-amz-json-1.1"))
+                .and(header_regex(
+                    "authorization",
+                    "^AWS4-HMAC-SHA256 Credential=AKIDSSMTEST/[0-9]{8}/eu-west-1/ssm/aws4_request, SignedHeaders=[a-z0-9;-]*x-amz-target[a-z0-9;-]*, Signature=[0-9a-f]{64}$",
+                ))
+                .and(header_regex("x-amz-date", "^[0-9]{8}T[0-9]{6}Z$"))
+                .and(body_json(serde_json::json!({"Name": "/gateway/key", "WithDecryption": true})))
+                .respond_with(answer)
+                .expect(expected_requests)
+                .mount(&server)
+                .await;
+            let resolver = SecretResolver::new(Arc::new(ManualClock::new(0)))
+                .with_aws_config(sdk_config(&server));
+            resolver
+                .resolve(&SecretRef::Ssm("/gateway/key".into()))
+                .await
+        }
+
+        fn error(status: u16, code: &str) -> ResponseTemplate {
+            ResponseTemplate::new(status).set_body_string(
+                serde_json::json!({"__type": format!("com.amazonaws.ssm#{code}"), "message": "no"})
+                    .to_string(),
+            )
+        }
+
+        #[tokio::test]
+        async fn a_signed_get_parameter_returns_the_decrypted_value() {
+            let answer = ResponseTemplate::new(200).set_body_string(
+                serde_json::json!({"Parameter": {"Name": "/gateway/key", "Type": "SecureString",
+                                   "Value": VALUE, "Version": 3}})
+                .to_string(),
+            );
+            assert_eq!(resolve(answer, 1).await.unwrap().expose(), VALUE);
+        }
+
+        #[tokio::test]
+        async fn errors_are_classified_by_their_code() {
+            let missing = resolve(error(400, "ParameterNotFound"), 1)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(missing, SecretError::ParameterNotFound { .. }),
+                "{missing}"
+            );
+            let denied = resolve(error(400, "AccessDeniedException"), 1)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(denied, SecretError::AccessDenied { .. }),
+                "{denied}"
+            );
+            let refused = resolve(error(400, "ValidationException"), 1)
+                .await
+                .unwrap_err();
+            assert!(matches!(refused, SecretError::Refused { .. }), "{refused}");
+            assert!(!refused.to_string().contains(VALUE));
+        }
+
+        #[tokio::test]
+        async fn throttling_is_retried_three_times_then_reported_as_retryable() {
+            let err = resolve(error(400, "ThrottlingException"), 3)
+                .await
+                .unwrap_err();
+            assert!(err.is_retryable(), "{err}");
+            let err = resolve(ResponseTemplate::new(503), 3).await.unwrap_err();
+            assert!(err.is_retryable(), "{err}");
+        }
     }
 
     mod against_a_fake_secrets_manager {
