@@ -14,7 +14,7 @@ CARGO_LAMBDA ?= cargo lambda
 	build-StatusFunction build-HealthCheckFunction
 
 lambdas:
-	@test -d .git || test -n "$(ALLOW_SCRATCH_BUILD)" || { \
+	@test -e .git || test -n "$(ALLOW_SCRATCH_BUILD)" || { \
 	  echo "error: this is a copy of the repository (SAM's scratch directory): run"; \
 	  echo "  sam build --build-in-source (samconfig.toml sets it) so cargo reuses target/,"; \
 	  echo "  or set ALLOW_SCRATCH_BUILD=1 to build from scratch anyway."; exit 1; }
