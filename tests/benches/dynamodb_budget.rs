@@ -38,7 +38,7 @@ use gateway_core::secrets::SecretResolver;
 use gateway_core::sqs_sink::plan_batches;
 use gateway_core::state::StateStore;
 use gateway_core::state::counting::{CountingStore, Usage};
-use gateway_core::state::dynamodb::{DynamoStore, client_from_env, create_table};
+use gateway_core::state::dynamodb::{DynamoStore, client_from_env, create_table, with_timeouts};
 use gateway_core::state::memory::MemoryStore;
 
 /// Messages per batch of the budget (the SQS batch size the template defaults to).
@@ -177,7 +177,15 @@ pub async fn fresh_table(name: &str) -> Result<DynamoStore, String> {
                     .local/services.env` first (this never creates tables in a real account)"
             .into());
     }
-    let client = client_from_env().await;
+    // The production client's 2 s attempt timeout, with more room: this counts requests, and
+    // the emulator serves them one at a time, so on a busy machine the last of a batch's 100
+    // concurrent claims can wait longer than 2 s and be sent again, an extra round trip that
+    // measures the machine, not the pipeline.
+    let client = with_timeouts(
+        &client_from_env().await,
+        Duration::from_secs(10),
+        Duration::from_secs(30),
+    );
     let table = format!("{name}-{}", std::process::id());
     create_table(&client, &table)
         .await
