@@ -41,6 +41,7 @@ pub mod providers;
 pub mod queue;
 pub mod recorder;
 pub mod records;
+pub mod retry;
 pub mod router;
 pub mod secrets;
 pub mod sqs_sink;

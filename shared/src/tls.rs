@@ -71,7 +71,9 @@ fn roots_pem() -> Vec<u8> {
 /// The HTTP client every AWS SDK client of the process shares (one connection pool per
 /// timeout setting), trusting [Mozilla's roots](self) instead of the host's store.
 pub fn aws_http_client() -> SharedHttpClient {
-    SharedHttpClient::new(ConnectorsOnUse::default())
+    static CLIENT: LazyLock<SharedHttpClient> =
+        LazyLock::new(|| SharedHttpClient::new(ConnectorsOnUse::default()));
+    CLIENT.clone()
 }
 
 /// The SDK's HTTP client, built on first use and without its construction-time check. The

@@ -5,8 +5,8 @@
 //! any other) for one request shape that is stable and documented. The request is signed with
 //! SigV4 by `aws-sigv4` (the signer every SDK client uses) with the process's credentials, sent
 //! with a reqwest client trusting [the gateway's roots](crate::tls), and retried like the SDK's
-//! standard mode (3 attempts, jittered exponential backoff) on throttling, 5xx and transport
-//! errors.
+//! standard mode (3 attempts, [jittered exponential backoff](crate::retry)) on throttling, 5xx
+//! and transport errors.
 //!
 //! Endpoint: `AWS_ENDPOINT_URL_SSM`, else the SDK configuration's endpoint (`AWS_ENDPOINT_URL`:
 //! the emulator in tests), else `https://ssm.{region}.amazonaws.com` (`.com.cn` in China).
@@ -21,9 +21,15 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use serde_json::{Value, json};
 
 use super::{ATTEMPT_TIMEOUT, CONNECT_TIMEOUT};
+use crate::retry::RetryPolicy;
 
-/// Requests sent per call before giving up (the SDK's standard retry mode).
-const MAX_ATTEMPTS: u32 = 3;
+/// Requests per call and their backoff: the SDK's standard retry mode (3 attempts, full jitter
+/// on 200 ms doubling).
+const RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 3,
+    base_delay: Duration::from_millis(200),
+    max_delay: Duration::from_secs(20),
+};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -95,17 +101,8 @@ impl SsmClient {
                 Ok(answer) => {
                     return Ok(answer["Parameter"]["Value"].as_str().map(str::to_owned));
                 }
-                Err(e) if e.is_retryable() && attempt < MAX_ATTEMPTS => {
-                    // Full jitter on 100 ms · 2^attempt, as the SDK's standard mode.
-                    let ceiling = 100u64 << attempt;
-                    let fraction = f64::from(
-                        SystemTime::now()
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .unwrap_or_default()
-                            .subsec_nanos(),
-                    ) / 1e9;
-                    tokio::time::sleep(Duration::from_millis((ceiling as f64 * fraction) as u64))
-                        .await;
+                Err(e) if e.is_retryable() && attempt < RETRY.max_attempts => {
+                    tokio::time::sleep(RETRY.delay(attempt - 1)).await;
                 }
                 Err(e) => return Err(e),
             }

@@ -35,12 +35,11 @@
 //! ledger recognises its own claim); only an unconditional `ADD` could count twice, which for a
 //! limit counter errs on the safe side.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use crate::retry::RetryPolicy;
+use crate::retry::random_below;
 use async_trait::async_trait;
 pub use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -82,51 +81,6 @@ pub fn table_name_from_env() -> String {
         .ok()
         .filter(|t| !t.trim().is_empty())
         .unwrap_or_else(|| DEFAULT_TABLE.to_owned())
-}
-
-/// How throttled and transient requests are retried: attempt `i` (from 0) waits a uniformly
-/// random time in `[0, min(max_delay, base_delay · 2^i)]` (full jitter, so a fleet that was
-/// throttled together does not retry together).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Requests sent in total before giving up (at least 1).
-    pub max_attempts: u32,
-    /// Backoff ceiling of the first retry.
-    pub base_delay: Duration,
-    /// Largest backoff ceiling of any retry.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// 5 attempts, 25 ms doubling to at most 1 s: about 2 s worst case, well inside an
-    /// invocation, after which the message is deferred rather than the invocation stalled.
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            base_delay: Duration::from_millis(25),
-            max_delay: Duration::from_secs(1),
-        }
-    }
-}
-
-impl RetryPolicy {
-    fn delay(&self, retry: u32) -> Duration {
-        let ceiling = self
-            .base_delay
-            .saturating_mul(2_u32.saturating_pow(retry.min(20)))
-            .min(self.max_delay);
-        let ceiling_us = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
-        Duration::from_micros(random_below(ceiling_us.saturating_add(1)))
-    }
-}
-
-/// A random number in `0..bound` (`bound` > 0) for backoff jitter; not for anything that
-/// needs unpredictability.
-fn random_below(bound: u64) -> u64 {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(SEQ.fetch_add(1, Ordering::Relaxed));
-    h.finish() % bound.max(1)
 }
 
 /// The DynamoDB adapter of the [`StateStore`] port. Cheap to clone (the SDK client is shared).
@@ -250,12 +204,7 @@ impl DynamoStore {
 pub fn client(sdk: &aws_config::SdkConfig) -> Client {
     let config = aws_sdk_dynamodb::config::Builder::from(sdk)
         .retry_config(aws_config::retry::RetryConfig::disabled())
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                .build(),
-        )
+        .timeout_config(bounded(CONNECT_TIMEOUT, ATTEMPT_TIMEOUT))
         .build();
     Client::from_conf(config)
 }
@@ -267,14 +216,16 @@ pub fn with_timeouts(client: &Client, connect: Duration, attempt: Duration) -> C
     let config = client
         .config()
         .to_builder()
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .connect_timeout(connect)
-                .operation_attempt_timeout(attempt)
-                .build(),
-        )
+        .timeout_config(bounded(connect, attempt))
         .build();
     Client::from_conf(config)
+}
+
+fn bounded(connect: Duration, attempt: Duration) -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(connect)
+        .operation_attempt_timeout(attempt)
+        .build()
 }
 
 /// [`client`] on the SDK configuration of the environment (the CLI's admin commands).
