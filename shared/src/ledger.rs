@@ -306,6 +306,15 @@ pub fn decide_claim(
     )
 }
 
+/// True when `entry` is exactly what the write of `claim` leaves behind. The store retries a
+/// request whose answer was lost (a timeout after DynamoDB applied it); the retry then fails its
+/// condition on our own write. Only this claim's write can have produced it: the write was
+/// guarded by the previous claim count, and the owner is unique per invocation.
+fn claim_applied(entry: &Entry, claim: &Claim) -> bool {
+    matches!(entry, Entry::Claimed { owner, lease_until, claims }
+        if *owner == claim.owner && *lease_until == claim.lease_until && *claims == claim.attempt)
+}
+
 fn guarded(state: &str, claims: i64) -> Condition {
     Condition::And(vec![
         Condition::cmp(STATE, CmpOp::Eq, state),
@@ -336,6 +345,9 @@ pub async fn claim<S: StateStore + ?Sized>(
             WriteOutcome::Applied(_) => return Ok(ClaimOutcome::Claimed(claim)),
             WriteOutcome::ConditionFailed(current) => {
                 entry = Entry::from_item(&k, current.as_ref())?;
+                if entry.as_ref().is_some_and(|e| claim_applied(e, &claim)) {
+                    return Ok(ClaimOutcome::Claimed(claim));
+                }
             }
         }
     }
@@ -460,6 +472,7 @@ pub async fn mark_failed<S: StateStore + ?Sized>(
             UpdateAction::Set(FAILED_AT.into(), Value::N(now)),
             UpdateAction::Set(TTL_ATTRIBUTE.into(), ttl(now)),
         ],
+        |e| matches!(e, Entry::Failed(r) if r.reason == reason && r.at == now),
     )
     .await
 }
@@ -479,14 +492,20 @@ pub async fn release<S: StateStore + ?Sized>(
             UpdateAction::Set(LEASE_UNTIL.into(), Value::N(now)),
             UpdateAction::Set(TTL_ATTRIBUTE.into(), ttl(now)),
         ],
+        // Only the holder of claim number `attempt` can release at that count.
+        |e| matches!(e, Entry::Released { claims } if *claims == claim.attempt),
     )
     .await
 }
 
+/// A conditional update while `claim` is still held. `applied` recognises the entry this very
+/// write leaves behind, for a retry whose first attempt was applied but whose answer was lost
+/// (see [`claim_applied`]): that is [`MarkOutcome::Marked`], not someone else's doing.
 async fn owner_write<S: StateStore + ?Sized>(
     store: &S,
     claim: &Claim,
     actions: Vec<UpdateAction>,
+    applied: impl Fn(&Entry) -> bool,
 ) -> Result<MarkOutcome, LedgerError> {
     let k = key(&claim.message_id);
     let write = Write {
@@ -500,10 +519,13 @@ async fn owner_write<S: StateStore + ?Sized>(
     };
     match store.write(write).await? {
         WriteOutcome::Applied(_) => Ok(MarkOutcome::Marked),
-        WriteOutcome::ConditionFailed(current) => Ok(MarkOutcome::NotOwner(Entry::from_item(
-            &k,
-            current.as_ref(),
-        )?)),
+        WriteOutcome::ConditionFailed(current) => {
+            let entry = Entry::from_item(&k, current.as_ref())?;
+            if entry.as_ref().is_some_and(|e| applied(e)) {
+                return Ok(MarkOutcome::Marked);
+            }
+            Ok(MarkOutcome::NotOwner(entry))
+        }
     }
 }
 
@@ -547,6 +569,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
 
     use super::*;
+    use crate::state::TransactOutcome;
     use crate::state::memory::MemoryStore;
 
     const T0: EpochMillis = 1_795_000_000_000;
@@ -565,6 +588,55 @@ mod tests {
             provider_message_id: Some("<abc@mg>".into()),
             at: T0 + 5,
         }
+    }
+
+    /// DynamoDB as the store's retry sees it when an answer is lost: every conditional write is
+    /// applied, its answer dropped, and the retried request fails its condition on the write's
+    /// own result (the store returns the item as it now is).
+    #[derive(Debug, Default)]
+    struct LostAnswers(MemoryStore);
+
+    #[async_trait::async_trait]
+    impl StateStore for LostAnswers {
+        async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
+            self.0.get_many(keys).await
+        }
+        async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
+            self.0.write(write.clone()).await?;
+            self.0.write(write).await
+        }
+        async fn transact(&self, writes: Vec<Write>) -> Result<TransactOutcome, StoreError> {
+            self.0.transact(writes).await
+        }
+        async fn put_many(&self, items: Vec<(Key, Item)>) -> Result<(), StoreError> {
+            self.0.put_many(items).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_applied_but_whose_answer_was_lost_counts_as_ours() {
+        let store = LostAnswers::default();
+        let first = claimed(claim(&store, "m1", "inv-a", LEASE, T0).await.unwrap());
+        assert_eq!((first.attempt, first.reclaimed.clone()), (1, None));
+        assert_eq!(
+            release(&store, &first, T0 + 1).await.unwrap(),
+            MarkOutcome::Marked
+        );
+        let second = claimed(claim(&store, "m1", "inv-b", LEASE, T0 + 2).await.unwrap());
+        assert_eq!(second.attempt, 2, "one claim, not two");
+        assert_eq!(
+            mark_failed(&store, &second, "every recipient refused", T0 + 3)
+                .await
+                .unwrap(),
+            MarkOutcome::Marked
+        );
+        assert_eq!(
+            lookup(&store.0, "m1").await.unwrap(),
+            Some(Entry::Failed(FailedRecord {
+                reason: "every recipient refused".into(),
+                at: T0 + 3
+            }))
+        );
     }
 
     #[tokio::test]

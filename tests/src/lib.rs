@@ -162,6 +162,21 @@ pub fn moto_url() -> String {
     })
 }
 
+/// A DynamoDB client for the emulator: the store's client (SDK retries off) with waits long
+/// enough for a busy machine. moto serves DynamoDB one request at a time, and while the whole
+/// suite runs beside clippy a request can queue for seconds; under the production bound (2 s)
+/// it would time out after being applied and be sent again, which is a fault the ledger and
+/// limiter tests inject on purpose, not one a test of their ordinary behaviour should meet by
+/// chance.
+pub async fn emulator_dynamodb() -> gateway_core::state::dynamodb::Client {
+    moto_url();
+    gateway_core::state::dynamodb::with_timeouts(
+        &gateway_core::state::dynamodb::client_from_env().await,
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+    )
+}
+
 static NEXT_DATABASE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// The MariaDB server URL from `DATABASE_URL` (no database name); fails the test with

@@ -32,7 +32,7 @@ async fn fresh_store() -> DynamoStore {
              `scripts/services up && source .local/services.env` first (scripts/test does it)."
         );
     }
-    let client = client_from_env().await;
+    let client = gateway_tests::emulator_dynamodb().await;
     let table = format!(
         "state-{}-{}",
         std::process::id(),

@@ -22,7 +22,7 @@ use gateway_core::queue::Queue;
 use gateway_core::queue::sqs::{SqsQueue, client_from_env, create_queue};
 use gateway_core::secrets::SecretResolver;
 use gateway_core::sqs_sink::SqsEventSink;
-use gateway_core::state::dynamodb::{self, DynamoStore, create_table};
+use gateway_core::state::dynamodb::{DynamoStore, create_table};
 use gateway_core::state::{
     Item, Key, StateStore, StoreError, TransactOutcome, Write, WriteOutcome,
 };
@@ -108,7 +108,7 @@ async fn env(tag: &str, gateways: serde_json::Value) -> Env {
     .await
     .unwrap();
     let name = unique(tag);
-    let ddb = dynamodb::client_from_env().await;
+    let ddb = gateway_tests::emulator_dynamodb().await;
     create_table(&ddb, &name).await.unwrap();
     let store = Arc::new(DynamoStore::new(ddb, name.clone()));
     let reads = Arc::new(ReadTogether {

@@ -26,7 +26,7 @@ use gateway_core::queue::sqs::{Client, SqsQueue, client_from_env, create_queue};
 use gateway_core::secrets::SecretResolver;
 use gateway_core::sqs_sink::SqsEventSink;
 use gateway_core::state::StateStore;
-use gateway_core::state::dynamodb::{self, DynamoStore, create_table};
+use gateway_core::state::dynamodb::{DynamoStore, create_table};
 use gateway_tests::{moto_url, parse_multipart};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -90,7 +90,7 @@ async fn env(tag: &str, config: &str) -> Env {
     let events_url = create_queue(&sqs, &format!("{name}-events"), None)
         .await
         .unwrap();
-    let ddb = dynamodb::client_from_env().await;
+    let ddb = gateway_tests::emulator_dynamodb().await;
     create_table(&ddb, &name).await.unwrap();
     let store = Arc::new(DynamoStore::new(ddb, name));
     let pipeline = Pipeline::new(

@@ -199,7 +199,7 @@ fn open_breaker(until: i64) -> Item {
 
 async fn moto_store() -> Arc<DynamoStore> {
     gateway_tests::moto_url();
-    let client = client_from_env().await;
+    let client = gateway_tests::emulator_dynamodb().await;
     let table = format!(
         "status-{}-{}",
         std::process::id(),
