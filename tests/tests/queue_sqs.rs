@@ -103,6 +103,59 @@ async fn contract_suite_passes_on_sqs() {
     run_all(&Sqs::new("contract").await).await;
 }
 
+/// The emulator wrapper holds moto to SQS's rule that the 12 hours count from the receive (a
+/// rule moto does not enforce): two seconds after a receive, 43,199 s more are refused, single
+/// and batched, with SQS's code; what the sender asks for at most is accepted.
+#[tokio::test]
+async fn the_twelve_hours_count_from_the_receive() {
+    use gateway_core::queue::{EntryFailureReason, MAX_DEFERRAL, VisibilityChange};
+    let sqs = Sqs::new("twelve").await;
+    let q = sqs.queue(sqs.create(None).await);
+    q.send("wait").await.unwrap();
+    let got = q
+        .receive(1, Duration::from_secs(5), Duration::from_secs(30))
+        .await
+        .unwrap()
+        .pop()
+        .expect("the message");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let almost = Duration::from_secs(43_199);
+    match q.change_visibility(&got.receipt_handle, almost).await {
+        Err(QueueError::Refused { code }) => assert_eq!(code, "InvalidParameterValue"),
+        other => panic!("expected SQS's refusal, got {other:?}"),
+    }
+    let failed = q
+        .change_visibility_batch(&[VisibilityChange {
+            receipt_handle: got.receipt_handle.clone(),
+            visibility: almost,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        !matches!(
+            failed[0].reason,
+            EntryFailureReason::Other {
+                retryable: true,
+                ..
+            }
+        ),
+        "a refusal, not a fault worth repeating: {failed:?}"
+    );
+    q.change_visibility(&got.receipt_handle, MAX_DEFERRAL)
+        .await
+        .unwrap();
+    assert!(
+        q.change_visibility_batch(&[VisibilityChange {
+            receipt_handle: got.receipt_handle,
+            visibility: MAX_DEFERRAL,
+        }])
+        .await
+        .unwrap()
+        .is_empty()
+    );
+}
+
 #[tokio::test]
 async fn contract_suite_passes_on_memory_queue() {
     run_all(&Memory(Arc::new(ManualClock::new(NOW)))).await;

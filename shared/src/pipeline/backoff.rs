@@ -5,7 +5,11 @@
 //! plus a small spread so that thousands of messages deferred to the same window reset do not
 //! all return in the same second. Otherwise the delay grows exponentially with the number of
 //! deliveries, with "equal jitter" (half fixed, half random) so retries of a burst of failures
-//! spread out while still growing. Both are capped at SQS's maximum visibility of 12 hours.
+//! spread out while still growing. Both are capped at [`MAX_DEFERRAL`] (11 h 40 min): SQS refuses
+//! a visibility ending more than 12 hours after the receive, and the sender may be deciding up to
+//! 20 minutes after it. A longer wait (a daily limit used up in the morning) comes back once per
+//! `MAX_DEFERRAL` and is deferred again: a one-day wait takes 3 receives before the one that
+//! sends, a seven-day wait 15 (`receives_to_wait` below, and docs/RELIABILITY.md).
 //!
 //! The randomness is derived from the message id and the delivery count, not from a random
 //! generator: a retry of the same delivery computes the same delay, and tests are exact.
@@ -13,14 +17,14 @@
 use std::time::Duration;
 
 use crate::clock::EpochMillis;
-use crate::queue::MAX_VISIBILITY;
+use crate::queue::MAX_DEFERRAL;
 
 /// Exponential backoff for deferrals without a known retry time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     /// Delay after the first delivery (before jitter); doubles with each further delivery.
     pub base: Duration,
-    /// Largest delay (at most SQS's 12 hours, which [`crate::pipeline::settle`] enforces anyway).
+    /// Largest delay (at most [`MAX_DEFERRAL`], which the delays are held to whatever this says).
     pub cap: Duration,
     /// Largest spread added to a known retry time.
     pub spread: Duration,
@@ -30,7 +34,7 @@ impl Default for Backoff {
     fn default() -> Self {
         Self {
             base: Duration::from_secs(30),
-            cap: MAX_VISIBILITY,
+            cap: MAX_DEFERRAL,
             spread: Duration::from_secs(30),
         }
     }
@@ -45,7 +49,7 @@ impl Backoff {
         let full = self
             .base
             .saturating_mul(1u32 << exponent)
-            .min(self.cap.min(MAX_VISIBILITY));
+            .min(self.cap.min(MAX_DEFERRAL));
         let half = full / 2;
         let jitter = half.mul_f64(jitter_fraction(message_id, receive_count));
         (half + jitter).max(Duration::from_secs(1))
@@ -66,9 +70,17 @@ impl Backoff {
             .min(wait / 10)
             .mul_f64(jitter_fraction(message_id, receive_count));
         (wait + spread)
-            .min(self.cap.min(MAX_VISIBILITY))
+            .min(self.cap.min(MAX_DEFERRAL))
             .max(Duration::from_secs(1))
     }
+}
+
+/// How many receives a wait of `wait` takes before the receive that can send: each deferral
+/// is at most [`MAX_DEFERRAL`]. The template's `OutboundMaxReceiveCount` must exceed this for
+/// the longest wait a limit can cause, plus the retries of provider failures.
+pub fn receives_to_wait(wait: Duration) -> u32 {
+    let per = MAX_DEFERRAL.as_millis();
+    u32::try_from(wait.as_millis().div_ceil(per)).unwrap_or(u32::MAX)
 }
 
 /// A number in `[0, 1)` derived from `message_id` and `receive_count` (FNV-1a, then a
@@ -105,13 +117,32 @@ mod tests {
     }
 
     #[test]
-    fn delays_never_exceed_twelve_hours() {
+    fn delays_never_exceed_the_longest_deferral_sqs_accepts() {
         let b = Backoff::default();
         for n in [12, 20, 31, 32, 1000, u32::MAX] {
-            assert!(b.delay("m", n) <= MAX_VISIBILITY, "delivery {n}");
+            assert!(b.delay("m", n) <= MAX_DEFERRAL, "delivery {n}");
         }
         let far = 10 * 24 * 3_600_000;
-        assert_eq!(b.until(far, 0, "m", 1), MAX_VISIBILITY);
+        assert_eq!(b.until(far, 0, "m", 1), MAX_DEFERRAL);
+        // A configured cap above it does not lift the bound.
+        let loose = Backoff {
+            cap: Duration::from_secs(48 * 3600),
+            ..b
+        };
+        assert_eq!(loose.until(far, 0, "m", 1), MAX_DEFERRAL);
+        assert!(loose.delay("m", 40) <= MAX_DEFERRAL);
+    }
+
+    #[test]
+    fn a_day_takes_three_receives_and_a_week_fifteen() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(receives_to_wait(Duration::ZERO), 0);
+        assert_eq!(receives_to_wait(MAX_DEFERRAL), 1);
+        assert_eq!(receives_to_wait(MAX_DEFERRAL + Duration::from_millis(1)), 2);
+        // A daily limit used up at 01:00 UTC waits 23 h: two receives, then the one that sends.
+        assert_eq!(receives_to_wait(23 * hour), 2);
+        assert_eq!(receives_to_wait(24 * hour), 3);
+        assert_eq!(receives_to_wait(7 * 24 * hour), 15);
     }
 
     #[test]

@@ -55,7 +55,7 @@ use crate::events::{EventSink, Outcome};
 use crate::providers::Providers;
 use crate::state::StateStore;
 
-pub use backoff::{Backoff, jitter_fraction};
+pub use backoff::{Backoff, jitter_fraction, receives_to_wait};
 pub use decide::{Decider, KeyBook, Read, ReadList};
 pub use metrics::{GatewayMetrics, Metrics, emf_lines};
 pub use poll::{PollSettings, Poller, PollerStats};
@@ -146,7 +146,8 @@ pub enum Disposition {
     /// Acknowledge (delete) it: sent, failed or rejected for good, and its event emitted.
     Done,
     /// Report it as a batch item failure and make it visible again after `after` (rounded up to
-    /// whole seconds, capped at SQS's 12 hours by [`settle`]).
+    /// whole seconds; at most [`crate::queue::MAX_DEFERRAL`], which SQS accepts at any moment of
+    /// an invocation).
     Retry {
         /// Delay before the next delivery.
         after: Duration,

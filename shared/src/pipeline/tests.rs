@@ -678,8 +678,9 @@ async fn over_the_limit_everywhere_the_message_waits_for_the_window_to_reset() {
     assert_eq!(h.calls("a").len(), 3);
     let deferred = &report.items[3];
     assert_eq!(deferred.outcome, Outcome::Deferred);
-    // 10:00 UTC → the next UTC day starts in 14 h, beyond SQS's 12 h: capped.
-    assert_eq!(retry_after(deferred), crate::queue::MAX_VISIBILITY);
+    // 10:00 UTC → the next UTC day starts in 14 h, beyond what SQS accepts: the longest
+    // deferral, and deferred again when it comes back.
+    assert_eq!(retry_after(deferred), crate::queue::MAX_DEFERRAL);
     assert!(deferred.reason.as_deref().unwrap().contains("limit"));
     // A sender's limit never admits more, whatever the batches.
     let more = records(vec![body("m-9", "DR@clinic.example", &["p@example.org"])]);
@@ -1151,4 +1152,86 @@ async fn without_failover_an_open_breaker_on_the_next_gateway_is_still_honoured(
         after >= Duration::from_secs(30) && after < Duration::from_secs(60),
         "{after:?}"
     );
+}
+
+/// A daily limit used up at 01:00 UTC: the backlog waits for the reset through SQS as it is
+/// (the strict in-memory queue: visibility ends at most 12 h after the receive, refused
+/// otherwise), with the invocation deciding a few seconds after the receive as Lambda's does.
+/// Each waiting message is received at most twice before the reset, no visibility change is
+/// refused, nothing reaches the dead-letter queue, and the backlog goes out at the reset.
+#[tokio::test]
+async fn a_daily_limit_used_up_at_one_holds_its_backlog_to_the_reset_within_sqs_limits() {
+    use crate::queue::memory::{MemoryQueue, Redrive};
+    use crate::queue::{MAX_RECEIVE, Queue};
+
+    let h = harness(
+        &[("a", Reply::Accept)],
+        r#", "rate_limits": {"per_user_daily": 3}"#,
+        "",
+    );
+    let midnight = T0 - T0.rem_euclid(DAY_MS);
+    h.clock.set(midnight + 3_600_000);
+    let dlq = Arc::new(MemoryQueue::new(h.clock.clone()));
+    let queue = MemoryQueue::with_redrive(
+        h.clock.clone(),
+        Redrive {
+            dead_letter: dlq.clone(),
+            max_receive_count: 50,
+        },
+    );
+    for i in 0..6 {
+        queue
+            .send(&body(
+                &format!("m-{i}"),
+                "dr@clinic.example",
+                &["p@example.org"],
+            ))
+            .await
+            .unwrap();
+    }
+    let mut receives: HashMap<String, u32> = HashMap::new();
+    let mut sent_at: HashMap<String, EpochMillis> = HashMap::new();
+    let end = midnight + DAY_MS + 3_600_000;
+    while h.clock.now_ms() < end {
+        loop {
+            let got = queue
+                .receive(MAX_RECEIVE, Duration::ZERO, Duration::from_secs(60))
+                .await
+                .unwrap();
+            if got.is_empty() {
+                break;
+            }
+            for r in &got {
+                *receives.entry(r.message_id.clone()).or_default() += 1;
+            }
+            // The invocation starts and decides a little after the receive.
+            h.clock.advance(3_000);
+            let report = h.run(&got).await;
+            let summary = settle(&queue, &report, true).await.unwrap();
+            assert_eq!(summary.refused, Vec::new(), "SQS refused a deferral");
+            for item in &report.items {
+                if item.outcome == Outcome::Sent {
+                    sent_at.insert(item.queue_message_id.clone(), h.clock.now_ms());
+                }
+            }
+        }
+        h.clock.advance(5 * 60_000);
+    }
+    assert!(
+        dlq.is_empty(),
+        "a limit-caused wait reached the dead-letter queue"
+    );
+    assert_eq!(sent_at.len(), 6, "all six sent: {sent_at:?}");
+    let next_day = midnight + DAY_MS;
+    let waited: Vec<&String> = sent_at
+        .iter()
+        .filter(|(_, at)| **at >= next_day)
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(waited.len(), 3, "three waited for the reset");
+    for id in waited {
+        // Received at 01:00, once more about 11 h 40 min later, then at the reset.
+        assert!(receives[id] <= 3, "{id} received {} times", receives[id]);
+    }
+    assert_eq!(h.calls("a").len(), 6);
 }

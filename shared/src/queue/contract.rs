@@ -37,6 +37,7 @@ pub async fn run_all(factory: &dyn QueueFactory) {
     batch_visibility_change_redelivers_each_message(factory).await;
     message_moves_to_dead_letter_queue_after_max_receives(factory).await;
     receive_max_outside_one_to_ten_is_refused(factory).await;
+    visibility_beyond_twelve_hours_is_refused_not_clamped(factory).await;
 }
 
 /// Receives until `want` messages arrived (a few polls: SQS may spread them over responses).
@@ -170,6 +171,46 @@ pub async fn receive_max_outside_one_to_ten_is_refused(factory: &dyn QueueFactor
         let err = q.receive(max, Duration::ZERO, HIDE).await.unwrap_err();
         assert!(matches!(err, QueueError::InvalidRequest(_)), "{err}");
     }
+}
+
+/// SQS refuses a visibility beyond 12 hours (from the receive) instead of clamping it; the
+/// longest deferral the sender asks for is accepted.
+pub async fn visibility_beyond_twelve_hours_is_refused_not_clamped(factory: &dyn QueueFactory) {
+    use super::{MAX_DEFERRAL, MAX_VISIBILITY};
+    let q = factory.fresh().await;
+    let too_long = MAX_VISIBILITY + Duration::from_secs(1);
+    assert!(
+        q.receive(1, Duration::ZERO, too_long).await.is_err(),
+        "a receive hiding for more than 12 hours must be refused"
+    );
+    q.send("long wait").await.unwrap();
+    let got = receive_n(q.as_ref(), 1).await.remove(0);
+    let refused = q
+        .change_visibility_batch(&[super::VisibilityChange {
+            receipt_handle: got.receipt_handle.clone(),
+            visibility: too_long,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(refused.len(), 1, "a change beyond 12 hours must be refused");
+    assert!(
+        q.change_visibility(&got.receipt_handle, too_long)
+            .await
+            .is_err()
+    );
+    let accepted = q
+        .change_visibility_batch(&[super::VisibilityChange {
+            receipt_handle: got.receipt_handle.clone(),
+            visibility: MAX_DEFERRAL,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        accepted,
+        Vec::new(),
+        "the longest deferral must be accepted"
+    );
+    assert_empty(q.as_ref(), "a deferred message came back at once").await;
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use super::{
     EntryFailure, EntryFailureReason, MAX_VISIBILITY, MAX_WAIT, Queue, QueueError, Received,
-    VisibilityChange, check_max,
+    VISIBILITY_REFUSED, VisibilityChange, check_max,
 };
 use crate::clock::{Clock, EpochMillis};
 
@@ -55,6 +55,9 @@ struct Stored {
     sent_at: EpochMillis,
     receive_count: u32,
     visible_at: EpochMillis,
+    /// When the latest delivery was received: its visibility may not end later than
+    /// [`MAX_VISIBILITY`] after this.
+    received_at: EpochMillis,
     /// The handle of the latest delivery; earlier ones are stale.
     receipt: Option<String>,
 }
@@ -116,7 +119,7 @@ impl MemoryQueue {
     /// Takes up to `max` visible messages, moving over-received ones to the dead-letter queue.
     fn take_visible(&self, max: usize, visibility: Duration) -> Vec<Received> {
         let now = self.clock.now_ms();
-        let hide_ms = i64::try_from(visibility.min(MAX_VISIBILITY).as_millis()).unwrap_or(0);
+        let hide_ms = i64::try_from(visibility.as_millis()).unwrap_or(i64::MAX);
         let mut dead = Vec::new();
         let mut out = Vec::new();
         {
@@ -137,6 +140,7 @@ impl MemoryQueue {
                 let message = &mut state.messages[index];
                 message.receive_count += 1;
                 message.visible_at = now.saturating_add(hide_ms);
+                message.received_at = now;
                 let receipt = format!("{}#{}", message.id, message.receive_count);
                 message.receipt = Some(receipt.clone());
                 out.push(Received {
@@ -172,7 +176,14 @@ impl MemoryQueue {
         let now = self.clock.now_ms();
         let mut state = self.lock();
         let index = Self::find_in_flight(&state, receipt, now).ok_or(QueueError::InvalidReceipt)?;
-        let ms = i64::try_from(visibility.min(MAX_VISIBILITY).as_millis()).unwrap_or(0);
+        let ms = i64::try_from(visibility.as_millis()).unwrap_or(i64::MAX);
+        let limit = i64::try_from(MAX_VISIBILITY.as_millis()).unwrap_or(i64::MAX);
+        // SQS counts the 12 hours from the receive and refuses (does not clamp) a longer total.
+        if now.saturating_add(ms) > state.messages[index].received_at.saturating_add(limit) {
+            return Err(QueueError::Refused {
+                code: VISIBILITY_REFUSED.to_owned(),
+            });
+        }
         state.messages[index].visible_at = now.saturating_add(ms);
         drop(state);
         if visibility.is_zero() {
@@ -203,6 +214,7 @@ impl Queue for MemoryQueue {
             sent_at: now,
             receive_count: 0,
             visible_at: now,
+            received_at: 0,
             receipt: None,
         });
         Ok(id)
@@ -215,6 +227,11 @@ impl Queue for MemoryQueue {
         visibility: Duration,
     ) -> Result<Vec<Received>, QueueError> {
         check_max(max)?;
+        if visibility > MAX_VISIBILITY {
+            return Err(QueueError::Refused {
+                code: VISIBILITY_REFUSED.to_owned(),
+            });
+        }
         // Register interest before looking, so a send between the look and the wait is not
         // missed.
         let arrived = self.arrived.notified();
@@ -263,9 +280,15 @@ impl Queue for MemoryQueue {
             .filter_map(|c| {
                 self.change_one(&c.receipt_handle, c.visibility)
                     .err()
-                    .map(|_| EntryFailure {
+                    .map(|e| EntryFailure {
                         receipt_handle: c.receipt_handle.clone(),
-                        reason: EntryFailureReason::InvalidReceipt,
+                        reason: match e {
+                            QueueError::Refused { code } => EntryFailureReason::Other {
+                                code,
+                                retryable: false,
+                            },
+                            _ => EntryFailureReason::InvalidReceipt,
+                        },
                     })
             })
             .collect())
@@ -359,14 +382,54 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn visibility_longer_than_twelve_hours_is_clamped() {
+    async fn visibility_ending_later_than_twelve_hours_after_the_receive_is_refused() {
         let (clock, q) = queue();
         q.send("a").await.unwrap();
-        q.receive(1, Duration::ZERO, Duration::from_secs(48 * 3600))
+        let refused = q
+            .receive(1, Duration::ZERO, MAX_VISIBILITY + Duration::from_secs(1))
+            .await;
+        assert!(
+            matches!(&refused, Err(QueueError::Refused { code }) if code == VISIBILITY_REFUSED),
+            "{refused:?}"
+        );
+        let got = q
+            .receive(1, Duration::ZERO, Duration::from_secs(2 * 3600))
+            .await
+            .unwrap()
+            .remove(0);
+        clock.advance(3_600_000);
+        // One hour after the receive, eleven hours are left: not one second more.
+        let over = q
+            .change_visibility(&got.receipt_handle, Duration::from_secs(11 * 3600 + 1))
+            .await;
+        assert!(matches!(over, Err(QueueError::Refused { .. })), "{over:?}");
+        let failures = q
+            .change_visibility_batch(&[VisibilityChange {
+                receipt_handle: got.receipt_handle.clone(),
+                visibility: Duration::from_secs(11 * 3600 + 1),
+            }])
             .await
             .unwrap();
-        clock.advance(12 * 3_600_000);
-        assert!(receive_one(&q).await.is_some());
+        assert_eq!(
+            failures[0].reason,
+            EntryFailureReason::Other {
+                code: VISIBILITY_REFUSED.into(),
+                retryable: false
+            }
+        );
+        // A refused change leaves the delivery in flight; the longest allowed change is taken.
+        q.change_visibility(&got.receipt_handle, Duration::from_secs(11 * 3600))
+            .await
+            .unwrap();
+        clock.advance(11 * 3_600_000 - 1);
+        assert!(receive_one(&q).await.is_none());
+        clock.advance(1);
+        let again = receive_one(&q).await.unwrap();
+        assert_eq!(again.receive_count, 2);
+        // The next delivery has its own twelve hours.
+        q.change_visibility(&again.receipt_handle, MAX_VISIBILITY)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

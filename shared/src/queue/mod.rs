@@ -15,8 +15,15 @@
 //!   a stale handle.
 //! - With a redrive policy, a message received `max_receive_count` times and not deleted moves to
 //!   the dead-letter queue on the next receive instead of being delivered again.
-//! - Visibility timeouts are capped at [`MAX_VISIBILITY`] (SQS's 12 hours); longer requests are
-//!   clamped, not refused, so a long backoff still defers the message as far as SQS allows.
+//! - A delivery can stay invisible for at most [`MAX_VISIBILITY`] (12 hours) counted from its
+//!   receive, not from the request that sets it: a receive asking for more, or a visibility
+//!   change that would end later than 12 hours after the receive, is refused with
+//!   `InvalidParameterValue`, never clamped ("Total VisibilityTimeout for the message is beyond
+//!   the limit [43200 seconds]"; the Amazon SQS Developer Guide, "Amazon SQS visibility
+//!   timeout", and the API reference of `ChangeMessageVisibility`). The in-memory queue and the
+//!   emulator wrapper of the tests (`scripts/moto_serial.py`) refuse exactly that; the sender
+//!   never asks for more than [`MAX_DEFERRAL`] from any moment of an invocation, which SQS always
+//!   accepts.
 //!
 //! Implementations: [`memory::MemoryQueue`] (tests, local run) and [`sqs::SqsQueue`]. The
 //! contract suite (`contract`, feature `testing`) runs against both.
@@ -36,8 +43,19 @@ use crate::clock::EpochMillis;
 /// The most messages one receive returns (SQS's limit).
 pub const MAX_RECEIVE: usize = 10;
 
-/// The longest visibility timeout (SQS's limit, 12 hours); longer values are clamped to it.
+/// The longest a delivery can stay invisible, counted from its receive (SQS's limit, 12 hours).
+/// Longer requests are refused (see the module docs).
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+
+/// How long after a receive the sender can still be deciding about the delivery: Lambda's
+/// longest function timeout (15 minutes) plus the event source mapping's longest batching window
+/// (5 minutes), during which received records wait for the invocation.
+pub const DECISION_MARGIN: Duration = Duration::from_secs(20 * 60);
+
+/// The longest deferral the sender asks for: [`MAX_VISIBILITY`] less [`DECISION_MARGIN`], so a
+/// visibility change made at any moment of any invocation ends within 12 hours of the receive.
+/// A longer wait comes back once per `MAX_DEFERRAL` and is deferred again.
+pub const MAX_DEFERRAL: Duration = Duration::from_secs(12 * 3600 - 20 * 60);
 
 /// The longest long-poll wait (SQS's limit, 20 s); longer values are clamped to it.
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
@@ -68,7 +86,8 @@ pub struct Received {
 pub struct VisibilityChange {
     /// The delivery's receipt handle.
     pub receipt_handle: String,
-    /// New visibility timeout, counted from now; clamped to [`MAX_VISIBILITY`].
+    /// New visibility timeout, counted from now; refused when it would end more than
+    /// [`MAX_VISIBILITY`] after the delivery's receive.
     pub visibility: Duration,
 }
 
@@ -147,9 +166,9 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     async fn send(&self, body: &str) -> Result<String, QueueError>;
 
     /// Receives up to `max` (1..=[`MAX_RECEIVE`]) visible messages, waiting up to `wait`
-    /// (clamped to [`MAX_WAIT`]) for the first one, and hides them for `visibility` (clamped to
-    /// [`MAX_VISIBILITY`]). An empty vector means nothing arrived within `wait`. A `max` outside
-    /// the range is [`QueueError::InvalidRequest`].
+    /// (clamped to [`MAX_WAIT`]) for the first one, and hides them for `visibility` (at most
+    /// [`MAX_VISIBILITY`]; more is refused). An empty vector means nothing arrived within `wait`.
+    /// A `max` outside the range is [`QueueError::InvalidRequest`].
     async fn receive(
         &self,
         max: usize,
@@ -161,8 +180,9 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     /// [`MAX_BATCH`]). Returns the entries that failed; an empty vector means all were deleted.
     async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<EntryFailure>, QueueError>;
 
-    /// Makes one in-flight delivery visible again after `visibility` (from now, clamped to
-    /// [`MAX_VISIBILITY`]; zero makes it visible at once).
+    /// Makes one in-flight delivery visible again after `visibility` (from now; zero makes it
+    /// visible at once). Refused with [`QueueError::Refused`] (`InvalidParameterValue`) when that
+    /// would end more than [`MAX_VISIBILITY`] after the delivery's receive.
     async fn change_visibility(
         &self,
         receipt_handle: &str,
@@ -214,14 +234,18 @@ impl<T: Queue + ?Sized> Queue for Arc<T> {
     }
 }
 
-/// `visibility` clamped to [`MAX_VISIBILITY`], in whole seconds as SQS takes it. Sub-second
-/// values round up so that a short deferral never becomes "visible at once".
+/// `visibility` in whole seconds as SQS takes it, not clamped (SQS judges it against the
+/// receive, see the module docs). Sub-second values round up so that a short deferral never
+/// becomes "visible at once".
 pub fn visibility_seconds(visibility: Duration) -> i32 {
-    let clamped = visibility.min(MAX_VISIBILITY);
-    let secs = clamped.as_secs() + u64::from(clamped.subsec_nanos() > 0);
-    // At most 43 200 after clamping, so the conversion cannot fail.
-    i32::try_from(secs.min(MAX_VISIBILITY.as_secs())).unwrap_or(i32::MAX)
+    let secs = visibility
+        .as_secs()
+        .saturating_add(u64::from(visibility.subsec_nanos() > 0));
+    i32::try_from(secs).unwrap_or(i32::MAX)
 }
+
+/// The refusal SQS answers for a visibility beyond the limit (its error code).
+pub const VISIBILITY_REFUSED: &str = "InvalidParameterValue";
 
 /// Checks a receive's `max` against 1..=[`MAX_RECEIVE`].
 pub(crate) fn check_max(max: usize) -> Result<(), QueueError> {
@@ -239,18 +263,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn visibility_is_clamped_to_twelve_hours_and_rounds_up() {
+    fn visibility_rounds_up_to_whole_seconds_and_is_not_clamped() {
         let cases = [
             (Duration::ZERO, 0),
             (Duration::from_millis(1), 1),
             (Duration::from_millis(1500), 2),
             (Duration::from_secs(30), 30),
             (MAX_VISIBILITY, 43_200),
-            (Duration::from_secs(100_000), 43_200),
+            (Duration::from_secs(100_000), 100_000),
+            (Duration::MAX, i32::MAX),
         ];
         for (given, want) in cases {
             assert_eq!(visibility_seconds(given), want, "{given:?}");
         }
+    }
+
+    #[test]
+    fn a_deferral_decided_at_any_moment_of_an_invocation_ends_within_twelve_hours_of_the_receive() {
+        // Received at the start of the longest batching window, decided at the end of the
+        // longest invocation.
+        let latest_decision = Duration::from_secs(5 * 60) + Duration::from_secs(15 * 60);
+        assert!(latest_decision + MAX_DEFERRAL <= MAX_VISIBILITY);
+        assert_eq!(MAX_DEFERRAL + DECISION_MARGIN, MAX_VISIBILITY);
     }
 
     #[test]
