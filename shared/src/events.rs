@@ -216,6 +216,26 @@ pub struct OutcomeEvent {
     pub at: EpochMillis,
 }
 
+impl OutcomeEvent {
+    /// This event without the parts a client chose the size of (metadata, tags) and with the
+    /// subject cut to 200 characters, saying so in `reason`: what the sender emits when the
+    /// event as built is too large for the events queue, so the outcome is still recorded.
+    pub fn trimmed(&self) -> Self {
+        const NOTE: &str = "event trimmed to fit the events queue: metadata and tags left out";
+        let mut event = self.clone();
+        event.metadata.clear();
+        event.tags.clear();
+        if let Some((cut, _)) = event.subject.char_indices().nth(200) {
+            event.subject.truncate(cut);
+        }
+        event.reason = Some(match &self.reason {
+            Some(reason) => format!("{NOTE}; {}", reason.chars().take(1000).collect::<String>()),
+            None => NOTE.to_owned(),
+        });
+        event
+    }
+}
+
 /// A provider webhook event kind, normalised across providers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -503,6 +523,20 @@ pub trait EventSink: Send + Sync + std::fmt::Debug {
     /// Emits the events. `Ok` means all were accepted; on error some may have been, which is
     /// harmless because recording is idempotent: emit them all again.
     async fn emit(&self, events: &[GatewayEvent]) -> Result<(), SinkError>;
+
+    /// Emits the events, each on its own account: one result per event, in order, so an event
+    /// that cannot be emitted (too large, or its request failed) never holds up the others.
+    /// The default emits them together and, if that fails, one at a time.
+    async fn emit_each(&self, events: &[GatewayEvent]) -> Vec<Result<(), SinkError>> {
+        if events.len() > 1 && self.emit(events).await.is_ok() {
+            return events.iter().map(|_| Ok(())).collect();
+        }
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            results.push(self.emit(std::slice::from_ref(event)).await);
+        }
+        results
+    }
 }
 
 /// An [`EventSink`] that keeps every event in memory, in emission order (tests, local run).

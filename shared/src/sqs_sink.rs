@@ -10,8 +10,9 @@
 //! source mapping, and a batch of ten records must fit Lambda's 6 MB invocation payload
 //! (10 × 1 MiB would not; 10 × 256 KiB does, with room for the record envelope). 256 KiB was also
 //! SQS's limit until 2025, so a queue or tool still configured with the old limit accepts it.
-//! An event over the bound is [`SinkError::TooLarge`] and nothing of that call is sent: it can
-//! never succeed, and the caller has to shrink or drop it, not retry.
+//! An event over the bound is [`SinkError::TooLarge`]: it can never succeed, and the caller has
+//! to shrink it, not retry. [`EventSink::emit`] then sends nothing of that call;
+//! [`EventSink::emit_each`] (what the sender uses) sends the others and answers per event.
 //!
 //! **Failures.** Entries SQS refuses, and whole requests that fail, are retried with exponential
 //! backoff (only the entries not yet accepted); what still fails after the last attempt is
@@ -188,6 +189,18 @@ pub fn plan_batches(events: &[GatewayEvent]) -> Result<Vec<Vec<String>>, SinkErr
     Ok(batches)
 }
 
+/// Serialises one event and holds it to [`MAX_EVENT_BYTES`].
+fn body_of(event: &GatewayEvent) -> Result<String, SinkError> {
+    let body = serde_json::to_string(event).map_err(SinkError::Serialize)?;
+    if body.len() > MAX_EVENT_BYTES {
+        return Err(SinkError::TooLarge {
+            bytes: body.len(),
+            max: MAX_EVENT_BYTES,
+        });
+    }
+    Ok(body)
+}
+
 #[async_trait]
 impl EventSink for SqsEventSink {
     async fn emit(&self, events: &[GatewayEvent]) -> Result<(), SinkError> {
@@ -195,6 +208,47 @@ impl EventSink for SqsEventSink {
             self.send_chunk(&batch).await?;
         }
         Ok(())
+    }
+
+    async fn emit_each(&self, events: &[GatewayEvent]) -> Vec<Result<(), SinkError>> {
+        let mut results: Vec<Result<(), SinkError>> = Vec::with_capacity(events.len());
+        let mut good: Vec<(usize, String)> = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            match body_of(event) {
+                Ok(body) => {
+                    good.push((i, body));
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        // The same grouping as `plan_batches`, keeping each body's index.
+        let mut start = 0;
+        while start < good.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < good.len()
+                && end - start < MAX_BATCH_ENTRIES
+                && (end == start || bytes + good[end].1.len() <= MAX_BATCH_BYTES)
+            {
+                bytes += good[end].1.len();
+                end += 1;
+            }
+            let bodies: Vec<String> = good[start..end].iter().map(|(_, b)| b.clone()).collect();
+            if let Err(error) = self.send_chunk(&bodies).await {
+                let mut text = error.to_string();
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    text = format!("{text}: {cause}");
+                    source = cause.source();
+                }
+                for (i, _) in &good[start..end] {
+                    results[*i] = Err(SinkError::Unavailable(text.clone().into()));
+                }
+            }
+            start = end;
+        }
+        results
     }
 }
 
@@ -274,6 +328,33 @@ mod tests {
                         .collect()
                 })
                 .collect()
+        }
+
+        #[tokio::test]
+        async fn emit_each_sends_the_events_that_fit_and_answers_per_event() {
+            let server = MockServer::start().await;
+            Mock::given(method("POST"))
+                .and(header("x-amz-target", TARGET))
+                .respond_with(answer(&[]))
+                .mount(&server)
+                .await;
+            let events = [health(1), health(MAX_EVENT_BYTES), health(3)];
+            let results = sink(&server).emit_each(&events).await;
+            assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+            assert!(
+                matches!(
+                    results[1],
+                    Err(SinkError::TooLarge {
+                        max: MAX_EVENT_BYTES,
+                        ..
+                    })
+                ),
+                "{results:?}"
+            );
+            let fitting = plan_batches(&[events[0].clone(), events[2].clone()])
+                .unwrap()
+                .remove(0);
+            assert_eq!(sent_bodies(&server).await, [fitting]);
         }
 
         #[tokio::test]

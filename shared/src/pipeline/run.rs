@@ -14,7 +14,7 @@ use crate::clock::EpochMillis;
 use crate::config::{AmbiguousPolicy, Gateway};
 use crate::events::{
     AttemptRecord, GatewayEvent, Outcome, OutcomeClass, OutcomeEvent, RecipientOutcome,
-    RecipientStatus,
+    RecipientStatus, SinkError,
 };
 use crate::ledger::{self, Claim, ClaimOutcome, ClaimRequest, FailedRecord, SentRecord};
 use crate::limiter::{self, Grant, Refusal, Request, Verdict};
@@ -1109,10 +1109,22 @@ impl Pipeline {
         resolved: Vec<Option<Resolution>>,
         report: &mut BatchReport,
     ) {
-        let mut events: Vec<GatewayEvent> = resolved
+        // One outcome event per resolved record, emitted each on its own account: an event
+        // that cannot go out holds up only its own record.
+        let owners: Vec<usize> = resolved
             .iter()
-            .flatten()
-            .filter_map(|r| r.event.clone().map(GatewayEvent::Outcome))
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().and_then(|r| r.event.as_ref()).map(|_| i))
+            .collect();
+        let mut events: Vec<GatewayEvent> = owners
+            .iter()
+            .filter_map(|i| {
+                resolved[*i]
+                    .as_ref()?
+                    .event
+                    .clone()
+                    .map(GatewayEvent::Outcome)
+            })
             .collect();
         // Breaker transitions are recorded too (each one is performed, so reported, by exactly
         // one instance). If they cannot be emitted they are only logged: the breaker's state
@@ -1124,24 +1136,46 @@ impl Pipeline {
                 .iter()
                 .map(|t| GatewayEvent::Breaker(t.into())),
         );
-        let emitted = if events.is_empty() {
-            true
-        } else {
-            match self.events.emit(&events).await {
-                Ok(()) => true,
-                Err(error) => {
-                    tracing::error!(error_kind = "events", %error, events = events.len(), "outcome events not emitted; their messages will be retried");
-                    report.metrics.emit_failures = u32::try_from(
-                        events
-                            .iter()
-                            .filter(|e| matches!(e, GatewayEvent::Outcome(_)))
-                            .count(),
-                    )
-                    .unwrap_or(u32::MAX);
-                    false
+        let mut emitted = vec![true; records.len()];
+        if !events.is_empty() {
+            let results = self.events.emit_each(&events).await;
+            let mut trimmed: Vec<(usize, GatewayEvent)> = Vec::new();
+            for (k, result) in results.into_iter().enumerate() {
+                let Err(error) = result else { continue };
+                let Some(&record) = owners.get(k) else {
+                    tracing::warn!(error_kind = "events", %error, "breaker transition event not emitted");
+                    continue;
+                };
+                match (&error, &events[k]) {
+                    // It can never go out as it is: send what the record needs without the
+                    // client's free-form parts, rather than hold the message back for ever.
+                    (
+                        SinkError::TooLarge { .. } | SinkError::Serialize(_),
+                        GatewayEvent::Outcome(e),
+                    ) => {
+                        tracing::warn!(message_id = %e.message_id, error_kind = "events", %error, "outcome event too large; emitting it without metadata and tags");
+                        trimmed.push((record, GatewayEvent::Outcome(e.trimmed())));
+                    }
+                    _ => {
+                        tracing::error!(error_kind = "events", %error, "outcome event not emitted; its message will be retried");
+                        emitted[record] = false;
+                    }
                 }
             }
-        };
+            if !trimmed.is_empty() {
+                let shrunk: Vec<GatewayEvent> = trimmed.iter().map(|(_, e)| e.clone()).collect();
+                for ((record, _), result) in
+                    trimmed.iter().zip(self.events.emit_each(&shrunk).await)
+                {
+                    if let Err(error) = result {
+                        tracing::error!(error_kind = "events", %error, "trimmed outcome event not emitted either; its message will be retried");
+                        emitted[*record] = false;
+                    }
+                }
+            }
+            report.metrics.emit_failures =
+                u32::try_from(emitted.iter().filter(|e| !**e).count()).unwrap_or(u32::MAX);
+        }
         let backoff = &self.settings.backoff;
         let mut items: Vec<ItemReport> = Vec::with_capacity(records.len());
         for (i, (record, resolution)) in records.iter().zip(&resolved).enumerate() {
@@ -1153,7 +1187,7 @@ impl Pipeline {
                     };
                     let disposition = match r.retry {
                         Some(after) => Disposition::Retry { after },
-                        None if r.event.is_some() && !emitted => Disposition::Retry {
+                        None if r.event.is_some() && !emitted[i] => Disposition::Retry {
                             after: backoff.delay(
                                 message_id.as_deref().unwrap_or(&record.message_id),
                                 record.receive_count,

@@ -145,6 +145,9 @@ impl StateStore for FlakyStore {
 struct Sink {
     inner: MemoryEventSink,
     down: AtomicBool,
+    /// Largest event accepted, in bytes of JSON (0: any); a larger one fails the whole call,
+    /// as the SQS sink's `emit` does.
+    max_bytes: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait]
@@ -152,6 +155,13 @@ impl EventSink for Sink {
     async fn emit(&self, events: &[GatewayEvent]) -> Result<(), SinkError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(SinkError::Unavailable("sink down".into()));
+        }
+        let max = self.max_bytes.load(Ordering::SeqCst);
+        for event in events {
+            let bytes = serde_json::to_string(event).unwrap().len();
+            if max > 0 && bytes > max {
+                return Err(SinkError::TooLarge { bytes, max });
+            }
         }
         self.inner.emit(events).await
     }
@@ -1234,4 +1244,72 @@ async fn a_daily_limit_used_up_at_one_holds_its_backlog_to_the_reset_within_sqs_
         assert!(receives[id] <= 3, "{id} received {} times", receives[id]);
     }
     assert_eq!(h.calls("a").len(), 6);
+}
+
+/// Nine ordinary messages and one whose event is too large for the events queue: the nine are
+/// sent, recorded once and acknowledged at their first receive; the big one is sent, and its
+/// outcome recorded without the metadata, saying why. Nobody waits for anybody.
+#[tokio::test]
+async fn an_event_too_large_to_emit_holds_up_no_other_record_and_is_recorded_trimmed() {
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    h.sink.max_bytes.store(4096, Ordering::SeqCst);
+    let mut bodies: Vec<String> = (0..9)
+        .map(|i| body(&format!("m-{i}"), "dr@clinic.example", &["p@example.org"]))
+        .collect();
+    bodies.push(
+        serde_json::json!({
+            "id": "big", "from": "dr@clinic.example", "to": ["p@example.org"],
+            "subject": "Results", "text": "See attached",
+            "metadata": {"notes": "x".repeat(6000)},
+        })
+        .to_string(),
+    );
+    let report = h.run(&records(bodies)).await;
+    assert!(
+        report
+            .items
+            .iter()
+            .all(|i| i.outcome == Outcome::Sent && i.disposition == Disposition::Done),
+        "{:?}",
+        report.items
+    );
+    assert_eq!(report.metrics.emit_failures, 0);
+    let outcomes = h.outcomes();
+    assert_eq!(outcomes.len(), 10, "each message's outcome recorded once");
+    let big = outcomes.iter().find(|e| e.message_id == "big").unwrap();
+    assert_eq!(big.outcome, Outcome::Sent);
+    assert!(big.metadata.is_empty());
+    assert!(
+        big.reason.as_deref().unwrap().contains("trimmed"),
+        "{big:?}"
+    );
+    assert_eq!(h.calls("a").len(), 10);
+}
+
+/// With the events queue down for one event's request only, only that record is retried.
+#[tokio::test]
+async fn an_event_that_cannot_be_emitted_retries_only_its_own_record() {
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    h.sink.max_bytes.store(4096, Ordering::SeqCst);
+    let bodies = vec![
+        body("m-1", "dr@clinic.example", &["p@example.org"]),
+        // Too large even without metadata: a subject is kept (cut to 200 characters), but
+        // the recipients are not, and these are many.
+        serde_json::json!({
+            "id": "huge", "from": "dr@clinic.example",
+            "to": (0..200).map(|i| format!("patient-{i}@example.org")).collect::<Vec<_>>(),
+            "subject": "Results", "text": "See attached",
+        })
+        .to_string(),
+    ];
+    let report = h.run(&records(bodies)).await;
+    assert_eq!(report.items[0].disposition, Disposition::Done);
+    assert!(matches!(
+        report.items[1].disposition,
+        Disposition::Retry { .. }
+    ));
+    assert_eq!(report.metrics.emit_failures, 1);
+    let outcomes = h.outcomes();
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].message_id, "m-1");
 }
