@@ -93,6 +93,8 @@ pub struct SentRecord {
 pub struct FailedRecord {
     /// The reason, as the sender recorded it (no addresses or secrets).
     pub reason: String,
+    /// The gateway that refused it for good; none when no gateway was called (rejected).
+    pub gateway: Option<String>,
     /// When it was marked (epoch ms).
     pub at: EpochMillis,
 }
@@ -160,6 +162,7 @@ impl Entry {
             }),
             Some(FAILED) => Self::Failed(FailedRecord {
                 reason: get_s(item, REASON).unwrap_or_default().to_owned(),
+                gateway: get_s(item, GATEWAY).map(str::to_owned),
                 at: get_n(item, FAILED_AT).ok_or(bad("failed without time"))?,
             }),
             _ => return Err(bad("unknown state")),
@@ -461,17 +464,22 @@ pub async fn mark_failed<S: StateStore + ?Sized>(
     store: &S,
     claim: &Claim,
     reason: &str,
+    gateway: Option<&str>,
     now: EpochMillis,
 ) -> Result<MarkOutcome, LedgerError> {
+    let mut actions = vec![
+        UpdateAction::Set(STATE.into(), FAILED.into()),
+        UpdateAction::Set(REASON.into(), reason.into()),
+        UpdateAction::Set(FAILED_AT.into(), Value::N(now)),
+        UpdateAction::Set(TTL_ATTRIBUTE.into(), ttl(now)),
+    ];
+    if let Some(gateway) = gateway {
+        actions.push(UpdateAction::Set(GATEWAY.into(), gateway.into()));
+    }
     owner_write(
         store,
         claim,
-        vec![
-            UpdateAction::Set(STATE.into(), FAILED.into()),
-            UpdateAction::Set(REASON.into(), reason.into()),
-            UpdateAction::Set(FAILED_AT.into(), Value::N(now)),
-            UpdateAction::Set(TTL_ATTRIBUTE.into(), ttl(now)),
-        ],
+        actions,
         |e| matches!(e, Entry::Failed(r) if r.reason == reason && r.at == now),
     )
     .await
@@ -625,15 +633,22 @@ mod tests {
         let second = claimed(claim(&store, "m1", "inv-b", LEASE, T0 + 2).await.unwrap());
         assert_eq!(second.attempt, 2, "one claim, not two");
         assert_eq!(
-            mark_failed(&store, &second, "every recipient refused", T0 + 3)
-                .await
-                .unwrap(),
+            mark_failed(
+                &store,
+                &second,
+                "every recipient refused",
+                Some("gw"),
+                T0 + 3
+            )
+            .await
+            .unwrap(),
             MarkOutcome::Marked
         );
         assert_eq!(
             lookup(&store.0, "m1").await.unwrap(),
             Some(Entry::Failed(FailedRecord {
                 reason: "every recipient refused".into(),
+                gateway: Some("gw".into()),
                 at: T0 + 3
             }))
         );
@@ -770,7 +785,7 @@ mod tests {
         let store = MemoryStore::new();
         let c = claimed(claim(&store, "m1", "inv-a", LEASE, T0).await.unwrap());
         assert_eq!(
-            mark_failed(&store, &c, "all recipients rejected", T0 + 1)
+            mark_failed(&store, &c, "all recipients rejected", None, T0 + 1)
                 .await
                 .unwrap(),
             MarkOutcome::Marked
@@ -782,6 +797,7 @@ mod tests {
             again,
             ClaimOutcome::AlreadyFailed(FailedRecord {
                 reason: "all recipients rejected".into(),
+                gateway: None,
                 at: T0 + 1
             })
         );

@@ -690,3 +690,135 @@ async fn concurrent_audits_of_one_configuration_write_each_change_once() {
         ]
     );
 }
+
+/// Every row of every table of the record, as text, in a stable order.
+async fn every_row(db: &MysqlRecords) -> BTreeMap<String, Vec<String>> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name FROM information_schema.tables \
+         WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    let mut out = BTreeMap::new();
+    for table in tables {
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT column_name FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = ? ORDER BY ordinal_position",
+        )
+        .bind(&table)
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+        let row = columns
+            .iter()
+            .map(|c| format!("COALESCE(CAST(`{c}` AS CHAR), '<NULL>')"))
+            .collect::<Vec<_>>()
+            .join(", '|', ");
+        // Table and column names come from the schema itself, not from input.
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT CONCAT({row}) FROM `{table}` ORDER BY 1"
+        )))
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+        out.insert(table, rows);
+    }
+    out
+}
+
+/// A message refused for good (a permanent 400 from its only gateway), then delivered again by
+/// the queue a minute later: the redelivery sends nothing and every row of the record stays
+/// exactly as the first delivery left it (gateway, reason, time and recipients included).
+#[tokio::test]
+async fn a_permanently_failed_message_redelivered_leaves_every_row_identical() {
+    use std::sync::Arc;
+
+    use gateway_core::clock::{Clock, ManualClock};
+    use gateway_core::config::load_config;
+    use gateway_core::events::{EventSink, MemoryEventSink};
+    use gateway_core::pipeline::{Batch, Pipeline, PipelineSettings};
+    use gateway_core::providers::factory::build_providers;
+    use gateway_core::queue::Received;
+    use gateway_core::secrets::SecretResolver;
+    use gateway_core::state::StateStore;
+    use gateway_core::state::memory::MemoryStore;
+
+    let config = load_config(
+        Some(
+            r#"{"gateways": [{"id": "refusing", "type": "simulated", "display_name": "Refusing",
+                "priority": 1, "simulated": {"permanent_rate": 1.0},
+                "routing": {"can_route": ["*"]}}]}"#,
+        ),
+        None,
+        &|_| None,
+    )
+    .unwrap()
+    .config;
+    let clock = Arc::new(ManualClock::new(T0));
+    let providers = build_providers(
+        &config,
+        &SecretResolver::new(clock.clone() as Arc<dyn Clock>),
+        &config.http,
+        clock.clone() as Arc<dyn Clock>,
+    )
+    .await
+    .unwrap();
+    let sink = Arc::new(MemoryEventSink::new());
+    let pipeline = Pipeline::new(
+        Arc::new(config),
+        providers,
+        Arc::new(MemoryStore::new()) as Arc<dyn StateStore>,
+        sink.clone() as Arc<dyn EventSink>,
+        clock.clone() as Arc<dyn Clock>,
+        PipelineSettings::default(),
+    );
+    let body = serde_json::json!({
+        "id": "refused-1", "from": "dr@clinic.example",
+        "to": ["patient@example.org"], "cc": ["family@example.org"],
+        "subject": "Your results", "text": "See the portal",
+        "tags": ["results"], "metadata": {"case": "C-1"},
+    })
+    .to_string();
+    let delivery = |n: u32| Received {
+        message_id: "sqs-1".into(),
+        receipt_handle: format!("rh-{n}"),
+        body: body.clone(),
+        receive_count: n,
+        sent_at: T0,
+    };
+    let db = fresh().await;
+
+    let first = [delivery(1)];
+    let report = pipeline
+        .process(Batch {
+            records: &first,
+            owner: "inv-1",
+            deadline: clock.now_ms() + 60_000,
+        })
+        .await;
+    assert_eq!(report.items[0].outcome, Outcome::Failed);
+    db.apply(&sink.take()).await.unwrap();
+    let before = every_row(&db).await;
+    assert!(
+        before["messages"][0].contains("|refusing|"),
+        "the gateway is recorded: {:?}",
+        before["messages"]
+    );
+
+    clock.advance(60_000);
+    let again = [delivery(2)];
+    let report = pipeline
+        .process(Batch {
+            records: &again,
+            owner: "inv-2",
+            deadline: clock.now_ms() + 60_000,
+        })
+        .await;
+    assert_eq!(report.items[0].outcome, Outcome::Failed);
+    assert!(report.items[0].replayed);
+    let replayed = sink.take();
+    assert_eq!(replayed.len(), 1, "the failure is reported again");
+    db.apply(&replayed).await.unwrap();
+    assert_eq!(every_row(&db).await, before);
+}

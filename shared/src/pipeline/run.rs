@@ -279,8 +279,10 @@ impl Pipeline {
         self.send_rounds(&mut works, &state, &batch, &mut tallies, &mut report)
             .await;
 
-        // 5. Settle the ledger and the breakers.
-        self.finish(&works, &state, &tallies, &mut report).await;
+        // 5. Settle the ledger and the breakers. A failure is marked with the time its event
+        // carries, so a redelivery rebuilds that event exactly.
+        self.finish(&works, &state, &tallies, now, &mut report)
+            .await;
 
         // 6. Events and dispositions.
         let resolved = self.resolve(&slots, &works, &replays, batch.records, now);
@@ -817,6 +819,7 @@ impl Pipeline {
         works: &[Work],
         state: &Read<'_, Item>,
         tallies: &BTreeMap<usize, Tally>,
+        decided_at: EpochMillis,
         report: &mut BatchReport,
     ) {
         let config = self.decider.config();
@@ -825,9 +828,15 @@ impl Pipeline {
         let ledger_writes = join_all(works.iter().filter_map(|w| {
             let claim = w.claim.as_ref()?;
             match &w.stage {
-                Stage::Failed { reason, .. } | Stage::Rejected { reason } => Some(
-                    futures::future::Either::Left(ledger::mark_failed(store, claim, reason, now)),
-                ),
+                Stage::Failed { gateway, reason } => {
+                    let gateway = config.gateways.get(*gateway).map(|g| g.id.as_str());
+                    Some(futures::future::Either::Left(ledger::mark_failed(
+                        store, claim, reason, gateway, decided_at,
+                    )))
+                }
+                Stage::Rejected { reason } => Some(futures::future::Either::Left(
+                    ledger::mark_failed(store, claim, reason, None, decided_at),
+                )),
                 Stage::Deferred {
                     keep_claim: false, ..
                 } => Some(futures::future::Either::Right(ledger::release(
@@ -974,12 +983,17 @@ impl Pipeline {
                                     }
                                 }
                                 Replay::Failed(record) => {
+                                    // The event of the first failure, rebuilt field for field
+                                    // (its provider attempts are recorded already), so the
+                                    // record it lands on stays as it is.
                                     let mut event = base_event(w, Outcome::Failed, RecipientStatus::Failed, record.at);
                                     event.reason = Some(record.reason.clone());
+                                    event.gateway_id.clone_from(&record.gateway);
+                                    event.gateway_type = record.gateway.as_deref().and_then(gateway_type);
                                     Resolution {
                                         outcome: Outcome::Failed,
                                         replayed: true,
-                                        gateway: None,
+                                        gateway: record.gateway.clone(),
                                         reason: Some(record.reason.clone()),
                                         retry: None,
                                         event: Some(event),
