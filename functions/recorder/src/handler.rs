@@ -7,11 +7,15 @@ use gateway_core::queue::Received;
 use gateway_core::recorder::Recorder;
 use lambda_runtime::{Error, LambdaEvent};
 
+use crate::metrics::Metrics;
+
 /// What the handler needs, built once per process by `main`.
 #[derive(Debug, Clone)]
 pub struct Deps {
-    /// The recorder over the record store and the suppression list.
+    /// The recorder over the record store (counted by `metrics`) and the suppression list.
     pub recorder: Arc<Recorder>,
+    /// The metric lines written after each batch (see [`crate::metrics`]).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a batch failed as a whole (every record is retried; recording is idempotent).
@@ -37,9 +41,12 @@ fn received(message: &SqsMessage) -> Received {
 }
 
 /// Records one batch of events; the records to retry are returned as batch item failures.
+/// Writes the batch's metric lines (`RecordFailures` among them: a database outage shows up
+/// there and in the batch item failures, never as a failed invocation).
 pub async fn handle(event: LambdaEvent<SqsEvent>, deps: &Deps) -> Result<SqsBatchResponse, Error> {
     let records: Vec<Received> = event.payload.records.iter().map(received).collect();
     let report = deps.recorder.process(&records).await;
+    deps.metrics.flush();
     tracing::info!(
         records = records.len(),
         recorded = report.recorded,

@@ -1,8 +1,10 @@
 //! The recorder function (ARCHITECTURE §1): [`wire()`] builds the dependencies once, [`handler`]
 //! translates each SQS event of the events queue into one call of
-//! [`gateway_core::recorder::Recorder::process`] and its report back into partial batch failures.
+//! [`gateway_core::recorder::Recorder::process`] and its report back into partial batch failures,
+//! and writes the batch's metric lines ([`metrics`]).
 
 pub mod handler;
+pub mod metrics;
 pub mod wire;
 
 pub use handler::{Deps, HandlerError, handle};
@@ -10,10 +12,11 @@ pub use wire::wire;
 
 /// Every environment variable [`wire()`] reads, directly or through `gateway-core`
 /// ([`gateway_core::config::ENV_VARS`] for the gateway config,
-/// [`gateway_core::state::dynamodb::TABLE_ENV`] for the state table) and `RUST_LOG` for the
-/// log filter; the AWS SDK's own variables, which Lambda sets, are not listed. `template.yaml`
-/// gives the function exactly these, and `tests/tests/template.rs` checks both that [`wire()`]
-/// reads each of them and that the template matches.
+/// [`gateway_core::state::dynamodb::TABLE_ENV`] for the state table), `METRICS_NAMESPACE` for
+/// the metric lines and `RUST_LOG` for the log filter; the AWS SDK's own variables, which
+/// Lambda sets, are not listed. `template.yaml` gives the function exactly these, and
+/// `tests/tests/template.rs` checks both that [`wire()`] reads each of them and that the
+/// template matches.
 pub const ENV_VARS: &[&str] = &[
     "DATABASE_URL",
     "DATABASE_MAX_CONNECTIONS",
@@ -31,6 +34,7 @@ pub const ENV_VARS: &[&str] = &[
     "CUSTOMER_WEBHOOK_DLQ_URL",
     "CUSTOMER_WEBHOOK_MAX_ATTEMPTS",
     "CUSTOMER_WEBHOOK_TIMEOUT",
+    "METRICS_NAMESPACE",
     "RUST_LOG",
 ];
 

@@ -1,34 +1,284 @@
 //! The recorder handler on the sample event `events/recorder-batch.json`, with the in-memory
-//! record store and suppression list.
+//! record store and suppression list: the batch item failures, the record, the suppression
+//! list and the metric lines.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
+use crate::metrics::{MAX_VALUES_PER_LINE, Metrics, Output};
 use crate::{Deps, handle};
 use aws_lambda_events::event::sqs::SqsEvent;
 use gateway_core::clock::ManualClock;
+use gateway_core::events::GatewayEvent;
 use gateway_core::recorder::Recorder;
-use gateway_core::records::{MemoryRecords, RecordReader};
+use gateway_core::records::{Applied, MemoryRecords, RecordError, RecordReader, RecordWriter};
 use gateway_core::state::memory::MemoryStore;
 use gateway_core::suppression;
 use lambda_runtime::{Context, LambdaEvent};
+use serde_json::{Value, json};
 
-#[tokio::test]
-async fn the_sample_batch_is_recorded_suppressed_and_the_garbage_retried() {
+const T0: i64 = 1_795_858_205_000;
+
+fn sample() -> SqsEvent {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../events/recorder-batch.json"
     );
-    let event: SqsEvent = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The in-memory record store, which can be taken down like a database.
+#[derive(Debug, Default)]
+struct Database {
+    records: MemoryRecords,
+    down: AtomicBool,
+}
+
+impl RecordWriter for Database {
+    fn apply<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        events: &'life1 [GatewayEvent],
+    ) -> Pin<Box<dyn Future<Output = Result<Applied, RecordError>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(RecordError::Unavailable("connection refused".into()));
+            }
+            self.records.apply(events).await
+        })
+    }
+}
+
+/// A handler over `database`, its metric lines kept in memory.
+fn deps(database: &Arc<Database>) -> (Deps, Arc<Mutex<Vec<String>>>) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let metrics = Metrics::new(
+        "MailGateway",
+        clock.clone(),
+        Output::Memory(Arc::clone(&lines)),
+    );
+    let recorder = Recorder::new(
+        metrics.counting(Arc::clone(database) as _),
+        Arc::new(MemoryStore::new()),
+        clock,
+    );
+    let deps = Deps {
+        recorder: Arc::new(recorder),
+        metrics: Arc::new(metrics),
+    };
+    (deps, lines)
+}
+
+/// The metric lines written since the last call, parsed.
+fn taken(lines: &Mutex<Vec<String>>) -> Vec<Value> {
+    std::mem::take(&mut *lines.lock().unwrap())
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Checks the EMF structure of `line` (namespace, timestamp, the dimension set, every declared
+/// metric present) and returns its declared metric names.
+fn declared(line: &Value, dimensions: Value) -> Vec<String> {
+    let defs = &line["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(defs["Namespace"], "MailGateway");
+    assert_eq!(line["_aws"]["Timestamp"], T0);
+    assert_eq!(defs["Dimensions"], json!([dimensions]));
+    let names: Vec<String> = defs["Metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["Name"].as_str().unwrap().to_owned())
+        .collect();
+    for name in &names {
+        assert!(line.get(name).is_some(), "{name} declared but missing");
+    }
+    names
+}
+
+async fn invoke(deps: &Deps, event: SqsEvent) -> Vec<String> {
+    handle(LambdaEvent::new(event, Context::default()), deps)
+        .await
+        .unwrap()
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect()
+}
+
+/// A database outage reaches the recorder as batch item failures, which Lambda's `Errors`
+/// metric does not count: the `RecordFailures` line is what the alarm sees.
+#[tokio::test]
+async fn a_database_outage_is_counted_in_record_failures_not_hidden_in_batch_item_failures() {
+    let database = Arc::new(Database::default());
+    let (deps, lines) = deps(&database);
+    database.down.store(true, Ordering::SeqCst);
+    let failures = invoke(&deps, sample()).await;
+    assert_eq!(failures.len(), 4, "every record is retried: {failures:?}");
+    let written = taken(&lines);
+    assert_eq!(written.len(), 1, "only the totals line: {written:?}");
+    let totals = &written[0];
+    assert_eq!(
+        declared(totals, json!([])),
+        [
+            "Recorded",
+            "RecordFailures",
+            "UnattributedHardBounces",
+            "UnattributedComplaints"
+        ]
+    );
+    // The three gateway events of the batch (the fourth record is not one).
+    assert_eq!(
+        (
+            totals["RecordFailures"].as_u64(),
+            totals["Recorded"].as_u64()
+        ),
+        (Some(3), Some(0))
+    );
+
+    // The database is back: the redelivered batch is recorded and the failures stop.
+    database.down.store(false, Ordering::SeqCst);
+    let failures = invoke(&deps, sample()).await;
+    assert_eq!(failures, ["7d2a0c4e-5b1f-4c3a-8e6d-2f9b1c0a3e04"]);
+    let written = taken(&lines);
+    assert_eq!(written[0]["RecordFailures"], 0);
+    assert_eq!(written[0]["Recorded"], 3);
+}
+
+fn record(n: usize, event: &Value) -> Value {
+    json!({
+        "messageId": format!("q-{n}"),
+        "receiptHandle": format!("rh-{n}"),
+        "body": event.to_string(),
+        "attributes": {"ApproximateReceiveCount": "1"},
+        "messageAttributes": {},
+        "eventSource": "aws:sqs"
+    })
+}
+
+fn outcome(message: &str, gateway: &str, recipients: &[&str]) -> Value {
+    let recipients: Vec<Value> = recipients
+        .iter()
+        .map(|a| json!({"address": a, "kind": "to", "status": "SENT"}))
+        .collect();
+    json!({"v": 1, "type": "outcome", "message_id": message, "sender": "frontdesk@clinic.example",
+           "subject": "s", "recipients": recipients, "outcome": "sent", "gateway_id": gateway,
+           "gateway_type": "mailgun", "attempts": [], "at": T0})
+}
+
+fn delivery(id: &str, message: &str, recipient: &str, kind: &str) -> Value {
+    json!({"v": 1, "type": "delivery", "provider": "mailgun", "provider_event_id": id,
+           "message_id": message, "recipient": recipient, "kind": kind, "at": T0})
+}
+
+/// Bounces and complaints are charged to the gateway that sent their message (as the record
+/// knows it), next to that gateway's accepted recipients, so that `AVG(HardBounced)` per
+/// gateway gives its bounce rate.
+#[tokio::test]
+async fn bounces_and_complaints_are_counted_by_the_gateway_of_their_message() {
+    let database = Arc::new(Database::default());
+    let (deps, lines) = deps(&database);
+    let events = [
+        outcome(
+            "m-1",
+            "mailgun-primary",
+            &["a@x.example", "b@x.example", "c@x.example"],
+        ),
+        outcome("m-2", "ses-bulk", &["d@x.example"]),
+        delivery("e1", "m-1", "a@x.example", "hard_bounce"),
+        delivery("e2", "m-1", "b@x.example", "complained"),
+        delivery("e3", "m-1", "c@x.example", "delivered"),
+        delivery("e4", "m-2", "d@x.example", "soft_bounce"),
+        delivery("e5", "unknown", "e@x.example", "hard_bounce"),
+    ];
+    let records: Vec<Value> = events
+        .iter()
+        .enumerate()
+        .map(|(n, e)| record(n, e))
+        .collect();
+    let event: SqsEvent = serde_json::from_value(json!({"Records": records})).unwrap();
+    assert_eq!(invoke(&deps, event).await, Vec::<String>::new());
+
+    let written = taken(&lines);
+    assert_eq!(written.len(), 3, "{written:?}");
+    assert_eq!(written[0]["Recorded"], 7);
+    assert_eq!(written[0]["UnattributedHardBounces"], 1);
+    assert_eq!(written[0]["UnattributedComplaints"], 0);
+    let by_gateway: Vec<(&str, Value, Value)> = written[1..]
+        .iter()
+        .map(|l| {
+            assert_eq!(
+                declared(l, json!(["Gateway"])),
+                ["HardBounced", "Complained"]
+            );
+            (
+                l["Gateway"].as_str().unwrap(),
+                l["HardBounced"].clone(),
+                l["Complained"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_gateway,
+        [
+            ("mailgun-primary", json!([0, 0, 0, 1]), json!([0, 0, 0, 1])),
+            ("ses-bulk", json!([0]), json!([0])),
+        ]
+    );
+}
+
+/// More samples than one EMF member may carry are split over several lines of the gateway.
+#[test]
+fn long_sample_lists_are_split_over_lines() {
+    let mut counts = crate::metrics::Counts::default();
+    counts.gateways.insert(
+        "gw".into(),
+        crate::metrics::GatewayCounts {
+            accepted: 150,
+            hard_bounces: 60,
+            complaints: 0,
+        },
+    );
+    let lines: Vec<Value> = crate::metrics::emf_lines(&counts, "MailGateway", T0)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "totals + 3 lines for 210 samples");
+    let mut bounced: Vec<u64> = Vec::new();
+    let mut complained = 0;
+    for line in &lines[1..] {
+        let values = line["HardBounced"].as_array().unwrap();
+        assert!(values.len() <= MAX_VALUES_PER_LINE);
+        bounced.extend(values.iter().map(|v| v.as_u64().unwrap()));
+        complained += line["Complained"].as_array().map_or(0, Vec::len);
+    }
+    assert_eq!((bounced.len(), bounced.iter().sum::<u64>()), (210, 60));
+    assert_eq!(complained, 150);
+}
+
+#[tokio::test]
+async fn the_sample_batch_is_recorded_suppressed_and_the_garbage_retried() {
+    let event = sample();
     let records = Arc::new(MemoryRecords::new());
     let state = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(T0));
+    let metrics = Metrics::new("MailGateway", clock.clone(), Output::Memory(Arc::default()));
     let deps = Deps {
         recorder: Arc::new(Recorder::new(
-            Arc::clone(&records) as _,
+            metrics.counting(Arc::clone(&records) as _),
             Arc::clone(&state) as _,
-            Arc::new(ManualClock::new(1_795_858_205_000)),
+            clock,
         )),
+        metrics: Arc::new(metrics),
     };
     let response = handle(LambdaEvent::new(event, Context::default()), &deps)
         .await

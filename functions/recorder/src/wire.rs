@@ -13,6 +13,11 @@ use gateway_core::records::RecordWriter;
 use gateway_core::startup::Startup;
 
 use crate::Deps;
+use crate::metrics::{Metrics, Output};
+
+/// Namespace of the metric lines when `METRICS_NAMESPACE` is unset or empty (the sender's and
+/// the health check's default too).
+pub const DEFAULT_NAMESPACE: &str = "MailGateway";
 
 /// How long the audit of the config may wait on the database (it runs beside the first
 /// invocations; a lock wait must not hold a connection for long).
@@ -21,9 +26,12 @@ const AUDIT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Builds the recorder: the MySQL record (`DATABASE_URL`), the state store (the suppression
 /// list) and, when the gateway config names customer webhooks, their announcing queue, their
 /// dead-letter queue and the delivering worker. The config, when one is named, is audited
-/// (`gateway_config_audit`, `gateway_routing_rules`). `None` when a problem was recorded in
-/// `startup`.
+/// (`gateway_config_audit`, `gateway_routing_rules`). The recorder's record store is counted
+/// for the metric lines (`METRICS_NAMESPACE`). `None` when a problem was recorded in `startup`.
 pub async fn wire(startup: &mut Startup) -> Option<Deps> {
+    let metrics_namespace = startup
+        .var("METRICS_NAMESPACE")
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
     let records = startup.database().await;
     let config = startup.optional_config();
     let endpoints = config
@@ -72,7 +80,9 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
         );
         tokio::spawn(audit_config(Arc::clone(&records), event));
     }
-    let mut recorder = Recorder::new(records, state, Arc::clone(&clock));
+    // The start-up audit above is not counted: it is not a batch's work.
+    let metrics = Metrics::new(metrics_namespace, Arc::clone(&clock), Output::Stdout);
+    let mut recorder = Recorder::new(metrics.counting(records), state, Arc::clone(&clock));
     if let (Some(jobs_url), Some(dlq_url)) = (jobs_url, dlq_url) {
         let jobs = startup.queue(jobs_url).await;
         let dead_letters = startup.queue(dlq_url).await;
@@ -102,6 +112,7 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
     }
     Some(Deps {
         recorder: Arc::new(recorder),
+        metrics: Arc::new(metrics),
     })
 }
 
