@@ -10,6 +10,10 @@
 //! - Every AWS client each function's wiring builds has bounded waits, and DynamoDB clients have
 //!   the SDK's retries off (the store retries).
 //! - The queues, table and event sources keep the contracts the code relies on.
+//! - Every alarm notifies the alarm topic; the reliability alarms read the metric, namespace and
+//!   dimension set the code writes (the sender's and the recorder's EMF lines); the SES event
+//!   subscriptions retry within SNS's one-hour limit, then dead-letter into an alarmed queue
+//!   SNS may write to (docs/RELIABILITY.md, "Alarms and SNS delivery").
 //!
 //! The template uses only long-form intrinsics (`Ref:`, `Fn::GetAtt:` …), so a plain YAML parser
 //! reads it.
@@ -283,8 +287,12 @@ async fn wire(dir: &str, config: &Path) -> Startup {
     startup
 }
 
+/// A config file of its own for each caller: the tests using one run in parallel, and each
+/// removes its file at the end (a shared file was rewritten or removed under another test).
 fn config_file() -> PathBuf {
-    let path = std::env::temp_dir().join(format!("wiring-test-{}.json", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("wiring-test-{}-{n}.json", std::process::id()));
     std::fs::write(&path, CONFIG).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     path
 }
@@ -425,5 +433,383 @@ fn queues_table_and_event_sources_keep_the_contracts_of_the_code() {
     assert!(
         redrive > max_attempts,
         "customer-webhook redrive after {redrive} receives, but up to {max_attempts} attempts are allowed"
+    );
+}
+
+/// The resource `id` of the template.
+fn resource<'a>(template: &'a Value, id: &str) -> &'a Value {
+    let r = &template["Resources"][id];
+    assert!(!r.is_null(), "template.yaml has no resource {id}");
+    r
+}
+
+/// `{Ref: name}`.
+fn reference(name: &str) -> Value {
+    serde_norway::from_str(&format!("{{Ref: {name}}}")).expect("valid YAML")
+}
+
+/// The metric names an EMF line declares, and its dimension sets.
+fn emf_declarations(line: &str) -> (Vec<String>, serde_json::Value) {
+    let line: serde_json::Value = serde_json::from_str(line).expect("an EMF line is JSON");
+    let defs = &line["_aws"]["CloudWatchMetrics"][0];
+    let names = defs["Metrics"]
+        .as_array()
+        .expect("declared metrics")
+        .iter()
+        .map(|m| m["Name"].as_str().expect("metric name").to_owned())
+        .collect();
+    (names, defs["Dimensions"].clone())
+}
+
+/// An alarm on one plain metric: namespace, name, dimensions (as `[(name, value)]`).
+fn alarm_metric(alarm: &Value) -> (&Value, &str, Vec<(String, Value)>) {
+    let p = &alarm["Properties"];
+    let dimensions = p["Dimensions"]
+        .as_sequence()
+        .map(|ds| {
+            ds.iter()
+                .map(|d| {
+                    (
+                        d["Name"].as_str().expect("dimension name").to_owned(),
+                        d["Value"].clone(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        &p["Namespace"],
+        p["MetricName"].as_str().unwrap_or_default(),
+        dimensions,
+    )
+}
+
+#[test]
+fn every_alarm_notifies_the_alarm_topic_on_alarm_and_on_ok() {
+    let template = template();
+    let expected: Value = serde_norway::from_str(
+        r#"{"Fn::If": [HasAlarmTopic, [{Ref: AlarmTopicArn}], {Ref: AWS::NoValue}]}"#,
+    )
+    .expect("valid YAML");
+    let alarms = of_type(&template, "AWS::CloudWatch::Alarm");
+    assert!(alarms.len() >= 15, "{} alarms", alarms.len());
+    for (id, alarm) in alarms {
+        for actions in ["AlarmActions", "OKActions"] {
+            assert_eq!(alarm["Properties"][actions], expected, "{id}: {actions}");
+        }
+        assert_eq!(
+            alarm["Properties"]["TreatMissingData"].as_str(),
+            Some(if id == "HealthCheckMissingAlarm" {
+                "breaching"
+            } else {
+                "notBreaching"
+            }),
+            "{id}: TreatMissingData"
+        );
+    }
+}
+
+/// The outbound queue's age, the sender's emit failures and the recorder's database failures
+/// are alarmed on, each on the metric (and dimension set) the code writes.
+#[test]
+fn the_queue_age_emit_failure_and_record_failure_alarms_watch_what_the_code_writes() {
+    let template = template();
+
+    let age = resource(&template, "OutboundQueueAgeAlarm");
+    let (namespace, name, dimensions) = alarm_metric(age);
+    assert_eq!(
+        (namespace.as_str(), name),
+        (Some("AWS/SQS"), "ApproximateAgeOfOldestMessage")
+    );
+    assert_eq!(dimensions.len(), 1);
+    assert_eq!(dimensions[0].0, "QueueName");
+    assert_eq!(target(&dimensions[0].1), Some("OutboundQueue"));
+    assert_eq!(
+        age["Properties"]["Threshold"],
+        reference("OutboundAgeAlarmSeconds")
+    );
+    assert_eq!(
+        template["Parameters"]["OutboundAgeAlarmSeconds"]["Default"].as_u64(),
+        Some(3600)
+    );
+
+    // The sender's totals line has no dimension; the alarm names none either (a metric with
+    // another dimension set would be another metric, and the alarm would never see data).
+    let sender_lines = gateway_core::pipeline::emf_lines(
+        &gateway_core::pipeline::Metrics::default(),
+        &[],
+        "ns",
+        0,
+    );
+    let (names, dims) = emf_declarations(&sender_lines[0]);
+    assert!(names.iter().any(|n| n == "EmitFailures"), "{names:?}");
+    assert_eq!(dims, serde_json::json!([[]]));
+    let emit = resource(&template, "EmitFailuresAlarm");
+    let (namespace, name, dimensions) = alarm_metric(emit);
+    assert_eq!(
+        (namespace, name, dimensions.len()),
+        (&reference("MetricsNamespace"), "EmitFailures", 0)
+    );
+    let p = &emit["Properties"];
+    assert_eq!(
+        (
+            p["Statistic"].as_str(),
+            p["Period"].as_u64(),
+            p["Threshold"].as_f64(),
+            p["ComparisonOperator"].as_str()
+        ),
+        (
+            Some("Sum"),
+            Some(300),
+            Some(0.0),
+            Some("GreaterThanThreshold")
+        )
+    );
+
+    // The recorder's totals line, also without a dimension, in the same namespace.
+    let recorder_lines =
+        recorder::metrics::emf_lines(&recorder::metrics::Counts::default(), "ns", 0);
+    let (names, dims) = emf_declarations(&recorder_lines[0]);
+    assert!(names.iter().any(|n| n == "RecordFailures"), "{names:?}");
+    assert_eq!(dims, serde_json::json!([[]]));
+    let record = resource(&template, "RecordFailuresAlarm");
+    let (namespace, name, dimensions) = alarm_metric(record);
+    assert_eq!(
+        (namespace, name, dimensions.len()),
+        (&reference("MetricsNamespace"), "RecordFailures", 0)
+    );
+    let p = &record["Properties"];
+    let period = p["Period"].as_u64().expect("Period");
+    let evaluations = p["EvaluationPeriods"].as_u64().expect("EvaluationPeriods");
+    assert_eq!(period, 60);
+    assert!(evaluations <= 5, "{evaluations} evaluation periods");
+    assert_eq!(
+        p["DatapointsToAlarm"].as_u64(),
+        Some(1),
+        "one failing minute is enough: the alarm fires within minutes of the first failure"
+    );
+    assert_eq!(
+        (p["Statistic"].as_str(), p["Threshold"].as_f64()),
+        (Some("Sum"), Some(0.0))
+    );
+    let (_, function) = template_function(&template, "recorder");
+    assert_eq!(
+        function["Properties"]["Environment"]["Variables"]["METRICS_NAMESPACE"],
+        reference("MetricsNamespace"),
+        "the recorder writes in the namespace the alarms read"
+    );
+}
+
+/// The bounce and complaint rate alarms compute, per gateway, rate = a / (1 - a) from
+/// a = AVG of the recorder's per-gateway samples, take the worst gateway, and compare it with
+/// a threshold parameter defaulting to Amazon SES's review level.
+#[test]
+fn the_rate_alarms_compute_each_gateways_rate_from_the_recorders_samples() {
+    let template = template();
+    let mut counts = recorder::metrics::Counts::default();
+    counts
+        .gateways
+        .insert("gw".into(), recorder::metrics::GatewayCounts::default());
+    counts.gateways.get_mut("gw").expect("inserted").accepted = 1;
+    let lines = recorder::metrics::emf_lines(&counts, "ns", 0);
+    let (per_gateway, dims) = emf_declarations(&lines[1]);
+    assert_eq!(dims, serde_json::json!([["Gateway"]]));
+
+    for (id, metric, parameter, default) in [
+        (
+            "GatewayBounceRateAlarm",
+            "HardBounced",
+            "BounceRateAlarmThreshold",
+            0.05,
+        ),
+        (
+            "GatewayComplaintRateAlarm",
+            "Complained",
+            "ComplaintRateAlarmThreshold",
+            0.001,
+        ),
+    ] {
+        assert!(
+            per_gateway.iter().any(|n| n == metric),
+            "the recorder writes no {metric} per gateway: {per_gateway:?}"
+        );
+        let p = &resource(&template, id)["Properties"];
+        let queries = p["Metrics"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{id}: Metrics"));
+        let query = queries
+            .iter()
+            .find(|q| q["Expression"]["Fn::Sub"].is_string())
+            .unwrap_or_else(|| panic!("{id}: no Metrics Insights query"));
+        let sql = query["Expression"]["Fn::Sub"].as_str().unwrap_or_default();
+        assert_eq!(
+            sql,
+            format!(
+                "SELECT AVG({metric}) FROM SCHEMA(\"${{MetricsNamespace}}\", Gateway) GROUP BY Gateway"
+            ),
+            "{id}"
+        );
+        assert_eq!(query["ReturnData"].as_bool(), Some(false), "{id}");
+        assert_eq!(query["Period"].as_u64(), Some(3600), "{id}");
+        let query_id = query["Id"].as_str().expect("query id");
+        let expression = |id_: &str| {
+            queries
+                .iter()
+                .find(|q| q["Id"].as_str() == Some(id_))
+                .and_then(|q| q["Expression"].as_str())
+                .unwrap_or_else(|| panic!("{id}: no expression {id_}"))
+                .to_owned()
+        };
+        assert_eq!(expression("worst"), format!("MAX({query_id})"), "{id}");
+        let returned: Vec<&Value> = queries
+            .iter()
+            .filter(|q| q["ReturnData"].as_bool() == Some(true))
+            .collect();
+        assert_eq!(returned.len(), 1, "{id}: one time series");
+        assert_eq!(
+            returned[0]["Expression"].as_str(),
+            Some("IF(worst < 1, worst / (1 - worst), 1)"),
+            "{id}: bounces / accepted from the average of the samples"
+        );
+        assert_eq!(p["Threshold"], reference(parameter), "{id}");
+        assert_eq!(
+            p["ComparisonOperator"].as_str(),
+            Some("GreaterThanOrEqualToThreshold"),
+            "{id}"
+        );
+        assert_eq!(
+            template["Parameters"][parameter]["Default"].as_f64(),
+            Some(default),
+            "{parameter}"
+        );
+    }
+}
+
+/// SNS's default HTTP(S) policy (3 retries, 20 s apart) loses SES events in a one-minute
+/// outage: every subscription retries for most of the hour SNS allows, then dead-letters into
+/// a queue SNS may write to, which is alarmed on.
+#[test]
+fn ses_event_subscriptions_retry_for_the_hour_sns_allows_then_dead_letter() {
+    let template = template();
+    let pattern = template["Parameters"]["SesEventTopicArns"]["AllowedPattern"]
+        .as_str()
+        .expect("SesEventTopicArns has an AllowedPattern");
+    let more: usize = pattern
+        .rsplit_once("{0,")
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .and_then(|(n, _)| n.parse().ok())
+        .expect("the pattern bounds the number of topics");
+    let subscriptions = of_type(&template, "AWS::SNS::Subscription");
+    assert_eq!(
+        subscriptions.len(),
+        1 + more,
+        "one subscription per topic SesEventTopicArns allows"
+    );
+    let mut indexes = BTreeSet::new();
+    for (id, subscription) in &subscriptions {
+        assert!(subscription["Condition"].is_string(), "{id}: conditional");
+        let p = &subscription["Properties"];
+        assert_eq!(p["Protocol"].as_str(), Some("https"), "{id}");
+        assert!(
+            p["Endpoint"]["Fn::Sub"]
+                .as_str()
+                .is_some_and(|e| e.ends_with("/webhooks/ses")),
+            "{id}: Endpoint"
+        );
+        indexes.insert(
+            p["TopicArn"]["Fn::Select"][0]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{id}: TopicArn is an item of SesEventTopicArns")),
+        );
+        assert!(
+            p["RawMessageDelivery"].is_null() || p["RawMessageDelivery"].as_bool() == Some(false),
+            "{id}: raw delivery drops the signature the webhooks function checks"
+        );
+
+        let policy = &p["DeliveryPolicy"]["healthyRetryPolicy"];
+        let n = |key: &str| {
+            policy[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{id}: healthyRetryPolicy.{key}"))
+        };
+        let (retries, immediate, at_min, at_max) = (
+            n("numRetries"),
+            n("numNoDelayRetries"),
+            n("numMinDelayRetries"),
+            n("numMaxDelayRetries"),
+        );
+        let (min_delay, max_delay) = (n("minDelayTarget"), n("maxDelayTarget"));
+        assert!(retries <= 100, "{id}: SNS allows at most 100 retries");
+        assert!(immediate + at_min + at_max <= retries, "{id}: phases");
+        assert!((1..=max_delay).contains(&min_delay), "{id}: delays");
+        // Every backoff and post-backoff retry waits at most maxDelayTarget.
+        let longest = at_min * min_delay + (retries - immediate - at_min) * max_delay;
+        assert!(
+            longest <= 3600,
+            "{id}: up to {longest} s of retries; SNS refuses more than 3,600 s"
+        );
+        assert!(
+            longest >= 3000,
+            "{id}: only {longest} s of retries; SNS allows an hour"
+        );
+
+        let dlq = target(&p["RedrivePolicy"]["deadLetterTargetArn"])
+            .unwrap_or_else(|| panic!("{id}: RedrivePolicy.deadLetterTargetArn"));
+        let queue = resource(&template, dlq);
+        assert_eq!(queue["Type"].as_str(), Some("AWS::SQS::Queue"), "{dlq}");
+        assert_eq!(
+            queue["Properties"]["MessageRetentionPeriod"].as_u64(),
+            Some(1_209_600),
+            "{dlq}: 14 days"
+        );
+        let policies: Vec<(String, &Value)> = of_type(&template, "AWS::SQS::QueuePolicy")
+            .into_iter()
+            .filter(|(_, qp)| {
+                qp["Properties"]["Queues"]
+                    .as_sequence()
+                    .is_some_and(|qs| qs.iter().any(|q| target(q) == Some(dlq)))
+            })
+            .collect();
+        assert_eq!(policies.len(), 1, "{dlq}: one queue policy");
+        let (policy_id, queue_policy) = &policies[0];
+        let statement = &queue_policy["Properties"]["PolicyDocument"]["Statement"][0];
+        assert_eq!(
+            (
+                statement["Effect"].as_str(),
+                statement["Principal"]["Service"].as_str(),
+                statement["Action"].as_str()
+            ),
+            (
+                Some("Allow"),
+                Some("sns.amazonaws.com"),
+                Some("sqs:SendMessage")
+            ),
+            "{policy_id}"
+        );
+        assert!(
+            !statement["Condition"]["ArnEquals"]["aws:SourceArn"].is_null(),
+            "{policy_id}: only the subscribed topics may write"
+        );
+        assert!(
+            subscription["DependsOn"]
+                .as_sequence()
+                .is_some_and(|d| d.iter().any(|x| x.as_str() == Some(policy_id.as_str()))),
+            "{id}: created after {policy_id}"
+        );
+        let alarmed = of_type(&template, "AWS::CloudWatch::Alarm")
+            .into_iter()
+            .any(|(_, alarm)| {
+                let (namespace, name, dimensions) = alarm_metric(alarm);
+                namespace.as_str() == Some("AWS/SQS")
+                    && name == "ApproximateNumberOfMessagesVisible"
+                    && dimensions.iter().any(|(_, v)| target(v) == Some(dlq))
+                    && alarm["Properties"]["Threshold"].as_f64() == Some(0.0)
+            });
+        assert!(alarmed, "{dlq}: no alarm on its first message");
+    }
+    assert_eq!(
+        indexes,
+        (0..=more as u64).collect(),
+        "each item of SesEventTopicArns has its subscription"
     );
 }
