@@ -529,7 +529,7 @@ async fn owner_write<S: StateStore + ?Sized>(
         WriteOutcome::Applied(_) => Ok(MarkOutcome::Marked),
         WriteOutcome::ConditionFailed(current) => {
             let entry = Entry::from_item(&k, current.as_ref())?;
-            if entry.as_ref().is_some_and(|e| applied(e)) {
+            if entry.as_ref().is_some_and(&applied) {
                 return Ok(MarkOutcome::Marked);
             }
             Ok(MarkOutcome::NotOwner(entry))

@@ -67,6 +67,25 @@ pub const MAX_HEADER_VALUE_LEN: usize = 998;
 pub const MAX_LABEL_LEN: usize = 255;
 /// Longest attachment file name, in characters.
 pub const MAX_FILENAME_LEN: usize = 255;
+/// Most tags: SendGrid takes at most 10 categories per message (Mailgun's manual says 3; its
+/// adapter sends the first 3).
+pub const MAX_TAGS: usize = 10;
+/// Most metadata keys.
+pub const MAX_METADATA_KEYS: usize = 50;
+/// Longest metadata key, in characters.
+pub const MAX_METADATA_KEY_LEN: usize = 128;
+/// Largest `metadata` as compact JSON, in bytes. Metadata travels to the providers (SendGrid's
+/// `custom_args` must stay under 10,000 bytes; Mailgun's `v:`, `h:` and `o:` options share
+/// 16 KB) and in every outcome event.
+pub const MAX_METADATA_BYTES: usize = 8192;
+/// Most custom headers.
+pub const MAX_HEADERS: usize = 20;
+/// Largest sum of custom header names and values, in bytes (Mailgun's 16 KB of options, with
+/// metadata and the gateway's own options).
+pub const MAX_HEADER_BYTES: usize = 4096;
+/// Largest sum of the recipients' addresses, in bytes: with [`MAX_RECIPIENTS`] entries of
+/// status each, an outcome event stays well inside the events queue's 256 KiB.
+pub const MAX_RECIPIENT_BYTES: usize = 100_000;
 /// Most problems a [`MessageError`] lists; further ones are only counted, so the error text
 /// stays bounded however broken the input.
 pub const MAX_REPORTED_PROBLEMS: usize = 100;
@@ -480,6 +499,18 @@ pub enum Problem {
     #[error("more than {max} recipients across to, cc and bcc")]
     TooManyRecipients {
         /// The limit.
+        max: usize,
+    },
+    /// More entries than the field allows.
+    #[error("more than {max} entries")]
+    TooManyEntries {
+        /// The limit.
+        max: usize,
+    },
+    /// The entries together are larger than the field allows.
+    #[error("larger than {max} bytes in total")]
+    TooLargeInTotal {
+        /// The limit in bytes.
         max: usize,
     },
     /// Neither `text` nor `html` is given and non-empty.
@@ -1068,6 +1099,15 @@ fn recipients(lists: [Option<&Json>; 3], r: &mut Report) -> RecipientLists {
         }
     }
     let count = seen.len();
+    let bytes: usize = seen.iter().map(|a| a.as_str().len()).sum();
+    if bytes > MAX_RECIPIENT_BYTES {
+        r.add(
+            "to".into(),
+            Problem::TooLargeInTotal {
+                max: MAX_RECIPIENT_BYTES,
+            },
+        );
+    }
     if given == 0 {
         r.add("to".into(), Problem::NoRecipients);
     } else if count > MAX_RECIPIENTS {
@@ -1100,6 +1140,13 @@ fn custom_headers(v: &Json, r: &mut Report) -> Vec<(String, String)> {
         );
         return Vec::new();
     };
+    if entries.len() > MAX_HEADERS {
+        r.add(
+            "headers".into(),
+            Problem::TooManyEntries { max: MAX_HEADERS },
+        );
+        return Vec::new();
+    }
     let mut out: Vec<(String, String)> = Vec::with_capacity(entries.len());
     // Lower-cased names seen so far: a set keeps the repeat check linear in the header count.
     let mut seen = HashSet::new();
@@ -1123,6 +1170,14 @@ fn custom_headers(v: &Json, r: &mut Report) -> Vec<(String, String)> {
         if let Some(value) = header_text(value, &path, MAX_HEADER_VALUE_LEN, r) {
             out.push((name.clone(), value));
         }
+    }
+    if out.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>() > MAX_HEADER_BYTES {
+        r.add(
+            "headers".into(),
+            Problem::TooLargeInTotal {
+                max: MAX_HEADER_BYTES,
+            },
+        );
     }
     out
 }
@@ -1239,6 +1294,10 @@ fn parse_tags(v: &Json, r: &mut Report) -> Vec<String> {
         r.add("tags".into(), Problem::WrongType("an array of strings"));
         return Vec::new();
     };
+    if items.len() > MAX_TAGS {
+        r.add("tags".into(), Problem::TooManyEntries { max: MAX_TAGS });
+        return Vec::new();
+    }
     items
         .iter()
         .enumerate()
@@ -1254,6 +1313,15 @@ fn parse_metadata(v: &Json, r: &mut Report) -> BTreeMap<String, MetadataValue> {
         );
         return BTreeMap::new();
     };
+    if entries.len() > MAX_METADATA_KEYS {
+        r.add(
+            "metadata".into(),
+            Problem::TooManyEntries {
+                max: MAX_METADATA_KEYS,
+            },
+        );
+        return BTreeMap::new();
+    }
     let mut out = BTreeMap::new();
     let mut seen = HashSet::new();
     for (key, value) in entries {
@@ -1262,7 +1330,7 @@ fn parse_metadata(v: &Json, r: &mut Report) -> BTreeMap<String, MetadataValue> {
             r.add(path, Problem::DuplicateField);
             continue;
         }
-        let Some(key) = checked_header_text(key, &path, usize::MAX, r) else {
+        let Some(key) = checked_header_text(key, &path, MAX_METADATA_KEY_LEN, r) else {
             continue;
         };
         let value = match value {
@@ -1279,6 +1347,20 @@ fn parse_metadata(v: &Json, r: &mut Report) -> BTreeMap<String, MetadataValue> {
         if let Some(value) = value {
             out.insert(key.to_owned(), value);
         }
+    }
+    // As the record and the events carry it: compact JSON of the accepted entries.
+    let compact: serde_json::Map<String, serde_json::Value> = out
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::from(v)))
+        .collect();
+    let bytes = serde_json::to_string(&compact).map_or(usize::MAX, |j| j.len());
+    if bytes > MAX_METADATA_BYTES {
+        r.add(
+            "metadata".into(),
+            Problem::TooLargeInTotal {
+                max: MAX_METADATA_BYTES,
+            },
+        );
     }
     out
 }
@@ -1375,6 +1457,100 @@ mod tests {
         with(|m| {
             m.remove(key);
         })
+    }
+
+    /// Each bound that keeps an outcome event inside the events queue and the provider option
+    /// limits: exactly at the bound is accepted, one entry or one byte over is refused with
+    /// the field and the limit named.
+    #[test]
+    fn sizes_that_events_and_providers_depend_on_are_bounded_to_the_byte() {
+        let tags = |n: usize| {
+            set(
+                "tags",
+                json!((0..n).map(|i| format!("t{i}")).collect::<Vec<_>>()),
+            )
+        };
+        assert_eq!(errors_of(&tags(MAX_TAGS)), Vec::<String>::new());
+        assert_eq!(
+            errors_of(&tags(MAX_TAGS + 1)),
+            ["tags: more than 10 entries"]
+        );
+
+        let keys = |n: usize| {
+            let m: serde_json::Map<String, Value> =
+                (0..n).map(|i| (format!("k{i}"), json!(i))).collect();
+            set("metadata", Value::Object(m))
+        };
+        assert_eq!(errors_of(&keys(MAX_METADATA_KEYS)), Vec::<String>::new());
+        assert_eq!(
+            errors_of(&keys(MAX_METADATA_KEYS + 1)),
+            ["metadata: more than 50 entries"]
+        );
+        let long_key = "k".repeat(MAX_METADATA_KEY_LEN + 1);
+        assert_eq!(
+            errors_of(&set("metadata", json!({ long_key.clone(): 1 }))),
+            [format!(
+                "metadata[\"{}…\"]: longer than 128 characters",
+                "k".repeat(64)
+            )]
+        );
+        // {"note":"…"} is 11 bytes around the value.
+        let metadata = |value_len: usize| set("metadata", json!({"note": "x".repeat(value_len)}));
+        assert_eq!(
+            errors_of(&metadata(MAX_METADATA_BYTES - 11)),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            errors_of(&metadata(MAX_METADATA_BYTES - 10)),
+            ["metadata: larger than 8192 bytes in total"]
+        );
+
+        let headers = |n: usize, value_len: usize| {
+            let m: serde_json::Map<String, Value> = (0..n)
+                .map(|i| (format!("X-H{i:02}"), json!("v".repeat(value_len))))
+                .collect();
+            set("headers", Value::Object(m))
+        };
+        assert_eq!(errors_of(&headers(MAX_HEADERS, 1)), Vec::<String>::new());
+        assert_eq!(
+            errors_of(&headers(MAX_HEADERS + 1, 1)),
+            ["headers: more than 20 entries"]
+        );
+        // Four full headers (5 + 998 bytes each) and one of 5 + 79 bytes fill 4096 exactly.
+        let full = |last: usize| {
+            with(|m| {
+                let mut h: serde_json::Map<String, Value> = (0..4)
+                    .map(|i| {
+                        (
+                            format!("X-H{i:02}"),
+                            json!("v".repeat(MAX_HEADER_VALUE_LEN)),
+                        )
+                    })
+                    .collect();
+                h.insert("X-H04".into(), json!("v".repeat(last)));
+                m.insert("headers".into(), Value::Object(h));
+            })
+        };
+        assert_eq!(errors_of(&full(79)), Vec::<String>::new());
+        assert_eq!(
+            errors_of(&full(80)),
+            ["headers: larger than 4096 bytes in total"]
+        );
+
+        // 1000 distinct addresses of 100 bytes fill the 100,000 bytes exactly.
+        let to = |last_len: usize| {
+            // 64-byte local part, "@", a label and ".example.org": 100 bytes with a 23-byte label.
+            let address =
+                |i: usize, len: usize| format!("{i:0>64}@{}.example.org", "d".repeat(len - 77));
+            let mut list: Vec<String> = (0..999).map(|i| address(i, 100)).collect();
+            list.push(address(999, last_len));
+            set("to", json!(list))
+        };
+        assert_eq!(errors_of(&to(100)), Vec::<String>::new());
+        assert_eq!(
+            errors_of(&to(101)),
+            ["to: larger than 100000 bytes in total"]
+        );
     }
 
     fn attachment_with(key: &str, value: Value) -> Value {

@@ -498,6 +498,8 @@ fn candidates(field: &str) -> Vec<Value> {
             json!(["x"]),
         ],
         "headers" => vec![
+            Value::Object((0..20).map(|i| (format!("X-H{i}"), json!("v"))).collect()),
+            Value::Object((0..21).map(|i| (format!("X-H{i}"), json!("v"))).collect()),
             header("X-A", json!("v")),
             header("X-A", json!("")),
             header("X-A", json!("a\u{e9}")),
@@ -571,6 +573,8 @@ fn candidates(field: &str) -> Vec<Value> {
             json!([""]),
             json!(["a".repeat(255)]),
             json!(["a".repeat(256)]),
+            json!((0..10).map(|i| format!("t{i}")).collect::<Vec<_>>()),
+            json!((0..11).map(|i| format!("t{i}")).collect::<Vec<_>>()),
             json!([1]),
             json!("a"),
             json!([null]),
@@ -587,6 +591,10 @@ fn candidates(field: &str) -> Vec<Value> {
             json!({"": 1}),
             json!({"a\tb": "x"}),
             json!({"a": "x\u{0}"}),
+            json!({"k".repeat(128): 1}),
+            json!({"k".repeat(129): 1}),
+            Value::Object((0..50).map(|i| (format!("k{i}"), json!(i))).collect()),
+            Value::Object((0..51).map(|i| (format!("k{i}"), json!(i))).collect()),
             json!([]),
         ],
         "campaign_id" | "user_id" => vec![

@@ -813,3 +813,43 @@ fn ses_event_subscriptions_retry_for_the_hour_sns_allows_then_dead_letter() {
         "each item of SesEventTopicArns has its subscription"
     );
 }
+
+/// The outbound queue's redrive arithmetic. Every deferral is at most `MAX_DEFERRAL`, so the
+/// default `OutboundMaxReceiveCount` receives end within the queue's retention with days to
+/// spare for an operator to redrive the dead-letter queue (a standard queue's dead-letter copy
+/// keeps the original enqueue time, so the two retentions do not add up: Amazon SQS Developer
+/// Guide, "Using dead-letter queues"), and a wait caused by a daily limit, even a backlog three
+/// days deep, never reaches the dead-letter queue.
+#[test]
+fn the_outbound_redrive_outlasts_limit_waits_and_ends_inside_the_retention() {
+    use gateway_core::pipeline::receives_to_wait;
+    use gateway_core::queue::MAX_DEFERRAL;
+    use std::time::Duration;
+
+    let t = template();
+    let max_receives = t["Parameters"]["OutboundMaxReceiveCount"]["Default"]
+        .as_u64()
+        .expect("OutboundMaxReceiveCount default");
+    let retention = t["Resources"]["OutboundQueue"]["Properties"]["MessageRetentionPeriod"]
+        .as_u64()
+        .expect("OutboundQueue MessageRetentionPeriod");
+    let dead_letter_retention =
+        t["Resources"]["OutboundDeadLetterQueue"]["Properties"]["MessageRetentionPeriod"]
+            .as_u64()
+            .expect("OutboundDeadLetterQueue MessageRetentionPeriod");
+    assert_eq!(
+        dead_letter_retention, retention,
+        "both at SQS's 14-day maximum"
+    );
+    let day = 24 * 3600;
+    let longest_life = MAX_DEFERRAL.as_secs() * max_receives;
+    assert!(
+        longest_life + 4 * day <= retention,
+        "{max_receives} receives can take {longest_life} s; the queue keeps a message {retention} s"
+    );
+    let three_days = receives_to_wait(Duration::from_secs(3 * day));
+    assert!(
+        u64::from(three_days) + 1 < max_receives,
+        "a three-day limit wait takes {three_days} receives and then the one that sends"
+    );
+}
