@@ -421,6 +421,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(load(&args)?);
     let mut settings = PipelineSettings::default();
     settings.backoff.base = args.retry_backoff;
+    // The in-memory queue's redrive is known; an SQS queue's is the deployment's business.
+    if args.sqs_queue_url.is_none() {
+        settings.max_receive_count = Some(LOCAL_MAX_RECEIVES);
+    }
     check_visibility(args.visibility_timeout, &settings, &config)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // AWS settings only when something may use them: the embedded config needs none, and

@@ -20,6 +20,12 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
     let metrics_namespace = startup
         .var("METRICS_NAMESPACE")
         .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+    // The outbound queue's redrive maxReceiveCount (the template passes its parameter): the
+    // sender gives a message up, recorded as failed, on the last receive the queue allows.
+    let max_receive_count = startup
+        .var("OUTBOUND_MAX_RECEIVE_COUNT")
+        .is_some()
+        .then(|| startup.positive("OUTBOUND_MAX_RECEIVE_COUNT", 1));
     let config = startup.config();
     let (Some(config), Some(outbound_url), Some(events_url)) = (config, outbound_url, events_url)
     else {
@@ -35,7 +41,10 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
         store,
         events,
         startup.clock(),
-        PipelineSettings::default(),
+        PipelineSettings {
+            max_receive_count,
+            ..PipelineSettings::default()
+        },
     );
     Some(Deps {
         pipeline: Arc::new(pipeline),

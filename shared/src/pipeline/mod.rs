@@ -72,6 +72,14 @@ pub struct PipelineSettings {
     /// left are deferred. It must exceed the providers' request timeout, so a started call ends
     /// (or is abandoned as ambiguous) before the invocation does.
     pub deadline_margin: Duration,
+    /// The queue's redrive `maxReceiveCount`, when known: on that receive, the last one the
+    /// queue allows, a message that would be deferred once more is given up instead. Its
+    /// outcome is `failed` with the reason ("gave up after N receives over D; last: …"), its
+    /// event goes to the record and the customers, its claim is released and it is handed back
+    /// at once, so SQS moves it to the dead-letter queue on the next receive; a redrive after a
+    /// fix sends it, and the record then says `sent`. `None`: the queue decides alone, and a
+    /// message reaching the dead-letter queue keeps `deferred` in the record.
+    pub max_receive_count: Option<u32>,
 }
 
 impl Default for PipelineSettings {
@@ -80,6 +88,7 @@ impl Default for PipelineSettings {
             concurrency: NonZeroUsize::new(10).unwrap_or(NonZeroUsize::MIN),
             backoff: Backoff::default(),
             deadline_margin: Duration::from_secs(2),
+            max_receive_count: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The batch run (see the module docs of [`super`] for the steps and their costs).
 
+use crate::duration::format_duration;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -1079,10 +1080,35 @@ impl Pipeline {
                                         .min(backoff.delay(id, receive_count)),
                                     Some(at) => backoff.until(*at, now, id, receive_count),
                                 };
+                                let gw = gateway(w.last_gateway);
+                                if let Some(max) = self.settings.max_receive_count
+                                    && receive_count >= max
+                                {
+                                    let first_sent = records.get(i).map_or(now, |r| r.sent_at);
+                                    let over = Duration::from_millis(u64::try_from(now.saturating_sub(first_sent)).unwrap_or(0));
+                                    let reason = truncate(format!(
+                                        "gave up after {receive_count} receives over {}; last: {reason}",
+                                        format_duration(over)
+                                    ));
+                                    tracing::error!(message_id = %id, outcome = "failed", reason = %reason, "last receive the queue allows; recorded as failed and handed to the dead-letter queue");
+                                    let mut event = base_event(w, Outcome::Failed, RecipientStatus::Failed, now);
+                                    event.gateway_id = gw.map(|g| g.id.clone());
+                                    event.gateway_type = gw.map(|g| g.kind.as_str().to_owned());
+                                    event.reason = Some(reason.clone());
+                                    return Some(Resolution {
+                                        outcome: Outcome::Failed,
+                                        replayed: false,
+                                        gateway: event.gateway_id.clone(),
+                                        reason: Some(reason),
+                                        // Visible at once: the next receive moves it to the
+                                        // dead-letter queue, from where a redrive can send it.
+                                        retry: Some(Duration::ZERO),
+                                        event: Some(event),
+                                    });
+                                }
                                 let retry_at_ms = now.saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX));
                                 let reason = truncate(reason.clone());
                                 tracing::info!(message_id = %id, outcome = "deferred", reason = %reason, retry_in_s = after.as_secs(), "deferred");
-                                let gw = gateway(w.last_gateway);
                                 let mut event = base_event(w, Outcome::Deferred, RecipientStatus::Deferred, now);
                                 event.gateway_id = gw.map(|g| g.id.clone());
                                 event.gateway_type = gw.map(|g| g.kind.as_str().to_owned());

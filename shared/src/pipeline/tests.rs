@@ -197,6 +197,20 @@ fn config_json(gateways: &[&str], extra_gateway: &str, routing: &str) -> String 
 }
 
 fn harness(gateways: &[(&str, Reply)], extra_gateway: &str, routing: &str) -> Harness {
+    harness_with(
+        gateways,
+        extra_gateway,
+        routing,
+        PipelineSettings::default(),
+    )
+}
+
+fn harness_with(
+    gateways: &[(&str, Reply)],
+    extra_gateway: &str,
+    routing: &str,
+    settings: PipelineSettings,
+) -> Harness {
     let ids: Vec<&str> = gateways.iter().map(|(id, _)| *id).collect();
     let json = config_json(&ids, extra_gateway, routing);
     let config = match load_config(Some(&json), None, &|_| None) {
@@ -219,7 +233,7 @@ fn harness(gateways: &[(&str, Reply)], extra_gateway: &str, routing: &str) -> Ha
         Arc::clone(&store) as Arc<dyn StateStore>,
         Arc::clone(&sink) as Arc<dyn EventSink>,
         Arc::clone(&clock) as Arc<dyn Clock>,
-        PipelineSettings::default(),
+        settings,
     );
     Harness {
         pipeline,
@@ -1312,4 +1326,91 @@ async fn an_event_that_cannot_be_emitted_retries_only_its_own_record() {
     let outcomes = h.outcomes();
     assert_eq!(outcomes.len(), 1);
     assert_eq!(outcomes[0].message_id, "m-1");
+}
+
+/// A message whose every send fails: deferred with backoff until the last receive the queue
+/// allows, where it is recorded failed with the reason and handed back at once; the queue then
+/// moves it to the dead-letter queue. Its record ends `failed`, never `deferred`, and its
+/// customers hear of it. A redrive after the fix sends it and the record says `sent`.
+#[tokio::test]
+async fn a_message_failing_on_every_receive_ends_failed_at_the_last_one_and_a_redrive_sends_it() {
+    use crate::mandrill;
+    use crate::queue::memory::{MemoryQueue, Redrive};
+    use crate::queue::{MAX_RECEIVE, Queue};
+    use crate::records::{MemoryRecords, MessageStatus, RecordReader, RecordWriter};
+
+    let h = harness_with(
+        &[("a", Reply::Fail(ErrorClass::Unavailable, None))],
+        "",
+        "",
+        PipelineSettings {
+            max_receive_count: Some(5),
+            ..PipelineSettings::default()
+        },
+    );
+    let dlq = Arc::new(MemoryQueue::new(h.clock.clone()));
+    let queue = MemoryQueue::with_redrive(
+        h.clock.clone(),
+        Redrive {
+            dead_letter: dlq.clone(),
+            max_receive_count: 5,
+        },
+    );
+    queue
+        .send(&body("m-1", "dr@clinic.example", &["p@example.org"]))
+        .await
+        .unwrap();
+    let records = MemoryRecords::default();
+    let mut outcomes = Vec::new();
+    for _ in 0..200 {
+        let got = queue
+            .receive(MAX_RECEIVE, Duration::ZERO, Duration::from_secs(60))
+            .await
+            .unwrap();
+        if !got.is_empty() {
+            let report = h.run(&got).await;
+            settle(&queue, &report, true).await.unwrap();
+            let events = h.sink.inner.take();
+            records.apply(&events).await.unwrap();
+            outcomes.extend(events.into_iter().filter_map(|e| match e {
+                GatewayEvent::Outcome(o) => Some(o),
+                _ => None,
+            }));
+        }
+        h.clock.advance(10 * 60_000);
+    }
+    assert_eq!(h.calls("a").len(), 5, "one attempt per receive");
+    assert!(queue.is_empty());
+    assert_eq!(dlq.len(), 1, "the queue moved it to the dead-letter queue");
+    let last = outcomes.last().unwrap();
+    assert_eq!(last.outcome, Outcome::Failed);
+    let reason = last.reason.as_deref().unwrap();
+    assert!(
+        reason.starts_with("gave up after 5 receives over "),
+        "{reason}"
+    );
+    assert!(reason.contains("last: "), "{reason}");
+    assert_eq!(last.gateway_id.as_deref(), Some("a"));
+    let record = records.message("m-1").await.unwrap().unwrap();
+    assert_eq!(record.status, MessageStatus::Failed);
+    assert_eq!(record.last_error.as_deref(), Some(reason));
+    let notified = mandrill::from_outcome(last, true);
+    assert_eq!(notified[0]["event"], "reject", "{notified:?}");
+
+    // The provider is fixed and the dead letter moved back.
+    *h.providers["a"].default.lock().unwrap() = Reply::Accept;
+    let dead = dlq
+        .receive(1, Duration::ZERO, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
+    let redriven = Received {
+        receive_count: 1,
+        ..dead
+    };
+    let report = h.run(std::slice::from_ref(&redriven)).await;
+    assert_eq!(report.items[0].outcome, Outcome::Sent);
+    records.apply(&h.sink.inner.take()).await.unwrap();
+    let record = records.message("m-1").await.unwrap().unwrap();
+    assert_eq!(record.status, MessageStatus::Sent);
 }
