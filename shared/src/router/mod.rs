@@ -8,7 +8,9 @@
 //! # Filters (every path, failover targets and pinned gateways included)
 //! In this order; a dropped gateway reports the first filter it fails:
 //! 1. `enabled` must be true.
-//! 2. A `can_route` pattern must match the sender (an empty `can_route` takes nobody).
+//! 2. A `can_route` pattern must match the sender. An empty `can_route` takes no sender, except
+//!    for a message that pins this very gateway: that is how a gateway is reserved for pinned
+//!    messages (docs/CONFIG.md; `config check` warns about it). `exclude_patterns` still apply.
 //! 3. No `exclude_patterns` entry may match (exclusion wins).
 //! 4. Health `Unhealthy` drops the gateway when `routing.health_check_required`. `Degraded` and
 //!    `Unknown` are kept (an unchecked gateway may be fine; the breaker protects it). When the
@@ -299,14 +301,16 @@ impl Router {
             if *mark || only.is_some_and(|i| i != slot.index) {
                 continue;
             }
-            *mark = self.statically_kept(slot, &mut m);
+            let pinned = req.pinned == Some(gateways[slot.index].id.as_str());
+            *mark = self.statically_kept(slot, pinned, &mut m);
         }
     }
 
     /// The filters of [`Router::verdict`] that do not depend on state.
-    fn statically_kept(&self, slot: &Slot, m: &mut Matcher<'_, '_>) -> bool {
+    fn statically_kept(&self, slot: &Slot, pinned: bool, m: &mut Matcher<'_, '_>) -> bool {
+        let reserved = pinned && slot.can_route.start == slot.can_route.end;
         slot.enabled
-            && m.first_match(slot.can_route).is_some()
+            && (reserved || m.first_match(slot.can_route).is_some())
             && m.first_match(slot.exclude).is_none()
     }
 
@@ -337,7 +341,7 @@ impl Router {
             match self.slots.iter().find(|s| gateways[s.index].id == pinned) {
                 Some(slot) => {
                     let (gateway, index) = (&gateways[slot.index], slot.index);
-                    match self.verdict(slot, state_of(state, index), &mut m, now) {
+                    match self.verdict(slot, true, state_of(state, index), &mut m, now) {
                         Ok(reason) => {
                             plan.pin = Some(PinOutcome::Used(gateway));
                             plan.candidates.push(Candidate {
@@ -380,7 +384,7 @@ impl Router {
 
         for slot in &self.slots {
             let (gateway, index) = (&gateways[slot.index], slot.index);
-            match self.verdict(slot, state_of(state, index), &mut m, now) {
+            match self.verdict(slot, false, state_of(state, index), &mut m, now) {
                 Ok(reason) => plan.candidates.push(Candidate {
                     gateway,
                     index,
@@ -453,6 +457,7 @@ impl Router {
     fn verdict<'r>(
         &'r self,
         slot: &Slot,
+        pinned: bool,
         state: GatewayState,
         m: &mut Matcher<'r, '_>,
         now: EpochMillis,
@@ -461,12 +466,17 @@ impl Router {
         if !slot.enabled {
             return Err(DropReason::Disabled);
         }
-        if slot.can_route.start == slot.can_route.end {
-            return Err(DropReason::NoCanRoute);
-        }
-        let matched = m
-            .first_match(slot.can_route)
-            .ok_or(DropReason::SenderNotMatched)?;
+        let matched = if slot.can_route.start == slot.can_route.end {
+            if !pinned {
+                return Err(DropReason::NoCanRoute);
+            }
+            None
+        } else {
+            Some(
+                m.first_match(slot.can_route)
+                    .ok_or(DropReason::SenderNotMatched)?,
+            )
+        };
         if let Some(pattern) = m.first_match(slot.exclude) {
             return Err(DropReason::Excluded { pattern });
         }

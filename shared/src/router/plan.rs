@@ -196,7 +196,7 @@ impl fmt::Display for DropReason<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Disabled => f.write_str("gateway disabled"),
-            Self::NoCanRoute => f.write_str("can_route is empty"),
+            Self::NoCanRoute => f.write_str("can_route is empty (only messages pinning it)"),
             Self::SenderNotMatched => f.write_str("sender matches no can_route pattern"),
             Self::Excluded { pattern } => {
                 write!(f, "sender matches exclude pattern {pattern}")
@@ -214,8 +214,9 @@ impl fmt::Display for DropReason<'_> {
 /// Why a gateway was kept and placed where it is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KeptReason<'r> {
-    /// The first `can_route` pattern that matched the sender.
-    pub matched: &'r SenderPattern,
+    /// The first `can_route` pattern that matched the sender; `None` for a gateway with an
+    /// empty `can_route` taken because the message pins it (reserved for pinned messages).
+    pub matched: Option<&'r SenderPattern>,
     /// Health as the router saw it.
     pub health: HealthNote,
     /// Breaker as the router saw it.
@@ -228,7 +229,14 @@ pub struct KeptReason<'r> {
 
 impl fmt::Display for KeptReason<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "can_route {} matches, {}", self.matched, self.order)?;
+        match self.matched {
+            Some(pattern) => write!(f, "can_route {pattern} matches, {}", self.order)?,
+            None => write!(
+                f,
+                "reserved for pinned messages (empty can_route), {}",
+                self.order
+            )?,
+        }
         match self.group {
             Some(HybridGroup::Legacy) => f.write_str(", legacy workspace (hybrid: first)")?,
             Some(HybridGroup::Config) => f.write_str(", config gateway (hybrid: failover)")?,

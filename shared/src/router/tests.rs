@@ -766,6 +766,55 @@ fn pinned_gateway_must_still_accept_the_sender() {
     );
 }
 
+/// An empty `can_route` reserves a gateway for the messages that pin it (docs/CONFIG.md): a
+/// pinned message is routed there, with that said in the reason; no other message is, and its
+/// `exclude_patterns` still apply. `mark_reachable` agrees, so the batch reads its state.
+#[test]
+fn an_empty_can_route_reserves_the_gateway_for_messages_pinning_it() {
+    let mut reserved = gateway("reserved", 1);
+    reserved.routing.can_route.clear();
+    reserved.routing.exclude_patterns = pats(&["@blocked.example"]);
+    let r = router(config(
+        vec![reserved, gateway("open", 2)],
+        Strategy::Priority,
+    ));
+    let pinned = RouteRequest {
+        pinned: Some("reserved"),
+        ..req("m", "dr@clinic.example")
+    };
+    let plan = r.route(&pinned, &[], NOW);
+    assert_eq!(ids(&plan), ["reserved"]);
+    assert!(
+        plan.explain().contains("reserved for pinned messages"),
+        "{}",
+        plan.explain()
+    );
+    let mut marks = vec![false; 2];
+    r.mark_reachable(&pinned, &mut marks);
+    assert_eq!(marks, [true, false]);
+
+    let plan = r.route(&req("m", "dr@clinic.example"), &[], NOW);
+    assert_eq!(ids(&plan), ["open"]);
+    assert_eq!(
+        plan.dropped_reason("reserved").map(|d| d.code()),
+        Some("no_can_route")
+    );
+    let mut marks = vec![false; 2];
+    r.mark_reachable(&req("m", "dr@clinic.example"), &mut marks);
+    assert_eq!(marks, [false, true]);
+
+    let excluded = RouteRequest {
+        pinned: Some("reserved"),
+        ..req("m", "x@blocked.example")
+    };
+    let plan = r.route(&excluded, &[], NOW);
+    assert!(plan.candidates.is_empty());
+    assert_eq!(
+        plan.dropped_reason("reserved").map(|d| d.code()),
+        Some("excluded")
+    );
+}
+
 #[test]
 fn hybrid_mode_puts_matching_legacy_workspaces_first() {
     let mut legacy_clinic = gateway("ws-clinic", 5);
@@ -1135,7 +1184,9 @@ proptest! {
             let s = state[c.index];
             prop_assert!(seen.insert(c.index), "duplicate candidate {}", g.id);
             prop_assert!(g.enabled, "disabled {}", g.id);
-            prop_assert!(g.routing.can_route.iter().any(|p| p.matches(sender)), "unmatched {}", g.id);
+            // An empty can_route takes only the messages pinning the gateway.
+            let reserved_for_pin = g.routing.can_route.is_empty() && pinned.as_deref() == Some(g.id.as_str());
+            prop_assert!(reserved_for_pin || g.routing.can_route.iter().any(|p| p.matches(sender)), "unmatched {}", g.id);
             prop_assert!(!g.routing.exclude_patterns.iter().any(|p| p.matches(sender)), "excluded {}", g.id);
             prop_assert!(!(health_required && s.health == Health::Unhealthy), "unhealthy {}", g.id);
             let open = matches!(s.breaker, BreakerView::Open { until } if until > NOW);
