@@ -476,17 +476,44 @@ mod tests {
     }
 
     #[test]
-    fn oversized_options_are_unsuitable_for_mailgun() {
-        let big = "v".repeat(900);
-        let metadata: serde_json::Map<String, serde_json::Value> = (0..20)
-            .map(|i| (format!("k{i}"), serde_json::Value::String(big.clone())))
-            .collect();
+    fn the_largest_options_the_message_contract_accepts_fit_mailgun() {
+        use crate::message::{
+            MAX_HEADER_BYTES, MAX_HEADER_VALUE_LEN, MAX_LABEL_LEN, MAX_METADATA_BYTES, MAX_TAGS,
+        };
+        // Metadata at its byte bound, headers at theirs, tags and campaign of four-byte
+        // characters at their length bound: Mailgun's 16 KB of options still hold them, so
+        // [`MAX_OPTIONS_BYTES`] is a backstop no valid message reaches.
+        let wide = |n: usize| "𝄞".repeat(n);
+        let value = "v".repeat(MAX_METADATA_BYTES - 20);
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("k".into(), serde_json::Value::String(value));
+        let mut headers = serde_json::Map::new();
+        let mut left = MAX_HEADER_BYTES;
+        for i in 0.. {
+            let name = format!("X-H{i}");
+            let len = (left - name.len()).min(MAX_HEADER_VALUE_LEN);
+            left -= name.len() + len;
+            headers.insert(name, serde_json::Value::String("h".repeat(len)));
+            if left < 10 {
+                break;
+            }
+        }
         let m = message(serde_json::json!({
-            "id": "m1", "from": "d@x.example", "to": ["a@x.example"], "subject": "s",
-            "text": "t", "metadata": metadata
+            "id": "m".repeat(128), "from": "d@x.example", "to": ["a@x.example"], "subject": "s",
+            "text": "t", "metadata": metadata, "headers": headers,
+            "tags": (0..MAX_TAGS).map(|i| format!("{i}{}", wide(MAX_LABEL_LEN - 1))).collect::<Vec<_>>(),
+            "campaign_id": wide(MAX_LABEL_LEN), "user_id": wide(MAX_LABEL_LEN),
         }));
-        let err = provider(&settings()).form_fields(&m).unwrap_err();
-        assert_eq!(err.class, ErrorClass::Unsuitable);
+        let fields = provider(&settings()).form_fields(&m).unwrap();
+        let options: usize = fields
+            .iter()
+            .filter(|(n, _)| n.starts_with("o:") || n.starts_with("h:") || n.starts_with("v:"))
+            .map(|(n, v)| n.len() + text_len(v))
+            .sum();
+        assert!(
+            options > MAX_OPTIONS_BYTES * 3 / 4 && options <= MAX_OPTIONS_BYTES,
+            "{options} bytes of options"
+        );
     }
 
     #[test]

@@ -409,16 +409,28 @@ mod tests {
     }
 
     #[test]
-    fn oversized_custom_args_are_unsuitable_for_sendgrid() {
-        let big = "v".repeat(900);
-        let metadata: Map<String, Value> = (0..12)
-            .map(|i| (format!("k{i}"), Value::String(big.clone())))
+    fn the_largest_metadata_the_message_contract_accepts_fits_custom_args() {
+        use crate::message::{MAX_METADATA_BYTES, MAX_METADATA_KEYS};
+        // Numbers become strings in custom_args (two quotes more each): the worst case is many
+        // numeric values. Either way [`MAX_CUSTOM_ARGS_BYTES`] is a backstop no valid message
+        // reaches.
+        let mut metadata: Map<String, Value> = (0..MAX_METADATA_KEYS - 1)
+            .map(|i| (format!("key-{i:03}"), json!(1)))
             .collect();
+        // One long string brings the JSON to the byte bound.
+        let json_len = |m: &Map<String, Value>| Value::Object(m.clone()).to_string().len();
+        let filler = MAX_METADATA_BYTES - json_len(&metadata) - r#","z":"""#.len();
+        metadata.insert("z".into(), json!("v".repeat(filler)));
+        assert_eq!(json_len(&metadata), MAX_METADATA_BYTES);
         let m = message(json!({
-            "id": "m1", "from": "d@x.example", "to": ["a@x.example"], "subject": "s",
-            "text": "t", "metadata": metadata
+            "id": "m".repeat(128), "from": "d@x.example", "to": ["a@x.example"],
+            "subject": "s", "text": "t", "metadata": metadata
         }));
-        let err = provider(&[]).request_body(&m).unwrap_err();
-        assert_eq!(err.class, ErrorClass::Unsuitable);
+        let body = provider(&[]).request_body(&m).unwrap();
+        let args = body["custom_args"].to_string().len();
+        assert!(
+            args > MAX_METADATA_BYTES && args < MAX_CUSTOM_ARGS_BYTES,
+            "{args} bytes of custom_args"
+        );
     }
 }
