@@ -8,6 +8,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod config_cmd;
+mod dlq_cmd;
 mod migrate_cmd;
 mod route_cmd;
 mod send_cmd;
@@ -47,6 +48,9 @@ enum Command {
     /// List, check, add or remove suppressed addresses.
     #[command(subcommand)]
     Suppression(suppression_cmd::SuppressionCommand),
+    /// List, show or redrive the outbound dead-letter queue (keeping each message's key).
+    #[command(subcommand)]
+    Dlq(dlq_cmd::DlqCommand),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Command::State(cmd) => state_cmd::run(cmd),
         Command::Migrate(args) => migrate_cmd::run(&args),
         Command::Suppression(cmd) => suppression_cmd::run(cmd),
+        Command::Dlq(cmd) => dlq_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

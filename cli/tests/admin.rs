@@ -128,3 +128,121 @@ fn suppressions_are_added_listed_checked_and_removed() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `gateway dlq` against the emulator: two messages reach the outbound DLQ (one with an `id`,
+/// one without), are listed by key and redriven, and come back with their keys: the one without
+/// an `id` carries its original SQS message id as `id`, so the ledger and the record still know
+/// it although SQS gives it a new message id.
+#[test]
+fn dead_letters_are_listed_and_redriven_with_their_keys() {
+    use gateway_core::queue::sqs::{
+        RedrivePolicy, SqsQueue, client_from_env, create_queue, queue_arn,
+    };
+    use gateway_core::queue::{MAX_RECEIVE, Queue};
+    use std::time::Duration;
+
+    env("MOTO_URL");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let name = format!("cli-dlq-{}", std::process::id());
+    let (outbound_url, dlq_url, keyless_id) = runtime.block_on(async {
+        let client = client_from_env().await;
+        let dlq_url = create_queue(&client, &format!("{name}-dlq"), None).await.unwrap();
+        let policy = RedrivePolicy {
+            dead_letter_arn: queue_arn(&client, &dlq_url).await.unwrap(),
+            max_receive_count: 1,
+        };
+        let outbound_url = create_queue(&client, &format!("{name}-out"), Some(&policy))
+            .await
+            .unwrap();
+        let outbound = SqsQueue::new(client.clone(), outbound_url.clone());
+        outbound
+            .send(r#"{"id":"inv-1","from":"a@clinic.example","to":["p@example.org"],"subject":"s","text":"t"}"#)
+            .await
+            .unwrap();
+        let keyless_id = outbound
+            .send(r#"{"from":"a@clinic.example","to":["p@example.org"],"subject":"s","text":"t"}"#)
+            .await
+            .unwrap();
+        // Received once, never deleted: the next receive moves both to the DLQ.
+        let mut received = 0;
+        while received < 2 {
+            received += outbound
+                .receive(MAX_RECEIVE, Duration::from_secs(1), Duration::from_secs(1))
+                .await
+                .unwrap()
+                .len();
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            outbound
+                .receive(MAX_RECEIVE, Duration::ZERO, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        (outbound_url, dlq_url, keyless_id)
+    });
+
+    let out = gateway(&["dlq", "list", "--dlq-url", &dlq_url]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("inv-1  receives 2"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{keyless_id}  receives")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 dead letters"), "{stdout}");
+
+    let out = gateway(&["dlq", "show", "inv-1", "--dlq-url", &dlq_url]);
+    assert!(out.status.success());
+    assert!(
+        text(&out).0.contains(r#""subject": "s""#),
+        "{:?}",
+        text(&out)
+    );
+    let out = gateway(&["dlq", "show", "no-such-key", "--dlq-url", &dlq_url]);
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = gateway(&[
+        "dlq",
+        "redrive",
+        "--dlq-url",
+        &dlq_url,
+        "--to",
+        &outbound_url,
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("moved 2 to") && stdout.contains("(1 given their key as \"id\")"),
+        "{stdout}"
+    );
+
+    runtime.block_on(async {
+        let client = client_from_env().await;
+        let dlq = SqsQueue::new(client.clone(), dlq_url);
+        assert!(
+            dlq.receive(MAX_RECEIVE, Duration::ZERO, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let outbound = SqsQueue::new(client, outbound_url);
+        let mut keys = Vec::new();
+        while keys.len() < 2 {
+            for r in outbound
+                .receive(MAX_RECEIVE, Duration::from_secs(1), Duration::from_secs(30))
+                .await
+                .unwrap()
+            {
+                let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+                keys.push(body["id"].as_str().unwrap().to_owned());
+                assert_eq!(r.receive_count, 1, "a redriven message starts afresh");
+            }
+        }
+        keys.sort();
+        let mut want = vec!["inv-1".to_owned(), keyless_id];
+        want.sort();
+        assert_eq!(keys, want);
+    });
+}

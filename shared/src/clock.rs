@@ -108,6 +108,19 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// `t` as an RFC 3339 UTC timestamp to the second, such as `2026-12-04T03:07:35Z` (for people
+/// reading CLI output and logs).
+pub fn format_rfc3339(t: EpochMillis) -> String {
+    let (y, mo, d) = civil_from_days(utc_day(t));
+    let secs = t.rem_euclid(DAY_MS) / 1000;
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// Epoch milliseconds of an RFC 3339 timestamp such as `2017-08-05T00:41:02.669Z` or
 /// `2022-07-28T21:23:58+02:00` (fractions beyond milliseconds are cut). `None` when it is not one.
 pub fn parse_rfc3339(s: &str) -> Option<EpochMillis> {
@@ -164,6 +177,20 @@ pub fn parse_rfc3339(s: &str) -> Option<EpochMillis> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formatted_timestamps_parse_back_to_the_second() {
+        for t in [
+            0,
+            1_795_910_400_000,
+            1_795_910_400_000 + 86_399_999,
+            951_782_400_000,
+        ] {
+            let text = format_rfc3339(t);
+            assert_eq!(parse_rfc3339(&text), Some(t - t.rem_euclid(1000)), "{text}");
+        }
+        assert_eq!(format_rfc3339(1_795_910_400_000), "2026-11-29T00:00:00Z");
+    }
 
     #[test]
     fn rfc3339_timestamps_parse_to_epoch_milliseconds() {

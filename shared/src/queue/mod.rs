@@ -30,6 +30,7 @@
 
 #[cfg(any(test, feature = "testing"))]
 pub mod contract;
+pub mod dead_letters;
 pub mod memory;
 pub mod sqs;
 
