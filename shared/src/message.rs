@@ -50,6 +50,7 @@ use base64::Engine as _;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::address::{AddressError, EmailAddress, Mailbox, check_header_text};
+use crate::clock::EpochMillis;
 
 /// Largest accepted body in bytes (1 MiB, the SQS message size limit). Larger bodies are refused
 /// before any parsing, so the work per message is bounded.
@@ -276,6 +277,7 @@ pub struct OutboundMessage {
     user_id: Option<String>,
     tracking: Tracking,
     gateway: Option<String>,
+    expires_at: Option<EpochMillis>,
 }
 
 impl OutboundMessage {
@@ -410,6 +412,12 @@ impl OutboundMessage {
     pub fn gateway(&self) -> Option<&str> {
         self.gateway.as_deref()
     }
+
+    /// The send-by time (epoch ms), if the message has one: not sent once it has passed,
+    /// recorded `failed` instead ("expired").
+    pub fn expires_at(&self) -> Option<EpochMillis> {
+        self.expires_at
+    }
 }
 
 impl fmt::Debug for OutboundMessage {
@@ -437,6 +445,7 @@ impl fmt::Debug for OutboundMessage {
             .field("campaign_id", &self.campaign_id)
             .field("tracking", &self.tracking)
             .field("gateway", &self.gateway)
+            .field("expires_at", &self.expires_at)
             .finish()
     }
 }
@@ -691,6 +700,7 @@ pub fn parse_message(
         user_id,
         tracking,
         gateway,
+        expires_at,
     ] = fields(
         entries,
         [
@@ -711,6 +721,7 @@ pub fn parse_message(
             "user_id",
             "tracking",
             "gateway",
+            "expires_at",
         ],
         "",
         &mut r,
@@ -748,6 +759,7 @@ pub fn parse_message(
     let user_id = user_id.and_then(|v| header_text(v, "user_id", MAX_LABEL_LEN, &mut r));
     let tracking = tracking.map_or_else(Tracking::default, |v| parse_tracking(v, &mut r));
     let gateway = gateway.and_then(|v| parse_gateway(v, &mut r));
+    let expires_at = expires_at.and_then(|v| parse_expires_at(v, &mut r));
 
     match (id, from, subject) {
         (Some(id), Some(from), Some(subject)) if r.is_empty() => Ok(OutboundMessage {
@@ -768,6 +780,7 @@ pub fn parse_message(
             user_id,
             tracking,
             gateway,
+            expires_at,
         }),
         // Every field that came out `None` has reported a problem, so `r` is not empty here.
         (id, from, _) => Err(rejection(r, id, from, (to, cc, bcc))),
@@ -1399,6 +1412,24 @@ fn parse_tracking(v: &Json, r: &mut Report) -> Tracking {
     }
 }
 
+/// `expires_at`: an RFC 3339 timestamp with its offset (`2026-12-04T08:00:00Z`,
+/// `2026-12-04T09:00:00+01:00`).
+fn parse_expires_at(v: &Json, r: &mut Report) -> Option<EpochMillis> {
+    let parsed = match v {
+        Json::String(s) => crate::clock::parse_rfc3339(s),
+        _ => None,
+    };
+    if parsed.is_none() {
+        r.add(
+            "expires_at".into(),
+            Problem::WrongType(
+                "an RFC 3339 timestamp with its offset, such as 2026-12-04T08:00:00Z",
+            ),
+        );
+    }
+    parsed
+}
+
 fn parse_gateway(v: &Json, r: &mut Report) -> Option<String> {
     let s = string(v, "gateway", r)?;
     let valid = (1..=64).contains(&s.len())
@@ -1457,6 +1488,13 @@ mod tests {
         with(|m| {
             m.remove(key);
         })
+    }
+
+    #[test]
+    fn expires_at_is_an_rfc3339_time_with_its_offset() {
+        let m = parse(&set("expires_at", json!("2026-12-04T09:00:00+01:00"))).unwrap();
+        assert_eq!(m.expires_at(), Some(1_796_371_200_000));
+        assert_eq!(parse(&base()).unwrap().expires_at(), None);
     }
 
     /// Each bound that keeps an outcome event inside the events queue and the provider option
@@ -1645,6 +1683,9 @@ mod tests {
             (set("tracking", json!({"opens": "yes"})), vec!["tracking.opens: expected a boolean".into()]),
             (set("tracking", json!({"open": true})), vec!["tracking.open: unknown field".into()]),
             (set("tracking", json!(true)), vec!["tracking: expected an object with opens and clicks".into()]),
+            (set("expires_at", json!("tomorrow")), vec!["expires_at: expected an RFC 3339 timestamp with its offset, such as 2026-12-04T08:00:00Z".into()]),
+            (set("expires_at", json!("2026-12-04T08:00:00")), vec!["expires_at: expected an RFC 3339 timestamp with its offset, such as 2026-12-04T08:00:00Z".into()]),
+            (set("expires_at", json!(1_795_910_400)), vec!["expires_at: expected an RFC 3339 timestamp with its offset, such as 2026-12-04T08:00:00Z".into()]),
             (set("gateway", json!("mailgun primary")), vec!["gateway: must be a gateway id (1 to 64 characters of A-Z a-z 0-9 . _ -)".into()]),
         ];
         for (input, want) in cases {
@@ -1938,6 +1979,7 @@ mod tests {
                 "user_id",
                 "tracking",
                 "gateway",
+                "expires_at",
             ] {
                 m.insert(k.into(), Value::Null);
             }
@@ -2030,6 +2072,7 @@ mod tests {
                 "user_id",
                 "tracking",
                 "gateway",
+                "expires_at",
                 "email",
                 "name",
                 "filename",

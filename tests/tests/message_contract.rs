@@ -613,6 +613,14 @@ fn candidates(field: &str) -> Vec<Value> {
             json!({"x": true}),
             json!(true),
         ],
+        "expires_at" => vec![
+            json!("2026-12-04T08:00:00Z"),
+            json!("2026-12-04T09:00:00.5+01:00"),
+            json!("2026-12-04t08:00:00z"),
+            json!("2026-12-04T08:00:00"),
+            json!("tomorrow"),
+            json!(1_796_371_200),
+        ],
         "gateway" => vec![
             json!("mailgun-primary"),
             json!("a".repeat(64)),
@@ -649,6 +657,7 @@ fn schema_and_parser_agree_on_every_single_field_variation() {
         "user_id",
         "tracking",
         "gateway",
+        "expires_at",
         "Text",
         "unknown",
     ];

@@ -47,6 +47,8 @@ enum Stage {
     Failed { gateway: usize, reason: String },
     /// Refused before any provider (every recipient suppressed).
     Rejected { reason: String },
+    /// Its `expires_at` passed before it could be sent: failed, no provider called.
+    Expired { reason: String },
     /// Found in the ledger (sent, failed, or held by another invocation): nothing to do here;
     /// its resolution comes from the ledger entry.
     Replayed,
@@ -404,6 +406,17 @@ impl Pipeline {
         let max = config.routing.max_failover_attempts.get() as usize;
         for w in works.iter_mut() {
             if !matches!(w.stage, Stage::Pending) || w.claim.is_none() {
+                continue;
+            }
+            if let Some(at) = w.original.expires_at()
+                && at <= now
+            {
+                w.stage = Stage::Expired {
+                    reason: format!(
+                        "expired: not sent by its expires_at {}",
+                        crate::clock::format_rfc3339(at)
+                    ),
+                };
                 continue;
             }
             if w.message.is_none() {
@@ -835,9 +848,11 @@ impl Pipeline {
                         store, claim, reason, gateway, decided_at,
                     )))
                 }
-                Stage::Rejected { reason } => Some(futures::future::Either::Left(
-                    ledger::mark_failed(store, claim, reason, None, decided_at),
-                )),
+                Stage::Rejected { reason } | Stage::Expired { reason } => {
+                    Some(futures::future::Either::Left(ledger::mark_failed(
+                        store, claim, reason, None, decided_at,
+                    )))
+                }
                 Stage::Deferred {
                     keep_claim: false, ..
                 } => Some(futures::future::Either::Right(ledger::release(
@@ -1067,6 +1082,19 @@ impl Pipeline {
                                     event: Some(event),
                                 }
                             }
+                            Stage::Expired { reason } => {
+                                tracing::warn!(message_id = %id, outcome = "failed", reason = %reason, "not sent");
+                                let mut event = base_event(w, Outcome::Failed, RecipientStatus::Failed, now);
+                                event.reason = Some(reason.clone());
+                                Resolution {
+                                    outcome: Outcome::Failed,
+                                    replayed: false,
+                                    gateway: None,
+                                    reason: Some(reason.clone()),
+                                    retry: None,
+                                    event: Some(event),
+                                }
+                            }
                             Stage::Deferred {
                                 reason, retry_at, keep_claim,
                             } => {
@@ -1079,6 +1107,13 @@ impl Pipeline {
                                         .until(*at, now, id, receive_count)
                                         .min(backoff.delay(id, receive_count)),
                                     Some(at) => backoff.until(*at, now, id, receive_count),
+                                };
+                                // Back at the send-by time at the latest, to be failed then.
+                                let after = match w.original.expires_at() {
+                                    Some(at) => after.min(Duration::from_millis(
+                                        u64::try_from(at.saturating_sub(now)).unwrap_or(0),
+                                    ) + Duration::from_secs(1)),
+                                    None => after,
                                 };
                                 let gw = gateway(w.last_gateway);
                                 if let Some(max) = self.settings.max_receive_count

@@ -1414,3 +1414,71 @@ async fn a_message_failing_on_every_receive_ends_failed_at_the_last_one_and_a_re
     let record = records.message("m-1").await.unwrap().unwrap();
     assert_eq!(record.status, MessageStatus::Sent);
 }
+
+/// A message with a send-by time: past it, nothing is sent and the message is recorded failed
+/// ("expired"); while every gateway fails, its deferral brings it back at that time at the
+/// latest, and then it fails instead of waiting on. The ledger keeps the failure, so a
+/// redelivery changes nothing.
+#[tokio::test]
+async fn a_message_past_its_expires_at_is_failed_not_sent() {
+    // The provider says to come back in two hours.
+    let h = harness(
+        &[(
+            "a",
+            Reply::Fail(ErrorClass::Unavailable, Some(T0 + 2 * 3_600_000)),
+        )],
+        "",
+        "",
+    );
+    let expires = h.clock.now_ms() + 10 * 60_000;
+    let body = serde_json::json!({
+        "id": "reminder-1", "from": "dr@clinic.example", "to": ["p@example.org"],
+        "subject": "Take your medication at 10:00", "text": "…",
+        "expires_at": crate::clock::format_rfc3339(expires),
+    })
+    .to_string();
+    let first = h.run(&records(vec![body.clone()])).await;
+    let Disposition::Retry { after } = first.items[0].disposition else {
+        panic!("deferred: {:?}", first.items[0])
+    };
+    // Not in two hours: at the send-by time (plus a second), to be failed then.
+    assert_eq!(after, Duration::from_secs(10 * 60 + 1));
+    assert_eq!(h.calls("a").len(), 1);
+
+    h.clock.set(expires);
+    let mut again = record(0, body.clone());
+    again.receive_count = 2;
+    let report = h.run(std::slice::from_ref(&again)).await;
+    assert_eq!(report.items[0].outcome, Outcome::Failed);
+    assert_eq!(report.items[0].disposition, Disposition::Done);
+    assert_eq!(
+        h.calls("a").len(),
+        1,
+        "no provider call past the send-by time"
+    );
+    let last = h.outcomes().pop().unwrap();
+    assert_eq!(last.outcome, Outcome::Failed);
+    assert!(
+        last.reason
+            .as_deref()
+            .unwrap()
+            .starts_with("expired: not sent by its expires_at"),
+        "{last:?}"
+    );
+    assert!(matches!(
+        ledger::lookup(h.store.as_ref(), "reminder-1")
+            .await
+            .unwrap(),
+        Some(Entry::Failed(_))
+    ));
+
+    // A message already expired when it first arrives is never sent either.
+    let late = serde_json::json!({
+        "id": "reminder-2", "from": "dr@clinic.example", "to": ["p@example.org"],
+        "subject": "s", "text": "t", "expires_at": "2020-01-01T00:00:00Z",
+    })
+    .to_string();
+    let report = h.run(&records(vec![late])).await;
+    assert_eq!(report.items[0].outcome, Outcome::Failed);
+    assert_eq!(h.calls("a").len(), 1);
+}
