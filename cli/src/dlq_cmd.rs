@@ -1,4 +1,6 @@
-//! `gateway dlq …`: the outbound dead-letter queue as an operator handles it. The logic is in
+//! `gateway dlq …`: the outbound dead letters as an operator handles them. In a deployment they
+//! wait in the parked queue (the recorder records each one and moves it there from the SQS
+//! dead-letter queue); any queue holding outbound messages works. The logic is in
 //! [`gateway_core::queue::dead_letters`]; this module reads the arguments and prints.
 //!
 //! Redrive with `gateway dlq redrive`, not with `aws sqs start-message-move-task`: SQS's own
@@ -17,17 +19,17 @@ use gateway_core::queue::sqs::{SqsQueue, client_from_env};
 
 /// The outbound queue's URL (the stack output `OutboundQueueUrl`).
 const OUTBOUND_ENV: &str = "OUTBOUND_QUEUE_URL";
-/// The outbound dead-letter queue's URL (the stack output `OutboundDeadLetterQueueUrl`).
-const DLQ_ENV: &str = "OUTBOUND_DLQ_URL";
+/// The parked queue's URL (the stack output `OutboundParkedQueueUrl`).
+const PARKED_ENV: &str = "OUTBOUND_PARKED_QUEUE_URL";
 
 /// Dead-letter commands. The queues are SQS queues at the endpoint the AWS SDK is pointed at.
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// List the dead letters, oldest first: key, receives, first send, age, size.
     List {
-        /// The outbound DLQ's URL; default $OUTBOUND_DLQ_URL.
+        /// The queue holding the dead letters; default $OUTBOUND_PARKED_QUEUE_URL.
         #[arg(long)]
-        dlq_url: Option<String>,
+        queue_url: Option<String>,
         /// Read at most this many.
         #[arg(long, default_value_t = 1000)]
         max: usize,
@@ -36,9 +38,9 @@ pub enum DlqCommand {
     Show {
         /// Its key: the message's `id`, or its SQS message id when the body has none.
         key: String,
-        /// The outbound DLQ's URL; default $OUTBOUND_DLQ_URL.
+        /// The queue holding the dead letters; default $OUTBOUND_PARKED_QUEUE_URL.
         #[arg(long)]
-        dlq_url: Option<String>,
+        queue_url: Option<String>,
     },
     /// Send dead letters back to the outbound queue, keeping each message's key, and delete
     /// each from the DLQ once it is back. The ledger sends a message once, so a message that was
@@ -53,9 +55,9 @@ pub enum DlqCommand {
         /// Say what would move, move nothing.
         #[arg(long)]
         dry_run: bool,
-        /// The outbound DLQ's URL; default $OUTBOUND_DLQ_URL.
+        /// The queue holding the dead letters; default $OUTBOUND_PARKED_QUEUE_URL.
         #[arg(long)]
-        dlq_url: Option<String>,
+        queue_url: Option<String>,
         /// The outbound queue's URL; default $OUTBOUND_QUEUE_URL.
         #[arg(long)]
         to: Option<String>,
@@ -63,8 +65,8 @@ pub enum DlqCommand {
 }
 
 fn url(given: Option<String>, env: &str, flag: &str) -> anyhow::Result<String> {
-    let output = if env == DLQ_ENV {
-        "OutboundDeadLetterQueueUrl"
+    let output = if env == PARKED_ENV {
+        "OutboundParkedQueueUrl"
     } else {
         "OutboundQueueUrl"
     };
@@ -124,24 +126,24 @@ pub fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
         let client = client_from_env().await;
         let now = SystemClock.now_ms();
         match cmd {
-            DlqCommand::List { dlq_url, max } => {
-                let dlq_url = url(dlq_url, DLQ_ENV, "dlq-url")?;
-                let dlq = SqsQueue::new(client, dlq_url.clone());
+            DlqCommand::List { queue_url, max } => {
+                let queue_url = url(queue_url, PARKED_ENV, "queue-url")?;
+                let dlq = SqsQueue::new(client, queue_url.clone());
                 let letters = dead_letters::list(&dlq, max)
                     .await
-                    .with_context(|| format!("reading {dlq_url}"))?;
+                    .with_context(|| format!("reading {queue_url}"))?;
                 for d in &letters {
                     println!("{}", line(d, now));
                 }
-                println!("{} dead letters in {dlq_url}", letters.len());
+                println!("{} dead letters in {queue_url}", letters.len());
                 Ok(ExitCode::SUCCESS)
             }
-            DlqCommand::Show { key, dlq_url } => {
-                let dlq_url = url(dlq_url, DLQ_ENV, "dlq-url")?;
-                let dlq = SqsQueue::new(client, dlq_url.clone());
+            DlqCommand::Show { key, queue_url } => {
+                let queue_url = url(queue_url, PARKED_ENV, "queue-url")?;
+                let dlq = SqsQueue::new(client, queue_url.clone());
                 let letters = dead_letters::list(&dlq, usize::MAX)
                     .await
-                    .with_context(|| format!("reading {dlq_url}"))?;
+                    .with_context(|| format!("reading {queue_url}"))?;
                 match letters
                     .iter()
                     .find(|d| d.key == key || d.queue_message_id == key)
@@ -152,7 +154,7 @@ pub fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
                         Ok(ExitCode::SUCCESS)
                     }
                     None => {
-                        eprintln!("no dead letter with key {key:?} in {dlq_url}");
+                        eprintln!("no dead letter with key {key:?} in {queue_url}");
                         Ok(ExitCode::FAILURE)
                     }
                 }
@@ -161,12 +163,12 @@ pub fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
                 ids,
                 max,
                 dry_run,
-                dlq_url,
+                queue_url,
                 to,
             } => {
-                let dlq_url = url(dlq_url, DLQ_ENV, "dlq-url")?;
+                let queue_url = url(queue_url, PARKED_ENV, "queue-url")?;
                 let to = url(to, OUTBOUND_ENV, "to")?;
-                let dlq = SqsQueue::new(client.clone(), dlq_url.clone());
+                let dlq = SqsQueue::new(client.clone(), queue_url.clone());
                 let outbound = SqsQueue::new(client, to.clone());
                 let only: BTreeSet<String> = ids.into_iter().collect();
                 let mut last = 0;
@@ -178,7 +180,7 @@ pub fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
                         }
                     })
                     .await
-                    .with_context(|| format!("redriving {dlq_url} to {to}"))?;
+                    .with_context(|| format!("redriving {queue_url} to {to}"))?;
                 let verb = if dry_run { "would move" } else { "moved" };
                 for (key, id) in &summary.moved {
                     if id.is_empty() {

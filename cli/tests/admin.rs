@@ -183,7 +183,7 @@ fn dead_letters_are_listed_and_redriven_with_their_keys() {
         (outbound_url, dlq_url, keyless_id)
     });
 
-    let out = gateway(&["dlq", "list", "--dlq-url", &dlq_url]);
+    let out = gateway(&["dlq", "list", "--queue-url", &dlq_url]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("inv-1  receives 2"), "{stdout}");
@@ -193,20 +193,20 @@ fn dead_letters_are_listed_and_redriven_with_their_keys() {
     );
     assert!(stdout.contains("2 dead letters"), "{stdout}");
 
-    let out = gateway(&["dlq", "show", "inv-1", "--dlq-url", &dlq_url]);
+    let out = gateway(&["dlq", "show", "inv-1", "--queue-url", &dlq_url]);
     assert!(out.status.success());
     assert!(
         text(&out).0.contains(r#""subject": "s""#),
         "{:?}",
         text(&out)
     );
-    let out = gateway(&["dlq", "show", "no-such-key", "--dlq-url", &dlq_url]);
+    let out = gateway(&["dlq", "show", "no-such-key", "--queue-url", &dlq_url]);
     assert_eq!(out.status.code(), Some(1));
 
     let out = gateway(&[
         "dlq",
         "redrive",
-        "--dlq-url",
+        "--queue-url",
         &dlq_url,
         "--to",
         &outbound_url,

@@ -217,6 +217,45 @@ pub struct OutcomeEvent {
 }
 
 impl OutcomeEvent {
+    /// The event of `message` with `outcome` at `at`, every recipient at `status`; no gateway,
+    /// attempts, reason or retry time yet.
+    pub fn of_message(
+        message: &crate::message::OutboundMessage,
+        outcome: Outcome,
+        status: RecipientStatus,
+        at: EpochMillis,
+    ) -> Self {
+        Self {
+            message_id: message.id().to_owned(),
+            sender: message.sender().as_str().to_owned(),
+            subject: message.subject().to_owned(),
+            campaign_id: message.campaign_id().map(str::to_owned),
+            user_id: message.user_id().map(str::to_owned),
+            tags: message.tags().to_vec(),
+            metadata: message
+                .metadata()
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v)))
+                .collect(),
+            recipients: message
+                .recipients()
+                .map(|(kind, mailbox)| RecipientOutcome {
+                    address: mailbox.address().as_str().to_owned(),
+                    kind,
+                    status,
+                })
+                .collect(),
+            outcome,
+            gateway_id: None,
+            gateway_type: None,
+            provider_message_id: None,
+            attempts: Vec::new(),
+            reason: None,
+            retry_at: None,
+            at,
+        }
+    }
+
     /// This event without the parts a client chose the size of (metadata, tags) and with the
     /// subject cut to 200 characters, saying so in `reason`: what the sender emits when the
     /// event as built is too large for the events queue, so the outcome is still recorded.

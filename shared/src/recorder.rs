@@ -21,9 +21,11 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::config::CustomerWebhook;
 use crate::customer_webhooks::{self, Announcement, DeliveryReporting, Worker, WorkerReport};
-use crate::events::{DeliveryEvent, GatewayEvent};
+use crate::events::{DeliveryEvent, GatewayEvent, Outcome, OutcomeEvent, RecipientStatus};
+use crate::message::parse_message;
+use crate::queue::dead_letters::DeadLetter;
 use crate::queue::{Queue, Received};
-use crate::records::{Applied, RecordError, RecordWriter};
+use crate::records::{Applied, RecordError, RecordReader, RecordWriter};
 use crate::state::StateStore;
 use crate::suppression::{self, Reason, Suppression};
 
@@ -42,6 +44,21 @@ pub struct RecorderReport {
     pub announced: usize,
     /// Customer-webhook jobs of this batch (records from the customer-webhook queue).
     pub webhooks: WorkerReport,
+}
+
+/// What [`Recorder::park_dead_letters`] did with one batch of the outbound dead-letter queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParkReport {
+    /// Queue message ids of the dead letters to retry (batch item failures), in record order.
+    pub failures: Vec<String>,
+    /// Copied to the parked queue (and so deleted from the DLQ by the event source).
+    pub parked: usize,
+    /// Recorded `failed` now: their record was not final.
+    pub recorded: usize,
+    /// Their record was already final (`sent`, `failed`, `rejected`): left as it is.
+    pub already_final: usize,
+    /// Bodies that are not a valid message: parked unrecorded (the sender would reject them).
+    pub invalid: usize,
 }
 
 /// Customer-webhook delivery (ARCHITECTURE §2.5; see [`crate::customer_webhooks`]).
@@ -137,6 +154,94 @@ impl Recorder {
             }
         }
         Ok(())
+    }
+
+    /// Handles one batch of the outbound dead-letter queue: a message lands there when the
+    /// sender could not give it an outcome on its last receive (it could not start, or crashed
+    /// on it). Each one whose record is not final yet is recorded `failed` ("reached the
+    /// dead-letter queue …"; customers get a `reject`), then copied, with its key written into
+    /// the body ([`DeadLetter::body_to_resend`]), to `parked`, where it waits for
+    /// `gateway dlq redrive` with a fresh 14 days of retention; the event source then deletes it
+    /// from the DLQ. A record already final (the sender gave up and said so, or it was sent and
+    /// only its delete was lost) is left as it is. What cannot be read, recorded or parked now is
+    /// retried; recording it again finds it final.
+    pub async fn park_dead_letters(
+        &self,
+        records: &[Received],
+        reader: &dyn RecordReader,
+        parked: &dyn Queue,
+    ) -> ParkReport {
+        let mut report = ParkReport::default();
+        let now = self.clock.now_ms();
+        let mut failed: Vec<&str> = Vec::new();
+        let mut events = Vec::new();
+        let mut owners = Vec::new();
+        let mut ready: Vec<(&Received, String)> = Vec::new();
+        for r in records {
+            let letter = DeadLetter::of(r);
+            let body = letter.body_to_resend();
+            let message = match parse_message(body.as_bytes(), Some(&r.message_id)) {
+                Ok(m) => m,
+                Err(error) => {
+                    tracing::error!(queue_message_id = %r.message_id, error_kind = "dead_letter", %error, "dead letter is not a valid message; parked without a record");
+                    report.invalid += 1;
+                    ready.push((r, body));
+                    continue;
+                }
+            };
+            match reader.message(message.id()).await {
+                Ok(Some(record)) if record.status.is_final() => {
+                    report.already_final += 1;
+                    ready.push((r, body));
+                }
+                Ok(_) => {
+                    let mut event = OutcomeEvent::of_message(
+                        &message,
+                        Outcome::Failed,
+                        RecipientStatus::Failed,
+                        now,
+                    );
+                    event.reason = Some(format!(
+                        "reached the outbound dead-letter queue after {} receives without an                          outcome (the sender could not start or failed on it); `gateway dlq                          redrive` sends it again",
+                        r.receive_count
+                    ));
+                    tracing::error!(message_id = %message.id(), receives = r.receive_count, "dead letter without an outcome; recorded as failed");
+                    events.push(GatewayEvent::Outcome(event));
+                    owners.push((r, body));
+                }
+                Err(error) => {
+                    tracing::warn!(error_kind = "records", %error, "record store unavailable; the dead letter is retried");
+                    failed.push(&r.message_id);
+                }
+            }
+        }
+        if !events.is_empty() {
+            match self.apply_events(&events).await {
+                Ok(()) => {
+                    report.recorded = events.len();
+                    ready.extend(owners);
+                }
+                Err(error) => {
+                    tracing::warn!(error_kind = "records", %error, "dead letters not recorded; retried");
+                    failed.extend(owners.iter().map(|(r, _)| r.message_id.as_str()));
+                }
+            }
+        }
+        for (r, body) in ready {
+            match parked.send(&body).await {
+                Ok(_) => report.parked += 1,
+                Err(error) => {
+                    tracing::warn!(queue_message_id = %r.message_id, error_kind = "dead_letter", %error, "dead letter not parked; retried");
+                    failed.push(&r.message_id);
+                }
+            }
+        }
+        report.failures = records
+            .iter()
+            .filter(|r| failed.contains(&r.message_id.as_str()))
+            .map(|r| r.message_id.clone())
+            .collect();
+        report
     }
 
     /// Processes one batch of the events queue or of the customer-webhook queue (the function

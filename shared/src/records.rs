@@ -65,6 +65,12 @@ impl MessageStatus {
         }
     }
 
+    /// True for `sent`, `failed` and `rejected`: no later outcome of the sender changes it
+    /// (but a redrive after a failure may still end in `sent`).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Failed | Self::Rejected | Self::Sent)
+    }
+
     /// Precedence when outcomes conflict (higher wins); see the module docs.
     pub fn rank(self) -> u8 {
         match self {

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use gateway_core::queue::Received;
+use gateway_core::queue::{Queue, Received};
 use gateway_core::recorder::Recorder;
+use gateway_core::records::RecordReader;
 use lambda_runtime::{Error, LambdaEvent};
 
 use crate::metrics::Metrics;
@@ -16,6 +17,20 @@ pub struct Deps {
     pub recorder: Arc<Recorder>,
     /// The metric lines written after each batch (see [`crate::metrics`]).
     pub metrics: Arc<Metrics>,
+    /// The outbound dead-letter queue's records, when the function consumes it.
+    pub dead_letters: Option<DeadLetters>,
+}
+
+/// Where the outbound dead letters come from and go (see
+/// [`Recorder::park_dead_letters`](gateway_core::recorder::Recorder::park_dead_letters)).
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    /// The outbound dead-letter queue's ARN: records from it are dead letters.
+    pub source_arn: String,
+    /// Reads a message's record, to leave a final one as it is.
+    pub reader: Arc<dyn RecordReader>,
+    /// Where they wait for `gateway dlq redrive`.
+    pub parked: Arc<dyn Queue>,
 }
 
 /// Why a batch failed as a whole (every record is retried; recording is idempotent).
@@ -36,7 +51,11 @@ fn received(message: &SqsMessage) -> Received {
             .get("ApproximateReceiveCount")
             .and_then(|v| v.parse().ok())
             .unwrap_or(1),
-        sent_at: 0,
+        sent_at: message
+            .attributes
+            .get("SentTimestamp")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
     }
 }
 
@@ -44,7 +63,39 @@ fn received(message: &SqsMessage) -> Received {
 /// Writes the batch's metric lines (`RecordFailures` among them: a database outage shows up
 /// there and in the batch item failures, never as a failed invocation).
 pub async fn handle(event: LambdaEvent<SqsEvent>, deps: &Deps) -> Result<SqsBatchResponse, Error> {
-    let records: Vec<Received> = event.payload.records.iter().map(received).collect();
+    let is_dead_letter = |m: &SqsMessage| {
+        deps.dead_letters
+            .as_ref()
+            .is_some_and(|d| m.event_source_arn.as_deref() == Some(d.source_arn.as_str()))
+    };
+    let (dead, records): (Vec<&SqsMessage>, Vec<&SqsMessage>) = event
+        .payload
+        .records
+        .iter()
+        .partition(|m| is_dead_letter(m));
+    let mut response = SqsBatchResponse::default();
+    if let (Some(d), false) = (&deps.dead_letters, dead.is_empty()) {
+        let dead: Vec<Received> = dead.into_iter().map(received).collect();
+        let report = deps
+            .recorder
+            .park_dead_letters(&dead, d.reader.as_ref(), d.parked.as_ref())
+            .await;
+        tracing::info!(
+            records = dead.len(),
+            parked = report.parked,
+            recorded = report.recorded,
+            already_final = report.already_final,
+            invalid = report.invalid,
+            failures = report.failures.len(),
+            "dead letters parked"
+        );
+        push_failures(&mut response, report.failures)?;
+    }
+    if records.is_empty() {
+        deps.metrics.flush();
+        return Ok(response);
+    }
+    let records: Vec<Received> = records.into_iter().map(received).collect();
     let report = deps.recorder.process(&records).await;
     deps.metrics.flush();
     tracing::info!(
@@ -59,14 +110,18 @@ pub async fn handle(event: LambdaEvent<SqsEvent>, deps: &Deps) -> Result<SqsBatc
         failures = report.failures.len(),
         "batch recorded"
     );
-    let mut response = SqsBatchResponse::default();
-    for id in report.failures {
+    push_failures(&mut response, report.failures)?;
+    Ok(response)
+}
+
+fn push_failures(response: &mut SqsBatchResponse, ids: Vec<String>) -> Result<(), HandlerError> {
+    for id in ids {
         if id.is_empty() {
-            return Err(HandlerError::UnnamedFailure.into());
+            return Err(HandlerError::UnnamedFailure);
         }
         let mut failure = BatchItemFailure::default();
         failure.item_identifier = id;
         response.batch_item_failures.push(failure);
     }
-    Ok(response)
+    Ok(())
 }

@@ -7,7 +7,7 @@ pub mod handler;
 pub mod metrics;
 pub mod wire;
 
-pub use handler::{Deps, HandlerError, handle};
+pub use handler::{DeadLetters, Deps, HandlerError, handle};
 pub use wire::wire;
 
 /// Every environment variable [`wire()`] reads, directly or through `gateway-core`
@@ -35,6 +35,8 @@ pub const ENV_VARS: &[&str] = &[
     "CUSTOMER_WEBHOOK_MAX_ATTEMPTS",
     "CUSTOMER_WEBHOOK_TIMEOUT",
     "METRICS_NAMESPACE",
+    "OUTBOUND_DLQ_ARN",
+    "OUTBOUND_PARKED_QUEUE_URL",
     "RUST_LOG",
 ];
 

@@ -74,6 +74,7 @@ fn deps(database: &Arc<Database>) -> (Deps, Arc<Mutex<Vec<String>>>) {
     let deps = Deps {
         recorder: Arc::new(recorder),
         metrics: Arc::new(metrics),
+        dead_letters: None,
     };
     (deps, lines)
 }
@@ -279,6 +280,7 @@ async fn the_sample_batch_is_recorded_suppressed_and_the_garbage_retried() {
             clock,
         )),
         metrics: Arc::new(metrics),
+        dead_letters: None,
     };
     let response = handle(LambdaEvent::new(event, Context::default()), &deps)
         .await
@@ -314,5 +316,149 @@ async fn the_sample_batch_is_recorded_suppressed_and_the_garbage_retried() {
             .await
             .unwrap()
             .is_none()
+    );
+}
+
+const DLQ_ARN: &str = "arn:aws:sqs:eu-central-1:123456789012:gateway-outbound-dlq";
+
+fn dead_letter(n: usize, body: &str, receives: u32) -> Value {
+    json!({
+        "messageId": format!("sqs-dead-{n}"),
+        "receiptHandle": format!("rh-dead-{n}"),
+        "body": body,
+        "attributes": {"ApproximateReceiveCount": receives.to_string(), "SentTimestamp": T0.to_string()},
+        "messageAttributes": {},
+        "eventSource": "aws:sqs",
+        "eventSourceARN": DLQ_ARN
+    })
+}
+
+/// Outbound dead letters (the sender could not start, or crashed on them, on every receive):
+/// one without a record is recorded `failed` with the reason; one the sender already recorded
+/// as given up keeps its record; one that is not a message is parked unrecorded. All three are
+/// parked with their key in the body, and the event source deletes them from the DLQ. With the
+/// database down, the two that need it are retried, nothing is parked twice.
+#[tokio::test]
+async fn outbound_dead_letters_are_recorded_failed_unless_final_and_parked_with_their_key() {
+    use gateway_core::events::{
+        Outcome, OutcomeEvent, RecipientKind, RecipientOutcome, RecipientStatus,
+    };
+    use gateway_core::queue::memory::MemoryQueue;
+    use gateway_core::records::MessageStatus;
+
+    let database = Arc::new(Database::default());
+    let (mut deps, _) = deps(&database);
+    let clock = Arc::new(ManualClock::new(T0));
+    let parked = Arc::new(MemoryQueue::new(clock));
+    /// The record store as a reader, failing while the database is down.
+    #[derive(Debug)]
+    struct Reader(Arc<Database>);
+    #[async_trait::async_trait]
+    impl RecordReader for Reader {
+        async fn message(
+            &self,
+            id: &str,
+        ) -> Result<Option<gateway_core::records::MessageRecord>, RecordError> {
+            if self.0.down.load(Ordering::SeqCst) {
+                return Err(RecordError::Unavailable("connection refused".into()));
+            }
+            self.0.records.message(id).await
+        }
+        async fn recent(
+            &self,
+            limit: usize,
+        ) -> Result<Vec<gateway_core::records::MessageRecord>, RecordError> {
+            self.0.records.recent(limit).await
+        }
+    }
+    deps.dead_letters = Some(crate::DeadLetters {
+        source_arn: DLQ_ARN.into(),
+        reader: Arc::new(Reader(Arc::clone(&database))),
+        parked: parked.clone(),
+    });
+    // The sender gave "given-up" up on its last receive and recorded it.
+    let gave_up = "gave up after 20 receives over 6 d 2 h; last: gw: 503";
+    database
+        .records
+        .apply(&[GatewayEvent::Outcome(OutcomeEvent {
+            message_id: "given-up".into(),
+            sender: "dr@clinic.example".into(),
+            subject: "s".into(),
+            campaign_id: None,
+            user_id: None,
+            tags: Vec::new(),
+            metadata: Default::default(),
+            recipients: vec![RecipientOutcome {
+                address: "p@example.org".into(),
+                kind: RecipientKind::To,
+                status: RecipientStatus::Failed,
+            }],
+            outcome: Outcome::Failed,
+            gateway_id: Some("gw".into()),
+            gateway_type: Some("mailgun".into()),
+            provider_message_id: None,
+            attempts: Vec::new(),
+            reason: Some(gave_up.into()),
+            retry_at: None,
+            at: T0,
+        })])
+        .await
+        .unwrap();
+    let keyless =
+        r#"{"from":"dr@clinic.example","to":["p@example.org"],"subject":"Results","text":"t"}"#;
+    let given_up = r#"{"id":"given-up","from":"dr@clinic.example","to":["p@example.org"],"subject":"s","text":"t"}"#;
+    let event: SqsEvent = serde_json::from_value(json!({"Records": [
+        dead_letter(0, keyless, 20),
+        dead_letter(1, given_up, 21),
+        dead_letter(2, "not a message", 20),
+    ]}))
+    .unwrap();
+
+    database.down.store(true, Ordering::SeqCst);
+    let failures = invoke(&deps, event.clone()).await;
+    assert_eq!(failures, ["sqs-dead-0", "sqs-dead-1"]);
+    assert_eq!(parked.len(), 1, "only the one that needs no record");
+
+    database.down.store(false, Ordering::SeqCst);
+    let failures = invoke(
+        &deps,
+        serde_json::from_value(json!({"Records": [
+            dead_letter(0, keyless, 21),
+            dead_letter(1, given_up, 22),
+        ]}))
+        .unwrap(),
+    )
+    .await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let record = database
+        .records
+        .message("sqs-dead-0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.status, MessageStatus::Failed);
+    assert!(
+        record
+            .last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("reached the outbound dead-letter queue after 21 receives"),
+        "{record:?}"
+    );
+    let kept = database.records.message("given-up").await.unwrap().unwrap();
+    assert_eq!(kept.last_error.as_deref(), Some(gave_up));
+
+    let bodies = parked.bodies();
+    assert_eq!(bodies.len(), 3);
+    assert_eq!(bodies[0], "not a message");
+    assert!(bodies.iter().any(|b| b == given_up), "{bodies:?}");
+    let keyed: Value = bodies
+        .iter()
+        .filter_map(|b| serde_json::from_str::<Value>(b).ok())
+        .find(|b| b["subject"] == "Results")
+        .unwrap();
+    assert_eq!(
+        keyed["id"], "sqs-dead-0",
+        "parked with the key it was recorded under"
     );
 }

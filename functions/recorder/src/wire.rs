@@ -13,6 +13,7 @@ use gateway_core::records::RecordWriter;
 use gateway_core::startup::Startup;
 
 use crate::Deps;
+use crate::handler::DeadLetters;
 use crate::metrics::{Metrics, Output};
 
 /// Namespace of the metric lines when `METRICS_NAMESPACE` is unset or empty (the sender's and
@@ -59,7 +60,23 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
         timeout: startup.duration("CUSTOMER_WEBHOOK_TIMEOUT", defaults.timeout),
         ..defaults
     };
-    let records: Arc<dyn RecordWriter> = Arc::new(records?);
+    // The outbound dead-letter queue, when this function consumes it: its ARN tells its records
+    // apart, and the parked queue is where they wait for `gateway dlq redrive`.
+    let dead_letter_arn = startup.var("OUTBOUND_DLQ_ARN");
+    let parked_url = startup.var("OUTBOUND_PARKED_QUEUE_URL");
+    match (&dead_letter_arn, &parked_url) {
+        (Some(_), None) => startup.problem(
+            "OUTBOUND_PARKED_QUEUE_URL",
+            "required with OUTBOUND_DLQ_ARN (where dead letters are parked)",
+        ),
+        (None, Some(_)) => startup.problem(
+            "OUTBOUND_DLQ_ARN",
+            "required with OUTBOUND_PARKED_QUEUE_URL (which queue's records are dead letters)",
+        ),
+        _ => {}
+    }
+    let database = Arc::new(records?);
+    let records: Arc<dyn RecordWriter> = database.clone();
     if !startup.problems().is_empty() {
         return None;
     }
@@ -110,9 +127,18 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
         recorder = recorder
             .with_customer_webhooks(CustomerWebhooks::new(endpoints, jobs, worker, reporting));
     }
+    let dead_letters = match (dead_letter_arn, parked_url) {
+        (Some(source_arn), Some(url)) => Some(DeadLetters {
+            source_arn,
+            reader: database,
+            parked: startup.queue(url).await,
+        }),
+        _ => None,
+    };
     Some(Deps {
         recorder: Arc::new(recorder),
         metrics: Arc::new(metrics),
+        dead_letters,
     })
 }
 

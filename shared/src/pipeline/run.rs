@@ -1369,41 +1369,12 @@ fn base_event(
     status: RecipientStatus,
     at: EpochMillis,
 ) -> OutcomeEvent {
-    let m = &w.original;
-    OutcomeEvent {
-        message_id: m.id().to_owned(),
-        sender: m.sender().as_str().to_owned(),
-        subject: m.subject().to_owned(),
-        campaign_id: m.campaign_id().map(str::to_owned),
-        user_id: m.user_id().map(str::to_owned),
-        tags: m.tags().to_vec(),
-        metadata: m
-            .metadata()
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::from(v)))
-            .collect(),
-        recipients: m
-            .recipients()
-            .map(|(kind, mailbox)| {
-                let address = mailbox.address().as_str();
-                RecipientOutcome {
-                    address: address.to_owned(),
-                    kind,
-                    status: if w.suppressed.contains(&suppression::canonical(address)) {
-                        RecipientStatus::Suppressed
-                    } else {
-                        status
-                    },
-                }
-            })
-            .collect(),
-        outcome,
-        gateway_id: None,
-        gateway_type: None,
-        provider_message_id: None,
-        attempts: w.attempts.clone(),
-        reason: None,
-        retry_at: None,
-        at,
+    let mut event = OutcomeEvent::of_message(&w.original, outcome, status, at);
+    for r in &mut event.recipients {
+        if w.suppressed.contains(&suppression::canonical(&r.address)) {
+            r.status = RecipientStatus::Suppressed;
+        }
     }
+    event.attempts.clone_from(&w.attempts);
+    event
 }

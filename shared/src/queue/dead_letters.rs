@@ -45,7 +45,8 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    fn of(r: &Received) -> Self {
+    /// A received dead letter as an operator sees it.
+    pub fn of(r: &Received) -> Self {
         let parsed = serde_json::from_str::<Value>(&r.body);
         let (key, problem) = match &parsed {
             Ok(Value::Object(m)) => match m.get("id") {
