@@ -77,8 +77,9 @@ pub struct PipelineSettings {
     /// outcome is `failed` with the reason ("gave up after N receives over D; last: …"), its
     /// event goes to the record and the customers, its claim is released and it is handed back
     /// at once, so SQS moves it to the dead-letter queue on the next receive; a redrive after a
-    /// fix sends it, and the record then says `sent`. `None`: the queue decides alone, and a
-    /// message reaching the dead-letter queue keeps `deferred` in the record.
+    /// fix sends it, and the record then says `sent`. `None`: the queue decides alone (the
+    /// recorder records what reaches the dead-letter queue, see
+    /// [`crate::recorder::Recorder::park_dead_letters`]).
     pub max_receive_count: Option<u32>,
 }
 
