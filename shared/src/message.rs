@@ -117,10 +117,14 @@ pub const FORBIDDEN_HEADERS: &[&str] = &[
     "X-SMTPAPI",
 ];
 
-/// Header name prefixes (case-insensitive) that are refused: MIME structure (`Content-`) and the
-/// control headers of our providers (`X-Mailgun-`, `X-SG-`, `X-SES-`), which could change
-/// tracking, configuration sets or the variables our webhook correlation relies on.
-pub const FORBIDDEN_HEADER_PREFIXES: &[&str] = &["Content-", "X-Mailgun-", "X-SG-", "X-SES-"];
+/// Header name prefixes (case-insensitive) that are refused: MIME structure (`Content-`), the
+/// gateway's own headers (`X-Gateway-`: `X-Gateway-Message-Id` ties provider events back to a
+/// message, so a client setting it could attribute another message's bounces, complaints and
+/// suppressions to a victim) and the control headers of our providers (`X-Mailgun-`, `X-SG-`,
+/// `X-SES-`), which could change tracking, configuration sets or the variables our webhook
+/// correlation relies on.
+pub const FORBIDDEN_HEADER_PREFIXES: &[&str] =
+    &["Content-", "X-Gateway-", "X-Mailgun-", "X-SG-", "X-SES-"];
 
 /// True when a custom header with this name is refused (case-insensitive).
 pub fn is_forbidden_header(name: &str) -> bool {
@@ -1646,6 +1650,7 @@ mod tests {
             (set("headers", json!({"content-type": "text/plain"})), vec!["headers.content-type: custom headers may not set content-type".into()]),
             (set("headers", json!({"BCC": "x@example.org"})), vec!["headers.BCC: custom headers may not set BCC".into()]),
             (set("headers", json!({"X-SMTPAPI": "{}"})), vec!["headers.X-SMTPAPI: custom headers may not set X-SMTPAPI".into()]),
+            (set("headers", json!({"x-gateway-message-id": "victim-1"})), vec!["headers.x-gateway-message-id: custom headers may not set x-gateway-message-id".into()]),
             (set("headers", json!({"x-mailgun-variables": "{}"})), vec!["headers.x-mailgun-variables: custom headers may not set x-mailgun-variables".into()]),
             (set("headers", json!({"X:Y": "v"})), vec!["headers[\"X:Y\"]: header names must be 1 to 126 printable ASCII characters without ':'".into()]),
             (set("headers", json!({"X Y": "v"})), vec!["headers[\"X Y\"]: header names must be 1 to 126 printable ASCII characters without ':'".into()]),
@@ -2041,6 +2046,9 @@ mod tests {
             ("Content-", true),
             ("X-SES-CONFIGURATION-SET", true),
             ("x-sg-id", true),
+            ("X-Gateway-Message-Id", true),
+            ("x-gateway-anything", true),
+            ("X-Gateway", false),
             ("X-Campaign", false),
             ("Contents", false),
             ("X-Mailer", false),

@@ -501,6 +501,8 @@ fn candidates(field: &str) -> Vec<Value> {
             Value::Object((0..20).map(|i| (format!("X-H{i}"), json!("v"))).collect()),
             Value::Object((0..21).map(|i| (format!("X-H{i}"), json!("v"))).collect()),
             header("X-A", json!("v")),
+            header("X-Gateway-Message-Id", json!("victim-1")),
+            header("x-gateway-message-id", json!("victim-1")),
             header("X-A", json!("")),
             header("X-A", json!("a\u{e9}")),
             header("X-A", json!("a\u{2029}")),

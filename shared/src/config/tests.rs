@@ -350,7 +350,37 @@ fn each_validation_rule_reports_its_exact_path() {
                 Some(json!("api.mailgun.net")),
             ),
             "gateways[0].mailgun.base_url",
-            "not an http(s) URL",
+            "is not a URL",
+        ),
+        (
+            "base url in clear to a remote host",
+            with(
+                base(),
+                "/gateways/0/mailgun/base_url",
+                Some(json!("http://api.mailgun.net/v3")),
+            ),
+            "gateways[0].mailgun.base_url",
+            "would send the provider credentials in clear",
+        ),
+        (
+            "base url with credentials",
+            with(
+                base(),
+                "/gateways/0/mailgun/base_url",
+                Some(json!("https://user:hunter2@api.mailgun.net")),
+            ),
+            "gateways[0].mailgun.base_url",
+            "must not carry credentials",
+        ),
+        (
+            "base url of another scheme",
+            with(
+                base(),
+                "/gateways/0/mailgun/base_url",
+                Some(json!("ftp://api.mailgun.net")),
+            ),
+            "gateways[0].mailgun.base_url",
+            "scheme \"ftp\" is not allowed",
         ),
         (
             "unknown region",

@@ -1209,11 +1209,38 @@ fn url(o: &Obj<'_>, key: &str, is: &mut Issues) -> Option<String> {
         return None;
     }
     let s = o.string(is, key)?;
-    if !(s.starts_with("https://") || s.starts_with("http://")) {
-        is.error(path, format!("{s:?} is not an http(s) URL"));
+    if let Err(problem) = provider_url_problem(&s) {
+        is.error(path, problem);
         return None;
     }
     Some(s.trim_end_matches('/').to_owned())
+}
+
+/// Why `url` cannot be a provider endpoint (`base_url`, `token_url`, `api_base_url`): API keys
+/// and tokens travel to it, so it must be `https://`, or `http://` to a loopback host only (a
+/// local fake provider), and carry no credentials of its own. The URL is not echoed: it might
+/// hold some.
+fn provider_url_problem(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a URL ({e})"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(
+            "must not carry credentials (user:password@); the gateway's secret is sent with each              request"
+                .into(),
+        );
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    if host.is_empty() {
+        return Err("needs a host".into());
+    }
+    let loopback = matches!(host, "localhost" | "127.0.0.1" | "[::1]");
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!(
+            "http:// to {host} would send the provider credentials in clear; use https://              (http:// only to localhost, for a local fake provider)"
+        )),
+        scheme => Err(format!("scheme {scheme:?} is not allowed; use https://")),
+    }
 }
 
 fn tracking(o: &Obj<'_>, is: &mut Issues) -> Tracking {
