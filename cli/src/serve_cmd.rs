@@ -145,8 +145,80 @@ struct AppState {
     /// The status routes (`GET /api/gateways/*`, `/api/messages/{id}`, `/status`).
     status: Arc<StatusApi>,
     token: Arc<str>,
-    /// Whether the enqueue route needs the token too (when listening beyond loopback).
+    /// Whether the enqueue route needs the token too: when listening beyond loopback, or when
+    /// wired to anything but the embedded defaults (a config of its own, which may name real
+    /// providers, or an SQS queue, which may be a production one).
     enqueue_needs_token: bool,
+    /// The address it listens on: an enqueue must name it (or, on loopback, `localhost` with its
+    /// port) in `Host`, and come from no other web origin.
+    listen: std::net::SocketAddr,
+}
+
+/// Why an enqueue request is refused before its body is read, if it is: the defences against a
+/// web page the operator opens making `gateway serve` send mail.
+///
+/// - `Content-Type` must be `application/json`: a cross-site form or `fetch` can send
+///   `text/plain` or form bodies without the browser asking first, but not JSON.
+/// - `Origin`, when present (browsers send it on cross-site posts), must be this server's own.
+/// - `Host` must be the listen address (on loopback also `localhost:PORT`): a DNS-rebinding page
+///   reaches 127.0.0.1 under its own host name, which is refused.
+fn enqueue_refusal(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let port = state.listen.port();
+    let own_hosts: Vec<String> = if state.listen.ip().is_loopback() {
+        vec![
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+        ]
+    } else {
+        // Beyond loopback the token is required anyway; any name of this machine will do.
+        Vec::new()
+    };
+    let host_ok = |host: &str| {
+        own_hosts.is_empty()
+            || own_hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+            || host.eq_ignore_ascii_case(&state.listen.to_string())
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !host_ok(host) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "foreign_host",
+            format!(
+                "Host must name this server ({}); requests for another host name are refused                  (DNS rebinding)",
+                state.listen
+            ),
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        let own = origin.strip_prefix("http://").is_some_and(|rest| {
+            !rest.contains('/') && host_ok(rest) && rest.eq_ignore_ascii_case(host)
+        });
+        if !own {
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                "foreign_origin",
+                "requests from another web origin are refused",
+            ));
+        }
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Some(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "json_required",
+            "send the message as Content-Type: application/json",
+        ));
+    }
+    None
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -203,6 +275,9 @@ async fn enqueue(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Some(refusal) = enqueue_refusal(&state, &headers) {
+        return refusal;
+    }
     if state.enqueue_needs_token && !authorized(&state, &headers) {
         return unauthorized();
     }
@@ -580,9 +655,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "serve",
     );
 
-    let token: Arc<str> = match &args.token {
-        Some(t) if !t.trim().is_empty() => Arc::from(t.trim()),
-        _ => Arc::from(random_token()?),
+    // A token the operator supplied is never printed (it may be a shared secret); a generated
+    // one is, since nobody else knows it.
+    let (token, supplied): (Arc<str>, bool) = match &args.token {
+        Some(t) if !t.trim().is_empty() => (Arc::from(t.trim()), true),
+        _ => (Arc::from(random_token()?), false),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -605,12 +682,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         records,
         Arc::clone(&clock),
     ));
+    let enqueue_needs_token =
+        !addr.ip().is_loopback() || args.config.is_some() || args.sqs_queue_url.is_some();
     let state = AppState {
         edge,
         queue,
         status,
         token: Arc::clone(&token),
-        enqueue_needs_token: !addr.ip().is_loopback(),
+        enqueue_needs_token,
+        listen: addr,
     };
     let app = Router::new()
         .route("/api/messages", post(enqueue))
@@ -625,16 +705,39 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let base = format!("http://{addr}");
     println!("gateway serve listening on {base}");
-    println!("api token:      {token}");
+    let shown: &str = if supplied {
+        "the one given (--token or $GATEWAY_API_TOKEN)"
+    } else {
+        &token
+    };
+    println!("api token:      {shown}");
+    let bearer = if supplied {
+        "$GATEWAY_API_TOKEN"
+    } else {
+        &*token
+    };
     for line in &lines {
         println!("{line}");
     }
+    let (auth_header, auth_flag) = if enqueue_needs_token {
+        (
+            format!(" -H 'authorization: Bearer {bearer}'"),
+            format!(" --token {bearer}"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     println!(
-        "enqueue:        curl -s -X POST {base}/api/messages -H 'content-type: application/json' --data @examples/message.json"
+        "enqueue:        curl -s -X POST {base}/api/messages -H 'content-type: application/json'{auth_header} --data @examples/message.json"
     );
-    println!("                (or: gateway send --local {base} examples/message.json)");
+    println!("                (or: gateway send --local {base}{auth_flag} examples/message.json)");
+    if enqueue_needs_token {
+        println!(
+            "                enqueue needs the token: serve is not on its embedded defaults, or listens beyond loopback"
+        );
+    }
     println!(
-        "record:         curl -s -H 'authorization: Bearer {token}' {base}/api/messages/MESSAGE_ID"
+        "record:         curl -s -H 'authorization: Bearer {bearer}' {base}/api/messages/MESSAGE_ID"
     );
     println!("stop with Ctrl-C (or SIGTERM): the batch in progress finishes first");
 

@@ -35,6 +35,8 @@ struct Server {
     child: Child,
     base: String,
     token: String,
+    /// What serve printed before it was ready.
+    banner: String,
 }
 
 impl Drop for Server {
@@ -68,13 +70,23 @@ fn serve(dir: &Path, extra: &[&str]) -> Server {
         .expect("gateway serve starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut base = None;
-    let mut token = None;
+    // A supplied token is not printed; a generated one is.
+    let mut token = extra
+        .iter()
+        .position(|a| *a == "--token")
+        .and_then(|i| extra.get(i + 1))
+        .map(|t| (*t).to_owned());
+    let mut banner = String::new();
     for line in lines.by_ref() {
         let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
         if let Some(rest) = line.strip_prefix("gateway serve listening on ") {
             base = Some(rest.trim().to_owned());
         }
-        if let Some(rest) = line.strip_prefix("api token:") {
+        if let Some(rest) = line.strip_prefix("api token:")
+            && token.is_none()
+        {
             token = Some(rest.trim().to_owned());
         }
         if line.starts_with("stop with") {
@@ -87,7 +99,12 @@ fn serve(dir: &Path, extra: &[&str]) -> Server {
     let (Some(base), Some(token)) = (base, token) else {
         panic!("serve printed no address or token; its log:\n{}", log());
     };
-    Server { child, base, token }
+    Server {
+        child,
+        base,
+        token,
+        banner,
+    }
 }
 
 async fn record(server: &Server, id: &str) -> (u16, serde_json::Value) {
@@ -170,7 +187,11 @@ async fn serve_on_embedded_defaults_sends_a_posted_message_to_the_outbox() {
 async fn status_routes_need_the_token_and_bad_messages_get_a_clear_400() {
     let dir = scratch("auth");
     let server = serve(&dir, &["--token", "local-test-token"]);
-    assert_eq!(server.token, "local-test-token");
+    assert!(
+        !server.banner.contains("local-test-token"),
+        "a supplied token is not printed:\n{}",
+        server.banner
+    );
     let client = reqwest::Client::new();
     for path in [
         "/api/messages/anything",
@@ -266,6 +287,7 @@ async fn status_routes_need_the_token_and_bad_messages_get_a_clear_400() {
 
     let bad = client
         .post(format!("{}/api/messages", server.base))
+        .header("content-type", "application/json")
         .body(r#"{"id": "x", "from": "not an address", "to": ["p@example.org"], "text": "t"}"#)
         .send()
         .await
@@ -560,9 +582,19 @@ async fn serve_delivers_signed_customer_webhooks_for_a_captured_message() {
         .as_str()
         .unwrap()
         .to_owned();
+    // With a config of its own, enqueueing needs the token.
+    let anonymous = reqwest::Client::new()
+        .post(format!("{}/api/messages", server.base))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
     let posted = reqwest::Client::new()
         .post(format!("{}/api/messages", server.base))
         .header("content-type", "application/json")
+        .bearer_auth(&server.token)
         .body(body)
         .send()
         .await
@@ -663,4 +695,84 @@ async fn serve_answers_provider_webhooks_like_the_function() {
         (status, answer["error"]["code"].as_str()),
         (401, Some("invalid_signature"))
     );
+}
+
+/// A web page the operator opens cannot make serve send mail: the enqueue route takes JSON
+/// only (a cross-site form or plain-text post is refused), refuses another web origin, and
+/// refuses a Host that is not serve's own (a DNS-rebinding page reaches 127.0.0.1 under its
+/// own name). The same request from the command line goes through.
+#[tokio::test]
+async fn the_enqueue_route_refuses_what_a_foreign_web_page_can_send() {
+    let dir = scratch("xsite");
+    let server = serve(&dir, &[]);
+    let body = std::fs::read_to_string(repo("events/message.json")).unwrap();
+    let port = server.base.rsplit(':').next().unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let post = |content_type: &'static str, extra: Vec<(&'static str, String)>| {
+        let mut request = client
+            .post(format!("{}/api/messages", server.base))
+            .header("content-type", content_type)
+            .body(body.clone());
+        for (name, value) in extra {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    type Case = (
+        &'static str,
+        &'static str,
+        Vec<(&'static str, String)>,
+        u16,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "a form post",
+            "application/x-www-form-urlencoded",
+            vec![],
+            415,
+            "json_required",
+        ),
+        (
+            "a plain-text fetch",
+            "text/plain",
+            vec![],
+            415,
+            "json_required",
+        ),
+        (
+            "another origin",
+            "application/json",
+            vec![("origin", "https://evil.example".into())],
+            403,
+            "foreign_origin",
+        ),
+        (
+            "a rebinding host name",
+            "application/json",
+            vec![("host", format!("evil.example:{port}"))],
+            403,
+            "foreign_host",
+        ),
+    ];
+    for (case, content_type, extra, status, code) in cases {
+        let response = post(content_type, extra).await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{case}");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], code, "{case}");
+    }
+    let own = post(
+        "application/json; charset=utf-8",
+        vec![("origin", format!("http://127.0.0.1:{port}"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(own.status().as_u16(), 202, "its own page, or curl, is fine");
+    let localhost = post(
+        "application/json",
+        vec![("host", format!("localhost:{port}"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(localhost.status().as_u16(), 202);
 }

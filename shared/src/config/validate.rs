@@ -1209,7 +1209,7 @@ fn url(o: &Obj<'_>, key: &str, is: &mut Issues) -> Option<String> {
         return None;
     }
     let s = o.string(is, key)?;
-    if let Err(problem) = provider_url_problem(&s) {
+    if let Err(problem) = provider_url_problem(s) {
         is.error(path, problem);
         return None;
     }
