@@ -23,7 +23,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::Args;
 use gateway_core::clock::{Clock, SystemClock};
-use gateway_core::config::{Config, CustomerWebhook, ProviderSettings, load_config};
+use gateway_core::config::{Config, CustomerWebhook, ProviderSettings, SecretRef, load_config};
 use gateway_core::customer_webhooks::{DeliveryReporting, Worker, WorkerSettings};
 use gateway_core::duration::parse_duration;
 use gateway_core::events::{EventSink, GatewayEvent, SinkError};
@@ -85,8 +85,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL", conflicts_with = "database_url")]
     events_queue_url: Option<String>,
     /// Record in-process into this MySQL/MariaDB database (migrated at start) instead of
-    /// memory; `mysql://user:password@host:3306/database`.
-    #[arg(long, value_name = "URL")]
+    /// memory: a reference to the URL, such as `env:DATABASE_URL`, `ssm:/path` or
+    /// `secretsmanager:ARN[#key]` (a URL with its password written here is visible to every
+    /// user of the machine in the process list: accepted, with a warning), resolving to
+    /// `mysql://user:password@host:3306/database`.
+    #[arg(long, value_name = "URL_OR_REFERENCE")]
     database_url: Option<String>,
     /// Keep shared state (limits, breakers, ledger, suppressions) in DynamoDB instead of memory.
     #[arg(long)]
@@ -407,6 +410,11 @@ async fn method_not_allowed() -> Response {
     )
 }
 
+/// True when `url` has a password in its userinfo (`scheme://user:password@host`).
+fn url_has_password(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|u| u.password().is_some())
+}
+
 fn random_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 24];
     aws_lc_rs::rand::fill(&mut bytes)
@@ -570,9 +578,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let sqs = sqs.clone().context("AWS settings")?;
                 (Arc::new(SqsEventSink::new(sqs, url.clone())), None)
             }
-            (None, Some(url)) => {
+            (None, Some(given)) => {
+                let reference = SecretRef::parse(given);
+                if reference.is_inline() && url_has_password(given) {
+                    eprintln!(
+                        "warning: --database-url carries a password, which every user of this \
+                         machine can read in the process list; pass `--database-url \
+                         env:DATABASE_URL` (or an ssm:/secretsmanager: reference) instead"
+                    );
+                }
+                let url = resolver
+                    .resolve(&reference)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
                 let db = Arc::new(
-                    MysqlRecords::connect(url, &PoolSettings::default())
+                    MysqlRecords::connect(url.expose(), &PoolSettings::default())
                         .map_err(|e| anyhow::anyhow!("--database-url: {e}"))?,
                 );
                 let applied = db

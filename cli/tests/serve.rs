@@ -62,8 +62,14 @@ fn serve_command(dir: &Path, extra: &[&str]) -> Command {
 /// Starts `gateway serve` in `dir` and reads its banner. Its log goes to `dir/serve.log`, shown
 /// when the banner is incomplete.
 fn serve(dir: &Path, extra: &[&str]) -> Server {
+    serve_with_env(dir, extra, &[])
+}
+
+/// [`serve`] with these variables in its environment.
+fn serve_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let log = std::fs::File::create(dir.join("serve.log")).unwrap();
     let mut child = serve_command(dir, extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -775,4 +781,28 @@ async fn the_enqueue_route_refuses_what_a_foreign_web_page_can_send() {
     .await
     .unwrap();
     assert_eq!(localhost.status().as_u16(), 202);
+}
+
+/// The database URL, password included, can stay out of the process list: `--database-url`
+/// takes a reference such as `env:NAME`, resolved like every secret.
+#[tokio::test]
+async fn serve_reads_its_database_url_from_a_reference() {
+    let (_, url) = gateway_tests::fresh_database_with_url("serve_ref").await;
+    let dir = scratch("dbref");
+    let server = serve_with_env(
+        &dir,
+        &["--database-url", "env:GW_SERVE_TEST_DATABASE_URL"],
+        &[("GW_SERVE_TEST_DATABASE_URL", &url)],
+    );
+    assert!(
+        server.banner.contains("record:         MySQL"),
+        "{}",
+        server.banner
+    );
+    let password = url
+        .split(':')
+        .nth(2)
+        .and_then(|p| p.split('@').next())
+        .unwrap();
+    assert!(!server.banner.contains(password), "{}", server.banner);
 }

@@ -367,6 +367,38 @@ fn is_plain_phrase(name: &str) -> bool {
         .all(|w| !w.is_empty() && w.chars().all(|c| !c.is_ascii() || is_atext(c as u8)))
 }
 
+/// `text` with everything that looks like an email address (a run of non-space characters with
+/// an `@` inside, without surrounding brackets, quotes or punctuation) replaced by `<address>`:
+/// for provider error texts on their way to the logs, which must not carry recipients'
+/// addresses ("MessageRejected: Email address is not verified … dr@clinic.example").
+pub fn redact_addresses(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('@') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    const EDGE: &[char] = &['<', '>', '(', ')', '[', ']', '"', '\'', ',', ';', ':', '.', '!', '?'];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        let start = rest.find(|c: char| !c.is_whitespace()).unwrap_or(rest.len());
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let word = &rest[..end];
+        let core = word.trim_matches(EDGE);
+        match core.find('@') {
+            Some(at) if at > 0 && at + 1 < core.len() => {
+                let lead = word.len() - word.trim_start_matches(EDGE).len();
+                out.push_str(&word[..lead]);
+                out.push_str("<address>");
+                out.push_str(&word[lead + core.len()..]);
+            }
+            _ => out.push_str(word),
+        }
+        rest = &rest[end..];
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,6 +594,22 @@ mod tests {
         fn parsing_never_panics(s in "\\PC{0,80}|[\\x00-\\x7f]{0,80}") {
             let _ = EmailAddress::parse(&s);
             let _ = Mailbox::parse(&s);
+        }
+    }
+
+    #[test]
+    fn addresses_in_provider_texts_are_redacted_and_the_rest_kept() {
+        let cases = [
+            (
+                "MessageRejected: Email address is not verified. The following identities failed the check in region EU-WEST-1: dr@clinic.example, <Patient.Name+x@Example.org>",
+                "MessageRejected: Email address is not verified. The following identities failed the check in region EU-WEST-1: <address>, <<address>>",
+            ),
+            ("550 5.1.1 \"p@example.org\": no such user", "550 5.1.1 \"<address>\": no such user"),
+            ("quota exceeded", "quota exceeded"),
+            ("@ alone, a@ and @b stay", "@ alone, a@ and @b stay"),
+        ];
+        for (given, want) in cases {
+            assert_eq!(redact_addresses(given), want, "{given}");
         }
     }
 }

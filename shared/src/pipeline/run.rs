@@ -1,5 +1,6 @@
 //! The batch run (see the module docs of [`super`] for the steps and their costs).
 
+use crate::address::redact_addresses;
 use crate::duration::format_duration;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -453,7 +454,7 @@ impl Pipeline {
                 } else {
                     format!("no usable gateway ({})", reasons.join("; "))
                 };
-                tracing::warn!(message_id = %w.original.id(), outcome = "deferred", reason = %reason, "no candidate gateway");
+                tracing::warn!(message_id = %w.original.id(), outcome = "deferred", reason = %redact_addresses(&reason), "no candidate gateway");
                 w.defer(reason, retry_at);
             }
         }
@@ -686,7 +687,7 @@ impl Pipeline {
                     }
                     Err(e) => {
                         let kind = e.class();
-                        tracing::warn!(message_id = %w.original.id(), gateway = %gateway.id, latency_ms = r.latency_ms, error_kind = ?kind, error = %e, "provider call failed");
+                        tracing::warn!(message_id = %w.original.id(), gateway = %gateway.id, latency_ms = r.latency_ms, error_kind = ?kind, error = %redact_addresses(&e.to_string()), "provider call failed");
                         match kind {
                             ErrorClass::Permanent => {
                                 m.permanent += 1;
@@ -1070,7 +1071,7 @@ impl Pipeline {
                                 }
                             }
                             Stage::Rejected { reason } => {
-                                tracing::info!(message_id = %id, outcome = "rejected", reason = %reason, "not sent");
+                                tracing::info!(message_id = %id, outcome = "rejected", reason = %redact_addresses(reason), "not sent");
                                 let mut event = base_event(w, Outcome::Rejected, RecipientStatus::Rejected, now);
                                 event.reason = Some(reason.clone());
                                 Resolution {
@@ -1125,7 +1126,7 @@ impl Pipeline {
                                         "gave up after {receive_count} receives over {}; last: {reason}",
                                         format_duration(over)
                                     ));
-                                    tracing::error!(message_id = %id, outcome = "failed", reason = %reason, "last receive the queue allows; recorded as failed and handed to the dead-letter queue");
+                                    tracing::error!(message_id = %id, outcome = "failed", reason = %redact_addresses(&reason), "last receive the queue allows; recorded as failed and handed to the dead-letter queue");
                                     let mut event = base_event(w, Outcome::Failed, RecipientStatus::Failed, now);
                                     event.gateway_id = gw.map(|g| g.id.clone());
                                     event.gateway_type = gw.map(|g| g.kind.as_str().to_owned());
@@ -1143,7 +1144,7 @@ impl Pipeline {
                                 }
                                 let retry_at_ms = now.saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX));
                                 let reason = truncate(reason.clone());
-                                tracing::info!(message_id = %id, outcome = "deferred", reason = %reason, retry_in_s = after.as_secs(), "deferred");
+                                tracing::info!(message_id = %id, outcome = "deferred", reason = %redact_addresses(&reason), retry_in_s = after.as_secs(), "deferred");
                                 let mut event = base_event(w, Outcome::Deferred, RecipientStatus::Deferred, now);
                                 event.gateway_id = gw.map(|g| g.id.clone());
                                 event.gateway_type = gw.map(|g| g.kind.as_str().to_owned());

@@ -35,6 +35,8 @@ enum Reply {
     Fail(ErrorClass, Option<EpochMillis>),
     /// Never answers (the pipeline abandons the call at the deadline).
     Hang,
+    /// Fails with this provider text (which may quote addresses, as SES's does).
+    FailSaying(ErrorClass, &'static str),
 }
 
 #[derive(Debug)]
@@ -96,6 +98,11 @@ impl Provider for Scripted {
                     ErrorClass::Permanent | ErrorClass::Unsuitable => 400,
                     _ => 503,
                 });
+                Err(e)
+            }
+            Reply::FailSaying(class, text) => {
+                let mut e = SendError::new(class, "scripted", text);
+                e.http_status = Some(400);
                 Err(e)
             }
             Reply::Hang => {
@@ -1481,4 +1488,46 @@ async fn a_message_past_its_expires_at_is_failed_not_sent() {
     let report = h.run(&records(vec![late])).await;
     assert_eq!(report.items[0].outcome, Outcome::Failed);
     assert_eq!(h.calls("a").len(), 1);
+}
+
+/// Provider texts can quote addresses (SES: "Email address is not verified … dr@clinic.example");
+/// the logs carry them with every address replaced, while the record keeps the text as the
+/// provider gave it.
+#[tokio::test]
+async fn provider_texts_reach_the_logs_without_addresses() {
+    use std::io::Write;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Buffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let text = "MessageRejected: Email address is not verified. The following identities failed \
+                the check in region EU-WEST-1: dr@clinic.example, p@example.org";
+    let h = harness(&[("a", Reply::FailSaying(ErrorClass::Permanent, text))], "", "");
+    let report = h.run(&one_message()).await;
+    assert_eq!(report.items[0].outcome, Outcome::Failed);
+    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logged.contains("provider call failed"), "{logged}");
+    assert!(logged.contains("<address>"), "{logged}");
+    assert!(
+        !logged.contains("dr@clinic.example") && !logged.contains("p@example.org"),
+        "{logged}"
+    );
+    let event = h.outcomes().pop().unwrap();
+    assert!(event.reason.unwrap().contains("dr@clinic.example"), "the record keeps the text");
 }
