@@ -14,6 +14,12 @@
 //!   dimension set the code writes (the sender's and the recorder's EMF lines); the SES event
 //!   subscriptions retry within SNS's one-hour limit, then dead-letter into an alarmed queue
 //!   SNS may write to (docs/RELIABILITY.md, "Alarms and SNS delivery").
+//! - Least privilege: the public webhooks function reads only the webhook verification secrets
+//!   (never `ProviderSecretArns`); every function reaches the state table only through
+//!   statements bounded by `dynamodb:LeadingKeys`, on key prefixes derived from the code that
+//!   makes the keys, with exactly the actions its code uses (no Scan).
+//! - Floods: the HTTP API's routes are throttled and the webhooks function has reserved
+//!   concurrency.
 //!
 //! The template uses only long-form intrinsics (`Ref:`, `Fn::GetAtt:` …), so a plain YAML parser
 //! reads it.
@@ -851,5 +857,450 @@ fn the_outbound_redrive_outlasts_limit_waits_and_ends_inside_the_retention() {
     assert!(
         u64::from(three_days) + 1 < max_receives,
         "a three-day limit wait takes {three_days} receives and then the one that sends"
+    );
+}
+
+/// The statements written inline in a function's `Policies` (both branches of an `Fn::If`),
+/// and the names of the SAM policy templates and managed policies it lists.
+fn policy_parts(function: &Value) -> (Vec<&Value>, Vec<String>) {
+    let mut statements = Vec::new();
+    let mut named = Vec::new();
+    let policies = function["Properties"]["Policies"]
+        .as_sequence()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for policy in policies {
+        let documents: Vec<&Value> = match &policy["Fn::If"] {
+            Value::Sequence(branches) => branches.iter().skip(1).collect(),
+            _ => vec![policy],
+        };
+        for document in documents {
+            match document {
+                Value::String(name) => named.push(name.clone()),
+                Value::Mapping(m) => {
+                    for (key, value) in m {
+                        match key.as_str() {
+                            Some("Statement") => statements.extend(
+                                value
+                                    .as_sequence()
+                                    .expect("an inline Statement is a list")
+                                    .iter(),
+                            ),
+                            Some("Ref") => {}
+                            Some(other) => named.push(other.to_owned()),
+                            None => panic!("a policy key that is not a string: {key:?}"),
+                        }
+                    }
+                }
+                other => panic!("a policy that is neither a name nor a mapping: {other:?}"),
+            }
+        }
+    }
+    (statements, named)
+}
+
+/// A statement's actions, whether written as one string or a list.
+fn actions(statement: &Value) -> Vec<&str> {
+    match &statement["Action"] {
+        Value::String(a) => vec![a.as_str()],
+        Value::Sequence(list) => list
+            .iter()
+            .map(|a| a.as_str().expect("actions are strings"))
+            .collect(),
+        other => panic!("a statement without Action: {other:?}"),
+    }
+}
+
+/// Whether `value` names `name` anywhere (`{Ref: name}`, `${name}` in a `Fn::Sub` …).
+fn mentions(value: &Value, name: &str) -> bool {
+    match value {
+        Value::String(s) => s == name || s.contains(&format!("${{{name}}}")),
+        Value::Sequence(list) => list.iter().any(|v| mentions(v, name)),
+        Value::Mapping(m) => m
+            .iter()
+            .any(|(k, v)| mentions(k, name) || mentions(v, name)),
+        Value::Tagged(t) => mentions(&t.value, name),
+        _ => false,
+    }
+}
+
+/// The template function deploying `functions/{dir}`.
+fn function_of<'a>(template: &'a Value, dir: &str) -> (String, &'a Value) {
+    let crates = function_crates();
+    let binary = crates
+        .get(dir)
+        .unwrap_or_else(|| panic!("no function crate functions/{dir}"));
+    template_function(template, binary)
+}
+
+/// The public webhooks function answers the internet: it may read the webhook verification
+/// secrets (the Mailgun webhook signing keys, the only secret references its wiring resolves:
+/// `webhooks::edge::WebhookKeys`), through a parameter of their own, and never the provider
+/// secrets (API keys, the Gmail delegation key).
+#[test]
+fn the_webhooks_function_reads_only_the_webhook_verification_secrets() {
+    let template = template();
+    let parameter = &template["Parameters"]["WebhookSecretArns"];
+    assert_eq!(parameter["Type"].as_str(), Some("CommaDelimitedList"));
+    assert_eq!(parameter["Default"].as_str(), Some(""), "none by default");
+
+    let (id, webhooks) = function_of(&template, "webhooks");
+    let policies = &webhooks["Properties"]["Policies"];
+    assert!(
+        !mentions(policies, "ProviderSecretArns"),
+        "{id}: its policies name ProviderSecretArns (the provider API keys and the Gmail delegation key)"
+    );
+    let (statements, named) = policy_parts(webhooks);
+    assert!(
+        !named.iter().any(|n| n.starts_with("AWSSecretsManager")),
+        "{id}: a SAM secrets policy template: {named:?}"
+    );
+    let reads: Vec<&&Value> = statements
+        .iter()
+        .filter(|s| {
+            s["Effect"].as_str() == Some("Allow")
+                && actions(s)
+                    .iter()
+                    .any(|a| a.starts_with("secretsmanager:") || *a == "*")
+        })
+        .collect();
+    assert_eq!(reads.len(), 1, "{id}: one statement reads secrets");
+    assert_eq!(actions(reads[0]), ["secretsmanager:GetSecretValue"], "{id}");
+    assert_eq!(
+        reads[0]["Resource"],
+        reference("WebhookSecretArns"),
+        "{id}: the webhook verification secrets only"
+    );
+
+    // The other functions have no use for the webhook keys.
+    for dir in ["sender", "recorder", "status", "health-check"] {
+        let (other, function) = function_of(&template, dir);
+        assert!(
+            !mentions(&function["Properties"]["Policies"], "WebhookSecretArns"),
+            "{other}: may read the webhook verification secrets"
+        );
+    }
+}
+
+/// The key prefix of a state key: up to and including its first `#` (`msg#` of `msg#m-1`).
+fn key_prefix(key: &str) -> String {
+    let (prefix, _) = key
+        .split_once('#')
+        .unwrap_or_else(|| panic!("state key without a typed prefix: {key:?}"));
+    format!("{prefix}#")
+}
+
+/// The key prefixes of the state table's items, from the code that makes the keys.
+struct Prefixes {
+    /// `ledger::key`: the idempotency ledger.
+    ledger: String,
+    /// `limiter::hour_keys`: system and gateway limit counters.
+    limits: String,
+    /// `breaker::key`: the circuit breakers.
+    breakers: String,
+    /// `health::key`: the health check's records.
+    health: String,
+    /// `suppression::KEY_PREFIX`: the suppression list.
+    suppression: String,
+    /// `webhooks::verify::first_use`: the Mailgun token replay cache (the one prefix not
+    /// derived from the code).
+    replay: String,
+}
+
+fn prefixes() -> Prefixes {
+    // Every limited level (system day, gateway day, burst bucket) has its key.
+    let doc = r#"{"gateways": [{"id": "gw", "type": "capture", "display_name": "gw",
+        "capture": {"directory": "/tmp/unused"}, "routing": {"can_route": ["*"]},
+        "rate_limits": {"workspace_daily": 100, "burst_limit": 5}}]}"#;
+    let env = |name: &str| (name == "QUEUE_DAILY_RATE_LIMIT").then(|| "1000".to_owned());
+    let config = gateway_core::config::load_config(Some(doc), None, &env)
+        .unwrap_or_else(|e| panic!("test config invalid: {e:?}"))
+        .config;
+    let keys = gateway_core::limiter::hour_keys(&config, &config.gateways[0], 0);
+    let limits: BTreeSet<String> = keys.keys().iter().map(|k| key_prefix(k)).collect();
+    assert_eq!(keys.keys().len(), 3, "{:?}", keys.keys());
+    assert_eq!(
+        limits.len(),
+        1,
+        "the limit keys share one prefix: {limits:?}"
+    );
+
+    let suppression = gateway_core::suppression::KEY_PREFIX.to_owned();
+    assert_eq!(
+        key_prefix(&gateway_core::suppression::key("a@example.org")),
+        suppression
+    );
+    Prefixes {
+        ledger: key_prefix(&gateway_core::ledger::key("m-1")),
+        limits: limits.into_iter().next().expect("one prefix"),
+        breakers: key_prefix(&gateway_core::breaker::key("gw")),
+        health: key_prefix(&gateway_core::health::key("gw")),
+        suppression,
+        // shared/src/webhooks/verify.rs (`first_use`) and edge.rs: `replay#{scope}#{token}`.
+        // Written out here, since no public function of the code makes the key yet.
+        replay: "replay#".to_owned(),
+    }
+}
+
+/// The DynamoDB calls the state adapter makes (`shared/src/state/dynamodb.rs`): `get` and
+/// `get_many` are BatchGetItem, writes are PutItem / UpdateItem / DeleteItem (alone or inside
+/// TransactWriteItems, which IAM authorizes item by item with those same actions; no
+/// ConditionCheck is ever written), `put_many` is BatchWriteItem. `scan_prefix` (Scan) is the
+/// CLI's, never a function's.
+const ADAPTER_ACTIONS: &[&str] = &[
+    "dynamodb:BatchGetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:BatchWriteItem",
+];
+
+/// (action, key pattern) pairs: `actions` on the items under each of `prefixes`.
+fn grants(actions: &[&str], prefixes: &[&String]) -> BTreeSet<(String, String)> {
+    actions
+        .iter()
+        .flat_map(|a| {
+            prefixes
+                .iter()
+                .map(move |p| (format!("dynamodb:{a}"), format!("{p}*")))
+        })
+        .collect()
+}
+
+/// Every function reaches the state table through statements bounded by
+/// `dynamodb:LeadingKeys` (no SAM DynamoDB policy template, no Scan or Query, which name no
+/// key and which a `ForAllValues` condition therefore lets through), on key prefixes the code
+/// makes, and gets exactly the actions and prefixes its code uses: a ledger entry can only be
+/// written by the sender, a suppression only added by the recorder.
+#[test]
+fn each_function_reaches_only_the_state_items_its_code_uses() {
+    let template = template();
+    let p = prefixes();
+    let known: BTreeSet<String> = [
+        &p.ledger,
+        &p.limits,
+        &p.breakers,
+        &p.health,
+        &p.suppression,
+        &p.replay,
+    ]
+    .iter()
+    .map(|prefix| format!("{prefix}*"))
+    .collect();
+    assert_eq!(known.len(), 6, "distinct prefixes: {known:?}");
+
+    // What each function's code does with the state, read from the code (the prefixes above
+    // are derived from it):
+    let expected: [(&str, BTreeSet<(String, String)>); 5] = [
+        // The pipeline (shared/src/pipeline/run.rs): one batch read of the ledger, limit,
+        // breaker and health items (state::get_all) and of the suppression list
+        // (suppression::lookup_many); ledger claims and marks (ledger::*, the sent marks with
+        // put_many), limit counters (limiter, one update or a transaction), breaker writes.
+        (
+            "sender",
+            grants(
+                &["BatchGetItem"],
+                &[&p.ledger, &p.limits, &p.breakers, &p.health, &p.suppression],
+            )
+            .into_iter()
+            .chain(grants(
+                &["PutItem", "UpdateItem", "BatchWriteItem"],
+                &[&p.ledger, &p.limits, &p.breakers],
+            ))
+            .collect(),
+        ),
+        // shared/src/recorder.rs: suppression::add_many (put_many), nothing else.
+        ("recorder", grants(&["BatchWriteItem"], &[&p.suppression])),
+        // webhooks::verify::first_use (a conditional put) and the edge forgetting a token
+        // whose event could not be queued (a delete).
+        ("webhooks", grants(&["PutItem", "DeleteItem"], &[&p.replay])),
+        // shared/src/health/service.rs: a batch read of the records, a conditional put each.
+        (
+            "health-check",
+            grants(&["BatchGetItem", "PutItem"], &[&p.health]),
+        ),
+        // shared/src/status: one batch read of the health, breaker and limit items.
+        (
+            "status",
+            grants(&["BatchGetItem"], &[&p.health, &p.breakers, &p.limits]),
+        ),
+    ];
+    assert_eq!(
+        expected
+            .iter()
+            .map(|(dir, _)| *dir)
+            .collect::<BTreeSet<_>>(),
+        FUNCTIONS.iter().map(|(dir, _)| *dir).collect(),
+        "every function's state access is listed here"
+    );
+
+    for (dir, expected) in expected {
+        let (id, function) = function_of(&template, dir);
+        let (statements, named) = policy_parts(function);
+        assert!(
+            !named.iter().any(|n| n.starts_with("DynamoDB")),
+            "{id}: a SAM DynamoDB policy template (whole table): {named:?}"
+        );
+        let mut granted = BTreeSet::new();
+        for statement in statements {
+            let dynamodb: Vec<&str> = actions(statement)
+                .into_iter()
+                .filter(|a| a.starts_with("dynamodb:") || *a == "*")
+                .collect();
+            if dynamodb.is_empty() {
+                continue;
+            }
+            let sid = statement["Sid"].as_str().unwrap_or("(no Sid)");
+            assert_eq!(statement["Effect"].as_str(), Some("Allow"), "{id} {sid}");
+            assert_eq!(
+                target(&statement["Resource"]),
+                Some("StateTable"),
+                "{id} {sid}: the state table itself (no index)"
+            );
+            for action in &dynamodb {
+                assert!(
+                    ADAPTER_ACTIONS.contains(action),
+                    "{id} {sid}: {action} is no call of the state adapter (Scan and Query cannot be bounded by key)"
+                );
+            }
+            let condition = statement["Condition"]
+                .as_mapping()
+                .unwrap_or_else(|| panic!("{id} {sid}: no Condition"));
+            assert_eq!(condition.len(), 1, "{id} {sid}: one condition operator");
+            let keys = statement["Condition"]["ForAllValues:StringLike"]
+                .as_mapping()
+                .unwrap_or_else(|| panic!("{id} {sid}: no ForAllValues:StringLike condition"));
+            assert_eq!(keys.len(), 1, "{id} {sid}: LeadingKeys only");
+            let patterns: Vec<String> =
+                statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+                    .as_sequence()
+                    .unwrap_or_else(|| panic!("{id} {sid}: no dynamodb:LeadingKeys list"))
+                    .iter()
+                    .map(|v| v.as_str().expect("key patterns are strings").to_owned())
+                    .collect();
+            assert!(!patterns.is_empty(), "{id} {sid}: no key pattern");
+            for pattern in &patterns {
+                assert!(
+                    known.contains(pattern),
+                    "{id} {sid}: {pattern:?} is not the prefix of any key the code makes ({known:?})"
+                );
+                for action in &dynamodb {
+                    granted.insert(((*action).to_owned(), pattern.clone()));
+                }
+            }
+        }
+        assert_eq!(
+            granted, expected,
+            "{id}: the state actions and key patterns granted (left) differ from what functions/{dir} uses (right)"
+        );
+    }
+}
+
+/// Floods on the public routes: every route of the HTTP API is throttled by parameters with
+/// defaults, and no function attaches a route to another (implicit, unthrottled) API.
+#[test]
+fn the_http_api_throttles_every_route() {
+    let template = template();
+    let apis = of_type(&template, "AWS::Serverless::HttpApi");
+    assert_eq!(apis.len(), 1, "one HTTP API");
+    let (api_id, api) = &apis[0];
+    let settings = &api["Properties"]["DefaultRouteSettings"];
+    let mut defaults = Vec::new();
+    for (property, parameter, ceiling) in [
+        (
+            "ThrottlingRateLimit",
+            "HttpApiThrottlingRateLimit",
+            10_000.0,
+        ),
+        (
+            "ThrottlingBurstLimit",
+            "HttpApiThrottlingBurstLimit",
+            5_000.0,
+        ),
+    ] {
+        assert_eq!(
+            settings[property],
+            reference(parameter),
+            "{api_id}: DefaultRouteSettings.{property}"
+        );
+        let p = &template["Parameters"][parameter];
+        assert_eq!(p["Type"].as_str(), Some("Number"), "{parameter}");
+        let default = p["Default"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{parameter}: a default"));
+        assert!(
+            default > 0.0 && default <= ceiling,
+            "{parameter}: default {default} (0 would refuse every request; the account allows {ceiling})"
+        );
+        assert!(
+            p["MinValue"].as_f64().is_some_and(|m| m >= 1.0),
+            "{parameter}: MinValue of at least 1"
+        );
+        assert!(
+            p["Description"].as_str().is_some_and(|d| d.len() > 100),
+            "{parameter}: a description of how to size it"
+        );
+        defaults.push(default);
+    }
+    assert!(
+        defaults[1] >= defaults[0],
+        "the burst ({}) holds at least a second of the rate ({})",
+        defaults[1],
+        defaults[0]
+    );
+    if let Some(routes) = api["Properties"]["RouteSettings"].as_mapping() {
+        for (route, s) in routes {
+            assert!(
+                !s["ThrottlingRateLimit"].is_null() && !s["ThrottlingBurstLimit"].is_null(),
+                "{api_id}: RouteSettings {route:?} without both limits"
+            );
+        }
+    }
+
+    let mut routes = 0;
+    for (id, function) in of_type(&template, "AWS::Serverless::Function") {
+        let events = function["Properties"]["Events"]
+            .as_mapping()
+            .cloned()
+            .unwrap_or_default();
+        for (name, event) in &events {
+            if event["Type"].as_str() != Some("HttpApi") {
+                continue;
+            }
+            routes += 1;
+            assert_eq!(
+                target(&event["Properties"]["ApiId"]),
+                Some(api_id.as_str()),
+                "{id} {name:?}: a route outside {api_id} (SAM's implicit API is not throttled)"
+            );
+        }
+    }
+    assert!(routes >= 1, "no HTTP route");
+}
+
+/// The webhooks function has reserved concurrency: its capacity is guaranteed, and a flood on
+/// the public route cannot take the account's concurrency from the sender.
+#[test]
+fn the_webhooks_function_has_reserved_concurrency() {
+    let template = template();
+    let (id, webhooks) = function_of(&template, "webhooks");
+    assert_eq!(
+        webhooks["Properties"]["ReservedConcurrentExecutions"],
+        reference("WebhooksReservedConcurrency"),
+        "{id}: ReservedConcurrentExecutions"
+    );
+    let p = &template["Parameters"]["WebhooksReservedConcurrency"];
+    assert_eq!(p["Type"].as_str(), Some("Number"));
+    assert!(
+        p["MinValue"].as_u64().is_some_and(|m| m >= 1),
+        "WebhooksReservedConcurrency: 0 would stop the function"
+    );
+    let reserved = p["Default"].as_f64().expect("a default");
+    let rate = template["Parameters"]["HttpApiThrottlingRateLimit"]["Default"]
+        .as_f64()
+        .expect("HttpApiThrottlingRateLimit default");
+    assert!(
+        reserved >= rate * 0.5,
+        "{reserved} executions cannot serve the default {rate} requests/s at 0.5 s each"
     );
 }
