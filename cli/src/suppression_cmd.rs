@@ -94,11 +94,17 @@ pub fn run(cmd: SuppressionCommand) -> anyhow::Result<ExitCode> {
                     .scan_prefix(KEY_PREFIX)
                     .await
                     .with_context(|| format!("reading table {}", store.table()))?;
+                let mut listed = 0;
                 for (key, item) in &entries {
+                    // A removal's tombstone does not suppress.
+                    if item.contains_key("removed_at") {
+                        continue;
+                    }
                     let address = key.strip_prefix(KEY_PREFIX).unwrap_or(key);
                     println!("{}", show(&Suppression::from_item(address, item)));
+                    listed += 1;
                 }
-                println!("{} suppressed addresses", entries.len());
+                println!("{listed} suppressed addresses");
                 Ok(ExitCode::SUCCESS)
             }
             SuppressionCommand::Check { address, table } => {
@@ -125,15 +131,23 @@ pub fn run(cmd: SuppressionCommand) -> anyhow::Result<ExitCode> {
                 valid_address(&address)?;
                 let store = store(table).await;
                 let entry = Suppression::new(&address, reason, "gateway-cli", SystemClock.now_ms());
-                suppression::add(&store, &entry)
+                let added = suppression::add(&store, &entry)
                     .await
                     .with_context(|| format!("writing table {}", store.table()))?;
+                if !added {
+                    eprintln!(
+                        "{} was removed from the list at a later time than this machine's clock \
+                         says it is now; nothing written",
+                        entry.address
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
                 println!("suppressed: {}", show(&entry));
                 Ok(ExitCode::SUCCESS)
             }
             SuppressionCommand::Remove { address, table } => {
                 let store = store(table).await;
-                let removed = suppression::remove(&store, &address)
+                let removed = suppression::remove(&store, &address, SystemClock.now_ms())
                     .await
                     .with_context(|| format!("writing table {}", store.table()))?;
                 if removed {

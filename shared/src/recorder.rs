@@ -356,7 +356,8 @@ impl Recorder {
         if !to_suppress.is_empty() {
             let list: Vec<Suppression> = to_suppress.iter().map(|(_, s)| s.clone()).collect();
             match suppression::add_many(self.state.as_ref(), &list).await {
-                Ok(()) => report.suppressed = list.len(),
+                // The others were removed by an operator after their event: that stands.
+                Ok(added) => report.suppressed = added,
                 Err(error) => {
                     tracing::warn!(error_kind = "suppression", %error, "suppression list unavailable; those events are retried");
                     for (i, _) in &to_suppress {

@@ -12,6 +12,14 @@
 //! suppresses (with [`Reason::Unknown`]): sending to an address someone meant to block is the
 //! worse mistake.
 //!
+//! # Removal wins over older events
+//! [`remove`] does not delete the item: it leaves a tombstone (`removed_at`, no `reason`), kept
+//! [`TOMBSTONE_TTL`]. Every add is conditional on the tombstone being older than the event that
+//! adds (`removed_at < at`), so a bounce or complaint recorded again later (a replayed event, a
+//! provider's redelivered webhook, an events-queue redrive) cannot undo an operator's removal;
+//! a bounce that happens after the removal suppresses again, as it should. A tombstone does not
+//! suppress.
+//!
 //! # Cost
 //! [`lookup_many`] reads a whole batch's recipients with one `BatchGetItem` per 100 distinct
 //! addresses: a batch of 10 messages is one request.
@@ -21,14 +29,19 @@ use std::collections::BTreeMap;
 use crate::clock::EpochMillis;
 use crate::events::DeliveryKind;
 use crate::state::{
-    Condition, Item, Key, MAX_BATCH_GET, StateStore, StoreError, Value, Write, WriteOp,
-    WriteOutcome, get_n, get_s,
+    CmpOp, Condition, Item, Key, MAX_BATCH_GET, StateStore, StoreError, TTL_ATTRIBUTE, Value,
+    Write, WriteOp, WriteOutcome, get_n, get_s,
 };
 
 const ADDRESS: &str = "address";
 const REASON: &str = "reason";
 const SOURCE: &str = "source";
 const AT: &str = "at";
+const REMOVED_AT: &str = "removed_at";
+
+/// How long a removal is remembered against older events: longer than anything can replay them
+/// (the events queue keeps a record 14 days, a provider retries its webhook for hours).
+pub const TOMBSTONE_TTL_MS: EpochMillis = 30 * crate::clock::DAY_MS;
 
 /// The canonical form of an address on the list: ASCII lower case (as
 /// [`EmailAddress::to_key`](crate::address::EmailAddress::to_key)).
@@ -144,46 +157,77 @@ impl Suppression {
     }
 }
 
-/// Adds (or replaces) a suppression: one write.
+/// The write that adds `suppression` unless an operator removed the address after it
+/// happened (see the module docs).
+fn add_write(suppression: &Suppression) -> Write {
+    Write {
+        key: key(&suppression.address),
+        op: WriteOp::Put(suppression.to_item()),
+        condition: Condition::Or(vec![
+            Condition::AttrNotExists(REMOVED_AT.into()),
+            Condition::cmp(REMOVED_AT, CmpOp::Lt, suppression.at),
+        ]),
+    }
+}
+
+/// Adds (or replaces) a suppression: one conditional write. `false` when an operator removed
+/// the address after `suppression.at`: that removal stands.
 pub async fn add<S: StateStore + ?Sized>(
     store: &S,
     suppression: &Suppression,
-) -> Result<(), StoreError> {
-    store
-        .write(Write {
-            key: key(&suppression.address),
-            op: WriteOp::Put(suppression.to_item()),
-            condition: Condition::Always,
-        })
-        .await?;
-    Ok(())
+) -> Result<bool, StoreError> {
+    let outcome = store.write(add_write(suppression)).await?;
+    Ok(matches!(outcome, WriteOutcome::Applied(_)))
 }
 
-/// Adds several suppressions with batch puts (25 per request), for the recorder's batches.
+/// Adds several suppressions (the recorder's batches), each a conditional write as in [`add`],
+/// all in flight together. Returns how many were added; the others were removed by an operator
+/// after their event.
 pub async fn add_many<S: StateStore + ?Sized>(
     store: &S,
     suppressions: &[Suppression],
-) -> Result<(), StoreError> {
-    store
-        .put_many(
-            suppressions
-                .iter()
-                .map(|s| (key(&s.address), s.to_item()))
-                .collect(),
-        )
-        .await
+) -> Result<usize, StoreError> {
+    let outcomes =
+        futures::future::join_all(suppressions.iter().map(|s| store.write(add_write(s)))).await;
+    let mut added = 0;
+    for outcome in outcomes {
+        added += usize::from(matches!(outcome?, WriteOutcome::Applied(_)));
+    }
+    Ok(added)
 }
 
-/// Removes `address` (any case) from the list; `true` when it was on it.
-pub async fn remove<S: StateStore + ?Sized>(store: &S, address: &str) -> Result<bool, StoreError> {
+/// Removes `address` (any case) from the list at `now`, leaving a tombstone so that older
+/// events cannot add it again (module docs); `true` when it was on the list.
+pub async fn remove<S: StateStore + ?Sized>(
+    store: &S,
+    address: &str,
+    now: EpochMillis,
+) -> Result<bool, StoreError> {
+    let tombstone = Item::from([
+        (ADDRESS.to_owned(), Value::from(canonical(address).as_str())),
+        (REMOVED_AT.to_owned(), Value::N(now)),
+        (
+            TTL_ATTRIBUTE.to_owned(),
+            Value::N((now + TOMBSTONE_TTL_MS) / 1000),
+        ),
+    ]);
     let outcome = store
         .write(Write {
             key: key(address),
-            op: WriteOp::Delete,
-            condition: Condition::ItemExists,
+            op: WriteOp::Put(tombstone),
+            // On the list: an item that is not already a tombstone.
+            condition: Condition::And(vec![
+                Condition::ItemExists,
+                Condition::AttrNotExists(REMOVED_AT.into()),
+            ]),
         })
         .await?;
     Ok(matches!(outcome, WriteOutcome::Applied(_)))
+}
+
+/// True for a removal's tombstone, which does not suppress.
+fn is_tombstone(item: &Item) -> bool {
+    item.contains_key(REMOVED_AT)
 }
 
 /// The suppression of `address` (any case), if any.
@@ -192,7 +236,9 @@ pub async fn lookup<S: StateStore + ?Sized>(
     address: &str,
 ) -> Result<Option<Suppression>, StoreError> {
     let item = store.get(&key(address)).await?;
-    Ok(item.map(|i| Suppression::from_item(address, &i)))
+    Ok(item
+        .filter(|i| !is_tombstone(i))
+        .map(|i| Suppression::from_item(address, &i)))
 }
 
 /// The suppression of each address (any case), in input order: one `get_many` per
@@ -211,7 +257,7 @@ pub async fn lookup_many<S: StateStore + ?Sized>(
             chunk
                 .iter()
                 .zip(items)
-                .filter_map(|(k, i)| i.map(|i| (k.clone(), i))),
+                .filter_map(|(k, i)| i.filter(|i| !is_tombstone(i)).map(|i| (k.clone(), i))),
         );
     }
     Ok(addresses
@@ -260,8 +306,8 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(remove(&store, "A@X.org").await.unwrap());
-        assert!(!remove(&store, "a@x.org").await.unwrap());
+        assert!(remove(&store, "A@X.org", T0 + 1).await.unwrap());
+        assert!(!remove(&store, "a@x.org", T0 + 1).await.unwrap());
         assert_eq!(lookup(&store, "a@x.org").await.unwrap(), None);
     }
 
@@ -331,5 +377,42 @@ mod tests {
         for r in [Reason::HardBounce, Reason::Manual, Reason::Unknown] {
             assert_eq!(Reason::parse(r.as_str()), Some(r));
         }
+    }
+
+    #[tokio::test]
+    async fn an_operators_removal_wins_over_older_events_and_not_newer_ones() {
+        let store = MemoryStore::new();
+        let bounce = Suppression::new("P@example.org", Reason::HardBounce, "mg:ev1", T0);
+        assert!(add(&store, &bounce).await.unwrap());
+        assert!(remove(&store, "p@EXAMPLE.org", T0 + 10).await.unwrap());
+        assert_eq!(lookup(&store, "p@example.org").await.unwrap(), None);
+        // The same bounce recorded again (a replay) changes nothing.
+        assert!(!add(&store, &bounce).await.unwrap());
+        assert_eq!(
+            add_many(&store, std::slice::from_ref(&bounce))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            lookup_many(&store, &["p@example.org"]).await.unwrap(),
+            [None]
+        );
+        assert!(
+            !remove(&store, "p@example.org", T0 + 11).await.unwrap(),
+            "not on the list"
+        );
+        // A bounce after the removal suppresses again.
+        let again = Suppression::new("p@example.org", Reason::HardBounce, "mg:ev2", T0 + 20);
+        assert_eq!(
+            add_many(&store, std::slice::from_ref(&again))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(lookup(&store, "p@example.org").await.unwrap(), Some(again));
+        // Removing an address that was never on the list leaves nothing behind.
+        assert!(!remove(&store, "never@example.org", T0).await.unwrap());
+        assert!(store.snapshot().keys().all(|k| !k.contains("never")));
     }
 }

@@ -386,13 +386,36 @@ async fn suppressions_are_case_insensitive_and_a_batch_is_read_at_once() {
         reasons,
         vec![None, Some(Reason::HardBounce), Some(Reason::Complaint)]
     );
+    let removed_at = at + 60_000;
     assert!(
-        suppression::remove(&store, "bounced@example.org")
+        suppression::remove(&store, "bounced@example.org", removed_at)
             .await
             .unwrap()
     );
     assert!(
-        !suppression::remove(&store, "bounced@example.org")
+        !suppression::remove(&store, "bounced@example.org", removed_at)
+            .await
+            .unwrap()
+    );
+    // The bounce replayed after the removal does not undo it; a later bounce suppresses again.
+    let replayed = Suppression::new("bounced@example.org", Reason::HardBounce, "mg:1", at);
+    assert!(!suppression::add(&store, &replayed).await.unwrap());
+    assert_eq!(suppression::add_many(&store, &[replayed]).await.unwrap(), 0);
+    assert!(
+        suppression::lookup(&store, "bounced@example.org")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let later = Suppression::new(
+        "bounced@example.org",
+        Reason::HardBounce,
+        "mg:9",
+        removed_at + 1,
+    );
+    assert!(suppression::add(&store, &later).await.unwrap());
+    assert!(
+        suppression::remove(&store, "bounced@example.org", removed_at + 2)
             .await
             .unwrap()
     );

@@ -1109,8 +1109,8 @@ fn each_function_reaches_only_the_state_items_its_code_uses() {
             ))
             .collect(),
         ),
-        // shared/src/recorder.rs: suppression::add_many (put_many), nothing else.
-        ("recorder", grants(&["BatchWriteItem"], &[&p.suppression])),
+        // shared/src/recorder.rs: suppression::add_many (a conditional put each), nothing else.
+        ("recorder", grants(&["PutItem"], &[&p.suppression])),
         // webhooks::verify::first_use (a conditional put) and the edge forgetting a token
         // whose event could not be queued (a delete).
         ("webhooks", grants(&["PutItem", "DeleteItem"], &[&p.replay])),
