@@ -2,7 +2,8 @@
 //! notification, one SES event, normalised into one event per recipient it concerns.
 //!
 //! - Our message id: the `X-Gateway-Message-Id` header SES publishes in `mail.headers` (exact),
-//!   else the `message_id` email tag (lossy: SES tags allow only `[A-Za-z0-9_-]`).
+//!   else the `message_id` email tag (lossy: SES tags allow only `[A-Za-z0-9_-]`). A client may
+//!   have set a copy of the header too: the copy matching the tag is ours.
 //! - SES has no per-recipient event id; the id is `{SES message id}:{event type}:{recipient}:{event
 //!   time}`, stable across SNS retries (hashed when longer than the column's 255 characters).
 //! - `Bounce`: `Permanent` → hard bounce, except subtypes `Suppressed` and
@@ -215,32 +216,67 @@ pub fn normalize(message: &str) -> Result<Vec<Normalized>, PayloadError> {
 /// A recipient an event concerns, with its own diagnostic when SES gives one.
 type Recipient = (String, Option<String>);
 
+/// Our message id. `X-Gateway-Message-Id` is our header, sent with every message, so a single
+/// copy is ours; but a client could have set a copy of its own, and with several copies the
+/// header does not say which is ours. The `message_id`
+/// email tag does (clients cannot set tags): the copy whose tag form ([`tag_form`]) equals the
+/// tag is ours, and when none does, the tag itself (lossy) stands in. Without the tag, the last
+/// copy: in a `Simple` send ours is the only one (client copies are dropped), in a raw send
+/// the MIME builder writes ours after every custom header.
 fn our_message_id(mail: &Value) -> Option<String> {
-    let from_header = mail
+    let copies: Vec<&str> = mail
         .get("headers")
         .and_then(Value::as_array)
-        .and_then(|headers| {
-            headers.iter().find_map(|h| {
-                let name = h.get("name").and_then(Value::as_str)?;
-                if name.eq_ignore_ascii_case(MESSAGE_ID_HEADER) {
-                    h.get("value").and_then(Value::as_str)
-                } else {
-                    None
-                }
-            })
-        });
-    let from_tag = || {
-        mail.get("tags")
-            .and_then(|t| t.get("message_id"))
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-            .and_then(Value::as_str)
-    };
-    from_header
-        .or_else(from_tag)
+        .map(|headers| {
+            headers
+                .iter()
+                .filter_map(|h| {
+                    let name = h.get("name").and_then(Value::as_str)?;
+                    if name.eq_ignore_ascii_case(MESSAGE_ID_HEADER) {
+                        h.get("value").and_then(Value::as_str).map(str::trim)
+                    } else {
+                        None
+                    }
+                })
+                .filter(|v| !v.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let tag = mail
+        .get("tags")
+        .and_then(|t| t.get("message_id"))
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(Value::as_str)
         .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+        .filter(|s| !s.is_empty());
+    let chosen = match (copies.as_slice(), tag) {
+        ([], _) => tag,
+        ([only], _) => Some(*only),
+        (_, Some(tag)) => copies
+            .iter()
+            .rev()
+            .find(|v| tag_form(v) == tag)
+            .copied()
+            .or(Some(tag)),
+        (_, None) => copies.last().copied(),
+    };
+    chosen.map(str::to_owned)
+}
+
+/// A value as the SES provider writes it into an email tag (`providers::ses::sanitize_tag`):
+/// characters outside `[A-Za-z0-9_-]` become `_`, cut at 256 characters.
+fn tag_form(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(256)
+        .collect()
 }
 
 fn event_id(ses_id: &str, event_type: &str, recipient: &str, at: i64) -> String {
@@ -369,6 +405,44 @@ mod tests {
             &normalize(&send.to_string()).unwrap()[0],
             Normalized::Ignored { event } if event == "Send"
         ));
+    }
+
+    /// A client's own `X-Gateway-Message-Id` copy, before or after ours, is not taken for ours:
+    /// the `message_id` tag (which clients cannot set) says which copy is; without the tag the
+    /// last copy is (the MIME builder writes ours after every custom header).
+    #[test]
+    fn with_two_message_id_headers_the_one_matching_the_tag_is_ours() {
+        let header = |v: &str| json!({"name": "X-Gateway-Message-Id", "value": v});
+        let open = |m: Value| events(json!({"eventType": "Open", "mail": m, "open": {}}));
+        for headers in [
+            json!([header("forged-1"), header("inv:2026@1")]),
+            json!([header("inv:2026@1"), header("forged-1")]),
+        ] {
+            let mut m = mail();
+            m["headers"] = headers.clone();
+            m["tags"] = json!({"message_id": ["inv_2026_1"]});
+            assert_eq!(
+                open(m)[0].message_id.as_deref(),
+                Some("inv:2026@1"),
+                "{headers}"
+            );
+        }
+        let mut m = mail();
+        m["headers"] = json!([header("forged-1"), header("forged-2")]);
+        m["tags"] = json!({"message_id": ["m_1"]});
+        assert_eq!(
+            open(m)[0].message_id.as_deref(),
+            Some("m_1"),
+            "no copy matches the tag: the tag"
+        );
+        let mut m = mail();
+        m["headers"] = json!([header("forged-1"), header("m-1")]);
+        m.as_object_mut().unwrap().remove("tags");
+        assert_eq!(
+            open(m)[0].message_id.as_deref(),
+            Some("m-1"),
+            "without a tag, the last copy"
+        );
     }
 
     #[test]
