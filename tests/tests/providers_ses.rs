@@ -35,6 +35,7 @@ fn settings(endpoint: String) -> SesSettings {
         configuration_set: Some("gateway-events".into()),
         endpoint_url: Some(endpoint),
         sns_topic_arns: vec![],
+        sns_accept_sha1_signatures: true,
     }
 }
 

@@ -82,6 +82,10 @@ fn provider(p: &ProviderSettings) -> Value {
             put(&mut o, "configuration_set", s.configuration_set.clone());
             put(&mut o, "endpoint_url", s.endpoint_url.clone());
             o.insert("sns_topic_arns".into(), json!(s.sns_topic_arns));
+            o.insert(
+                "sns_accept_sha1_signatures".into(),
+                json!(s.sns_accept_sha1_signatures),
+            );
             Value::Object(o)
         }
         ProviderSettings::GoogleWorkspace(g) => {

@@ -590,6 +590,10 @@ pub struct SesSettings {
     pub endpoint_url: Option<String>,
     /// SNS topics whose notifications `/webhooks/ses` accepts.
     pub sns_topic_arns: Vec<String>,
+    /// Whether `/webhooks/ses` accepts these topics' SNS `SignatureVersion` 1 (RSA with SHA-1)
+    /// as well as 2 (SHA-256); default `true`, since SNS topics sign with version 1 unless set to
+    /// 2.
+    pub sns_accept_sha1_signatures: bool,
 }
 
 /// `google_workspace` block.

@@ -1576,3 +1576,35 @@ fn a_customer_webhook_url_must_be_canonical_and_its_query_is_redacted() {
     assert!(!shown.contains("s3cret-token"), "{shown}");
     assert!(shown.contains("https://h.example/x?<redacted>"), "{shown}");
 }
+
+#[test]
+fn ses_accepts_sha1_sns_signatures_unless_told_not_to() {
+    let ses = |extra: Value| {
+        let mut block =
+            json!({"region": "us-east-1", "sns_topic_arns": ["arn:aws:sns:us-east-1:1:t"]});
+        if let (Some(b), Value::Object(x)) = (block.as_object_mut(), extra) {
+            b.extend(x);
+        }
+        with(
+            base(),
+            "/gateways/2",
+            Some(json!({"id": "s", "type": "amazon_ses", "amazon_ses": block,
+                "routing": {"can_route": ["*"]}})),
+        )
+    };
+    let accepts = |doc: &Value| match &loaded(doc).config.gateways[2].provider {
+        ProviderSettings::AmazonSes(s) => s.sns_accept_sha1_signatures,
+        other => panic!("amazon_ses expected: {other:?}"),
+    };
+    assert!(
+        accepts(&ses(json!({}))),
+        "default: SNS topics sign with version 1"
+    );
+    assert!(!accepts(&ses(json!({"sns_accept_sha1_signatures": false}))));
+    assert!(accepts(&ses(json!({"sns_accept_sha1_signatures": true}))));
+    let e = errors(&ses(json!({"sns_accept_sha1_signatures": "no"}))).to_string();
+    assert!(
+        e.contains("gateways[2].amazon_ses.sns_accept_sha1_signatures"),
+        "{e}"
+    );
+}

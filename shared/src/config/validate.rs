@@ -1351,17 +1351,21 @@ fn provider(kind: GatewayKind, b: &Obj<'_>, is: &mut Issues) -> Option<ProviderS
                     "configuration_set",
                     "endpoint_url",
                     "sns_topic_arns",
+                    "sns_accept_sha1_signatures",
                 ],
             );
             let region = b.required_string(is, "region");
             let configuration_set = b.string(is, "configuration_set").map(str::to_owned);
             let endpoint_url = url(b, "endpoint_url", is);
             let sns_topic_arns = plain_strings(b, "sns_topic_arns", is);
+            let sns_accept_sha1_signatures =
+                b.bool(is, "sns_accept_sha1_signatures").unwrap_or(true);
             Some(ProviderSettings::AmazonSes(SesSettings {
                 region: region?.to_owned(),
                 configuration_set,
                 endpoint_url,
                 sns_topic_arns,
+                sns_accept_sha1_signatures,
             }))
         }
         GatewayKind::GoogleWorkspace => {
