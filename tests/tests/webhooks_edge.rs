@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use gateway_core::clock::ManualClock;
@@ -14,8 +14,11 @@ use gateway_core::config::SecretRef;
 use gateway_core::events::{EventSink, GatewayEvent, MemoryEventSink, SinkError};
 use gateway_core::secrets::SecretResolver;
 use gateway_core::state::memory::MemoryStore;
+use gateway_core::state::{
+    Item, Key, StateStore, StoreError, TransactOutcome, Write, WriteOutcome,
+};
 use gateway_core::webhooks::edge::{Answer, Edge, MAX_BODY, WebhookKeys};
-use gateway_core::webhooks::sns::CertCache;
+use gateway_core::webhooks::sns::{self, CertCache, CertError, Fetch};
 use serde_json::{Value, json};
 
 fn vectors() -> Value {
@@ -32,6 +35,8 @@ fn vectors() -> Value {
 const CERT_URL: &str = "https://sns.us-east-2.amazonaws.com/SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem";
 const TOPIC: &str =
     "arn:aws:sns:us-east-2:295079676684:publish-and-verify-892f85fe-4836-424d-8188-ab85bef0f362";
+/// Just after the published SNS messages were signed (`Timestamp` 2022-07-28T21:23:58Z).
+const SNS_NOW: i64 = 1_659_043_500;
 
 /// A sink that can be down.
 #[derive(Debug, Default)]
@@ -54,12 +59,24 @@ struct Fixture {
     edge: Edge,
     sink: Arc<Sink>,
     clock: Arc<ManualClock>,
+    /// Certificate downloads attempted (every one fails: only the pinned certificate exists).
+    downloads: Arc<AtomicUsize>,
 }
 
 fn fixture(keys: WebhookKeys, now_s: i64) -> Fixture {
+    fixture_with(keys, now_s, Arc::new(MemoryStore::new()))
+}
+
+fn fixture_with(keys: WebhookKeys, now_s: i64, replay: Arc<dyn StateStore>) -> Fixture {
     let clock = Arc::new(ManualClock::new(now_s * 1000));
     let sink = Arc::new(Sink::default());
-    let certs = CertCache::new().unwrap();
+    let downloads = Arc::new(AtomicUsize::new(0));
+    let counter = downloads.clone();
+    let fetch: Fetch = Arc::new(move |_url: String| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Err(CertError::Unavailable) })
+    });
+    let certs = CertCache::with_fetch(fetch, clock.clone());
     let cert = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/fixtures/vectors/sns_cert.pem"
@@ -69,13 +86,18 @@ fn fixture(keys: WebhookKeys, now_s: i64) -> Fixture {
     let edge = Edge::new(
         keys,
         Arc::new(SecretResolver::new(clock.clone())),
-        Arc::new(MemoryStore::new()),
+        replay,
         sink.clone(),
         certs,
         clock.clone(),
     )
     .unwrap();
-    Fixture { edge, sink, clock }
+    Fixture {
+        edge,
+        sink,
+        clock,
+        downloads,
+    }
 }
 
 fn no_headers(_: &str) -> Option<String> {
@@ -231,6 +253,42 @@ async fn sendgrid_verifies_the_raw_body_and_queues_its_events() {
     );
 }
 
+/// The events queue down: 503, and SendGrid's retry of the batch is not refused as a replay of
+/// its `sg_event_id`s.
+#[tokio::test]
+async fn sendgrid_a_queue_outage_is_a_503_and_the_retry_is_not_a_replay() {
+    let v = vectors();
+    let key = v["sendgrid_published"]["public_key_b64_der_spki"]
+        .as_str()
+        .unwrap();
+    let d = v["sendgrid_derived"].clone();
+    let f = fixture(sendgrid_keys(key), 1_700_000_000);
+    let (ts, sig) = (
+        d["timestamp"].as_str().unwrap().to_owned(),
+        d["signature"].as_str().unwrap().to_owned(),
+    );
+    let headers = move |name: &str| match name {
+        "x-twilio-email-event-webhook-signature" => Some(sig.clone()),
+        "x-twilio-email-event-webhook-timestamp" => Some(ts.clone()),
+        _ => None,
+    };
+    let body = d["payload"].as_str().unwrap().as_bytes().to_vec();
+    f.sink.down.store(true, Ordering::SeqCst);
+    let answer = f.edge.handle("sendgrid", &headers, &body).await;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    f.sink.down.store(false, Ordering::SeqCst);
+    f.clock.advance(60_000);
+    let answer = f.edge.handle("sendgrid", &headers, &body).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(f.sink.inner.events().len(), 1);
+    f.clock.advance(1_000);
+    let answer = f.edge.handle("sendgrid", &headers, &body).await;
+    assert_eq!(
+        (answer.status, answer.body["error"]["code"].clone()),
+        (403, json!("replayed"))
+    );
+}
+
 fn sns_v1() -> Value {
     json!({"Type":"Notification","MessageId":"792cda85-518f-5dd3-9163-81d851212f3a",
  "TopicArn": TOPIC,
@@ -243,12 +301,137 @@ fn sns_v1() -> Value {
 /// (400) only after topic, certificate and signature passed.
 #[tokio::test]
 async fn ses_reads_the_payload_only_after_the_signature() {
-    let f = fixture(ses_keys(), 1_900_000_000);
+    let f = fixture(ses_keys(), SNS_NOW);
     let answer = f
         .edge
         .handle("ses", &no_headers, sns_v1().to_string().as_bytes())
         .await;
     assert_refused(&answer, 400, "invalid_payload", &f.sink);
+    // Still read (not stale) as long as the dead-letter queue can keep it.
+    let f = fixture(
+        ses_keys(),
+        SNS_NOW + i64::try_from(sns::MAX_MESSAGE_AGE.as_secs()).unwrap() - 3600,
+    );
+    let answer = f
+        .edge
+        .handle("ses", &no_headers, sns_v1().to_string().as_bytes())
+        .await;
+    assert_refused(&answer, 400, "invalid_payload", &f.sink);
+}
+
+/// A flood of forged notifications from an allowed topic naming made-up certificate URLs on the
+/// SNS host: each URL is downloaded once (its failure is remembered), and all of them together
+/// at most `MAX_FETCHES_PER_MINUTE` times a minute; every request is answered 503.
+#[tokio::test]
+async fn made_up_certificate_urls_cannot_make_the_edge_download_without_bound() {
+    let f = fixture(ses_keys(), SNS_NOW);
+    let forged = |path: &str| {
+        let mut m = sns_v1();
+        m["SigningCertURL"] = format!("https://sns.us-east-2.amazonaws.com/{path}.pem").into();
+        m.to_string().into_bytes()
+    };
+    for _ in 0..50 {
+        let answer = f
+            .edge
+            .handle("ses", &no_headers, &forged("SimpleNotificationService-0"))
+            .await;
+        assert_refused(&answer, 503, "unavailable", &f.sink);
+    }
+    assert_eq!(
+        f.downloads.load(Ordering::SeqCst),
+        1,
+        "the failure is remembered"
+    );
+    for i in 0..500 {
+        let answer = f
+            .edge
+            .handle("ses", &no_headers, &forged(&format!("forged-{i}")))
+            .await;
+        assert_refused(&answer, 503, "unavailable", &f.sink);
+    }
+    assert_eq!(
+        f.downloads.load(Ordering::SeqCst),
+        sns::MAX_FETCHES_PER_MINUTE,
+        "capped per minute"
+    );
+    f.clock.advance(60_000);
+    let answer = f.edge.handle("ses", &no_headers, &forged("next")).await;
+    assert_refused(&answer, 503, "unavailable", &f.sink);
+    assert_eq!(
+        f.downloads.load(Ordering::SeqCst),
+        sns::MAX_FETCHES_PER_MINUTE + 1
+    );
+    // The pinned (cached) certificate is still used while downloads are capped.
+    let answer = f
+        .edge
+        .handle("ses", &no_headers, sns_v1().to_string().as_bytes())
+        .await;
+    assert_refused(&answer, 400, "invalid_payload", &f.sink);
+}
+
+/// `amazon_ses.sns_accept_sha1_signatures: false` reaches the edge: that gateway's topics refuse
+/// SignatureVersion 1, a topic of a gateway that keeps the default does not.
+#[test]
+fn the_sha1_setting_of_each_gateway_applies_to_its_topics() {
+    let doc = json!({"gateways": [
+        {"id": "strict", "type": "amazon_ses", "routing": {"can_route": ["*"]},
+         "amazon_ses": {"region": "us-east-2", "sns_topic_arns": [TOPIC],
+            "sns_accept_sha1_signatures": false}},
+        {"id": "lenient", "type": "amazon_ses", "routing": {"can_route": ["*"]},
+         "amazon_ses": {"region": "eu-west-1", "sns_topic_arns": ["arn:aws:sns:eu-west-1:1:t"]}}
+    ]});
+    let loaded = gateway_core::config::load_config(Some(&doc.to_string()), None, &|_| None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let keys = WebhookKeys::of(&loaded.config);
+    assert_eq!(keys.sns_topics.len(), 2);
+    assert_eq!(keys.sns_sha1_refused, vec![TOPIC.to_owned()]);
+}
+
+/// A store whose first applied conditional write is answered as a failed condition: the answer
+/// to an applied put was lost and the retry found the item.
+#[derive(Debug, Default)]
+struct LostAnswer {
+    inner: MemoryStore,
+    lost: AtomicBool,
+}
+
+#[async_trait]
+impl StateStore for LostAnswer {
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
+        self.inner.get_many(keys).await
+    }
+    async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
+        let key = write.key.clone();
+        let outcome = self.inner.write(write).await?;
+        if matches!(outcome, WriteOutcome::Applied(_)) && !self.lost.swap(true, Ordering::SeqCst) {
+            return Ok(WriteOutcome::ConditionFailed(self.inner.get(&key).await?));
+        }
+        Ok(outcome)
+    }
+    async fn transact(&self, writes: Vec<Write>) -> Result<TransactOutcome, StoreError> {
+        self.inner.transact(writes).await
+    }
+    async fn put_many(&self, items: Vec<(Key, Item)>) -> Result<(), StoreError> {
+        self.inner.put_many(items).await
+    }
+}
+
+/// The replay cache finding its own write (applied, answer lost) is not a replay: the request
+/// is accepted, and a real replay afterwards is still refused.
+#[tokio::test]
+async fn a_replay_record_found_by_its_own_writer_is_not_a_replay() {
+    let v = vectors()["mailgun_derived"].clone();
+    let f = fixture_with(
+        mailgun_keys(v["signing_key"].as_str().unwrap()),
+        1_700_000_000,
+        Arc::new(LostAnswer::default()),
+    );
+    let body = mailgun_body(&v, delivered(Some("m-1")));
+    let answer = f.edge.handle("mailgun", &no_headers, &body).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    f.sink.inner.take();
+    let again = f.edge.handle("mailgun", &no_headers, &body).await;
+    assert_refused(&again, 403, "replayed", &f.sink);
 }
 
 fn ses_keys() -> WebhookKeys {
@@ -454,6 +637,8 @@ fn forged_cases() -> Vec<Forged> {
         Forged::new("sendgrid: no headers", "sendgrid", &sg_keys, sg_body.clone()).answers(400, "malformed_signature"),
         Forged::new("sendgrid: stale timestamp", "sendgrid", &sg_keys, sg_body.clone())
             .headers(sg(sg_ts, sg_sig)).at(1_700_000_000 + 3600).answers(403, "stale_timestamp"),
+        Forged::new("sendgrid: replayed request", "sendgrid", &sg_keys, sg_body.clone())
+            .headers(sg(sg_ts, sg_sig)).after(sg_body.clone()).answers(403, "replayed"),
         Forged::new("sendgrid: form body (wrong content type)", "sendgrid", &sg_keys,
             format!("events={}", d["payload"].as_str().unwrap()))
             .headers(vec![("x-twilio-email-event-webhook-timestamp", sg_ts.to_owned()),
@@ -482,6 +667,20 @@ fn forged_cases() -> Vec<Forged> {
             .answers(403, "untrusted_certificate"),
         Forged::new("sns: certificate URL not a .pem", "ses", &ses,
             sns("SigningCertURL", json!("https://sns.us-east-2.amazonaws.com/x.key"))).answers(403, "untrusted_certificate"),
+        Forged::new("sns: certificate URL of another region's SNS endpoint", "ses", &ses,
+            sns("SigningCertURL", json!(CERT_URL.replace("us-east-2", "eu-west-1"))))
+            .at(SNS_NOW).answers(403, "untrusted_certificate"),
+        Forged::new("sns: made-up certificate URL on the SNS host", "ses", &ses,
+            sns("SigningCertURL", json!("https://sns.us-east-2.amazonaws.com/SimpleNotificationService-0123.pem")))
+            .at(SNS_NOW).answers(503, "unavailable"),
+        Forged::new("sns: SignatureVersion 1 where SHA-1 is refused", "ses",
+            &WebhookKeys { sns_sha1_refused: vec![TOPIC.into()], ..ses.clone() }, sns_text.clone())
+            .at(SNS_NOW).answers(403, "signature_version_refused"),
+        Forged::new("sns: notification older than the dead-letter retention", "ses", &ses, sns_text.clone())
+            .at(SNS_NOW + i64::try_from(sns::MAX_MESSAGE_AGE.as_secs()).unwrap() + 60)
+            .answers(403, "stale_timestamp"),
+        Forged::new("sns: notification from the future", "ses", &ses, sns_text.clone())
+            .at(SNS_NOW - 3600).answers(403, "stale_timestamp"),
         Forged::new("sns: message changed", "ses", &ses, sns("Message", json!("Hello worle")))
             .answers(401, "invalid_signature"),
         Forged::new("sns: subject added", "ses", &ses, sns("Subject", json!("added")))

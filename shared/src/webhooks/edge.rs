@@ -7,9 +7,9 @@
 //! | events queued (or the payload had none we record) | 200 `{"accepted": n, "ignored": m}` |
 //! | signature fields missing or malformed, payload unreadable | 400 |
 //! | signature does not verify with any configured key | 401 |
-//! | signed but stale, replayed, from a topic not on the allow-list, or a certificate URL that is not SNS's | 403 |
+//! | signed but stale, replayed, from a topic not on the allow-list, SHA-1 where refused, or a certificate URL that is not SNS's (or not the topic's region) | 403 |
 //! | no key configured for the provider | 404 (the route is not in use) |
-//! | the events queue, the replay store or SNS's certificate unreachable | 503 (the provider retries) |
+//! | the events queue, the replay store or SNS's certificate unreachable, or the certificate download cap reached | 503 (the provider retries) |
 //!
 //! Every error body is `{"error": {"code", "message"}}` (ARCHITECTURE §2.3); none echoes a key or
 //! signature.
@@ -17,12 +17,21 @@
 //! Decisions:
 //! - An event without our message id is still queued (the recorder keeps it unattached, and a
 //!   hard bounce still suppresses the address); a warning names the provider event id.
-//! - A Mailgun token is remembered for [`REPLAY_WINDOW`] (longer than the freshness window, so a
-//!   token cannot come back after it is forgotten), and forgotten again if the events could not
-//!   be queued, so the provider's retry is not refused as a replay.
-//! - SNS messages are not freshness-checked: SNS retries for up to an hour with the original
-//!   signature, and the recorder is idempotent on event ids, so a replayed notification changes
-//!   nothing.
+//! - A Mailgun token, and each SendGrid delivery event's `sg_event_id`, is remembered for
+//!   [`REPLAY_WINDOW`] (longer than the freshness window, so a token cannot come back after it
+//!   is forgotten), and forgotten again if the events could not be queued, so the provider's
+//!   retry is not refused as a replay. Each record holds a nonce of the handling that wrote it:
+//!   a retried conditional put that finds its own write is not a replay. A SendGrid batch whose
+//!   events were all accepted before is refused (403 `replayed`); one with some new events
+//!   queues those and drops the rest.
+//! - SNS: the certificate URL must be the SNS endpoint of the `TopicArn`'s region; a topic
+//!   whose gateway sets `sns_accept_sha1_signatures: false` refuses `SignatureVersion` 1 (403
+//!   `signature_version_refused`); the `Timestamp` may be at most [`sns::MAX_MESSAGE_AGE`] old
+//!   (SNS retries for up to an hour, then its dead-letter queue keeps a message 14 days for a
+//!   redrive with the original signature; the recorder is idempotent on event ids, so a
+//!   replayed notification inside that changes nothing) and [`MAX_AGE`] in the future.
+//!   Certificate downloads are capped and failures remembered ([`CertCache`]): a flood of
+//!   forged requests naming made-up certificate URLs is answered 503 without downloading.
 //! - `Content-Type` is not read. It is not signed, so checking it authenticates nothing, and
 //!   the providers do not agree on it (Mailgun and SendGrid send `application/json`, SNS
 //!   `text/plain`). Every body is read as JSON whatever its label: anything else (Mailgun's
@@ -45,9 +54,9 @@ use crate::clock::Clock;
 use crate::config::{Config, ProviderSettings, SecretRef};
 use crate::events::{DeliveryEvent, EventSink, GatewayEvent};
 use crate::secrets::SecretResolver;
-use crate::state::{Condition, StateStore, Write, WriteOp};
+use crate::state::StateStore;
 
-/// How long a Mailgun token is remembered.
+/// How long a Mailgun token or a SendGrid `sg_event_id` is remembered.
 pub const REPLAY_WINDOW: Duration = Duration::from_secs(2 * 600 + 60);
 
 /// The largest body accepted (Mailgun and SendGrid batches stay far below it).
@@ -88,6 +97,10 @@ pub struct WebhookKeys {
     pub sendgrid: Vec<String>,
     /// SNS topics allowed on `/webhooks/ses`.
     pub sns_topics: Vec<String>,
+    /// Allowed topics whose `SignatureVersion` 1 (SHA-1) messages are refused: those of a
+    /// gateway with `amazon_ses.sns_accept_sha1_signatures: false` (a topic listed by two
+    /// gateways is refused if either refuses).
+    pub sns_sha1_refused: Vec<String>,
 }
 
 impl WebhookKeys {
@@ -115,6 +128,9 @@ impl WebhookKeys {
                     for t in &s.sns_topic_arns {
                         if !keys.sns_topics.contains(t) {
                             keys.sns_topics.push(t.clone());
+                        }
+                        if !s.sns_accept_sha1_signatures && !keys.sns_sha1_refused.contains(t) {
+                            keys.sns_sha1_refused.push(t.clone());
                         }
                     }
                 }
@@ -214,10 +230,12 @@ impl Edge {
         if let Err(r) = outcome {
             return Answer::rejected(&r);
         }
+        let owner = verify::request_nonce();
         match verify::first_use(
             self.replay.as_ref(),
             "mailgun",
             &sig.token,
+            &owner,
             now,
             REPLAY_WINDOW,
         )
@@ -237,16 +255,23 @@ impl Edge {
         let answer = self.queue("mailgun", normalized).await;
         if answer.status >= 500 {
             // Let the provider's retry through.
-            let forget = Write {
-                key: format!("replay#mailgun#{}", sig.token),
-                op: WriteOp::Delete,
-                condition: Condition::Always,
-            };
-            if let Err(error) = self.replay.write(forget).await {
+            self.forget("mailgun", [sig.token.as_str()], &owner).await;
+        }
+        answer
+    }
+
+    /// Forgets the replay `tokens` this handling (`owner`) recorded.
+    async fn forget<'a>(
+        &self,
+        scope: &str,
+        tokens: impl IntoIterator<Item = &'a str>,
+        owner: &str,
+    ) {
+        for token in tokens {
+            if let Err(error) = verify::forget(self.replay.as_ref(), scope, token, owner).await {
                 tracing::warn!(%error, "a replay token could not be forgotten");
             }
         }
-        answer
     }
 
     async fn sendgrid(
@@ -276,10 +301,61 @@ impl Edge {
         if let Err(r) = outcome {
             return Answer::rejected(&r);
         }
-        match sendgrid::normalize(body) {
-            Ok(n) => self.queue("sendgrid", n).await,
-            Err(e) => Answer::payload(&e),
+        let normalized = match sendgrid::normalize(body) {
+            Ok(n) => n,
+            Err(e) => return Answer::payload(&e),
+        };
+        // Each delivery event's `sg_event_id` is accepted once (the signature alone would let a
+        // captured request be posted again within the freshness window).
+        let owner = verify::request_nonce();
+        let mut kept = Vec::with_capacity(normalized.len());
+        let mut recorded: Vec<String> = Vec::new();
+        let mut replayed = 0usize;
+        for n in normalized {
+            let Normalized::Event(e) = &n else {
+                kept.push(n);
+                continue;
+            };
+            if recorded.contains(&e.provider_event_id) {
+                // Twice in one batch: one copy is enough.
+                replayed += 1;
+                continue;
+            }
+            match verify::first_use(
+                self.replay.as_ref(),
+                "sendgrid",
+                &e.provider_event_id,
+                &owner,
+                now,
+                REPLAY_WINDOW,
+            )
+            .await
+            {
+                Ok(true) => {
+                    recorded.push(e.provider_event_id.clone());
+                    kept.push(n);
+                }
+                Ok(false) => replayed += 1,
+                Err(error) => {
+                    tracing::warn!(%error, "replay store unavailable");
+                    self.forget("sendgrid", recorded.iter().map(String::as_str), &owner)
+                        .await;
+                    return Answer::error(503, "unavailable", "the replay store is unavailable");
+                }
+            }
         }
+        if recorded.is_empty() && replayed > 0 {
+            return Answer::rejected(&Rejection::Replayed);
+        }
+        if replayed > 0 {
+            tracing::warn!(replayed, "SendGrid events already accepted; dropped");
+        }
+        let answer = self.queue("sendgrid", kept).await;
+        if answer.status >= 500 {
+            self.forget("sendgrid", recorded.iter().map(String::as_str), &owner)
+                .await;
+        }
+        answer
     }
 
     async fn ses(&self, body: &[u8]) -> Answer {
@@ -297,14 +373,34 @@ impl Edge {
                 "the topic is not on gateways[].amazon_ses.sns_topic_arns",
             );
         }
+        if message.signature_version == "1"
+            && self.keys.sns_sha1_refused.contains(&message.topic_arn)
+        {
+            return Answer::error(
+                403,
+                "signature_version_refused",
+                "SignatureVersion 1 (SHA-1) is refused for this topic \
+                 (gateways[].amazon_ses.sns_accept_sha1_signatures)",
+            );
+        }
+        if !sns::cert_region_matches_topic(&message) {
+            return Answer::error(
+                403,
+                "untrusted_certificate",
+                "SigningCertURL is not the SNS endpoint of the topic's region",
+            );
+        }
         let key = match self.certs.public_key(&message.signing_cert_url).await {
             Ok(key) => key,
-            Err(CertError::Unavailable) => {
-                return Answer::error(503, "unavailable", CertError::Unavailable.to_string());
+            Err(e @ (CertError::Unavailable | CertError::Throttled)) => {
+                return Answer::error(503, "unavailable", e.to_string());
             }
             Err(e) => return Answer::error(403, "untrusted_certificate", e.to_string()),
         };
         if let Err(r) = sns::verify(&message, &key) {
+            return Answer::rejected(&r);
+        }
+        if let Err(r) = sns::check_timestamp(&message, self.clock.now_ms()) {
             return Answer::rejected(&r);
         }
         match message.kind.as_str() {

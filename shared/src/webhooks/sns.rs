@@ -8,7 +8,7 @@
 //! (no request to an arbitrary URL on an attacker's say-so). The topic must also be on the
 //! operator's allow-list: anyone can point their own, correctly signed, topic at the endpoint.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::verify::Rejection;
+use crate::clock::{Clock, EpochMillis, SystemClock};
 
 /// The SNS envelope (the fields the signature and the gateway need; others are ignored).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -115,6 +116,77 @@ pub fn is_sns_url(url: &str, pem: bool) -> bool {
         && (!pem || u.path().ends_with(".pem"))
 }
 
+/// The region of an SNS topic ARN, `arn:<partition>:sns:<region>:<account>:<name>`.
+pub fn topic_region(arn: &str) -> Option<&str> {
+    let mut parts = arn.splitn(6, ':');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some("arn"), Some(_), Some("sns"), Some(region), Some(_), Some(_))
+            if !region.is_empty() =>
+        {
+            Some(region)
+        }
+        _ => None,
+    }
+}
+
+/// Whether the signing certificate comes from the SNS endpoint of the topic's own region:
+/// SNS signs a topic's messages in the topic's region, so `sns.<region>.amazonaws.com` must
+/// name the region of `TopicArn`. A certificate from another region's endpoint is not one SNS
+/// would use for this topic.
+pub fn cert_region_matches_topic(m: &SnsMessage) -> bool {
+    let Some(region) = topic_region(&m.topic_arn) else {
+        return false;
+    };
+    let Ok(u) = reqwest::Url::parse(&m.signing_cert_url) else {
+        return false;
+    };
+    let host = u.host_str().unwrap_or_default();
+    host.strip_prefix("sns.")
+        .and_then(|h| {
+            h.strip_suffix(".amazonaws.com")
+                .or_else(|| h.strip_suffix(".amazonaws.com.cn"))
+        })
+        .is_some_and(|r| r == region)
+}
+
+/// How old a notification's `Timestamp` may be. SNS retries an HTTP/S delivery for at most
+/// 3,600 s (a hard limit of delivery policies; the template's subscriptions retry for about
+/// 55 minutes), then moves it to the subscription's dead-letter queue, which keeps it 14 days and
+/// whose dead letters the operator posts back through `/webhooks/ses` with their original
+/// signature (RELIABILITY, "Redriving the SES dead-letter queue"). A bound of an hour or two
+/// would refuse those redriven bounces; 14 days of retention, plus a day to redrive, is the
+/// oldest a genuine delivery can be. Inside it a replayed notification changes nothing: the
+/// recorder is idempotent on SES event ids.
+pub const MAX_MESSAGE_AGE: Duration = Duration::from_secs(15 * 24 * 3600);
+
+/// Checks that `m`'s `Timestamp` is at most [`MAX_MESSAGE_AGE`] old and at most
+/// [`super::verify::MAX_AGE`] (clock skew) in the future. Call after the signature verified:
+/// the timestamp is signed.
+pub fn check_timestamp(m: &SnsMessage, now: EpochMillis) -> Result<(), Rejection> {
+    let at = crate::clock::parse_rfc3339(&m.timestamp)
+        .ok_or(Rejection::Malformed { field: "Timestamp" })?;
+    let age_ms = now.saturating_sub(at);
+    let (limit, age) = if age_ms >= 0 {
+        (MAX_MESSAGE_AGE, age_ms.unsigned_abs())
+    } else {
+        (super::verify::MAX_AGE, age_ms.unsigned_abs())
+    };
+    if u128::from(age) > limit.as_millis() {
+        return Err(Rejection::Stale {
+            age_s: age / 1000,
+            max_s: limit.as_secs(),
+        });
+    }
+    Ok(())
+}
+
 /// Verifies `m`'s signature with the certificate's public key (DER `SubjectPublicKeyInfo`).
 pub fn verify(m: &SnsMessage, public_key_spki: &[u8]) -> Result<(), Rejection> {
     let algorithm: &dyn signature::VerificationAlgorithm = match m.signature_version.as_str() {
@@ -211,25 +283,93 @@ pub enum CertError {
     /// The download is not exactly one X.509 PEM certificate (403).
     #[error("the signing certificate is not one X.509 PEM certificate")]
     NotACertificate,
+    /// Not downloaded: this instance already started [`MAX_FETCHES_PER_MINUTE`] downloads in
+    /// the last minute (transient: answer 5xx so SNS retries).
+    #[error("too many signing certificate downloads; try again later")]
+    Throttled,
 }
 
+/// How long a failed certificate download is remembered: the same URL is answered with the same
+/// failure, without a download, until then. SNS retries a notification for about an hour, so
+/// a genuine certificate that failed once is tried again well within it.
+pub const FAILURE_TTL: Duration = Duration::from_secs(60);
+
+/// Most failed URLs remembered at once (the oldest is forgotten first); the download cap below
+/// bounds the downloads whatever is forgotten.
+pub const MAX_REMEMBERED_FAILURES: usize = 256;
+
+/// Most certificate downloads an instance starts in any minute. SNS signs with one certificate
+/// per region, rotated rarely; anything more is forged requests naming made-up `.pem` paths
+/// on the SNS host.
+pub const MAX_FETCHES_PER_MINUTE: usize = 10;
+
+/// The download of one certificate URL: the PEM text, or why not.
+pub type Fetch = Arc<
+    dyn Fn(String) -> futures::future::BoxFuture<'static, Result<String, CertError>> + Send + Sync,
+>;
+
 /// Signing certificates by URL, fetched once per process (a Lambda execution environment).
-#[derive(Debug, Clone)]
+/// Failed downloads are remembered for [`FAILURE_TTL`] ([`MAX_REMEMBERED_FAILURES`] at most) and
+/// downloads are capped at [`MAX_FETCHES_PER_MINUTE`], so forged requests naming made-up
+/// certificate URLs on the SNS host cannot make the function download without bound.
+#[derive(Clone)]
 pub struct CertCache {
-    http: reqwest::Client,
-    keys: Arc<Mutex<HashMap<String, Arc<[u8]>>>>,
+    fetch: Fetch,
+    clock: Arc<dyn Clock>,
+    state: Arc<Mutex<CacheState>>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    keys: HashMap<String, Arc<[u8]>>,
+    /// URL → (when it failed, how), oldest first by time.
+    failures: HashMap<String, (EpochMillis, CertError)>,
+    /// Start times of the downloads of the last minute, oldest first.
+    fetches: VecDeque<EpochMillis>,
+}
+
+impl std::fmt::Debug for CertCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("CertCache")
+            .field("certificates", &state.keys.len())
+            .field("failures", &state.failures.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl CertCache {
     /// An empty cache fetching with a 5 s timeout.
     pub fn new() -> Result<Self, reqwest::Error> {
-        Ok(Self {
-            http: crate::tls::reqwest_builder()
-                .timeout(Duration::from_secs(5))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()?,
-            keys: Arc::default(),
-        })
+        let http = crate::tls::reqwest_builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let fetch: Fetch = Arc::new(move |url: String| {
+            let http = http.clone();
+            Box::pin(async move {
+                let response = http
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(|_| CertError::Unavailable)?;
+                if !response.status().is_success() {
+                    return Err(CertError::Unavailable);
+                }
+                response.text().await.map_err(|_| CertError::Unavailable)
+            })
+        });
+        Ok(Self::with_fetch(fetch, Arc::new(SystemClock)))
+    }
+
+    /// An empty cache downloading with `fetch` and timing failures and the cap with `clock`
+    /// (tests).
+    pub fn with_fetch(fetch: Fetch, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            fetch,
+            clock,
+            state: Arc::default(),
+        }
     }
 
     /// Adds a certificate as if downloaded from `url` (tests, pinned certificates).
@@ -238,38 +378,78 @@ impl CertCache {
             return Err(CertError::Untrusted);
         }
         let key = public_key_from_pem(pem).ok_or(CertError::NotACertificate)?;
-        self.lock().insert(url.to_owned(), key.into());
+        self.lock().keys.insert(url.to_owned(), key.into());
         Ok(())
     }
 
     /// The public key of the certificate at `url`, downloaded on first use. A URL that fails
-    /// the SNS rule is never requested.
+    /// the SNS rule is never requested; one that failed within [`FAILURE_TTL`] is not requested
+    /// again (the same failure is returned), and past [`MAX_FETCHES_PER_MINUTE`] nothing is
+    /// requested ([`CertError::Throttled`]).
     pub async fn public_key(&self, url: &str) -> Result<Arc<[u8]>, CertError> {
         if !is_sns_url(url, true) {
             return Err(CertError::Untrusted);
         }
-        if let Some(key) = self.lock().get(url) {
-            return Ok(Arc::clone(key));
+        let now = self.clock.now_ms();
+        let ttl_ms = i64::try_from(FAILURE_TTL.as_millis()).unwrap_or(i64::MAX);
+        {
+            let mut state = self.lock();
+            if let Some(key) = state.keys.get(url) {
+                return Ok(Arc::clone(key));
+            }
+            match state.failures.get(url) {
+                Some((at, error)) if now.saturating_sub(*at) < ttl_ms => return Err(error.clone()),
+                Some(_) => {
+                    state.failures.remove(url);
+                }
+                None => {}
+            }
+            while state
+                .fetches
+                .front()
+                .is_some_and(|at| now.saturating_sub(*at) >= 60_000)
+            {
+                state.fetches.pop_front();
+            }
+            if state.fetches.len() >= MAX_FETCHES_PER_MINUTE {
+                return Err(CertError::Throttled);
+            }
+            state.fetches.push_back(now);
         }
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|_| CertError::Unavailable)?;
-        if !response.status().is_success() {
-            return Err(CertError::Unavailable);
+        let outcome = (self.fetch)(url.to_owned()).await.and_then(|pem| {
+            public_key_from_pem(&pem)
+                .map(Arc::<[u8]>::from)
+                .ok_or(CertError::NotACertificate)
+        });
+        let mut state = self.lock();
+        match outcome {
+            Ok(key) => {
+                state.keys.insert(url.to_owned(), Arc::clone(&key));
+                Ok(key)
+            }
+            Err(error) => {
+                state
+                    .failures
+                    .retain(|_, (at, _)| now.saturating_sub(*at) < ttl_ms);
+                while state.failures.len() >= MAX_REMEMBERED_FAILURES {
+                    let oldest = state
+                        .failures
+                        .iter()
+                        .min_by_key(|(_, (at, _))| *at)
+                        .map(|(u, _)| u.clone());
+                    match oldest {
+                        Some(u) => state.failures.remove(&u),
+                        None => break,
+                    };
+                }
+                state.failures.insert(url.to_owned(), (now, error.clone()));
+                Err(error)
+            }
         }
-        let pem = response.text().await.map_err(|_| CertError::Unavailable)?;
-        let key: Arc<[u8]> = public_key_from_pem(&pem)
-            .ok_or(CertError::NotACertificate)?
-            .into();
-        self.lock().insert(url.to_owned(), Arc::clone(&key));
-        Ok(key)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<[u8]>>> {
-        self.keys
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -366,6 +546,59 @@ mod tests {
     }
 
     #[test]
+    fn the_certificate_region_must_be_the_topic_region() {
+        assert_eq!(
+            topic_region(v1()["TopicArn"].as_str().unwrap()),
+            Some("us-east-2")
+        );
+        assert!(cert_region_matches_topic(&message(&v1())));
+        let mut other = v1();
+        other["SigningCertURL"] =
+            "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-x.pem".into();
+        assert!(!cert_region_matches_topic(&message(&other)));
+        let mut cn = v1();
+        cn["TopicArn"] = "arn:aws-cn:sns:cn-north-1:1:t".into();
+        cn["SigningCertURL"] = "https://sns.cn-north-1.amazonaws.com.cn/x.pem".into();
+        assert!(cert_region_matches_topic(&message(&cn)));
+        for arn in [
+            "arn:aws:sns::1:t",
+            "not an arn",
+            "arn:aws:sqs:us-east-2:1:t",
+        ] {
+            let mut bad = v1();
+            bad["TopicArn"] = arn.into();
+            assert!(!cert_region_matches_topic(&message(&bad)), "{arn}");
+        }
+    }
+
+    #[test]
+    fn a_notification_older_than_the_dead_letter_retention_is_stale() {
+        let m = message(&v1());
+        let sent = crate::clock::parse_rfc3339(&m.timestamp).unwrap();
+        let max = i64::try_from(MAX_MESSAGE_AGE.as_millis()).unwrap();
+        assert_eq!(check_timestamp(&m, sent), Ok(()));
+        assert_eq!(
+            check_timestamp(&m, sent + 3_600_000),
+            Ok(()),
+            "SNS's retries"
+        );
+        assert_eq!(check_timestamp(&m, sent + max), Ok(()));
+        let stale = check_timestamp(&m, sent + max + 1_000).unwrap_err();
+        assert_eq!((stale.status(), stale.code()), (403, "stale_timestamp"));
+        assert_eq!(check_timestamp(&m, sent - 600_000), Ok(()), "clock skew");
+        assert!(
+            check_timestamp(&m, sent - 601_000).is_err(),
+            "from the future"
+        );
+        let mut bad = v1();
+        bad["Timestamp"] = "yesterday".into();
+        assert_eq!(
+            check_timestamp(&message(&bad), sent).unwrap_err().status(),
+            400
+        );
+    }
+
+    #[test]
     fn a_certificate_wrapped_in_anything_else_is_refused() {
         assert!(public_key_from_pem(CERT).is_some());
         assert!(public_key_from_pem(&format!("extra\n{CERT}")).is_none());
@@ -374,6 +607,65 @@ mod tests {
             public_key_from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----")
                 .is_none()
         );
+    }
+
+    /// A fetcher that counts its calls and always fails.
+    fn failing(calls: &Arc<std::sync::atomic::AtomicUsize>) -> Fetch {
+        let calls = Arc::clone(calls);
+        Arc::new(move |_url: String| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async { Err(CertError::Unavailable) })
+        })
+    }
+
+    #[tokio::test]
+    async fn failed_downloads_are_remembered_and_downloads_are_capped() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000_000));
+        let cache = CertCache::with_fetch(failing(&calls), clock.clone());
+        let url = "https://sns.us-east-2.amazonaws.com/SimpleNotificationService-forged.pem";
+        for _ in 0..5 {
+            assert_eq!(cache.public_key(url).await, Err(CertError::Unavailable));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "the failure is remembered");
+        clock.advance(i64::try_from(FAILURE_TTL.as_millis()).unwrap());
+        assert_eq!(cache.public_key(url).await, Err(CertError::Unavailable));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "and forgotten after FAILURE_TTL"
+        );
+
+        // A flood of distinct made-up URLs: at most MAX_FETCHES_PER_MINUTE downloads a minute.
+        let calls = Arc::new(AtomicUsize::new(0));
+        let cache = CertCache::with_fetch(failing(&calls), clock.clone());
+        let mut throttled = 0;
+        for i in 0..1000 {
+            let url = format!("https://sns.us-east-2.amazonaws.com/forged-{i}.pem");
+            if cache.public_key(&url).await == Err(CertError::Throttled) {
+                throttled += 1;
+            }
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), MAX_FETCHES_PER_MINUTE);
+        assert_eq!(throttled, 1000 - MAX_FETCHES_PER_MINUTE);
+        assert!(cache.lock().failures.len() <= MAX_REMEMBERED_FAILURES);
+        clock.advance(60_000);
+        let _ = cache
+            .public_key("https://sns.us-east-2.amazonaws.com/later.pem")
+            .await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            MAX_FETCHES_PER_MINUTE + 1,
+            "a minute later"
+        );
+        // Remembered failures stay bounded however many URLs fail.
+        for i in 0..(MAX_REMEMBERED_FAILURES * 2) {
+            clock.advance(60_000 / i64::try_from(MAX_FETCHES_PER_MINUTE).unwrap());
+            let url = format!("https://sns.us-east-2.amazonaws.com/again-{i}.pem");
+            let _ = cache.public_key(&url).await;
+        }
+        assert!(cache.lock().failures.len() <= MAX_REMEMBERED_FAILURES);
     }
 
     #[tokio::test]

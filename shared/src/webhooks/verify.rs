@@ -6,7 +6,8 @@
 //!   is accepted once ([`first_use`], a conditional put in the state store).
 //! - **SendGrid** (signed Event Webhook): ECDSA P-256 / SHA-256 over `timestamp ‖ raw body`,
 //!   the signature base64 of DER `SEQUENCE {r, s}`, the key base64 DER `SubjectPublicKeyInfo`;
-//!   the timestamp must be within [`MAX_AGE`].
+//!   the timestamp must be within [`MAX_AGE`], and each event's `sg_event_id` is accepted once
+//!   ([`first_use`], after the body is read).
 //!
 //! Each failure is a [`Rejection`] that says what was wrong without echoing a signature, key or
 //! body, with the HTTP status the edge answers: 400 for a request that cannot be read, 401 for
@@ -20,7 +21,9 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use crate::clock::EpochMillis;
-use crate::state::{Condition, Key, StateStore, StoreError, TTL_ATTRIBUTE, Value, Write, WriteOp};
+use crate::state::{
+    Condition, Key, StateStore, StoreError, TTL_ATTRIBUTE, Value, Write, WriteOp, WriteOutcome,
+};
 
 /// How far a signed timestamp may be from now, in either direction. Mailgun warns that its
 /// webhooks can be delayed and advises against being "too aggressive"; SendGrid states no
@@ -199,37 +202,91 @@ pub fn verify_sendgrid(
     )
 }
 
+/// A value unique to one handling of one request, stored with the tokens it records as
+/// theirs ([`first_use`]): 128 random bits, hex.
+pub fn request_nonce() -> String {
+    let mut bytes = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        // Without randomness, the time still tells two handlings apart in practice.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes = t.to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The state-store key remembering `token` in `scope`.
+pub fn replay_key(scope: &str, token: &str) -> Key {
+    format!("replay#{scope}#{token}")
+}
+
 /// Records the first use of `token` in `scope` (e.g. `mailgun`) and says whether this is it:
 /// `Ok(false)` means the token was seen within `keep` (a replay). The item carries its own
 /// expiry, checked in the condition (TTL deletion is lazy), and the TTL attribute for cleanup.
+///
+/// `owner` ([`request_nonce`]) is stored with it: finding the token already recorded by the
+/// same `owner` is not a replay. A conditional put whose first attempt was applied but whose
+/// answer was lost, retried (by the SDK or the caller), finds its own write; a replay, handled
+/// with another nonce, does not.
 pub async fn first_use<S: StateStore + ?Sized>(
     store: &S,
     scope: &str,
     token: &str,
+    owner: &str,
     now: EpochMillis,
     keep: Duration,
 ) -> Result<bool, StoreError> {
     let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
     let expires = now.saturating_add(keep_ms);
-    let key: Key = format!("replay#{scope}#{token}");
     let item = [
         ("expires_ms".to_owned(), Value::N(expires)),
         (TTL_ATTRIBUTE.to_owned(), Value::N(expires / 1000 + 1)),
+        (OWNER.to_owned(), Value::S(owner.to_owned())),
     ]
     .into_iter()
     .collect();
     let outcome = store
         .write(Write {
-            key,
+            key: replay_key(scope, token),
             op: WriteOp::Put(item),
             condition: Condition::Or(vec![
                 Condition::ItemNotExists,
                 Condition::cmp("expires_ms", crate::state::CmpOp::Le, Value::N(now)),
+                Condition::cmp(OWNER, crate::state::CmpOp::Eq, Value::S(owner.to_owned())),
             ]),
         })
         .await?;
-    Ok(matches!(outcome, crate::state::WriteOutcome::Applied(_)))
+    Ok(match outcome {
+        WriteOutcome::Applied(_) => true,
+        WriteOutcome::ConditionFailed(current) => current
+            .as_ref()
+            .and_then(|item| item.get(OWNER))
+            .is_some_and(|v| *v == Value::S(owner.to_owned())),
+    })
 }
+
+/// Forgets `token` in `scope` if `owner` recorded it (so a provider's retry of a request that
+/// could not be processed is not refused as a replay); another owner's record is left alone.
+pub async fn forget<S: StateStore + ?Sized>(
+    store: &S,
+    scope: &str,
+    token: &str,
+    owner: &str,
+) -> Result<(), StoreError> {
+    store
+        .write(Write {
+            key: replay_key(scope, token),
+            op: WriteOp::Delete,
+            condition: Condition::cmp(OWNER, crate::state::CmpOp::Eq, Value::S(owner.to_owned())),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// The attribute holding the nonce of the handling that recorded a token.
+const OWNER: &str = "owner";
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
@@ -474,27 +531,104 @@ mod tests {
     async fn a_token_is_accepted_once_while_remembered() {
         let store = MemoryStore::new();
         let keep = Duration::from_secs(1200);
+        let (a, b) = (request_nonce(), request_nonce());
+        assert_ne!(a, b);
         assert!(
-            first_use(&store, "mailgun", "tok", 1_000, keep)
+            first_use(&store, "mailgun", "tok", &a, 1_000, keep)
                 .await
                 .unwrap()
         );
         assert!(
-            !first_use(&store, "mailgun", "tok", 2_000, keep)
+            !first_use(&store, "mailgun", "tok", &b, 2_000, keep)
                 .await
                 .unwrap()
         );
         assert!(
-            first_use(&store, "sendgrid", "tok", 2_000, keep)
+            first_use(&store, "mailgun", "tok", &a, 2_000, keep)
+                .await
+                .unwrap(),
+            "its own write again (a retried put) is not a replay"
+        );
+        assert!(
+            first_use(&store, "sendgrid", "tok", &b, 2_000, keep)
                 .await
                 .unwrap(),
             "per scope"
         );
-        // After it is forgotten (expired, whether or not TTL deleted it) it counts as new.
+        // Forgetting is the owner's: another handling cannot clear the record.
+        forget(&store, "mailgun", "tok", &b).await.unwrap();
         assert!(
-            first_use(&store, "mailgun", "tok", 1_000 + 1_200_000, keep)
+            !first_use(&store, "mailgun", "tok", &b, 3_000, keep)
                 .await
                 .unwrap()
+        );
+        // After it is forgotten (expired, whether or not TTL deleted it) it counts as new.
+        assert!(
+            first_use(&store, "mailgun", "tok", &b, 2_000 + 1_200_000, keep)
+                .await
+                .unwrap()
+        );
+        forget(&store, "mailgun", "tok", &b).await.unwrap();
+        assert!(
+            first_use(&store, "mailgun", "tok", &a, 2_000 + 1_200_001, keep)
+                .await
+                .unwrap()
+        );
+    }
+
+    /// A store whose first conditional write is applied but answered as a failed condition, as
+    /// when the answer to an applied put is lost and the retried put finds the item.
+    #[derive(Debug, Default)]
+    struct LostAnswer {
+        inner: MemoryStore,
+        lost: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl StateStore for LostAnswer {
+        async fn get_many(
+            &self,
+            keys: &[Key],
+        ) -> Result<Vec<Option<crate::state::Item>>, StoreError> {
+            self.inner.get_many(keys).await
+        }
+        async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
+            let key = write.key.clone();
+            let outcome = self.inner.write(write).await?;
+            if matches!(outcome, WriteOutcome::Applied(_))
+                && !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Ok(WriteOutcome::ConditionFailed(self.inner.get(&key).await?));
+            }
+            Ok(outcome)
+        }
+        async fn transact(
+            &self,
+            writes: Vec<Write>,
+        ) -> Result<crate::state::TransactOutcome, StoreError> {
+            self.inner.transact(writes).await
+        }
+        async fn put_many(&self, items: Vec<(Key, crate::state::Item)>) -> Result<(), StoreError> {
+            self.inner.put_many(items).await
+        }
+    }
+
+    #[tokio::test]
+    async fn finding_its_own_write_after_a_lost_answer_is_not_a_replay() {
+        let store = LostAnswer::default();
+        let keep = Duration::from_secs(1200);
+        let mine = request_nonce();
+        assert!(
+            first_use(&store, "sendgrid", "evt", &mine, 1_000, keep)
+                .await
+                .unwrap(),
+            "applied, answered as a failed condition, but the item is ours"
+        );
+        assert!(
+            !first_use(&store, "sendgrid", "evt", &request_nonce(), 2_000, keep)
+                .await
+                .unwrap(),
+            "a replay is still one"
         );
     }
 }
