@@ -289,6 +289,118 @@ async fn sendgrid_a_queue_outage_is_a_503_and_the_retry_is_not_a_replay() {
     );
 }
 
+/// A SendGrid signer of our own (P-256): the key as SendGrid shows it (base64 DER SPKI), and
+/// the headers of a body signed at `ts`.
+struct SendgridSigner(aws_lc_rs::signature::EcdsaKeyPair);
+
+impl SendgridSigner {
+    fn new() -> Self {
+        Self(
+            aws_lc_rs::signature::EcdsaKeyPair::generate(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            )
+            .unwrap(),
+        )
+    }
+
+    fn public_key_b64(&self) -> String {
+        use aws_lc_rs::signature::KeyPair as _;
+        use base64::Engine as _;
+        // SubjectPublicKeyInfo { id-ecPublicKey, prime256v1 } around the uncompressed point.
+        let mut spki = vec![
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        ];
+        spki.extend_from_slice(self.0.public_key().as_ref());
+        base64::engine::general_purpose::STANDARD.encode(spki)
+    }
+
+    fn headers(&self, ts: i64, body: &[u8]) -> Vec<(&'static str, String)> {
+        use base64::Engine as _;
+        let mut message = ts.to_string().into_bytes();
+        message.extend_from_slice(body);
+        let sig = self
+            .0
+            .sign(&aws_lc_rs::rand::SystemRandom::new(), &message)
+            .unwrap();
+        vec![
+            ("x-twilio-email-event-webhook-timestamp", ts.to_string()),
+            (
+                "x-twilio-email-event-webhook-signature",
+                base64::engine::general_purpose::STANDARD.encode(sig.as_ref()),
+            ),
+        ]
+    }
+}
+
+fn sg_events(ids: &[&str]) -> Vec<u8> {
+    Value::Array(
+        ids.iter()
+            .map(|id| {
+                json!({"email": "p@x.example", "timestamp": 1_700_000_000, "event": "delivered",
+                    "sg_event_id": id, "message_id": "m-1"})
+            })
+            .collect(),
+    )
+    .to_string()
+    .into_bytes()
+}
+
+/// Re-signed batches (as SendGrid's own redelivery, or a captured body signed again): events
+/// accepted before are dropped and the new ones queued; a batch of only old events is refused;
+/// an event twice in one batch is queued once; a large batch is checked whole.
+#[tokio::test]
+async fn sendgrid_events_already_accepted_are_dropped_from_a_new_batch() {
+    let signer = SendgridSigner::new();
+    let f = fixture(sendgrid_keys(&signer.public_key_b64()), 1_700_000_000);
+    let post = |ts: i64, body: Vec<u8>| {
+        let headers = signer.headers(ts, &body);
+        let edge = &f.edge;
+        async move {
+            let lookup = move |name: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            edge.handle("sendgrid", &lookup, &body).await
+        }
+    };
+    let ids = |events: Vec<GatewayEvent>| -> Vec<String> {
+        events
+            .into_iter()
+            .map(|e| match e {
+                GatewayEvent::Delivery(d) => d.provider_event_id,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let a = post(1_700_000_000, sg_events(&["e1", "e2"])).await;
+    assert_eq!(
+        (a.status, a.body["accepted"].clone()),
+        (200, json!(2)),
+        "{a:?}"
+    );
+    assert_eq!(ids(f.sink.inner.take()), ["e1", "e2"]);
+    let b = post(1_700_000_030, sg_events(&["e2", "e3", "e3"])).await;
+    assert_eq!(
+        (b.status, b.body["accepted"].clone()),
+        (200, json!(1)),
+        "{b:?}"
+    );
+    assert_eq!(ids(f.sink.inner.take()), ["e3"]);
+    let c = post(1_700_000_060, sg_events(&["e3", "e1"])).await;
+    assert_refused(&c, 403, "replayed", &f.sink);
+    let many: Vec<String> = (0..500).map(|i| format!("bulk-{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let d = post(1_700_000_090, sg_events(&many)).await;
+    assert_eq!(
+        (d.status, d.body["accepted"].clone()),
+        (200, json!(500)),
+        "{d:?}"
+    );
+}
+
 fn sns_v1() -> Value {
     json!({"Type":"Notification","MessageId":"792cda85-518f-5dd3-9163-81d851212f3a",
  "TopicArn": TOPIC,

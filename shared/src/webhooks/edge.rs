@@ -45,6 +45,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use serde_json::{Value, json};
 
 use super::sns::{self, CertCache, CertError};
@@ -54,10 +55,13 @@ use crate::clock::Clock;
 use crate::config::{Config, ProviderSettings, SecretRef};
 use crate::events::{DeliveryEvent, EventSink, GatewayEvent};
 use crate::secrets::SecretResolver;
-use crate::state::StateStore;
+use crate::state::{StateStore, StoreError};
 
 /// How long a Mailgun token or a SendGrid `sg_event_id` is remembered.
 pub const REPLAY_WINDOW: Duration = Duration::from_secs(2 * 600 + 60);
+
+/// Replay-cache writes in flight at once for one request (a SendGrid batch).
+const REPLAY_WRITES: usize = 16;
 
 /// The largest body accepted (Mailgun and SendGrid batches stay far below it).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -267,11 +271,14 @@ impl Edge {
         tokens: impl IntoIterator<Item = &'a str>,
         owner: &str,
     ) {
-        for token in tokens {
-            if let Err(error) = verify::forget(self.replay.as_ref(), scope, token, owner).await {
-                tracing::warn!(%error, "a replay token could not be forgotten");
-            }
-        }
+        let store = self.replay.as_ref();
+        futures::stream::iter(tokens)
+            .for_each_concurrent(REPLAY_WRITES, |token| async move {
+                if let Err(error) = verify::forget(store, scope, token, owner).await {
+                    tracing::warn!(%error, "a replay token could not be forgotten");
+                }
+            })
+            .await;
     }
 
     async fn sendgrid(
@@ -306,43 +313,56 @@ impl Edge {
             Err(e) => return Answer::payload(&e),
         };
         // Each delivery event's `sg_event_id` is accepted once (the signature alone would let a
-        // captured request be posted again within the freshness window).
+        // captured request be posted again within the freshness window). One conditional put
+        // per distinct id, REPLAY_WRITES at a time.
         let owner = verify::request_nonce();
+        let mut seen = std::collections::HashSet::new();
+        let ids: Vec<&str> = normalized
+            .iter()
+            .filter_map(|n| match n {
+                Normalized::Event(e) => Some(e.provider_event_id.as_str()),
+                Normalized::Ignored { .. } => None,
+            })
+            .filter(|id| seen.insert(*id))
+            .collect();
+        let store = self.replay.as_ref();
+        let outcomes: Vec<(&str, Result<bool, StoreError>)> = futures::stream::iter(ids)
+            .map(|id| {
+                let owner = &owner;
+                async move {
+                    let first =
+                        verify::first_use(store, "sendgrid", id, owner, now, REPLAY_WINDOW).await;
+                    (id, first)
+                }
+            })
+            .buffered(REPLAY_WRITES)
+            .collect()
+            .await;
+        let recorded: Vec<String> = outcomes
+            .iter()
+            .filter(|(_, first)| matches!(first, Ok(true)))
+            .map(|(id, _)| (*id).to_owned())
+            .collect();
+        if let Some((_, Err(error))) = outcomes.iter().find(|(_, first)| first.is_err()) {
+            tracing::warn!(%error, "replay store unavailable");
+            self.forget("sendgrid", recorded.iter().map(String::as_str), &owner)
+                .await;
+            return Answer::error(503, "unavailable", "the replay store is unavailable");
+        }
+        // Queued: each event whose id this request recorded, once; dropped: the others
+        // (accepted before, or repeated in this batch).
+        let mut pending: std::collections::HashSet<&str> =
+            recorded.iter().map(String::as_str).collect();
         let mut kept = Vec::with_capacity(normalized.len());
-        let mut recorded: Vec<String> = Vec::new();
         let mut replayed = 0usize;
         for n in normalized {
-            let Normalized::Event(e) = &n else {
-                kept.push(n);
-                continue;
-            };
-            if recorded.contains(&e.provider_event_id) {
-                // Twice in one batch: one copy is enough.
+            if let Normalized::Event(e) = &n
+                && !pending.remove(e.provider_event_id.as_str())
+            {
                 replayed += 1;
                 continue;
             }
-            match verify::first_use(
-                self.replay.as_ref(),
-                "sendgrid",
-                &e.provider_event_id,
-                &owner,
-                now,
-                REPLAY_WINDOW,
-            )
-            .await
-            {
-                Ok(true) => {
-                    recorded.push(e.provider_event_id.clone());
-                    kept.push(n);
-                }
-                Ok(false) => replayed += 1,
-                Err(error) => {
-                    tracing::warn!(%error, "replay store unavailable");
-                    self.forget("sendgrid", recorded.iter().map(String::as_str), &owner)
-                        .await;
-                    return Answer::error(503, "unavailable", "the replay store is unavailable");
-                }
-            }
+            kept.push(n);
         }
         if recorded.is_empty() && replayed > 0 {
             return Answer::rejected(&Rejection::Replayed);
