@@ -6,11 +6,10 @@
 //!   anything is parsed).
 //! - [`sns`] verifies SNS messages (SES notifications), fetching and caching the signing
 //!   certificates; [`edge`] is the service the webhooks function and `gateway serve` run: it
-//!   authenticates a request, keeps the replay cache in the state store and puts the events on
-//!   the events queue.
+//!   authenticates a request, keeps the replay cache (Mailgun tokens, SendGrid event ids) in the
+//!   state store and puts the events on the events queue.
 //!
-//! The normalisers Each provider
-//! module maps its own event vocabulary onto [`DeliveryKind`] following the mapping of
+//! Each provider module maps its own event vocabulary onto [`DeliveryKind`] following the mapping of
 //! providers.md §6; events that say nothing about delivery (Mailgun `accepted`, `stored`, list
 //! events, unknown future types) are [`Normalized::Ignored`] so the edge can acknowledge them
 //! instead of making the provider retry for hours.
