@@ -375,11 +375,15 @@ pub fn redact_addresses(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.contains('@') {
         return std::borrow::Cow::Borrowed(text);
     }
-    const EDGE: &[char] = &['<', '>', '(', ')', '[', ']', '"', '\'', ',', ';', ':', '.', '!', '?'];
+    const EDGE: &[char] = &[
+        '<', '>', '(', ')', '[', ']', '"', '\'', ',', ';', ':', '.', '!', '?',
+    ];
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while !rest.is_empty() {
-        let start = rest.find(|c: char| !c.is_whitespace()).unwrap_or(rest.len());
+        let start = rest
+            .find(|c: char| !c.is_whitespace())
+            .unwrap_or(rest.len());
         out.push_str(&rest[..start]);
         rest = &rest[start..];
         let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
@@ -604,7 +608,10 @@ mod tests {
                 "MessageRejected: Email address is not verified. The following identities failed the check in region EU-WEST-1: dr@clinic.example, <Patient.Name+x@Example.org>",
                 "MessageRejected: Email address is not verified. The following identities failed the check in region EU-WEST-1: <address>, <<address>>",
             ),
-            ("550 5.1.1 \"p@example.org\": no such user", "550 5.1.1 \"<address>\": no such user"),
+            (
+                "550 5.1.1 \"p@example.org\": no such user",
+                "550 5.1.1 \"<address>\": no such user",
+            ),
             ("quota exceeded", "quota exceeded"),
             ("@ alone, a@ and @b stay", "@ alone, a@ and @b stay"),
         ];

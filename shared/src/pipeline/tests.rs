@@ -1518,7 +1518,11 @@ async fn provider_texts_reach_the_logs_without_addresses() {
 
     let text = "MessageRejected: Email address is not verified. The following identities failed \
                 the check in region EU-WEST-1: dr@clinic.example, p@example.org";
-    let h = harness(&[("a", Reply::FailSaying(ErrorClass::Permanent, text))], "", "");
+    let h = harness(
+        &[("a", Reply::FailSaying(ErrorClass::Permanent, text))],
+        "",
+        "",
+    );
     let report = h.run(&one_message()).await;
     assert_eq!(report.items[0].outcome, Outcome::Failed);
     let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
@@ -1529,5 +1533,8 @@ async fn provider_texts_reach_the_logs_without_addresses() {
         "{logged}"
     );
     let event = h.outcomes().pop().unwrap();
-    assert!(event.reason.unwrap().contains("dr@clinic.example"), "the record keeps the text");
+    assert!(
+        event.reason.unwrap().contains("dr@clinic.example"),
+        "the record keeps the text"
+    );
 }
