@@ -196,7 +196,8 @@ pub fn redacted_gateway(g: &Gateway) -> Value {
 /// with every secret shown as its reference and inline literals as `"<redacted>"`.
 ///
 /// Loading the result again gives back an equal config when no secret was inline and no
-/// customer webhook URL has a query string (shown as `?<redacted>`: it may carry a token) (gateway
+/// customer webhook URL has a path or a query string (shown as `<redacted>`: either may carry
+/// a token) (gateway
 /// `source`s aside: the document has no place for them, every gateway reloads as from the
 /// config file).
 pub fn redacted_document(config: &Config) -> Value {
@@ -234,14 +235,37 @@ pub fn redacted_document(config: &Config) -> Value {
     })
 }
 
+/// A customer webhook URL as the answer shows it: scheme, host and port, with the path and
+/// the query string replaced by `<redacted>` when present. Endpoints such as Slack's or
+/// Zapier's carry their token in the path, others in the query; the endpoint's `id` names it.
+fn redacted_webhook_url(url: &str) -> String {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return REDACTED.to_owned();
+    };
+    let mut out = format!(
+        "{}://{}",
+        parsed.scheme(),
+        parsed.host_str().unwrap_or_default()
+    );
+    if let Some(port) = parsed.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out.push('/');
+    if parsed.path() != "/" {
+        out.push_str(REDACTED);
+    }
+    if parsed.query().is_some() {
+        out.push('?');
+        out.push_str(REDACTED);
+    }
+    out
+}
+
 fn customer_webhook(w: &CustomerWebhook) -> Value {
     json!({
         "id": w.id,
-        // A token in the query string is a secret too.
-        "url": match w.url.split_once('?') {
-            Some((base, _)) => format!("{base}?{REDACTED}"),
-            None => w.url.clone(),
-        },
+        // A token in the path or the query string is a secret too.
+        "url": redacted_webhook_url(&w.url),
         "key": secret(&w.key),
         "events": w.events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
         "senders": patterns(&w.senders),

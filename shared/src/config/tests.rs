@@ -1495,7 +1495,15 @@ fn customer_webhooks_resolve_with_every_event_and_every_sender_by_default() {
         ]
     );
     assert!(!bounces.enabled);
-    let again = loaded(&redacted_document(&l.config)).config;
+    // The answer hides the URLs' paths (tokens live there); everything else reloads as it was.
+    let mut shown = redacted_document(&l.config);
+    assert_eq!(
+        shown["customer_webhooks"][0]["url"],
+        "https://hooks.clinic.example/<redacted>"
+    );
+    shown["customer_webhooks"][0]["url"] = json!("https://hooks.clinic.example/mandrill");
+    shown["customer_webhooks"][1]["url"] = json!("http://127.0.0.1:9000/hook");
+    let again = loaded(&shown).config;
     assert_eq!(
         again, l.config,
         "the redacted document reloads to the same endpoints"
@@ -1551,7 +1559,7 @@ fn an_inline_customer_webhook_key_is_a_warning_and_never_shown() {
 }
 
 #[test]
-fn a_customer_webhook_url_must_be_canonical_and_its_query_is_redacted() {
+fn a_customer_webhook_url_must_be_canonical_and_its_path_and_query_are_redacted() {
     for (url, ok) in [
         ("https://hooks.example.com/x", true),
         ("https://HOOKS.example.com/x", false),
@@ -1574,7 +1582,29 @@ fn a_customer_webhook_url_must_be_canonical_and_its_query_is_redacted() {
     );
     let shown = redacted_document(&loaded(&doc).config).to_string();
     assert!(!shown.contains("s3cret-token"), "{shown}");
-    assert!(shown.contains("https://h.example/x?<redacted>"), "{shown}");
+    assert!(
+        shown.contains("https://h.example/<redacted>?<redacted>"),
+        "{shown}"
+    );
+    // A token in the path (Slack, Zapier and others put it there) is hidden too; the host is
+    // shown, and a URL without a path is shown whole.
+    let doc = with(
+        base(),
+        "/customer_webhooks",
+        Some(json!([
+            {"id": "p", "url": "https://hooks.example.com/services/T000/B000/XXXXsecretXXXX", "key": "env:K"},
+            {"id": "q", "url": "https://hooks.example.com:8443/", "key": "env:K"}
+        ])),
+    );
+    let shown = redacted_document(&loaded(&doc).config);
+    assert_eq!(
+        shown["customer_webhooks"][0]["url"],
+        "https://hooks.example.com/<redacted>"
+    );
+    assert_eq!(
+        shown["customer_webhooks"][1]["url"],
+        "https://hooks.example.com:8443/"
+    );
 }
 
 #[test]
