@@ -317,23 +317,24 @@ impl Edge {
         // per distinct id, REPLAY_WRITES at a time.
         let owner = verify::request_nonce();
         let mut seen = std::collections::HashSet::new();
-        let ids: Vec<&str> = normalized
+        // Owned ids: a stream whose closure borrows `&str` arguments makes the handler's future
+        // not `Send` for every lifetime, which an HTTP server (`gateway serve`) requires.
+        let ids: Vec<String> = normalized
             .iter()
             .filter_map(|n| match n {
                 Normalized::Event(e) => Some(e.provider_event_id.as_str()),
                 Normalized::Ignored { .. } => None,
             })
             .filter(|id| seen.insert(*id))
+            .map(str::to_owned)
             .collect();
         let store = self.replay.as_ref();
-        let outcomes: Vec<(&str, Result<bool, StoreError>)> = futures::stream::iter(ids)
-            .map(|id| {
-                let owner = &owner;
-                async move {
-                    let first =
-                        verify::first_use(store, "sendgrid", id, owner, now, REPLAY_WINDOW).await;
-                    (id, first)
-                }
+        let owner_ref = &owner;
+        let outcomes: Vec<(String, Result<bool, StoreError>)> = futures::stream::iter(ids)
+            .map(|id: String| async move {
+                let first =
+                    verify::first_use(store, "sendgrid", &id, owner_ref, now, REPLAY_WINDOW).await;
+                (id, first)
             })
             .buffered(REPLAY_WRITES)
             .collect()
@@ -341,7 +342,7 @@ impl Edge {
         let recorded: Vec<String> = outcomes
             .iter()
             .filter(|(_, first)| matches!(first, Ok(true)))
-            .map(|(id, _)| (*id).to_owned())
+            .map(|(id, _)| id.clone())
             .collect();
         if let Some((_, Err(error))) = outcomes.iter().find(|(_, first)| first.is_err()) {
             tracing::warn!(%error, "replay store unavailable");
