@@ -525,10 +525,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(aws) = &aws {
         resolver = resolver.with_aws_config(aws.sdk().clone());
     }
+    let resolver = Arc::new(resolver);
     let providers = build_providers(&config, &resolver, &config.http, Arc::clone(&clock))
         .await
         .map_err(|e| anyhow::anyhow!("the gateways' providers could not be built: {e}"))?;
-    let resolver = Arc::new(resolver);
 
     let mut lines = Vec::new();
     let store: Arc<dyn StateStore> = if args.dynamodb {

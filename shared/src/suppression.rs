@@ -14,7 +14,7 @@
 //!
 //! # Removal wins over older events
 //! [`remove`] does not delete the item: it leaves a tombstone (`removed_at`, no `reason`), kept
-//! [`TOMBSTONE_TTL`]. Every add is conditional on the tombstone being older than the event that
+//! [`TOMBSTONE_TTL_MS`]. Every add is conditional on the tombstone being older than the event that
 //! adds (`removed_at < at`), so a bounce or complaint recorded again later (a replayed event, a
 //! provider's redelivered webhook, an events-queue redrive) cannot undo an operator's removal;
 //! a bounce that happens after the removal suppresses again, as it should. A tombstone does not

@@ -95,7 +95,7 @@ pub async fn pipeline_with_sink(
 ) -> Result<(Pipeline, Arc<MemoryEventSink>), String> {
     let config = config(latency);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let resolver = SecretResolver::new(Arc::clone(&clock));
+    let resolver = Arc::new(SecretResolver::new(Arc::clone(&clock)));
     let providers = build_providers(&config, &resolver, &config.http, Arc::clone(&clock))
         .await
         .map_err(|e| format!("providers: {e}"))?;

@@ -38,13 +38,15 @@ fn load(text: &str) -> Config {
         .config
 }
 
-fn resolver(vars: &[(&str, &str)]) -> SecretResolver {
+fn resolver(vars: &[(&str, &str)]) -> Arc<SecretResolver> {
     let vars: HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    SecretResolver::new(Arc::new(ManualClock::new(NOW)))
-        .with_env_lookup(Arc::new(move |name| vars.get(name).cloned()))
+    Arc::new(
+        SecretResolver::new(Arc::new(ManualClock::new(NOW)))
+            .with_env_lookup(Arc::new(move |name| vars.get(name).cloned())),
+    )
 }
 
 fn unique_dir(tag: &str) -> PathBuf {
@@ -58,7 +60,10 @@ fn unique_dir(tag: &str) -> PathBuf {
     ))
 }
 
-async fn build(config: &Config, resolver: &SecretResolver) -> Result<Vec<String>, FactoryError> {
+async fn build(
+    config: &Config,
+    resolver: &Arc<SecretResolver>,
+) -> Result<Vec<String>, FactoryError> {
     let built = build_providers(
         config,
         resolver,

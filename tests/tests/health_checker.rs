@@ -101,7 +101,7 @@ async fn env(tag: &str, gateways: serde_json::Value) -> Env {
     let clock = Arc::new(ManualClock::new(T0));
     let providers = build_providers(
         &config,
-        &SecretResolver::new(clock.clone()),
+        &Arc::new(SecretResolver::new(clock.clone())),
         &config.http,
         clock.clone(),
     )

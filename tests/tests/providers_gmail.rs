@@ -732,3 +732,56 @@ fn debug_output_never_shows_the_key() {
     assert!(!shown.contains(pem_body), "{shown}");
     assert!(!shown.contains("PRIVATE KEY"), "{shown}");
 }
+
+/// A rotated service-account key (a new JSON key file at the same reference) is used for the
+/// next token without a restart: the client reads its key through the resolver when it signs.
+#[tokio::test]
+async fn a_rotated_service_account_key_signs_the_next_token() {
+    use gateway_core::secrets::{LiveSecret, SecretResolver};
+    use std::sync::Mutex;
+
+    let with_kid = |kid: &str| {
+        let mut json: serde_json::Value =
+            serde_json::from_str(service_account_json().expose()).unwrap();
+        json["private_key_id"] = serde_json::json!(kid);
+        json.to_string()
+    };
+    let current = Arc::new(Mutex::new(with_kid("key-2026-11")));
+    let source = Arc::clone(&current);
+    let resolver = Arc::new(
+        SecretResolver::new(Arc::new(gateway_core::clock::ManualClock::new(NOW))).with_env_lookup(
+            Arc::new(move |name| (name == "GMAIL_KEY").then(|| source.lock().unwrap().clone())),
+        ),
+    );
+    let fake = Fake::start(vec![]).await;
+    fake.send_answers(ok_send()).await;
+    let provider = fake
+        .provider(None, false)
+        .with_live_key(LiveSecret::resolved(
+            resolver,
+            SecretRef::Env("GMAIL_KEY".into()),
+        ));
+    let kids = || async {
+        fake.requests("/token")
+            .await
+            .iter()
+            .map(|r| {
+                let (header, _) = verify(&assertion_of(r)).expect("a signed assertion");
+                header.kid.unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+    };
+    provider
+        .send(&message_from("ada@clinic.example", 1), NOW)
+        .await
+        .unwrap();
+    assert_eq!(kids().await, ["key-2026-11"]);
+
+    *current.lock().unwrap() = with_kid("key-2026-12");
+    // The next token (another subject, so not from the token cache) is signed with the new key.
+    provider
+        .send(&message_from("grace@clinic.example", 1), NOW)
+        .await
+        .unwrap();
+    assert_eq!(kids().await, ["key-2026-11", "key-2026-12"]);
+}

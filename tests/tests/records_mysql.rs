@@ -758,7 +758,7 @@ async fn a_permanently_failed_message_redelivered_leaves_every_row_identical() {
     let clock = Arc::new(ManualClock::new(T0));
     let providers = build_providers(
         &config,
-        &SecretResolver::new(clock.clone() as Arc<dyn Clock>),
+        &Arc::new(SecretResolver::new(clock.clone() as Arc<dyn Clock>)),
         &config.http,
         clock.clone() as Arc<dyn Clock>,
     )

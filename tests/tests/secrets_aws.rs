@@ -200,3 +200,97 @@ async fn rotated_secret_is_read_again_after_the_ttl() {
     clock.advance(1);
     assert_eq!(r.resolve(&reference).await.unwrap().expose(), "new-key");
 }
+
+/// A provider key rotated in Secrets Manager: the warm client still holds the old value (the
+/// resolver's TTL has not run out) and Mailgun refuses it; the client reads the key again at
+/// once and sends with the new one, so the rotation is one extra request, not an `Auth`
+/// failure counted against the breaker. Once the new key is cached, no extra request.
+#[tokio::test]
+async fn a_rotated_provider_key_is_read_again_when_the_provider_refuses_the_old_one() {
+    use base64::Engine as _;
+    use gateway_core::config::load_config;
+    use gateway_core::message::parse_message;
+    use gateway_core::providers::factory::build_providers;
+    use wiremock::matchers::{header, method};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let arn = create_secret(&unique("mailgun-key"), "old-key").await;
+    let server = MockServer::start().await;
+    let auth = |key: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("api:{key}"))
+        )
+    };
+    Mock::given(method("POST"))
+        .and(header("authorization", auth("new-key").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"id":"<new@mg>"}"#))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(401).set_body_string("Forbidden"))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let config = load_config(
+        Some(
+            &serde_json::json!({"gateways": [{
+                "id": "mg", "type": "mailgun", "display_name": "mg", "priority": 1,
+                "mailgun": {"api_key": format!("secretsmanager:{arn}"), "domain": "mg.example.com",
+                            "base_url": server.uri()},
+                "routing": {"can_route": ["*"]}}]})
+            .to_string(),
+        ),
+        None,
+        &|_| None,
+    )
+    .unwrap()
+    .config;
+    let clock = Arc::new(ManualClock::new(NOW));
+    let resolver = Arc::new(resolver(clock.clone()));
+    let providers = build_providers(&config, &resolver, &config.http, clock)
+        .await
+        .unwrap();
+    let provider = &providers["mg"];
+    let message = parse_message(
+        br#"{"id":"m1","from":"a@mg.example.com","to":["p@example.org"],"subject":"s","text":"t"}"#,
+        None,
+    )
+    .unwrap();
+
+    put_secret_value(&arn, "new-key").await;
+    let accepted = provider.send(&message, NOW).await.unwrap();
+    assert_eq!(accepted.provider_message_id.as_deref(), Some("<new@mg>"));
+    let sent: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.headers["authorization"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(sent, [auth("old-key"), auth("new-key")]);
+
+    provider.send(&message, NOW).await.unwrap();
+    assert_eq!(server.received_requests().await.unwrap().len(), 3);
+
+    // A key that is simply wrong stays an `Auth` failure after one re-read.
+    put_secret_value(&arn, "revoked-key").await;
+    let wrong = Arc::new(SecretResolver::new(Arc::new(ManualClock::new(NOW))));
+    let providers = build_providers(
+        &config,
+        &wrong,
+        &config.http,
+        Arc::new(ManualClock::new(NOW)),
+    )
+    .await
+    .unwrap();
+    let before = server.received_requests().await.unwrap().len();
+    let refused = providers["mg"].send(&message, NOW).await.unwrap_err();
+    assert_eq!(refused.class, gateway_core::providers::ErrorClass::Auth);
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        before + 1,
+        "the same key is not sent twice"
+    );
+}

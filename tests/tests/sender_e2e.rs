@@ -76,7 +76,7 @@ async fn env(tag: &str, config: &str) -> Env {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let providers = build_providers(
         &config,
-        &SecretResolver::new(Arc::clone(&clock)),
+        &Arc::new(SecretResolver::new(Arc::clone(&clock))),
         &config.http,
         Arc::clone(&clock),
     )

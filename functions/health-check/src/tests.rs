@@ -56,7 +56,7 @@ async fn world() -> World {
     let clock = Arc::new(ManualClock::new(T0));
     let providers = build_providers(
         &config,
-        &SecretResolver::new(clock.clone()),
+        &Arc::new(SecretResolver::new(clock.clone())),
         &config.http,
         clock.clone(),
     )

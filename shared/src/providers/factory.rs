@@ -31,7 +31,7 @@ use crate::providers::sendgrid::SendgridProvider;
 use crate::providers::ses::{self, SesProvider};
 use crate::providers::simulated::SimulatedProvider;
 use crate::providers::smtp::{SmtpLimits, SmtpProvider, SmtpSetupError, SmtpTimeouts};
-use crate::secrets::SecretString;
+use crate::secrets::{LiveSecret, SecretString};
 use crate::secrets::{SecretError, SecretResolver};
 
 /// What is wrong with one gateway.
@@ -116,7 +116,7 @@ pub use super::Providers;
 /// every problem found.
 pub async fn build_providers(
     config: &Config,
-    resolver: &SecretResolver,
+    resolver: &Arc<SecretResolver>,
     http: &HttpSettings,
     clock: Arc<dyn Clock>,
 ) -> Result<Providers, FactoryError> {
@@ -151,7 +151,7 @@ pub async fn build_providers(
 }
 
 struct Builder<'a> {
-    resolver: &'a SecretResolver,
+    resolver: &'a Arc<SecretResolver>,
     http: &'a HttpSettings,
     clock: Arc<dyn Clock>,
     client: Option<Result<reqwest::Client, Arc<HttpClientError>>>,
@@ -177,20 +177,35 @@ impl Builder<'_> {
             .map_err(|source| Problem::Secret { field, source })
     }
 
+    /// A credential the client reads on every use (so a rotation reaches it, see
+    /// [`LiveSecret`]), checked to resolve now so that a broken reference is a start-up problem.
+    async fn live_secret(
+        &self,
+        field: &'static str,
+        reference: &SecretRef,
+    ) -> Result<LiveSecret, Problem> {
+        self.secret(field, reference).await?;
+        Ok(LiveSecret::resolved(
+            Arc::clone(self.resolver),
+            reference.clone(),
+        ))
+    }
+
     /// Builds one gateway's client, or every problem it has.
     async fn build(&mut self, gateway: &Gateway) -> Result<Arc<dyn Provider>, Vec<Problem>> {
         let id = gateway.id.as_str();
         match &gateway.provider {
             ProviderSettings::Mailgun(settings) => {
                 let (key, client) = both(
-                    self.secret("mailgun.api_key", &settings.api_key).await,
+                    self.live_secret("mailgun.api_key", &settings.api_key).await,
                     self.client(),
                 )?;
                 Ok(Arc::new(MailgunProvider::new(id, settings, key, client)))
             }
             ProviderSettings::Sendgrid(settings) => {
                 let (key, client) = both(
-                    self.secret("sendgrid.api_key", &settings.api_key).await,
+                    self.live_secret("sendgrid.api_key", &settings.api_key)
+                        .await,
                     self.client(),
                 )?;
                 Ok(Arc::new(SendgridProvider::new(id, settings, key, client)))
@@ -209,14 +224,18 @@ impl Builder<'_> {
                     .await,
                     self.client(),
                 )?;
+                let live = LiveSecret::resolved(
+                    Arc::clone(self.resolver),
+                    settings.service_account.clone(),
+                );
                 GmailProvider::new(id, settings, &key, client, self.clock.clone())
-                    .map(|p| Arc::new(p) as Arc<dyn Provider>)
+                    .map(|p| Arc::new(p.with_live_key(live)) as Arc<dyn Provider>)
                     .map_err(|e| vec![Problem::Gmail(e)])
             }
             ProviderSettings::Smtp(settings) => {
                 let password = match &settings.password {
                     Some(reference) => Some(
-                        self.secret("smtp.password", reference)
+                        self.live_secret("smtp.password", reference)
                             .await
                             .map_err(|e| vec![e])?,
                     ),

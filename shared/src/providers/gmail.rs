@@ -51,7 +51,7 @@ use crate::config::GoogleWorkspaceSettings;
 use crate::message::OutboundMessage;
 use crate::mime::{self, BccHeader, BuiltMime, MimeOptions};
 use crate::providers::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
-use crate::secrets::SecretString;
+use crate::secrets::{LiveSecret, SecretString};
 
 const PROVIDER: &str = "google_workspace";
 
@@ -178,7 +178,10 @@ struct CachedToken {
 pub struct GmailProvider {
     gateway_id: String,
     http: reqwest::Client,
-    key: ServiceAccountKey,
+    /// The key as read (to notice a rotation) and parsed.
+    key: Mutex<(SecretString, Arc<ServiceAccountKey>)>,
+    /// Where the key is read again from, when it is a reference (see [`LiveSecret`]).
+    live: Option<LiveSecret>,
     token_url: String,
     api_base_url: String,
     default_sender: Option<EmailAddress>,
@@ -232,7 +235,8 @@ impl GmailProvider {
         Ok(Self {
             gateway_id: gateway_id.into(),
             http,
-            key,
+            key: Mutex::new((service_account.clone(), Arc::new(key))),
+            live: None,
             token_url,
             api_base_url,
             default_sender,
@@ -242,11 +246,78 @@ impl GmailProvider {
         })
     }
 
+    /// The same client reading its key from `live` when it signs: a rotated key (read again
+    /// after the resolver's TTL, or at once after a refused token exchange) is parsed and used
+    /// for the next tokens. A new key that does not parse is logged and the old one kept.
+    #[must_use]
+    pub fn with_live_key(mut self, live: LiveSecret) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    fn held_key(&self) -> (SecretString, Arc<ServiceAccountKey>) {
+        self.key.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the held key with `raw` when it differs and parses; `true` when it was replaced.
+    fn adopt_key(&self, raw: SecretString) -> bool {
+        let mut held = self.key.lock().unwrap_or_else(|p| p.into_inner());
+        if held.0 == raw {
+            return false;
+        }
+        match ServiceAccountKey::from_json(&raw) {
+            Ok(parsed) => {
+                *held = (raw, Arc::new(parsed));
+                true
+            }
+            Err(error) => {
+                tracing::warn!(gateway = %self.gateway_id, %error, "the service-account key read again does not parse; the previous one is kept");
+                false
+            }
+        }
+    }
+
+    /// The key to sign with now: the one read from the live source when it changed.
+    async fn signing_key(&self) -> Arc<ServiceAccountKey> {
+        if let Some(live) = &self.live
+            && let Ok(raw) = live.current().await
+        {
+            self.adopt_key(raw);
+        }
+        self.held_key().1
+    }
+
+    /// After a refused token exchange: `true` when the key was rotated meanwhile (the new one
+    /// is held now, and every cached token dropped).
+    async fn key_rotated(&self) -> bool {
+        let Some(live) = &self.live else {
+            return false;
+        };
+        let (held, _) = self.held_key();
+        let Some(fresh) = live.after_refusal(&held).await else {
+            return false;
+        };
+        let rotated = self.adopt_key(fresh);
+        if rotated && let Ok(mut tokens) = self.tokens.lock() {
+            tokens.clear();
+        }
+        rotated
+    }
+
     /// The claims of an assertion for `subject` issued at `now` (epoch ms).
     pub fn assertion_claims(&self, subject: Option<&str>, now: EpochMillis) -> AssertionClaims {
+        self.claims_for(&self.held_key().1, subject, now)
+    }
+
+    fn claims_for(
+        &self,
+        key: &ServiceAccountKey,
+        subject: Option<&str>,
+        now: EpochMillis,
+    ) -> AssertionClaims {
         let iat = now.div_euclid(1000);
         AssertionClaims {
-            iss: self.key.client_email.clone(),
+            iss: key.client_email.clone(),
             sub: subject.map(str::to_owned),
             scope: GMAIL_SEND_SCOPE.to_owned(),
             aud: self.token_url.clone(),
@@ -282,7 +353,15 @@ impl GmailProvider {
                 return Ok(cached.token.clone());
             }
         }
-        let (token, expires_in_secs) = self.exchange(subject, now).await?;
+        let (token, expires_in_secs) = match self.exchange(subject, now).await {
+            // A refusal after a key rotation: once more with the new key.
+            Err(TokenFailure::Refused { .. })
+            | Err(TokenFailure::Failed(SendError {
+                class: ErrorClass::Auth,
+                ..
+            })) if self.key_rotated().await => self.exchange(subject, now).await?,
+            other => other?,
+        };
         let refresh_at = now + expires_in_secs.saturating_mul(1000) - TOKEN_REFRESH_MARGIN_MS;
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         tokens.insert(
@@ -301,17 +380,17 @@ impl GmailProvider {
         subject: Option<&str>,
         now: EpochMillis,
     ) -> Result<(SecretString, i64), TokenFailure> {
+        let key = self.signing_key().await;
         let mut header = Header::new(Algorithm::RS256);
-        header.kid = self.key.private_key_id.clone();
-        let claims = self.assertion_claims(subject, now);
-        let assertion =
-            jsonwebtoken::encode(&header, &claims, &self.key.signing_key).map_err(|_| {
-                TokenFailure::Failed(SendError::new(
-                    ErrorClass::Auth,
-                    PROVIDER,
-                    "the service-account key cannot sign",
-                ))
-            })?;
+        header.kid = key.private_key_id.clone();
+        let claims = self.claims_for(&key, subject, now);
+        let assertion = jsonwebtoken::encode(&header, &claims, &key.signing_key).map_err(|_| {
+            TokenFailure::Failed(SendError::new(
+                ErrorClass::Auth,
+                PROVIDER,
+                "the service-account key cannot sign",
+            ))
+        })?;
         let response = self
             .http
             .post(&self.token_url)

@@ -43,6 +43,7 @@ use reqwest::header::HeaderMap;
 
 use crate::clock::EpochMillis;
 use crate::config::HttpSettings;
+use crate::secrets::{LiveSecret, SecretString};
 
 use super::{ErrorClass, SendError};
 
@@ -156,6 +157,22 @@ pub fn class_for_transport(error: &reqwest::Error) -> ErrorClass {
     } else {
         ErrorClass::Ambiguous
     }
+}
+
+/// The credential to use now (see [`LiveSecret`]). One that cannot be read is an `Auth`
+/// failure: the secret was deleted, access to it denied or it is empty, which a retry does not
+/// fix (a transient outage of the secret store keeps the last value instead).
+pub async fn current_key(
+    provider: &'static str,
+    key: &LiveSecret,
+) -> Result<SecretString, SendError> {
+    key.current().await.map_err(|e| {
+        SendError::new(
+            ErrorClass::Auth,
+            provider,
+            format!("the credential cannot be read: {e}"),
+        )
+    })
 }
 
 /// A classified error for a failed transport (no response).

@@ -56,10 +56,11 @@ use crate::config::{MailgunRegion, MailgunSettings, MailgunTags, Tracking};
 use crate::message::OutboundMessage;
 
 use super::http::{
-    GATEWAY_MESSAGE_ID_HEADER, class_for_status, probe_request, status_error, transport_error,
+    GATEWAY_MESSAGE_ID_HEADER, class_for_status, current_key, probe_request, status_error,
+    transport_error,
 };
 use super::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
-use crate::secrets::SecretString;
+use crate::secrets::LiveSecret;
 
 /// Provider name in errors and logs.
 pub const PROVIDER: &str = "mailgun";
@@ -93,7 +94,7 @@ pub enum FormValue {
 pub struct MailgunProvider {
     gateway_id: String,
     client: reqwest::Client,
-    api_key: SecretString,
+    api_key: LiveSecret,
     domain: String,
     base_url: String,
     tracking: Tracking,
@@ -101,15 +102,16 @@ pub struct MailgunProvider {
 }
 
 impl MailgunProvider {
-    /// A client for gateway `gateway_id` with its `mailgun` block and the resolved API key,
-    /// sharing the process's HTTP client. The base URL is `base_url` when set (a trailing `/` is
-    /// ignored), else the region's.
+    /// A client for gateway `gateway_id` with its `mailgun` block and its API key (a value, or
+    /// a reference read on every use, see [`LiveSecret`]), sharing the process's HTTP client.
+    /// The base URL is `base_url` when set (a trailing `/` is ignored), else the region's.
     pub fn new(
         gateway_id: impl Into<String>,
         settings: &MailgunSettings,
-        api_key: SecretString,
+        api_key: impl Into<LiveSecret>,
         client: reqwest::Client,
     ) -> Self {
+        let api_key = api_key.into();
         let base_url = match (&settings.base_url, settings.region) {
             (Some(url), _) => url.trim_end_matches('/').to_owned(),
             (None, MailgunRegion::Us) => US_BASE_URL.to_owned(),
@@ -274,47 +276,60 @@ impl Provider for MailgunProvider {
         message: &OutboundMessage,
         now: EpochMillis,
     ) -> Result<Accepted, SendError> {
-        let form = self.form(message)?;
         let url = format!("{}/v3/{}/messages", self.base_url, self.domain);
-        let response = self
-            .client
-            .post(url)
-            .basic_auth("api", Some(self.api_key.expose()))
-            .multipart(form)
-            .send()
-            .await
-            .map_err(|e| transport_error(PROVIDER, e))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        // After a success status the message is accepted whatever happens to the body.
-        let body = response.text().await.unwrap_or_default();
-        if (200..300).contains(&status) {
-            let id = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned));
-            return Ok(Accepted {
-                provider_message_id: id,
-                substituted_sender: None,
-            });
+        let mut key = current_key(PROVIDER, &self.api_key).await?;
+        let mut retried = false;
+        loop {
+            let form = self.form(message)?;
+            let response = self
+                .client
+                .post(&url)
+                .basic_auth("api", Some(key.expose()))
+                .multipart(form)
+                .send()
+                .await
+                .map_err(|e| transport_error(PROVIDER, e))?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            // After a success status the message is accepted whatever happens to the body.
+            let body = response.text().await.unwrap_or_default();
+            if (200..300).contains(&status) {
+                let id = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned));
+                return Ok(Accepted {
+                    provider_message_id: id,
+                    substituted_sender: None,
+                });
+            }
+            let error = status_error(
+                PROVIDER,
+                mailgun_class(status),
+                status,
+                &headers,
+                &body,
+                now,
+            );
+            // A refused key may have been rotated: read it again and try once more with the
+            // new one (nothing was accepted, so nothing can be sent twice).
+            if error.class == ErrorClass::Auth
+                && !retried
+                && let Some(fresh) = self.api_key.after_refusal(&key).await
+            {
+                key = fresh;
+                retried = true;
+                continue;
+            }
+            return Err(error);
         }
-        Err(status_error(
-            PROVIDER,
-            mailgun_class(status),
-            status,
-            &headers,
-            &body,
-            now,
-        ))
     }
 
     /// `GET {base}/v3/domains/{domain}`: authenticated, sends nothing, and proves the domain
     /// exists for this key.
     async fn probe(&self) -> Result<ProbeReport, SendError> {
         let url = format!("{}/v3/domains/{}", self.base_url, self.domain);
-        let request = self
-            .client
-            .get(url)
-            .basic_auth("api", Some(self.api_key.expose()));
+        let key = current_key(PROVIDER, &self.api_key).await?;
+        let request = self.client.get(url).basic_auth("api", Some(key.expose()));
         probe_request(PROVIDER, request, mailgun_class).await
     }
 }
@@ -403,7 +418,12 @@ mod tests {
     }
 
     fn provider(s: &MailgunSettings) -> MailgunProvider {
-        MailgunProvider::new("mg", s, SecretString::new("k"), reqwest::Client::new())
+        MailgunProvider::new(
+            "mg",
+            s,
+            crate::secrets::SecretString::new("k"),
+            reqwest::Client::new(),
+        )
     }
 
     fn texts<'a>(fields: &'a [(String, FormValue)], name: &str) -> Vec<&'a str> {

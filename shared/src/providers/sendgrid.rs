@@ -49,10 +49,11 @@ use crate::config::{SendgridSettings, Tracking};
 use crate::message::OutboundMessage;
 
 use super::http::{
-    GATEWAY_MESSAGE_ID_HEADER, class_for_status, probe_request, status_error, transport_error,
+    GATEWAY_MESSAGE_ID_HEADER, class_for_status, current_key, probe_request, status_error,
+    transport_error,
 };
 use super::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
-use crate::secrets::SecretString;
+use crate::secrets::LiveSecret;
 
 /// Provider name in errors and logs.
 pub const PROVIDER: &str = "sendgrid";
@@ -74,22 +75,23 @@ pub const MAX_MESSAGE_BYTES: usize = 30_000_000;
 pub struct SendgridProvider {
     gateway_id: String,
     client: reqwest::Client,
-    api_key: SecretString,
+    api_key: LiveSecret,
     base_url: String,
     tracking: Tracking,
     categories: Vec<String>,
 }
 
 impl SendgridProvider {
-    /// A client for gateway `gateway_id` with its `sendgrid` block and the resolved API key,
-    /// sharing the process's HTTP client. The base URL is `base_url` when set (a trailing `/`
-    /// ignored), else [`DEFAULT_BASE_URL`].
+    /// A client for gateway `gateway_id` with its `sendgrid` block and its API key (a value, or
+    /// a reference read on every use, see [`LiveSecret`]), sharing the process's HTTP client.
+    /// The base URL is `base_url` when set (a trailing `/` ignored), else [`DEFAULT_BASE_URL`].
     pub fn new(
         gateway_id: impl Into<String>,
         settings: &SendgridSettings,
-        api_key: SecretString,
+        api_key: impl Into<LiveSecret>,
         client: reqwest::Client,
     ) -> Self {
+        let api_key = api_key.into();
         let base_url = settings
             .base_url
             .as_deref()
@@ -228,45 +230,61 @@ impl Provider for SendgridProvider {
                 body.len()
             )));
         }
-        let response = self
-            .client
-            .post(format!("{}/v3/mail/send", self.base_url))
-            .bearer_auth(self.api_key.expose())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| transport_error(PROVIDER, e))?;
-        let status = response.status().as_u16();
-        if response.status().is_success() {
-            let id = response
-                .headers()
-                .get("x-message-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            return Ok(Accepted {
-                provider_message_id: id,
-                substituted_sender: None,
-            });
+        let mut key = current_key(PROVIDER, &self.api_key).await?;
+        let mut retried = false;
+        loop {
+            let response = self
+                .client
+                .post(format!("{}/v3/mail/send", self.base_url))
+                .bearer_auth(key.expose())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .map_err(|e| transport_error(PROVIDER, e))?;
+            let status = response.status().as_u16();
+            if response.status().is_success() {
+                let id = response
+                    .headers()
+                    .get("x-message-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                return Ok(Accepted {
+                    provider_message_id: id,
+                    substituted_sender: None,
+                });
+            }
+            let headers = response.headers().clone();
+            let text = response.text().await.unwrap_or_default();
+            let error = status_error(
+                PROVIDER,
+                class_for_status(status),
+                status,
+                &headers,
+                &text,
+                now,
+            );
+            // A refused key may have been rotated: read it again and try once more with the
+            // new one (nothing was accepted, so nothing can be sent twice).
+            if error.class == ErrorClass::Auth
+                && !retried
+                && let Some(fresh) = self.api_key.after_refusal(&key).await
+            {
+                key = fresh;
+                retried = true;
+                continue;
+            }
+            return Err(error);
         }
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        Err(status_error(
-            PROVIDER,
-            class_for_status(status),
-            status,
-            &headers,
-            &text,
-            now,
-        ))
     }
 
     /// `GET {base}/v3/scopes` (see module docs).
     async fn probe(&self) -> Result<ProbeReport, SendError> {
+        let key = current_key(PROVIDER, &self.api_key).await?;
         let request = self
             .client
             .get(format!("{}/v3/scopes", self.base_url))
-            .bearer_auth(self.api_key.expose());
+            .bearer_auth(key.expose());
         probe_request(PROVIDER, request, class_for_status).await
     }
 }
@@ -337,7 +355,7 @@ mod tests {
         SendgridProvider::new(
             "sg",
             &settings,
-            SecretString::new("k"),
+            crate::secrets::SecretString::new("k"),
             reqwest::Client::new(),
         )
     }

@@ -38,7 +38,7 @@ use crate::config::{SmtpSettings, SmtpTls};
 use crate::message::OutboundMessage;
 use crate::mime;
 use crate::providers::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
-use crate::secrets::SecretString;
+use crate::secrets::{LiveSecret, SecretString};
 
 const PROVIDER: &str = "smtp";
 
@@ -94,19 +94,19 @@ pub struct SmtpProvider {
     host: String,
     port: u16,
     tls: SmtpTls,
-    credentials: Option<(String, SecretString)>,
+    credentials: Option<(String, LiveSecret)>,
     timeouts: SmtpTimeouts,
     limits: SmtpLimits,
 }
 
 impl SmtpProvider {
-    /// A client for the relay in `settings`. `password` is the resolved `settings.password`;
-    /// username and password must be both present or both absent, and AUTH is refused on a
-    /// plain-text connection.
+    /// A client for the relay in `settings`. `password` is `settings.password` (a value, or a
+    /// reference read on every connection, see [`LiveSecret`]); username and password must be
+    /// both present or both absent, and AUTH is refused on a plain-text connection.
     pub fn new(
         gateway_id: impl Into<String>,
         settings: &SmtpSettings,
-        password: Option<SecretString>,
+        password: Option<LiveSecret>,
         timeouts: SmtpTimeouts,
         limits: SmtpLimits,
     ) -> Result<Self, SmtpSetupError> {
@@ -129,8 +129,36 @@ impl SmtpProvider {
         })
     }
 
-    /// Connects, says EHLO, upgrades to TLS and authenticates as configured.
+    /// Connects and authenticates as configured. A refused password may have been rotated: it
+    /// is read again and one more connection tried with the new one (AUTH comes before any
+    /// content, so nothing can be sent twice).
     async fn open(&self) -> Result<AsyncSmtpConnection, Failure> {
+        let Some((user, live)) = &self.credentials else {
+            return self.connect(None).await;
+        };
+        let mut password = live.current().await.map_err(Failure::credential)?;
+        let mut retried = false;
+        loop {
+            match self.connect(Some((user, &password))).await {
+                Err(failure) if failure.step == Step::Auth && failure.refused() && !retried => {
+                    match live.after_refusal(&password).await {
+                        Some(fresh) => {
+                            password = fresh;
+                            retried = true;
+                        }
+                        None => return Err(failure),
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Connects, says EHLO, upgrades to TLS and authenticates with `credentials`.
+    async fn connect(
+        &self,
+        credentials: Option<(&String, &SecretString)>,
+    ) -> Result<AsyncSmtpConnection, Failure> {
         let hello = ClientId::default();
         let implicit_tls = match self.tls {
             SmtpTls::Tls => Some(self.tls_parameters()?),
@@ -151,7 +179,7 @@ impl SmtpProvider {
                 .await
                 .map_err(|e| Failure::new(Step::Connect, e))?;
         }
-        if let Some((user, password)) = &self.credentials {
+        if let Some((user, password)) = credentials {
             let credentials = Credentials::new(user.clone(), password.expose().to_owned());
             conn.auth(&[Mechanism::Plain, Mechanism::Login], &credentials)
                 .await
@@ -326,6 +354,8 @@ struct Failure {
 enum FailureKind {
     Smtp(lettre::transport::smtp::Error),
     BadAddress,
+    /// The password could not be read (the secret's error, which names no value).
+    Credential(String),
 }
 
 impl Failure {
@@ -334,6 +364,18 @@ impl Failure {
             step,
             error: FailureKind::Smtp(error),
         }
+    }
+
+    fn credential(error: crate::secrets::SecretError) -> Self {
+        Self {
+            step: Step::Auth,
+            error: FailureKind::Credential(error.to_string()),
+        }
+    }
+
+    /// True when the relay answered AUTH with a permanent refusal (5xx): the password is wrong.
+    fn refused(&self) -> bool {
+        matches!(&self.error, FailureKind::Smtp(e) if e.is_permanent())
     }
 
     fn into_send_error(self) -> SendError {
@@ -345,6 +387,13 @@ impl Failure {
                     ErrorClass::Permanent,
                     PROVIDER,
                     "an address is not valid for SMTP",
+                );
+            }
+            FailureKind::Credential(error) => {
+                return SendError::new(
+                    ErrorClass::Auth,
+                    PROVIDER,
+                    format!("the password cannot be read: {error}"),
                 );
             }
         };
@@ -489,7 +538,7 @@ mod tests {
             let built = SmtpProvider::new(
                 "relay",
                 &settings(tls, user),
-                password,
+                password.map(Into::into),
                 timeouts,
                 SmtpLimits::default(),
             );
@@ -502,7 +551,7 @@ mod tests {
         let provider = SmtpProvider::new(
             "relay",
             &settings(SmtpTls::Starttls, Some("user")),
-            Some(SecretString::new("hunter2-secret")),
+            Some(SecretString::new("hunter2-secret").into()),
             SmtpTimeouts {
                 connect: Duration::from_secs(1),
                 exchange: Duration::from_secs(1),

@@ -10,7 +10,9 @@
 //!
 //! **Caching and rotation.** A resolved value is cached per reference for the life of the
 //! process, but re-read once it is older than the TTL ([`DEFAULT_TTL`], 5 minutes), so a rotated
-//! API key reaches warm Lambda instances within minutes without a deployment. If the re-read
+//! API key reaches warm Lambda instances within minutes without a deployment (provider clients
+//! hold a [`LiveSecret`], which reads through this cache on every use and reads again at once
+//! when the provider refuses the held value). If the re-read
 //! fails *transiently* (the store is unreachable), the stale value is kept and returned: the old
 //! key usually still works during rotation, and an outage of Secrets Manager must not stop mail.
 //! A definite answer (not found, access denied, key missing) is reported even when a stale value
@@ -229,6 +231,12 @@ impl SecretResolver {
     /// Drops every cached value (after a known rotation, for instance).
     pub fn clear_cache(&self) {
         self.lock().clear();
+    }
+
+    /// Drops the cached value of `reference`: the next [`SecretResolver::resolve`] reads it
+    /// again.
+    pub fn forget(&self, reference: &SecretRef) {
+        self.lock().remove(&reference.to_string());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
@@ -708,5 +716,101 @@ mod tests {
         let shown = format!("{r:?}");
         assert!(!shown.contains("3ax6"), "{shown}");
         assert!(shown.contains("SecretResolver"), "{shown}");
+    }
+}
+
+/// A credential a provider client sends with its requests, read through the resolver on every
+/// use, so a rotated key reaches a warm instance within the resolver's TTL without a
+/// deployment; and read again at once when the provider refuses it ([`LiveSecret::after_refusal`]),
+/// so a rotation is not counted against the breaker as an outage of the provider. `Debug` shows
+/// the reference, never the value.
+#[derive(Clone)]
+pub struct LiveSecret(Source, Arc<Mutex<Option<std::time::Instant>>>);
+
+/// The shortest time between two reads forced by refusals: a provider refusing every request
+/// (a revoked key) must not turn each send into a call to the secret store.
+pub const REFUSAL_REREAD_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+enum Source {
+    Fixed(SecretString),
+    Resolved {
+        resolver: Arc<SecretResolver>,
+        reference: SecretRef,
+    },
+}
+
+impl std::fmt::Debug for LiveSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Source::Fixed(_) => f.write_str("LiveSecret(fixed)"),
+            Source::Resolved { reference, .. } => write!(f, "LiveSecret({reference})"),
+        }
+    }
+}
+
+impl From<SecretString> for LiveSecret {
+    fn from(value: SecretString) -> Self {
+        Self::fixed(value)
+    }
+}
+
+impl LiveSecret {
+    /// A value that never changes (tests, clients built from a value).
+    pub fn fixed(value: SecretString) -> Self {
+        Self(Source::Fixed(value), Arc::default())
+    }
+
+    /// `reference`, read through `resolver` (and its cache) on every use.
+    pub fn resolved(resolver: Arc<SecretResolver>, reference: SecretRef) -> Self {
+        Self(
+            Source::Resolved {
+                resolver,
+                reference,
+            },
+            Arc::default(),
+        )
+    }
+
+    /// The value to use now: the resolver's cached value, read again once older than its TTL
+    /// (and kept if that read fails).
+    pub async fn current(&self) -> Result<SecretString, SecretError> {
+        match &self.0 {
+            Source::Fixed(value) => Ok(value.clone()),
+            Source::Resolved {
+                resolver,
+                reference,
+            } => resolver.resolve(reference).await,
+        }
+    }
+
+    /// After the provider refused `refused`: the value read again from its source, when it
+    /// differs (the key was rotated, try once more with the new one); `None` when it is the
+    /// same, cannot be read, is fixed, or was read again for a refusal less than
+    /// [`REFUSAL_REREAD_INTERVAL`] ago (the refusal stands).
+    pub async fn after_refusal(&self, refused: &SecretString) -> Option<SecretString> {
+        let Source::Resolved {
+            resolver,
+            reference,
+        } = &self.0
+        else {
+            return None;
+        };
+        let recently = {
+            let mut last = self.1.lock().unwrap_or_else(PoisonError::into_inner);
+            let recently = last.is_some_and(|at| at.elapsed() < REFUSAL_REREAD_INTERVAL);
+            if !recently {
+                *last = Some(std::time::Instant::now());
+            }
+            recently
+        };
+        // Read again a moment ago for another refusal: the cached value is that read's.
+        if !recently {
+            resolver.forget(reference);
+        }
+        match resolver.resolve(reference).await {
+            Ok(fresh) if fresh != *refused => Some(fresh),
+            _ => None,
+        }
     }
 }
