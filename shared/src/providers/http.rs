@@ -175,6 +175,20 @@ pub async fn current_key(
     })
 }
 
+/// After `error` answered a request made with `used`: the key to try once more with, when the
+/// provider refused the credential (`Auth`) and the key was rotated meanwhile (see
+/// [`LiveSecret::after_refusal`]). Nothing was accepted, so nothing can be sent twice.
+pub async fn rotated_key(
+    error: &SendError,
+    key: &LiveSecret,
+    used: &SecretString,
+) -> Option<SecretString> {
+    if error.class != ErrorClass::Auth {
+        return None;
+    }
+    key.after_refusal(used).await
+}
+
 /// A classified error for a failed transport (no response).
 pub fn transport_error(provider: &'static str, error: reqwest::Error) -> SendError {
     let class = class_for_transport(&error);

@@ -49,8 +49,8 @@ use crate::config::{SendgridSettings, Tracking};
 use crate::message::OutboundMessage;
 
 use super::http::{
-    GATEWAY_MESSAGE_ID_HEADER, class_for_status, current_key, probe_request, status_error,
-    transport_error,
+    GATEWAY_MESSAGE_ID_HEADER, class_for_status, current_key, probe_request, rotated_key,
+    status_error, transport_error,
 };
 use super::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
 use crate::secrets::LiveSecret;
@@ -264,12 +264,7 @@ impl Provider for SendgridProvider {
                 &text,
                 now,
             );
-            // A refused key may have been rotated: read it again and try once more with the
-            // new one (nothing was accepted, so nothing can be sent twice).
-            if error.class == ErrorClass::Auth
-                && !retried
-                && let Some(fresh) = self.api_key.after_refusal(&key).await
-            {
+            if !retried && let Some(fresh) = rotated_key(&error, &self.api_key, &key).await {
                 key = fresh;
                 retried = true;
                 continue;
