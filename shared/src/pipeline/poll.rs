@@ -59,11 +59,15 @@ pub struct Poller {
     queue: Arc<dyn Queue>,
     settings: PollSettings,
     stats: Arc<PollerStats>,
+    /// `name` and a random instance tag: ledger leases are taken in the name of
+    /// `{name}-{instance}-{batch}`, so two processes (or one restarted) never take each
+    /// other's live lease as their own.
     name: String,
 }
 
 impl Poller {
-    /// A poller of `queue` named `name` (batch owners are `{name}-{n}`).
+    /// A poller of `queue` named `name` (batch owners are `{name}-{instance}-{n}`, the instance
+    /// tag random per poller).
     pub fn new(
         pipeline: Arc<Pipeline>,
         queue: Arc<dyn Queue>,
@@ -75,8 +79,17 @@ impl Poller {
             queue,
             settings,
             stats: Arc::default(),
-            name: name.into(),
+            name: format!(
+                "{}-{:012x}",
+                name.into(),
+                crate::retry::random_below(1 << 48)
+            ),
         }
+    }
+
+    /// The lease owner of batch number `n` of this poller.
+    pub(super) fn owner(&self, n: u64) -> String {
+        format!("{}-{n}", self.name)
     }
 
     /// The poller's running totals.
@@ -114,7 +127,7 @@ impl Poller {
         self.stats
             .records
             .fetch_add(records.len() as u64, Ordering::Relaxed);
-        let owner = format!("{}-{n}", self.name);
+        let owner = self.owner(n);
         let visibility_ms = i64::try_from(s.visibility.as_millis()).unwrap_or(i64::MAX);
         let deadline = self.pipeline.clock().now_ms().saturating_add(visibility_ms);
         let report = self

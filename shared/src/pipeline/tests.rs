@@ -1538,3 +1538,23 @@ async fn provider_texts_reach_the_logs_without_addresses() {
         "the record keeps the text"
     );
 }
+
+/// Two `gateway serve` processes (or one restarted) name their leases differently, so neither
+/// takes the other's live lease as its own: the owner carries a random instance tag.
+#[tokio::test]
+async fn pollers_of_the_same_name_in_two_processes_own_different_leases() {
+    use crate::queue::memory::MemoryQueue;
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    let pipeline = Arc::new(h.pipeline);
+    let queue: Arc<dyn crate::queue::Queue> = Arc::new(MemoryQueue::new(h.clock.clone()));
+    let first = Poller::new(
+        Arc::clone(&pipeline),
+        Arc::clone(&queue),
+        PollSettings::default(),
+        "serve",
+    );
+    let second = Poller::new(pipeline, queue, PollSettings::default(), "serve");
+    assert_ne!(first.owner(1), second.owner(1));
+    assert!(first.owner(1).starts_with("serve-") && first.owner(1).ends_with("-1"));
+    assert_ne!(first.owner(1), first.owner(2));
+}
