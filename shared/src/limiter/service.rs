@@ -26,9 +26,22 @@ pub const CONTENDED_RETRY_MS: i64 = 1_000;
 /// the keys whose condition failed with their current items.
 pub(super) async fn commit<S: StateStore + ?Sized>(
     store: &S,
-    mut writes: Vec<Write>,
+    writes: Vec<Write>,
 ) -> Result<Option<Vec<(Key, Option<Item>)>>, StoreError> {
-    if writes.len() == 1 {
+    commit_as(store, writes, false).await
+}
+
+/// [`commit`], or with `exactly_once` always as a transaction, even of one write: a
+/// transaction carries a client token, so a retry of one that was applied but whose answer was
+/// lost is not applied again (DynamoDB `TransactWriteItems`, `ClientRequestToken`); a single
+/// conditional update whose condition still holds would be. Refunds need it: returning a grant
+/// twice lets a window admit more than its limit.
+async fn commit_as<S: StateStore + ?Sized>(
+    store: &S,
+    mut writes: Vec<Write>,
+    exactly_once: bool,
+) -> Result<Option<Vec<(Key, Option<Item>)>>, StoreError> {
+    if writes.len() == 1 && !exactly_once {
         // One item needs no transaction, which would cost twice the WCU.
         let Some(write) = writes.pop() else {
             return Ok(None);
@@ -178,11 +191,12 @@ struct KeyRefund {
 
 /// Gives back what `grants` consumed, for messages the provider never accepted. Call it at
 /// most once per grant: a refund is not idempotent, and returning a grant twice would let a
-/// window admit more than its limit. Exact: each
+/// window admit more than its limit (its writes are transactions, so a retried request is not
+/// applied twice). Exact: each
 /// counter drops by what the grants added (never below 0), each bucket's `tat_us` moves back by
 /// what they took (never before `now`, which would overfill it). No read first: the writes
 /// assume the counters still hold the amounts and fall back to the item returned by a failed
-/// condition. Writes go in transactions of at most [`MAX_TRANSACTION`] keys.
+/// condition. Writes go in transactions of at most [`MAX_TRANSACTION`] keys, one key included.
 pub async fn refund<S: StateStore + ?Sized>(
     store: &S,
     grants: &[Grant],
@@ -223,7 +237,7 @@ async fn refund_chunk<S: StateStore + ?Sized>(
         if writes.is_empty() {
             return Ok(RefundOutcome::Returned);
         }
-        match commit(store, writes).await? {
+        match commit_as(store, writes, true).await? {
             None => return Ok(RefundOutcome::Returned),
             Some(fresh) => {
                 for (key, item) in fresh {
