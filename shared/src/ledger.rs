@@ -577,7 +577,6 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
 
     use super::*;
-    use crate::state::TransactOutcome;
     use crate::state::memory::MemoryStore;
 
     const T0: EpochMillis = 1_795_000_000_000;
@@ -598,32 +597,9 @@ mod tests {
         }
     }
 
-    /// DynamoDB as the store's retry sees it when an answer is lost: every conditional write is
-    /// applied, its answer dropped, and the retried request fails its condition on the write's
-    /// own result (the store returns the item as it now is).
-    #[derive(Debug, Default)]
-    struct LostAnswers(MemoryStore);
-
-    #[async_trait::async_trait]
-    impl StateStore for LostAnswers {
-        async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
-            self.0.get_many(keys).await
-        }
-        async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
-            self.0.write(write.clone()).await?;
-            self.0.write(write).await
-        }
-        async fn transact(&self, writes: Vec<Write>) -> Result<TransactOutcome, StoreError> {
-            self.0.transact(writes).await
-        }
-        async fn put_many(&self, items: Vec<(Key, Item)>) -> Result<(), StoreError> {
-            self.0.put_many(items).await
-        }
-    }
-
     #[tokio::test]
     async fn a_write_applied_but_whose_answer_was_lost_counts_as_ours() {
-        let store = LostAnswers::default();
+        let store = crate::state::memory::LostAnswers::default();
         let first = claimed(claim(&store, "m1", "inv-a", LEASE, T0).await.unwrap());
         assert_eq!((first.attempt, first.reclaimed.clone()), (1, None));
         assert_eq!(

@@ -13,10 +13,8 @@ use gateway_core::clock::ManualClock;
 use gateway_core::config::SecretRef;
 use gateway_core::events::{EventSink, GatewayEvent, MemoryEventSink, SinkError};
 use gateway_core::secrets::SecretResolver;
+use gateway_core::state::StateStore;
 use gateway_core::state::memory::MemoryStore;
-use gateway_core::state::{
-    Item, Key, StateStore, StoreError, TransactOutcome, Write, WriteOutcome,
-};
 use gateway_core::webhooks::edge::{Answer, Edge, MAX_BODY, WebhookKeys};
 use gateway_core::webhooks::sns::{self, CertCache, CertError, Fetch};
 use serde_json::{Value, json};
@@ -499,35 +497,6 @@ fn the_sha1_setting_of_each_gateway_applies_to_its_topics() {
     assert_eq!(keys.sns_sha1_refused, vec![TOPIC.to_owned()]);
 }
 
-/// A store whose first applied conditional write is answered as a failed condition: the answer
-/// to an applied put was lost and the retry found the item.
-#[derive(Debug, Default)]
-struct LostAnswer {
-    inner: MemoryStore,
-    lost: AtomicBool,
-}
-
-#[async_trait]
-impl StateStore for LostAnswer {
-    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
-        self.inner.get_many(keys).await
-    }
-    async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
-        let key = write.key.clone();
-        let outcome = self.inner.write(write).await?;
-        if matches!(outcome, WriteOutcome::Applied(_)) && !self.lost.swap(true, Ordering::SeqCst) {
-            return Ok(WriteOutcome::ConditionFailed(self.inner.get(&key).await?));
-        }
-        Ok(outcome)
-    }
-    async fn transact(&self, writes: Vec<Write>) -> Result<TransactOutcome, StoreError> {
-        self.inner.transact(writes).await
-    }
-    async fn put_many(&self, items: Vec<(Key, Item)>) -> Result<(), StoreError> {
-        self.inner.put_many(items).await
-    }
-}
-
 /// The replay cache finding its own write (applied, answer lost) is not a replay: the request
 /// is accepted, and a real replay afterwards is still refused.
 #[tokio::test]
@@ -536,7 +505,7 @@ async fn a_replay_record_found_by_its_own_writer_is_not_a_replay() {
     let f = fixture_with(
         mailgun_keys(v["signing_key"].as_str().unwrap()),
         1_700_000_000,
-        Arc::new(LostAnswer::default()),
+        Arc::new(gateway_core::state::memory::LostAnswers::default()),
     );
     let body = mailgun_body(&v, delivered(Some("m-1")));
     let answer = f.edge.handle("mailgun", &no_headers, &body).await;

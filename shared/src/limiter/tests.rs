@@ -1085,35 +1085,12 @@ fn rl_rate(cfg: &Config) -> f64 {
     gw(cfg).rate_limits.burst_refill_per_second
 }
 
-/// DynamoDB as a retrying client meets it when an answer is lost: a single conditional write
-/// was applied, its answer lost, and the retry is applied again if its condition still holds;
-/// a transaction carries a client token, so its retry is not applied twice.
-#[derive(Debug, Default)]
-struct LostAnswers(MemoryStore);
-
-#[async_trait]
-impl StateStore for LostAnswers {
-    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
-        self.0.get_many(keys).await
-    }
-    async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
-        self.0.write(write.clone()).await?;
-        self.0.write(write).await
-    }
-    async fn transact(&self, writes: Vec<Write>) -> Result<TransactOutcome, StoreError> {
-        self.0.transact(writes).await
-    }
-    async fn put_many(&self, items: Vec<(Key, Item)>) -> Result<(), StoreError> {
-        self.0.put_many(items).await
-    }
-}
-
 /// A refund whose answer was lost is still applied once: the other messages' consumption
 /// stays counted, so the window cannot admit more than its limit.
 #[tokio::test]
 async fn a_refund_whose_answer_was_lost_is_applied_once() {
     let cfg = single(None, limits(Some(10), None, None, None));
-    let store = LostAnswers::default();
+    let store = crate::state::memory::LostAnswers::default();
     let p = plan(&cfg, gw(&cfg), TEN_AM);
     assert!(
         acquire_one(&store.0, &p, "a@x.org", 3)

@@ -175,18 +175,26 @@ pub async fn current_key(
     })
 }
 
-/// After `error` answered a request made with `used`: the key to try once more with, when the
-/// provider refused the credential (`Auth`) and the key was rotated meanwhile (see
-/// [`LiveSecret::after_refusal`]). Nothing was accepted, so nothing can be sent twice.
-pub async fn rotated_key(
-    error: &SendError,
+/// Runs `attempt` with the credential to use now and, when the provider refuses it (`Auth`)
+/// and the key was rotated meanwhile (see [`LiveSecret::after_refusal`]), once more with the
+/// new one. A refused request was not accepted, so nothing can be sent twice.
+pub async fn with_live_key<T, F, Fut>(
+    provider: &'static str,
     key: &LiveSecret,
-    used: &SecretString,
-) -> Option<SecretString> {
-    if error.class != ErrorClass::Auth {
-        return None;
+    mut attempt: F,
+) -> Result<T, SendError>
+where
+    F: FnMut(SecretString) -> Fut,
+    Fut: std::future::Future<Output = Result<T, SendError>>,
+{
+    let used = current_key(provider, key).await?;
+    match attempt(used.clone()).await {
+        Err(error) if error.class == ErrorClass::Auth => match key.after_refusal(&used).await {
+            Some(fresh) => attempt(fresh).await,
+            None => Err(error),
+        },
+        other => other,
     }
-    key.after_refusal(used).await
 }
 
 /// A classified error for a failed transport (no response).

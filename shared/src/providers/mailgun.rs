@@ -56,8 +56,8 @@ use crate::config::{MailgunRegion, MailgunSettings, MailgunTags, Tracking};
 use crate::message::OutboundMessage;
 
 use super::http::{
-    GATEWAY_MESSAGE_ID_HEADER, class_for_status, current_key, probe_request, rotated_key,
-    status_error, transport_error,
+    GATEWAY_MESSAGE_ID_HEADER, class_for_status, current_key, probe_request, status_error,
+    transport_error, with_live_key,
 };
 use super::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
 use crate::secrets::LiveSecret;
@@ -276,16 +276,13 @@ impl Provider for MailgunProvider {
         message: &OutboundMessage,
         now: EpochMillis,
     ) -> Result<Accepted, SendError> {
-        let url = format!("{}/v3/{}/messages", self.base_url, self.domain);
-        let mut key = current_key(PROVIDER, &self.api_key).await?;
-        let mut retried = false;
-        loop {
-            let form = self.form(message)?;
+        let url = &format!("{}/v3/{}/messages", self.base_url, self.domain);
+        with_live_key(PROVIDER, &self.api_key, |key| async move {
             let response = self
                 .client
-                .post(&url)
+                .post(url)
                 .basic_auth("api", Some(key.expose()))
-                .multipart(form)
+                .multipart(self.form(message)?)
                 .send()
                 .await
                 .map_err(|e| transport_error(PROVIDER, e))?;
@@ -302,21 +299,16 @@ impl Provider for MailgunProvider {
                     substituted_sender: None,
                 });
             }
-            let error = status_error(
+            Err(status_error(
                 PROVIDER,
                 mailgun_class(status),
                 status,
                 &headers,
                 &body,
                 now,
-            );
-            if !retried && let Some(fresh) = rotated_key(&error, &self.api_key, &key).await {
-                key = fresh;
-                retried = true;
-                continue;
-            }
-            return Err(error);
-        }
+            ))
+        })
+        .await
     }
 
     /// `GET {base}/v3/domains/{domain}`: authenticated, sends nothing, and proves the domain

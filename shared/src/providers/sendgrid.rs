@@ -49,8 +49,8 @@ use crate::config::{SendgridSettings, Tracking};
 use crate::message::OutboundMessage;
 
 use super::http::{
-    GATEWAY_MESSAGE_ID_HEADER, class_for_status, current_key, probe_request, rotated_key,
-    status_error, transport_error,
+    GATEWAY_MESSAGE_ID_HEADER, class_for_status, current_key, probe_request, status_error,
+    transport_error, with_live_key,
 };
 use super::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
 use crate::secrets::LiveSecret;
@@ -230,9 +230,8 @@ impl Provider for SendgridProvider {
                 body.len()
             )));
         }
-        let mut key = current_key(PROVIDER, &self.api_key).await?;
-        let mut retried = false;
-        loop {
+        let body = &body;
+        with_live_key(PROVIDER, &self.api_key, |key| async move {
             let response = self
                 .client
                 .post(format!("{}/v3/mail/send", self.base_url))
@@ -256,21 +255,16 @@ impl Provider for SendgridProvider {
             }
             let headers = response.headers().clone();
             let text = response.text().await.unwrap_or_default();
-            let error = status_error(
+            Err(status_error(
                 PROVIDER,
                 class_for_status(status),
                 status,
                 &headers,
                 &text,
                 now,
-            );
-            if !retried && let Some(fresh) = rotated_key(&error, &self.api_key, &key).await {
-                key = fresh;
-                retried = true;
-                continue;
-            }
-            return Err(error);
-        }
+            ))
+        })
+        .await
     }
 
     /// `GET {base}/v3/scopes` (see module docs).

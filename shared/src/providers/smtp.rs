@@ -136,21 +136,15 @@ impl SmtpProvider {
         let Some((user, live)) = &self.credentials else {
             return self.connect(None).await;
         };
-        let mut password = live.current().await.map_err(Failure::credential)?;
-        let mut retried = false;
-        loop {
-            match self.connect(Some((user, &password))).await {
-                Err(failure) if failure.step == Step::Auth && failure.refused() && !retried => {
-                    match live.after_refusal(&password).await {
-                        Some(fresh) => {
-                            password = fresh;
-                            retried = true;
-                        }
-                        None => return Err(failure),
-                    }
+        let password = live.current().await.map_err(Failure::credential)?;
+        match self.connect(Some((user, &password))).await {
+            Err(failure) if failure.step == Step::Auth && failure.refused() => {
+                match live.after_refusal(&password).await {
+                    Some(fresh) => self.connect(Some((user, &fresh))).await,
+                    None => Err(failure),
                 }
-                other => return other,
             }
+            other => other,
         }
     }
 

@@ -56,7 +56,8 @@ pub const DECISION_MARGIN: Duration = Duration::from_secs(20 * 60);
 /// The longest deferral the sender asks for: [`MAX_VISIBILITY`] less [`DECISION_MARGIN`], so a
 /// visibility change made at any moment of any invocation ends within 12 hours of the receive.
 /// A longer wait comes back once per `MAX_DEFERRAL` and is deferred again.
-pub const MAX_DEFERRAL: Duration = Duration::from_secs(12 * 3600 - 20 * 60);
+pub const MAX_DEFERRAL: Duration =
+    Duration::from_secs(MAX_VISIBILITY.as_secs() - DECISION_MARGIN.as_secs());
 
 /// The longest long-poll wait (SQS's limit, 20 s); longer values are clamped to it.
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
@@ -285,7 +286,7 @@ mod tests {
         // longest invocation.
         let latest_decision = Duration::from_secs(5 * 60) + Duration::from_secs(15 * 60);
         assert!(latest_decision + MAX_DEFERRAL <= MAX_VISIBILITY);
-        assert_eq!(MAX_DEFERRAL + DECISION_MARGIN, MAX_VISIBILITY);
+        assert_eq!(MAX_DEFERRAL, Duration::from_secs(11 * 3600 + 40 * 60));
     }
 
     #[test]

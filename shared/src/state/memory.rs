@@ -164,3 +164,35 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 }
+
+/// A [`MemoryStore`] as a retrying client meets DynamoDB when every answer is lost: each single
+/// conditional write is applied, its answer lost, and the client's retry of the same request is
+/// evaluated against the write's own result (applied again if its condition still holds,
+/// otherwise a failed condition carrying the item as it now is). Transactions carry a client
+/// token (`ClientRequestToken`), so their retry is not applied twice; batch puts are
+/// unconditional and idempotent. For tests of what a write whose answer was lost does to the
+/// code that issued it.
+#[cfg(any(test, feature = "testing"))]
+#[derive(Debug, Default)]
+pub struct LostAnswers(pub MemoryStore);
+
+#[cfg(any(test, feature = "testing"))]
+#[async_trait]
+impl StateStore for LostAnswers {
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
+        self.0.get_many(keys).await
+    }
+
+    async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
+        self.0.write(write.clone()).await?;
+        self.0.write(write).await
+    }
+
+    async fn transact(&self, writes: Vec<Write>) -> Result<TransactOutcome, StoreError> {
+        self.0.transact(writes).await
+    }
+
+    async fn put_many(&self, items: Vec<(Key, Item)>) -> Result<(), StoreError> {
+        self.0.put_many(items).await
+    }
+}

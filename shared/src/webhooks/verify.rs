@@ -576,46 +576,9 @@ mod tests {
         );
     }
 
-    /// A store whose first conditional write is applied but answered as a failed condition, as
-    /// when the answer to an applied put is lost and the retried put finds the item.
-    #[derive(Debug, Default)]
-    struct LostAnswer {
-        inner: MemoryStore,
-        lost: std::sync::atomic::AtomicBool,
-    }
-
-    #[async_trait::async_trait]
-    impl StateStore for LostAnswer {
-        async fn get_many(
-            &self,
-            keys: &[Key],
-        ) -> Result<Vec<Option<crate::state::Item>>, StoreError> {
-            self.inner.get_many(keys).await
-        }
-        async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
-            let key = write.key.clone();
-            let outcome = self.inner.write(write).await?;
-            if matches!(outcome, WriteOutcome::Applied(_))
-                && !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst)
-            {
-                return Ok(WriteOutcome::ConditionFailed(self.inner.get(&key).await?));
-            }
-            Ok(outcome)
-        }
-        async fn transact(
-            &self,
-            writes: Vec<Write>,
-        ) -> Result<crate::state::TransactOutcome, StoreError> {
-            self.inner.transact(writes).await
-        }
-        async fn put_many(&self, items: Vec<(Key, crate::state::Item)>) -> Result<(), StoreError> {
-            self.inner.put_many(items).await
-        }
-    }
-
     #[tokio::test]
     async fn finding_its_own_write_after_a_lost_answer_is_not_a_replay() {
-        let store = LostAnswer::default();
+        let store = crate::state::memory::LostAnswers::default();
         let keep = Duration::from_secs(1200);
         let mine = request_nonce();
         assert!(
