@@ -230,16 +230,7 @@ async fn sendgrid_verifies_the_raw_body_and_queues_its_events() {
         ..WebhookKeys::default()
     };
     let f = fixture(keys, 1_700_000_000);
-    let (ts, sig) = (
-        d["timestamp"].as_str().unwrap().to_owned(),
-        d["signature"].as_str().unwrap().to_owned(),
-    );
-    let headers = move |name: &str| match name {
-        "x-twilio-email-event-webhook-signature" => Some(sig.clone()),
-        "x-twilio-email-event-webhook-timestamp" => Some(ts.clone()),
-        _ => None,
-    };
-    let body = d["payload"].as_str().unwrap().as_bytes().to_vec();
+    let (headers, body) = sendgrid_vector_request(&d);
     let answer = f.edge.handle("sendgrid", &headers, &body).await;
     assert_eq!(
         (answer.status, answer.body["accepted"].clone()),
@@ -249,6 +240,20 @@ async fn sendgrid_verifies_the_raw_body_and_queues_its_events() {
     assert!(
         matches!(&events[..], [GatewayEvent::Delivery(e)] if e.provider_event_id == "ZGVsaXZlcmVkLTAtMTIz")
     );
+}
+
+/// The headers and body of the derived SendGrid vector `d`, as SendGrid posts them.
+fn sendgrid_vector_request(d: &Value) -> (impl Fn(&str) -> Option<String> + use<>, Vec<u8>) {
+    let (ts, sig) = (
+        d["timestamp"].as_str().unwrap().to_owned(),
+        d["signature"].as_str().unwrap().to_owned(),
+    );
+    let headers = move |name: &str| match name {
+        "x-twilio-email-event-webhook-signature" => Some(sig.clone()),
+        "x-twilio-email-event-webhook-timestamp" => Some(ts.clone()),
+        _ => None,
+    };
+    (headers, d["payload"].as_str().unwrap().as_bytes().to_vec())
 }
 
 /// The events queue down: 503, and SendGrid's retry of the batch is not refused as a replay of
@@ -261,16 +266,7 @@ async fn sendgrid_a_queue_outage_is_a_503_and_the_retry_is_not_a_replay() {
         .unwrap();
     let d = v["sendgrid_derived"].clone();
     let f = fixture(sendgrid_keys(key), 1_700_000_000);
-    let (ts, sig) = (
-        d["timestamp"].as_str().unwrap().to_owned(),
-        d["signature"].as_str().unwrap().to_owned(),
-    );
-    let headers = move |name: &str| match name {
-        "x-twilio-email-event-webhook-signature" => Some(sig.clone()),
-        "x-twilio-email-event-webhook-timestamp" => Some(ts.clone()),
-        _ => None,
-    };
-    let body = d["payload"].as_str().unwrap().as_bytes().to_vec();
+    let (headers, body) = sendgrid_vector_request(&d);
     f.sink.down.store(true, Ordering::SeqCst);
     let answer = f.edge.handle("sendgrid", &headers, &body).await;
     assert_eq!(answer.status, 503, "{answer:?}");

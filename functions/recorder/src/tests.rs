@@ -4,8 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -38,22 +36,13 @@ struct Database {
     down: AtomicBool,
 }
 
+#[async_trait::async_trait]
 impl RecordWriter for Database {
-    fn apply<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        events: &'life1 [GatewayEvent],
-    ) -> Pin<Box<dyn Future<Output = Result<Applied, RecordError>> + Send + 'async_trait>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            if self.down.load(Ordering::SeqCst) {
-                return Err(RecordError::Unavailable("connection refused".into()));
-            }
-            self.records.apply(events).await
-        })
+    async fn apply(&self, events: &[GatewayEvent]) -> Result<Applied, RecordError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(RecordError::Unavailable("connection refused".into()));
+        }
+        self.records.apply(events).await
     }
 }
 
