@@ -191,7 +191,7 @@ fn enqueue_refusal(state: &AppState, headers: &HeaderMap) -> Option<Response> {
             StatusCode::FORBIDDEN,
             "foreign_host",
             format!(
-                "Host must name this server ({}); requests for another host name are refused                  (DNS rebinding)",
+                "Host must name this server ({}); requests for another host name are refused (DNS rebinding)",
                 state.listen
             ),
         ));

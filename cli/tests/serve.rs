@@ -766,6 +766,13 @@ async fn the_enqueue_route_refuses_what_a_foreign_web_page_can_send() {
         assert_eq!(response.status().as_u16(), status, "{case}");
         let answer: serde_json::Value = response.json().await.unwrap();
         assert_eq!(answer["error"]["code"], code, "{case}");
+        if code == "foreign_host" {
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(
+                message.ends_with("are refused (DNS rebinding)"),
+                "{message}"
+            );
+        }
     }
     let own = post(
         "application/json; charset=utf-8",

@@ -202,7 +202,7 @@ impl Recorder {
                         now,
                     );
                     event.reason = Some(format!(
-                        "reached the outbound dead-letter queue after {} receives without an                          outcome (the sender could not start or failed on it); `gateway dlq                          redrive` sends it again",
+                        "reached the outbound dead-letter queue after {} receives without an outcome (the sender could not start or failed on it); `gateway dlq redrive` sends it again",
                         r.receive_count
                     ));
                     tracing::error!(message_id = %message.id(), receives = r.receive_count, "dead letter without an outcome; recorded as failed");

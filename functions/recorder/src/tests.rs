@@ -426,13 +426,12 @@ async fn outbound_dead_letters_are_recorded_failed_unless_final_and_parked_with_
         .unwrap()
         .unwrap();
     assert_eq!(record.status, MessageStatus::Failed);
-    assert!(
-        record
-            .last_error
-            .as_deref()
-            .unwrap()
-            .starts_with("reached the outbound dead-letter queue after 21 receives"),
-        "{record:?}"
+    assert_eq!(
+        record.last_error.as_deref(),
+        Some(
+            "reached the outbound dead-letter queue after 21 receives without an outcome (the \
+             sender could not start or failed on it); `gateway dlq redrive` sends it again"
+        )
     );
     let kept = database.records.message("given-up").await.unwrap().unwrap();
     assert_eq!(kept.last_error.as_deref(), Some(gave_up));

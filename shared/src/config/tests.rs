@@ -360,7 +360,8 @@ fn each_validation_rule_reports_its_exact_path() {
                 Some(json!("http://api.mailgun.net/v3")),
             ),
             "gateways[0].mailgun.base_url",
-            "would send the provider credentials in clear",
+            "would send the provider credentials in clear; use https:// (http:// only to \
+             localhost, for a local fake provider)",
         ),
         (
             "base url with credentials",
@@ -370,7 +371,8 @@ fn each_validation_rule_reports_its_exact_path() {
                 Some(json!("https://user:hunter2@api.mailgun.net")),
             ),
             "gateways[0].mailgun.base_url",
-            "must not carry credentials",
+            "must not carry credentials (user:password@); the gateway's secret is sent with \
+             each request",
         ),
         (
             "base url of another scheme",

@@ -1224,7 +1224,7 @@ fn provider_url_problem(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a URL ({e})"))?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(
-            "must not carry credentials (user:password@); the gateway's secret is sent with each              request"
+            "must not carry credentials (user:password@); the gateway's secret is sent with each request"
                 .into(),
         );
     }
@@ -1237,7 +1237,7 @@ fn provider_url_problem(url: &str) -> Result<(), String> {
         "https" => Ok(()),
         "http" if loopback => Ok(()),
         "http" => Err(format!(
-            "http:// to {host} would send the provider credentials in clear; use https://              (http:// only to localhost, for a local fake provider)"
+            "http:// to {host} would send the provider credentials in clear; use https:// (http:// only to localhost, for a local fake provider)"
         )),
         scheme => Err(format!("scheme {scheme:?} is not allowed; use https://")),
     }
