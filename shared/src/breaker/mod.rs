@@ -7,8 +7,9 @@
 //! write decided by a pure function of (stored state, outcomes, settings, `now`). The functions
 //! [`permit`] and [`flush`] return the write to attempt (or none); the service functions
 //! [`permit_send`] and [`flush_outcomes`] attempt it and, when the condition failed, decide again
-//! from the item the store returned. Exactly one instance therefore performs each transition,
-//! and only that instance gets a [`Transition`] back to log, count and record.
+//! from the item the store returned (unless that item holds their own write: see "Writes whose
+//! answer was lost" below). Exactly one instance therefore performs each transition, and only
+//! that instance gets a [`Transition`] back to log, count and record.
 //!
 //! # Phases
 //! - **Closed**: every send is allowed without a write. Provider-level failures are counted in
@@ -58,10 +59,33 @@
 //! | `half_open_at` | when the current half-open round began |
 //! | `admitted` | trials admitted in the current half-open round |
 //! | `trial_successes` | trial successes reported in the current half-open round |
+//! | `write_id` | the [`WriteToken`] of the write that last changed the item (absent on items written before it existed) |
 //!
 //! A missing item is a closed, clean breaker. An item that does not decode is treated as closed
 //! and clean and reported as [`MalformedItem`] for the caller to log; the next write replaces it
 //! (guarded by its exact current content).
+//!
+//! # Writes whose answer was lost
+//! The store retries a request that timed out, and DynamoDB may have applied the first attempt.
+//! Untagged, a retried `ADD` would be applied again (a breaker could open on half the failures
+//! it needs, close on half the trial successes, or spend two trial slots on one trial), and a
+//! retried `Put` would fail its generation guard on its own result, so the caller would decide
+//! again as if another instance had won: adding its tally a second time to the window it had
+//! just started, counting a closing flush's ordinary failures into the fresh window, taking
+//! another slot of the round it had just started (or, with none left, not sending the trial it
+//! had taken a slot for), and never reporting the transition it had made.
+//!
+//! So the service tags every write with a random [`WriteToken`] ([`BreakerWrite::tagged`]): the
+//! write stores it in `write_id`, and its condition excludes an item that already holds it. A
+//! retry of an applied write therefore fails its condition, and an item returned holding the
+//! caller's token ([`WriteToken::is_in`]) means "this write was applied": the caller reports its
+//! transition once and writes nothing more for it. Each write of one call gets its own token
+//! (the next write, after an applied `ADD`, is a different write). This costs no request and
+//! about 20 bytes of item. It does not cover another instance's write landing between the
+//! applied attempt and its retry (within the adapter's retry delay, a couple of seconds): that
+//! write replaces the token, so a retried `ADD` counts again and a retried `Put` is decided
+//! again as a lost race. Only a history of tokens in the item could tell, and that would grow
+//! the item (and the WCU of every write) with every reporter.
 
 use std::time::Duration;
 
@@ -92,6 +116,7 @@ const UNTIL: &str = "until";
 const HALF_OPEN_AT: &str = "half_open_at";
 const ADMITTED: &str = "admitted";
 const TRIAL_SUCCESSES: &str = "trial_successes";
+const WRITE_ID: &str = "write_id";
 
 /// The phase of a breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -408,6 +433,37 @@ pub struct BreakerWrite {
 }
 
 impl BreakerWrite {
+    /// This write tagged with `token` (see "Writes whose answer was lost" in the module docs):
+    /// it also stores the token in `write_id`, and its condition also requires that the item
+    /// does not hold it yet, so a retry of it after it was applied changes nothing and returns
+    /// an item that [`WriteToken::is_in`]. Give each write of a call its own token.
+    #[must_use]
+    pub fn tagged(self, token: WriteToken) -> Self {
+        let stored = Value::N(token.0);
+        let op = match self.op {
+            WriteOp::Put(mut item) => {
+                item.insert(WRITE_ID.into(), stored);
+                WriteOp::Put(item)
+            }
+            WriteOp::Update(mut actions) => {
+                actions.push(UpdateAction::Set(WRITE_ID.into(), stored));
+                WriteOp::Update(actions)
+            }
+            // The decisions never delete or only check; neither could carry a token.
+            op @ (WriteOp::Delete | WriteOp::ConditionCheck) => op,
+        };
+        // `Not` of a comparison holds when the attribute is missing (an item from before tokens).
+        let not_yet = Condition::Not(Box::new(Condition::cmp(WRITE_ID, CmpOp::Eq, token.0)));
+        let condition = match self.condition {
+            Condition::And(mut all) => {
+                all.push(not_yet);
+                Condition::And(all)
+            }
+            other => Condition::all(vec![other, not_yet]),
+        };
+        Self { op, condition }
+    }
+
     /// The store write for the breaker of `gateway_id`.
     pub fn into_write(self, gateway_id: &str) -> Write {
         Write {
@@ -415,6 +471,34 @@ impl BreakerWrite {
             op: self.op,
             condition: self.condition,
         }
+    }
+}
+
+/// Identifies one breaker write across the store's retries of it (attribute `write_id`; see
+/// "Writes whose answer was lost" in the module docs). Random, so no two writes share one in
+/// practice; not a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WriteToken(pub i64);
+
+impl WriteToken {
+    /// A fresh random token (64 random bits).
+    pub fn random() -> Self {
+        Self(i64::from_ne_bytes(
+            crate::retry::random_below(u64::MAX).to_ne_bytes(),
+        ))
+    }
+
+    /// The token of the next write of the same call, after this one's write was applied: a
+    /// different write, which must not be taken for this one.
+    #[must_use]
+    pub fn next(self) -> Self {
+        Self(self.0.wrapping_add(1))
+    }
+
+    /// True when `item` holds this token, which only the write [tagged](BreakerWrite::tagged)
+    /// with it stores: that write was applied.
+    pub fn is_in(self, item: Option<&Item>) -> bool {
+        item.and_then(|i| i.get(WRITE_ID)) == Some(&Value::N(self.0))
     }
 }
 
@@ -493,7 +577,8 @@ pub enum Permit {
 /// A disabled breaker always allows. Closed allows without a write. Open rejects before `until`;
 /// at or after it, the returned trial write moves it to half-open and takes the first slot.
 /// Half-open admits while `admitted < max_requests` (the write is conditioned on exactly that),
-/// else rejects until the round's end; a round older than `timeout` is restarted.
+/// else rejects until the round's end; a round older than `timeout` is restarted. A trial write
+/// is returned untagged: attempt it [tagged](BreakerWrite::tagged), as [`permit_send`] does.
 pub fn permit(state: &BreakerState, settings: &BreakerSettings, now: EpochMillis) -> Permit {
     if !settings.enabled {
         return Permit::Allow;
@@ -594,6 +679,9 @@ impl Flush {
 ///
 /// After an `ADD` is applied the caller decides again on the returned item with an empty
 /// tally: that is how concurrent reporters that together crossed the threshold open it.
+///
+/// The write is returned untagged: attempt it [tagged](BreakerWrite::tagged) with a token of its
+/// own, as [`flush_outcomes`] does, so that the store's retry of it is safe.
 pub fn flush(
     state: &BreakerState,
     tally: &Tally,

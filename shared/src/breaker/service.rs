@@ -1,6 +1,8 @@
 //! The breaker over the [`StateStore`] port: read the gateway's item (or take the one the
-//! caller read), decide with the pure core, attempt the conditional write, and on a lost
-//! condition decide again from the item the store returned.
+//! caller read), decide with the pure core, attempt the conditional write tagged with a random
+//! [`WriteToken`], and on a lost condition decide again from the item the store returned,
+//! unless that item holds the token: then the write was applied and its answer lost (see
+//! "Writes whose answer was lost" in [`crate::breaker`]).
 
 use std::borrow::Cow;
 
@@ -9,8 +11,8 @@ use crate::config::BreakerSettings;
 use crate::state::{Item, StateStore, StoreError, WriteOutcome};
 
 use super::{
-    Admission, BreakerState, MAX_ATTEMPTS, MalformedItem, Permit, PhaseChange, Tally, Transition,
-    flush, key, permit,
+    Admission, BreakerState, BreakerWrite, MAX_ATTEMPTS, MalformedItem, Permit, PhaseChange, Tally,
+    Transition, WriteToken, flush, key, permit,
 };
 
 /// A breaker service failure (a lost conditional write is not one: it is retried).
@@ -81,13 +83,27 @@ pub async fn permit_send(
 /// of its own. An `Allow` or `Reject` is only as fresh as that item, so read it in the same
 /// round trip that precedes the send; a trial can never be admitted from a stale item, because
 /// trial writes are conditional and a lost condition is decided again on the item the store
-/// returns. The item is borrowed until the store returns a fresher one.
+/// returns. The item is borrowed until the store returns a fresher one. The trial write is
+/// tagged with a random token, drawn only when a write is needed.
 pub async fn permit_send_with_item(
     store: &dyn StateStore,
     gateway: &str,
     settings: &BreakerSettings,
     item: Option<Cow<'_, Item>>,
     now: EpochMillis,
+) -> Result<PermitOutcome, BreakerError> {
+    permit_tagged(store, gateway, settings, item, now, None).await
+}
+
+/// [`permit_send_with_item`] with the token of its write given (`None`: random when needed),
+/// for tests that compare stored items.
+pub(super) async fn permit_tagged(
+    store: &dyn StateStore,
+    gateway: &str,
+    settings: &BreakerSettings,
+    item: Option<Cow<'_, Item>>,
+    now: EpochMillis,
+    mut token: Option<WriteToken>,
 ) -> Result<PermitOutcome, BreakerError> {
     if !settings.enabled {
         return Ok(PermitOutcome {
@@ -118,15 +134,17 @@ pub async fn permit_send_with_item(
             }
             Permit::Trial { write, change } => (write, change),
         };
-        match store.write(write.into_write(gateway)).await? {
-            WriteOutcome::Applied(_) => {
+        // At most one write is applied per call, so one token serves every attempt.
+        let this = *token.get_or_insert_with(WriteToken::random);
+        match attempt(store, gateway, write, this).await? {
+            Attempt::Applied(_) => {
                 return Ok(PermitOutcome {
                     admission: Admission::Trial,
                     transition: change.map(|c| transition(gateway, c, now)),
                     malformed,
                 });
             }
-            WriteOutcome::ConditionFailed(current) => item = current.map(Cow::Owned),
+            Attempt::Lost(current) => item = current.map(Cow::Owned),
         }
     }
     Err(BreakerError::Contended {
@@ -159,7 +177,9 @@ pub async fn flush_outcomes(
 
 /// [`flush_outcomes`] on an item the caller already read. A stale item (read at the start of
 /// the invocation) costs at most one lost conditional write, after which the decision is taken
-/// again on the item the store returned; it never records outcomes twice or loses them.
+/// again on the item the store returned; it never records outcomes twice or loses them, nor
+/// does a write whose answer was lost, short of another instance's write landing between it
+/// and the store's retry (see "Writes whose answer was lost" in [`crate::breaker`]).
 pub async fn flush_outcomes_with_item(
     store: &dyn StateStore,
     gateway: &str,
@@ -168,11 +188,27 @@ pub async fn flush_outcomes_with_item(
     item: Option<Item>,
     now: EpochMillis,
 ) -> Result<FlushOutcome, BreakerError> {
+    flush_tagged(store, gateway, settings, tally, item, now, None).await
+}
+
+/// [`flush_outcomes_with_item`] with the token of its first write given (`None`: random when
+/// needed), for tests that compare stored items. A write after an applied one carries the next
+/// token ([`WriteToken::next`]).
+pub(super) async fn flush_tagged(
+    store: &dyn StateStore,
+    gateway: &str,
+    settings: &BreakerSettings,
+    tally: &Tally,
+    item: Option<Item>,
+    now: EpochMillis,
+    token: Option<WriteToken>,
+) -> Result<FlushOutcome, BreakerError> {
     if !settings.enabled {
         return Ok(FlushOutcome::default());
     }
     let mut item = item;
     let mut tally = *tally;
+    let mut token = token;
     let mut malformed = None;
     for _ in 0..MAX_ATTEMPTS {
         let (state, problem) = BreakerState::from_item(item.as_ref());
@@ -184,8 +220,11 @@ pub async fn flush_outcomes_with_item(
                 malformed,
             });
         };
-        match store.write(write.into_write(gateway)).await? {
-            WriteOutcome::Applied(current) => {
+        // A write lost to another instance is decided again, and attempted again, as the same
+        // write; only after one is applied does the next one need a token of its own.
+        let this = *token.get_or_insert_with(WriteToken::random);
+        match attempt(store, gateway, write, this).await? {
+            Attempt::Applied(current) => {
                 if let Some(change) = decision.change {
                     return Ok(FlushOutcome {
                         transition: Some(transition(gateway, change, now)),
@@ -196,13 +235,43 @@ pub async fn flush_outcomes_with_item(
                 // instances' outcomes, crossed a threshold nobody has acted on yet.
                 tally = Tally::default();
                 item = current;
+                token = Some(this.next());
             }
-            WriteOutcome::ConditionFailed(current) => item = current,
+            Attempt::Lost(current) => item = current,
         }
     }
     Err(BreakerError::Contended {
         attempts: MAX_ATTEMPTS,
     })
+}
+
+/// What became of one tagged write.
+enum Attempt {
+    /// Applied, by this request or by an earlier attempt of it whose answer was lost; the item
+    /// as it is now.
+    Applied(Option<Item>),
+    /// The item does not hold the token: another instance's write stands, and the decision is
+    /// taken again. The item as it is.
+    Lost(Option<Item>),
+}
+
+/// Attempts `write` tagged with `token`. A failed condition on an item holding the token is the
+/// store's retry meeting this very write's result: applied.
+async fn attempt(
+    store: &dyn StateStore,
+    gateway: &str,
+    write: BreakerWrite,
+    token: WriteToken,
+) -> Result<Attempt, StoreError> {
+    Ok(
+        match store.write(write.tagged(token).into_write(gateway)).await? {
+            WriteOutcome::Applied(current) => Attempt::Applied(current),
+            WriteOutcome::ConditionFailed(current) if token.is_in(current.as_ref()) => {
+                Attempt::Applied(current)
+            }
+            WriteOutcome::ConditionFailed(current) => Attempt::Lost(current),
+        },
+    )
 }
 
 fn transition(gateway: &str, change: PhaseChange, at: EpochMillis) -> Transition {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::*;
-use crate::state::memory::MemoryStore;
+use crate::state::memory::{LostAnswers, MemoryStore};
 use crate::state::{StateStore, StoreError, WriteOutcome, apply_op};
 
 const T0: EpochMillis = 1_795_000_000_000;
@@ -850,5 +850,422 @@ proptest! {
             prop_assert_eq!(stored.1, None);
             prop_assert!(stored.0.admitted <= s.max_requests.get());
         }
+    }
+}
+
+// ---- writes whose answer was lost ----
+
+const TOKEN: WriteToken = WriteToken(0x5eed_0001);
+
+fn running(generation: i64, failures: u32, successes: u32) -> BreakerState {
+    BreakerState {
+        window_start: T0,
+        failures,
+        successes,
+        generation,
+        stored: Stored::Valid,
+        ..BreakerState::missing()
+    }
+}
+
+/// (phase, generation, failures, successes, trial_successes) of a stored item.
+fn summary(item: Option<&Item>) -> (Phase, i64, u32, u32, u32) {
+    let (s, problem) = BreakerState::from_item(item);
+    assert_eq!(problem, None);
+    (
+        s.phase,
+        s.generation,
+        s.failures,
+        s.successes,
+        s.trial_successes,
+    )
+}
+
+/// Seeds `item` into both stores.
+async fn seed_both(once: &MemoryStore, lost: &LostAnswers, item: Option<&Item>) {
+    if let Some(item) = item {
+        for store in [once, &lost.0] {
+            store.put_many(vec![(key(GW), item.clone())]).await.unwrap();
+        }
+    }
+}
+
+/// One flush whose writes are answered (`once`) and one whose every write is applied, its
+/// answer lost and retried (`lost`), from the same item with the same token: the stored items
+/// and the outcomes must be the same.
+async fn flush_both(
+    stored: Option<&Item>,
+    read: Option<&Item>,
+    s: &BreakerSettings,
+    tally: &Tally,
+    now: EpochMillis,
+) -> [(FlushOutcome, Option<Item>); 2] {
+    let (once, lost) = (MemoryStore::new(), LostAnswers::default());
+    seed_both(&once, &lost, stored).await;
+    let mut results = Vec::new();
+    for store in [&once as &dyn StateStore, &lost] {
+        let item = match read {
+            Some(stale) => Some(stale.clone()),
+            None => store.get(&key(GW)).await.unwrap(),
+        };
+        let out = service::flush_tagged(store, GW, s, tally, item, now, Some(TOKEN))
+            .await
+            .unwrap();
+        results.push((out, store.get(&key(GW)).await.unwrap()));
+    }
+    [results.remove(0), results.remove(0)]
+}
+
+/// [`flush_both`] for a permit on the stored item.
+async fn permit_both(
+    stored: Option<&Item>,
+    s: &BreakerSettings,
+    now: EpochMillis,
+) -> [(PermitOutcome, Option<Item>); 2] {
+    let (once, lost) = (MemoryStore::new(), LostAnswers::default());
+    seed_both(&once, &lost, stored).await;
+    let mut results = Vec::new();
+    for store in [&once as &dyn StateStore, &lost] {
+        let item = stored.map(Cow::Borrowed);
+        let out = service::permit_tagged(store, GW, s, item, now, Some(TOKEN))
+            .await
+            .unwrap();
+        results.push((out, store.get(&key(GW)).await.unwrap()));
+    }
+    [results.remove(0), results.remove(0)]
+}
+
+#[tokio::test]
+async fn a_flush_write_whose_answer_was_lost_leaves_one_write_and_reports_once() {
+    let s = settings();
+    let ratio = BreakerSettings {
+        failure_ratio: Some(0.5),
+        ..settings()
+    };
+    let mut malformed = open_until(T0 + 60_000).to_item();
+    malformed.insert(PHASE.into(), Value::from("ajar"));
+    let trials = |successes, failures| Tally {
+        trial_successes: successes,
+        trial_failures: failures,
+        ..Tally::default()
+    };
+    let threshold = |failures, successes| {
+        Some((
+            Phase::Closed,
+            Phase::Open,
+            TransitionReason::FailureThreshold {
+                failures,
+                successes,
+            },
+        ))
+    };
+    type Case<'a> = (
+        &'a str,
+        &'a BreakerSettings,
+        Option<Item>,
+        Option<Item>,
+        Tally,
+        EpochMillis,
+        (Phase, i64, u32, u32, u32),
+        Option<(Phase, Phase, TransitionReason)>,
+    );
+    // (case, settings, stored, read when not the stored item, tally, now, left, reported)
+    let cases: [Case; 10] = [
+        (
+            "add to the running window",
+            &s,
+            Some(running(1, 3, 0).to_item()),
+            None,
+            failures(2),
+            T0 + 1,
+            (Phase::Closed, 1, 5, 0, 0),
+            None,
+        ),
+        (
+            "add successes the ratio needs",
+            &ratio,
+            Some(running(1, 3, 0).to_item()),
+            None,
+            Tally {
+                successes: 4,
+                ..Tally::default()
+            },
+            T0 + 1,
+            (Phase::Closed, 1, 3, 4, 0),
+            None,
+        ),
+        (
+            "first item: a new window",
+            &s,
+            None,
+            None,
+            failures(2),
+            T0,
+            (Phase::Closed, 1, 2, 0, 0),
+            None,
+        ),
+        (
+            "new window after the last one elapsed",
+            &s,
+            Some(running(1, 9, 0).to_item()),
+            None,
+            failures(2),
+            T0 + 60_000,
+            (Phase::Closed, 2, 2, 0, 0),
+            None,
+        ),
+        (
+            "new window replacing a malformed item",
+            &s,
+            Some(malformed),
+            None,
+            failures(2),
+            T0,
+            (Phase::Closed, 1, 2, 0, 0),
+            None,
+        ),
+        (
+            "open on the threshold",
+            &s,
+            Some(running(1, 9, 0).to_item()),
+            None,
+            failures(1),
+            T0 + 1,
+            (Phase::Open, 2, 0, 0, 0),
+            threshold(10, 0),
+        ),
+        (
+            // Read 8, another reporter added one: the add crosses the threshold, then opens.
+            "add crossing the threshold with another's failure, then open",
+            &s,
+            Some(running(1, 9, 0).to_item()),
+            Some(running(1, 8, 0).to_item()),
+            failures(1),
+            T0 + 1,
+            (Phase::Open, 2, 0, 0, 0),
+            threshold(10, 0),
+        ),
+        (
+            "half-open trial failure re-opens",
+            &s,
+            Some(half_open_since(T0, 3, 2).to_item()),
+            None,
+            trials(1, 1),
+            T0 + 5_000,
+            (Phase::Open, 5, 0, 0, 0),
+            Some((Phase::HalfOpen, Phase::Open, TransitionReason::TrialFailed)),
+        ),
+        (
+            "half-open trial success added",
+            &s,
+            Some(half_open_since(T0, 5, 1).to_item()),
+            None,
+            trials(1, 0),
+            T0 + 1,
+            (Phase::HalfOpen, 4, 0, 0, 2),
+            None,
+        ),
+        (
+            "half-open closes on the last trial success",
+            &s,
+            Some(half_open_since(T0, 5, 4).to_item()),
+            None,
+            trials(1, 0),
+            T0 + 1,
+            (Phase::Closed, 5, 0, 0, 0),
+            Some((
+                Phase::HalfOpen,
+                Phase::Closed,
+                TransitionReason::TrialsSucceeded { successes: 5 },
+            )),
+        ),
+    ];
+    for (case, s, stored, read, tally, now, left, reported) in cases {
+        let [once, lost] = flush_both(stored.as_ref(), read.as_ref(), s, &tally, now).await;
+        assert_eq!(summary(once.1.as_ref()), left, "{case}: one applied write");
+        assert_eq!(
+            once.0.transition.as_ref().map(|t| (t.from, t.to, t.reason)),
+            reported,
+            "{case}: one applied write"
+        );
+        assert!(
+            once.1.as_ref().is_some_and(|i| i.contains_key(WRITE_ID)),
+            "{case}: untagged"
+        );
+        assert_eq!(lost, once, "{case}: answer lost and retried");
+    }
+}
+
+#[tokio::test]
+async fn a_trial_write_whose_answer_was_lost_takes_one_slot_and_reports_once() {
+    let max = |n| BreakerSettings {
+        max_requests: nz(n),
+        ..settings()
+    };
+    let elapsed = Some((
+        Phase::Open,
+        Phase::HalfOpen,
+        TransitionReason::TimeoutElapsed,
+    ));
+    type Case<'a> = (
+        &'a str,
+        BreakerSettings,
+        BreakerState,
+        EpochMillis,
+        (Phase, i64, u32),
+        Option<(Phase, Phase, TransitionReason)>,
+    );
+    // (case, settings, stored, now, left (phase, generation, admitted), reported)
+    let cases: [Case; 4] = [
+        (
+            "open to half-open takes the first slot",
+            max(100),
+            open_until(T0),
+            T0,
+            (Phase::HalfOpen, 4, 1),
+            elapsed,
+        ),
+        (
+            "open to half-open takes the only slot",
+            max(1),
+            open_until(T0),
+            T0,
+            (Phase::HalfOpen, 4, 1),
+            elapsed,
+        ),
+        (
+            "the last slot of a round",
+            max(2),
+            half_open_since(T0, 1, 0),
+            T0 + 1,
+            (Phase::HalfOpen, 4, 2),
+            None,
+        ),
+        (
+            "an unresolved round restarts",
+            max(2),
+            half_open_since(T0, 2, 0),
+            T0 + 60_000,
+            (Phase::HalfOpen, 5, 1),
+            Some((
+                Phase::HalfOpen,
+                Phase::HalfOpen,
+                TransitionReason::TrialsUnresolved,
+            )),
+        ),
+    ];
+    for (case, s, stored, now, left, reported) in cases {
+        let [once, lost] = permit_both(Some(&stored.to_item()), &s, now).await;
+        assert_eq!(once.0.admission, Admission::Trial, "{case}");
+        assert_eq!(
+            once.0.transition.as_ref().map(|t| (t.from, t.to, t.reason)),
+            reported,
+            "{case}"
+        );
+        let state = BreakerState::from_item(once.1.as_ref()).0;
+        assert_eq!(
+            (state.phase, state.generation, state.admitted),
+            left,
+            "{case}"
+        );
+        assert_eq!(lost, once, "{case}: answer lost and retried");
+    }
+}
+
+#[test]
+fn a_tagged_write_stores_its_token_and_is_not_applied_over_it() {
+    let s = settings();
+    // An add to the running window, and the put that opens it.
+    for read in [running(1, 3, 0), running(1, 9, 0)] {
+        let write = flush(&read, &failures(1), &s, T0 + 1).write.unwrap();
+        let before = read.to_item();
+        let tagged = write.clone().tagged(TOKEN);
+        // Items from before tokens, or holding another write's, do not stand in the way.
+        let mut other = before.clone();
+        other.insert(WRITE_ID.into(), Value::N(TOKEN.next().0));
+        for item in [&before, &other] {
+            assert_eq!(
+                tagged.condition.holds(Some(item)),
+                write.condition.holds(Some(item)),
+                "{write:?}"
+            );
+        }
+        assert!(!TOKEN.is_in(Some(&before)));
+        let after = apply_op(Some(&before), &tagged.op).unwrap();
+        assert!(TOKEN.is_in(after.as_ref()), "{write:?}");
+        assert!(!TOKEN.next().is_in(after.as_ref()));
+        assert!(!tagged.condition.holds(after.as_ref()), "{write:?}");
+    }
+}
+
+fn any_state() -> impl Strategy<Value = Option<BreakerState>> {
+    let phase = prop_oneof![
+        Just(Phase::Closed),
+        Just(Phase::Open),
+        Just(Phase::HalfOpen)
+    ];
+    let state = (
+        phase,
+        0i64..4,
+        (0i64..120_000, 0u32..12, 0u32..12),
+        -90_000i64..90_000,
+        (0i64..120_000, 0u32..4, 0u32..4),
+    )
+        .prop_map(
+            |(
+                phase,
+                generation,
+                (window_age, failures, successes),
+                until,
+                (round_age, admitted, trial_successes),
+            )| {
+                BreakerState {
+                    phase,
+                    generation,
+                    window_start: T0 - window_age,
+                    failures,
+                    successes,
+                    opened_at: T0 + until - 60_000,
+                    until: T0 + until,
+                    half_open_at: T0 - round_age,
+                    admitted,
+                    trial_successes,
+                    stored: Stored::Valid,
+                }
+            },
+        );
+    prop::option::weighted(0.9, state)
+}
+
+fn any_tally() -> impl Strategy<Value = Tally> {
+    (0u32..4, 0u32..12, 0u32..4, 0u32..2).prop_map(
+        |(successes, failures, trial_successes, trial_failures)| Tally {
+            successes,
+            failures,
+            trial_successes,
+            trial_failures,
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn a_lost_answer_never_changes_what_a_flush_or_a_permit_leaves_or_reports(
+        s in any_settings(),
+        ratio in prop::option::of(0.2f64..0.9),
+        state in any_state(),
+        tally in any_tally(),
+    ) {
+        let s = BreakerSettings { failure_ratio: ratio, ..s };
+        let stored = state.map(|st| st.to_item());
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let [once, lost] = flush_both(stored.as_ref(), None, &s, &tally, T0).await;
+            assert_eq!(lost, once, "flush");
+
+            let [once, lost] = permit_both(stored.as_ref(), &s, T0).await;
+            assert_eq!(lost, once, "permit");
+        });
     }
 }

@@ -11,6 +11,7 @@
 //! | `checked_at` | N | when the latest probe ran, epoch ms |
 //! | `latency_ms` | N | the latest probe's latency, when it got an answer |
 //! | `error` | S | the latest failure, short and secret-free |
+//! | `write_id` | N | random per checker run: which run wrote the record (see [`HealthChecker`]'s "Overlapping runs") |
 //!
 //! A record older than [`STALE_AFTER_INTERVALS`] probe intervals (of at least a minute, the
 //! schedule's period), or dated ahead of this clock by more than an interval, is stale: the checker has
@@ -44,6 +45,8 @@ const SUCCESSES: &str = "successes";
 const CHECKED_AT: &str = "checked_at";
 const LATENCY_MS: &str = "latency_ms";
 const ERROR: &str = "error";
+/// Written by the checker beside the record ([`HealthRecord::to_item`] leaves it out).
+const WRITE_ID: &str = "write_id";
 
 /// The state key of a gateway's health record.
 pub fn key(gateway_id: &str) -> Key {

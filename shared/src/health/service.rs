@@ -23,6 +23,13 @@
 //! stored record is exactly one [`health::step`] from its predecessor. The price is one write
 //! request per probed gateway instead of one batch, i.e. a handful of requests a minute.
 //!
+//! The store retries a write whose answer was lost, and the retry of a write that was applied
+//! fails its condition on the write's own record. So every record of a run also carries the
+//! run's random `write_id`, and a failed condition whose item is exactly the one written counts
+//! as applied (its event is emitted; it is not `superseded`). Without the token, an overlapping
+//! run that derived the identical record at the same millisecond (same probe result, same
+//! clock) would be taken for our own write.
+//!
 //! # Config audit without MySQL
 //! The checker does not compare configs itself. The [`ConfigEvent`] it emits each run goes to the
 //! recorder, which already compares it with the latest `gateway_config_audit` rows under a row
@@ -387,7 +394,8 @@ impl HealthChecker {
                 "configured limit exceeds the SES account's sending quota");
         }
 
-        let outcomes = self.write(pending).await;
+        let write_id = i64::from_ne_bytes(crate::retry::random_below(u64::MAX).to_ne_bytes());
+        let outcomes = self.write(pending, write_id).await;
         let mut events = Vec::new();
         let mut checks: Vec<Option<GatewayCheck>> = vec![None; gateways.len()];
         for (pending, outcome) in outcomes {
@@ -489,25 +497,42 @@ impl HealthChecker {
         Ok(items)
     }
 
+    /// Writes each record with its condition and the run's `write_id`; a write applied by an
+    /// attempt whose answer was lost is reported applied (see the module docs).
     async fn write(
         &self,
         pending: Vec<Pending>,
+        write_id: i64,
     ) -> Vec<(Pending, Result<WriteOutcome, StoreError>)> {
         let gateways = &self.config.gateways;
         futures::stream::iter(pending.into_iter().map(|p| {
+            let mut item = p.record.to_item();
+            item.insert(health::WRITE_ID.into(), StateValue::N(write_id));
             let write = Write {
                 key: health::key(&gateways[p.index].id),
-                op: WriteOp::Put(p.record.to_item()),
+                op: WriteOp::Put(item.clone()),
                 condition: p.condition.clone(),
             };
             async move {
-                let outcome = self.store.write(write).await;
+                let outcome = self.store.write(write).await.map(|o| own_write(o, &item));
                 (p, outcome)
             }
         }))
         .buffer_unordered(PROBE_CONCURRENCY)
         .collect()
         .await
+    }
+}
+
+/// The outcome of the write of `written`, except that a failed condition on exactly `written`
+/// (its run's `write_id` included, which no other run stores) is what it is: the store's retry
+/// meeting this write's own result after the answer to the applied attempt was lost. Applied.
+fn own_write(outcome: WriteOutcome, written: &Item) -> WriteOutcome {
+    match outcome {
+        WriteOutcome::ConditionFailed(Some(current)) if current == *written => {
+            WriteOutcome::Applied(Some(current))
+        }
+        other => other,
     }
 }
 
@@ -702,6 +727,146 @@ mod tests {
         assert_eq!(
             s.gateways[0].error.as_deref(),
             Some("no provider client was built for this gateway")
+        );
+    }
+
+    fn simulated(id: &str, enabled: bool) -> serde_json::Value {
+        json!({"id": id, "type": "simulated", "display_name": id, "enabled": enabled,
+               "simulated": {}, "routing": {"can_route": ["*"]}})
+    }
+
+    fn simulated_providers(c: &Config) -> Providers {
+        c.gateways
+            .iter()
+            .filter_map(|g| match &g.provider {
+                crate::config::ProviderSettings::Simulated(settings) => {
+                    let provider: Arc<dyn Provider> =
+                        Arc::new(SimulatedProvider::new(&g.id, settings.clone()));
+                    Some((g.id.clone(), provider))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Each run's summary with the records it left, and every event, over two runs a minute
+    /// apart: the first creates the records, the second replaces the probed one (its write
+    /// conditioned on `checked_at`).
+    async fn two_runs(
+        store: Arc<dyn StateStore>,
+    ) -> (
+        Vec<(CheckSummary, Vec<Option<HealthRecord>>)>,
+        Vec<GatewayEvent>,
+    ) {
+        let c = config(json!([simulated("sim", true), simulated("off", false)]));
+        let providers = simulated_providers(&c);
+        let sink = Arc::new(MemoryEventSink::new());
+        let clock = Arc::new(ManualClock::new(T0));
+        let checker = HealthChecker::new(
+            Arc::new(c),
+            providers,
+            Arc::clone(&store),
+            sink.clone(),
+            clock.clone(),
+        );
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            let summary = checker.run().await.unwrap();
+            let mut records = Vec::new();
+            for g in ["sim", "off"] {
+                let item = store.get(&health::key(g)).await.unwrap();
+                assert!(
+                    item.as_ref()
+                        .is_some_and(|i| i.contains_key(health::WRITE_ID))
+                );
+                records.push(HealthRecord::from_item(item.as_ref()));
+            }
+            runs.push((summary, records));
+            clock.advance(60_000);
+        }
+        (runs, sink.events())
+    }
+
+    #[tokio::test]
+    async fn a_record_write_whose_answer_was_lost_counts_as_written() {
+        let once = two_runs(Arc::new(MemoryStore::new())).await;
+        let outcomes =
+            |run: &CheckSummary| -> Vec<&str> { run.gateways.iter().map(|g| g.outcome).collect() };
+        let (runs, events) = &once;
+        assert_eq!(outcomes(&runs[0].0), ["probed", "disabled"]);
+        assert_eq!(outcomes(&runs[1].0), ["probed", "disabled"]);
+        assert_eq!(
+            runs[1].1[0].as_ref().map(|r| r.checked_at),
+            Some(T0 + 60_000)
+        );
+        let health: Vec<(&str, HealthStatus)> = events
+            .iter()
+            .filter_map(|e| match e {
+                GatewayEvent::Health(h) => Some((h.gateway_id.as_str(), h.status)),
+                _ => None,
+            })
+            .collect();
+        // The disabled gateway's record is written once; the probed one every run.
+        assert_eq!(
+            health,
+            [
+                ("sim", HealthStatus::Healthy),
+                ("off", HealthStatus::Disabled),
+                ("sim", HealthStatus::Healthy),
+            ]
+        );
+
+        // Every write applied, its answer lost and retried: the same records, summaries and
+        // events, none of them `superseded`.
+        let lost = two_runs(Arc::new(crate::state::memory::LostAnswers::default())).await;
+        assert_eq!(lost, once);
+    }
+
+    /// Before each write, another run puts the very same record (same probe result, same
+    /// clock) under its own `write_id`: an overlapping run that won.
+    #[derive(Debug, Default)]
+    struct Overtaken(MemoryStore);
+
+    #[async_trait::async_trait]
+    impl StateStore for Overtaken {
+        async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Item>>, StoreError> {
+            self.0.get_many(keys).await
+        }
+        async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
+            let mut theirs = write.clone();
+            if let WriteOp::Put(item) = &mut theirs.op {
+                item.insert(health::WRITE_ID.into(), StateValue::N(-7));
+            }
+            self.0.write(theirs).await?;
+            self.0.write(write).await
+        }
+        async fn transact(
+            &self,
+            writes: Vec<Write>,
+        ) -> Result<crate::state::TransactOutcome, StoreError> {
+            self.0.transact(writes).await
+        }
+        async fn put_many(&self, items: Vec<(String, Item)>) -> Result<(), StoreError> {
+            self.0.put_many(items).await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_identical_record_of_an_overlapping_run_still_supersedes_ours() {
+        let (runs, events) = two_runs(Arc::new(Overtaken::default())).await;
+        let outcomes: Vec<Vec<&str>> = runs
+            .iter()
+            .map(|(summary, _)| summary.gateways.iter().map(|g| g.outcome).collect())
+            .collect();
+        // The second run finds the other run's `DISABLED` record and writes nothing for it.
+        assert_eq!(
+            outcomes,
+            [["superseded", "superseded"], ["superseded", "disabled"]]
+        );
+        assert_eq!((runs[0].0.superseded, runs[1].0.superseded), (2, 1));
+        assert!(
+            !events.iter().any(|e| matches!(e, GatewayEvent::Health(_))),
+            "{events:?}"
         );
     }
 
