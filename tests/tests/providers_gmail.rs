@@ -2,7 +2,8 @@
 //!
 //! The fake token endpoint verifies each assertion's RS256 signature with the public half of a
 //! key pair generated for this test run (never a real key) and answers per subject; the tests
-//! then check the JWT header and claims, the form fields, and the MIME inside `raw`.
+//! then check the JWT header and claims, the form fields, and the MIME inside `raw`. Look-ups
+//! (`lookup_sent`) are checked against a fake `users.messages.list`.
 
 #![allow(
     clippy::panic,
@@ -21,8 +22,10 @@ use gateway_core::config::GoogleWorkspaceSettings;
 use gateway_core::config::SecretRef;
 use gateway_core::message::{OutboundMessage, parse_message};
 use gateway_core::mime::GATEWAY_ID_HEADER;
-use gateway_core::providers::gmail::{GMAIL_SEND_SCOPE, GmailProvider, JWT_BEARER_GRANT};
-use gateway_core::providers::{ErrorClass, Provider};
+use gateway_core::providers::gmail::{
+    GMAIL_READONLY_SCOPE, GMAIL_SEND_SCOPE, GmailProvider, JWT_BEARER_GRANT,
+};
+use gateway_core::providers::{Accepted, ErrorClass, Lookup, Provider};
 use gateway_core::secrets::SecretString;
 use gateway_tests::{PDF_BYTES, RICH_SUBJECT, rich_message};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -34,6 +37,7 @@ const NOW: i64 = 1_795_000_000_000;
 const CLIENT_EMAIL: &str = "mailer@clinic-project.iam.gserviceaccount.com";
 const KEY_ID: &str = "0123456789abcdef";
 const SEND_PATH: &str = "/gmail/v1/users/me/messages/send";
+const LIST_PATH: &str = "/gmail/v1/users/me/messages";
 
 struct TestKey {
     private_pem: String,
@@ -124,10 +128,13 @@ fn assertion_of(request: &Request) -> String {
         .unwrap_or_default()
 }
 
-/// The fake token endpoint: a valid signature gets `tok-<sub>`, a subject in `refuse` gets
+/// The fake token endpoint: a valid signature gets `tok-<sub>` for the send scope and
+/// `read-<sub>` for the read-only scope; a subject in `refuse` (or, with `refuse_readonly`, any
+/// assertion asking for the read-only scope, as Google answers when the delegation lacks it) gets
 /// 401 `unauthorized_client`, a bad signature 400 `invalid_grant`.
 struct TokenEndpoint {
     refuse: Vec<&'static str>,
+    refuse_readonly: bool,
 }
 
 impl Respond for TokenEndpoint {
@@ -138,14 +145,15 @@ impl Respond for TokenEndpoint {
             );
         };
         let sub = claims["sub"].as_str().unwrap_or("").to_owned();
-        if self.refuse.contains(&sub.as_str()) {
+        let readonly = claims["scope"] == GMAIL_READONLY_SCOPE;
+        if self.refuse.contains(&sub.as_str()) || (readonly && self.refuse_readonly) {
             return ResponseTemplate::new(401).set_body_json(serde_json::json!({
                 "error": "unauthorized_client",
                 "error_description": "Client is unauthorized to retrieve access tokens using this method."
             }));
         }
         ResponseTemplate::new(200).set_body_json(serde_json::json!({
-            "access_token": format!("tok-{sub}"),
+            "access_token": format!("{}-{sub}", if readonly { "read" } else { "tok" }),
             "expires_in": 3599,
             "token_type": "Bearer"
         }))
@@ -159,10 +167,17 @@ struct Fake {
 
 impl Fake {
     async fn start(refuse: Vec<&'static str>) -> Fake {
+        Self::start_with(refuse, false).await
+    }
+
+    async fn start_with(refuse: Vec<&'static str>, refuse_readonly: bool) -> Fake {
         let server = MockServer::start().await;
         Mock::given(method("POST"))
             .and(path("/token"))
-            .respond_with(TokenEndpoint { refuse })
+            .respond_with(TokenEndpoint {
+                refuse,
+                refuse_readonly,
+            })
             .mount(&server)
             .await;
         Fake {
@@ -199,13 +214,35 @@ impl Fake {
         api_base_url: String,
         http: reqwest::Client,
     ) -> GmailProvider {
-        let settings = GoogleWorkspaceSettings {
-            service_account: SecretRef::Env("UNUSED".into()),
-            default_sender: default_sender.map(str::to_owned),
-            require_valid_sender,
-            token_url: Some(self.token_url()),
-            api_base_url: Some(api_base_url),
-        };
+        self.build(
+            GoogleWorkspaceSettings {
+                service_account: SecretRef::Env("UNUSED".into()),
+                default_sender: default_sender.map(str::to_owned),
+                require_valid_sender,
+                token_url: Some(self.token_url()),
+                api_base_url: Some(api_base_url),
+                lookup_sent: false,
+            },
+            http,
+        )
+    }
+
+    /// A provider with `lookup_sent` on.
+    fn looking_up(&self, default_sender: Option<&str>, http: reqwest::Client) -> GmailProvider {
+        self.build(
+            GoogleWorkspaceSettings {
+                service_account: SecretRef::Env("UNUSED".into()),
+                default_sender: default_sender.map(str::to_owned),
+                require_valid_sender: false,
+                token_url: Some(self.token_url()),
+                api_base_url: Some(self.server.uri()),
+                lookup_sent: true,
+            },
+            http,
+        )
+    }
+
+    fn build(&self, settings: GoogleWorkspaceSettings, http: reqwest::Client) -> GmailProvider {
         GmailProvider::new(
             "workspace",
             &settings,
@@ -655,6 +692,7 @@ async fn token_endpoint_failures_never_reach_the_send_endpoint() {
             require_valid_sender: false,
             token_url: Some(format!("{}/token", server.uri())),
             api_base_url: Some(server.uri()),
+            lookup_sent: false,
         };
         let provider = GmailProvider::new(
             "workspace",
@@ -718,6 +756,7 @@ fn debug_output_never_shows_the_key() {
         require_valid_sender: false,
         token_url: None,
         api_base_url: None,
+        lookup_sent: false,
     };
     let provider = GmailProvider::new(
         "workspace",
@@ -784,4 +823,278 @@ async fn a_rotated_service_account_key_signs_the_next_token() {
         .await
         .unwrap();
     assert_eq!(kids().await, ["key-2026-11", "key-2026-12"]);
+}
+
+/// A message whose id needs escaping in its `Message-ID` (`.` and `:`).
+fn escaped_id_message() -> OutboundMessage {
+    let json = serde_json::json!({
+        "id": "inv.2026:11", "from": "ada@clinic.example", "to": ["p@example.org"],
+        "subject": "s", "text": "t"
+    });
+    parse_message(json.to_string().as_bytes(), None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+impl Fake {
+    async fn list_answers(&self, template: ResponseTemplate) {
+        Mock::given(method("GET"))
+            .and(path(LIST_PATH))
+            .respond_with(template)
+            .mount(&self.server)
+            .await;
+    }
+
+    /// (scope, sub, iat) of every assertion the token endpoint received, in order.
+    async fn assertions(&self) -> Vec<(String, String, i64)> {
+        self.requests("/token")
+            .await
+            .iter()
+            .map(|r| {
+                let (_, c) = verify(&assertion_of(r)).unwrap_or_else(|| panic!("bad signature"));
+                (
+                    c["scope"].as_str().unwrap_or("").to_owned(),
+                    c["sub"].as_str().unwrap_or("").to_owned(),
+                    c["iat"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+}
+
+fn listed(ids: &[&str]) -> ResponseTemplate {
+    let messages: Vec<_> = ids
+        .iter()
+        .map(|id| serde_json::json!({"id": id, "threadId": id}))
+        .collect();
+    ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "messages": messages, "resultSizeEstimate": ids.len()
+    }))
+}
+
+fn query_of(request: &Request) -> Vec<(String, String)> {
+    url_decode_pairs(request.url.query().unwrap_or(""))
+}
+
+#[tokio::test]
+async fn look_up_searches_the_senders_mailbox_for_the_message_id_the_send_wrote() {
+    let fake = Fake::start(vec![]).await;
+    fake.send_answers(ok_send()).await;
+    fake.list_answers(listed(&["18c2f0a1b2c3d4e5", "18c2ffffffffffff"]))
+        .await;
+    let provider = fake.looking_up(None, client(5_000));
+    let message = escaped_id_message();
+    provider
+        .send(&message, NOW)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sends = fake.requests(SEND_PATH).await;
+    let mime = raw_mime(&sends[0]);
+    let sent = MessageParser::default()
+        .parse(&mime)
+        .unwrap_or_else(|| panic!("raw is not MIME"));
+    let sent_id = sent.message_id().unwrap_or_default().to_owned();
+    assert_eq!(sent_id, "gw.inv=2E2026=3A11@clinic.example");
+
+    // A minute later (the look-up's token is dated by the provider's clock, not by `sent_at`).
+    fake.clock.set(NOW + 60_000);
+    let answer = provider
+        .look_up(&message, NOW)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        answer,
+        Lookup::Found(Accepted {
+            provider_message_id: Some("18c2f0a1b2c3d4e5".into()),
+            substituted_sender: None,
+        })
+    );
+
+    let lists = fake.requests(LIST_PATH).await;
+    assert_eq!(lists.len(), 1);
+    let list = &lists[0];
+    assert_eq!(list.method.as_str(), "GET");
+    assert_eq!(
+        list.url.query(),
+        Some("q=rfc822msgid%3Agw.inv%3D2E2026%3D3A11%40clinic.example&includeSpamTrash=true")
+    );
+    assert_eq!(
+        query_of(list),
+        [
+            ("q".to_owned(), format!("rfc822msgid:{sent_id}")),
+            ("includeSpamTrash".to_owned(), "true".to_owned())
+        ]
+    );
+    assert_eq!(
+        header(list, "authorization"),
+        Some("Bearer read-ada@clinic.example")
+    );
+    // Sends keep their own gmail.send token; the look-up asks for gmail.readonly alone.
+    assert_eq!(
+        fake.assertions().await,
+        [
+            (
+                GMAIL_SEND_SCOPE.to_owned(),
+                "ada@clinic.example".to_owned(),
+                NOW / 1000
+            ),
+            (
+                GMAIL_READONLY_SCOPE.to_owned(),
+                "ada@clinic.example".to_owned(),
+                (NOW + 60_000) / 1000
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn look_up_without_a_match_is_not_found() {
+    let fake = Fake::start(vec![]).await;
+    fake.list_answers(
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({"resultSizeEstimate": 0})),
+    )
+    .await;
+    let answer = fake
+        .looking_up(None, client(5_000))
+        .look_up(&message_from("ada@clinic.example", 1), NOW)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answer, Lookup::NotFound);
+    let lists = fake.requests(LIST_PATH).await;
+    assert_eq!(lists.len(), 1);
+    assert_eq!(
+        query_of(&lists[0])[0],
+        (
+            "q".to_owned(),
+            "rfc822msgid:gw.m-1@clinic.example".to_owned()
+        )
+    );
+    assert!(fake.requests(SEND_PATH).await.is_empty());
+}
+
+#[tokio::test]
+async fn look_up_is_unsupported_unless_lookup_sent_is_on() {
+    let fake = Fake::start(vec![]).await;
+    fake.list_answers(listed(&["18c2f0a1b2c3d4e5"])).await;
+    let answer = fake
+        .provider(Some("noreply@clinic.example"), false)
+        .look_up(&message_from("ada@clinic.example", 1), NOW)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answer, Lookup::Unsupported);
+    assert!(
+        fake.server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn look_up_asks_the_default_senders_mailbox_when_send_would_have_substituted_it() {
+    let fake = Fake::start(vec!["ada@clinic.example"]).await;
+    fake.list_answers(listed(&["18c2f0a1b2c3d4e5"])).await;
+    let answer = fake
+        .looking_up(Some("noreply@clinic.example"), client(5_000))
+        .look_up(&lovelace_message(), NOW)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        answer,
+        Lookup::Found(Accepted {
+            provider_message_id: Some("18c2f0a1b2c3d4e5".into()),
+            substituted_sender: Some("noreply@clinic.example".into()),
+        })
+    );
+    let lists = fake.requests(LIST_PATH).await;
+    assert_eq!(
+        header(&lists[0], "authorization"),
+        Some("Bearer read-noreply@clinic.example")
+    );
+    // The Message-ID is the original sender's domain either way.
+    assert_eq!(
+        query_of(&lists[0])[0].1,
+        "rfc822msgid:gw.inv-2026-11-28-000123@clinic.example"
+    );
+}
+
+#[tokio::test]
+async fn a_delegation_without_gmail_readonly_fails_look_ups_but_not_sends() {
+    let fake = Fake::start_with(vec![], true).await;
+    fake.send_answers(ok_send()).await;
+    fake.list_answers(listed(&["18c2f0a1b2c3d4e5"])).await;
+    let provider = fake.looking_up(None, client(5_000));
+    let message = message_from("ada@clinic.example", 1);
+    let error = provider
+        .look_up(&message, NOW)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("must fail"));
+    assert_eq!(error.class(), ErrorClass::Auth, "{error}");
+    assert!(error.detail.contains(GMAIL_READONLY_SCOPE), "{error}");
+    assert!(fake.requests(LIST_PATH).await.is_empty());
+    provider
+        .send(&message, NOW)
+        .await
+        .unwrap_or_else(|e| panic!("sends must not need gmail.readonly: {e}"));
+}
+
+#[tokio::test]
+async fn look_up_failures_map_to_error_classes_and_are_never_ambiguous() {
+    let cases = [
+        (
+            gmail_error(403, "insufficientPermissions"),
+            ErrorClass::Auth,
+            None,
+            1,
+        ),
+        // Refreshed once, like a send.
+        (gmail_error(401, "authError"), ErrorClass::Auth, None, 2),
+        (
+            gmail_error(403, "rateLimitExceeded").insert_header("Retry-After", "30"),
+            ErrorClass::Throttled,
+            Some(NOW + 30_000),
+            1,
+        ),
+        (
+            gmail_error(429, "rateLimitExceeded"),
+            ErrorClass::Throttled,
+            None,
+            1,
+        ),
+        (gmail_error(404, "notFound"), ErrorClass::Permanent, None, 1),
+        (ResponseTemplate::new(503), ErrorClass::Unavailable, None, 1),
+        (
+            ResponseTemplate::new(200).set_body_string("not json"),
+            ErrorClass::Unavailable,
+            None,
+            1,
+        ),
+        (
+            listed(&[]).set_delay(Duration::from_secs(3)),
+            ErrorClass::Unavailable,
+            None,
+            1,
+        ),
+    ];
+    for (template, class, retry_after, searches) in cases {
+        let fake = Fake::start(vec![]).await;
+        fake.list_answers(template).await;
+        let error = fake
+            .looking_up(None, client(300))
+            .look_up(&message_from("ada@clinic.example", 1), NOW)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("must fail"));
+        let status = error.http_status;
+        assert_eq!(
+            (error.class(), error.retry_after()),
+            (class, retry_after),
+            "{status:?}: {error}"
+        );
+        assert_eq!(fake.requests(LIST_PATH).await.len(), searches, "{status:?}");
+        if class == ErrorClass::Auth {
+            assert!(error.detail.contains(GMAIL_READONLY_SCOPE), "{error}");
+        }
+        assert!(!error.to_string().contains("read-"), "{error}");
+    }
 }

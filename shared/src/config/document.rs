@@ -95,6 +95,7 @@ fn provider(p: &ProviderSettings) -> Value {
             o.insert("require_valid_sender".into(), json!(g.require_valid_sender));
             put(&mut o, "token_url", g.token_url.clone());
             put(&mut o, "api_base_url", g.api_base_url.clone());
+            o.insert("lookup_sent".into(), json!(g.lookup_sent));
             Value::Object(o)
         }
         ProviderSettings::Smtp(s) => {

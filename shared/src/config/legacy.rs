@@ -273,6 +273,7 @@ fn gmail_block(g: &Obj<'_>, id: &str, is: &mut Issues) -> Value {
             "enabled",
             "default_sender",
             "require_valid_sender",
+            "lookup_sent",
             "header_rewrite",
         ],
     );
@@ -317,6 +318,9 @@ fn gmail_block(g: &Obj<'_>, id: &str, is: &mut Issues) -> Value {
     }
     if let Some(b) = g.bool(is, "require_valid_sender") {
         out.insert("require_valid_sender".into(), json!(b));
+    }
+    if let Some(b) = g.bool(is, "lookup_sent") {
+        out.insert("lookup_sent".into(), json!(b));
     }
     header_rewrite(g, is);
     Value::Object(out)

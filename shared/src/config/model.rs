@@ -609,6 +609,11 @@ pub struct GoogleWorkspaceSettings {
     pub token_url: Option<String>,
     /// Gmail API base URL override.
     pub api_base_url: Option<String>,
+    /// Let [`Provider::look_up`](crate::providers::Provider::look_up) search the sender's
+    /// mailbox for a message whose send went unanswered (`lookup_sent`, default `false`). Needs
+    /// the `gmail.readonly` scope in the domain-wide delegation; sends keep asking for
+    /// `gmail.send` only, so a delegation without it breaks the look-ups, never the sends.
+    pub lookup_sent: bool,
 }
 
 /// SMTP transport security.

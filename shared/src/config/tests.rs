@@ -1640,3 +1640,51 @@ fn ses_accepts_sha1_sns_signatures_unless_told_not_to() {
         "{e}"
     );
 }
+
+#[test]
+fn gmail_look_ups_are_off_unless_lookup_sent_is_set() {
+    let gmail = |extra: Value| {
+        let mut block = json!({"service_account": "env:SA"});
+        if let (Some(b), Value::Object(x)) = (block.as_object_mut(), extra) {
+            b.extend(x);
+        }
+        with(
+            base(),
+            "/gateways/2",
+            Some(
+                json!({"id": "g", "type": "google_workspace", "google_workspace": block,
+                "routing": {"can_route": ["*"]}}),
+            ),
+        )
+    };
+    let looks_up = |doc: &Value| match &loaded(doc).config.gateways[2].provider {
+        ProviderSettings::GoogleWorkspace(g) => g.lookup_sent,
+        other => panic!("google_workspace expected: {other:?}"),
+    };
+    assert!(!looks_up(&gmail(json!({}))), "default: no gmail.readonly");
+    assert!(looks_up(&gmail(json!({"lookup_sent": true}))));
+    assert!(!looks_up(&gmail(json!({"lookup_sent": false}))));
+    let e = errors(&gmail(json!({"lookup_sent": "yes"}))).to_string();
+    assert!(
+        e.contains("gateways[2].google_workspace.lookup_sent"),
+        "{e}"
+    );
+    // The effective document shows the default, and reloads to the same setting.
+    let on = loaded(&gmail(json!({"lookup_sent": true}))).config;
+    let shown = redacted_document(&on);
+    assert_eq!(
+        shown["gateways"][2]["google_workspace"]["lookup_sent"],
+        true
+    );
+    let off = redacted_document(&loaded(&gmail(json!({}))).config);
+    assert_eq!(off["gateways"][2]["google_workspace"]["lookup_sent"], false);
+    assert_eq!(loaded(&shown).config, on);
+    // A legacy workspace's gmail block carries it over.
+    let ws = r#"[{"id": "w", "domain": "w.example",
+                  "gmail": {"service_account_env": "SA", "lookup_sent": true}}]"#;
+    let (doc, _) = convert_legacy(ws).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        doc.pointer("/gateways/0/google_workspace/lookup_sent"),
+        Some(&json!(true))
+    );
+}

@@ -1377,6 +1377,7 @@ fn provider(kind: GatewayKind, b: &Obj<'_>, is: &mut Issues) -> Option<ProviderS
                     "require_valid_sender",
                     "token_url",
                     "api_base_url",
+                    "lookup_sent",
                 ],
             );
             let service_account = b.secret(is, "service_account", true);
@@ -1392,12 +1393,14 @@ fn provider(kind: GatewayKind, b: &Obj<'_>, is: &mut Issues) -> Option<ProviderS
             let require_valid_sender = b.bool(is, "require_valid_sender").unwrap_or(false);
             let token_url = url(b, "token_url", is);
             let api_base_url = url(b, "api_base_url", is);
+            let lookup_sent = b.bool(is, "lookup_sent").unwrap_or(false);
             Some(ProviderSettings::GoogleWorkspace(GoogleWorkspaceSettings {
                 service_account: service_account?,
                 default_sender: default_sender.map(str::to_owned),
                 require_valid_sender,
                 token_url,
                 api_base_url,
+                lookup_sent,
             }))
         }
         GatewayKind::Smtp => {

@@ -34,6 +34,22 @@
 //!
 //! Limits checked before any call: [`MAX_RECIPIENTS`] and [`MAX_MESSAGE_BYTES`] of encoded MIME;
 //! a message over them is `Unsuitable`.
+//!
+//! **Look-ups** ([`Provider::look_up`], only with `lookup_sent`; otherwise `Unsupported`). Gmail
+//! has no delivery webhooks, so after a send whose answer was lost the only witness is the
+//! sender's mailbox: `GET users/me/messages?q=rfc822msgid:<id>&includeSpamTrash=true` with a
+//! token for the subject `send` would have impersonated (the sender, or the `default_sender`
+//! under the same fallback rules), where `<id>` is the deterministic `Message-ID` of
+//! [`mime::message_id_for`]. A first hit is `Found` with that message's id; no hit is `NotFound`
+//! (Gmail's search may lag a just-sent message by seconds, so ask again before resending).
+//! Spam and trash are searched too, so a sent copy someone deleted still counts. `q` needs
+//! [`GMAIL_READONLY_SCOPE`] (`gmail.metadata` refuses `q`). Look-ups get their own tokens with
+//! that scope alone, cached apart from the send tokens, which keep [`GMAIL_SEND_SCOPE`] alone:
+//! Google refuses an assertion asking for any scope the delegation lacks, so a combined scope
+//! would stop every send of a workspace that has not granted `gmail.readonly`. A refused
+//! look-up token, 401 (after one refresh) or non-quota 403 is `Auth`, its detail naming
+//! `gmail.readonly`. Errors are otherwise classified by the table above, except that a search is
+//! never `Ambiguous` (asking changes nothing): a transport failure is `Unavailable`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -50,7 +66,7 @@ use crate::clock::{Clock, DAY_MS, EpochMillis, utc_day};
 use crate::config::GoogleWorkspaceSettings;
 use crate::message::OutboundMessage;
 use crate::mime::{self, BccHeader, BuiltMime, MimeOptions};
-use crate::providers::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
+use crate::providers::{Accepted, ErrorClass, Lookup, ProbeReport, Provider, SendError};
 use crate::secrets::{LiveSecret, SecretString};
 
 const PROVIDER: &str = "google_workspace";
@@ -59,8 +75,11 @@ const PROVIDER: &str = "google_workspace";
 pub const DEFAULT_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 /// The Gmail API base URL, used when the config does not override it.
 pub const DEFAULT_API_BASE_URL: &str = "https://gmail.googleapis.com";
-/// The only scope requested: sending mail.
+/// The scope of send tokens (and of the probe's): sending mail.
 pub const GMAIL_SEND_SCOPE: &str = "https://www.googleapis.com/auth/gmail.send";
+/// The scope of look-up tokens (`lookup_sent`): searching the mailbox with `q`, which
+/// `gmail.metadata` does not allow.
+pub const GMAIL_READONLY_SCOPE: &str = "https://www.googleapis.com/auth/gmail.readonly";
 /// The JWT-bearer grant type of the token exchange.
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// Most recipients (to + cc + bcc) per message.
@@ -157,7 +176,8 @@ pub struct AssertionClaims {
     /// default sender).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
-    /// Space-separated scopes: [`GMAIL_SEND_SCOPE`].
+    /// Space-separated scopes: [`GMAIL_SEND_SCOPE`] for sends and probes,
+    /// [`GMAIL_READONLY_SCOPE`] for look-ups.
     pub scope: String,
     /// The token URL the assertion is sent to.
     pub aud: String,
@@ -165,6 +185,24 @@ pub struct AssertionClaims {
     pub iat: i64,
     /// Expiry, epoch seconds: `iat` + [`ASSERTION_LIFETIME_SECS`].
     pub exp: i64,
+}
+
+/// What a token is for; each has its own scope and its own cache entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Purpose {
+    /// Sending (and probing): [`GMAIL_SEND_SCOPE`].
+    Send,
+    /// Looking a sent message up: [`GMAIL_READONLY_SCOPE`].
+    LookUp,
+}
+
+impl Purpose {
+    fn scope(self) -> &'static str {
+        match self {
+            Self::Send => GMAIL_SEND_SCOPE,
+            Self::LookUp => GMAIL_READONLY_SCOPE,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -186,8 +224,9 @@ pub struct GmailProvider {
     api_base_url: String,
     default_sender: Option<EmailAddress>,
     require_valid_sender: bool,
+    lookup_sent: bool,
     clock: Arc<dyn Clock>,
-    tokens: Mutex<HashMap<String, CachedToken>>,
+    tokens: Mutex<HashMap<(Purpose, String), CachedToken>>,
 }
 
 /// The outcome of a token exchange that did not produce a token.
@@ -202,7 +241,8 @@ enum TokenFailure {
 impl GmailProvider {
     /// A client for `settings`. `service_account` is the resolved `settings.service_account`
     /// (the JSON key file). `http` is the process's shared client (its timeouts apply); `clock`
-    /// dates the probe's token exchange (sends use the `now` they are given).
+    /// dates the token exchanges of the probe and of look-ups (sends use the `now` they are
+    /// given).
     ///
     /// The token URL is `settings.token_url`, else the key's `token_uri`, else
     /// [`DEFAULT_TOKEN_URL`]; the API base is `settings.api_base_url` or
@@ -241,6 +281,7 @@ impl GmailProvider {
             api_base_url,
             default_sender,
             require_valid_sender: settings.require_valid_sender,
+            lookup_sent: settings.lookup_sent,
             clock,
             tokens: Mutex::new(HashMap::new()),
         })
@@ -304,14 +345,15 @@ impl GmailProvider {
         rotated
     }
 
-    /// The claims of an assertion for `subject` issued at `now` (epoch ms).
+    /// The claims of a send assertion for `subject` issued at `now` (epoch ms).
     pub fn assertion_claims(&self, subject: Option<&str>, now: EpochMillis) -> AssertionClaims {
-        self.claims_for(&self.held_key().1, subject, now)
+        self.claims_for(&self.held_key().1, Purpose::Send, subject, now)
     }
 
     fn claims_for(
         &self,
         key: &ServiceAccountKey,
+        purpose: Purpose,
         subject: Option<&str>,
         now: EpochMillis,
     ) -> AssertionClaims {
@@ -319,30 +361,34 @@ impl GmailProvider {
         AssertionClaims {
             iss: key.client_email.clone(),
             sub: subject.map(str::to_owned),
-            scope: GMAIL_SEND_SCOPE.to_owned(),
+            scope: purpose.scope().to_owned(),
             aud: self.token_url.clone(),
             iat,
             exp: iat + ASSERTION_LIFETIME_SECS,
         }
     }
 
-    fn cache_key(subject: Option<&str>) -> String {
-        subject.map(str::to_ascii_lowercase).unwrap_or_default()
+    fn cache_key(purpose: Purpose, subject: Option<&str>) -> (Purpose, String) {
+        (
+            purpose,
+            subject.map(str::to_ascii_lowercase).unwrap_or_default(),
+        )
     }
 
-    fn forget_token(&self, subject: Option<&str>) {
+    fn forget_token(&self, purpose: Purpose, subject: Option<&str>) {
         if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.remove(&Self::cache_key(subject));
+            tokens.remove(&Self::cache_key(purpose, subject));
         }
     }
 
-    /// An access token for `subject`, from the cache while it is fresh.
+    /// An access token for `subject` and `purpose`, from the cache while it is fresh.
     async fn token(
         &self,
+        purpose: Purpose,
         subject: Option<&str>,
         now: EpochMillis,
     ) -> Result<SecretString, TokenFailure> {
-        let key = Self::cache_key(subject);
+        let key = Self::cache_key(purpose, subject);
         // A poisoned lock only means another send panicked mid-update; the map is still a
         // valid cache, so it is used rather than failing every later send.
         {
@@ -353,13 +399,13 @@ impl GmailProvider {
                 return Ok(cached.token.clone());
             }
         }
-        let (token, expires_in_secs) = match self.exchange(subject, now).await {
+        let (token, expires_in_secs) = match self.exchange(purpose, subject, now).await {
             // A refusal after a key rotation: once more with the new key.
             Err(TokenFailure::Refused { .. })
             | Err(TokenFailure::Failed(SendError {
                 class: ErrorClass::Auth,
                 ..
-            })) if self.key_rotated().await => self.exchange(subject, now).await?,
+            })) if self.key_rotated().await => self.exchange(purpose, subject, now).await?,
             other => other?,
         };
         let refresh_at = now + expires_in_secs.saturating_mul(1000) - TOKEN_REFRESH_MARGIN_MS;
@@ -377,13 +423,14 @@ impl GmailProvider {
     /// Signs an assertion and exchanges it for an access token: (token, lifetime in seconds).
     async fn exchange(
         &self,
+        purpose: Purpose,
         subject: Option<&str>,
         now: EpochMillis,
     ) -> Result<(SecretString, i64), TokenFailure> {
         let key = self.signing_key().await;
         let mut header = Header::new(Algorithm::RS256);
         header.kid = key.private_key_id.clone();
-        let claims = self.claims_for(&key, subject, now);
+        let claims = self.claims_for(&key, purpose, subject, now);
         let assertion = jsonwebtoken::encode(&header, &claims, &key.signing_key).map_err(|_| {
             TokenFailure::Failed(SendError::new(
                 ErrorClass::Auth,
@@ -462,10 +509,11 @@ impl GmailProvider {
     /// refused and substitution is allowed: (token, substituted sender).
     async fn token_for_sender(
         &self,
+        purpose: Purpose,
         sender: &EmailAddress,
         now: EpochMillis,
     ) -> Result<(SecretString, Option<EmailAddress>), SendError> {
-        let refused_status = match self.token(Some(sender.as_str()), now).await {
+        let refused_status = match self.token(purpose, Some(sender.as_str()), now).await {
             Ok(token) => return Ok((token, None)),
             Err(TokenFailure::Failed(e)) => return Err(e),
             Err(TokenFailure::Refused { status }) => status,
@@ -480,7 +528,7 @@ impl GmailProvider {
                 "impersonating the sender was refused",
             ));
         };
-        match self.token(Some(fallback.as_str()), now).await {
+        match self.token(purpose, Some(fallback.as_str()), now).await {
             Ok(token) => Ok((token, Some(fallback.clone()))),
             Err(TokenFailure::Failed(e)) => Err(e),
             Err(TokenFailure::Refused { status }) => Err(refused(
@@ -521,6 +569,74 @@ impl GmailProvider {
             retry_after,
             body: body.to_vec(),
         })
+    }
+
+    /// Lists the messages of the token's user whose `Message-ID` is `message_id` (without angle
+    /// brackets), spam and trash included.
+    async fn search(
+        &self,
+        token: &SecretString,
+        message_id: &str,
+        now: EpochMillis,
+    ) -> Result<SendResponse, SendError> {
+        let mut url =
+            reqwest::Url::parse(&format!("{}/gmail/v1/users/me/messages", self.api_base_url))
+                .map_err(|_| {
+                    SendError::new(
+                        ErrorClass::Unavailable,
+                        PROVIDER,
+                        "search: the API base URL is not a URL",
+                    )
+                })?;
+        url.query_pairs_mut()
+            .append_pair("q", &format!("rfc822msgid:{message_id}"))
+            .append_pair("includeSpamTrash", "true");
+        // Nothing is sent by a search, so a lost answer is merely unanswered: never Ambiguous.
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(token.expose())
+            .send()
+            .await
+            .map_err(|e| transport_error(ErrorClass::Unavailable, "search", e))?;
+        let status = response.status().as_u16();
+        let retry_after = retry_after_header(response.headers(), now);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(ErrorClass::Unavailable, "search", e))?;
+        Ok(SendResponse {
+            status,
+            retry_after,
+            body: body.to_vec(),
+        })
+    }
+
+    /// A token for looking up a message of `sender`: the same subject `send` would have used.
+    async fn look_up_token(
+        &self,
+        sender: &EmailAddress,
+        now: EpochMillis,
+    ) -> Result<(SecretString, Option<EmailAddress>), SendError> {
+        self.token_for_sender(Purpose::LookUp, sender, now)
+            .await
+            .map_err(lacks_readonly)
+    }
+
+    /// A fresh token for `subject` after its cached one was dropped.
+    async fn refreshed(
+        &self,
+        purpose: Purpose,
+        subject: &str,
+        now: EpochMillis,
+    ) -> Result<SecretString, SendError> {
+        match self.token(purpose, Some(subject), now).await {
+            Ok(token) => Ok(token),
+            Err(TokenFailure::Failed(e)) => Err(e),
+            Err(TokenFailure::Refused { status }) => {
+                Err(refused(status, "token refresh was refused"))
+            }
+        }
     }
 }
 
@@ -580,6 +696,13 @@ struct SentMessage {
     id: Option<String>,
 }
 
+/// The answer of `users.messages.list`; `messages` is absent when nothing matched.
+#[derive(Deserialize)]
+struct MessageList {
+    #[serde(default)]
+    messages: Vec<SentMessage>,
+}
+
 #[async_trait]
 impl Provider for GmailProvider {
     fn gateway_id(&self) -> &str {
@@ -607,7 +730,7 @@ impl Provider for GmailProvider {
         check_size(&built)?;
 
         let sender = message.sender();
-        let (mut token, substituted) = self.token_for_sender(sender, now).await?;
+        let (mut token, substituted) = self.token_for_sender(Purpose::Send, sender, now).await?;
         if let Some(substitute) = &substituted {
             let options = MimeOptions {
                 from_override: Some(substitute.clone()),
@@ -623,14 +746,8 @@ impl Provider for GmailProvider {
         if response.status == 401 {
             // An access token can be revoked or expire early; Google's advice is to refresh
             // once. A 401 means the message was not accepted, so repeating it is safe.
-            self.forget_token(Some(subject));
-            token = match self.token(Some(subject), now).await {
-                Ok(token) => token,
-                Err(TokenFailure::Failed(e)) => return Err(e),
-                Err(TokenFailure::Refused { status }) => {
-                    return Err(refused(status, "token refresh was refused"));
-                }
-            };
+            self.forget_token(Purpose::Send, Some(subject));
+            token = self.refreshed(Purpose::Send, subject, now).await?;
             response = self.post_message(&token, &raw, now).await?;
         }
 
@@ -643,38 +760,7 @@ impl Provider for GmailProvider {
                 substituted_sender: substituted.map(|s| s.as_str().to_owned()),
             });
         }
-        let error = serde_json::from_slice::<GmailErrorBody>(&response.body)
-            .ok()
-            .and_then(|b| b.error);
-        let reason = error
-            .as_ref()
-            .and_then(|e| e.errors.first())
-            .and_then(|i| i.reason.clone());
-        let (class, retry_after) = classify_response(
-            response.status,
-            reason.as_deref(),
-            response.retry_after,
-            now,
-        );
-        let text = error
-            .and_then(|e| e.message)
-            .map(|m| short(&m))
-            .unwrap_or_default();
-        Err(SendError {
-            class,
-            provider: PROVIDER,
-            http_status: Some(response.status),
-            retry_after,
-            detail: format!(
-                "Gmail answered {} {} {text}",
-                response.status,
-                reason.as_deref().unwrap_or("")
-            )
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" "),
-            source: None,
-        })
+        Err(answer_error("Gmail answered", &response, now))
     }
 
     /// Exchanges a fresh token for the default sender (or for the service account itself when
@@ -683,7 +769,7 @@ impl Provider for GmailProvider {
         let started = Instant::now();
         let now = self.clock.now_ms();
         let subject = self.default_sender.as_ref().map(EmailAddress::as_str);
-        match self.exchange(subject, now).await {
+        match self.exchange(Purpose::Send, subject, now).await {
             Ok(_) => Ok(ProbeReport::new(started.elapsed())),
             Err(TokenFailure::Failed(e)) => Err(e),
             Err(TokenFailure::Refused { status }) => {
@@ -691,6 +777,106 @@ impl Provider for GmailProvider {
             }
         }
     }
+
+    /// Searches the mailbox of the subject `send` would have impersonated for the message's
+    /// `Message-ID` (module docs, *Look-ups*). `sent_at` is not needed: the `Message-ID` does not
+    /// depend on it, and the token is dated by the provider's clock, because a look-up may come
+    /// long after the send.
+    async fn look_up(
+        &self,
+        message: &OutboundMessage,
+        _sent_at: EpochMillis,
+    ) -> Result<Lookup, SendError> {
+        if !self.lookup_sent {
+            return Ok(Lookup::Unsupported);
+        }
+        let now = self.clock.now_ms();
+        let message_id = mime::message_id_for(message);
+        let sender = message.sender();
+        let (mut token, substituted) = self.look_up_token(sender, now).await?;
+        let subject = substituted.as_ref().unwrap_or(sender).as_str();
+
+        let mut response = self.search(&token, &message_id, now).await?;
+        if response.status == 401 {
+            // As for sends: an access token can be revoked or expire early; refresh it once.
+            self.forget_token(Purpose::LookUp, Some(subject));
+            token = self
+                .refreshed(Purpose::LookUp, subject, now)
+                .await
+                .map_err(lacks_readonly)?;
+            response = self.search(&token, &message_id, now).await?;
+        }
+        if !(200..300).contains(&response.status) {
+            return Err(lacks_readonly(answer_error(
+                "Gmail search answered",
+                &response,
+                now,
+            )));
+        }
+        let list: MessageList = serde_json::from_slice(&response.body).map_err(|_| {
+            SendError::new(
+                ErrorClass::Unavailable,
+                PROVIDER,
+                "Gmail search answered without a message list",
+            )
+        })?;
+        Ok(match list.messages.into_iter().next() {
+            Some(first) => Lookup::Found(Accepted {
+                provider_message_id: first.id,
+                substituted_sender: substituted.map(|s| s.as_str().to_owned()),
+            }),
+            None => Lookup::NotFound,
+        })
+    }
+}
+
+/// The error of a non-2xx Gmail API answer: classified by [`classify_response`], described as
+/// `<what> <status> <reason> <message>` (the message shortened by [`short`]).
+fn answer_error(what: &str, response: &SendResponse, now: EpochMillis) -> SendError {
+    let error = serde_json::from_slice::<GmailErrorBody>(&response.body)
+        .ok()
+        .and_then(|b| b.error);
+    let reason = error
+        .as_ref()
+        .and_then(|e| e.errors.first())
+        .and_then(|i| i.reason.clone());
+    let (class, retry_after) = classify_response(
+        response.status,
+        reason.as_deref(),
+        response.retry_after,
+        now,
+    );
+    let text = error
+        .and_then(|e| e.message)
+        .map(|m| short(&m))
+        .unwrap_or_default();
+    SendError {
+        class,
+        provider: PROVIDER,
+        http_status: Some(response.status),
+        retry_after,
+        detail: format!(
+            "{what} {} {} {text}",
+            response.status,
+            reason.as_deref().unwrap_or("")
+        )
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" "),
+        source: None,
+    }
+}
+
+/// A look-up's `Auth` failure names the likeliest cause: the delegation grants `gmail.send`
+/// (sends work) but not `gmail.readonly`.
+fn lacks_readonly(mut error: SendError) -> SendError {
+    if error.class == ErrorClass::Auth {
+        error.detail = format!(
+            "{}; the domain-wide delegation may lack {GMAIL_READONLY_SCOPE}",
+            error.detail
+        );
+    }
+    error
 }
 
 /// Classifies a non-2xx answer of the send endpoint from its status and

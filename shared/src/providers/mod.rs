@@ -55,6 +55,18 @@ pub struct Accepted {
     pub substituted_sender: Option<String>,
 }
 
+/// What a provider can say about a message it may have accepted without answering (a send that
+/// ended `Ambiguous`), from [`Provider::look_up`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// This provider (or its configuration) offers no way to ask.
+    Unsupported,
+    /// The provider has it.
+    Found(Accepted),
+    /// The provider has no such message (as far as it can tell now).
+    NotFound,
+}
+
 /// How a failed provider call is handled (ARCHITECTURE §3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
@@ -191,4 +203,55 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// A cheap authenticated call that proves the provider is reachable and the credentials
     /// work, without sending mail.
     async fn probe(&self) -> Result<ProbeReport, SendError>;
+
+    /// Asks whether `message` (as it would have been sent at `sent_at`, epoch ms) was accepted.
+    /// Default: [`Lookup::Unsupported`].
+    ///
+    /// Read-only: it never sends. [`Lookup::NotFound`] means the provider was asked and has no
+    /// such message *now*; a provider whose search lags behind its acceptances (Gmail) may still
+    /// find it later. A failed question is a [`SendError`] classified like a send's, but never
+    /// [`ErrorClass::Ambiguous`]: asking changes nothing, so a question whose answer was lost is
+    /// `Unavailable` and may be asked again.
+    async fn look_up(
+        &self,
+        message: &OutboundMessage,
+        sent_at: EpochMillis,
+    ) -> Result<Lookup, SendError> {
+        let _ = (message, sent_at);
+        Ok(Lookup::Unsupported)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SimulatedSettings;
+    use crate::message::parse_message;
+    use crate::providers::simulated::SimulatedProvider;
+
+    #[tokio::test]
+    async fn providers_without_their_own_look_up_answer_unsupported() {
+        let json = serde_json::json!({
+            "id": "m-1", "from": "ada@clinic.example", "to": ["p@example.org"],
+            "subject": "s", "text": "t"
+        });
+        let message = parse_message(json.to_string().as_bytes(), None).unwrap();
+        let settings = SimulatedSettings {
+            latency: Duration::ZERO,
+            seed: 0,
+            throttle_rate: 0.0,
+            unavailable_rate: 0.0,
+            timeout_rate: 0.0,
+            permanent_rate: 0.0,
+        };
+        let providers: Vec<Arc<dyn Provider>> = vec![
+            Arc::new(SimulatedProvider::new("sim", settings)),
+            #[cfg(feature = "providers")]
+            Arc::new(capture::CaptureProvider::new("cap", "/nonexistent")),
+        ];
+        for provider in providers {
+            let answer = provider.look_up(&message, 1_795_000_000_000).await.unwrap();
+            assert_eq!(answer, Lookup::Unsupported, "{}", provider.gateway_id());
+        }
+    }
 }
