@@ -38,6 +38,8 @@ const REASON: &str = "reason";
 const SOURCE: &str = "source";
 const AT: &str = "at";
 const REMOVED_AT: &str = "removed_at";
+/// A removal's own random id, stored in its tombstone.
+const WRITE_ID: &str = "write_id";
 
 /// How long a removal is remembered against older events: longer than anything can replay them
 /// (the events queue keeps a record 14 days, a provider retries its webhook for hours).
@@ -203,9 +205,13 @@ pub async fn remove<S: StateStore + ?Sized>(
     address: &str,
     now: EpochMillis,
 ) -> Result<bool, StoreError> {
+    // Tells this removal's tombstone from any other, for a retry whose first attempt was
+    // applied but whose answer was lost.
+    let write_id = i64::try_from(crate::retry::random_below(1 << 48)).unwrap_or_default();
     let tombstone = Item::from([
         (ADDRESS.to_owned(), Value::from(canonical(address).as_str())),
         (REMOVED_AT.to_owned(), Value::N(now)),
+        (WRITE_ID.to_owned(), Value::N(write_id)),
         (
             TTL_ATTRIBUTE.to_owned(),
             Value::N((now + TOMBSTONE_TTL_MS) / 1000),
@@ -222,7 +228,14 @@ pub async fn remove<S: StateStore + ?Sized>(
             ]),
         })
         .await?;
-    Ok(matches!(outcome, WriteOutcome::Applied(_)))
+    Ok(match outcome {
+        WriteOutcome::Applied(_) => true,
+        // A retry of this very removal, applied but whose answer was lost, meets its own
+        // tombstone: it did remove the address.
+        WriteOutcome::ConditionFailed(current) => current
+            .as_ref()
+            .is_some_and(|i| get_n(i, WRITE_ID) == Some(write_id)),
+    })
 }
 
 /// True for a removal's tombstone, which does not suppress.
@@ -377,6 +390,18 @@ mod tests {
         for r in [Reason::HardBounce, Reason::Manual, Reason::Unknown] {
             assert_eq!(Reason::parse(r.as_str()), Some(r));
         }
+    }
+
+    #[tokio::test]
+    async fn a_removal_whose_answer_was_lost_still_reports_the_address_removed() {
+        let store = crate::state::memory::LostAnswers(MemoryStore::new());
+        let bounce = Suppression::new("p@example.org", Reason::HardBounce, "mg:ev1", T0);
+        assert!(add(&store.0, &bounce).await.unwrap());
+        assert!(remove(&store, "p@example.org", T0 + 10).await.unwrap());
+        assert_eq!(lookup(&store, "p@example.org").await.unwrap(), None);
+        // A removal of an address not on the list still says so.
+        assert!(!remove(&store, "q@example.org", T0 + 20).await.unwrap());
+        assert!(!remove(&store, "p@example.org", T0 + 30).await.unwrap());
     }
 
     #[tokio::test]

@@ -31,9 +31,12 @@
 //! A retried write may have been applied by the attempt whose answer was lost. Transactions
 //! carry one client request token across their retries, so DynamoDB applies them at most once.
 //! A single conditional write that was applied answers its retry with a failed condition and
-//! the item as it now is, and every service on the port decides again from that item (the
-//! ledger recognises its own claim); only an unconditional `ADD` could count twice, which for a
-//! limit counter errs on the safe side.
+//! the item as it now is, and every service on the port decides again from that item. Each one
+//! recognises its own applied write there (the ledger its claim, mark or release; the breaker and
+//! the health checker the `write_id` token of their write; the replay cache its owner value; a
+//! suppression removal its tombstone), so a retry is never counted twice nor taken for another
+//! writer's; only an unconditional `ADD` could count twice, which for a limit counter errs on
+//! the safe side.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
