@@ -27,6 +27,7 @@ pub mod customer_webhooks;
 pub mod duration;
 pub mod emf;
 pub mod events;
+pub mod evidence;
 pub mod health;
 pub mod ledger;
 pub mod limiter;

@@ -1005,6 +1005,8 @@ struct Prefixes {
     /// `webhooks::verify::first_use`: the Mailgun token replay cache (the one prefix not
     /// derived from the code).
     replay: String,
+    /// `evidence::key`: the providers' acceptance evidence.
+    evidence: String,
 }
 
 fn prefixes() -> Prefixes {
@@ -1039,6 +1041,7 @@ fn prefixes() -> Prefixes {
         // shared/src/webhooks/verify.rs (`first_use`) and edge.rs: `replay#{scope}#{token}`.
         // Written out here, since no public function of the code makes the key yet.
         replay: "replay#".to_owned(),
+        evidence: key_prefix(&gateway_core::evidence::key("m-1")),
     }
 }
 
@@ -1083,24 +1086,34 @@ fn each_function_reaches_only_the_state_items_its_code_uses() {
         &p.health,
         &p.suppression,
         &p.replay,
+        &p.evidence,
     ]
     .iter()
     .map(|prefix| format!("{prefix}*"))
     .collect();
-    assert_eq!(known.len(), 6, "distinct prefixes: {known:?}");
+    assert_eq!(known.len(), 7, "distinct prefixes: {known:?}");
 
     // What each function's code does with the state, read from the code (the prefixes above
     // are derived from it):
     let expected: [(&str, BTreeSet<(String, String)>); 5] = [
         // The pipeline (shared/src/pipeline/run.rs): one batch read of the ledger, limit,
         // breaker and health items (state::get_all) and of the suppression list
-        // (suppression::lookup_many); ledger claims and marks (ledger::*, the sent marks with
-        // put_many), limit counters (limiter, one update or a transaction), breaker writes.
+        // (suppression::lookup_many); the acceptance evidence before re-sending a message
+        // whose earlier call may have been accepted (evidence::lookup_many); ledger claims and
+        // marks (ledger::*, the sent marks with put_many), limit counters (limiter, one update
+        // or a transaction), breaker writes.
         (
             "sender",
             grants(
                 &["BatchGetItem"],
-                &[&p.ledger, &p.limits, &p.breakers, &p.health, &p.suppression],
+                &[
+                    &p.ledger,
+                    &p.limits,
+                    &p.breakers,
+                    &p.health,
+                    &p.suppression,
+                    &p.evidence,
+                ],
             )
             .into_iter()
             .chain(grants(
@@ -1112,8 +1125,15 @@ fn each_function_reaches_only_the_state_items_its_code_uses() {
         // shared/src/recorder.rs: suppression::add_many (a conditional put each), nothing else.
         ("recorder", grants(&["PutItem"], &[&p.suppression])),
         // webhooks::verify::first_use (a conditional put) and the edge forgetting a token
-        // whose event could not be queued (a delete).
-        ("webhooks", grants(&["PutItem", "DeleteItem"], &[&p.replay])),
+        // whose event could not be queued (a delete); evidence::record (a conditional put per
+        // event proving a provider had one of our messages), never read, updated or deleted.
+        (
+            "webhooks",
+            grants(&["PutItem", "DeleteItem"], &[&p.replay])
+                .into_iter()
+                .chain(grants(&["PutItem"], &[&p.evidence]))
+                .collect(),
+        ),
         // shared/src/health/service.rs: a batch read of the records, a conditional put each.
         (
             "health-check",

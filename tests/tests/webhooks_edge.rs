@@ -1,6 +1,7 @@
 //! The provider webhook edge on the published signature vectors: accepted requests put their
-//! delivery events on the events queue; forged, stale, replayed, unparsable or untrusted ones
-//! are refused with the documented status and nothing is queued. Every refusal is one row of
+//! delivery events on the events queue and record the providers' acceptance evidence; forged,
+//! stale, replayed, unparsable or untrusted ones are refused with the documented status, and
+//! nothing is queued or recorded. Every refusal is one row of
 //! [`forged_requests_are_refused_and_queue_nothing`]; the other tests cover what is accepted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -12,10 +13,11 @@ use async_trait::async_trait;
 use gateway_core::clock::ManualClock;
 use gateway_core::config::SecretRef;
 use gateway_core::events::{EventSink, GatewayEvent, MemoryEventSink, SinkError};
+use gateway_core::evidence::{self, Evidence};
 use gateway_core::secrets::SecretResolver;
 use gateway_core::state::StateStore;
 use gateway_core::state::memory::MemoryStore;
-use gateway_core::webhooks::edge::{Answer, Edge, MAX_BODY, WebhookKeys};
+use gateway_core::webhooks::edge::{Answer, Edge, MAX_BODY, Verifier, WebhookKeys};
 use gateway_core::webhooks::sns::{self, CertCache, CertError, Fetch};
 use serde_json::{Value, json};
 
@@ -59,6 +61,8 @@ struct Fixture {
     clock: Arc<ManualClock>,
     /// Certificate downloads attempted (every one fails: only the pinned certificate exists).
     downloads: Arc<AtomicUsize>,
+    /// The state store (replay cache, acceptance evidence).
+    state: Arc<dyn StateStore>,
 }
 
 fn fixture(keys: WebhookKeys, now_s: i64) -> Fixture {
@@ -84,7 +88,7 @@ fn fixture_with(keys: WebhookKeys, now_s: i64, replay: Arc<dyn StateStore>) -> F
     let edge = Edge::new(
         keys,
         Arc::new(SecretResolver::new(clock.clone())),
-        replay,
+        replay.clone(),
         sink.clone(),
         certs,
         clock.clone(),
@@ -95,6 +99,7 @@ fn fixture_with(keys: WebhookKeys, now_s: i64, replay: Arc<dyn StateStore>) -> F
         sink,
         clock,
         downloads,
+        state: replay,
     }
 }
 
@@ -215,6 +220,103 @@ async fn a_queue_outage_is_a_503_and_the_retry_is_not_a_replay() {
     let answer = f.edge.handle("mailgun", &no_headers, &body).await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(f.sink.inner.events().len(), 1);
+}
+
+/// The sender's question, answered from a signed webhook: Mailgun's `accepted` (acknowledged,
+/// nothing queued) records evidence against our `v:message_id` that `evidence::lookup_many`
+/// finds, naming the one gateway whose signing key verified it.
+#[tokio::test]
+async fn a_signed_mailgun_accepted_webhook_is_evidence_the_sender_finds() {
+    let v = vectors()["mailgun_derived"].clone();
+    let key = SecretRef::Inline(v["signing_key"].as_str().unwrap().into());
+    let keys = WebhookKeys {
+        mailgun: vec![key.clone()],
+        owners: vec![(Verifier::MailgunKey(key), "mailgun-primary".to_owned())],
+        ..WebhookKeys::default()
+    };
+    let f = fixture(keys, 1_700_000_000);
+    let accepted = json!({"event": "accepted", "id": "evt-0", "timestamp": 1_699_999_990.25,
+        "recipient": "p@x.example", "user-variables": {"message_id": "appt-2026-11-28-0001"},
+        "message": {"headers": {"message-id": "20231114221950.1.ABC@mg.example.org"}}});
+    let answer = f
+        .edge
+        .handle("mailgun", &no_headers, &mailgun_body(&v, accepted))
+        .await;
+    assert_eq!(
+        (answer.status, answer.body.clone()),
+        (200, json!({"accepted": 0, "ignored": 1}))
+    );
+    assert!(f.sink.inner.events().is_empty(), "no delivery event");
+    let found = evidence::lookup_many(f.state.as_ref(), &["appt-2026-11-28-0001", "m-2"])
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        [
+            Some(Evidence {
+                gateway: Some("mailgun-primary".to_owned()),
+                provider: "mailgun".to_owned(),
+                provider_message_id: Some("<20231114221950.1.ABC@mg.example.org>".to_owned()),
+                event: "accepted".to_owned(),
+                at: 1_699_999_990_250,
+            }),
+            None
+        ]
+    );
+}
+
+/// A signed SendGrid batch: `processed` and `delivered` are evidence (the earliest per
+/// message), `open` and events without our id are not; the delivery events are queued as
+/// before.
+#[tokio::test]
+async fn sendgrid_processed_and_delivered_events_are_evidence() {
+    let signer = SendgridSigner::new();
+    let f = fixture(sendgrid_keys(&signer.public_key_b64()), 1_700_000_000);
+    let event = |name: &str, id: &str, message_id: Option<&str>, ts: i64| {
+        let mut e = json!({"email": "p@x.example", "timestamp": ts, "event": name,
+            "sg_event_id": id, "sg_message_id": "Ua9z9lSTSaqYBWJe_Xfc-Q.filter0001.1.0"});
+        if let Some(m) = message_id {
+            e["message_id"] = json!(m);
+        }
+        e
+    };
+    let body = json!([
+        event("delivered", "e1", Some("m-1"), 1_699_999_995),
+        event("processed", "e0", Some("m-1"), 1_699_999_990),
+        event("open", "e2", Some("m-2"), 1_699_999_996),
+        event("processed", "e3", None, 1_699_999_990),
+    ])
+    .to_string()
+    .into_bytes();
+    let headers = signer.headers(1_700_000_000, &body);
+    let lookup = move |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let answer = f.edge.handle("sendgrid", &lookup, &body).await;
+    assert_eq!(
+        (answer.status, answer.body.clone()),
+        (200, json!({"accepted": 2, "ignored": 2})),
+        "{answer:?}"
+    );
+    let found = evidence::lookup_many(f.state.as_ref(), &["m-1", "m-2"])
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        [
+            Some(Evidence {
+                gateway: None,
+                provider: "sendgrid".to_owned(),
+                provider_message_id: Some("Ua9z9lSTSaqYBWJe_Xfc-Q".to_owned()),
+                event: "processed".to_owned(),
+                at: 1_699_999_990_000,
+            }),
+            None
+        ]
+    );
 }
 
 #[tokio::test]
@@ -817,7 +919,19 @@ async fn forged_requests_are_refused_and_queue_nothing() {
             f.sink.inner.take();
             f.clock.advance(1_000);
         }
+        // `m-1`: the message id of the Mailgun cases (the SendGrid and SNS vectors carry none).
+        let evidence_before = evidence::lookup_many(f.state.as_ref(), &["m-1"])
+            .await
+            .unwrap();
         let answer = f.edge.handle(case.provider, &lookup, &case.body).await;
+        assert_eq!(
+            evidence::lookup_many(f.state.as_ref(), &["m-1"])
+                .await
+                .unwrap(),
+            evidence_before,
+            "{}: evidence was recorded",
+            case.name
+        );
         assert_eq!(
             (answer.status, answer.body["error"]["code"].as_str()),
             (case.status, Some(case.code)),

@@ -6,8 +6,9 @@ use gateway_core::webhooks::edge::{Edge, WebhookKeys};
 use gateway_core::webhooks::sns::CertCache;
 
 /// Builds the edge: the webhook keys and SNS topics from the gateway config, the secret
-/// resolver (keys are secret references), the state store (the Mailgun token replay cache) and
-/// the events queue. `None` when a problem was recorded in `startup`.
+/// resolver (keys are secret references), the state store (the replay cache of Mailgun tokens
+/// and SendGrid event ids, and the acceptance evidence the sender reads) and the events queue.
+/// `None` when a problem was recorded in `startup`.
 pub async fn wire(startup: &mut Startup) -> Option<Edge> {
     let events_url = startup.required("EVENTS_QUEUE_URL");
     let config = startup.config();
@@ -22,10 +23,10 @@ pub async fn wire(startup: &mut Startup) -> Option<Edge> {
         "webhook routes configured"
     );
     let secrets = startup.resolver().await;
-    let replay = startup.state_store().await;
+    let state = startup.state_store().await;
     let events = startup.event_sink(events_url).await;
     let built = CertCache::new()
-        .and_then(|certs| Edge::new(keys, secrets, replay, events, certs, startup.clock()));
+        .and_then(|certs| Edge::new(keys, secrets, state, events, certs, startup.clock()));
     built
         .map_err(|e| startup.problem("http client", e.to_string()))
         .ok()

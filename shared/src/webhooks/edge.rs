@@ -1,6 +1,7 @@
 //! The provider webhook edge (`POST /webhooks/{mailgun,sendgrid,ses}`): authenticate on the raw
-//! bytes, normalise, put the delivery events on the events queue, answer quickly. The same code
-//! serves the `webhooks` Lambda function and `gateway serve`.
+//! bytes, normalise, record the acceptance evidence, put the delivery events on the events
+//! queue, answer quickly. The same code serves the `webhooks` Lambda function and
+//! `gateway serve`.
 //!
 //! | outcome | status |
 //! |---|---|
@@ -9,7 +10,7 @@
 //! | signature does not verify with any configured key | 401 |
 //! | signed but stale, replayed, from a topic not on the allow-list, SHA-1 where refused, or a certificate URL that is not SNS's (or not the topic's region) | 403 |
 //! | no key configured for the provider | 404 (the route is not in use) |
-//! | the events queue, the replay store or SNS's certificate unreachable, or the certificate download cap reached | 503 (the provider retries) |
+//! | the events queue, the state store (replay cache, acceptance evidence) or SNS's certificate unreachable, or the certificate download cap reached | 503 (the provider retries) |
 //!
 //! Every error body is `{"error": {"code", "message"}}` (ARCHITECTURE §2.3); none echoes a key or
 //! signature.
@@ -37,6 +38,16 @@
 //!   `text/plain`). Every body is read as JSON whatever its label: anything else (Mailgun's
 //!   legacy form posts, a form or text body on any route) fails its signature check or its
 //!   parse and is refused like any other unreadable request.
+//! - Acceptance evidence ([`crate::evidence`]): after verification (and the replay check), every
+//!   event of the request that proves the provider had one of our messages and names it
+//!   ([`super::Reading::evidence`]) is recorded, [`EVIDENCE_WRITES`] at a time, before the events
+//!   are queued. Events without our id are skipped. The evidence names the gateway when the key
+//!   or topic that verified the request belongs to exactly one gateway
+//!   ([`WebhookKeys::gateway_of`]); a key shared by several gateways (one Mailgun account's
+//!   signing key, one SNS topic for several configuration sets) names none. A store failure
+//!   is answered 503 like the replay store's, and the replay records are forgotten: the
+//!   provider retries, and is never told 200 while evidence is lost. Recording is idempotent
+//!   (the first evidence wins), so the retry's second write of it changes nothing.
 //! - Mailgun signs only `timestamp ‖ token`, not `event-data`: the token's single use and the
 //!   freshness window are what stop a captured request from being replayed with other events.
 //!   Both readers of the body refuse a repeated `signature` or `event-data` key, so the part
@@ -50,10 +61,11 @@ use serde_json::{Value, json};
 
 use super::sns::{self, CertCache, CertError};
 use super::verify::{self, MAX_AGE, Rejection};
-use super::{Normalized, PayloadError, mailgun, sendgrid, ses};
+use super::{Acceptance, Normalized, PayloadError, Reading, mailgun, sendgrid, ses};
 use crate::clock::Clock;
 use crate::config::{Config, ProviderSettings, SecretRef};
 use crate::events::{DeliveryEvent, EventSink, GatewayEvent};
+use crate::evidence::{self, Evidence};
 use crate::secrets::SecretResolver;
 use crate::state::{StateStore, StoreError};
 
@@ -62,6 +74,10 @@ pub const REPLAY_WINDOW: Duration = Duration::from_secs(2 * 600 + 60);
 
 /// Replay-cache writes in flight at once for one request (a SendGrid batch).
 const REPLAY_WRITES: usize = 16;
+
+/// Acceptance-evidence writes in flight at once for one request (a SendGrid batch names up to
+/// hundreds of messages).
+pub const EVIDENCE_WRITES: usize = 16;
 
 /// The largest body accepted (Mailgun and SendGrid batches stay far below it).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -105,31 +121,55 @@ pub struct WebhookKeys {
     /// gateway with `amazon_ses.sns_accept_sha1_signatures: false` (a topic listed by two
     /// gateways is refused if either refuses).
     pub sns_sha1_refused: Vec<String>,
+    /// Each key and topic above with the id of a gateway naming it, once per gateway: the
+    /// gateway acceptance evidence is attributed to ([`WebhookKeys::gateway_of`]). Empty: no
+    /// evidence names a gateway.
+    pub owners: Vec<(Verifier, String)>,
+}
+
+/// A key or topic that verifies webhook requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verifier {
+    /// A Mailgun webhook signing key.
+    MailgunKey(SecretRef),
+    /// A SendGrid event-webhook public key.
+    SendgridKey(String),
+    /// An SNS topic (SES events).
+    SnsTopic(String),
 }
 
 impl WebhookKeys {
     /// The keys and topics of every gateway in `config` (disabled ones included: their
-    /// provider still reports on mail they sent).
+    /// provider still reports on mail they sent), with the gateways naming each.
     pub fn of(config: &Config) -> Self {
         let mut keys = Self::default();
         for g in &config.gateways {
+            let mut owns = |verifier: Verifier| {
+                let owner = (verifier, g.id.clone());
+                if !keys.owners.contains(&owner) {
+                    keys.owners.push(owner);
+                }
+            };
             match &g.provider {
                 ProviderSettings::Mailgun(m) => {
-                    if let Some(k) = &m.webhook_signing_key
-                        && !keys.mailgun.contains(k)
-                    {
-                        keys.mailgun.push(k.clone());
+                    if let Some(k) = &m.webhook_signing_key {
+                        owns(Verifier::MailgunKey(k.clone()));
+                        if !keys.mailgun.contains(k) {
+                            keys.mailgun.push(k.clone());
+                        }
                     }
                 }
                 ProviderSettings::Sendgrid(s) => {
-                    if let Some(k) = &s.webhook_public_key
-                        && !keys.sendgrid.contains(k)
-                    {
-                        keys.sendgrid.push(k.clone());
+                    if let Some(k) = &s.webhook_public_key {
+                        owns(Verifier::SendgridKey(k.clone()));
+                        if !keys.sendgrid.contains(k) {
+                            keys.sendgrid.push(k.clone());
+                        }
                     }
                 }
                 ProviderSettings::AmazonSes(s) => {
                     for t in &s.sns_topic_arns {
+                        owns(Verifier::SnsTopic(t.clone()));
                         if !keys.sns_topics.contains(t) {
                             keys.sns_topics.push(t.clone());
                         }
@@ -143,6 +183,18 @@ impl WebhookKeys {
         }
         keys
     }
+
+    /// The gateway a request verified by `verifier` comes from: the one gateway naming it, none
+    /// when several (or none) do.
+    pub fn gateway_of(&self, verifier: &Verifier) -> Option<&str> {
+        let mut gateways = self
+            .owners
+            .iter()
+            .filter(|(v, _)| v == verifier)
+            .map(|(_, g)| g.as_str());
+        let first = gateways.next()?;
+        gateways.all(|g| g == first).then_some(first)
+    }
 }
 
 /// The webhook edge's dependencies.
@@ -150,7 +202,8 @@ impl WebhookKeys {
 pub struct Edge {
     keys: WebhookKeys,
     secrets: Arc<SecretResolver>,
-    replay: Arc<dyn StateStore>,
+    /// The state table: the replay cache and the acceptance evidence.
+    state: Arc<dyn StateStore>,
     events: Arc<dyn EventSink>,
     certs: CertCache,
     http: reqwest::Client,
@@ -158,11 +211,12 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// An edge checking with `keys`, remembering tokens in `replay`, queueing on `events`.
+    /// An edge checking with `keys`, remembering tokens and recording acceptance evidence in
+    /// `state`, queueing on `events`.
     pub fn new(
         keys: WebhookKeys,
         secrets: Arc<SecretResolver>,
-        replay: Arc<dyn StateStore>,
+        state: Arc<dyn StateStore>,
         events: Arc<dyn EventSink>,
         certs: CertCache,
         clock: Arc<dyn Clock>,
@@ -170,7 +224,7 @@ impl Edge {
         Ok(Self {
             keys,
             secrets,
-            replay,
+            state,
             events,
             certs,
             http: crate::tls::reqwest_builder()
@@ -218,7 +272,9 @@ impl Edge {
         };
         let now = self.clock.now_ms();
         let mut outcome = Err(Rejection::Forged);
+        let mut tried = None;
         for reference in &self.keys.mailgun {
+            tried = Some(reference);
             let key = match self.secrets.resolve(reference).await {
                 Ok(key) => key,
                 Err(error) => {
@@ -234,9 +290,11 @@ impl Edge {
         if let Err(r) = outcome {
             return Answer::rejected(&r);
         }
+        // The loop stopped at the key that verified.
+        let gateway = tried.and_then(|k| self.keys.gateway_of(&Verifier::MailgunKey(k.clone())));
         let owner = verify::request_nonce();
         match verify::first_use(
-            self.replay.as_ref(),
+            self.state.as_ref(),
             "mailgun",
             &sig.token,
             &owner,
@@ -252,11 +310,11 @@ impl Edge {
                 return Answer::error(503, "unavailable", "the replay store is unavailable");
             }
         }
-        let normalized = match mailgun::normalize(body) {
-            Ok(n) => vec![n],
+        let reading = match mailgun::read(body) {
+            Ok(reading) => reading,
             Err(e) => return Answer::payload(&e),
         };
-        let answer = self.queue("mailgun", normalized).await;
+        let answer = self.deliver(mailgun::PROVIDER, gateway, reading).await;
         if answer.status >= 500 {
             // Let the provider's retry through.
             self.forget("mailgun", [sig.token.as_str()], &owner).await;
@@ -271,7 +329,7 @@ impl Edge {
         tokens: impl IntoIterator<Item = &'a str>,
         owner: &str,
     ) {
-        let store = self.replay.as_ref();
+        let store = self.state.as_ref();
         futures::stream::iter(tokens)
             .for_each_concurrent(REPLAY_WRITES, |token| async move {
                 if let Err(error) = verify::forget(store, scope, token, owner).await {
@@ -299,7 +357,9 @@ impl Edge {
         };
         let now = self.clock.now_ms();
         let mut outcome = Err(Rejection::Forged);
+        let mut tried = None;
         for key in &self.keys.sendgrid {
+            tried = Some(key);
             outcome = verify::verify_sendgrid(key, &timestamp, body, &signature, now, MAX_AGE);
             if !matches!(outcome, Err(Rejection::Forged)) {
                 break;
@@ -308,8 +368,13 @@ impl Edge {
         if let Err(r) = outcome {
             return Answer::rejected(&r);
         }
-        let normalized = match sendgrid::normalize(body) {
-            Ok(n) => n,
+        // The loop stopped at the key that verified.
+        let gateway = tried.and_then(|k| self.keys.gateway_of(&Verifier::SendgridKey(k.clone())));
+        let Reading {
+            events: normalized,
+            evidence,
+        } = match sendgrid::read(body) {
+            Ok(reading) => reading,
             Err(e) => return Answer::payload(&e),
         };
         // Each delivery event's `sg_event_id` is accepted once (the signature alone would let a
@@ -328,7 +393,7 @@ impl Edge {
             .filter(|id| seen.insert(*id))
             .map(str::to_owned)
             .collect();
-        let store = self.replay.as_ref();
+        let store = self.state.as_ref();
         let owner_ref = &owner;
         let outcomes: Vec<(String, Result<bool, StoreError>)> = futures::stream::iter(ids)
             .map(|id: String| async move {
@@ -371,7 +436,11 @@ impl Edge {
         if replayed > 0 {
             tracing::warn!(replayed, "SendGrid events already accepted; dropped");
         }
-        let answer = self.queue("sendgrid", kept).await;
+        let reading = Reading {
+            events: kept,
+            evidence,
+        };
+        let answer = self.deliver(sendgrid::PROVIDER, gateway, reading).await;
         if answer.status >= 500 {
             self.forget("sendgrid", recorded.iter().map(String::as_str), &owner)
                 .await;
@@ -425,8 +494,12 @@ impl Edge {
             return Answer::rejected(&r);
         }
         match message.kind.as_str() {
-            "Notification" => match ses::normalize(&message.message) {
-                Ok(n) => self.queue("amazon_ses", n).await,
+            "Notification" => match ses::read(&message.message) {
+                Ok(reading) => {
+                    let topic = Verifier::SnsTopic(message.topic_arn.clone());
+                    let gateway = self.keys.gateway_of(&topic);
+                    self.deliver(ses::PROVIDER, gateway, reading).await
+                }
                 Err(e) => Answer::payload(&e),
             },
             "SubscriptionConfirmation" => self.confirm(&message).await,
@@ -467,6 +540,80 @@ impl Edge {
                 "the subscription could not be confirmed",
             ),
         }
+    }
+
+    /// Records the evidence of `reading`, then queues its events: 503 when either fails.
+    async fn deliver(&self, provider: &str, gateway: Option<&str>, reading: Reading) -> Answer {
+        if let Err(answer) = self.record(provider, gateway, reading.evidence).await {
+            return answer;
+        }
+        self.queue(provider, reading.events).await
+    }
+
+    /// Records each acceptance as [`Evidence`] of `provider` (and `gateway`), [`EVIDENCE_WRITES`]
+    /// at a time. Any store failure is the 503 answer: the provider's retry records it again.
+    async fn record(
+        &self,
+        provider: &str,
+        gateway: Option<&str>,
+        acceptances: Vec<Acceptance>,
+    ) -> Result<(), Answer> {
+        if acceptances.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let store = self.state.as_ref();
+        // Owned values in the stream (see `sendgrid`: borrowed arguments make the future not
+        // `Send` for every lifetime).
+        let failures: Vec<(String, StoreError)> = futures::stream::iter(acceptances)
+            .map(|a: Acceptance| {
+                let evidence = Evidence {
+                    gateway: gateway.map(str::to_owned),
+                    provider: provider.to_owned(),
+                    provider_message_id: a.provider_message_id,
+                    event: a.event,
+                    at: a.at,
+                };
+                let message_id = a.message_id;
+                async move {
+                    let result = evidence::record(store, &message_id, &evidence, now).await;
+                    (message_id, result)
+                }
+            })
+            .buffer_unordered(EVIDENCE_WRITES)
+            .filter_map(|(message_id, result)| async move {
+                match result {
+                    Ok(()) => {
+                        tracing::debug!(provider, gateway, message_id, "acceptance evidence");
+                        None
+                    }
+                    Err(error) => Some((message_id, error)),
+                }
+            })
+            .collect()
+            .await;
+        let Some((message_id, error)) = failures.first() else {
+            return Ok(());
+        };
+        let error_kind = if error.is_retryable() {
+            "retryable"
+        } else {
+            "permanent"
+        };
+        tracing::error!(
+            provider,
+            gateway,
+            message_id,
+            error_kind,
+            failed = failures.len(),
+            %error,
+            "acceptance evidence not recorded; the provider retries"
+        );
+        Err(Answer::error(
+            503,
+            "unavailable",
+            "the state store is unavailable",
+        ))
     }
 
     async fn queue(&self, provider: &str, normalized: Vec<Normalized>) -> Answer {
@@ -519,4 +666,242 @@ fn not_configured(provider: &str, setting: &str) -> Answer {
         "not_configured",
         format!("no {provider} webhook is configured ({setting})"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::events::MemoryEventSink;
+    use crate::state::memory::MemoryStore;
+    use crate::state::{Item, Key, TransactOutcome, Write, WriteOutcome};
+
+    /// The derived Mailgun vector (providers.md §1.7).
+    const KEY: &str = "WEBHOOK_SIGNING_KEY";
+    const SIGNATURE: &str = r#"{"timestamp": "1700000000",
+        "token": "0123456789abcdef0123456789abcdef0123456789abcdef01",
+        "signature": "01cbfb616a25c3c692f2c338aefd48b4063a79d94f45af2d5f8d3114731f01b5"}"#;
+    const NOW: i64 = 1_700_000_000_000;
+
+    /// A [`MemoryStore`] whose evidence writes fail while `down`.
+    #[derive(Debug, Default)]
+    struct EvidenceDown {
+        inner: MemoryStore,
+        down: AtomicBool,
+    }
+
+    #[async_trait]
+    impl StateStore for EvidenceDown {
+        async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Item>>, StoreError> {
+            self.inner.get_many(keys).await
+        }
+
+        async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
+            if self.down.load(Ordering::SeqCst) && write.key.starts_with("acc#") {
+                return Err(StoreError::Throttled);
+            }
+            self.inner.write(write).await
+        }
+
+        async fn transact(&self, writes: Vec<Write>) -> Result<TransactOutcome, StoreError> {
+            self.inner.transact(writes).await
+        }
+
+        async fn put_many(&self, items: Vec<(Key, Item)>) -> Result<(), StoreError> {
+            self.inner.put_many(items).await
+        }
+    }
+
+    fn mailgun_keys(owners: &[&str]) -> WebhookKeys {
+        let key = SecretRef::Inline(KEY.into());
+        WebhookKeys {
+            mailgun: vec![key.clone()],
+            owners: owners
+                .iter()
+                .map(|g| (Verifier::MailgunKey(key.clone()), (*g).to_owned()))
+                .collect(),
+            ..WebhookKeys::default()
+        }
+    }
+
+    fn edge(keys: WebhookKeys, state: Arc<dyn StateStore>, sink: Arc<MemoryEventSink>) -> Edge {
+        let clock = Arc::new(ManualClock::new(NOW));
+        Edge::new(
+            keys,
+            Arc::new(SecretResolver::new(clock.clone())),
+            state,
+            sink,
+            CertCache::new().unwrap(),
+            clock,
+        )
+        .unwrap()
+    }
+
+    fn mailgun_body(event_data: &Value) -> Vec<u8> {
+        format!(r#"{{"signature": {SIGNATURE}, "event-data": {event_data}}}"#).into_bytes()
+    }
+
+    fn event(name: &str, message_id: Option<&str>) -> Value {
+        let mut data = json!({"event": name, "id": "evt-1", "timestamp": 1_699_999_990.5,
+            "recipient": "p@x.example",
+            "message": {"headers": {"message-id": "20231114.1@mg.example.org"}}});
+        if let Some(id) = message_id {
+            data["user-variables"] = json!({"message_id": id});
+        }
+        data
+    }
+
+    fn no_headers(_: &str) -> Option<String> {
+        None
+    }
+
+    /// The sender's question, answered: a signed `accepted` webhook is acknowledged as before
+    /// (nothing queued) and leaves evidence `lookup_many` finds, naming the one gateway whose
+    /// key verified it.
+    #[tokio::test]
+    async fn a_signed_mailgun_accepted_webhook_is_evidence_the_sender_finds() {
+        let store = Arc::new(MemoryStore::new());
+        let sink = Arc::new(MemoryEventSink::new());
+        let edge = edge(
+            mailgun_keys(&["mailgun-primary"]),
+            store.clone(),
+            sink.clone(),
+        );
+        let body = mailgun_body(&event("accepted", Some("appt-2026-11-28-0001")));
+        let answer = edge.handle("mailgun", &no_headers, &body).await;
+        assert_eq!(
+            (answer.status, answer.body.clone()),
+            (200, json!({"accepted": 0, "ignored": 1}))
+        );
+        assert!(sink.events().is_empty(), "no delivery event");
+        let found = evidence::lookup_many(store.as_ref(), &["appt-2026-11-28-0001", "other"])
+            .await
+            .unwrap();
+        assert_eq!(
+            found,
+            [
+                Some(Evidence {
+                    gateway: Some("mailgun-primary".to_owned()),
+                    provider: "mailgun".to_owned(),
+                    provider_message_id: Some("<20231114.1@mg.example.org>".to_owned()),
+                    event: "accepted".to_owned(),
+                    at: 1_699_999_990_500,
+                }),
+                None
+            ]
+        );
+    }
+
+    /// A delivery outcome is evidence and is queued; an engagement event or an event without
+    /// our id is queued and records nothing; a key two gateways share names no gateway.
+    #[tokio::test]
+    async fn delivery_outcomes_are_recorded_and_queued_engagement_only_queued() {
+        let cases = [
+            ("delivered", Some("m-1"), &["mailgun-primary"][..], true),
+            ("delivered", Some("m-1"), &["mg-a", "mg-b"][..], true),
+            ("opened", Some("m-1"), &["mailgun-primary"][..], false),
+            ("delivered", None, &["mailgun-primary"][..], false),
+        ];
+        for (name, message_id, owners, recorded) in cases {
+            let store = Arc::new(MemoryStore::new());
+            let sink = Arc::new(MemoryEventSink::new());
+            let edge = edge(mailgun_keys(owners), store.clone(), sink.clone());
+            let body = mailgun_body(&event(name, message_id));
+            let answer = edge.handle("mailgun", &no_headers, &body).await;
+            assert_eq!(answer.body["accepted"], 1, "{name}: {answer:?}");
+            let found = evidence::lookup_many(store.as_ref(), &["m-1"])
+                .await
+                .unwrap();
+            let want = recorded.then(|| Evidence {
+                gateway: (owners.len() == 1).then(|| owners[0].to_owned()),
+                provider: "mailgun".to_owned(),
+                provider_message_id: Some("<20231114.1@mg.example.org>".to_owned()),
+                event: name.to_owned(),
+                at: 1_699_999_990_500,
+            });
+            assert_eq!(found, [want], "{name} {message_id:?} {owners:?}");
+        }
+    }
+
+    /// Evidence that cannot be recorded is a 503, like the replay store's: nothing is queued
+    /// and the token is forgotten, so Mailgun's retry is accepted and records it.
+    #[tokio::test]
+    async fn evidence_that_cannot_be_recorded_is_a_503_and_the_retry_records_it() {
+        let store = Arc::new(EvidenceDown::default());
+        let sink = Arc::new(MemoryEventSink::new());
+        let edge = edge(
+            mailgun_keys(&["mailgun-primary"]),
+            store.clone(),
+            sink.clone(),
+        );
+        let body = mailgun_body(&event("delivered", Some("m-1")));
+        store.down.store(true, Ordering::SeqCst);
+        let answer = edge.handle("mailgun", &no_headers, &body).await;
+        assert_eq!(
+            (answer.status, answer.body["error"]["code"].as_str()),
+            (503, Some("unavailable"))
+        );
+        assert!(sink.events().is_empty(), "not queued without its evidence");
+        store.down.store(false, Ordering::SeqCst);
+        let retry = edge.handle("mailgun", &no_headers, &body).await;
+        assert_eq!(retry.status, 200, "not a replay: {retry:?}");
+        assert_eq!(sink.events().len(), 1);
+        let found = evidence::lookup_many(store.as_ref(), &["m-1"])
+            .await
+            .unwrap();
+        assert!(found[0].is_some());
+    }
+
+    /// `gateway serve` runs the edge on a multi-threaded HTTP server: its future must stay
+    /// `Send` with the evidence writes in it.
+    #[test]
+    fn the_handling_future_is_send() {
+        fn send<T: Send>(_: &T) {}
+        let edge = edge(
+            mailgun_keys(&[]),
+            Arc::new(MemoryStore::new()),
+            Arc::new(MemoryEventSink::new()),
+        );
+        for provider in ["mailgun", "sendgrid", "ses"] {
+            send(&edge.handle(provider, &no_headers, b"{}"));
+        }
+    }
+
+    /// Evidence names a gateway only when one gateway names the key or topic that verified it.
+    #[test]
+    fn a_key_or_topic_of_one_gateway_names_it_a_shared_one_names_none() {
+        let doc = json!({"gateways": [
+            {"id": "mg-a", "type": "mailgun", "routing": {"can_route": ["*"]},
+             "mailgun": {"api_key": "env:A", "domain": "a.example", "webhook_signing_key": "env:S"}},
+            {"id": "mg-b", "type": "mailgun", "routing": {"can_route": ["*"]},
+             "mailgun": {"api_key": "env:B", "domain": "b.example", "webhook_signing_key": "env:S"}},
+            {"id": "mg-c", "type": "mailgun", "routing": {"can_route": ["*"]},
+             "mailgun": {"api_key": "env:C", "domain": "c.example", "webhook_signing_key": "env:T"}},
+            {"id": "ses-a", "type": "amazon_ses", "routing": {"can_route": ["*"]},
+             "amazon_ses": {"region": "eu-west-1",
+                "sns_topic_arns": ["arn:aws:sns:eu-west-1:1:a", "arn:aws:sns:eu-west-1:1:a"]}}
+        ]});
+        let loaded = crate::config::load_config(Some(&doc.to_string()), None, &|_| None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let keys = WebhookKeys::of(&loaded.config);
+        let env = |name: &str| Verifier::MailgunKey(SecretRef::Env(name.to_owned()));
+        let cases = [
+            (env("S"), None),
+            (env("T"), Some("mg-c")),
+            (env("U"), None),
+            (
+                Verifier::SnsTopic("arn:aws:sns:eu-west-1:1:a".to_owned()),
+                Some("ses-a"),
+            ),
+            (Verifier::SendgridKey("k".to_owned()), None),
+        ];
+        for (verifier, want) in cases {
+            assert_eq!(keys.gateway_of(&verifier), want, "{verifier:?}");
+        }
+        assert_eq!(keys.mailgun.len(), 2, "each key once");
+    }
 }

@@ -11,12 +11,16 @@
 //!   `suppress-*` reason → rejected (Mailgun never tried); `permanent` with reason `old` (retries
 //!   exhausted) → soft bounce; any other `permanent` → hard bounce. Unknown severities are
 //!   treated as temporary: a deferral never suppresses an address, while a wrong hard bounce would.
+//! - Acceptance evidence ([`read`]): `accepted` (still [`Normalized::Ignored`]) and the delivery
+//!   outcomes `delivered`, `failed`, `rejected` and `complained`, with our `v:message_id`, the
+//!   event's `timestamp` and the `message-id` header wrapped in angle brackets, as Mailgun's
+//!   send API returns the id.
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
-use super::{Normalized, PayloadError};
+use super::{Acceptance, Normalized, PayloadError, Reading, acceptance, proves_acceptance};
 use crate::events::{DeliveryEvent, DeliveryKind};
 
 /// Provider name used in events and in `delivery_events.provider`.
@@ -37,6 +41,20 @@ struct Envelope {
 /// Normalises one Mailgun webhook body (already verified). The body must be one JSON object
 /// without repeated `signature` or `event-data` keys.
 pub fn normalize(body: &[u8]) -> Result<Normalized, PayloadError> {
+    one(body).map(|(normalized, _)| normalized)
+}
+
+/// Reads one Mailgun webhook body (already verified): its event, as [`normalize`] gives it,
+/// and its acceptance evidence, if the event is evidence and carries our message id.
+pub fn read(body: &[u8]) -> Result<Reading, PayloadError> {
+    let (normalized, acceptance) = one(body)?;
+    Ok(Reading {
+        events: vec![normalized],
+        evidence: acceptance.into_iter().collect(),
+    })
+}
+
+fn one(body: &[u8]) -> Result<(Normalized, Option<Acceptance>), PayloadError> {
     // The derive would also read the envelope from a JSON array; Mailgun posts an object.
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(PayloadError::NotJson("expected a JSON object".to_owned()));
@@ -57,6 +75,17 @@ pub fn normalize(body: &[u8]) -> Result<Normalized, PayloadError> {
             field: "event-data.event",
         })?;
     let str_at = |field| data.get(field).and_then(Value::as_str);
+    let message_id = data
+        .get("user-variables")
+        .and_then(|v| v.get("message_id"))
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty());
+    let seconds = data
+        .get("timestamp")
+        .and_then(Value::as_f64)
+        .filter(|t| t.is_finite() && *t >= 0.0);
+    // Float seconds with microseconds; keep millisecond precision.
+    let at = seconds.map(|s| (s * 1000.0).floor() as i64);
     let kind = match event {
         "delivered" => DeliveryKind::Delivered,
         "opened" => DeliveryKind::Opened,
@@ -71,9 +100,18 @@ pub fn normalize(body: &[u8]) -> Result<Normalized, PayloadError> {
             _ => DeliveryKind::Deferred,
         },
         other => {
-            return Ok(Normalized::Ignored {
-                event: other.to_owned(),
-            });
+            // `accepted` has no delivery meaning but is the evidence that Mailgun took it.
+            let evidence = if other == "accepted" {
+                at.and_then(|at| acceptance(message_id, provider_message_id(data), other, at))
+            } else {
+                None
+            };
+            return Ok((
+                Normalized::Ignored {
+                    event: other.to_owned(),
+                },
+                evidence,
+            ));
         }
     };
     let provider_event_id =
@@ -87,30 +125,39 @@ pub fn normalize(body: &[u8]) -> Result<Normalized, PayloadError> {
         .ok_or(PayloadError::Field {
             field: "event-data.recipient",
         })?;
-    let seconds = data
-        .get("timestamp")
-        .and_then(Value::as_f64)
-        .filter(|t| t.is_finite() && *t >= 0.0)
-        .ok_or(PayloadError::Field {
-            field: "event-data.timestamp",
-        })?;
-    let message_id = data
-        .get("user-variables")
-        .and_then(|v| v.get("message_id"))
-        .and_then(Value::as_str)
-        .filter(|id| !id.is_empty())
-        .map(str::to_owned);
-    Ok(Normalized::Event(DeliveryEvent {
+    let at = at.ok_or(PayloadError::Field {
+        field: "event-data.timestamp",
+    })?;
+    let evidence = if proves_acceptance(kind) {
+        acceptance(message_id, provider_message_id(data), event, at)
+    } else {
+        None
+    };
+    let normalized = Normalized::Event(DeliveryEvent {
         provider: PROVIDER.to_owned(),
         provider_event_id: provider_event_id.to_owned(),
-        message_id,
+        message_id: message_id.map(str::to_owned),
         recipient: recipient.to_owned(),
         kind,
-        // Float seconds with microseconds; keep millisecond precision.
-        at: (seconds * 1000.0).floor() as i64,
+        at,
         diagnostic: diagnostic(data),
         url: str_at("url").map(str::to_owned),
-    }))
+    });
+    Ok((normalized, evidence))
+}
+
+/// `message.headers.message-id`, in angle brackets as the send API returns it (the webhook
+/// gives it without them; providers.md §1.3).
+fn provider_message_id(data: &Value) -> Option<String> {
+    let id = data
+        .get("message")?
+        .get("headers")?
+        .get("message-id")?
+        .as_str()?
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>');
+    (!id.is_empty()).then(|| format!("<{id}>"))
 }
 
 /// `delivery-status.code` and `.message` (or `.description`), e.g. `550 5.1.1 user unknown`.
@@ -280,5 +327,118 @@ mod tests {
             let err = normalize(input).unwrap_err().to_string();
             assert!(err.starts_with(want), "{err} vs {want}");
         }
+    }
+
+    /// The event data of the payload docs' example (providers.md §1.5) with our id and Mailgun's
+    /// message id, `fields` overriding it.
+    fn read_event(fields: Value) -> Reading {
+        let mut data = json!({
+            "id": "CCXMjJ7nQi2N3BPigGOdgQ",
+            "timestamp": 1521243339.873676,
+            "recipient": "alice@example.com",
+            "message": {"headers": {"message-id": "20130503182626.18666.16540@mg.example.com"}},
+            "user-variables": {"message_id": "test-message-123"},
+        });
+        for (k, v) in fields.as_object().unwrap() {
+            data[k] = v.clone();
+        }
+        let body = body(data);
+        let reading = read(&body).unwrap();
+        assert_eq!(
+            reading.events,
+            [normalize(&body).unwrap()],
+            "read gives normalize's event"
+        );
+        reading
+    }
+
+    /// `accepted` and the delivery outcomes prove Mailgun had the message; opens, clicks,
+    /// unsubscribes and events outside delivery do not.
+    #[test]
+    fn acceptance_and_delivery_outcomes_are_evidence_engagement_is_not() {
+        let cases = [
+            (json!({"event": "accepted"}), true),
+            (json!({"event": "delivered"}), true),
+            (
+                json!({"event": "failed", "severity": "temporary", "reason": "generic"}),
+                true,
+            ),
+            (
+                json!({"event": "failed", "severity": "permanent", "reason": "bounce"}),
+                true,
+            ),
+            (
+                json!({"event": "failed", "severity": "permanent", "reason": "suppress-bounce"}),
+                true,
+            ),
+            (json!({"event": "rejected"}), true),
+            (json!({"event": "complained"}), true),
+            (json!({"event": "opened"}), false),
+            (
+                json!({"event": "clicked", "url": "https://x.example/a"}),
+                false,
+            ),
+            (json!({"event": "unsubscribed"}), false),
+            (json!({"event": "stored"}), false),
+            (json!({"event": "list_member_uploaded"}), false),
+        ];
+        for (fields, evidence) in cases {
+            let reading = read_event(fields.clone());
+            let name = fields["event"].as_str().unwrap();
+            let want: Vec<Acceptance> = if evidence {
+                vec![Acceptance {
+                    message_id: "test-message-123".to_owned(),
+                    provider_message_id: Some(
+                        "<20130503182626.18666.16540@mg.example.com>".to_owned(),
+                    ),
+                    event: name.to_owned(),
+                    at: 1_521_243_339_873,
+                }]
+            } else {
+                Vec::new()
+            };
+            assert_eq!(reading.evidence, want, "{fields}");
+        }
+        assert_eq!(
+            read_event(json!({"event": "accepted"})).events,
+            [Normalized::Ignored {
+                event: "accepted".to_owned()
+            }],
+            "still no delivery event"
+        );
+    }
+
+    /// Only an id that can be ours, on an event with a time, is evidence; the event itself is
+    /// normalised (or ignored) as before.
+    #[test]
+    fn an_acceptance_without_our_id_or_its_time_is_no_evidence() {
+        let cases = [
+            json!({"event": "accepted", "user-variables": {}}),
+            json!({"event": "accepted", "user-variables": {"message_id": ""}}),
+            json!({"event": "accepted", "user-variables": {"message_id": "has space"}}),
+            json!({"event": "accepted", "user-variables": {"message_id": "m".repeat(129)}}),
+            json!({"event": "delivered", "user-variables": {"other": "x"}}),
+            json!({"event": "accepted", "timestamp": "soon"}),
+            json!({"event": "accepted", "timestamp": -1.0}),
+        ];
+        for fields in cases {
+            assert_eq!(read_event(fields.clone()).evidence, [], "{fields}");
+        }
+        let no_header = read_event(json!({"event": "accepted", "message": {}}));
+        assert_eq!(no_header.evidence[0].provider_message_id, None);
+        let bracketed = read_event(
+            json!({"event": "accepted", "message": {"headers": {"message-id": "<a@b.example>"}}}),
+        );
+        assert_eq!(
+            bracketed.evidence[0].provider_message_id.as_deref(),
+            Some("<a@b.example>")
+        );
+        let long = format!("{}@mg.example.com", "x".repeat(300));
+        let too_long =
+            read_event(json!({"event": "accepted", "message": {"headers": {"message-id": long}}}));
+        assert_eq!(
+            too_long.evidence[0].provider_message_id, None,
+            "left out, not cut"
+        );
     }
 }

@@ -12,6 +12,12 @@
 //!   `Rendering Failure` → rejected for every destination. `DeliveryDelay` → deferred.
 //!   `Subscription` → unsubscribed when it opts out. `Open` and `Click` name no recipient: they
 //!   are attributed to every destination of the message. `Send` is ignored.
+//! - Acceptance evidence ([`read`]): `Send` (still ignored; its time is `mail.timestamp`) and
+//!   `Delivery`, `Bounce`, `Complaint`, `DeliveryDelay`, `Reject` and `Rendering Failure`, once
+//!   per SES event, with `mail.messageId` (SendEmail's `MessageId`). Only an exact id is
+//!   evidence: from the header, or from the tag when the tag cannot be lossy (no `_`, which
+//!   is what every replaced character becomes). A lossy tag could name another message, whose
+//!   re-send the evidence would then stop.
 //! - Identity notifications (`notificationType` instead of `eventType`) are read the same way.
 //! - An event naming no recipient, or more than SES takes per message
 //!   ([`crate::providers::SES_MAX_RECIPIENTS`]), is refused: one event is made
@@ -21,7 +27,7 @@
 use aws_lc_rs::digest;
 use serde_json::Value;
 
-use super::{Normalized, PayloadError};
+use super::{Normalized, PayloadError, Reading, acceptance, proves_acceptance};
 use crate::clock::parse_rfc3339;
 use crate::events::{DeliveryEvent, DeliveryKind};
 use crate::providers::SES_MAX_RECIPIENTS as MAX_RECIPIENTS;
@@ -34,6 +40,13 @@ pub const MESSAGE_ID_HEADER: &str = "X-Gateway-Message-Id";
 
 /// Normalises one SES event (the SNS `Message` text, already authenticated).
 pub fn normalize(message: &str) -> Result<Vec<Normalized>, PayloadError> {
+    read(message).map(|reading| reading.events)
+}
+
+/// Reads one SES event (the SNS `Message` text, already authenticated): its events, as
+/// [`normalize`] gives them, and its acceptance evidence (one at most: an SES event concerns one
+/// message) when the event is evidence and names our message id exactly.
+pub fn read(message: &str) -> Result<Reading, PayloadError> {
     let doc: Value =
         serde_json::from_str(message).map_err(|e| PayloadError::NotJson(e.to_string()))?;
     let event_type = doc
@@ -94,6 +107,12 @@ pub fn normalize(message: &str) -> Result<Vec<Normalized>, PayloadError> {
             .unwrap_or_default()
     };
     let plain = |list: Vec<String>| list.into_iter().map(|a| (a, None)).collect::<Vec<_>>();
+    let ignored = || Reading {
+        events: vec![Normalized::Ignored {
+            event: event_type.to_owned(),
+        }],
+        evidence: Vec::new(),
+    };
     let (kind, recipients, diagnostic): (DeliveryKind, Vec<Recipient>, Option<String>) =
         match event_type {
             "Delivery" => {
@@ -170,17 +189,26 @@ pub fn normalize(message: &str) -> Result<Vec<Normalized>, PayloadError> {
                         })
                     });
                 if !(all || any_out) {
-                    return Ok(vec![Normalized::Ignored {
-                        event: event_type.to_owned(),
-                    }]);
+                    return Ok(ignored());
                 }
                 (DeliveryKind::Unsubscribed, plain(destinations()), None)
             }
-            other => {
-                return Ok(vec![Normalized::Ignored {
-                    event: other.to_owned(),
-                }]);
+            "Send" => {
+                // No delivery meaning, but the evidence that SES took the message. `send` is
+                // always `{}`: the time is the send time.
+                let mut reading = ignored();
+                let at = text(mail, "timestamp").as_deref().and_then(parse_rfc3339);
+                if let (Some(at), Some((id, true))) = (at, our_message_id(mail)) {
+                    reading.evidence.extend(acceptance(
+                        Some(&id),
+                        Some(ses_id.to_owned()),
+                        event_type,
+                        at,
+                    ));
+                }
+                return Ok(reading);
             }
+            _ => return Ok(ignored()),
         };
     // Each recipient becomes an event carrying copies of the message id, diagnostic and link,
     // so the count bounds the output; SES sends to at most 50 recipients per message.
@@ -194,9 +222,22 @@ pub fn normalize(message: &str) -> Result<Vec<Normalized>, PayloadError> {
         .as_deref()
         .and_then(parse_rfc3339)
         .ok_or(PayloadError::Field { field: "timestamp" })?;
-    let message_id = our_message_id(mail);
+    let (message_id, exact) = match our_message_id(mail) {
+        Some((id, exact)) => (Some(id), exact),
+        None => (None, false),
+    };
+    let evidence = if proves_acceptance(kind) && exact {
+        acceptance(
+            message_id.as_deref(),
+            Some(ses_id.to_owned()),
+            event_type,
+            at,
+        )
+    } else {
+        None
+    };
     let url = text(detail, "link");
-    Ok(recipients
+    let events = recipients
         .into_iter()
         .map(|(recipient, own_diagnostic)| {
             Normalized::Event(DeliveryEvent {
@@ -210,7 +251,11 @@ pub fn normalize(message: &str) -> Result<Vec<Normalized>, PayloadError> {
                 url: url.clone(),
             })
         })
-        .collect())
+        .collect();
+    Ok(Reading {
+        events,
+        evidence: evidence.into_iter().collect(),
+    })
 }
 
 /// A recipient an event concerns, with its own diagnostic when SES gives one.
@@ -223,7 +268,11 @@ type Recipient = (String, Option<String>);
 /// tag is ours, and when none does, the tag itself (lossy) stands in. Without the tag, the last
 /// copy: in a `Simple` send ours is the only one (client copies are dropped), in a raw send
 /// the MIME builder writes ours after every custom header.
-fn our_message_id(mail: &Value) -> Option<String> {
+///
+/// With it, whether the id is exact: a copy of the header that is alone or matches the tag, or
+/// a tag that cannot be lossy (without `_`); not the tag standing in for a lossy form, nor the
+/// last of several copies, a guess.
+fn our_message_id(mail: &Value) -> Option<(String, bool)> {
     let copies: Vec<&str> = mail
         .get("headers")
         .and_then(Value::as_array)
@@ -250,18 +299,19 @@ fn our_message_id(mail: &Value) -> Option<String> {
         .and_then(Value::as_str)
         .map(str::trim)
         .filter(|s| !s.is_empty());
+    let exact_tag = |tag: &str| !tag.contains('_');
     let chosen = match (copies.as_slice(), tag) {
-        ([], _) => tag,
-        ([only], _) => Some(*only),
+        ([], tag) => tag.map(|t| (t, exact_tag(t))),
+        ([only], _) => Some((*only, true)),
         (_, Some(tag)) => copies
             .iter()
             .rev()
             .find(|v| tag_form(v) == tag)
-            .copied()
-            .or(Some(tag)),
-        (_, None) => copies.last().copied(),
+            .map(|v| (*v, true))
+            .or(Some((tag, exact_tag(tag)))),
+        (_, None) => copies.last().map(|v| (*v, false)),
     };
-    chosen.map(str::to_owned)
+    chosen.map(|(id, exact)| (id.to_owned(), exact))
 }
 
 /// A value as the SES provider writes it into an email tag (`providers::ses::sanitize_tag`):
@@ -296,6 +346,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::webhooks::Acceptance;
 
     fn mail() -> Value {
         json!({"timestamp": "2017-08-05T00:40:02.012Z", "messageId": "ses-1",
@@ -405,6 +456,123 @@ mod tests {
             &normalize(&send.to_string()).unwrap()[0],
             Normalized::Ignored { event } if event == "Send"
         ));
+    }
+
+    /// `Send` and the delivery outcomes are evidence, once per SES event whatever the number of
+    /// recipients, with SES's message id; opens, clicks and subscriptions are not.
+    #[test]
+    fn send_and_delivery_outcomes_are_evidence_once_per_ses_event() {
+        let cases = [
+            (json!({"eventType": "Send", "send": {}}), true),
+            (
+                json!({"eventType": "Delivery", "delivery": {"timestamp": "2017-08-05T00:40:02.012Z",
+                "recipients": ["a@x.example", "b@x.example"]}}),
+                true,
+            ),
+            (
+                json!({"eventType": "Bounce", "bounce": {"bounceType": "Transient",
+                "bouncedRecipients": [{"emailAddress": "a@x.example"}]}}),
+                true,
+            ),
+            (
+                json!({"eventType": "Complaint", "complaint": {"complainedRecipients":
+                [{"emailAddress": "a@x.example"}]}}),
+                true,
+            ),
+            (
+                json!({"eventType": "DeliveryDelay", "deliveryDelay": {"delayType": "MailboxFull",
+                "delayedRecipients": [{"emailAddress": "b@x.example"}]}}),
+                true,
+            ),
+            (
+                json!({"eventType": "Reject", "reject": {"reason": "Bad content"}}),
+                true,
+            ),
+            (
+                json!({"eventType": "Rendering Failure", "failure": {"errorMessage": "x"}}),
+                true,
+            ),
+            (json!({"eventType": "Open", "open": {}}), false),
+            (
+                json!({"eventType": "Click", "click": {"link": "https://x.example/l"}}),
+                false,
+            ),
+            (
+                json!({"eventType": "Subscription", "subscription": {"newTopicPreferences":
+                {"unsubscribeAll": true}}}),
+                false,
+            ),
+            (
+                json!({"eventType": "Subscription", "subscription": {}}),
+                false,
+            ),
+        ];
+        for (mut doc, evidence) in cases {
+            doc["mail"] = mail();
+            let reading = read(&doc.to_string()).unwrap();
+            assert_eq!(reading.events, normalize(&doc.to_string()).unwrap());
+            let want: Vec<Acceptance> = if evidence {
+                vec![Acceptance {
+                    message_id: "m-1".to_owned(),
+                    provider_message_id: Some("ses-1".to_owned()),
+                    event: doc["eventType"].as_str().unwrap().to_owned(),
+                    at: 1_501_893_602_012,
+                }]
+            } else {
+                Vec::new()
+            };
+            assert_eq!(reading.evidence, want, "{doc}");
+        }
+    }
+
+    /// Evidence stops a re-send, so it names only an id known exactly: the header, or a tag
+    /// no character was replaced in. A lossy tag (`inv_2026_1` for `inv:2026@1`) could be
+    /// another message's id.
+    #[test]
+    fn only_an_exact_message_id_is_evidence() {
+        let send = |headers: Option<Value>, tag: Option<&str>| {
+            let mut m = mail();
+            match headers {
+                Some(h) => m["headers"] = h,
+                None => {
+                    m.as_object_mut().unwrap().remove("headers");
+                }
+            }
+            match tag {
+                Some(t) => m["tags"] = json!({"message_id": [t]}),
+                None => {
+                    m.as_object_mut().unwrap().remove("tags");
+                }
+            }
+            let doc = json!({"eventType": "Send", "send": {}, "mail": m});
+            let reading = read(&doc.to_string()).unwrap();
+            reading
+                .evidence
+                .into_iter()
+                .map(|a| a.message_id)
+                .collect::<Vec<_>>()
+        };
+        let header = |v: &str| json!({"name": "X-Gateway-Message-Id", "value": v});
+        let cases: [(Option<Value>, Option<&str>, &[&str]); 7] = [
+            (
+                Some(json!([header("inv:2026@1")])),
+                Some("inv_2026_1"),
+                &["inv:2026@1"],
+            ),
+            (Some(json!([header("inv:2026@1")])), None, &["inv:2026@1"]),
+            (None, Some("inv-2026-1"), &["inv-2026-1"]),
+            (None, Some("inv_2026_1"), &[]),
+            (
+                Some(json!([header("other"), header("inv:2026@1")])),
+                Some("inv_2026_1"),
+                &["inv:2026@1"],
+            ),
+            (Some(json!([header("a"), header("b")])), None, &[]),
+            (None, None, &[]),
+        ];
+        for (headers, tag, want) in cases {
+            assert_eq!(send(headers.clone(), tag), want, "{headers:?} {tag:?}");
+        }
     }
 
     /// A client's own `X-Gateway-Message-Id` copy, before or after ours, is not taken for ours:
