@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use gateway_core::message::parse_message;
+use gateway_core::message::{parse_message, with_id};
 use gateway_core::queue::Queue;
 use gateway_core::queue::sqs::SqsQueue;
 
@@ -59,11 +59,21 @@ pub fn run(args: &SendArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         if let Some(url) = &args.queue_url {
             let client = gateway_core::queue::sqs::client_from_env().await;
+            // The idempotency key goes into the body first, so a retried SendMessage (the
+            // SDK retries one whose answer was lost) is the same message to the ledger. A body
+            // sent unvalidated and not an object goes as it is.
+            let (body, message_id) = match with_id(&body) {
+                Some((body, id)) => (body, Some(id)),
+                None => (body, None),
+            };
             let id = SqsQueue::new(client, url.clone())
                 .send(&body)
                 .await
                 .with_context(|| format!("sending to {url}"))?;
-            println!("enqueued: queue message id {id}");
+            match message_id {
+                Some(m) => println!("enqueued: message id {m}, queue message id {id}"),
+                None => println!("enqueued: queue message id {id}"),
+            }
             return Ok(ExitCode::SUCCESS);
         }
         let base = args

@@ -28,7 +28,7 @@ use gateway_core::customer_webhooks::{DeliveryReporting, Worker, WorkerSettings}
 use gateway_core::duration::parse_duration;
 use gateway_core::events::{EventSink, GatewayEvent, SinkError};
 use gateway_core::health::HealthChecker;
-use gateway_core::message::parse_message;
+use gateway_core::message::{parse_message, with_id};
 use gateway_core::pipeline::{Pipeline, PipelineSettings, PollSettings, Poller};
 use gateway_core::providers::factory::build_providers;
 use gateway_core::queue::memory::{MemoryQueue, Redrive};
@@ -113,6 +113,12 @@ pub struct ServeArgs {
     /// delivery, e.g. `5s`. The sender function uses the default.
     #[arg(long, default_value = "30s", value_parser = duration_arg)]
     retry_backoff: Duration,
+    /// How long after a provider call that got no answer its acceptance event is waited for
+    /// (Mailgun, SendGrid and SES gateways with webhooks configured) before the message is sent
+    /// again, flagged as a possible duplicate, e.g. `2m`. The sender function reads
+    /// `OUTBOUND_ACCEPTANCE_WAIT`.
+    #[arg(long, default_value = "2m", value_parser = duration_arg)]
+    acceptance_wait: Duration,
 }
 
 /// Poll wait on the in-memory queue when `--poll-wait` is not given.
@@ -289,24 +295,19 @@ async fn enqueue(
         Err(rejection) => return body_refused(&rejection),
     };
     // Validated here so a typo gets a clear answer at once; the sender validates again.
-    let message = match parse_message(&body, Some("queue-assigned-id")) {
-        Ok(m) => m,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_message", e.to_string()),
-    };
-    let Ok(text) = std::str::from_utf8(&body) else {
+    if let Err(e) = parse_message(&body, Some("queue-assigned-id")) {
+        return error(StatusCode::BAD_REQUEST, "invalid_message", e.to_string());
+    }
+    // A body without `id` gets one, so a retried send to the queue keeps one key.
+    let Some((text, message_id)) = std::str::from_utf8(&body).ok().and_then(with_id) else {
         return error(
             StatusCode::BAD_REQUEST,
             "invalid_message",
-            "body is not UTF-8",
+            "body is not a UTF-8 JSON object",
         );
     };
-    match state.queue.send(text).await {
+    match state.queue.send(&text).await {
         Ok(queue_id) => {
-            let message_id = if message.id() == "queue-assigned-id" {
-                queue_id.clone()
-            } else {
-                message.id().to_owned()
-            };
             tracing::info!(message_id = %message_id, "enqueued");
             (
                 StatusCode::ACCEPTED,
@@ -471,30 +472,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// Refuses a visibility timeout in which no provider call could start, and warns when a call
-/// may outlive the batch's lease (its records could then be delivered again while it runs).
-fn check_visibility(
-    visibility: Duration,
-    settings: &PipelineSettings,
-    config: &Config,
-) -> anyhow::Result<()> {
+/// Refuses a visibility timeout in which no provider call could start: the pipeline starts no
+/// call in the last `deadline_margin` of a batch (the provider request timeout plus the
+/// post-send budget, so every call ends and is recorded before the batch's lease does).
+fn check_visibility(visibility: Duration, settings: &PipelineSettings) -> anyhow::Result<()> {
     let margin = settings.deadline_margin;
     if visibility <= margin {
         bail!(
             "--visibility-timeout {} ms is too short: no provider call starts in the last {} ms \
-             of a batch, so nothing would ever be sent",
-            visibility.as_millis(),
-            margin.as_millis()
-        );
-    }
-    let needed = margin + config.http.request_timeout;
-    if visibility < needed {
-        eprintln!(
-            "warning: --visibility-timeout {} ms is shorter than the provider request timeout \
-             plus the {} ms deadline margin ({} ms): a slow send may outlive its batch",
+             of a batch (the provider request timeout, http.request_timeout, plus {} ms to record \
+             the outcome), so nothing would ever be sent",
             visibility.as_millis(),
             margin.as_millis(),
-            needed.as_millis()
+            settings.post_send.as_millis()
         );
     }
     Ok(())
@@ -502,13 +492,14 @@ fn check_visibility(
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(load(&args)?);
-    let mut settings = PipelineSettings::default();
+    let mut settings = PipelineSettings::for_config(&config);
     settings.backoff.base = args.retry_backoff;
+    settings.acceptance_wait = args.acceptance_wait;
     // The in-memory queue's redrive is known; an SQS queue's is the deployment's business.
     if args.sqs_queue_url.is_none() {
         settings.max_receive_count = Some(LOCAL_MAX_RECEIVES);
     }
-    check_visibility(args.visibility_timeout, &settings, &config)?;
+    check_visibility(args.visibility_timeout, &settings)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // AWS settings only when something may use them: the embedded config needs none, and
     // loading them on a machine without AWS settings only produces noise.

@@ -10,26 +10,25 @@
 //!   [`ClaimOutcome::AlreadySent`] (do not send; re-emit the record event),
 //!   [`ClaimOutcome::AlreadyFailed`] (terminal), [`ClaimOutcome::Held`] (another invocation's
 //!   lease is live: defer until it ends).
-//! - [`mark_sent`] / [`mark_sent_many`] after the provider accepted it; [`mark_failed`] on a
-//!   terminal failure; [`release`] when the message is deferred, so its redelivery can claim
-//!   it at once instead of waiting for the lease to run out.
+//! - [`mark_sent`] as soon as the provider accepted it (one conditional put per message, the
+//!   same write units as a batch put, written the moment the answer arrives rather than after
+//!   the slowest call of the batch); [`note_unanswered`] when a call went out and got no answer;
+//!   [`mark_failed`] on a terminal failure; [`release`] when the message is deferred, so its
+//!   redelivery can claim it at once instead of waiting for the lease to run out.
 //!
-//! # Why the batched mark may be unconditional
-//! [`mark_sent_many`] writes with `BatchWriteItem`, which has no conditions, to keep a batch of
-//! ten within the budget of 2 requests per message. It is safe because only the lease holder
-//! calls it, before its invocation ends: while the lease is live no other claim can succeed,
-//! so the put replaces only the caller's own claim. The one way to overwrite someone else's
-//! claim is to mark after the lease expired (an invocation that outlived its own deadline);
-//! then the message *was* sent, `sent` is the truth, and it stops every later redelivery from
-//! sending again — the harm (a duplicate) had already happened when the other instance claimed.
-//! [`mark_sent`] is the conditional single-item form; it reports a send that another owner had
-//! already recorded ([`MarkOutcome::AlreadySent`]), which is a detected duplicate to log.
+//! # Why a mark may follow a lost lease
+//! [`mark_sent`] succeeds unless another owner already recorded a send: a sent message is
+//! recorded as sent even after the caller's lease expired and was taken over, because `sent` is
+//! the truth and it stops every later redelivery from sending again. A send another owner had
+//! already recorded comes back as [`MarkOutcome::AlreadySent`], a detected duplicate to log. A
+//! retry of a mark whose answer was lost meets its own `sent` item, which the condition admits.
 //!
 //! # Stored form
 //! Key `msg#{message_id}` ([`key`]); attributes `state` (`claimed`, `released`, `sent`,
 //! `failed`), `claims` (number of successful claims, the optimistic-lock guard of claims),
 //! `owner`, `lease_until` (epoch ms), `claimed_at`, and by state `gateway`, `provider_id`,
-//! `sent_at` or `reason`, `failed_at`. Every write sets [`TTL_ATTRIBUTE`] to
+//! `sent_at` or `reason`, `failed_at`; `unanswered_gateway` and `unanswered_at` once a call went
+//! out without an answer ([`note_unanswered`]). Every write sets [`TTL_ATTRIBUTE`] to
 //! [`RETENTION_MS`] (30 days) after the write, beyond SQS's 14-day retention, so a message
 //! can never be redelivered after its entry may have been cleaned up.
 
@@ -62,6 +61,8 @@ const PROVIDER_ID: &str = "provider_id";
 const SENT_AT: &str = "sent_at";
 const REASON: &str = "reason";
 const FAILED_AT: &str = "failed_at";
+const UNANSWERED_GATEWAY: &str = "unanswered_gateway";
+const UNANSWERED_AT: &str = "unanswered_at";
 
 const CLAIMED: &str = "claimed";
 const RELEASED: &str = "released";
@@ -185,6 +186,28 @@ pub struct Claim {
     /// Set when an expired lease of another owner was taken over (log it: that invocation
     /// crashed or overran, and may or may not have sent).
     pub reclaimed: Option<Reclaimed>,
+    /// The last provider call of this message that went out without an answer, as an earlier
+    /// claim recorded it ([`note_unanswered`]); kept across claims until the entry ends, since
+    /// that call may still have been accepted.
+    pub unanswered: Option<Unanswered>,
+}
+
+/// A provider call that went out and got no answer (a timeout after the request was sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unanswered {
+    /// The gateway called.
+    pub gateway: String,
+    /// When the call started, epoch ms.
+    pub at: EpochMillis,
+}
+
+impl Unanswered {
+    fn from_item(item: &Item) -> Option<Self> {
+        Some(Self {
+            gateway: get_s(item, UNANSWERED_GATEWAY)?.to_owned(),
+            at: get_n(item, UNANSWERED_AT)?,
+        })
+    }
 }
 
 /// The expired lease a claim took over.
@@ -305,6 +328,7 @@ pub fn decide_claim(
             lease_until,
             attempt: claims + 1,
             reclaimed,
+            unanswered: None,
         },
     )
 }
@@ -338,16 +362,20 @@ pub async fn claim<S: StateStore + ?Sized>(
     let k = key(message_id);
     // Most messages are new: try the first claim without reading.
     let mut entry: Option<Entry> = None;
+    let mut unanswered: Option<Unanswered> = None;
     for _ in 0..MAX_ATTEMPTS {
-        let (write, claim) = match decide_claim(message_id, entry.as_ref(), owner, lease_until, now)
-        {
-            ClaimDecision::Done(outcome) => return Ok(outcome),
-            ClaimDecision::Write(write, claim) => (write, claim),
-        };
+        let (write, mut claim) =
+            match decide_claim(message_id, entry.as_ref(), owner, lease_until, now) {
+                ClaimDecision::Done(outcome) => return Ok(outcome),
+                ClaimDecision::Write(write, claim) => (write, claim),
+            };
+        claim.unanswered.clone_from(&unanswered);
         match store.write(write).await? {
             WriteOutcome::Applied(_) => return Ok(ClaimOutcome::Claimed(claim)),
             WriteOutcome::ConditionFailed(current) => {
                 entry = Entry::from_item(&k, current.as_ref())?;
+                unanswered = current.as_ref().and_then(Unanswered::from_item);
+                claim.unanswered.clone_from(&unanswered);
                 if entry.as_ref().is_some_and(|e| claim_applied(e, &claim)) {
                     return Ok(ClaimOutcome::Claimed(claim));
                 }
@@ -442,21 +470,6 @@ pub async fn mark_sent<S: StateStore + ?Sized>(
     }
 }
 
-/// Records several sends with unconditional batch puts (`BatchWriteItem`, 25 per request):
-/// the cheap form for a batch, safe for lease holders as argued in the module docs.
-pub async fn mark_sent_many<S: StateStore + ?Sized>(
-    store: &S,
-    sent: &[(Claim, SentRecord)],
-    now: EpochMillis,
-) -> Result<(), LedgerError> {
-    let items = sent
-        .iter()
-        .map(|(claim, record)| (key(&claim.message_id), sent_item(claim, record, now)))
-        .collect();
-    store.put_many(items).await?;
-    Ok(())
-}
-
 /// Terminal failure of the claimed message (for example every recipient permanently
 /// rejected), so redeliveries do not send it. Written only while the caller still holds the
 /// claim; otherwise [`MarkOutcome::NotOwner`] (someone else is handling the message).
@@ -481,6 +494,29 @@ pub async fn mark_failed<S: StateStore + ?Sized>(
         claim,
         actions,
         |e| matches!(e, Entry::Failed(r) if r.reason == reason && r.at == now),
+    )
+    .await
+}
+
+/// Remembers that a call of the claimed message to `gateway`, started at `at`, went out and got
+/// no answer, so every later claim knows to look for the provider's acceptance before sending
+/// again ([`Claim::unanswered`]). Only while the caller still holds the claim. One write, on the
+/// ambiguous path only; a retry of an applied write sets the same values again.
+pub async fn note_unanswered<S: StateStore + ?Sized>(
+    store: &S,
+    claim: &Claim,
+    gateway: &str,
+    at: EpochMillis,
+) -> Result<MarkOutcome, LedgerError> {
+    owner_write(
+        store,
+        claim,
+        vec![
+            UpdateAction::Set(UNANSWERED_GATEWAY.into(), gateway.into()),
+            UpdateAction::Set(UNANSWERED_AT.into(), Value::N(at)),
+        ],
+        // The condition still holds after this write, so a failed one is never our own.
+        |_| false,
     )
     .await
 }
@@ -682,6 +718,7 @@ mod tests {
             lease_until: LEASE,
             attempt: 1,
             reclaimed: None,
+            unanswered: None,
         };
         assert!(matches!(
             release(&store, &first, LEASE + 1).await.unwrap(),
@@ -716,21 +753,60 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn batched_marks_record_every_send() {
+    async fn a_mark_whose_answer_was_lost_is_marked_on_its_retry() {
+        let store = crate::state::memory::LostAnswers(MemoryStore::new());
+        let c = claimed(claim(&store, "m1", "inv-a", LEASE, T0).await.unwrap());
+        assert_eq!(
+            mark_sent(&store, &c, &sent_record(), T0 + 6).await.unwrap(),
+            MarkOutcome::Marked
+        );
+        assert_eq!(
+            lookup(&store, "m1").await.unwrap(),
+            Some(Entry::Sent(sent_record()))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_call_is_remembered_by_every_later_claim_until_the_entry_ends() {
         let store = MemoryStore::new();
-        let mut sent = Vec::new();
-        for id in ["m1", "m2", "m3"] {
-            let c = claimed(claim(&store, id, "inv-a", LEASE, T0).await.unwrap());
-            sent.push((c, sent_record()));
-        }
-        mark_sent_many(&store, &sent, T0 + 6).await.unwrap();
-        assert_eq!(store.request_counts().batch_writes, 1);
-        for id in ["m1", "m2", "m3"] {
-            assert_eq!(
-                lookup(&store, id).await.unwrap(),
-                Some(Entry::Sent(sent_record()))
-            );
-        }
+        let a = claimed(claim(&store, "m1", "inv-a", LEASE, T0).await.unwrap());
+        assert_eq!(a.unanswered, None);
+        assert_eq!(
+            note_unanswered(&store, &a, "gw-1", T0 + 5).await.unwrap(),
+            MarkOutcome::Marked
+        );
+        let want = Some(Unanswered {
+            gateway: "gw-1".into(),
+            at: T0 + 5,
+        });
+        // Taken over after the lease: the new claim knows of the call.
+        let b = claimed(
+            claim(&store, "m1", "inv-b", LEASE + 60_000, LEASE)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(b.unanswered, want);
+        // Released and claimed again: still known.
+        release(&store, &b, LEASE + 1).await.unwrap();
+        let c = claimed(
+            claim(&store, "m1", "inv-c", LEASE + 90_000, LEASE + 2)
+                .await
+                .unwrap(),
+        );
+        assert_eq!((c.reclaimed.clone(), c.unanswered.clone()), (None, want));
+        // Only the holder may note a call.
+        assert!(matches!(
+            note_unanswered(&store, &b, "gw-2", LEASE + 3)
+                .await
+                .unwrap(),
+            MarkOutcome::NotOwner(_)
+        ));
+        // Sent: the entry ends, and with it the note.
+        mark_sent(&store, &c, &sent_record(), LEASE + 4)
+            .await
+            .unwrap();
+        let item = store.get(&key("m1")).await.unwrap().unwrap();
+        assert_eq!(Unanswered::from_item(&item), None);
     }
 
     #[tokio::test]

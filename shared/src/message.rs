@@ -660,6 +660,27 @@ impl fmt::Display for MessageError {
 
 impl std::error::Error for MessageError {}
 
+/// The body a producer enqueues, given an idempotency key when it has none: an `id` of `gw-`
+/// and 32 random hex digits is written into it (the JSON is re-serialised), and returned with
+/// the id. A body that names its `id` comes back unchanged.
+///
+/// Why: a message without `id` is keyed by its SQS message id, and every `SendMessage` (an SDK
+/// retry after a lost answer included) creates a new one, so a retried enqueue would be sent
+/// twice. With the id in the body, every copy has the same key and the ledger lets one through
+/// (within [`crate::ledger::RETENTION_MS`]). `gateway send` and the local enqueue route use it;
+/// producers should set `id` themselves (docs/RELIABILITY.md, "Idempotent enqueueing").
+/// `None` when the body is not a JSON object (validate it first).
+pub fn with_id(body: &str) -> Option<(String, String)> {
+    let mut value: serde_json::Value = serde_json::from_str(body).ok()?;
+    let object = value.as_object_mut()?;
+    if let Some(id) = object.get("id").and_then(serde_json::Value::as_str) {
+        return Some((body.to_owned(), id.to_owned()));
+    }
+    let id = format!("gw-{}", crate::webhooks::verify::request_nonce());
+    object.insert("id".to_owned(), serde_json::Value::from(id.as_str()));
+    Some((serde_json::to_string(&value).ok()?, id))
+}
+
 /// Parses and validates one SQS message body.
 ///
 /// `fallback_id` is the SQS message id, used when the body has no `id` (it must satisfy the same
@@ -1450,6 +1471,23 @@ fn parse_gateway(v: &Json, r: &mut Report) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_without_id_gets_one_that_every_copy_keeps() {
+        let body = r#"{"from": "dr@clinic.example", "to": ["p@example.org"], "subject": "s", "text": "t"}"#;
+        let (with, id) = with_id(body).unwrap();
+        assert!(id.starts_with("gw-") && id.len() == 35, "{id}");
+        let parsed = parse_message(with.as_bytes(), Some("sqs-1")).unwrap();
+        assert_eq!(parsed.id(), id, "the body's id, not the queue's");
+        let (again, same) = with_id(&with).unwrap();
+        assert_eq!(
+            (again.as_str(), same.as_str()),
+            (with.as_str(), id.as_str())
+        );
+        let (_, other) = with_id(body).unwrap();
+        assert_ne!(other, id, "each unkeyed body gets its own id");
+        assert!(with_id("[1]").is_none());
+    }
     use proptest::prelude::*;
     use serde_json::{Value, json};
 

@@ -252,9 +252,12 @@ async fn an_expired_lease_is_reclaimed_and_a_sent_message_is_never_claimed_again
         provider_message_id: Some("p-1".into()),
         at: clock.now_ms(),
     };
-    ledger::mark_sent_many(&store, &[(second.clone(), record.clone())], clock.now_ms())
-        .await
-        .unwrap();
+    assert_eq!(
+        ledger::mark_sent(&store, &second, &record, clock.now_ms())
+            .await
+            .unwrap(),
+        MarkOutcome::Marked
+    );
     clock.advance(HOUR_MS);
     let again = ledger::claim(&store, "m", "inv-c", clock.now_ms() + 1, clock.now_ms())
         .await

@@ -26,10 +26,21 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
         .var("OUTBOUND_MAX_RECEIVE_COUNT")
         .is_some()
         .then(|| startup.positive("OUTBOUND_MAX_RECEIVE_COUNT", 1));
+    // How long after an unanswered call its provider's acceptance event is waited for before
+    // the message is sent again (PipelineSettings::acceptance_wait).
+    let acceptance_wait = startup.duration(
+        "OUTBOUND_ACCEPTANCE_WAIT",
+        PipelineSettings::default().acceptance_wait,
+    );
     let config = startup.config();
     let (Some(config), Some(outbound_url), Some(events_url)) = (config, outbound_url, events_url)
     else {
         return None;
+    };
+    let settings = PipelineSettings {
+        max_receive_count,
+        acceptance_wait,
+        ..PipelineSettings::for_config(&config)
     };
     let providers = startup.providers(&config).await?;
     let store = startup.state_store().await;
@@ -41,10 +52,7 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
         store,
         events,
         startup.clock(),
-        PipelineSettings {
-            max_receive_count,
-            ..PipelineSettings::default()
-        },
+        settings,
     );
     Some(Deps {
         pipeline: Arc::new(pipeline),

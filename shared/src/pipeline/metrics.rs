@@ -61,6 +61,12 @@ pub struct Metrics {
     pub suppressed_recipients: u32,
     /// Outcome events that could not be emitted (their messages are retried).
     pub emit_failures: u32,
+    /// Messages an earlier unanswered call had delivered, as its provider's evidence showed:
+    /// recorded sent, not sent again.
+    pub reconciled: u32,
+    /// Messages sent again after an unanswered call with no evidence either way (possible
+    /// duplicates).
+    pub resent_unconfirmed: u32,
     /// Per gateway, by id.
     pub gateways: BTreeMap<String, GatewayMetrics>,
 }
@@ -80,7 +86,7 @@ pub fn emf_lines(
     at: EpochMillis,
 ) -> Vec<String> {
     let mut lines = Vec::with_capacity(1 + metrics.gateways.len());
-    let totals: [(&str, u32); 9] = [
+    let totals: [(&str, u32); 11] = [
         ("Records", metrics.records),
         ("Sent", metrics.sent),
         ("Deferred", metrics.deferred),
@@ -90,6 +96,8 @@ pub fn emf_lines(
         ("Failovers", metrics.failovers),
         ("SuppressedRecipients", metrics.suppressed_recipients),
         ("EmitFailures", metrics.emit_failures),
+        ("Reconciled", metrics.reconciled),
+        ("ResentUnconfirmed", metrics.resent_unconfirmed),
     ];
     let mut values = Map::new();
     for (name, value) in totals {

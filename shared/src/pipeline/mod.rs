@@ -2,6 +2,12 @@
 //! batch of queued messages. It composes the pure cores (message validation, router, limiter,
 //! breaker) with the ports (state store, providers, event sink, clock).
 //!
+//! Its own rules are pure transitions too, in `rules` (claim outcome → action, evidence →
+//! reconcile, limit verdict and breaker permit → admission, provider answer → effects,
+//! deferral and give-up), each held by table-driven tests; `run` is the driver of the I/O
+//! rounds that applies them, `work` what it knows of each message, `resolve` what each record
+//! resolves to.
+//!
 //! # One batch
 //! 1. Every record is parsed on its own. A poison record is rejected (its `rejected` outcome
 //!    event is emitted) and acknowledged; it never fails the batch.
@@ -9,7 +15,11 @@
 //!    recipient, and one read of the breaker and limit items of every gateway any message may
 //!    use. A message already `sent` is not sent again (its outcome event is re-emitted); one
 //!    held by a live invocation is retried after that lease ends.
-//! 3. Suppressed recipients are dropped; a message with none left is rejected.
+//! 3. Suppressed recipients are dropped; a message with none left is rejected. A message an
+//!    earlier call may have delivered (its claim took over an expired lease, or its entry notes
+//!    a call that got no answer) is reconciled first: with the providers' acceptance evidence
+//!    it is recorded sent and nobody is called; while evidence may still come it waits
+//!    ([`PipelineSettings::acceptance_wait`]); otherwise it is sent again, flagged.
 //! 4. Messages are routed on the state read. Each round, the messages waiting for a gateway are
 //!    grouped by their next candidate; each group takes its limits in one write or transaction,
 //!    then the breaker admits each send (a closed breaker costs no request) and the sends run
@@ -19,9 +29,11 @@
 //!    size limit) moves on without using up an attempt; a message every candidate finds
 //!    unsuitable is rejected with their limits as the reason. Limits of sends the provider did
 //!    not accept are given back.
-//! 5. Sends are recorded in the ledger with one batch put; terminal failures are marked; claims
-//!    of deferred messages are released (except after an ambiguous answer: the claim is kept so
-//!    no other invocation sends until the lease ends).
+//! 5. Each send is marked in the ledger the moment its answer arrives (an unanswered call is
+//!    noted), beside the calls still running; a mark that cannot be written before the deadline
+//!    is kept by the process and written with its next batch's claims. Terminal failures are
+//!    marked; claims of deferred messages are released (except after an ambiguous answer: the
+//!    claim is kept so no other invocation sends until the lease ends).
 //! 6. One outcome event per message goes to the event sink. A message is acknowledged only
 //!    once its event is out: if emitting fails, the message is retried and its redelivery finds
 //!    the ledger entry and re-emits the event.
@@ -39,13 +51,16 @@ mod backoff;
 mod decide;
 mod metrics;
 mod poll;
+mod resolve;
+mod rules;
 mod run;
 mod settle;
 #[cfg(test)]
 mod tests;
+mod work;
 
 use std::num::NonZeroUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::breaker::Transition;
@@ -69,9 +84,20 @@ pub struct PipelineSettings {
     /// Deferral backoff when no provider said when to retry.
     pub backoff: Backoff,
     /// No provider call starts when less than this remains before the deadline; the messages
-    /// left are deferred. It must exceed the providers' request timeout, so a started call ends
-    /// (or is abandoned as ambiguous) before the invocation does.
+    /// left are deferred. At least the providers' request timeout plus [`Self::post_send`]
+    /// ([`PipelineSettings::check`]), so a started call ends, or is abandoned as unanswered,
+    /// with the post-send budget still left. [`PipelineSettings::for_config`] sets exactly that.
     pub deadline_margin: Duration,
+    /// Time kept after the last provider call for what must follow it before the deadline: the
+    /// ledger mark (or the note of an unanswered call), the ledger and breaker writes of step 5
+    /// and the events. A call still running when only this is left is abandoned as unanswered;
+    /// every write after a send is retried only while the deadline allows. Default 5 s.
+    pub post_send: Duration,
+    /// How long after a call that got no answer (or, when its time is unknown, after the lease
+    /// it ran under ended) the sender waits for the provider's acceptance event before sending
+    /// again, for gateways whose webhooks report acceptance (Mailgun, SendGrid, SES; see
+    /// docs/RELIABILITY.md "Acceptance evidence"). Default 2 min.
+    pub acceptance_wait: Duration,
     /// The queue's redrive `maxReceiveCount`, when known: on that receive, the last one the
     /// queue allows, a message that would be deferred once more is given up instead. Its
     /// outcome is `failed` with the reason ("gave up after N receives over D; last: …"), its
@@ -89,8 +115,52 @@ impl Default for PipelineSettings {
             concurrency: NonZeroUsize::new(10).unwrap_or(NonZeroUsize::MIN),
             backoff: Backoff::default(),
             deadline_margin: Duration::from_secs(2),
+            post_send: Duration::from_secs(5),
+            acceptance_wait: Duration::from_secs(120),
             max_receive_count: None,
         }
+    }
+}
+
+/// Pipeline settings that cannot work with a config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the deadline margin ({margin_ms} ms) is below the provider request timeout \
+     (http.request_timeout, {timeout_ms} ms) plus the post-send budget ({post_send_ms} ms): a call \
+     started just before the margin could outlive the invocation, or leave no time to record it"
+)]
+pub struct SettingsError {
+    /// The margin set.
+    pub margin_ms: u128,
+    /// The config's provider request timeout.
+    pub timeout_ms: u128,
+    /// The post-send budget.
+    pub post_send_ms: u128,
+}
+
+impl PipelineSettings {
+    /// The defaults with the deadline margin `config` needs: its provider request timeout plus
+    /// the post-send budget.
+    pub fn for_config(config: &Config) -> Self {
+        let defaults = Self::default();
+        Self {
+            deadline_margin: config.http.request_timeout + defaults.post_send,
+            ..defaults
+        }
+    }
+
+    /// Refuses a deadline margin below the longest provider request timeout plus the post-send
+    /// budget (every provider client takes `http.request_timeout` as its whole-request bound).
+    pub fn check(&self, config: &Config) -> Result<(), SettingsError> {
+        let needed = config.http.request_timeout + self.post_send;
+        if self.deadline_margin < needed {
+            return Err(SettingsError {
+                margin_ms: self.deadline_margin.as_millis(),
+                timeout_ms: config.http.request_timeout.as_millis(),
+                post_send_ms: self.post_send.as_millis(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -103,6 +173,9 @@ pub struct Pipeline {
     events: Arc<dyn EventSink>,
     clock: Arc<dyn Clock>,
     settings: PipelineSettings,
+    /// Sends whose ledger mark could not be written before their invocation's deadline,
+    /// written with the next batch's claims (shared by the clones of this pipeline).
+    unmarked: Arc<Mutex<Vec<(crate::ledger::Claim, crate::ledger::SentRecord)>>>,
 }
 
 impl Pipeline {
@@ -123,6 +196,7 @@ impl Pipeline {
             events,
             clock,
             settings,
+            unmarked: Arc::default(),
         }
     }
 

@@ -1,174 +1,41 @@
-//! The batch run (see the module docs of [`super`] for the steps and their costs).
+//! The batch run (see the module docs of [`super`] for the steps and their costs): the driver of
+//! the I/O rounds. What each round's answers mean is decided in [`super::rules`].
 
 use crate::address::redact_addresses;
-use crate::duration::format_duration;
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::future::{BoxFuture, join_all};
+use futures::stream::FuturesUnordered;
 use futures::stream::{self, StreamExt};
 
-use super::{Batch, BatchReport, Disposition, ItemReport, KeyBook, Metrics, Pipeline, Read};
+use super::resolve::Resolver;
+use super::rules::{self, ClaimAction, Findings, Reconcile, Skip};
+use super::work::{Replay, Resolution, Slot, Stage, Work, truncate};
+use super::{Batch, BatchReport, Disposition, ItemReport, KeyBook, Pipeline, Read};
 use crate::breaker::{self, Admission, Tally};
 use crate::clock::EpochMillis;
-use crate::config::{AmbiguousPolicy, Gateway};
-use crate::events::{
-    AttemptRecord, GatewayEvent, Outcome, OutcomeClass, OutcomeEvent, RecipientOutcome,
-    RecipientStatus, SinkError,
-};
-use crate::ledger::{self, Claim, ClaimOutcome, ClaimRequest, FailedRecord, SentRecord};
-use crate::limiter::{self, Grant, Refusal, Request, Verdict};
-use crate::message::{MessageError, OutboundMessage, parse_message};
+use crate::events::{AttemptRecord, GatewayEvent, Outcome, OutcomeClass, SinkError};
+use crate::evidence;
+use crate::ledger::{self, Claim, ClaimRequest, MarkOutcome, SentRecord};
+use crate::limiter::{self, Grant, Request};
+use crate::message::{OutboundMessage, parse_message};
 use crate::providers::{Accepted, ErrorClass, Provider, SendError};
 use crate::queue::Received;
 use crate::router::RouteRequest;
 use crate::state::{Item, Key};
 use crate::suppression;
 
-/// Longest reason text carried in an event (a poison body can produce many problems).
-const MAX_REASON_CHARS: usize = 1_000;
-
-/// How often the batched ledger mark is tried before the sends are left to their events.
+/// How often a ledger write after a send is tried (each within the deadline) before the send
+/// is left to the process's unmarked list and its event.
 const MARK_TRIES: usize = 3;
 
-/// Where a message stands in the run.
-#[derive(Debug, Clone)]
-enum Stage {
-    /// Still looking for a gateway.
-    Pending,
-    /// A provider accepted it.
-    Sent {
-        gateway: usize,
-        accepted: Accepted,
-        at: EpochMillis,
-    },
-    /// A provider refused it permanently.
-    Failed { gateway: usize, reason: String },
-    /// Refused before any provider (every recipient suppressed).
-    Rejected { reason: String },
-    /// Its `expires_at` passed before it could be sent: failed, no provider called.
-    Expired { reason: String },
-    /// Found in the ledger (sent, failed, or held by another invocation): nothing to do here;
-    /// its resolution comes from the ledger entry.
-    Replayed,
-    /// Not sent now.
-    Deferred {
-        reason: String,
-        retry_at: Option<EpochMillis>,
-        /// After an ambiguous answer the claim is kept until its lease ends, so no other
-        /// invocation sends while the first call may still be delivering.
-        keep_claim: bool,
-    },
-}
-
-/// A valid message in the run.
-#[derive(Debug)]
-struct Work {
-    record: usize,
-    /// The message as received (all recipients), for the events.
-    original: OutboundMessage,
-    /// The message to send: suppressed recipients left out (`None` until suppression is known
-    /// or when none remain).
-    message: Option<OutboundMessage>,
-    suppressed: BTreeSet<String>,
-    claim: Option<Claim>,
-    candidates: Vec<usize>,
-    /// Routed gateways beyond `routing.max_failover_attempts`, in order: each gateway that
-    /// answers `Unsuitable` hands its place to the next of them.
-    reserve: Vec<usize>,
-    /// How many candidates answered `Unsuitable`.
-    unsuitable: usize,
-    cursor: usize,
-    attempts: Vec<AttemptRecord>,
-    /// The earliest time a candidate said it can take the message again.
-    retry_at: Option<EpochMillis>,
-    /// Whether a candidate failed without saying when to retry (a 5xx, a connect error): the
-    /// message is then also worth retrying after the ordinary backoff, even when another
-    /// candidate's known time (an hourly limit, say) is much later.
-    retry_unknown: bool,
-    notes: Vec<String>,
-    last_gateway: Option<usize>,
-    stage: Stage,
-}
-
-impl Work {
-    fn defer(&mut self, reason: String, retry_at: Option<EpochMillis>) {
-        self.stage = Stage::Deferred {
-            reason,
-            retry_at: earliest(self.retry_at, retry_at),
-            keep_claim: false,
-        };
-    }
-
-    fn note(&mut self, note: String, retry_at: Option<EpochMillis>) {
-        self.notes.push(note);
-        self.retry_at = earliest(self.retry_at, retry_at);
-        self.retry_unknown |= retry_at.is_none();
-    }
-
-    /// Deferred because every candidate was tried or busy; rejected when every candidate said it
-    /// cannot take the message (over its recipient or size limits), since no retry changes that.
-    fn exhausted(&mut self) {
-        if self.unsuitable > 0 && self.unsuitable == self.candidates.len() {
-            self.stage = Stage::Rejected {
-                reason: truncate(format!(
-                    "no gateway can take the message: {}",
-                    self.notes.join("; ")
-                )),
-            };
-            return;
-        }
-        let reason = if self.notes.is_empty() {
-            "no gateway can take the message now".to_owned()
-        } else {
-            self.notes.join("; ")
-        };
-        let retry_at = self.retry_at;
-        self.defer(reason, retry_at);
-    }
-}
-
-/// What became of one record before the events are emitted.
-#[derive(Debug)]
-enum Slot {
-    /// Not a valid message.
-    Poison {
-        message_id: String,
-        error: MessageError,
-    },
-    /// The same message id as an earlier record of this batch: it follows that record.
-    DuplicateOf { first: usize, message_id: String },
-    /// A valid message (index into the works).
-    Work(usize),
-}
-
-/// What a record resolves to.
-#[derive(Debug)]
-struct Resolution {
-    outcome: Outcome,
-    replayed: bool,
-    gateway: Option<String>,
-    reason: Option<String>,
-    retry: Option<Duration>,
-    event: Option<OutcomeEvent>,
-}
-
-fn earliest(a: Option<EpochMillis>, b: Option<EpochMillis>) -> Option<EpochMillis> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-fn truncate(mut s: String) -> String {
-    if let Some((i, _)) = s.char_indices().nth(MAX_REASON_CHARS) {
-        s.truncate(i);
-        s.push('…');
-    }
-    s
-}
+/// Most sends kept for a later mark when the ledger could not be written ([`Pipeline`]'s
+/// unmarked list); older ones are dropped with an error log.
+const MAX_UNMARKED: usize = 1_000;
 
 /// One provider call to make.
 struct SendJob {
@@ -178,6 +45,7 @@ struct SendJob {
     grant: Grant,
     provider: Arc<dyn Provider>,
     message: OutboundMessage,
+    claim: Claim,
 }
 
 /// The answer to one [`SendJob`].
@@ -195,57 +63,11 @@ impl Pipeline {
     /// what a redelivery does.
     pub async fn process(&self, batch: Batch<'_>) -> BatchReport {
         let now = self.clock.now_ms();
-        let mut report = BatchReport {
-            metrics: Metrics {
-                records: u32::try_from(batch.records.len()).unwrap_or(u32::MAX),
-                ..Metrics::default()
-            },
-            ..BatchReport::default()
-        };
+        let mut report = BatchReport::default();
+        report.metrics.records = u32::try_from(batch.records.len()).unwrap_or(u32::MAX);
 
         // 1. Parse every record on its own.
-        let mut slots = Vec::with_capacity(batch.records.len());
-        let mut works: Vec<Work> = Vec::new();
-        let mut first_of: HashMap<String, usize> = HashMap::new();
-        for (i, record) in batch.records.iter().enumerate() {
-            let fallback = (!record.message_id.is_empty()).then_some(record.message_id.as_str());
-            match parse_message(record.body.as_bytes(), fallback) {
-                Ok(message) => {
-                    if let Some(&first) = first_of.get(message.id()) {
-                        slots.push(Slot::DuplicateOf {
-                            first,
-                            message_id: message.id().to_owned(),
-                        });
-                        continue;
-                    }
-                    first_of.insert(message.id().to_owned(), i);
-                    slots.push(Slot::Work(works.len()));
-                    works.push(Work {
-                        record: i,
-                        original: message,
-                        message: None,
-                        suppressed: BTreeSet::new(),
-                        claim: None,
-                        candidates: Vec::new(),
-                        reserve: Vec::new(),
-                        unsuitable: 0,
-                        cursor: 0,
-                        attempts: Vec::new(),
-                        retry_at: None,
-                        retry_unknown: false,
-                        notes: Vec::new(),
-                        last_gateway: None,
-                        stage: Stage::Pending,
-                    });
-                }
-                Err(error) => {
-                    let message_id = error
-                        .id()
-                        .map_or_else(|| record.message_id.clone(), str::to_owned);
-                    slots.push(Slot::Poison { message_id, error });
-                }
-            }
-        }
+        let (slots, mut works) = parse_records(batch.records);
 
         // 2. Claims, suppression and gateway state in one round trip.
         let book = self.decider.keys(now);
@@ -253,16 +75,13 @@ impl Pipeline {
             .decider
             .reachable(works.iter().map(|w| route_request(&w.original)));
         let list = self.decider.keys_to_read(&book, &reachable);
-        let early = self
+        let (replays, state) = match self
             .claim_and_read(&mut works, &batch, list.keys(), now)
-            .await;
-        let (replays, state) = match early {
+            .await
+        {
             Ok(found) => found,
             Err(reason) => {
-                for w in works
-                    .iter_mut()
-                    .filter(|w| matches!(w.stage, Stage::Pending))
-                {
+                for w in works.iter_mut().filter(|w| w.is_pending()) {
                     w.defer(reason.clone(), None);
                 }
                 (HashMap::new(), Vec::new())
@@ -270,15 +89,17 @@ impl Pipeline {
         };
         // Aligned with the read list; empty when the read failed (nothing is sent then).
         let state = list.read(&state);
-
         report.metrics.suppressed_recipients =
             u32::try_from(works.iter().map(|w| w.suppressed.len()).sum::<usize>())
                 .unwrap_or(u32::MAX);
 
-        // 3. Route on the state read.
+        // 3. Route on the state read; messages an earlier call may have delivered are looked
+        // for at their providers first.
         self.route_all(&mut works, &state, &book, now);
+        self.reconcile(&mut works, batch.deadline, &mut report)
+            .await;
 
-        // 4. Rounds of limits, breaker and sends.
+        // 4. Rounds of limits, breaker and sends, each send recorded as its answer arrives.
         let mut tallies: BTreeMap<usize, Tally> = BTreeMap::new();
         self.send_rounds(&mut works, &state, &batch, &mut tallies, &mut report)
             .await;
@@ -289,16 +110,22 @@ impl Pipeline {
             .await;
 
         // 6. Events and dispositions.
-        let resolved = self.resolve(&slots, &works, &replays, batch.records, now);
-        self.emit_and_report(batch.records, &slots, resolved, &mut report)
-            .await;
+        let resolver = Resolver {
+            config: self.decider.config(),
+            settings: &self.settings,
+            now,
+        };
+        let resolved = resolver.all(&slots, &works, &replays, batch.records);
+        let emitted = self.emit(batch.records, &resolved, &mut report).await;
+        report.items = self.item_reports(batch.records, &slots, &resolved, &emitted, &mut report);
         report
     }
 
     /// Step 2: claims every message, looks up the suppression of every recipient and reads the
     /// breaker, limit and health `keys` of every gateway any message may use, all in flight
-    /// together. The health records ride in the same `BatchGetItem`: no request of their own,
-    /// and always as fresh as the checker left them.
+    /// together (and retries the marks this process could not write earlier). The health
+    /// records ride in the same `BatchGetItem`: no request of their own, and always as fresh as
+    /// the checker left them.
     /// Returns the replays (messages found in the ledger) and the items read; an error when
     /// suppression or state could not be read (nothing may be sent then).
     async fn claim_and_read(
@@ -324,46 +151,33 @@ impl Pipeline {
             .flat_map(|w| w.original.recipients().map(|(_, m)| m.address().as_str()))
             .collect();
         let store = self.store.as_ref();
-        let (claimed, suppressed, items) = tokio::join!(
+        let (claimed, suppressed, items, ()) = tokio::join!(
             ledger::claim_many(store, &claims, now),
             suppression::lookup_many(store, &addresses),
             crate::state::get_all(store, keys),
+            self.mark_unmarked(batch.deadline),
         );
 
         let mut replays = HashMap::new();
         for (w, outcome) in works.iter_mut().zip(claimed) {
-            let id = w.original.id().to_owned();
-            match outcome {
-                Ok(ClaimOutcome::Claimed(claim)) => {
-                    if let Some(r) = &claim.reclaimed {
-                        tracing::warn!(
-                            message_id = %id,
-                            previous_owner = %r.previous_owner,
-                            "reclaimed an expired lease: the earlier invocation may have sent this message"
-                        );
-                        w.notes.push(format!(
-                            "reclaimed from the expired lease of {}: that attempt may have sent it",
-                            r.previous_owner
-                        ));
+            match rules::on_claim(&outcome) {
+                ClaimAction::Proceed { note, .. } => {
+                    if let Some(note) = note {
+                        tracing::warn!(message_id = %w.original.id(), "reclaimed an expired lease: the earlier invocation may have sent this message");
+                        w.notes.push(note);
                     }
-                    w.claim = Some(claim);
+                    if let Ok(ledger::ClaimOutcome::Claimed(claim)) = outcome {
+                        w.claim = Some(claim);
+                    }
                 }
-                Ok(ClaimOutcome::AlreadySent(record)) => {
-                    replays.insert(w.record, Replay::Sent(record));
+                ClaimAction::Replay(replay) => {
+                    replays.insert(w.record, replay);
                     w.stage = Stage::Replayed;
                 }
-                Ok(ClaimOutcome::AlreadyFailed(record)) => {
-                    replays.insert(w.record, Replay::Failed(record));
-                    w.stage = Stage::Replayed;
-                }
-                Ok(ClaimOutcome::Held { until }) => {
-                    replays.insert(w.record, Replay::Held { until });
-                    w.stage = Stage::Replayed;
-                }
-                Err(error) => {
-                    tracing::warn!(message_id = %id, error_kind = "ledger", %error, "claim failed; deferring");
+                ClaimAction::Defer(reason) => {
+                    tracing::warn!(message_id = %w.original.id(), error_kind = "ledger", %reason, "claim failed; deferring");
                     // No claim is held, so there is nothing to release.
-                    w.defer(format!("ledger unavailable ({error})"), None);
+                    w.defer(reason, None);
                 }
             }
         }
@@ -405,10 +219,7 @@ impl Pipeline {
         // Borrowed, not copied: a day item holds every sender's counter.
         let states = self.decider.view(book, state, now);
         let max = config.routing.max_failover_attempts.get() as usize;
-        for w in works.iter_mut() {
-            if !matches!(w.stage, Stage::Pending) || w.claim.is_none() {
-                continue;
-            }
+        for w in works.iter_mut().filter(|w| w.is_pending()) {
             if let Some(at) = w.original.expires_at()
                 && at <= now
             {
@@ -438,7 +249,7 @@ impl Pipeline {
                 let mut reasons = Vec::new();
                 for d in &plan.dropped {
                     if let crate::router::DropReason::BreakerOpen { until } = d.reason {
-                        retry_at = earliest(retry_at, Some(until));
+                        retry_at = super::work::earliest(retry_at, Some(until));
                     }
                     reasons.push(format!("{}: {}", d.gateway.id, d.reason));
                 }
@@ -460,6 +271,169 @@ impl Pipeline {
         }
     }
 
+    /// Step 3b: for each message an earlier call may have delivered (its lease was taken over,
+    /// or a call of it went unanswered), the providers' evidence in one read and the providers
+    /// that can be asked, asked; then [`rules::reconcile`] decides: recorded as sent, kept
+    /// until its evidence may have come, or sent again flagged. Costs nothing when no message
+    /// needs it (the happy path).
+    async fn reconcile(&self, works: &mut [Work], deadline: EpochMillis, report: &mut BatchReport) {
+        let todo: Vec<usize> = (0..works.len())
+            .filter(|&i| {
+                works[i].is_pending()
+                    && works[i]
+                        .claim
+                        .as_ref()
+                        .is_some_and(rules::needs_reconciling)
+            })
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        let config = Arc::clone(self.decider.config());
+        // The gateway of the unanswered call when it is known, else every candidate.
+        let asked: Vec<Vec<usize>> = todo
+            .iter()
+            .map(|&i| {
+                let w = &works[i];
+                let known = w.claim.as_ref().and_then(|c| c.unanswered.as_ref());
+                match known.and_then(|u| config.gateways.iter().position(|g| g.id == u.gateway)) {
+                    Some(g) => vec![g],
+                    None => w.candidates.clone(),
+                }
+            })
+            .collect();
+        let (evidence, lookups) = self.look_for_acceptance(works, &todo, &asked).await;
+        let evidence = match evidence {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(error_kind = "state", %error, "acceptance evidence unavailable");
+                for &i in &todo {
+                    works[i].stage = Stage::Deferred {
+                        reason:
+                            "acceptance evidence unavailable; an earlier call may have delivered it"
+                                .to_owned(),
+                        retry_at: None,
+                        keep_claim: true,
+                    };
+                }
+                return;
+            }
+        };
+        let now = self.clock.now_ms();
+        let mut marks = Vec::new();
+        let mut notes = Vec::new();
+        for (((&i, gateways), found), answers) in
+            todo.iter().zip(&asked).zip(&evidence).zip(lookups)
+        {
+            let w = &mut works[i];
+            let Some(claim) = w.claim.clone() else {
+                continue;
+            };
+            let findings = Findings {
+                evidence: found.as_ref(),
+                lookup_failed: answers.iter().any(|(_, a)| a.is_err()),
+                lookups: answers,
+                evidence_expected: gateways
+                    .iter()
+                    .any(|&g| rules::reports_acceptance(&config.gateways[g])),
+                gateways: gateways
+                    .iter()
+                    .map(|&g| {
+                        (
+                            config.gateways[g].id.as_str(),
+                            config.gateways[g].kind.as_str(),
+                        )
+                    })
+                    .collect(),
+            };
+            match rules::reconcile(&claim, &findings, self.settings.acceptance_wait, now) {
+                Reconcile::Accepted {
+                    gateway,
+                    accepted,
+                    at,
+                    note,
+                } => {
+                    tracing::warn!(message_id = %w.original.id(), gateway = %gateway, outcome = "sent", "an earlier unanswered call was accepted; not sent again");
+                    report.metrics.reconciled += 1;
+                    w.notes.push(note);
+                    let record = SentRecord {
+                        gateway: gateway.clone(),
+                        provider_message_id: accepted.provider_message_id.clone(),
+                        at,
+                    };
+                    marks.push((claim, record));
+                    w.stage = Stage::Sent {
+                        gateway,
+                        accepted,
+                        at,
+                    };
+                }
+                Reconcile::Wait { until, reason } => {
+                    tracing::info!(message_id = %w.original.id(), outcome = "deferred", "waiting for the acceptance evidence of an earlier call");
+                    if claim.unanswered.is_none() {
+                        // Fix the window's start (gateway unknown): the next claim takes this
+                        // lease over, and must not count the window from its end again.
+                        let at = claim.reclaimed.as_ref().map_or(now, |r| r.lease_expired_at);
+                        notes.push((claim, at));
+                    }
+                    w.stage = Stage::Deferred {
+                        reason,
+                        retry_at: Some(until),
+                        keep_claim: true,
+                    };
+                }
+                Reconcile::Send { note } => {
+                    tracing::warn!(message_id = %w.original.id(), "no evidence that an earlier unanswered call was accepted; sending again");
+                    report.metrics.resent_unconfirmed += 1;
+                    w.notes.push(note);
+                }
+            }
+        }
+        let store = self.store.as_ref();
+        let marked = join_all(
+            marks
+                .iter()
+                .map(|(claim, record)| self.mark_sent(claim, record, deadline)),
+        );
+        let noted = join_all(notes.iter().map(|(claim, at)| {
+            self.within(deadline, 1, move || {
+                ledger::note_unanswered(store, claim, "", *at)
+            })
+        }));
+        tokio::join!(marked, noted);
+    }
+
+    /// The acceptance evidence of each message of `todo` (one read) and the answers of the
+    /// providers of its `asked` gateways that can be asked, all in flight together.
+    #[allow(clippy::type_complexity)]
+    async fn look_for_acceptance<'c>(
+        &'c self,
+        works: &[Work],
+        todo: &[usize],
+        asked: &[Vec<usize>],
+    ) -> (
+        Result<Vec<Option<evidence::Evidence>>, crate::state::StoreError>,
+        Vec<Vec<(&'c str, Result<crate::providers::Lookup, SendError>)>>,
+    ) {
+        let config = self.decider.config();
+        let ids: Vec<&str> = todo.iter().map(|&i| works[i].original.id()).collect();
+        let lookups = join_all(todo.iter().zip(asked).map(|(&i, gateways)| {
+            let w = &works[i];
+            let at = w
+                .claim
+                .as_ref()
+                .and_then(|c| c.unanswered.as_ref())
+                .map_or(0, |u| u.at);
+            join_all(gateways.iter().filter_map(|&g| {
+                let id = config.gateways[g].id.as_str();
+                let provider = self.providers.get(id)?;
+                let message = w.message.as_ref()?;
+                Some(async move { (id, provider.look_up(message, at).await) })
+            }))
+        }));
+        tokio::join!(evidence::lookup_many(self.store.as_ref(), &ids), lookups)
+    }
+
     /// Step 4: rounds of limit acquisition, breaker admission and sends until every message
     /// is sent, failed or deferred.
     async fn send_rounds(
@@ -470,343 +444,227 @@ impl Pipeline {
         tallies: &mut BTreeMap<usize, Tally>,
         report: &mut BatchReport,
     ) {
-        let config = Arc::clone(self.decider.config());
-        let margin = i64::try_from(self.settings.deadline_margin.as_millis()).unwrap_or(i64::MAX);
         loop {
             let now = self.clock.now_ms();
-            let book = self.decider.keys(now);
-            let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-            for (i, w) in works.iter_mut().enumerate() {
-                if !matches!(w.stage, Stage::Pending) || w.claim.is_none() {
-                    continue;
-                }
-                match w.candidates.get(w.cursor) {
-                    Some(&g) => groups.entry(g).or_default().push(i),
-                    None => w.exhausted(),
-                }
-            }
-            if groups.is_empty() {
+            let Some(groups) = self.next_round(works, batch.deadline, now) else {
                 return;
-            }
-            if now.saturating_add(margin) >= batch.deadline {
-                for &i in groups.values().flatten() {
-                    let w = &mut works[i];
-                    w.note(
-                        "the invocation's deadline is near; not started".to_owned(),
-                        None,
-                    );
-                    w.exhausted();
+            };
+            let admitted = self.take_limits(works, state, &groups, now, report).await;
+            let (jobs, mut refunds) = self.admit(works, state, admitted, now, report).await;
+            let deadline = batch.deadline;
+            let results = self.send_all(jobs, deadline).await;
+            refunds.extend(self.apply_answers(works, results, tallies, report));
+            if !refunds.is_empty() {
+                let now = self.clock.now_ms();
+                if let Err(error) = limiter::refund(self.store.as_ref(), &refunds, now).await {
+                    tracing::warn!(error_kind = "limiter", %error, "limits of unsent messages not given back; they stay consumed");
                 }
-                return;
             }
+        }
+    }
 
-            // Limits, one decision per gateway, all gateways in flight together.
-            let decisions = join_all(groups.iter().map(|(&g, members)| {
-                let items: Vec<(usize, String, u64)> = members
+    /// The messages of the next round, grouped by their next candidate; `None` when no message
+    /// is left to send. Near the deadline no call starts: the rest are deferred.
+    fn next_round(
+        &self,
+        works: &mut [Work],
+        deadline: EpochMillis,
+        now: EpochMillis,
+    ) -> Option<BTreeMap<usize, Vec<usize>>> {
+        let margin = i64::try_from(self.settings.deadline_margin.as_millis()).unwrap_or(i64::MAX);
+        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, w) in works.iter_mut().enumerate() {
+            if !w.is_pending() {
+                continue;
+            }
+            match w.candidates.get(w.cursor) {
+                Some(&g) => groups.entry(g).or_default().push(i),
+                None => w.exhausted(),
+            }
+        }
+        if groups.is_empty() {
+            return None;
+        }
+        if now.saturating_add(margin) >= deadline {
+            for &i in groups.values().flatten() {
+                let w = &mut works[i];
+                w.note(
+                    "the invocation's deadline is near; not started".to_owned(),
+                    None,
+                );
+                w.exhausted();
+            }
+            return None;
+        }
+        Some(groups)
+    }
+
+    /// Limits, one decision per gateway, all gateways in flight together. Returns the admitted
+    /// (work, gateway, grant); refused messages move on to their next candidate.
+    async fn take_limits(
+        &self,
+        works: &mut [Work],
+        state: &Read<'_, Item>,
+        groups: &BTreeMap<usize, Vec<usize>>,
+        now: EpochMillis,
+        report: &mut BatchReport,
+    ) -> Vec<(usize, usize, Grant)> {
+        let config = Arc::clone(self.decider.config());
+        let book = self.decider.keys(now);
+        let decisions = join_all(groups.iter().map(|(&g, members)| {
+            let items: Vec<(usize, String, u64)> = members
+                .iter()
+                .map(|&i| {
+                    let w = &works[i];
+                    let count = w.message.as_ref().map_or(0, |m| m.recipient_count());
+                    (i, w.original.sender().as_str().to_owned(), count as u64)
+                })
+                .collect();
+            let plan = self.decider.limit_plan(&book, g, now);
+            let cached: Vec<Option<Cow<'_, Item>>> = state
+                .limits(g, &plan)
+                .into_iter()
+                .take(plan.keys().len())
+                .map(|i| i.map(Cow::Borrowed))
+                .collect();
+            async move {
+                let requests: Vec<Request<'_>> = items
                     .iter()
-                    .map(|&i| {
-                        let w = &works[i];
-                        let count = w.message.as_ref().map_or(0, |m| m.recipient_count());
-                        (i, w.original.sender().as_str().to_owned(), count as u64)
+                    .map(|(_, sender, n)| Request {
+                        sender,
+                        recipients: *n,
                     })
                     .collect();
-                let plan = self.decider.limit_plan(&book, g, now);
-                let cached: Vec<Option<Cow<'_, Item>>> = state
-                    .limits(g, &plan)
-                    .into_iter()
-                    .take(plan.keys().len())
-                    .map(|i| i.map(Cow::Borrowed))
-                    .collect();
-                async move {
-                    let requests: Vec<Request<'_>> = items
-                        .iter()
-                        .map(|(_, sender, n)| Request {
-                            sender,
-                            recipients: *n,
-                        })
-                        .collect();
-                    let verdicts =
-                        limiter::acquire_with_items(self.store.as_ref(), &plan, &requests, cached)
-                            .await;
-                    (g, items, verdicts)
-                }
-            }))
-            .await;
-
-            // Breaker admission of every admitted message.
-            let mut admitted: Vec<(usize, usize, Grant)> = Vec::new();
-            let mut refunds: Vec<Grant> = Vec::new();
-            for (g, items, verdicts) in decisions {
-                let gateway = &config.gateways[g];
-                match verdicts {
-                    Ok(verdicts) => {
-                        for ((i, _, _), verdict) in items.into_iter().zip(verdicts) {
-                            match verdict {
-                                Verdict::Admit(grant) => admitted.push((i, g, grant)),
-                                Verdict::Refuse(refusal) => {
-                                    report.metrics.gateway(&gateway.id).limited += 1;
-                                    let w = &mut works[i];
-                                    w.note(
-                                        format!("{}: {}", gateway.id, describe_refusal(&refusal)),
-                                        refusal.retry_after(),
-                                    );
-                                    w.cursor += 1;
-                                }
-                            }
+                let verdicts =
+                    limiter::acquire_with_items(self.store.as_ref(), &plan, &requests, cached)
+                        .await;
+                (g, items, verdicts)
+            }
+        }))
+        .await;
+        let mut admitted = Vec::new();
+        for (g, items, verdicts) in decisions {
+            let id = &config.gateways[g].id;
+            match verdicts {
+                Ok(verdicts) => {
+                    for ((i, _, _), verdict) in items.into_iter().zip(verdicts) {
+                        match rules::on_verdict(id, verdict) {
+                            Ok(grant) => admitted.push((i, g, grant)),
+                            Err(skip) => skip_to_next(&mut works[i], skip, id, report),
                         }
                     }
-                    Err(error) => {
-                        tracing::warn!(gateway = %gateway.id, error_kind = "limiter", %error, "rate-limit state unavailable");
-                        for (i, _, _) in items {
-                            let w = &mut works[i];
-                            w.note(
-                                format!("{}: rate-limit state unavailable", gateway.id),
-                                None,
-                            );
-                            w.cursor += 1;
-                        }
+                }
+                Err(error) => {
+                    tracing::warn!(gateway = %id, error_kind = "limiter", %error, "rate-limit state unavailable");
+                    for (i, _, _) in items {
+                        skip_to_next(&mut works[i], rules::limits_unavailable(id), id, report);
                     }
                 }
             }
-            let permits = join_all(admitted.iter().map(|&(_, g, _)| {
-                let gateway = &config.gateways[g];
-                let item = state.breaker(g).map(Cow::Borrowed);
-                breaker::permit_send_with_item(
-                    self.store.as_ref(),
-                    &gateway.id,
-                    &gateway.circuit_breaker,
-                    item,
-                    now,
-                )
-            }))
-            .await;
-            let mut jobs = Vec::new();
-            for ((i, g, grant), permit) in admitted.into_iter().zip(permits) {
-                let gateway = &config.gateways[g];
-                let w = &mut works[i];
-                let provider = self.providers.get(&gateway.id).cloned();
-                let admission = match permit {
-                    Ok(p) => {
-                        if let Some(t) = p.transition {
-                            tracing::info!(gateway = %t.gateway, from = %t.from, to = %t.to, "breaker transition");
-                            report.transitions.push(t);
-                        }
-                        if let Some(m) = p.malformed {
-                            tracing::warn!(gateway = %gateway.id, problem = ?m, "breaker item does not decode; treated as closed");
-                        }
-                        p.admission
+        }
+        admitted
+    }
+
+    /// Breaker admission of every admitted message: the jobs to run, and the grants of those
+    /// refused (to give back).
+    async fn admit(
+        &self,
+        works: &mut [Work],
+        state: &Read<'_, Item>,
+        admitted: Vec<(usize, usize, Grant)>,
+        now: EpochMillis,
+        report: &mut BatchReport,
+    ) -> (Vec<SendJob>, Vec<Grant>) {
+        let config = Arc::clone(self.decider.config());
+        let permits = join_all(admitted.iter().map(|&(_, g, _)| {
+            let gateway = &config.gateways[g];
+            let item = state.breaker(g).map(Cow::Borrowed);
+            breaker::permit_send_with_item(
+                self.store.as_ref(),
+                &gateway.id,
+                &gateway.circuit_breaker,
+                item,
+                now,
+            )
+        }))
+        .await;
+        let mut jobs = Vec::new();
+        let mut refunds = Vec::new();
+        for ((i, g, grant), permit) in admitted.into_iter().zip(permits) {
+            let id = &config.gateways[g].id;
+            let w = &mut works[i];
+            match &permit {
+                Ok(p) => {
+                    if let Some(t) = &p.transition {
+                        tracing::info!(gateway = %t.gateway, from = %t.from, to = %t.to, "breaker transition");
+                        report.transitions.push(t.clone());
                     }
-                    Err(error) => {
-                        tracing::warn!(gateway = %gateway.id, error_kind = "breaker", %error, "breaker state unavailable");
-                        refunds.push(grant);
-                        w.note(format!("{}: breaker state unavailable", gateway.id), None);
-                        w.cursor += 1;
-                        continue;
+                    if let Some(m) = &p.malformed {
+                        tracing::warn!(gateway = %id, problem = ?m, "breaker item does not decode; treated as closed");
                     }
-                };
-                match (admission, provider, w.message.clone()) {
-                    (Admission::Rejected { until }, _, _) => {
-                        report.metrics.gateway(&gateway.id).breaker_rejected += 1;
-                        refunds.push(grant);
-                        w.note(format!("{}: circuit breaker open", gateway.id), Some(until));
-                        w.cursor += 1;
-                    }
-                    (_, None, _) | (_, _, None) => {
-                        refunds.push(grant);
-                        w.note(format!("{}: no provider client", gateway.id), None);
-                        w.cursor += 1;
-                    }
-                    (admission, Some(provider), Some(message)) => jobs.push(SendJob {
+                }
+                Err(error) => {
+                    tracing::warn!(gateway = %id, error_kind = "breaker", %error, "breaker state unavailable");
+                }
+            }
+            let provider = self.providers.get(id).cloned();
+            let decided = rules::on_permit(id, &permit, provider.is_some(), w.message.is_some());
+            match (decided, provider, w.message.clone(), w.claim.clone()) {
+                (Ok(admission), Some(provider), Some(message), Some(claim)) => {
+                    jobs.push(SendJob {
                         work: i,
                         gateway: g,
                         admission,
                         grant,
                         provider,
                         message,
-                    }),
+                        claim,
+                    });
                 }
-            }
-
-            // The sends, bounded.
-            let deadline = batch.deadline;
-            let results: Vec<SendResult> = stream::iter(jobs)
-                .map(|job| self.call(job, deadline))
-                .buffer_unordered(self.settings.concurrency.get())
-                .collect()
-                .await;
-
-            let mut sent_now: Vec<(Claim, SentRecord)> = Vec::new();
-            for r in results {
-                let SendJob {
-                    work,
-                    gateway: g,
-                    admission,
-                    grant,
-                    ..
-                } = r.job;
-                let gateway = &config.gateways[g];
-                let w = &mut works[work];
-                w.last_gateway = Some(g);
-                let class = match &r.result {
-                    Ok(_) => OutcomeClass::Ok,
-                    Err(e) => e.class().outcome(),
-                };
-                tallies.entry(g).or_default().record(admission, class);
-                let m = report.metrics.gateway(&gateway.id);
-                m.attempts += 1;
-                m.latencies_ms.push(r.latency_ms);
-                w.attempts.push(AttemptRecord {
-                    gateway: gateway.id.clone(),
-                    gateway_type: gateway.kind.as_str().to_owned(),
-                    class,
-                    http_status: r.result.as_ref().err().and_then(|e| e.http_status),
-                    latency_ms: r.latency_ms,
-                    error: r.result.as_ref().err().map(|e| truncate(e.detail.clone())),
-                    at: r.started,
-                });
-                match r.result {
-                    Ok(accepted) => {
-                        m.sent += 1;
-                        tracing::info!(message_id = %w.original.id(), gateway = %gateway.id, latency_ms = r.latency_ms, outcome = "sent", "provider accepted");
-                        let at = r.started.saturating_add(r.latency_ms as i64);
-                        if let Some(claim) = &w.claim {
-                            sent_now.push((
-                                claim.clone(),
-                                SentRecord {
-                                    gateway: gateway.id.clone(),
-                                    provider_message_id: accepted.provider_message_id.clone(),
-                                    at,
-                                },
-                            ));
-                        }
-                        w.stage = Stage::Sent {
-                            gateway: g,
-                            accepted,
-                            at,
-                        };
-                    }
-                    Err(e) => {
-                        let kind = e.class();
-                        tracing::warn!(message_id = %w.original.id(), gateway = %gateway.id, latency_ms = r.latency_ms, error_kind = ?kind, error = %redact_addresses(&e.to_string()), "provider call failed");
-                        match kind {
-                            ErrorClass::Permanent => {
-                                m.permanent += 1;
-                                refunds.push(grant);
-                                w.stage = Stage::Failed {
-                                    gateway: g,
-                                    reason: truncate(format!(
-                                        "{} refused it permanently: {}",
-                                        gateway.id, e.detail
-                                    )),
-                                };
-                            }
-                            ErrorClass::Unsuitable => {
-                                m.permanent += 1;
-                                refunds.push(grant);
-                                w.note(
-                                    format!("{}: cannot take it: {}", gateway.id, e.detail),
-                                    None,
-                                );
-                                // Not an attempt that failed: the next routed gateway, if any,
-                                // takes its place within the failover bound.
-                                w.unsuitable += 1;
-                                if !w.reserve.is_empty() {
-                                    w.candidates.push(w.reserve.remove(0));
-                                }
-                                w.cursor += 1;
-                            }
-                            ErrorClass::Throttled | ErrorClass::Unavailable | ErrorClass::Auth => {
-                                match kind {
-                                    ErrorClass::Throttled => m.throttled += 1,
-                                    ErrorClass::Auth => m.auth += 1,
-                                    _ => m.unavailable += 1,
-                                }
-                                refunds.push(grant);
-                                w.note(
-                                    format!("{}: {}", gateway.id, truncate(e.to_string())),
-                                    e.retry_after(),
-                                );
-                                w.cursor += 1;
-                                if w.cursor < w.candidates.len() {
-                                    report.metrics.failovers += 1;
-                                }
-                            }
-                            ErrorClass::Ambiguous => {
-                                m.ambiguous += 1;
-                                // The provider may have it: its quota stays consumed.
-                                match config.routing.ambiguous_policy {
-                                    AmbiguousPolicy::Defer => {
-                                        w.stage = Stage::Deferred {
-                                            reason: format!(
-                                                "{}: no answer after the request was sent; the provider may have accepted it (retried after this invocation's lease, possible duplicate)",
-                                                gateway.id
-                                            ),
-                                            retry_at: Some(deadline),
-                                            keep_claim: true,
-                                        };
-                                    }
-                                    AmbiguousPolicy::Failover => {
-                                        w.note(
-                                            format!("{}: no answer (ambiguous); failed over, possible duplicate", gateway.id),
-                                            None,
-                                        );
-                                        w.cursor += 1;
-                                        if w.cursor < w.candidates.len() {
-                                            report.metrics.failovers += 1;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
+                (Err(skip), ..) => {
+                    refunds.push(grant);
+                    skip_to_next(w, skip, id, report);
                 }
-            }
-
-            // Record the sends at once (the smaller the window between a send and its mark,
-            // the fewer duplicates a crash can cause), and give back unused limits.
-            let store = self.store.as_ref();
-            let now = self.clock.now_ms();
-            let (marked, refunded) = tokio::join!(
-                async {
-                    if sent_now.is_empty() {
-                        return Ok(());
-                    }
-                    let mut last = Ok(());
-                    for _ in 0..MARK_TRIES {
-                        last = ledger::mark_sent_many(store, &sent_now, now).await;
-                        if last.is_ok() {
-                            break;
-                        }
-                    }
-                    last
-                },
-                async {
-                    if refunds.is_empty() {
-                        return Ok(limiter::RefundOutcome::Returned);
-                    }
-                    limiter::refund(store, &refunds, now).await
-                },
-            );
-            if let Err(error) = marked {
-                // The sends are real; their outcome events carry the record. Their SQS
-                // records are acknowledged once the events are out, so no redelivery sends
-                // them again while the ledger still shows the claim.
-                for (claim, _) in &sent_now {
-                    tracing::error!(message_id = %claim.message_id, error_kind = "ledger", %error, "sent but not recorded in the ledger");
-                }
-            }
-            if let Err(error) = refunded {
-                tracing::warn!(error_kind = "limiter", %error, "limits of unsent messages not given back; they stay consumed");
+                // on_permit refuses a missing provider or message; a pending work has a claim.
+                _ => refunds.push(grant),
             }
         }
+        (jobs, refunds)
     }
 
-    /// One provider call, abandoned as ambiguous if it has not answered shortly before the
-    /// deadline.
+    /// The calls, at most `concurrency` at a time. What each answer needs in the ledger starts
+    /// as soon as that answer arrives — the mark of an accepted send (the sooner it is written,
+    /// the shorter the window in which a crash makes a duplicate), or the note of an unanswered
+    /// call — and runs beside the calls still going, so no call waits for a ledger write.
+    async fn send_all(&self, jobs: Vec<SendJob>, deadline: EpochMillis) -> Vec<SendResult> {
+        let mut calls = stream::iter(jobs)
+            .map(|job| self.call(job, deadline))
+            .buffer_unordered(self.settings.concurrency.get());
+        let mut writes = FuturesUnordered::new();
+        let mut results = Vec::new();
+        loop {
+            tokio::select! {
+                Some(r) = calls.next() => {
+                    if let Some(write) = self.record_answer(&r, deadline) {
+                        writes.push(write);
+                    }
+                    results.push(r);
+                }
+                Some(()) = writes.next() => {}
+                else => break,
+            }
+        }
+        results
+    }
+
+    /// One provider call, abandoned as unanswered if it is still running when only the
+    /// post-send budget is left before the deadline, so its note, the marks and the events
+    /// still fit.
     async fn call(&self, job: SendJob, deadline: EpochMillis) -> SendResult {
         let started = self.clock.now_ms();
+        let post = i64::try_from(self.settings.post_send.as_millis()).unwrap_or(i64::MAX);
         let budget = Duration::from_millis(
-            u64::try_from(deadline.saturating_sub(started).saturating_sub(250)).unwrap_or(0),
+            u64::try_from(deadline.saturating_sub(started).saturating_sub(post)).unwrap_or(0),
         );
         let t0 = Instant::now();
         let result =
@@ -825,6 +683,187 @@ impl Pipeline {
             started,
             latency_ms,
         }
+    }
+
+    /// The ledger write an answer needs, if any: the mark of an accepted send, or the note of
+    /// an unanswered call. Both within the deadline.
+    fn record_answer(&self, r: &SendResult, deadline: EpochMillis) -> Option<BoxFuture<'_, ()>> {
+        let claim = r.job.claim.clone();
+        let gateway = r.job.provider.gateway_id().to_owned();
+        match &r.result {
+            Ok(accepted) => {
+                let record = SentRecord {
+                    gateway,
+                    provider_message_id: accepted.provider_message_id.clone(),
+                    at: r
+                        .started
+                        .saturating_add(i64::try_from(r.latency_ms).unwrap_or(i64::MAX)),
+                };
+                Some(Box::pin(async move {
+                    self.mark_sent(&claim, &record, deadline).await;
+                }))
+            }
+            Err(e) if e.class() == ErrorClass::Ambiguous => {
+                let started = r.started;
+                Some(Box::pin(async move {
+                    let store = self.store.as_ref();
+                    let (c, g) = (&claim, gateway.as_str());
+                    let noted = self
+                        .within(deadline, MARK_TRIES, move || {
+                            ledger::note_unanswered(store, c, g, started)
+                        })
+                        .await;
+                    if !matches!(noted, Some(Ok(_))) {
+                        tracing::warn!(message_id = %claim.message_id, gateway = %gateway, error_kind = "ledger", "unanswered call not noted in the ledger; its lease still keeps other senders off until it ends");
+                    }
+                }))
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Marks one send in the ledger, retried within the deadline. When it cannot be written,
+    /// the send is kept in the process's unmarked list (written with the next batch's claims)
+    /// and its outcome event still carries it to the record.
+    async fn mark_sent(&self, claim: &Claim, record: &SentRecord, deadline: EpochMillis) {
+        let store = self.store.as_ref();
+        let now = self.clock.now_ms();
+        let marked = self
+            .within(deadline, MARK_TRIES, || {
+                ledger::mark_sent(store, claim, record, now)
+            })
+            .await;
+        match marked {
+            Some(Ok(MarkOutcome::Marked)) => {}
+            Some(Ok(MarkOutcome::AlreadySent(other))) => {
+                tracing::error!(message_id = %claim.message_id, gateway = %record.gateway, earlier_gateway = %other.gateway, outcome = "sent", "duplicate: another invocation had already recorded a send of this message");
+            }
+            Some(Ok(MarkOutcome::NotOwner(_))) => {
+                tracing::warn!(message_id = %claim.message_id, "sent after the lease was taken over; recorded as sent");
+            }
+            Some(Err(_)) | None => {
+                let error = marked.map_or_else(
+                    || "no time left before the deadline".to_owned(),
+                    |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
+                );
+                tracing::error!(message_id = %claim.message_id, error_kind = "ledger", %error, "sent but not recorded in the ledger; kept for the next batch to record");
+                let mut unmarked = self.unmarked.lock().unwrap_or_else(PoisonError::into_inner);
+                if unmarked.len() >= MAX_UNMARKED {
+                    let (lost, _) = unmarked.remove(0);
+                    tracing::error!(message_id = %lost.message_id, "unmarked send dropped from the full list");
+                }
+                unmarked.push((claim.clone(), record.clone()));
+            }
+        }
+    }
+
+    /// Writes the marks earlier batches of this process could not.
+    async fn mark_unmarked(&self, deadline: EpochMillis) {
+        let pending =
+            std::mem::take(&mut *self.unmarked.lock().unwrap_or_else(PoisonError::into_inner));
+        join_all(
+            pending
+                .iter()
+                .map(|(claim, record)| self.mark_sent(claim, record, deadline)),
+        )
+        .await;
+    }
+
+    /// Runs `attempt` up to `tries` times until it succeeds, each try bounded by the time left
+    /// before `deadline`; `None` when no time was left for any try.
+    async fn within<T, E, F, Fut>(
+        &self,
+        deadline: EpochMillis,
+        tries: usize,
+        attempt: F,
+    ) -> Option<Result<T, E>>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut last = None;
+        for _ in 0..tries {
+            let left = deadline.saturating_sub(self.clock.now_ms());
+            let Ok(left) = u64::try_from(left) else { break };
+            if left == 0 {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(left), attempt()).await {
+                Ok(Ok(v)) => return Some(Ok(v)),
+                Ok(Err(e)) => last = Some(Err(e)),
+                Err(_) => break,
+            }
+        }
+        last
+    }
+
+    /// Applies each answer's effects ([`rules::on_answer`]) to its message, the breaker tally and
+    /// the metrics; returns the grants to give back.
+    fn apply_answers(
+        &self,
+        works: &mut [Work],
+        results: Vec<SendResult>,
+        tallies: &mut BTreeMap<usize, Tally>,
+        report: &mut BatchReport,
+    ) -> Vec<Grant> {
+        let config = Arc::clone(self.decider.config());
+        let mut refunds = Vec::new();
+        for r in results {
+            let SendJob {
+                work,
+                gateway: g,
+                admission,
+                grant,
+                claim,
+                ..
+            } = r.job;
+            let gateway = &config.gateways[g];
+            let w = &mut works[work];
+            w.last_gateway = Some(g);
+            let class = match &r.result {
+                Ok(_) => OutcomeClass::Ok,
+                Err(e) => e.class().outcome(),
+            };
+            tallies.entry(g).or_default().record(admission, class);
+            let effects = rules::on_answer(
+                &gateway.id,
+                &r.result,
+                config.routing.ambiguous_policy,
+                claim.lease_until,
+            );
+            let m = report.metrics.gateway(&gateway.id);
+            m.attempts += 1;
+            m.latencies_ms.push(r.latency_ms);
+            effects.counter.add(m);
+            w.attempts.push(AttemptRecord {
+                gateway: gateway.id.clone(),
+                gateway_type: gateway.kind.as_str().to_owned(),
+                class,
+                http_status: r.result.as_ref().err().and_then(|e| e.http_status),
+                latency_ms: r.latency_ms,
+                error: r.result.as_ref().err().map(|e| truncate(e.detail.clone())),
+                at: r.started,
+            });
+            match &r.result {
+                Ok(_) => {
+                    tracing::info!(message_id = %w.original.id(), gateway = %gateway.id, latency_ms = r.latency_ms, outcome = "sent", "provider accepted")
+                }
+                Err(e) => {
+                    tracing::warn!(message_id = %w.original.id(), gateway = %gateway.id, latency_ms = r.latency_ms, error_kind = ?e.class(), error = %redact_addresses(&e.to_string()), "provider call failed")
+                }
+            }
+            if effects.refund {
+                refunds.push(grant);
+            }
+            if effects.failover && w.has_next() {
+                report.metrics.failovers += 1;
+            }
+            let at = r
+                .started
+                .saturating_add(i64::try_from(r.latency_ms).unwrap_or(i64::MAX));
+            w.apply(effects.then, g, &gateway.id, at);
+        }
+        refunds
     }
 
     /// Step 5: terminal failures marked, deferred claims released, breaker outcomes flushed,
@@ -867,7 +906,7 @@ impl Pipeline {
                 .iter()
                 .filter(|(_, t)| !t.is_empty())
                 .map(|(&g, tally)| {
-                    let gateway: &Gateway = &config.gateways[g];
+                    let gateway = &config.gateways[g];
                     let item = state.breaker(g).cloned();
                     // A closed breaker read at the start is good enough: any change since makes the
                     // conditional write fail and the decision is taken again on the fresh item. An
@@ -876,25 +915,19 @@ impl Pipeline {
                     // write", which would never discover that.
                     let closed = breaker::view(item.as_ref(), now) == breaker::BreakerView::Closed;
                     async move {
+                        let settings = &gateway.circuit_breaker;
                         if closed {
                             breaker::flush_outcomes_with_item(
                                 store,
                                 &gateway.id,
-                                &gateway.circuit_breaker,
+                                settings,
                                 tally,
                                 item,
                                 now,
                             )
                             .await
                         } else {
-                            breaker::flush_outcomes(
-                                store,
-                                &gateway.id,
-                                &gateway.circuit_breaker,
-                                tally,
-                                now,
-                            )
-                            .await
+                            breaker::flush_outcomes(store, &gateway.id, settings, tally, now).await
                         }
                     }
                 }),
@@ -920,273 +953,15 @@ impl Pipeline {
         }
     }
 
-    /// Every record's outcome and event.
-    fn resolve(
-        &self,
-        slots: &[Slot],
-        works: &[Work],
-        replays: &HashMap<usize, Replay>,
-        records: &[Received],
-        now: EpochMillis,
-    ) -> Vec<Option<Resolution>> {
-        let config = self.decider.config();
-        let backoff = &self.settings.backoff;
-        let gateway_type = |id: &str| config.gateway(id).map(|g| g.kind.as_str().to_owned());
-        slots
-            .iter()
-            .enumerate()
-            .map(|(i, slot)| {
-                let receive_count = records.get(i).map_or(1, |r| r.receive_count);
-                match slot {
-                    Slot::DuplicateOf { .. } => None,
-                    Slot::Poison { message_id, error } => {
-                        let reason = truncate(format!("invalid message: {error}"));
-                        tracing::warn!(message_id = %message_id, outcome = "rejected", reason = %reason, "poison record");
-                        Some(Resolution {
-                            outcome: Outcome::Rejected,
-                            replayed: false,
-                            gateway: None,
-                            reason: Some(reason.clone()),
-                            retry: None,
-                            event: Some(OutcomeEvent {
-                                message_id: message_id.clone(),
-                                sender: error
-                                    .sender()
-                                    .map(|s| s.as_str().to_owned())
-                                    .unwrap_or_default(),
-                                subject: String::new(),
-                                campaign_id: None,
-                                user_id: None,
-                                tags: Vec::new(),
-                                metadata: BTreeMap::new(),
-                                recipients: error
-                                    .recipients()
-                                    .iter()
-                                    .map(|(kind, m)| RecipientOutcome {
-                                        address: m.address().as_str().to_owned(),
-                                        kind: *kind,
-                                        status: RecipientStatus::Rejected,
-                                    })
-                                    .collect(),
-                                outcome: Outcome::Rejected,
-                                gateway_id: None,
-                                gateway_type: None,
-                                provider_message_id: None,
-                                attempts: Vec::new(),
-                                reason: Some(reason),
-                                retry_at: None,
-                                at: now,
-                            }),
-                        })
-                    }
-                    Slot::Work(index) => {
-                        let w = works.get(*index)?;
-                        let id = w.original.id();
-                        if let Some(replay) = replays.get(&w.record) {
-                            return Some(match replay {
-                                Replay::Sent(record) => {
-                                    tracing::info!(message_id = %id, gateway = %record.gateway, outcome = "sent", "redelivered message already sent; event re-emitted, nothing sent");
-                                    let mut event = base_event(w, Outcome::Sent, RecipientStatus::Sent, record.at);
-                                    event.gateway_type = gateway_type(&record.gateway);
-                                    event.gateway_id = Some(record.gateway.clone());
-                                    event.provider_message_id = record.provider_message_id.clone();
-                                    Resolution {
-                                        outcome: Outcome::Sent,
-                                        replayed: true,
-                                        gateway: Some(record.gateway.clone()),
-                                        reason: None,
-                                        retry: None,
-                                        event: Some(event),
-                                    }
-                                }
-                                Replay::Failed(record) => {
-                                    // The event of the first failure, rebuilt field for field
-                                    // (its provider attempts are recorded already), so the
-                                    // record it lands on stays as it is.
-                                    let mut event = base_event(w, Outcome::Failed, RecipientStatus::Failed, record.at);
-                                    event.reason = Some(record.reason.clone());
-                                    event.gateway_id.clone_from(&record.gateway);
-                                    event.gateway_type = record.gateway.as_deref().and_then(gateway_type);
-                                    Resolution {
-                                        outcome: Outcome::Failed,
-                                        replayed: true,
-                                        gateway: record.gateway.clone(),
-                                        reason: Some(record.reason.clone()),
-                                        retry: None,
-                                        event: Some(event),
-                                    }
-                                }
-                                Replay::Held { until } => {
-                                    let reason = "another invocation is sending it".to_owned();
-                                    tracing::info!(message_id = %id, outcome = "deferred", "held by another invocation's live lease");
-                                    Resolution {
-                                        outcome: Outcome::Deferred,
-                                        replayed: true,
-                                        gateway: None,
-                                        reason: Some(reason),
-                                        retry: Some(backoff.until(*until, now, id, receive_count)),
-                                        // That invocation reports the outcome.
-                                        event: None,
-                                    }
-                                }
-                            });
-                        }
-                        let gateway = |g: Option<usize>| g.and_then(|g| config.gateways.get(g));
-                        let notes = (!w.notes.is_empty()).then(|| w.notes.join("; "));
-                        Some(match &w.stage {
-                            Stage::Sent {
-                                gateway: g,
-                                accepted,
-                                at,
-                            } => {
-                                let gw = gateway(Some(*g));
-                                let mut event = base_event(w, Outcome::Sent, RecipientStatus::Sent, *at);
-                                event.gateway_id = gw.map(|g| g.id.clone());
-                                event.gateway_type = gw.map(|g| g.kind.as_str().to_owned());
-                                event.provider_message_id = accepted.provider_message_id.clone();
-                                event.reason = notes.clone().map(truncate);
-                                Resolution {
-                                    outcome: Outcome::Sent,
-                                    replayed: false,
-                                    gateway: event.gateway_id.clone(),
-                                    reason: notes,
-                                    retry: None,
-                                    event: Some(event),
-                                }
-                            }
-                            Stage::Failed { gateway: g, reason } => {
-                                let gw = gateway(Some(*g));
-                                tracing::warn!(message_id = %id, gateway = gw.map_or("", |g| g.id.as_str()), outcome = "failed", "permanently refused");
-                                let mut event = base_event(w, Outcome::Failed, RecipientStatus::Failed, now);
-                                event.gateway_id = gw.map(|g| g.id.clone());
-                                event.gateway_type = gw.map(|g| g.kind.as_str().to_owned());
-                                event.reason = Some(reason.clone());
-                                Resolution {
-                                    outcome: Outcome::Failed,
-                                    replayed: false,
-                                    gateway: event.gateway_id.clone(),
-                                    reason: Some(reason.clone()),
-                                    retry: None,
-                                    event: Some(event),
-                                }
-                            }
-                            Stage::Rejected { reason } => {
-                                tracing::info!(message_id = %id, outcome = "rejected", reason = %redact_addresses(reason), "not sent");
-                                let mut event = base_event(w, Outcome::Rejected, RecipientStatus::Rejected, now);
-                                event.reason = Some(reason.clone());
-                                Resolution {
-                                    outcome: Outcome::Rejected,
-                                    replayed: false,
-                                    gateway: None,
-                                    reason: Some(reason.clone()),
-                                    retry: None,
-                                    event: Some(event),
-                                }
-                            }
-                            Stage::Expired { reason } => {
-                                tracing::warn!(message_id = %id, outcome = "failed", reason = %reason, "not sent");
-                                let mut event = base_event(w, Outcome::Failed, RecipientStatus::Failed, now);
-                                event.reason = Some(reason.clone());
-                                Resolution {
-                                    outcome: Outcome::Failed,
-                                    replayed: false,
-                                    gateway: None,
-                                    reason: Some(reason.clone()),
-                                    retry: None,
-                                    event: Some(event),
-                                }
-                            }
-                            Stage::Deferred {
-                                reason, retry_at, keep_claim,
-                            } => {
-                                // The earliest of the known times, and of the backoff when a
-                                // candidate failed without one. After an ambiguous answer the
-                                // claim's lease must end first, so its time stands.
-                                let after = match retry_at {
-                                    None => backoff.delay(id, receive_count),
-                                    Some(at) if w.retry_unknown && !keep_claim => backoff
-                                        .until(*at, now, id, receive_count)
-                                        .min(backoff.delay(id, receive_count)),
-                                    Some(at) => backoff.until(*at, now, id, receive_count),
-                                };
-                                // Back at the send-by time at the latest, to be failed then.
-                                let after = match w.original.expires_at() {
-                                    Some(at) => after.min(Duration::from_millis(
-                                        u64::try_from(at.saturating_sub(now)).unwrap_or(0),
-                                    ) + Duration::from_secs(1)),
-                                    None => after,
-                                };
-                                let gw = gateway(w.last_gateway);
-                                if let Some(max) = self.settings.max_receive_count
-                                    && receive_count >= max
-                                {
-                                    let first_sent = records.get(i).map_or(now, |r| r.sent_at);
-                                    let over = Duration::from_millis(u64::try_from(now.saturating_sub(first_sent)).unwrap_or(0));
-                                    let reason = truncate(format!(
-                                        "gave up after {receive_count} receives over {}; last: {reason}",
-                                        format_duration(over)
-                                    ));
-                                    tracing::error!(message_id = %id, outcome = "failed", reason = %redact_addresses(&reason), "last receive the queue allows; recorded as failed and handed to the dead-letter queue");
-                                    let mut event = base_event(w, Outcome::Failed, RecipientStatus::Failed, now);
-                                    event.gateway_id = gw.map(|g| g.id.clone());
-                                    event.gateway_type = gw.map(|g| g.kind.as_str().to_owned());
-                                    event.reason = Some(reason.clone());
-                                    return Some(Resolution {
-                                        outcome: Outcome::Failed,
-                                        replayed: false,
-                                        gateway: event.gateway_id.clone(),
-                                        reason: Some(reason),
-                                        // Visible at once: the next receive moves it to the
-                                        // dead-letter queue, from where a redrive can send it.
-                                        retry: Some(Duration::ZERO),
-                                        event: Some(event),
-                                    });
-                                }
-                                let retry_at_ms = now.saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX));
-                                let reason = truncate(reason.clone());
-                                tracing::info!(message_id = %id, outcome = "deferred", reason = %redact_addresses(&reason), retry_in_s = after.as_secs(), "deferred");
-                                let mut event = base_event(w, Outcome::Deferred, RecipientStatus::Deferred, now);
-                                event.gateway_id = gw.map(|g| g.id.clone());
-                                event.gateway_type = gw.map(|g| g.kind.as_str().to_owned());
-                                event.reason = Some(reason.clone());
-                                event.retry_at = Some(retry_at_ms);
-                                Resolution {
-                                    outcome: Outcome::Deferred,
-                                    replayed: false,
-                                    gateway: event.gateway_id.clone(),
-                                    reason: Some(reason),
-                                    retry: Some(after),
-                                    event: Some(event),
-                                }
-                            }
-                            Stage::Pending | Stage::Replayed => {
-                                // Unreachable after the rounds; defer rather than lose it.
-                                Resolution {
-                                    outcome: Outcome::Deferred,
-                                    replayed: false,
-                                    gateway: None,
-                                    reason: Some("not processed".to_owned()),
-                                    retry: Some(backoff.delay(id, receive_count)),
-                                    event: None,
-                                }
-                            }
-                        })
-                    }
-                }
-            })
-            .collect()
-    }
-
-    /// Step 6: emits the events and turns resolutions into the report.
-    async fn emit_and_report(
+    /// Step 6b: emits one outcome event per resolved record, each on its own account (an event
+    /// that cannot go out holds up only its own record), and the breaker transitions. Returns,
+    /// per record, whether its event is out.
+    async fn emit(
         &self,
         records: &[Received],
-        slots: &[Slot],
-        resolved: Vec<Option<Resolution>>,
+        resolved: &[Option<Resolution>],
         report: &mut BatchReport,
-    ) {
-        // One outcome event per resolved record, emitted each on its own account: an event
-        // that cannot go out holds up only its own record.
+    ) -> Vec<bool> {
         let owners: Vec<usize> = resolved
             .iter()
             .enumerate()
@@ -1213,133 +988,176 @@ impl Pipeline {
                 .map(|t| GatewayEvent::Breaker(t.into())),
         );
         let mut emitted = vec![true; records.len()];
-        if !events.is_empty() {
-            let results = self.events.emit_each(&events).await;
-            let mut trimmed: Vec<(usize, GatewayEvent)> = Vec::new();
-            for (k, result) in results.into_iter().enumerate() {
-                let Err(error) = result else { continue };
-                let Some(&record) = owners.get(k) else {
-                    tracing::warn!(error_kind = "events", %error, "breaker transition event not emitted");
-                    continue;
-                };
-                match (&error, &events[k]) {
-                    // It can never go out as it is: send what the record needs without the
-                    // client's free-form parts, rather than hold the message back for ever.
-                    (
-                        SinkError::TooLarge { .. } | SinkError::Serialize(_),
-                        GatewayEvent::Outcome(e),
-                    ) => {
-                        tracing::warn!(message_id = %e.message_id, error_kind = "events", %error, "outcome event too large; emitting it without metadata and tags");
-                        trimmed.push((record, GatewayEvent::Outcome(e.trimmed())));
-                    }
-                    _ => {
-                        tracing::error!(error_kind = "events", %error, "outcome event not emitted; its message will be retried");
-                        emitted[record] = false;
-                    }
-                }
-            }
-            if !trimmed.is_empty() {
-                let shrunk: Vec<GatewayEvent> = trimmed.iter().map(|(_, e)| e.clone()).collect();
-                for ((record, _), result) in
-                    trimmed.iter().zip(self.events.emit_each(&shrunk).await)
-                {
-                    if let Err(error) = result {
-                        tracing::error!(error_kind = "events", %error, "trimmed outcome event not emitted either; its message will be retried");
-                        emitted[*record] = false;
-                    }
-                }
-            }
-            report.metrics.emit_failures =
-                u32::try_from(emitted.iter().filter(|e| !**e).count()).unwrap_or(u32::MAX);
+        if events.is_empty() {
+            return emitted;
         }
+        let results = self.events.emit_each(&events).await;
+        let mut trimmed: Vec<(usize, GatewayEvent)> = Vec::new();
+        for (k, result) in results.into_iter().enumerate() {
+            let Err(error) = result else { continue };
+            let Some(&record) = owners.get(k) else {
+                tracing::warn!(error_kind = "events", %error, "breaker transition event not emitted");
+                continue;
+            };
+            match (&error, &events[k]) {
+                // It can never go out as it is: send what the record needs without the
+                // client's free-form parts, rather than hold the message back for ever.
+                (
+                    SinkError::TooLarge { .. } | SinkError::Serialize(_),
+                    GatewayEvent::Outcome(e),
+                ) => {
+                    tracing::warn!(message_id = %e.message_id, error_kind = "events", %error, "outcome event too large; emitting it without metadata and tags");
+                    trimmed.push((record, GatewayEvent::Outcome(e.trimmed())));
+                }
+                _ => {
+                    tracing::error!(error_kind = "events", %error, "outcome event not emitted; its message will be retried");
+                    emitted[record] = false;
+                }
+            }
+        }
+        if !trimmed.is_empty() {
+            let shrunk: Vec<GatewayEvent> = trimmed.iter().map(|(_, e)| e.clone()).collect();
+            for ((record, _), result) in trimmed.iter().zip(self.events.emit_each(&shrunk).await) {
+                if let Err(error) = result {
+                    tracing::error!(error_kind = "events", %error, "trimmed outcome event not emitted either; its message will be retried");
+                    emitted[*record] = false;
+                }
+            }
+        }
+        report.metrics.emit_failures =
+            u32::try_from(emitted.iter().filter(|e| !**e).count()).unwrap_or(u32::MAX);
+        emitted
+    }
+
+    /// Step 6c: the report of each record, from its resolution and whether its event is out.
+    fn item_reports(
+        &self,
+        records: &[Received],
+        slots: &[Slot],
+        resolved: &[Option<Resolution>],
+        emitted: &[bool],
+        report: &mut BatchReport,
+    ) -> Vec<ItemReport> {
         let backoff = &self.settings.backoff;
         let mut items: Vec<ItemReport> = Vec::with_capacity(records.len());
-        for (i, (record, resolution)) in records.iter().zip(&resolved).enumerate() {
+        for (i, (record, resolution)) in records.iter().zip(resolved).enumerate() {
+            let retry = |id: &str| Disposition::Retry {
+                after: backoff.delay(id, record.receive_count),
+            };
+            let base =
+                |message_id: Option<String>, outcome, replayed, gateway, reason, disposition| {
+                    ItemReport {
+                        queue_message_id: record.message_id.clone(),
+                        receipt_handle: record.receipt_handle.clone(),
+                        message_id,
+                        outcome,
+                        replayed,
+                        gateway,
+                        reason,
+                        disposition,
+                    }
+                };
             let item = match (resolution, slots.get(i)) {
-                (Some(r), _) => {
-                    let message_id = match slots.get(i) {
+                (Some(r), slot) => {
+                    let message_id = match slot {
                         Some(Slot::Poison { message_id, .. }) => Some(message_id.clone()),
                         _ => r.event.as_ref().map(|e| e.message_id.clone()),
                     };
                     let disposition = match r.retry {
                         Some(after) => Disposition::Retry { after },
-                        None if r.event.is_some() && !emitted[i] => Disposition::Retry {
-                            after: backoff.delay(
-                                message_id.as_deref().unwrap_or(&record.message_id),
-                                record.receive_count,
-                            ),
-                        },
+                        None if r.event.is_some() && !emitted[i] => {
+                            retry(message_id.as_deref().unwrap_or(&record.message_id))
+                        }
                         None => Disposition::Done,
                     };
                     match (r.outcome, r.replayed) {
-                        (_, true) if r.outcome != Outcome::Deferred => {
-                            report.metrics.replayed += 1;
-                        }
+                        (_, true) if r.outcome != Outcome::Deferred => report.metrics.replayed += 1,
                         (Outcome::Sent, _) => report.metrics.sent += 1,
                         (Outcome::Failed, _) => report.metrics.failed += 1,
                         (Outcome::Rejected, _) => report.metrics.rejected += 1,
                         (Outcome::Deferred, _) => report.metrics.deferred += 1,
                     }
-                    ItemReport {
-                        queue_message_id: record.message_id.clone(),
-                        receipt_handle: record.receipt_handle.clone(),
-                        message_id: message_id.or_else(|| Some(record.message_id.clone())),
-                        outcome: r.outcome,
-                        replayed: r.replayed,
-                        gateway: r.gateway.clone(),
-                        reason: r.reason.clone(),
+                    let id = message_id.or_else(|| Some(record.message_id.clone()));
+                    base(
+                        id,
+                        r.outcome,
+                        r.replayed,
+                        r.gateway.clone(),
+                        r.reason.clone(),
                         disposition,
-                    }
+                    )
                 }
                 (None, Some(Slot::DuplicateOf { first, message_id })) => {
                     // Same fate as its first copy, which is earlier in the batch.
-                    let (outcome, gateway, disposition) = items.get(*first).map_or(
-                        (
-                            Outcome::Deferred,
-                            None,
-                            Disposition::Retry {
-                                after: backoff.delay(message_id, record.receive_count),
-                            },
-                        ),
-                        |f| (f.outcome, f.gateway.clone(), f.disposition),
-                    );
+                    let (outcome, gateway, disposition) = items
+                        .get(*first)
+                        .map_or((Outcome::Deferred, None, retry(message_id)), |f| {
+                            (f.outcome, f.gateway.clone(), f.disposition)
+                        });
                     report.metrics.replayed += 1;
-                    ItemReport {
-                        queue_message_id: record.message_id.clone(),
-                        receipt_handle: record.receipt_handle.clone(),
-                        message_id: Some(message_id.clone()),
+                    let reason = Some("duplicate of another record in the same batch".to_owned());
+                    base(
+                        Some(message_id.clone()),
                         outcome,
-                        replayed: true,
+                        true,
                         gateway,
-                        reason: Some("duplicate of another record in the same batch".to_owned()),
+                        reason,
                         disposition,
-                    }
+                    )
                 }
-                (None, _) => ItemReport {
-                    queue_message_id: record.message_id.clone(),
-                    receipt_handle: record.receipt_handle.clone(),
-                    message_id: None,
-                    outcome: Outcome::Deferred,
-                    replayed: false,
-                    gateway: None,
-                    reason: Some("not processed".to_owned()),
-                    disposition: Disposition::Retry {
-                        after: backoff.delay(&record.message_id, record.receive_count),
-                    },
-                },
+                (None, _) => base(
+                    None,
+                    Outcome::Deferred,
+                    false,
+                    None,
+                    Some("not processed".to_owned()),
+                    retry(&record.message_id),
+                ),
             };
             items.push(item);
         }
-        report.items = items;
+        items
     }
 }
 
-/// A redelivered message found in the ledger.
-#[derive(Debug, Clone)]
-enum Replay {
-    Sent(SentRecord),
-    Failed(FailedRecord),
-    Held { until: EpochMillis },
+/// Step 1: every record parsed on its own; a later record with the same message id follows
+/// the first.
+fn parse_records(records: &[Received]) -> (Vec<Slot>, Vec<Work>) {
+    let mut slots = Vec::with_capacity(records.len());
+    let mut works: Vec<Work> = Vec::new();
+    let mut first_of: HashMap<String, usize> = HashMap::new();
+    for (i, record) in records.iter().enumerate() {
+        let fallback = (!record.message_id.is_empty()).then_some(record.message_id.as_str());
+        match parse_message(record.body.as_bytes(), fallback) {
+            Ok(message) => {
+                if let Some(&first) = first_of.get(message.id()) {
+                    slots.push(Slot::DuplicateOf {
+                        first,
+                        message_id: message.id().to_owned(),
+                    });
+                    continue;
+                }
+                first_of.insert(message.id().to_owned(), i);
+                slots.push(Slot::Work(works.len()));
+                works.push(Work::new(i, message));
+            }
+            Err(error) => {
+                let message_id = error
+                    .id()
+                    .map_or_else(|| record.message_id.clone(), str::to_owned);
+                slots.push(Slot::Poison { message_id, error });
+            }
+        }
+    }
+    (slots, works)
+}
+
+/// A message that does not go to its current candidate: counted, noted, on to the next.
+fn skip_to_next(w: &mut Work, skip: Skip, gateway: &str, report: &mut BatchReport) {
+    if let Some(counter) = skip.counter {
+        counter.add(report.metrics.gateway(gateway));
+    }
+    w.next(skip.note, skip.retry_at);
 }
 
 fn route_request(message: &OutboundMessage) -> RouteRequest<'_> {
@@ -1348,34 +1166,4 @@ fn route_request(message: &OutboundMessage) -> RouteRequest<'_> {
         sender: message.sender().as_str(),
         pinned: message.gateway(),
     }
-}
-
-fn describe_refusal(refusal: &Refusal) -> String {
-    match refusal {
-        Refusal::Exhausted { level, .. } => format!("{} limit reached", level.as_str()),
-        Refusal::TooLarge { level, limit } => {
-            format!(
-                "message larger than the {} limit of {limit}",
-                level.as_str()
-            )
-        }
-        Refusal::Contended { .. } => "rate-limit state contended".to_owned(),
-    }
-}
-
-/// The outcome event of a work with every recipient at `status`, suppressed ones `SUPPRESSED`.
-fn base_event(
-    w: &Work,
-    outcome: Outcome,
-    status: RecipientStatus,
-    at: EpochMillis,
-) -> OutcomeEvent {
-    let mut event = OutcomeEvent::of_message(&w.original, outcome, status, at);
-    for r in &mut event.recipients {
-        if w.suppressed.contains(&suppression::canonical(&r.address)) {
-            r.status = RecipientStatus::Suppressed;
-        }
-    }
-    event.attempts.clone_from(&w.attempts);
-    event
 }

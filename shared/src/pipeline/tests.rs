@@ -121,8 +121,22 @@ impl Provider for Scripted {
 #[derive(Debug, Default)]
 struct FlakyStore {
     inner: MemoryStore,
+    /// Ledger marks of sends (puts of `msg#` items) fail.
     fail_puts: AtomicBool,
+    /// Ledger marks of sends never answer.
     hang_puts: AtomicBool,
+}
+
+impl FlakyStore {
+    async fn mark_hook(&self) -> Result<(), StoreError> {
+        if self.fail_puts.load(Ordering::SeqCst) {
+            return Err(StoreError::Throttled);
+        }
+        if self.hang_puts.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -131,18 +145,16 @@ impl StateStore for FlakyStore {
         self.inner.get_many(keys).await
     }
     async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
+        if write.key.starts_with("msg#") && matches!(write.op, crate::state::WriteOp::Put(_)) {
+            self.mark_hook().await?;
+        }
         self.inner.write(write).await
     }
     async fn transact(&self, writes: Vec<Write>) -> Result<TransactOutcome, StoreError> {
         self.inner.transact(writes).await
     }
     async fn put_many(&self, items: Vec<(Key, Item)>) -> Result<(), StoreError> {
-        if self.fail_puts.load(Ordering::SeqCst) {
-            return Err(StoreError::Throttled);
-        }
-        if self.hang_puts.load(Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
+        self.mark_hook().await?;
         self.inner.put_many(items).await
     }
 }
@@ -844,6 +856,19 @@ async fn a_send_the_ledger_could_not_record_is_still_reported_and_acknowledged()
     // Acknowledged: no redelivery can send it again while the ledger still shows the claim.
     assert_eq!(report.items[0].disposition, Disposition::Done);
     assert_eq!(h.outcomes()[0].outcome, Outcome::Sent);
+    assert!(matches!(h.ledger("m-1").await, Some(Entry::Claimed { .. })));
+    // The process keeps the mark and writes it with its next batch's claims, so a later copy
+    // of the message (an SQS duplicate, a redrive) finds it sent.
+    h.store.fail_puts.store(false, Ordering::SeqCst);
+    h.run(&records(vec![body(
+        "m-2",
+        "dr@clinic.example",
+        &["p@example.org"],
+    )]))
+    .await;
+    assert!(matches!(h.ledger("m-1").await, Some(Entry::Sent(_))));
+    h.run(&one_message()).await;
+    assert_eq!(h.calls("a"), ["m-1", "m-2"], "m-1 is not sent again");
 }
 
 #[tokio::test]
@@ -968,10 +993,12 @@ async fn the_happy_path_costs_three_round_trips_of_state() {
     let before = h.store.inner.request_counts();
     h.run(&batch).await;
     let after = h.store.inner.request_counts();
-    // 10 claims + (suppression + state) reads + 1 limit transaction + 1 batch put.
+    // 10 claims + (suppression + state) reads + 1 limit transaction + 10 marks, each written
+    // as its send is accepted (one conditional put per message: the same write units as one
+    // batch put of ten, in more requests).
     assert_eq!(
         after.total() - before.total(),
-        10 + 2 + 1 + 1,
+        10 + 2 + 1 + 10,
         "{before:?} → {after:?}"
     );
 }
@@ -1557,4 +1584,190 @@ async fn pollers_of_the_same_name_in_two_processes_own_different_leases() {
     assert_ne!(first.owner(1), second.owner(1));
     assert!(first.owner(1).starts_with("serve-") && first.owner(1).ends_with("-1"));
     assert_ne!(first.owner(1), first.owner(2));
+}
+
+/// Runs one batch whose only call hangs until it is abandoned as unanswered (tokio's clock
+/// paused, so the abandon comes at once).
+async fn unanswered_call(h: &Harness, batch: &[Received]) -> BatchReport {
+    tokio::time::pause();
+    let report = h.run(batch).await;
+    tokio::time::resume();
+    assert_eq!(report.items[0].outcome, Outcome::Deferred);
+    report
+}
+
+#[tokio::test]
+async fn an_unanswered_call_is_noted_and_its_providers_evidence_stops_a_second_send() {
+    let h = harness(&[("a", Reply::Hang)], "", "");
+    let batch = one_message();
+    let report = unanswered_call(&h, &batch).await;
+    assert_eq!(report.metrics.gateways["a"].ambiguous, 1);
+    let item = h.store.get(&ledger::key("m-1")).await.unwrap().unwrap();
+    assert_eq!(crate::state::get_s(&item, "unanswered_gateway"), Some("a"));
+    // The provider's webhook says it took the message.
+    let evidence = crate::evidence::Evidence {
+        gateway: Some("a".into()),
+        provider: "mailgun".into(),
+        provider_message_id: Some("<p-1@mg.example>".into()),
+        event: "accepted".into(),
+        at: T0 + 400,
+    };
+    crate::evidence::record(h.store.as_ref(), "m-1", &evidence, T0 + 1_000)
+        .await
+        .unwrap();
+    h.providers["a"].set(Reply::Accept);
+    h.clock.advance(LEASE_MS + 1);
+    h.outcomes();
+    let report = h.run(&batch).await;
+    assert_eq!(report.items[0].outcome, Outcome::Sent);
+    assert_eq!(report.metrics.reconciled, 1);
+    assert_eq!(h.calls("a").len(), 1, "not sent again");
+    let sent = h.outcomes().pop().unwrap();
+    assert_eq!(
+        sent.provider_message_id.as_deref(),
+        Some("<p-1@mg.example>")
+    );
+    assert!(
+        sent.reason.as_deref().unwrap().contains("not sent again"),
+        "{:?}",
+        sent.reason
+    );
+    match h.ledger("m-1").await {
+        Some(Entry::Sent(r)) => {
+            assert_eq!((r.gateway.as_str(), r.at), ("a", T0 + 400));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A Mailgun-typed gateway with a webhook signing key: its acceptance events are expected.
+const WITH_WEBHOOKS: &str = r#"{"gateways": [{"id": "mg", "type": "mailgun", "display_name": "mg",
+    "mailgun": {"api_key": "key-1", "domain": "mg.example", "webhook_signing_key": "whk-1"},
+    "routing": {"can_route": ["*"]}}], "routing": {"strategy": "priority"}}"#;
+
+fn harness_on(json: &str, id: &str, reply: Reply) -> Harness {
+    let config = match load_config(Some(json), None, &|_| None) {
+        Ok(loaded) => loaded.config,
+        Err(e) => panic!("test config invalid: {e:?}\n{json}"),
+    };
+    let provider = Scripted::new(id, reply);
+    let store = Arc::new(FlakyStore::default());
+    let sink = Arc::new(Sink::default());
+    let clock = Arc::new(ManualClock::new(T0));
+    let pipeline = Pipeline::new(
+        Arc::new(config),
+        HashMap::from([(id.to_owned(), Arc::clone(&provider) as Arc<dyn Provider>)]),
+        Arc::clone(&store) as Arc<dyn StateStore>,
+        Arc::clone(&sink) as Arc<dyn EventSink>,
+        Arc::clone(&clock) as Arc<dyn Clock>,
+        PipelineSettings::default(),
+    );
+    Harness {
+        pipeline,
+        store,
+        sink,
+        clock,
+        providers: HashMap::from([(id.to_owned(), provider)]),
+        batches: Mutex::new(0),
+    }
+}
+
+#[tokio::test]
+async fn without_evidence_a_gateway_that_reports_acceptance_is_waited_for_then_sent_flagged() {
+    let h = harness_on(WITH_WEBHOOKS, "mg", Reply::Hang);
+    let batch = one_message();
+    unanswered_call(&h, &batch).await;
+    let wait = PipelineSettings::default().acceptance_wait;
+    let wait_ms = i64::try_from(wait.as_millis()).unwrap();
+    h.providers["mg"].set(Reply::Accept);
+    // After the lease, inside the window: kept, asked again when the window ends.
+    h.clock.advance(LEASE_MS + 1);
+    let report = h.run(&batch).await;
+    assert_eq!(report.items[0].outcome, Outcome::Deferred);
+    assert_eq!(h.calls("mg").len(), 1);
+    let after = retry_after(&report.items[0]);
+    let left = Duration::from_millis(u64::try_from(wait_ms - LEASE_MS - 1).unwrap());
+    assert!(
+        after >= left && after <= left + Duration::from_secs(2),
+        "{after:?}"
+    );
+    // A redelivery meanwhile is held by the kept claim.
+    let report = h.run(&batch).await;
+    assert_eq!(report.items[0].outcome, Outcome::Deferred);
+    assert_eq!(h.calls("mg").len(), 1);
+    // After the window, with no evidence: sent again, flagged, counted.
+    h.clock.advance(wait_ms);
+    h.outcomes();
+    let report = h.run(&batch).await;
+    assert_eq!(report.items[0].outcome, Outcome::Sent);
+    assert_eq!(report.metrics.resent_unconfirmed, 1);
+    assert_eq!(h.calls("mg").len(), 2);
+    let sent = h.outcomes().pop().unwrap();
+    assert!(
+        sent.reason
+            .as_deref()
+            .unwrap()
+            .contains("possible duplicate"),
+        "{:?}",
+        sent.reason
+    );
+}
+
+#[tokio::test]
+async fn a_crashed_invocations_message_waits_from_its_expired_lease_not_from_each_new_one() {
+    let h = harness_on(WITH_WEBHOOKS, "mg", Reply::Accept);
+    let batch = one_message();
+    // An invocation claimed it and died (no note: it may or may not have called).
+    ledger::claim(h.store.as_ref(), "m-1", "dead", T0 + 1_000, T0)
+        .await
+        .unwrap();
+    h.clock.advance(2_000);
+    let report = h.run(&batch).await;
+    assert_eq!(report.items[0].outcome, Outcome::Deferred);
+    assert!(h.calls("mg").is_empty());
+    // The window's start is written down: the next claim, which takes this one's lease
+    // over, does not count the window from that lease's end again.
+    let item = h.store.get(&ledger::key("m-1")).await.unwrap().unwrap();
+    assert_eq!(
+        crate::state::get_n(&item, "unanswered_at"),
+        Some(T0 + 1_000)
+    );
+    let wait_ms = i64::try_from(PipelineSettings::default().acceptance_wait.as_millis()).unwrap();
+    h.clock.set(T0 + 1_000 + wait_ms);
+    let report = h.run(&batch).await;
+    assert_eq!(report.items[0].outcome, Outcome::Sent);
+    assert_eq!(h.calls("mg").len(), 1);
+}
+
+#[test]
+fn start_up_refuses_a_deadline_margin_below_the_request_timeout_plus_the_post_send_budget() {
+    let config = load_config(Some(&config_json(&["a"], "", "")), None, &|_| None)
+        .unwrap()
+        .config;
+    let err = PipelineSettings::default().check(&config).unwrap_err();
+    assert_eq!(
+        (err.margin_ms, err.timeout_ms, err.post_send_ms),
+        (2_000, 30_000, 5_000)
+    );
+    assert!(err.to_string().contains("http.request_timeout"), "{err}");
+    let settings = PipelineSettings::for_config(&config);
+    assert_eq!(settings.deadline_margin, Duration::from_secs(35));
+    settings.check(&config).unwrap();
+}
+
+#[tokio::test]
+async fn a_send_message_retried_with_the_same_id_is_sent_once_within_the_ledgers_retention() {
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    // The producer's SendMessage was retried: two queue messages, one body, one `id`.
+    let body = body("m-1", "dr@clinic.example", &["p@example.org"]);
+    let first = vec![record(0, body.clone())];
+    let mut copy = record(1, body);
+    copy.message_id = "sqs-other".into();
+    h.run(&first).await;
+    // The copy arrives as late as SQS allows and more: 29 days later the key still holds.
+    h.clock.advance(ledger::RETENTION_MS - DAY_MS);
+    let report = h.run(&[copy]).await;
+    assert_eq!(report.items[0].outcome, Outcome::Sent);
+    assert!(report.items[0].replayed, "found in the ledger, not sent");
+    assert_eq!(h.calls("a"), ["m-1"]);
 }
