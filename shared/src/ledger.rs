@@ -522,20 +522,32 @@ pub async fn note_unanswered<S: StateStore + ?Sized>(
 }
 
 /// Gives the claim back without sending (the message is deferred), so its redelivery can
-/// claim it at once. Only while the caller still holds the claim.
+/// claim it at once. Only while the caller still holds the claim. A claim that took over an
+/// expired lease, and knew of no unanswered call, leaves that lease's end as one
+/// (`unanswered_at`, gateway unknown): the earlier holder may have called a provider, and the
+/// next claim, which takes a released entry rather than an expired lease, must still look for
+/// the provider's acceptance before sending.
 pub async fn release<S: StateStore + ?Sized>(
     store: &S,
     claim: &Claim,
     now: EpochMillis,
 ) -> Result<MarkOutcome, LedgerError> {
+    let mut actions = vec![
+        UpdateAction::Set(STATE.into(), RELEASED.into()),
+        UpdateAction::Set(LEASE_UNTIL.into(), Value::N(now)),
+        UpdateAction::Set(TTL_ATTRIBUTE.into(), ttl(now)),
+    ];
+    if let (Some(r), None) = (&claim.reclaimed, &claim.unanswered) {
+        actions.push(UpdateAction::Set(UNANSWERED_GATEWAY.into(), "".into()));
+        actions.push(UpdateAction::Set(
+            UNANSWERED_AT.into(),
+            Value::N(r.lease_expired_at),
+        ));
+    }
     owner_write(
         store,
         claim,
-        vec![
-            UpdateAction::Set(STATE.into(), RELEASED.into()),
-            UpdateAction::Set(LEASE_UNTIL.into(), Value::N(now)),
-            UpdateAction::Set(TTL_ATTRIBUTE.into(), ttl(now)),
-        ],
+        actions,
         // Only the holder of claim number `attempt` can release at that count.
         |e| matches!(e, Entry::Released { claims } if *claims == claim.attempt),
     )
@@ -750,6 +762,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(redelivered, ClaimOutcome::AlreadySent(sent_record()));
+    }
+
+    #[tokio::test]
+    async fn a_taken_over_lease_released_unresolved_is_remembered_as_an_unanswered_call() {
+        let store = MemoryStore::new();
+        claimed(claim(&store, "m1", "inv-a", LEASE, T0).await.unwrap());
+        let b = claimed(
+            claim(&store, "m1", "inv-b", LEASE + 60_000, LEASE)
+                .await
+                .unwrap(),
+        );
+        release(&store, &b, LEASE + 1).await.unwrap();
+        let c = claimed(
+            claim(&store, "m1", "inv-c", LEASE + 90_000, LEASE + 2)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            c.reclaimed, None,
+            "a released entry is not a taken-over lease"
+        );
+        assert_eq!(
+            c.unanswered,
+            Some(Unanswered {
+                gateway: String::new(),
+                at: LEASE
+            }),
+            "but the earlier holder's possible call is still known"
+        );
     }
 
     #[tokio::test]
