@@ -551,6 +551,31 @@ fn serve_refuses_an_invalid_config_naming_every_problem_by_path() {
     );
 }
 
+/// A body without `id` is given one before it is queued, so it has one key however often the
+/// queue send is retried; the answer names it and the record is found under it.
+#[tokio::test]
+async fn a_posted_message_without_id_is_keyed_before_it_is_queued() {
+    let dir = scratch("noid");
+    let server = serve(&dir, &[]);
+    let body = serde_json::json!({
+        "from": "frontdesk@clinic.example", "to": ["patient@example.org"],
+        "subject": "No id", "text": "Keyed by the gateway."
+    });
+    let posted = reqwest::Client::new()
+        .post(format!("{}/api/messages", server.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status().as_u16(), 202);
+    let answer: serde_json::Value = posted.json().await.unwrap();
+    let id = answer["message_id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("gw-") && id.len() == 35, "{answer}");
+    assert_ne!(answer["message_id"], answer["queue_message_id"]);
+    let record = until_sent(&server, &id).await;
+    assert_eq!(record["gateway_id"], "local-capture");
+}
+
 #[test]
 fn serve_refuses_a_visibility_timeout_in_which_nothing_could_be_sent() {
     let dir = scratch("vis");
