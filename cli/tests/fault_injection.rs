@@ -9,15 +9,27 @@
 //! - one gateway (`gw-a`) answering `503` to everything for a period;
 //! - DynamoDB throttling: a proxy in front of moto answers a share of requests with
 //!   `ThrottlingException`, more during a burst;
+//! - DynamoDB lost answers: the same proxy applies a share of writes and then answers them
+//!   `InternalServerError`, as when DynamoDB applied a write whose answer never arrived (the
+//!   store retries it);
 //! - MySQL unavailable: a TCP proxy in front of MariaDB cuts every connection and refuses new
 //!   ones for a period;
 //! - `gateway serve` killed with SIGKILL mid-batch a few times, and started again.
 //!
+//! The simulated providers report each acceptance (the ambiguous ones too) with a signed Mailgun
+//! `accepted` webhook to one of the running `gateway serve` instances, as Mailgun does: after a
+//! delay of a few hundred milliseconds to a few seconds, a small share much later than the
+//! sender's acceptance wait, retried while no instance answers 200.
+//!
 //! The audit: messages lost (must be 0: every message ends `sent`, `failed` or `rejected` in
 //! MySQL, or in the dead-letter queue with its deferral reason recorded), duplicate provider
-//! sends (each must be explained by an injected ambiguous answer or a kill while the message
-//! was in flight), limit windows exceeded at the providers (must be 0), breaker transitions
-//! with their times, and MySQL's record against the DynamoDB ledger (must agree).
+//! sends, limit windows exceeded at the providers (must be 0), breaker transitions with their
+//! times, and MySQL's record against the DynamoDB ledger (must agree). The duplicate audit is
+//! strict: each extra send is tied to one cause that made it unavoidable — an earlier
+//! acceptance whose call went unanswered, or whose `gateway serve` process was killed before
+//! recording it, and whose acceptance event had not reached the gateway when the message was
+//! sent again, which was not before the acceptance wait ran out — and any other extra send
+//! fails the run.
 //!
 //! `fault_injection_small` runs in CI (a few hundred messages, short faults). The full run of
 //! issue #9 — 10,000 messages, a 60 s MySQL outage — is the ignored test
@@ -40,7 +52,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -74,7 +86,10 @@ struct Plan {
     throttle_permille: u64,
     /// A period with a higher share throttled.
     throttle_burst: (Duration, Duration, u64),
-    /// SIGKILLs of `gateway serve` (restarted at once).
+    /// SIGKILLs of `gateway serve` (restarted at once). The first at its time, mid-batch; each
+    /// later one at the first acceptance after its time, of the process that made that call,
+    /// while the provider holds the answer back: the provider has the message and the process
+    /// dies before it can record the send.
     kills: Vec<Duration>,
     /// `gw-a`'s token bucket: capacity and refill per second (recipients).
     bucket: (u32, u32),
@@ -82,6 +97,14 @@ struct Plan {
     gw_b_per_hour: u32,
     /// The run fails if not every message is settled by then.
     deadline: Duration,
+    /// Share of DynamoDB writes applied and then answered with an error (per mille).
+    lost_answer_permille: u64,
+    /// Share of acceptance webhooks delivered only after twice the acceptance wait (per mille).
+    late_webhook_permille: u64,
+    /// The senders' wait for an acceptance event after an unanswered call.
+    acceptance_wait: Duration,
+    /// Most extra provider sends the run may end with.
+    max_duplicates: usize,
 }
 
 impl Plan {
@@ -98,6 +121,10 @@ impl Plan {
             bucket: (10, 4),
             gw_b_per_hour: 150,
             deadline: Duration::from_secs(600),
+            lost_answer_permille: 20,
+            late_webhook_permille: 50,
+            acceptance_wait: Duration::from_secs(15),
+            max_duplicates: 3,
         }
     }
 
@@ -118,6 +145,10 @@ impl Plan {
             bucket: (20, 8),
             gw_b_per_hour: 3_000,
             deadline: Duration::from_secs(3_600),
+            lost_answer_permille: 10,
+            late_webhook_permille: 10,
+            acceptance_wait: Duration::from_secs(15),
+            max_duplicates: 10,
         }
     }
 }
@@ -155,6 +186,10 @@ struct Acceptance {
     at_ms: i64,
     recipients: u32,
     ambiguous: bool,
+    /// The `gateway serve` process that called (`{instance}-{start}`, from its API key).
+    caller: String,
+    /// When a `gateway serve` instance answered its acceptance webhook 200 (epoch ms).
+    reported_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -165,6 +200,8 @@ struct ProviderLog {
     injected_429: u64,
     injected_ambiguous: u64,
     refused_while_down: u64,
+    late_webhooks: u64,
+    webhook_retries: u64,
 }
 
 #[derive(Debug)]
@@ -172,6 +209,15 @@ struct Providers {
     log: Mutex<ProviderLog>,
     start: Instant,
     down: (Duration, Duration),
+    /// Base URLs of the `gateway serve` instances (their webhook routes).
+    webhook_targets: Vec<String>,
+    late_webhook_permille: u64,
+    acceptance_wait: Duration,
+    http: reqwest::Client,
+    /// Set by the harness: the next acceptance names its caller in `kill_target` and holds its
+    /// answer back until that process is killed.
+    kill_armed: AtomicBool,
+    kill_target: Mutex<Option<String>>,
 }
 
 enum Answer {
@@ -180,6 +226,32 @@ enum Answer {
     Throttle429,
     Ambiguous,
     Down,
+}
+
+/// The variable holding `gateway`'s webhook signing key for `gateway serve`.
+fn webhook_key_env(gateway: &str) -> String {
+    format!(
+        "FAULT_WEBHOOK_KEY_{}",
+        gateway.replace('-', "_").to_uppercase()
+    )
+}
+
+/// The signing key of `gateway`'s webhooks (each simulated domain has its own).
+fn webhook_key(gateway: &str) -> String {
+    format!("whk-{gateway}")
+}
+
+/// The `{instance}-{start}` of the API key `gateway serve` sent (`Basic api:key-fi-…`).
+fn caller_of(headers: &HeaderMap) -> String {
+    use base64::Engine as _;
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix("api:key-fi-").map(str::to_owned))
+        .unwrap_or_default()
 }
 
 async fn provider(
@@ -210,7 +282,8 @@ async fn provider(
     )
     .unwrap();
     let now = p.start.elapsed();
-    let answer = {
+    let provider_id = format!("<{message_id}.{}@{domain}>", epoch_ms());
+    let (answer, index) = {
         let mut log = p.log.lock().unwrap();
         let attempt = {
             let n = log
@@ -240,20 +313,37 @@ async fn provider(
                 _ => Answer::Accept,
             }
         };
+        let mut index = None;
         if matches!(answer, Answer::Accept | Answer::Ambiguous) {
+            index = Some(log.accepted.len());
             log.accepted.push(Acceptance {
                 message_id: message_id.clone(),
                 gateway: gateway.clone(),
                 at_ms: epoch_ms(),
                 recipients,
                 ambiguous: matches!(answer, Answer::Ambiguous),
+                caller: caller_of(&headers),
+                reported_ms: None,
             });
         }
-        answer
+        (answer, index)
     };
+    if let Some(index) = index {
+        tokio::spawn(report_acceptance(
+            Arc::clone(&p),
+            index,
+            gateway.clone(),
+            message_id.clone(),
+            provider_id.clone(),
+        ));
+    }
+    if matches!(answer, Answer::Accept) && p.kill_armed.swap(false, Ordering::SeqCst) {
+        *p.kill_target.lock().unwrap() = Some(caller_of(&headers));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     match answer {
         Answer::Accept => axum::Json(serde_json::json!({
-            "id": format!("<{message_id}@{domain}>"),
+            "id": provider_id,
             "message": "Queued. Thank you."
         }))
         .into_response(),
@@ -265,6 +355,66 @@ async fn provider(
             tokio::time::sleep(Duration::from_secs(120)).await;
             (StatusCode::GATEWAY_TIMEOUT, "too late").into_response()
         }
+    }
+}
+
+/// Mailgun's `accepted` webhook for one acceptance, signed with the domain's key, posted to a
+/// `gateway serve` instance after a delay (a share of them after twice the acceptance wait),
+/// then to the next instance every second until one answers 200 (Mailgun retries for hours).
+async fn report_acceptance(
+    p: Arc<Providers>,
+    index: usize,
+    gateway: String,
+    message_id: String,
+    provider_id: String,
+) {
+    let h = hash_of(("webhook", &message_id, &gateway, index));
+    let late = h % 1000 < p.late_webhook_permille;
+    let delay = if late {
+        p.acceptance_wait * 2
+    } else {
+        Duration::from_millis(300 + (h >> 10) % 2_700)
+    };
+    if late {
+        p.log.lock().unwrap().late_webhooks += 1;
+    }
+    tokio::time::sleep(delay).await;
+    let key = webhook_key(&gateway);
+    for attempt in 0..900_usize {
+        let timestamp = (epoch_ms() / 1000).to_string();
+        let token = format!("{:016x}{:016x}", hash_of((&message_id, index, attempt)), h);
+        let tag = aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key.as_bytes()),
+            format!("{timestamp}{token}").as_bytes(),
+        );
+        let signature: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        #[allow(clippy::cast_precision_loss)]
+        let body = serde_json::json!({
+            "signature": {"timestamp": timestamp, "token": token, "signature": signature},
+            "event-data": {
+                "event": "accepted",
+                "id": format!("ev-{index}"),
+                "timestamp": epoch_ms() as f64 / 1000.0,
+                "recipient": "p@example.org",
+                "user-variables": {"message_id": message_id},
+                "message": {"headers": {"message-id": provider_id.trim_matches(['<', '>'])}},
+            }
+        });
+        let target = &p.webhook_targets[(index + attempt) % p.webhook_targets.len()];
+        let answered = p
+            .http
+            .post(format!("{target}/webhooks/mailgun"))
+            .json(&body)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if answered {
+            p.log.lock().unwrap().accepted[index].reported_ms = Some(epoch_ms());
+            return;
+        }
+        p.log.lock().unwrap().webhook_retries += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -281,6 +431,9 @@ struct DynamoProxy {
     counter: AtomicU64,
     throttled: Mutex<BTreeMap<String, u64>>,
     forwarded: AtomicU64,
+    /// Share of writes applied and then answered `InternalServerError` (per mille).
+    lost_permille: u64,
+    lost: Mutex<BTreeMap<String, u64>>,
 }
 
 async fn dynamo(State(p): State<Arc<DynamoProxy>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -309,6 +462,11 @@ async fn dynamo(State(p): State<Arc<DynamoProxy>>, headers: HeaderMap, body: Byt
             .into_response();
     }
     p.forwarded.fetch_add(1, Ordering::Relaxed);
+    let write = matches!(
+        target.as_str(),
+        "PutItem" | "UpdateItem" | "DeleteItem" | "TransactWriteItems" | "BatchWriteItem"
+    );
+    let lose = write && hash_of(("lost", n)) % 1000 < p.lost_permille;
     let mut forward = reqwest::header::HeaderMap::new();
     for (name, value) in &headers {
         if name != header::HOST && name != header::CONTENT_LENGTH {
@@ -323,6 +481,17 @@ async fn dynamo(State(p): State<Arc<DynamoProxy>>, headers: HeaderMap, body: Byt
         .send()
         .await
     {
+        Ok(answer) if lose => {
+            // Applied by moto; the answer is lost on its way back.
+            let _ = answer.bytes().await;
+            *p.lost.lock().unwrap().entry(target).or_insert(0) += 1;
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, "application/x-amz-json-1.0")],
+                r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"Internal server error"}"#,
+            )
+                .into_response()
+        }
         Ok(answer) => {
             let status = answer.status();
             let mut out = HeaderMap::new();
@@ -391,7 +560,8 @@ fn config(providers: &str, plan: &Plan) -> serde_json::Value {
             "display_name": format!("simulated {id}"),
             "priority": priority,
             "mailgun": {"api_key": "env:FAULT_MAILGUN_KEY", "domain": format!("{id}.example"),
-                        "base_url": format!("{providers}/v3")},
+                        "base_url": format!("{providers}/v3"),
+                        "webhook_signing_key": format!("env:{}", webhook_key_env(id))},
             "rate_limits": limits,
             "routing": {"can_route": ["*"]},
             "health_check": {"enabled": false},
@@ -463,6 +633,11 @@ impl Serve {
         for (k, v) in &self.env {
             command.env(k, v);
         }
+        // The provider tells the processes apart by their API keys.
+        command.env(
+            "FAULT_MAILGUN_KEY",
+            format!("key-fi-{}-{}", self.instance, self.starts),
+        );
         self.child = Some(command.spawn().expect("gateway serve starts"));
     }
 
@@ -567,10 +742,28 @@ async fn run(plan: Plan) -> Report {
     // The fault clocks start with serve.
     let start = Instant::now();
     let run_started_ms = epoch_ms();
+    // Each instance listens on a port of its own, kept across restarts: the providers post
+    // their webhooks there. Chosen below the kernel's ephemeral range (32768 and up on Linux),
+    // so no outgoing connection can take it while an instance is down.
+    let ports: Vec<u16> = {
+        let base = 20_000 + u16::try_from(std::process::id() % 500).unwrap() * 20;
+        let mut free =
+            (base..base + 400).filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok());
+        (0..plan.instances).map(|_| free.next().unwrap()).collect()
+    };
     let providers = Arc::new(Providers {
         log: Mutex::new(ProviderLog::default()),
         start,
         down: plan.gateway_down,
+        webhook_targets: ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect(),
+        late_webhook_permille: plan.late_webhook_permille,
+        acceptance_wait: plan.acceptance_wait,
+        http: reqwest::Client::new(),
+        kill_armed: AtomicBool::new(false),
+        kill_target: Mutex::new(None),
     });
     let providers_url = serve_listener(
         Router::new()
@@ -587,6 +780,8 @@ async fn run(plan: Plan) -> Report {
         counter: AtomicU64::new(0),
         throttled: Mutex::new(BTreeMap::new()),
         forwarded: AtomicU64::new(0),
+        lost_permille: plan.lost_answer_permille,
+        lost: Mutex::new(BTreeMap::new()),
     });
     let dynamo_url = serve_listener(
         Router::new()
@@ -602,7 +797,7 @@ async fn run(plan: Plan) -> Report {
             command: [
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                &format!("127.0.0.1:{}", ports[instance]),
                 "--config",
                 config_path.to_str().unwrap(),
                 "--sqs-queue-url",
@@ -620,14 +815,17 @@ async fn run(plan: Plan) -> Report {
                 // behaviour on a shorter clock, so a run ends in minutes.
                 "--retry-backoff",
                 "5s",
+                "--acceptance-wait",
+                &format!("{}s", plan.acceptance_wait.as_secs()),
             ]
             .map(str::to_owned)
             .to_vec(),
             dir: dir.clone(),
-            env: vec![
-                ("FAULT_MAILGUN_KEY".into(), "key-fault-injection".into()),
-                ("AWS_ENDPOINT_URL_DYNAMODB".into(), dynamo_url.clone()),
-            ],
+            env: GATEWAYS
+                .iter()
+                .map(|g| (webhook_key_env(g), webhook_key(g)))
+                .chain([("AWS_ENDPOINT_URL_DYNAMODB".into(), dynamo_url.clone())])
+                .collect(),
             child: None,
             starts: 0,
         })
@@ -645,7 +843,7 @@ async fn run(plan: Plan) -> Report {
         async move {
             let mut next = 0;
             while next < total {
-                if visible(&sqs, &outbound).await >= backlog {
+                if visible(&sqs, &outbound).await.is_none_or(|n| n >= backlog) {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
@@ -664,7 +862,17 @@ async fn run(plan: Plan) -> Report {
                                 .unwrap(),
                         );
                     }
-                    let out = request.send().await.unwrap();
+                    // Retried like a producer would; a retry of a call whose answer was lost
+                    // enqueues copies with the same ids, which the ledger sends once.
+                    let out = loop {
+                        match request.clone().send().await {
+                            Ok(out) => break out,
+                            Err(e) => {
+                                eprintln!("enqueue: {e}; again");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    };
                     assert!(
                         out.failed().is_empty(),
                         "enqueue failed: {:?}",
@@ -678,7 +886,8 @@ async fn run(plan: Plan) -> Report {
     });
 
     // Drive the faults and watch progress until every message is settled.
-    let mut kills_done: Vec<i64> = Vec::new();
+    // (the killed process as `{instance}-{start}`, when).
+    let mut kills_done: Vec<(String, i64)> = Vec::new();
     let mut next_kill = 0;
     let mut mysql_was_down = false;
     let mut last_progress = Duration::ZERO;
@@ -706,16 +915,38 @@ async fn run(plan: Plan) -> Report {
         }
         if next_kill < plan.kills.len() && t >= plan.kills[next_kill] {
             let count = instances.len();
-            let serve = &mut instances[next_kill % count];
-            next_kill += 1;
-            serve.kill();
-            kills_done.push(epoch_ms());
-            report.line(format!(
-                "+{:>6.1} s  SIGKILL serve instance {}, restarted",
-                t.as_secs_f64(),
-                serve.instance
-            ));
-            serve.start();
+            // The first kill is blind; the others take the process that just made a call the
+            // provider accepted, before it hears the answer.
+            let victim = if next_kill == 0 {
+                Some(next_kill % count)
+            } else {
+                let target = providers.kill_target.lock().unwrap().take();
+                if target.is_none() {
+                    providers.kill_armed.store(true, Ordering::SeqCst);
+                }
+                target.and_then(|caller| {
+                    instances
+                        .iter()
+                        .position(|s| format!("{}-{}", s.instance, s.starts) == caller)
+                })
+            };
+            if let Some(v) = victim {
+                let serve = &mut instances[v];
+                serve.kill();
+                kills_done.push((format!("{}-{}", serve.instance, serve.starts), epoch_ms()));
+                report.line(format!(
+                    "+{:>6.1} s  SIGKILL serve instance {}{}, restarted",
+                    t.as_secs_f64(),
+                    serve.instance,
+                    if next_kill == 0 {
+                        ""
+                    } else {
+                        " right after a provider accepted its call"
+                    }
+                ));
+                serve.start();
+                next_kill += 1;
+            }
         }
         for serve in &mut instances {
             if let Some(child) = serve.child.as_mut()
@@ -739,8 +970,16 @@ async fn run(plan: Plan) -> Report {
             .iter()
             .map(|s| statuses.get(*s).copied().unwrap_or(0))
             .sum();
-        let in_dlq = queue_depth(&sqs, &dlq).await;
-        let pending = queue_depth(&sqs, &outbound).await;
+        let (Some(in_dlq), Some(pending)) = (
+            queue_depth(&sqs, &dlq).await,
+            queue_depth(&sqs, &outbound).await,
+        ) else {
+            report.line(format!(
+                "+{:>6.1} s  moto did not answer the progress check; again in 5 s",
+                t.as_secs_f64()
+            ));
+            continue;
+        };
         let accepted = providers.log.lock().unwrap().accepted.len();
         report.line(format!(
             "+{:>6.1} s  enqueued {}  mysql {statuses:?}  outbound {pending}  dlq {in_dlq}  provider acceptances {accepted}",
@@ -823,12 +1062,14 @@ async fn run(plan: Plan) -> Report {
     // Injected.
     report.line(format!(
         "injected: provider 500 {}, 429 {}, ambiguous {}, refused while gw-a down {}; \
-         DynamoDB requests throttled {:?} of {} forwarded; {} kills; MySQL down {} s",
+         DynamoDB requests throttled {:?}, writes applied with their answer lost {:?}, of {} \
+         forwarded; {} kills; MySQL down {} s",
         log.injected_500,
         log.injected_429,
         log.injected_ambiguous,
         log.refused_while_down,
         proxy.throttled.lock().unwrap(),
+        proxy.lost.lock().unwrap(),
         proxy.forwarded.load(Ordering::Relaxed),
         kills_done.len(),
         (plan.mysql_down.1 - plan.mysql_down.0).as_secs()
@@ -864,47 +1105,44 @@ async fn run(plan: Plan) -> Report {
         report.problem(format!("… and {} more lost", lost.len() - 10));
     }
 
-    // Duplicates, each explained by an ambiguous answer or a kill while in flight.
+    // Duplicates: each extra send tied to the one cause that made it unavoidable, or a problem.
     let mut accepted: HashMap<&str, Vec<&Acceptance>> = HashMap::new();
     for a in &log.accepted {
         accepted.entry(a.message_id.as_str()).or_default().push(a);
     }
-    let (mut dup_ambiguous, mut dup_kill, mut dup_unexplained) = (0, 0, Vec::new());
-    for (id, sends) in &accepted {
-        if sends.len() < 2 {
-            continue;
-        }
-        let extra = sends.len() - 1;
-        let first = sends.iter().map(|a| a.at_ms).min().unwrap_or_default();
-        let in_flight_at_kill = kills_done
-            .iter()
-            .any(|&k| first <= k && k - first <= i64::try_from(VISIBILITY.as_millis()).unwrap());
-        if sends.iter().any(|a| a.ambiguous) {
-            dup_ambiguous += extra;
-        } else if in_flight_at_kill {
-            dup_kill += extra;
-        } else {
-            dup_unexplained.push(format!(
-                "{id}: {} sends ({})",
-                sends.len(),
-                sends
-                    .iter()
-                    .map(|a| format!("{} at +{} ms", a.gateway, a.at_ms - run_started_ms))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
+    for sends in accepted.values_mut() {
+        sends.sort_by_key(|a| a.at_ms);
     }
+    let audit = audit_duplicates(&accepted, &kills_done, &plan, run_started_ms);
     report.line(format!(
-        "duplicate sends: {} after an ambiguous answer (of {} injected), {} in flight at a kill, {} unexplained",
-        dup_ambiguous,
+        "duplicate sends: {} of {} messages accepted ({} injected ambiguous answers, {} late acceptance webhooks); causes {:?}; {} unexplained",
+        audit.explained.values().sum::<usize>() + audit.unexplained.len(),
+        accepted.len(),
         log.injected_ambiguous,
-        dup_kill,
-        dup_unexplained.len()
+        log.late_webhooks,
+        audit.explained,
+        audit.unexplained.len()
     ));
-    for d in &dup_unexplained {
+    for d in &audit.unexplained {
         report.problem(format!("unexplained duplicate {d}"));
     }
+    let duplicates = audit.explained.values().sum::<usize>() + audit.unexplained.len();
+    if duplicates > plan.max_duplicates {
+        report.problem(format!(
+            "{duplicates} duplicate sends; at most {} allowed",
+            plan.max_duplicates
+        ));
+    }
+    let unreported = log
+        .accepted
+        .iter()
+        .filter(|a| a.reported_ms.is_none())
+        .count();
+    report.line(format!(
+        "acceptance webhooks: {} delivered, {unreported} never answered 200, {} retries",
+        log.accepted.len() - unreported,
+        log.webhook_retries
+    ));
 
     // Sent in MySQL ⇔ accepted by a provider; recorded gateway is one that accepted.
     let mut record_mismatch = Vec::new();
@@ -1069,6 +1307,89 @@ async fn run(plan: Plan) -> Report {
     report
 }
 
+/// The duplicate audit's verdict: extra sends by cause, and those no cause explains.
+#[derive(Debug, Default)]
+struct DuplicateAudit {
+    explained: BTreeMap<&'static str, usize>,
+    unexplained: Vec<String>,
+}
+
+/// Ties each extra send of a message (its acceptances after the first, in time order) to one
+/// cause that made it unavoidable:
+/// - no acceptance of the message had been reported to the gateway (a webhook answered 200)
+///   early enough for the sender to read it before the send (`DECISION_TO_ARRIVAL`); and
+/// - an earlier acceptance's sender could not record it: its call went unanswered (ambiguous),
+///   or its process was killed within a lease of the acceptance; and
+/// - the send came after that acceptance plus the acceptance wait (the sender waited).
+///
+/// Anything else (a send after the evidence was in, a send inside the wait, an extra send with no
+/// unanswered call or kill before it) is unexplained.
+fn audit_duplicates(
+    accepted: &HashMap<&str, Vec<&Acceptance>>,
+    kills: &[(String, i64)],
+    plan: &Plan,
+    run_started_ms: i64,
+) -> DuplicateAudit {
+    let wait = i64::try_from(plan.acceptance_wait.as_millis()).unwrap();
+    let slack = i64::try_from(DECISION_TO_ARRIVAL.as_millis()).unwrap();
+    let lease = i64::try_from(VISIBILITY.as_millis()).unwrap();
+    let mut audit = DuplicateAudit::default();
+    for (id, sends) in accepted {
+        for (k, send) in sends.iter().enumerate().skip(1) {
+            let earlier = &sends[..k];
+            let at = |ms: i64| format!("+{} ms", ms - run_started_ms);
+            let describe = || {
+                sends
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "{} by {} at {}{}, reported {}",
+                            a.gateway,
+                            a.caller,
+                            at(a.at_ms),
+                            if a.ambiguous { " (unanswered)" } else { "" },
+                            a.reported_ms.map_or_else(|| "never".to_owned(), at)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            if let Some(r) = earlier.iter().filter_map(|a| a.reported_ms).min()
+                && r + slack <= send.at_ms
+            {
+                audit.unexplained.push(format!(
+                    "{id}: sent again after its acceptance was reported ({})",
+                    describe()
+                ));
+                continue;
+            }
+            let cause = earlier.iter().find_map(|a| {
+                if send.at_ms + slack < a.at_ms + wait {
+                    return None;
+                }
+                if a.ambiguous {
+                    return Some("unanswered call, acceptance reported after the wait");
+                }
+                kills
+                    .iter()
+                    .any(|(who, k)| *who == a.caller && *k >= a.at_ms && *k - a.at_ms <= lease)
+                    .then_some(
+                        "killed before recording the send, acceptance reported after the wait",
+                    )
+            });
+            match cause {
+                Some(c) => *audit.explained.entry(c).or_insert(0) += 1,
+                None => audit.unexplained.push(format!(
+                    "{id}: no cause for its send at {} ({})",
+                    at(send.at_ms),
+                    describe()
+                )),
+            }
+        }
+    }
+    audit
+}
+
 /// How long a received batch stays hidden, and a crashed invocation's lease.
 const VISIBILITY: Duration = Duration::from_secs(20);
 
@@ -1095,21 +1416,26 @@ async fn status_counts(
         .collect()
 }
 
-async fn visible(sqs: &aws_sdk_sqs::Client, url: &str) -> usize {
+/// Visible messages in the queue; `None` when moto did not answer (it is busy serving the
+/// instances: the caller tries again later).
+async fn visible(sqs: &aws_sdk_sqs::Client, url: &str) -> Option<usize> {
     let out = sqs
         .get_queue_attributes()
         .queue_url(url)
         .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
         .send()
         .await
-        .unwrap();
-    out.attributes()
-        .and_then(|a| a.values().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .ok()?;
+    Some(
+        out.attributes()
+            .and_then(|a| a.values().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    )
 }
 
-async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
+/// Messages in the queue, visible or not; `None` when moto did not answer.
+async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Option<u64> {
     use aws_sdk_sqs::types::QueueAttributeName as A;
     let out = sqs
         .get_queue_attributes()
@@ -1119,14 +1445,16 @@ async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
         .attribute_names(A::ApproximateNumberOfMessagesDelayed)
         .send()
         .await
-        .unwrap();
-    out.attributes()
-        .map(|a| {
-            a.values()
-                .filter_map(|v| v.parse::<u64>().ok())
-                .sum::<u64>()
-        })
-        .unwrap_or(0)
+        .ok()?;
+    Some(
+        out.attributes()
+            .map(|a| {
+                a.values()
+                    .filter_map(|v| v.parse::<u64>().ok())
+                    .sum::<u64>()
+            })
+            .unwrap_or(0),
+    )
 }
 
 /// The message ids in a queue (received until it is empty).
