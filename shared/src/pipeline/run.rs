@@ -346,47 +346,11 @@ impl Pipeline {
                     })
                     .collect(),
             };
-            match rules::reconcile(&claim, &findings, self.settings.acceptance_wait, now) {
-                Reconcile::Accepted {
-                    gateway,
-                    accepted,
-                    at,
-                    note,
-                } => {
-                    tracing::warn!(message_id = %w.original.id(), gateway = %gateway, outcome = "sent", "an earlier unanswered call was accepted; not sent again");
-                    report.metrics.reconciled += 1;
-                    w.notes.push(note);
-                    let record = SentRecord {
-                        gateway: gateway.clone(),
-                        provider_message_id: accepted.provider_message_id.clone(),
-                        at,
-                    };
-                    marks.push((claim, record));
-                    w.stage = Stage::Sent {
-                        gateway,
-                        accepted,
-                        at,
-                    };
-                }
-                Reconcile::Wait { until, reason } => {
-                    tracing::info!(message_id = %w.original.id(), outcome = "deferred", "waiting for the acceptance evidence of an earlier call");
-                    if claim.unanswered.is_none() {
-                        // Fix the window's start (gateway unknown): the next claim takes this
-                        // lease over, and must not count the window from its end again.
-                        let at = claim.reclaimed.as_ref().map_or(now, |r| r.lease_expired_at);
-                        notes.push((claim, at));
-                    }
-                    w.stage = Stage::Deferred {
-                        reason,
-                        retry_at: Some(until),
-                        keep_claim: true,
-                    };
-                }
-                Reconcile::Send { note } => {
-                    tracing::warn!(message_id = %w.original.id(), "no evidence that an earlier unanswered call was accepted; sending again");
-                    report.metrics.resent_unconfirmed += 1;
-                    w.notes.push(note);
-                }
+            let decision = rules::reconcile(&claim, &findings, self.settings.acceptance_wait, now);
+            match apply_reconcile(w, claim, decision, now, report) {
+                Some(LedgerFollowUp::Mark(claim, record)) => marks.push((claim, record)),
+                Some(LedgerFollowUp::Note(claim, at)) => notes.push((claim, at)),
+                None => {}
             }
         }
         let store = self.store.as_ref();
@@ -1165,5 +1129,67 @@ fn route_request(message: &OutboundMessage) -> RouteRequest<'_> {
         message_id: message.id(),
         sender: message.sender().as_str(),
         pinned: message.gateway(),
+    }
+}
+
+/// A ledger write a reconciled message still needs.
+enum LedgerFollowUp {
+    /// Recorded sent on the provider's evidence.
+    Mark(Claim, SentRecord),
+    /// The start of the acceptance wait, written down (the gateway of the earlier call unknown).
+    Note(Claim, EpochMillis),
+}
+
+/// Applies what [`rules::reconcile`] decided to the message; returns the ledger write it needs.
+fn apply_reconcile(
+    w: &mut Work,
+    claim: Claim,
+    decision: Reconcile,
+    now: EpochMillis,
+    report: &mut BatchReport,
+) -> Option<LedgerFollowUp> {
+    match decision {
+        Reconcile::Accepted {
+            gateway,
+            accepted,
+            at,
+            note,
+        } => {
+            tracing::warn!(message_id = %w.original.id(), gateway = %gateway, outcome = "sent", "an earlier unanswered call was accepted; not sent again");
+            report.metrics.reconciled += 1;
+            w.notes.push(note);
+            let record = SentRecord {
+                gateway: gateway.clone(),
+                provider_message_id: accepted.provider_message_id.clone(),
+                at,
+            };
+            w.stage = Stage::Sent {
+                gateway,
+                accepted,
+                at,
+            };
+            Some(LedgerFollowUp::Mark(claim, record))
+        }
+        Reconcile::Wait { until, reason } => {
+            tracing::info!(message_id = %w.original.id(), outcome = "deferred", "waiting for the acceptance evidence of an earlier call");
+            w.stage = Stage::Deferred {
+                reason,
+                retry_at: Some(until),
+                keep_claim: true,
+            };
+            // Fix the wait's start: the next claim takes this lease over, and must not count
+            // the wait from its end again.
+            let at = claim.reclaimed.as_ref().map_or(now, |r| r.lease_expired_at);
+            claim
+                .unanswered
+                .is_none()
+                .then_some(LedgerFollowUp::Note(claim, at))
+        }
+        Reconcile::Send { note } => {
+            tracing::warn!(message_id = %w.original.id(), "no evidence that an earlier unanswered call was accepted; sending again");
+            report.metrics.resent_unconfirmed += 1;
+            w.notes.push(note);
+            None
+        }
     }
 }
