@@ -1317,7 +1317,7 @@ struct DuplicateAudit {
 /// Ties each extra send of a message (its acceptances after the first, in time order) to one
 /// cause that made it unavoidable:
 /// - no acceptance of the message had been reported to the gateway (a webhook answered 200)
-///   early enough for the sender to read it before the send (`DECISION_TO_ARRIVAL`); and
+///   early enough for the sender to read it before the send (`EVIDENCE_TO_ARRIVAL`); and
 /// - an earlier acceptance's sender could not record it: its call went unanswered (ambiguous),
 ///   or its process was killed within a lease of the acceptance; and
 /// - the send came after that acceptance plus the acceptance wait (the sender waited).
@@ -1331,7 +1331,7 @@ fn audit_duplicates(
     run_started_ms: i64,
 ) -> DuplicateAudit {
     let wait = i64::try_from(plan.acceptance_wait.as_millis()).unwrap();
-    let slack = i64::try_from(DECISION_TO_ARRIVAL.as_millis()).unwrap();
+    let slack = i64::try_from(EVIDENCE_TO_ARRIVAL.as_millis()).unwrap();
     let lease = i64::try_from(VISIBILITY.as_millis()).unwrap();
     let mut audit = DuplicateAudit::default();
     for (id, sends) in accepted {
@@ -1398,6 +1398,12 @@ const VISIBILITY: Duration = Duration::from_secs(20);
 /// HTTP call): an interval at the provider may look this much shorter than it was at the
 /// bucket. Reported: how full the bucket looks with only this allowance.
 const BUCKET_SKEW: Duration = Duration::from_millis(250);
+
+/// The longest time between the sender's read of a message's acceptance evidence and its call's
+/// arrival at the provider: the evidence read, the limit transaction and the breaker permit,
+/// each retried by the store for about 2 s when DynamoDB throttles, and the call itself. An
+/// acceptance reported earlier than this before an extra send was there to be read.
+const EVIDENCE_TO_ARRIVAL: Duration = Duration::from_secs(8);
 
 /// The longest time between the decision (charged at the round's clock reading) and the
 /// arrival: the limit transaction and the breaker permit, each retried by the store for about
