@@ -1,14 +1,17 @@
-//! The recorder handler: SQS event in, batch item failures out. No business rules here.
+//! The recorder handler: SQS event in, batch item failures out; or the scheduled purge in, its
+//! summary out. No business rules here.
 
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use gateway_core::queue::{Queue, Received};
 use gateway_core::recorder::Recorder;
-use gateway_core::records::RecordReader;
+use gateway_core::records::retention::PurgeSummary;
+use gateway_core::records::{RecordError, RecordReader};
 use lambda_runtime::{Error, LambdaEvent};
 
 use crate::metrics::Metrics;
+use crate::retention::{self, RetentionJob};
 
 /// What the handler needs, built once per process by `main`.
 #[derive(Debug, Clone)]
@@ -19,6 +22,8 @@ pub struct Deps {
     pub metrics: Arc<Metrics>,
     /// The outbound dead-letter queue's records, when the function consumes it.
     pub dead_letters: Option<DeadLetters>,
+    /// The scheduled purge of expired records (`None`: a scheduled invocation is an error).
+    pub retention: Option<RetentionJob>,
 }
 
 /// Where the outbound dead letters come from and go (see
@@ -39,6 +44,39 @@ pub enum HandlerError {
     /// A record to retry has no message id, so it cannot be named as a batch item failure.
     #[error("a record to retry has no SQS message id; failing the whole batch so none is lost")]
     UnnamedFailure,
+    /// A scheduled purge reached an instance built without one.
+    #[error("a scheduled purge was invoked, but this instance has no retention job")]
+    NoRetention,
+    /// The scheduled purge failed (logged with its cause); the next run goes on.
+    #[error("the scheduled purge failed")]
+    Purge(#[source] RecordError),
+    /// The payload is neither the scheduled purge nor an SQS event.
+    #[error("the invocation is neither an SQS event nor the scheduled purge")]
+    UnknownEvent(#[source] serde_json::Error),
+}
+
+/// The scheduled purge: one budgeted pass ([`retention::purge`]) and its metric line.
+pub async fn scheduled(deps: &Deps) -> Result<PurgeSummary, HandlerError> {
+    let job = deps.retention.as_ref().ok_or(HandlerError::NoRetention)?;
+    let result = retention::purge(job).await;
+    deps.metrics.write_retention(result.as_ref().ok());
+    result.map_err(HandlerError::Purge)
+}
+
+/// One invocation of the function: the scheduled purge (`{"type": "record_retention"}`, the
+/// schedule's input; answered with the [`PurgeSummary`]),
+/// or an SQS batch ([`handle`]; answered with its batch item failures).
+pub async fn invoke(
+    event: LambdaEvent<serde_json::Value>,
+    deps: &Deps,
+) -> Result<serde_json::Value, Error> {
+    let (payload, context) = event.into_parts();
+    if retention::is_scheduled(&payload) {
+        return Ok(serde_json::to_value(scheduled(deps).await?)?);
+    }
+    let batch: SqsEvent = serde_json::from_value(payload).map_err(HandlerError::UnknownEvent)?;
+    let response = handle(LambdaEvent::new(batch, context), deps).await?;
+    Ok(serde_json::to_value(response)?)
 }
 
 fn received(message: &SqsMessage) -> Received {

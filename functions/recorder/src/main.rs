@@ -1,11 +1,12 @@
-//! Lambda entry point of the recorder (events queue and customer-webhook queue): wires the dependencies once ([`recorder::wire`]), then
+//! Lambda entry point of the recorder (events queue, customer-webhook queue, outbound dead letters
+//! and the hourly retention schedule): wires the dependencies once ([`recorder::wire`]), then
 //! serves invocations. Environment: [`recorder::ENV_VARS`]. A start-up problem is logged once per
 //! problem, naming the variable or config path at fault (never a secret value), and the process
 //! exits with status 1, which Lambda reports as an init failure.
 
 use gateway_core::startup::{self, Startup};
 use lambda_runtime::{LambdaEvent, service_fn};
-use recorder::{handle, wire};
+use recorder::{invoke, wire};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -17,7 +18,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         .unwrap_or_else(|problems| startup::exit_with(&problems));
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        handle(event, deps).await
+        invoke(event, deps).await
     }))
     .await
 }

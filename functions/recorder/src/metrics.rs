@@ -29,6 +29,16 @@
 //! Gateway`), which is why the two counts travel as samples of one metric rather than as two
 //! metrics.
 //!
+//! A scheduled purge of expired records ([`crate::retention`]) writes one line of its own (no
+//! dimension):
+//!
+//! | metric | what it counts |
+//! |---|---|
+//! | `RetentionPurgedMessages` | messages deleted by the run (with all their rows) |
+//! | `RetentionPurgedRows` | rows deleted by the run, every table together (provider events naming no message included) |
+//! | `RetentionBacklog` | `1` when the run's budget ran out before every expired record was purged, else `0` |
+//! | `RetentionFailures` | `1` when the run failed (database unavailable), else `0` |
+//!
 //! The counts follow the calls, not the events' first arrival: an event applied again (a batch
 //! retried because the suppression list or the customer-webhook queue was unavailable, a
 //! provider event waiting for its message's outcome, an outcome re-emitted by a redelivered
@@ -46,6 +56,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use gateway_core::clock::{Clock, EpochMillis};
 use gateway_core::emf::emf_line;
 use gateway_core::events::{DeliveryKind, GatewayEvent, Outcome, RecipientStatus};
+use gateway_core::records::retention::PurgeSummary;
 use gateway_core::records::{Applied, RecordError, RecordWriter};
 use serde_json::{Map, Value, json};
 
@@ -193,6 +204,54 @@ impl Metrics {
                 .extend(lines),
         }
     }
+}
+
+impl Metrics {
+    /// Writes the line of one scheduled purge: its summary, or `None` when it failed.
+    pub fn write_retention(&self, summary: Option<&PurgeSummary>) {
+        let line = retention_line(summary, &self.namespace, self.clock.now_ms());
+        match &self.output {
+            Output::Stdout => write_stdout(&[line]),
+            Output::Memory(kept) => kept
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(line),
+        }
+    }
+}
+
+/// The EMF line of one scheduled purge in `namespace`, stamped `at` (see the module docs);
+/// `None` for a run that failed.
+pub fn retention_line(summary: Option<&PurgeSummary>, namespace: &str, at: EpochMillis) -> String {
+    let (messages, rows, backlog, failures) = match summary {
+        Some(s) => {
+            let c = &s.counts;
+            let rows = c.messages
+                + c.recipients
+                + c.send_attempts
+                + c.delivery_events
+                + c.unattached_events;
+            (c.messages, rows, u64::from(s.more_remaining), 0)
+        }
+        None => (0, 0, 0, 1),
+    };
+    let metrics: [(&str, u64); 4] = [
+        ("RetentionPurgedMessages", messages),
+        ("RetentionPurgedRows", rows),
+        ("RetentionBacklog", backlog),
+        ("RetentionFailures", failures),
+    ];
+    let mut values = Map::new();
+    for (name, value) in metrics {
+        values.insert(name.to_owned(), json!(value));
+    }
+    emf_line(
+        namespace,
+        at,
+        &[],
+        &metrics.map(|(n, _)| (n, "Count")),
+        values,
+    )
 }
 
 #[allow(clippy::print_stdout, reason = "EMF lines go to stdout by design")]

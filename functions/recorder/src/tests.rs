@@ -64,6 +64,7 @@ fn deps(database: &Arc<Database>) -> (Deps, Arc<Mutex<Vec<String>>>) {
         recorder: Arc::new(recorder),
         metrics: Arc::new(metrics),
         dead_letters: None,
+        retention: None,
     };
     (deps, lines)
 }
@@ -270,6 +271,7 @@ async fn the_sample_batch_is_recorded_suppressed_and_the_garbage_retried() {
         )),
         metrics: Arc::new(metrics),
         dead_letters: None,
+        retention: None,
     };
     let response = handle(LambdaEvent::new(event, Context::default()), &deps)
         .await
@@ -449,4 +451,91 @@ async fn outbound_dead_letters_are_recorded_failed_unless_final_and_parked_with_
         keyed["id"], "sqs-dead-0",
         "parked with the key it was recorded under"
     );
+}
+
+/// The schedule's input is told apart from an SQS event by its `type`; an SQS event still
+/// reaches the batch handler through [`crate::invoke`], and a scheduled invocation of an
+/// instance without a retention job fails loudly rather than doing nothing.
+#[tokio::test]
+async fn the_scheduled_purge_is_told_apart_from_sqs_batches() {
+    use crate::retention::is_scheduled;
+    let cases: [(Value, bool); 4] = [
+        (json!({"type": "record_retention"}), true),
+        (json!({"type": "outcome"}), false),
+        (serde_json::to_value(sample()).unwrap(), false),
+        (json!({}), false),
+    ];
+    for (payload, scheduled) in &cases {
+        assert_eq!(is_scheduled(payload), *scheduled, "{payload}");
+    }
+
+    let database = Arc::new(Database::default());
+    let (deps, lines) = deps(&database);
+    let answer = crate::invoke(
+        LambdaEvent::new(serde_json::to_value(sample()).unwrap(), Context::default()),
+        &deps,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        answer["batchItemFailures"].as_array().map(Vec::len),
+        Some(1),
+        "{answer}"
+    );
+    taken(&lines);
+
+    let scheduled = crate::invoke(
+        LambdaEvent::new(json!({"type": "record_retention"}), Context::default()),
+        &deps,
+    )
+    .await;
+    assert!(scheduled.is_err(), "no retention job, no silent success");
+    let garbage = crate::invoke(
+        LambdaEvent::new(json!({"hello": 1}), Context::default()),
+        &deps,
+    )
+    .await;
+    assert!(garbage.is_err());
+}
+
+#[test]
+fn the_retention_line_reports_what_a_run_purged_or_that_it_failed() {
+    use crate::metrics::retention_line;
+    use gateway_core::records::retention::{PurgeCounts, PurgeSummary};
+    let summary = PurgeSummary {
+        cutoff: T0,
+        dry_run: false,
+        counts: PurgeCounts {
+            messages: 3,
+            recipients: 6,
+            send_attempts: 4,
+            delivery_events: 5,
+            unattached_events: 2,
+        },
+        batches: 2,
+        more_remaining: true,
+    };
+    let ok: Value =
+        serde_json::from_str(&retention_line(Some(&summary), "MailGateway", T0)).unwrap();
+    assert_eq!(
+        declared(&ok, json!([])),
+        [
+            "RetentionPurgedMessages",
+            "RetentionPurgedRows",
+            "RetentionBacklog",
+            "RetentionFailures"
+        ]
+    );
+    let values = |line: &Value| {
+        [
+            "RetentionPurgedMessages",
+            "RetentionPurgedRows",
+            "RetentionBacklog",
+            "RetentionFailures",
+        ]
+        .map(|n| line[n].as_u64().unwrap())
+    };
+    assert_eq!(values(&ok), [3, 20, 1, 0]);
+    let failed: Value = serde_json::from_str(&retention_line(None, "MailGateway", T0)).unwrap();
+    assert_eq!(values(&failed), [0, 0, 0, 1]);
 }

@@ -10,11 +10,14 @@ use gateway_core::customer_webhooks::{DeliveryReporting, Worker, WorkerSettings}
 use gateway_core::events::GatewayEvent;
 use gateway_core::recorder::{CustomerWebhooks, Recorder};
 use gateway_core::records::RecordWriter;
+use gateway_core::records::mysql::MysqlRecords;
+use gateway_core::records::retention::{DEFAULT_RETENTION_DAYS, Retention};
 use gateway_core::startup::Startup;
 
 use crate::Deps;
 use crate::handler::DeadLetters;
 use crate::metrics::{Metrics, Output};
+use crate::retention::RetentionJob;
 
 /// Namespace of the metric lines when `METRICS_NAMESPACE` is unset or empty (the sender's and
 /// the health check's default too).
@@ -75,6 +78,7 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
         ),
         _ => {}
     }
+    let retention = retention_of(startup);
     let database = Arc::new(records?);
     let records: Arc<dyn RecordWriter> = database.clone();
     if !startup.problems().is_empty() {
@@ -127,6 +131,11 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
         recorder = recorder
             .with_customer_webhooks(CustomerWebhooks::new(endpoints, jobs, worker, reporting));
     }
+    let retention = RetentionJob {
+        records: MysqlRecords::clone(&database),
+        retention,
+        clock: startup.clock(),
+    };
     let dead_letters = match (dead_letter_arn, parked_url) {
         (Some(source_arn), Some(url)) => Some(DeadLetters {
             source_arn,
@@ -139,6 +148,19 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
         recorder: Arc::new(recorder),
         metrics: Arc::new(metrics),
         dead_letters,
+        retention: Some(retention),
+    })
+}
+
+/// `RECORD_RETENTION_DAYS` (default [`DEFAULT_RETENTION_DAYS`]): whole days, within
+/// `MIN_RETENTION_DAYS..=MAX_RETENTION_DAYS` of [`gateway_core::records::retention`] (30 days
+/// to 10 years). No value disables the purge.
+fn retention_of(startup: &mut Startup) -> Retention {
+    let days = startup.positive("RECORD_RETENTION_DAYS", DEFAULT_RETENTION_DAYS);
+    Retention::days(days).unwrap_or_else(|e| {
+        startup.problem("RECORD_RETENTION_DAYS", e.to_string());
+        Retention::days(DEFAULT_RETENTION_DAYS)
+            .unwrap_or_else(|_| unreachable!("the default retention is within the range"))
     })
 }
 
