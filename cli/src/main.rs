@@ -9,7 +9,9 @@
 
 mod config_cmd;
 mod dlq_cmd;
+mod messages_cmd;
 mod migrate_cmd;
+mod records_cmd;
 mod route_cmd;
 mod send_cmd;
 mod serve_cmd;
@@ -51,6 +53,12 @@ enum Command {
     /// List, show or redrive the outbound dead-letter queue (keeping each message's key).
     #[command(subcommand)]
     Dlq(dlq_cmd::DlqCommand),
+    /// Purge the record of delivery past a retention (`records purge --older-than 365d`).
+    #[command(subcommand)]
+    Records(records_cmd::RecordsCommand),
+    /// Search the record of delivery for messages (by recipient, sender, time, status, campaign).
+    #[command(subcommand)]
+    Messages(messages_cmd::MessagesCommand),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +72,8 @@ fn main() -> ExitCode {
         Command::Migrate(args) => migrate_cmd::run(&args),
         Command::Suppression(cmd) => suppression_cmd::run(cmd),
         Command::Dlq(cmd) => dlq_cmd::run(cmd),
+        Command::Records(cmd) => records_cmd::run(cmd),
+        Command::Messages(cmd) => messages_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

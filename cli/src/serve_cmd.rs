@@ -341,7 +341,10 @@ async fn status_route(
     if !authorized(&state, &headers) {
         return unauthorized();
     }
-    let reply = state.status.handle(method.as_str(), uri.path()).await;
+    let reply = state
+        .status
+        .handle_request(method.as_str(), uri.path(), uri.query())
+        .await;
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,
@@ -399,7 +402,7 @@ async fn no_route() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such route; served: POST /api/messages, GET /api/messages/{id}, GET /api/gateways/{status,health,metrics,config}, GET /status, POST /webhooks/{mailgun,sendgrid,ses}",
+        "no such route; served: POST /api/messages, GET /api/messages?…, GET /api/messages/{id}, GET /api/gateways/{status,health,metrics,config}, GET /status, POST /webhooks/{mailgun,sendgrid,ses}",
     )
 }
 
@@ -704,7 +707,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen: addr,
     };
     let app = Router::new()
-        .route("/api/messages", post(enqueue))
+        // POST enqueues; GET is the status API's message search (query string passed on).
+        .route("/api/messages", post(enqueue).get(status_route))
         .route("/api/messages/{id}", get(status_route))
         .route("/api/gateways/{view}", get(status_route))
         .route("/status", get(status_route))

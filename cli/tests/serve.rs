@@ -838,3 +838,109 @@ async fn serve_reads_its_database_url_from_a_reference() {
         .unwrap();
     assert!(!server.banner.contains(password), "{}", server.banner);
 }
+
+#[tokio::test]
+async fn the_message_search_finds_a_message_sent_through_serve_by_its_recipient_in_any_case() {
+    let dir = scratch("search");
+    let server = serve(&dir, &["--token", "search-token"]);
+    let id = "search-serve-1";
+    let message = serde_json::json!({
+        "id": id, "from": "Dr Ada <Ada@Clinic.example>", "to": ["Patient.Results@Example.ORG"],
+        "subject": "Your results", "text": "Your results are ready.",
+    });
+    let client = reqwest::Client::new();
+    let posted = client
+        .post(format!("{}/api/messages", server.base))
+        .bearer_auth(&server.token)
+        .json(&message)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        posted.status().as_u16(),
+        202,
+        "POST /api/messages still enqueues"
+    );
+    until_sent(&server, id).await;
+
+    let url = format!(
+        "{}/api/messages?recipient=patient.results%40example.org",
+        server.base
+    );
+    let anonymous = client.get(&url).send().await.unwrap();
+    assert_eq!(
+        anonymous.status().as_u16(),
+        401,
+        "the search needs the token"
+    );
+    let found = client
+        .get(&url)
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(found.status().as_u16(), 200);
+    let found: serde_json::Value = found.json().await.unwrap();
+    assert_eq!(found["messages"].as_array().unwrap().len(), 1, "{found}");
+    let hit = &found["messages"][0];
+    assert_eq!(hit["message_id"], id);
+    assert_eq!(hit["status"], "sent");
+    // The local part keeps its case (the gateway lower-cases only the domain).
+    assert_eq!(
+        hit["recipients"][0]["address"],
+        "Patient.Results@example.org"
+    );
+    assert!(hit.get("text").is_none(), "no body in a hit: {hit}");
+    let (status, record) = record(&server, id).await;
+    assert_eq!(
+        (status, &hit["link"]),
+        (200, &serde_json::json!(format!("/api/messages/{id}")))
+    );
+    assert_eq!(record["message_id"], id);
+
+    let refused = client
+        .get(format!("{}/api/messages?status=sent", server.base))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+
+    // The CLI against the running serve.
+    let cli = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "messages",
+            "search",
+            "--api",
+            &server.base,
+            "--token",
+            &server.token,
+        ])
+        .args(["--recipient", "PATIENT.RESULTS@example.org"])
+        .env_remove("GATEWAY_API_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(
+        stdout.contains(id) && stdout.contains("1 message(s); no more pages"),
+        "{stdout}"
+    );
+    let unbounded = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "messages",
+            "search",
+            "--api",
+            &server.base,
+            "--status",
+            "sent",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(unbounded.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unbounded.stderr).contains("unbounded"));
+}

@@ -23,6 +23,9 @@
 pub mod activity;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "mysql")]
+pub mod retention;
+pub mod search;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;

@@ -455,6 +455,27 @@ async fn status_answers_from_dynamodb_and_mariadb_match_the_openapi_document() {
     assert_eq!(reply.status, 400);
     spec.check("/api/messages/{id}", &reply);
 
+    // A search by recipient, in another case; an unbounded one.
+    let reply = on_mysql
+        .handle_request(
+            "GET",
+            "/api/messages",
+            Some("recipient=Patient%40Example.org"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    spec.check("/api/messages", &reply);
+    let found = body(&reply);
+    assert!(
+        found["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["message_id"] == "m-1")),
+        "{found}"
+    );
+    let reply = on_mysql.handle_request("GET", "/api/messages", None).await;
+    assert_eq!(reply.status, 400);
+    spec.check("/api/messages", &reply);
+
     // The page.
     let reply = on_mysql.handle("GET", "/status").await;
     assert_eq!(reply.status, 200);
@@ -477,7 +498,20 @@ async fn status_answers_from_dynamodb_and_mariadb_match_the_openapi_document() {
     ] {
         assert!(page.contains(expected), "page lacks {expected:?}:\n{page}");
     }
-    for forbidden in ["<script", "<b>550", "src=", "href=", "@import", "url("] {
+    // The one kind of link: a failure to its message record, on the same origin.
+    assert!(
+        page.contains("href=\"/api/messages/m-3\""),
+        "the failure links to its record:\n{page}"
+    );
+    for forbidden in [
+        "<script",
+        "<b>550",
+        "src=",
+        "href=\"http",
+        "href=\"//",
+        "@import",
+        "url(",
+    ] {
         assert!(!page.contains(forbidden), "page contains {forbidden:?}");
     }
 

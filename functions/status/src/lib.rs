@@ -1,5 +1,5 @@
 //! The status function (ARCHITECTURE §1, §2.3): `GET /api/gateways/{status,health,metrics,config}`,
-//! `GET /api/messages/{id}` and the `GET /status` page behind API Gateway (HTTP API, payload
+//! `GET /api/messages/{id}`, the message search `GET /api/messages?…` and the `GET /status` page behind API Gateway (HTTP API, payload
 //! v2, IAM authorization on every route). [`wire()`] builds the dependencies once; [`handler`]
 //! hands the request to [`gateway_core::status::StatusApi`], which reads shared state
 //! (DynamoDB) and the record of delivery (MySQL).

@@ -15,6 +15,10 @@ use gateway_core::status::StatusApi;
 use lambda_http::Body;
 
 fn event(method: &str, path: &str) -> lambda_http::Request {
+    event_with_query(method, path, "")
+}
+
+fn event_with_query(method: &str, path: &str, query: &str) -> lambda_http::Request {
     let file = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../events/status-health.json"
@@ -24,6 +28,7 @@ fn event(method: &str, path: &str) -> lambda_http::Request {
     event["rawPath"] = path.into();
     event["requestContext"]["http"]["path"] = path.into();
     event["requestContext"]["http"]["method"] = method.into();
+    event["rawQueryString"] = query.into();
     lambda_http::request::from_str(&event.to_string()).unwrap()
 }
 
@@ -82,5 +87,35 @@ async fn every_route_answers_through_the_handler() {
             text(&response)
         );
         assert_eq!(response.headers()["content-type"], "application/json");
+    }
+}
+
+#[tokio::test]
+async fn the_search_gets_the_query_string_of_the_event() {
+    let api = api();
+    for (query, status, expected) in [
+        (
+            "recipient=Patient%40Example.org&limit=5",
+            200,
+            "\"messages\":[]",
+        ),
+        ("", 400, "unbounded_search"),
+        (
+            "recipient=patient%40example.org&limit=500",
+            400,
+            "limit: a number",
+        ),
+        (
+            "sender=ada@clinic.example&since=yesterday",
+            400,
+            "since: not an RFC 3339",
+        ),
+    ] {
+        let response = handle(event_with_query("GET", "/api/messages", query), &api)
+            .await
+            .unwrap();
+        let body = text(&response);
+        assert_eq!(response.status(), status, "{query}: {body}");
+        assert!(body.contains(expected), "{query}: {body}");
     }
 }

@@ -72,6 +72,11 @@ const MIGRATION_FILES: &[(i64, &str, &str)] = &[
         "0005_event_time_index.sql",
         include_str!("../../../migrations/0005_event_time_index.sql"),
     ),
+    (
+        6,
+        "0006_message_search.sql",
+        include_str!("../../../migrations/0006_message_search.sql"),
+    ),
 ];
 
 /// The embedded migrations (applied by [`MysqlRecords::migrate`] and `gateway migrate`), built
@@ -1195,7 +1200,7 @@ mod tests {
     /// changed): each file keeps the SHA-384 it was released with.
     #[test]
     fn released_migrations_are_unchanged() {
-        const RELEASED: [(i64, &str); 5] = [
+        const RELEASED: [(i64, &str); 6] = [
             (
                 1,
                 "a161e560ca4d47d96208f9e2c95350f9e31e779d0edc1ea05d5767110d83604e609334827c91bfbe9ba3eab208645715",
@@ -1215,6 +1220,10 @@ mod tests {
             (
                 5,
                 "17d1bb2d924275e2c4d7d8bd81fa9c3dae5b79398d3140d62bb79ae5d4b4aae3fd7bbfcf94c2802d068d858c6e5054f0",
+            ),
+            (
+                6,
+                "58d138990322ef7485e5716e099902a646d80a875f8000cb3172b1fa26504996f34cdbd0d7f03b596394031074c119db",
             ),
         ];
         for (version, checksum) in RELEASED {

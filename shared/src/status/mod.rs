@@ -8,6 +8,7 @@
 //! | `GET /api/gateways/metrics` | per gateway, for the rolling last hour and the UTC day so far: attempts, sent, failed, deferred, bounced, success rate, latency p50/p95, failovers, breaker trips, rate-limit hits |
 //! | `GET /api/gateways/config` | the effective config, every secret redacted |
 //! | `GET /api/messages/{id}` | the message's record of delivery |
+//! | `GET /api/messages?recipient=&sender=&since=&until=&status=&campaign_id=&limit=&cursor=` | message search, newest first, a page at a time ([`crate::records::search`]) |
 //! | `GET /status` | an HTML page for humans (see [`page`]) |
 //!
 //! `docs/openapi.yaml` describes every answer; the tests check the answers against it.
@@ -36,13 +37,14 @@ use crate::config::{Config, Gateway, redacted_document};
 use crate::health::{self, HealthRecord};
 use crate::limiter::{self, LevelUsage};
 use crate::records::activity::{ActivityReader, GatewayActivity, HOUR_MS, HourActivity};
+use crate::records::search::{MessageSearch, SearchError, SearchQuery};
 use crate::records::{MessageRecord, RecordError, RecordReader};
 use crate::state::{Item, Key, StateStore};
 
 /// The record of delivery as the status API reads it.
-pub trait StatusRecords: RecordReader + ActivityReader {}
+pub trait StatusRecords: RecordReader + ActivityReader + MessageSearch {}
 
-impl<T: RecordReader + ActivityReader> StatusRecords for T {}
+impl<T: RecordReader + ActivityReader + MessageSearch> StatusRecords for T {}
 
 /// How many failed messages the status page lists.
 pub const RECENT_FAILURES: usize = 20;
@@ -223,9 +225,17 @@ impl StatusApi {
         }
     }
 
-    /// Answers one request. `path` is the request path without query string; the caller has
-    /// authenticated it.
+    /// Answers one request without a query string; see [`StatusApi::handle_request`].
     pub async fn handle(&self, method: &str, path: &str) -> Reply {
+        self.handle_request(method, path, None).await
+    }
+
+    /// Answers one request. `path` is the request path without query string, `query` the raw
+    /// query string (after `?`, still percent-encoded) if there was one; the caller has
+    /// authenticated it. Only `GET /api/messages` reads the query; the other routes ignore it.
+    pub async fn handle_request(&self, method: &str, path: &str, query: Option<&str>) -> Reply {
+        // Exactly `/api/messages`: with a trailing slash it is a message route without an id.
+        let search = path == "/api/messages";
         let path = path
             .strip_suffix('/')
             .filter(|p| !p.is_empty())
@@ -236,6 +246,7 @@ impl StatusApi {
                 | "/api/gateways/health"
                 | "/api/gateways/metrics"
                 | "/api/gateways/config"
+                | "/api/messages"
                 | "/status"
         ) || path.starts_with("/api/messages/");
         if !known {
@@ -243,7 +254,7 @@ impl StatusApi {
                 404,
                 "not_found",
                 "no such route; served: GET /api/gateways/{status,health,metrics,config}, \
-                 GET /api/messages/{id}, GET /status",
+                 GET /api/messages?…, GET /api/messages/{id}, GET /status",
             );
         }
         if method != "GET" && method != "HEAD" {
@@ -255,6 +266,7 @@ impl StatusApi {
             "/api/gateways/metrics" => self.metrics().await,
             "/api/gateways/config" => Ok(Reply::json(200, &redacted_document(&self.config))),
             "/status" => self.page().await,
+            "/api/messages" if search => self.search(query.unwrap_or("")).await,
             _ => match path.strip_prefix("/api/messages/") {
                 Some(id) => self.message(id).await,
                 None => Ok(Reply::error(404, "not_found", "no such route")),
@@ -428,6 +440,29 @@ impl StatusApi {
         }
     }
 
+    async fn search(&self, query: &str) -> Result<Reply, Unavailable> {
+        let records = match self.records() {
+            Ok(r) => r,
+            Err(reply) => return Ok(reply),
+        };
+        let query = match parse_query(query).and_then(|pairs| {
+            SearchQuery::from_params(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        }) {
+            Ok(q) => q,
+            Err(e @ SearchError::Unbounded) => {
+                return Ok(Reply::error(400, "unbounded_search", e.to_string()));
+            }
+            Err(e) => return Ok(Reply::error(400, "invalid_parameter", e.to_string())),
+        };
+        match records.search(&query).await {
+            Ok(page) => Ok(Reply::json(200, &page)),
+            Err(error) => {
+                tracing::warn!(error_kind = "records", %error, "message search failed");
+                Err(Unavailable::Records)
+            }
+        }
+    }
+
     async fn read_overview(&self) -> Result<Overview, Unavailable> {
         let now = self.clock.now_ms();
         let gateways = self.read_gateways(now).await?;
@@ -559,6 +594,29 @@ fn gateway_status(
         can_send: blocked_by.is_none(),
         blocked_by,
     }
+}
+
+/// Splits a raw query string into decoded `(name, value)` pairs. `+` is kept as it is (RFC 3986
+/// gives it no meaning in a query, and addresses such as `patient+results@x` and times such as
+/// `…T10:00:00+01:00` contain it): a space is `%20`. A malformed escape is an error naming
+/// its parameter.
+fn parse_query(query: &str) -> Result<Vec<(String, String)>, SearchError> {
+    query
+        .split('&')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (name, value) = part.split_once('=').unwrap_or((part, ""));
+            let name = percent_decode(name).ok_or_else(|| SearchError::Invalid {
+                parameter: "query string".to_owned(),
+                reason: "a parameter name is not percent-encoded UTF-8".to_owned(),
+            })?;
+            let value = percent_decode(value).ok_or_else(|| SearchError::Invalid {
+                parameter: name.clone(),
+                reason: "the value is not percent-encoded UTF-8".to_owned(),
+            })?;
+            Ok((name, value))
+        })
+        .collect()
 }
 
 /// Decodes `%XX` escapes of a path segment; `None` when the result is not UTF-8 or an escape is

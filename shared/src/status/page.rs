@@ -1,7 +1,8 @@
 //! `GET /status`: one server-rendered HTML page for the on-call engineer. For each gateway its
 //! health, breaker, whether it can send now (and why not), a bar per limit showing use against
 //! the limit and when it resets, and the last 24 hours of sent and failed calls per hour as an
-//! inline SVG chart; then the latest failed messages.
+//! inline SVG chart; then the latest failed messages, each linking to its record
+//! (`/api/messages/{id}`: recipients, attempts and events).
 //!
 //! No JavaScript and no external assets (styles inline, the chart is SVG in the page); the page
 //! refreshes itself every 60 s with a `<meta http-equiv="refresh">`. Every value from the
@@ -295,9 +296,10 @@ fn failures(h: &mut String, o: &Overview) {
     for r in failures {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td class=\"bad\">{}</td>\
-             <td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td><a href=\"{}\"><code>{}</code></a></td><td>{}</td>\
+             <td class=\"bad\">{}</td><td>{}</td><td>{}</td></tr>",
             escape(&time(r.status_at.unwrap_or(r.updated_at))),
+            escape(&crate::records::search::message_link(&r.message_id)),
             escape(&r.message_id),
             escape(&r.sender),
             r.status.as_str(),

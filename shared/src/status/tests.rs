@@ -175,3 +175,85 @@ async fn many_gateways_are_read_in_chunks_of_the_batch_limit() {
     let body: Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(body["gateways"].as_array().unwrap().len(), 30);
 }
+
+#[test]
+fn recent_failures_link_to_their_record() {
+    let mut failed = MessageRecord::new("inv 7/<x>", NOW - 1000);
+    failed.status = crate::records::MessageStatus::Failed;
+    failed.sender = "ada@clinic.example".into();
+    let html = page::render(&Overview {
+        now: NOW,
+        gateways: Vec::new(),
+        hourly: Some(HashMap::new()),
+        failures: Some(vec![failed]),
+    });
+    assert!(
+        html.contains(
+            r#"<a href="/api/messages/inv%207%2F%3Cx%3E"><code>inv 7/&lt;x&gt;</code></a>"#
+        ),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn the_search_route_is_exact_bounded_and_needs_a_record() {
+    let (without, _) = api(false, false);
+    let (api, _) = api(true, false);
+    let reply = api.handle_request("GET", "/api/messages", None).await;
+    assert_eq!(
+        (reply.status, code(&reply).as_str()),
+        (400, "unbounded_search")
+    );
+    assert!(
+        reply.body.contains("recipient, sender or campaign_id"),
+        "{}",
+        reply.body
+    );
+    let reply = api
+        .handle_request(
+            "GET",
+            "/api/messages",
+            Some("recipient=a%40x.org&colour=red"),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, code(&reply).as_str()),
+        (400, "invalid_parameter")
+    );
+    assert!(
+        reply.body.contains("colour: unknown parameter"),
+        "{}",
+        reply.body
+    );
+    let reply = api
+        .handle_request("GET", "/api/messages", Some("recipient=a%4"))
+        .await;
+    assert!(
+        reply.body.contains("recipient: the value is not"),
+        "{}",
+        reply.body
+    );
+    let reply = api
+        .handle_request(
+            "GET",
+            "/api/messages",
+            Some("recipient=A%2Bresults%40X.org"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        serde_json::from_str::<Value>(&reply.body).unwrap(),
+        json!({"messages": [], "next_cursor": null})
+    );
+    let reply = api
+        .handle_request("POST", "/api/messages", Some("recipient=a%40x.org"))
+        .await;
+    assert_eq!(reply.status, 405);
+    let reply = without
+        .handle_request("GET", "/api/messages", Some("recipient=a%40x.org"))
+        .await;
+    assert_eq!(
+        (reply.status, code(&reply).as_str()),
+        (501, "records_not_here")
+    );
+}
