@@ -676,7 +676,11 @@ pub fn with_id(body: &str) -> Option<(String, String)> {
     if let Some(id) = object.get("id").and_then(serde_json::Value::as_str) {
         return Some((body.to_owned(), id.to_owned()));
     }
-    let id = format!("gw-{}", crate::webhooks::verify::request_nonce());
+    let id = format!(
+        "gw-{:016x}{:016x}",
+        crate::retry::random_below(u64::MAX),
+        crate::retry::random_below(u64::MAX)
+    );
     object.insert("id".to_owned(), serde_json::Value::from(id.as_str()));
     Some((serde_json::to_string(&value).ok()?, id))
 }

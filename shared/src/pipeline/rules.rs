@@ -15,7 +15,7 @@ use crate::limiter::{Grant, Refusal, Verdict};
 use crate::providers::{Accepted, ErrorClass, Lookup, SendError};
 
 use super::metrics::GatewayMetrics;
-use super::work::{Replay, truncate};
+use super::work::{Replay, Then, truncate};
 
 /// A gateway counter one step adds one to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,27 +275,6 @@ pub(super) fn on_permit<E>(
             admission => Ok(admission),
         },
     }
-}
-
-/// What a provider's answer decides for its message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Then {
-    Sent(Accepted),
-    /// Refused for good.
-    Failed(String),
-    /// On to the next candidate. `unsuitable`: this gateway cannot take it at all, which does
-    /// not use up a failover attempt.
-    Next {
-        note: String,
-        retry_at: Option<EpochMillis>,
-        unsuitable: bool,
-    },
-    /// The call went out and got no answer: keep the claim (no other invocation sends while
-    /// the call may still deliver) and retry once the lease has ended.
-    Hold {
-        reason: String,
-        retry_at: EpochMillis,
-    },
 }
 
 /// Everything a provider's answer changes.

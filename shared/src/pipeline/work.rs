@@ -11,8 +11,6 @@ use crate::ledger::{Claim, FailedRecord, SentRecord};
 use crate::message::{MessageError, OutboundMessage};
 use crate::providers::Accepted;
 
-use super::rules::Then;
-
 /// Longest reason text carried in an event (a poison body can produce many problems).
 pub(super) const MAX_REASON_CHARS: usize = 1_000;
 
@@ -183,6 +181,27 @@ impl Work {
         let retry_at = self.retry_at;
         self.defer(reason, retry_at);
     }
+}
+
+/// What a provider's answer decides for its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Then {
+    Sent(Accepted),
+    /// Refused for good.
+    Failed(String),
+    /// On to the next candidate. `unsuitable`: this gateway cannot take it at all, which does
+    /// not use up a failover attempt.
+    Next {
+        note: String,
+        retry_at: Option<EpochMillis>,
+        unsuitable: bool,
+    },
+    /// The call went out and got no answer: keep the claim (no other invocation sends while
+    /// the call may still deliver) and retry once the lease has ended.
+    Hold {
+        reason: String,
+        retry_at: EpochMillis,
+    },
 }
 
 /// What became of one record before the events are emitted.
