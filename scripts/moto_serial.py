@@ -8,7 +8,9 @@ This launcher keeps moto's threaded HTTP server (connections stay independent) b
 DynamoDB request under one lock, which makes each of them atomic. Other services (SQS long
 polls, SES) are served in parallel as before.
 
-It also holds moto to a rule of SQS that moto does not enforce and that decides whether a
+It also gives DynamoDB's TransactWriteItems the client-token idempotency moto lacks (a retried
+transaction whose first attempt succeeded is not applied again; see ClientTokens), and holds moto
+to a rule of SQS that moto does not enforce and that decides whether a
 deferred message is lost: a delivery can stay invisible for at most 12 hours counted from its
 receive, and SQS refuses (does not clamp) a ChangeMessageVisibility that would end later
 ("Total VisibilityTimeout for the message is beyond the limit [43200 seconds]"; Amazon SQS
@@ -175,6 +177,44 @@ def faithful_sqs(app, limit: VisibilityLimit):
     return handle
 
 
+class ClientTokens:
+    """DynamoDB's idempotent TransactWriteItems, which moto does not implement: a call carrying a
+    ClientRequestToken that already succeeded within the last 10 minutes returns that success
+    without writing again (Amazon DynamoDB API Reference, TransactWriteItems, ClientRequestToken:
+    "If the original TransactWriteItems call was successful, the subsequent TransactWriteItems
+    calls with the same client token return successfully without making any changes"). Without
+    it, a transaction whose answer was lost and that the client retried is applied twice."""
+
+    WINDOW_S = 600
+
+    def __init__(self) -> None:
+        self.done = {}
+
+    def wrap(self, app):
+        def handle(environ, start_response):
+            if environ.get("HTTP_X_AMZ_TARGET", "") != "DynamoDB_20120810.TransactWriteItems":
+                return app(environ, start_response)
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
+            try:
+                token = json.loads(body or b"{}").get("ClientRequestToken")
+            except ValueError:
+                token = None
+            now = time.monotonic()
+            self.done = {t: v for t, v in self.done.items() if now - v[0] < self.WINDOW_S}
+            if token and token in self.done:
+                _, status, headers, out = self.done[token]
+                start_response(status, headers)
+                return [out]
+            status, headers, out = call(app, environ, body)
+            if token and status.startswith("200"):
+                self.done[token] = (now, status, headers, out)
+            start_response(status, headers)
+            return [out]
+
+        return handle
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-H", "--host", default="127.0.0.1")
@@ -183,7 +223,9 @@ def main() -> None:
     os.environ.setdefault("MOTO_PORT", str(args.port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
-    app = faithful_sqs(DomainDispatcherApplication(create_backend_app), VisibilityLimit())
+    app = ClientTokens().wrap(
+        faithful_sqs(DomainDispatcherApplication(create_backend_app), VisibilityLimit())
+    )
     lock = threading.Lock()
 
     def one_at_a_time(environ, start_response):

@@ -45,6 +45,52 @@ async fn fresh_store() -> DynamoStore {
     DynamoStore::new(client, table)
 }
 
+/// DynamoDB applies a transaction once per client token (for 10 minutes), so a retry whose first
+/// attempt was applied but whose answer was lost changes nothing; moto does not, and the suite's
+/// launcher (scripts/moto_serial.py) adds it. A limiter refund relies on this.
+#[tokio::test]
+async fn a_transaction_retried_with_its_client_token_is_applied_once() {
+    use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
+    let store = fresh_store().await;
+    let add = |token: &str| {
+        let update = Update::builder()
+            .table_name(store.table())
+            .key("pk", AttributeValue::S("lim#token-test".into()))
+            .update_expression("ADD n :one")
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .build()
+            .unwrap();
+        store
+            .client()
+            .transact_write_items()
+            .client_request_token(token)
+            .transact_items(TransactWriteItem::builder().update(update).build())
+    };
+    add("token-1").send().await.unwrap();
+    add("token-1").send().await.unwrap();
+    let item = store
+        .get(&"lim#token-test".to_owned())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        gateway_core::state::get_n(&item, "n"),
+        Some(1),
+        "the retry changed nothing"
+    );
+    add("token-2").send().await.unwrap();
+    let item = store
+        .get(&"lim#token-test".to_owned())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        gateway_core::state::get_n(&item, "n"),
+        Some(2),
+        "another token is another call"
+    );
+}
+
 fn config(rate_limits: &str, breaker: &str, system_daily: Option<&str>) -> Config {
     let doc = format!(
         r#"{{
