@@ -16,7 +16,7 @@ use gateway_core::events::{
 };
 use gateway_core::queue::Received;
 use gateway_core::recorder::Recorder;
-use gateway_core::records::mysql::{MIGRATOR, MysqlRecords, PoolSettings};
+use gateway_core::records::mysql::MysqlRecords;
 use gateway_core::records::{MemoryRecords, RecordWriter};
 use gateway_core::state::StateStore;
 use gateway_core::state::memory::MemoryStore;
@@ -29,31 +29,9 @@ const T0: i64 = 1_795_860_000_000;
 /// Messages to `many@example.org`, for pagination: 7, two of them at the same time.
 const MANY: usize = 7;
 
-/// A fresh database with every embedded migration applied (0006 included). Not
-/// `gateway_tests::fresh_database`: it pins the list of migrations to 1–5.
+/// A fresh database with every embedded migration applied.
 async fn fresh_mysql() -> MysqlRecords {
-    let server = gateway_tests::database_server_url();
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = format!("search_{}_{n}", std::process::id());
-    let admin = MysqlRecords::connect(&server, &PoolSettings::default()).unwrap();
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {name}"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(admin.pool())
-            .await
-            .unwrap();
-    }
-    let db = MysqlRecords::connect(&format!("{server}/{name}"), &PoolSettings::default()).unwrap();
-    let applied = db.migrate().await.unwrap();
-    assert_eq!(
-        applied,
-        MIGRATOR.iter().map(|m| m.version).collect::<Vec<_>>(),
-        "every migration applies on an empty database"
-    );
-    db
+    gateway_tests::fresh_database("search").await
 }
 
 #[allow(clippy::too_many_arguments)]

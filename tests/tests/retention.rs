@@ -130,35 +130,9 @@ async fn send(db: &MysqlRecords, clock: &ManualClock, id: &str) {
     db.apply(&[delivered]).await.unwrap();
 }
 
-/// A fresh database with every embedded migration applied, whatever their number (not
-/// `gateway_tests::fresh_database`, which names the versions it expects).
+/// A fresh database with every embedded migration applied.
 async fn fresh() -> MysqlRecords {
-    use gateway_core::records::mysql::{MIGRATOR, PoolSettings};
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let server = gateway_tests::database_server_url();
-    let name = format!(
-        "retention_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    let admin = MysqlRecords::connect(&server, &PoolSettings::default()).unwrap();
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {name}"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(admin.pool())
-            .await
-            .unwrap();
-    }
-    let db = MysqlRecords::connect(&format!("{server}/{name}"), &PoolSettings::default()).unwrap();
-    let applied = db.migrate().await.unwrap();
-    let embedded: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
-    assert_eq!(
-        applied, embedded,
-        "every migration applies on an empty database"
-    );
-    db
+    gateway_tests::fresh_database("retention").await
 }
 
 /// A fresh database holding, at [`NOW`]:
