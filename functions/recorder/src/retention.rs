@@ -1,7 +1,6 @@
 //! The scheduled purge of the record of delivery: an EventBridge schedule invokes the recorder
 //! with `{"type": "record_retention"}` (template: `RecorderFunction`'s `RecordRetention` event),
-//! and [`purge`] runs one budgeted pass of
-//! [`purge_expired`](gateway_core::records::retention::purge_expired) at the clock's `now`. The
+//! and [`purge`] runs one budgeted pass of [`purge_expired`] at the clock's `now`. The
 //! logic is in `gateway-core`; this only chooses the budget, logs and writes the metric line.
 
 use std::sync::Arc;
