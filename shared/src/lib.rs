@@ -30,6 +30,7 @@ pub mod events;
 pub mod evidence;
 pub mod health;
 pub mod ledger;
+pub mod levers;
 pub mod limiter;
 pub mod mandrill;
 pub mod message;

@@ -246,6 +246,22 @@ impl BreakerState {
         item
     }
 
+    /// The write that resets the breaker stored as `item` to closed and clean (an operator's
+    /// `gateway ctl breaker reset`): the next generation, so every instance's pending write,
+    /// guarded by the generation it read, fails and is decided again on the reset state.
+    /// Guarded by the item as read, for a transaction that must not overwrite a change made
+    /// since.
+    pub fn reset_write(gateway_id: &str, item: Option<&Item>) -> Write {
+        let (state, _) = Self::from_item(item);
+        let mut reset = Self::missing();
+        reset.generation = state.generation.saturating_add(1);
+        Write {
+            key: key(gateway_id),
+            op: WriteOp::Put(reset.to_item()),
+            condition: state.guard(),
+        }
+    }
+
     /// The condition "the item is still the one this state was read from".
     fn guard(&self) -> Condition {
         match &self.stored {

@@ -15,8 +15,9 @@ use crate::breaker;
 use crate::clock::{EpochMillis, utc_hour};
 use crate::config::Config;
 use crate::health::{self, HealthRecord};
+use crate::levers::{self, Levers};
 use crate::limiter::{self, HourKeys, LimitPlan};
-use crate::router::{GatewayState, RouteRequest, Router};
+use crate::router::{BreakerView, GatewayState, RouteRequest, Router};
 use crate::state::{Item, Key};
 
 /// The keys a batch reads (one `get_many`) and where each gateway's items are among them, so
@@ -27,6 +28,8 @@ pub struct ReadList {
     keys: Vec<Key>,
     /// Per gateway (indexed like `config.gateways`; unread gateways have no slots).
     slots: Vec<Slots>,
+    /// The pause-all lever's item (read whenever any gateway is).
+    all_levers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,6 +38,7 @@ struct Slots {
     /// Aligned with the gateway's [`LimitPlan::keys`] for the book's hour.
     limits: [Option<usize>; 3],
     health: Option<usize>,
+    levers: Option<usize>,
 }
 
 impl ReadList {
@@ -78,6 +82,14 @@ impl<'a, I: Borrow<Item>> Read<'a, I> {
     /// Gateway `g`'s health record item.
     pub fn health(&self, g: usize) -> Option<&'a Item> {
         self.at(self.slots(g).health)
+    }
+
+    /// The operator levers of all sending and of gateway `g`.
+    pub fn levers(&self, g: usize) -> (Levers, Levers) {
+        (
+            Levers::from_item(self.at(self.list.all_levers)),
+            Levers::from_item(self.at(self.slots(g).levers)),
+        )
     }
 
     /// Gateway `g`'s limit items aligned with `plan`'s keys. A key the read did not cover (a
@@ -129,6 +141,7 @@ pub struct KeyBook {
 #[derive(Debug, Clone, PartialEq)]
 struct GatewayKeys {
     breaker: Key,
+    levers: Key,
     /// Only for gateways whose `health_check` is on: the router ignores health otherwise.
     health: Option<Key>,
     limits: HourKeys,
@@ -145,6 +158,7 @@ impl KeyBook {
                 .iter()
                 .map(|g| GatewayKeys {
                     breaker: breaker::key(&g.id),
+                    levers: levers::key(&levers::Target::Gateway(g.id.clone())),
                     health: g.health_check.enabled.then(|| health::key(&g.id)),
                     limits: limiter::hour_keys(config, g, now),
                 })
@@ -209,8 +223,8 @@ impl Decider {
         marks
     }
 
-    /// The breaker, limit and health keys of the `reachable` gateways, each once (the system
-    /// day key is shared by every gateway), for one `get_many`. Made once per reachable set
+    /// The breaker, limit, health and lever keys of the `reachable` gateways, each once (the
+    /// system day key and the pause-all lever are shared by every gateway), for one `get_many`. Made once per reachable set
     /// and hour, then shared.
     pub fn keys_to_read(&self, book: &KeyBook, reachable: &[bool]) -> Arc<ReadList> {
         let mut reads = book.reads.lock().unwrap_or_else(PoisonError::into_inner);
@@ -240,8 +254,17 @@ impl Decider {
                 };
             }
             slot.health = keyed.health.as_ref().and_then(|k| add(&mut keys, k));
+            slot.levers = add(&mut keys, &keyed.levers);
         }
-        let list = Arc::new(ReadList { keys, slots });
+        let all_levers = (!keys.is_empty()).then(|| {
+            keys.push(levers::ALL_KEY.to_owned());
+            keys.len() - 1
+        });
+        let list = Arc::new(ReadList {
+            keys,
+            slots,
+            all_levers,
+        });
         if reads.len() == REMEMBERED_READS {
             reads.remove(0);
         }
@@ -286,10 +309,17 @@ impl Decider {
                 let plan = self.limit_plan(book, g, now);
                 let items = read.limits(g, &plan);
                 let record = HealthRecord::from_item(read.health(g));
+                let (all, own) = read.levers(g);
                 GatewayState {
                     health: health::routing_health(record.as_ref(), &gateway.health_check, now),
-                    breaker: breaker::view(read.breaker(g), now),
+                    // A breaker forced closed is routed to whatever is stored.
+                    breaker: if own.forced_closed(now) {
+                        BreakerView::Closed
+                    } else {
+                        breaker::view(read.breaker(g), now)
+                    },
                     remaining: Some(limiter::remaining(&plan, &items)),
+                    held: levers::held(&all, &own, now),
                 }
             })
             .collect()
@@ -346,7 +376,14 @@ mod tests {
         let keys = list.keys();
         let unique: BTreeSet<&Key> = keys.iter().collect();
         assert_eq!(unique.len(), keys.len(), "duplicate key in {keys:?}");
-        let mut expected = vec![breaker::key("a"), breaker::key("b"), health::key("a")];
+        let mut expected = vec![
+            breaker::key("a"),
+            breaker::key("b"),
+            health::key("a"),
+            "ctl#gw#a".to_owned(),
+            "ctl#gw#b".to_owned(),
+            levers::ALL_KEY.to_owned(),
+        ];
         for g in &d.config().gateways[..2] {
             expected.extend(limiter::plan(d.config(), g, NOW).keys().iter().cloned());
         }

@@ -25,7 +25,7 @@ use crate::limiter::{self, Grant, Request};
 use crate::message::{OutboundMessage, parse_message};
 use crate::providers::{Accepted, ErrorClass, Provider, SendError};
 use crate::queue::Received;
-use crate::router::RouteRequest;
+use crate::router::{DropReason, RouteRequest};
 use crate::state::{Item, Key};
 use crate::suppression;
 
@@ -248,8 +248,15 @@ impl Pipeline {
                 let mut retry_at = None;
                 let mut reasons = Vec::new();
                 for d in &plan.dropped {
-                    if let crate::router::DropReason::BreakerOpen { until } = d.reason {
-                        retry_at = super::work::earliest(retry_at, Some(until));
+                    match d.reason {
+                        DropReason::BreakerOpen { until } => {
+                            retry_at = super::work::earliest(retry_at, Some(until));
+                        }
+                        // A lever without an end gives no time: the message backs off.
+                        DropReason::Held(held) => {
+                            retry_at = super::work::earliest(retry_at, held.until);
+                        }
+                        _ => {}
                     }
                     reasons.push(format!("{}: {}", d.gateway.id, d.reason));
                 }
@@ -543,13 +550,25 @@ impl Pipeline {
         let permits = join_all(admitted.iter().map(|&(_, g, _)| {
             let gateway = &config.gateways[g];
             let item = state.breaker(g).map(Cow::Borrowed);
-            breaker::permit_send_with_item(
-                self.store.as_ref(),
-                &gateway.id,
-                &gateway.circuit_breaker,
-                item,
-                now,
-            )
+            // A breaker an operator forced closed admits without a permit write.
+            let forced_closed = state.levers(g).1.forced_closed(now);
+            async move {
+                if forced_closed {
+                    return Ok(breaker::PermitOutcome {
+                        admission: Admission::Allowed,
+                        transition: None,
+                        malformed: None,
+                    });
+                }
+                breaker::permit_send_with_item(
+                    self.store.as_ref(),
+                    &gateway.id,
+                    &gateway.circuit_breaker,
+                    item,
+                    now,
+                )
+                .await
+            }
         }))
         .await;
         let mut jobs = Vec::new();

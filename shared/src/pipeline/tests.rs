@@ -26,6 +26,8 @@ use crate::state::{Item, Key, StoreError, TransactOutcome, Write, WriteOutcome};
 use crate::suppression::{self, Reason, Suppression};
 
 /// 2026-11-28T10:00:00Z.
+mod levers;
+
 const T0: EpochMillis = 1_795_860_000_000;
 const LEASE_MS: i64 = 60_000;
 

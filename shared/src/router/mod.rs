@@ -90,8 +90,8 @@ mod plan;
 use std::sync::Arc;
 
 pub use plan::{
-    BreakerNote, Candidate, DropReason, Dropped, HealthNote, HybridGroup, KeptReason, OrderReason,
-    PinOutcome, RoutePlan,
+    BreakerNote, Candidate, DropReason, Dropped, HealthNote, Held, HeldBy, HybridGroup, KeptReason,
+    OrderReason, PinOutcome, RoutePlan,
 };
 
 use crate::clock::EpochMillis;
@@ -143,6 +143,9 @@ pub struct GatewayState {
     /// (used by `least_loaded`). `None` means unknown or unlimited and counts as 1.0; values
     /// outside the range are clamped and NaN counts as 0.0.
     pub remaining: Option<f64>,
+    /// An operator's lever holding it back ([`crate::levers::held`]): dropped whatever the
+    /// routing settings say.
+    pub held: Option<Held>,
 }
 
 /// Routes messages over one effective config. Cheap to share (`Arc` it); build a new one when
@@ -479,6 +482,9 @@ impl Router {
         };
         if let Some(pattern) = m.first_match(slot.exclude) {
             return Err(DropReason::Excluded { pattern });
+        }
+        if let Some(held) = state.held {
+            return Err(DropReason::Held(held));
         }
         let health = if !slot.health_checked {
             HealthNote::NotChecked

@@ -170,6 +170,8 @@ pub enum DropReason<'r> {
         /// When the open period ends (epoch ms).
         until: EpochMillis,
     },
+    /// An operator's lever holds it back (a pause, a breaker forced open).
+    Held(Held),
     /// The message is pinned to another gateway.
     NotPinned,
     /// `routing.failover_enabled` is off and a better candidate exists.
@@ -186,6 +188,7 @@ impl DropReason<'_> {
             Self::Excluded { .. } => "excluded",
             Self::Unhealthy => "unhealthy",
             Self::BreakerOpen { .. } => "breaker_open",
+            Self::Held(h) => h.by.code(),
             Self::NotPinned => "not_pinned",
             Self::FailoverDisabled => "failover_disabled",
         }
@@ -205,8 +208,54 @@ impl fmt::Display for DropReason<'_> {
             Self::BreakerOpen { until } => {
                 write!(f, "circuit breaker open until {}", Utc(*until))
             }
+            Self::Held(h) => {
+                f.write_str(h.by.describe())?;
+                match h.until {
+                    Some(until) => write!(f, " until {}", Utc(until)),
+                    None => f.write_str(" until an operator changes it"),
+                }
+            }
             Self::NotPinned => f.write_str("message pinned to another gateway"),
             Self::FailoverDisabled => f.write_str("failover disabled"),
+        }
+    }
+}
+
+/// An operator's lever holding a gateway back, as the router sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Which lever.
+    pub by: HeldBy,
+    /// When it stops holding (epoch ms); `None`: until an operator changes it.
+    pub until: Option<EpochMillis>,
+}
+
+/// Which lever holds a gateway back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldBy {
+    /// All sending is paused.
+    AllPaused,
+    /// The gateway is paused.
+    Paused,
+    /// Its breaker is forced open.
+    BreakerForcedOpen,
+}
+
+impl HeldBy {
+    /// Stable machine code (`gateway route --json`, metrics labels).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::AllPaused => "all_paused",
+            Self::Paused => "paused",
+            Self::BreakerForcedOpen => "breaker_forced_open",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::AllPaused => "all sending paused by an operator",
+            Self::Paused => "paused by an operator",
+            Self::BreakerForcedOpen => "circuit breaker forced open by an operator",
         }
     }
 }

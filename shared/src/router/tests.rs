@@ -446,6 +446,7 @@ fn filter_outcome(case: &FilterCase) -> String {
         health: case.health,
         breaker: case.breaker,
         remaining: None,
+        held: None,
     };
     let plan = r.route(&req("m", "p@example.com"), &[state], NOW);
     match (plan.candidates.first(), plan.dropped.first()) {
@@ -627,6 +628,24 @@ fn open_breaker_past_its_timeout_is_kept_for_a_trial_send() {
     // One millisecond before the timeout it is still dropped.
     let plan = r.route(&req("m", "a@example.com"), &state, until - 1);
     assert_eq!(ids(&plan), ["test-mailgun-secondary"]);
+}
+
+#[test]
+fn a_gateway_held_by_a_lever_is_dropped_whatever_the_routing_settings() {
+    let r = router(original_fixture(Strategy::Priority));
+    for by in [HeldBy::Paused, HeldBy::AllPaused, HeldBy::BreakerForcedOpen] {
+        let state = [
+            GatewayState {
+                held: Some(Held { by, until: None }),
+                ..GatewayState::default()
+            },
+            GatewayState::default(),
+        ];
+        let plan = r.route(&req("m", "a@example.com"), &state, NOW);
+        assert_eq!(ids(&plan), ["test-mailgun-secondary"], "{by:?}");
+        assert_eq!(plan.dropped[0].reason.code(), by.code());
+        assert!(plan.dropped[0].reason.to_string().contains("operator"));
+    }
 }
 
 #[test]
@@ -952,6 +971,7 @@ fn explain_lists_candidates_in_order_then_dropped() {
             health: Health::Degraded,
             breaker: BreakerView::HalfOpen,
             remaining: None,
+            held: None,
         },
     ];
     let plan = r.route(&req("m", "sender@example.com"), &state, NOW);
@@ -1054,6 +1074,7 @@ fn arb_gateway() -> impl Arb<Value = ArbGateway> {
                     health: st.0,
                     breaker: st.1,
                     remaining: st.2,
+                    held: None,
                 },
             },
         )
