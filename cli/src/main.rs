@@ -8,6 +8,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod config_cmd;
+mod ctl_cmd;
 mod dlq_cmd;
 mod messages_cmd;
 mod migrate_cmd;
@@ -47,6 +48,10 @@ enum Command {
     State(state_cmd::StateCommand),
     /// Apply the MySQL migrations (the record of delivery).
     Migrate(migrate_cmd::MigrateArgs),
+    /// Operator levers: pause or resume a gateway or all sending, force or reset a breaker, and
+    /// the audit of those actions.
+    #[command(subcommand)]
+    Ctl(ctl_cmd::CtlCommand),
     /// List, check, add or remove suppressed addresses.
     #[command(subcommand)]
     Suppression(suppression_cmd::SuppressionCommand),
@@ -70,6 +75,7 @@ fn main() -> ExitCode {
         Command::Route(args) => route_cmd::run(&args),
         Command::State(cmd) => state_cmd::run(cmd),
         Command::Migrate(args) => migrate_cmd::run(&args),
+        Command::Ctl(cmd) => ctl_cmd::run(cmd),
         Command::Suppression(cmd) => suppression_cmd::run(cmd),
         Command::Dlq(cmd) => dlq_cmd::run(cmd),
         Command::Records(cmd) => records_cmd::run(cmd),

@@ -86,6 +86,7 @@ pub fn run(args: &RouteArgs) -> anyhow::Result<ExitCode> {
                 BreakerView::Closed
             },
             remaining: None,
+            held: None,
         })
         .collect();
     let router = Router::new(Arc::clone(&config));

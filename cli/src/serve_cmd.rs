@@ -43,7 +43,7 @@ use gateway_core::startup::AwsClients;
 use gateway_core::state::StateStore;
 use gateway_core::state::dynamodb::table_name_from_env;
 use gateway_core::state::memory::MemoryStore;
-use gateway_core::status::{StatusApi, StatusRecords};
+use gateway_core::status::{Caller, HttpRequest, StatusApi, StatusRecords};
 use gateway_core::webhooks::edge::{Edge, WebhookKeys};
 use gateway_core::webhooks::sns::CertCache;
 use serde_json::json;
@@ -344,6 +344,47 @@ async fn status_route(
     let reply = state
         .status
         .handle_request(method.as_str(), uri.path(), uri.query())
+        .await;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, reply.content_type),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        reply.body,
+    )
+        .into_response()
+}
+
+/// `POST /api/levers/{target}`: an operator's lever action, behind the token and refused to a
+/// foreign web page as the enqueue route is (a browser holding Basic credentials for `/status`
+/// would otherwise send them with a cross-site form).
+async fn lever_action(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Some(refusal) = enqueue_refusal(&state, &headers) {
+        return refusal;
+    }
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_refused(&rejection),
+    };
+    let reply = state
+        .status
+        .serve(HttpRequest {
+            method: "POST",
+            path: uri.path(),
+            query: uri.query(),
+            body: &body,
+            caller: &Caller::Token,
+        })
         .await;
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
@@ -712,6 +753,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .route("/api/messages/{id}", get(status_route))
         .route("/api/gateways/{view}", get(status_route))
         .route("/status", get(status_route))
+        .route("/api/levers", get(status_route))
+        .route("/api/levers/{target}", post(lever_action))
+        .route("/api/levers/{target}/history", get(status_route))
         .route("/webhooks/{provider}", post(provider_webhook))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

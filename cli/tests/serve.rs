@@ -944,3 +944,154 @@ async fn the_message_search_finds_a_message_sent_through_serve_by_its_recipient_
     assert_eq!(unbounded.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unbounded.stderr).contains("unbounded"));
 }
+
+/// Runs `gateway ctl …` against the emulator's state table; its stdout.
+fn ctl(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("ctl")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gateway ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_gateway_paused_with_ctl_gets_no_call_from_either_of_two_serve_instances() {
+    if std::env::var_os("MOTO_URL").is_none() {
+        panic!("MOTO_URL is unset: run `scripts/services up && source .local/services.env` first");
+    }
+    let dir = scratch("levers");
+    let tag = dir.file_name().unwrap().to_string_lossy().replace('.', "-");
+    let sqs = client_from_env().await;
+    let outbound = create_queue(&sqs, &format!("{tag}-out"), None)
+        .await
+        .unwrap();
+    let table = format!("{tag}-state");
+    let created = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["state", "create-table", "--table", &table])
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let config = dir.join("config.json");
+    let gateway = |id: &str, priority: u32| {
+        serde_json::json!({"id": id, "type": "capture", "display_name": id, "priority": priority,
+            "capture": {"directory": format!("outbox-{id}")}, "routing": {"can_route": ["*"]}})
+    };
+    std::fs::write(
+        &config,
+        serde_json::json!({"gateways": [gateway("a", 1), gateway("b", 2)]}).to_string(),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let args = [
+        "--config",
+        config,
+        "--sqs-queue-url",
+        &outbound,
+        "--dynamodb",
+        "--table",
+        &table,
+    ];
+    let first = serve(&dir, &args);
+    let _second = serve(&dir, &args);
+
+    let done = ctl(&[
+        "pause",
+        "a",
+        "--reason",
+        "provider incident",
+        "--config",
+        config,
+        "--table",
+        &table,
+    ]);
+    assert!(done.contains("pause a: done by"), "{done}");
+    // Sent at once: every instance reads the levers with each batch.
+    let send = |n: usize| {
+        for i in 0..n {
+            let body = dir.join(format!("m-{tag}-{i}.json"));
+            std::fs::write(
+                &body,
+                serde_json::json!({"id": format!("lever-{n}-{i}"), "from": "dr@clinic.example",
+                    "to": ["p@example.org"], "subject": "Results", "text": "Ready"})
+                .to_string(),
+            )
+            .unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+                .args(["send", "--queue-url", &outbound])
+                .arg(&body)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    let wait_for = |outbox: &str, n: usize| {
+        let path = dir.join(outbox);
+        let started = Instant::now();
+        while eml_files(&path).len() < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{outbox}: {} of {n} captured",
+                eml_files(&path).len()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    send(6);
+    wait_for("outbox-b", 6);
+    assert!(
+        eml_files(&dir.join("outbox-a")).is_empty(),
+        "a paused gateway got a call"
+    );
+
+    // The status API of either instance shows who paused it and why.
+    let status: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/gateways/status", first.base))
+        .bearer_auth(&first.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a = &status["gateways"][0];
+    assert_eq!(a["can_send"], false, "{a}");
+    assert_eq!(a["levers"][0]["lever"], "paused", "{a}");
+    assert_eq!(a["levers"][0]["reason"], "provider incident", "{a}");
+
+    ctl(&[
+        "resume",
+        "a",
+        "--reason",
+        "provider recovered",
+        "--config",
+        config,
+        "--table",
+        &table,
+    ]);
+    send(2);
+    wait_for("outbox-a", 2);
+    assert_eq!(eml_files(&dir.join("outbox-b")).len(), 6);
+
+    let history: serde_json::Value = serde_json::from_str(&ctl(&[
+        "history", "a", "--json", "--config", config, "--table", &table,
+    ]))
+    .unwrap();
+    let actions: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["resume", "pause"]);
+    assert!(history[0]["by"].as_str().is_some_and(|b| !b.is_empty()));
+}

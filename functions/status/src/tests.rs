@@ -119,3 +119,65 @@ async fn the_search_gets_the_query_string_of_the_event() {
         assert!(body.contains(expected), "{query}: {body}");
     }
 }
+
+#[tokio::test]
+async fn a_lever_action_is_audited_under_the_iam_principal_of_the_event() {
+    let api = api();
+    let mut post: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../events/status-health.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    post["rawPath"] = "/api/levers/local".into();
+    post["requestContext"]["http"]["path"] = "/api/levers/local".into();
+    post["requestContext"]["http"]["method"] = "POST".into();
+    post["body"] = r#"{"action": "pause", "reason": "provider incident", "for": "30m"}"#.into();
+    let request = lambda_http::request::from_str(&post.to_string()).unwrap();
+    let response = handle(request, &api).await.unwrap();
+    assert_eq!(response.status(), 200, "{}", text(&response));
+    let answer: serde_json::Value = serde_json::from_str(&text(&response)).unwrap();
+    assert_eq!(
+        answer["by"],
+        "arn:aws:sts::123456789012:assumed-role/oncall/oncall"
+    );
+    assert_eq!(answer["seq"], 1);
+
+    let history = handle(event("GET", "/api/levers/local/history"), &api)
+        .await
+        .unwrap();
+    let history: serde_json::Value = serde_json::from_str(&text(&history)).unwrap();
+    assert_eq!(history["entries"][0]["action"], "pause");
+    assert_eq!(
+        history["entries"][0]["by"],
+        "arn:aws:sts::123456789012:assumed-role/oncall/oncall"
+    );
+
+    // Without the IAM context nobody is named, and nothing changes.
+    let mut anonymous: serde_json::Value = serde_json::from_str(&event_json_without_iam()).unwrap();
+    anonymous["body"] = r#"{"action": "resume", "reason": "over"}"#.into();
+    let request = lambda_http::request::from_str(&anonymous.to_string()).unwrap();
+    let response = handle(request, &api).await.unwrap();
+    assert_eq!(response.status(), 403, "{}", text(&response));
+}
+
+fn event_json_without_iam() -> String {
+    let mut event: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../events/status-health.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    event["requestContext"]
+        .as_object_mut()
+        .unwrap()
+        .remove("authorizer");
+    event["rawPath"] = "/api/levers/local".into();
+    event["requestContext"]["http"]["path"] = "/api/levers/local".into();
+    event["requestContext"]["http"]["method"] = "POST".into();
+    event.to_string()
+}

@@ -23,7 +23,10 @@
 //! where health is required (`routing.health_check_required`; the router's rule), and none of
 //! its limits is used up (the system level included). A gateway that cannot send says why.
 
+mod levers_routes;
 pub mod page;
+
+pub use levers_routes::{Caller, HttpRequest, LeverShown};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +38,7 @@ use crate::breaker::{self, BreakerView};
 use crate::clock::{Clock, EpochMillis};
 use crate::config::{Config, Gateway, redacted_document};
 use crate::health::{self, HealthRecord};
+use crate::levers::{self, Levers, Target};
 use crate::limiter::{self, LevelUsage};
 use crate::records::activity::{ActivityReader, GatewayActivity, HOUR_MS, HourActivity};
 use crate::records::search::{MessageSearch, SearchError, SearchQuery};
@@ -160,6 +164,9 @@ pub struct GatewayStatus {
     pub can_send: bool,
     /// Why not, when it cannot.
     pub blocked_by: Option<String>,
+    /// The operator levers holding now (the pause of all sending included), most binding
+    /// first.
+    pub levers: Vec<LeverShown>,
 }
 
 /// Everything the status page shows.
@@ -230,16 +237,40 @@ impl StatusApi {
         self.handle_request(method, path, None).await
     }
 
-    /// Answers one request. `path` is the request path without query string, `query` the raw
-    /// query string (after `?`, still percent-encoded) if there was one; the caller has
-    /// authenticated it. Only `GET /api/messages` reads the query; the other routes ignore it.
+    /// Answers one request without a body from an anonymous caller (every GET route); see
+    /// [`StatusApi::serve`].
     pub async fn handle_request(&self, method: &str, path: &str, query: Option<&str>) -> Reply {
+        self.serve(HttpRequest {
+            method,
+            path,
+            query,
+            body: b"",
+            caller: &Caller::Anonymous,
+        })
+        .await
+    }
+
+    /// Answers one request. `path` is the request path without query string, `query` the raw
+    /// query string (after `?`, still percent-encoded) if there was one; the transport has
+    /// authenticated the caller. `GET /api/messages` and the lever history read the query; the
+    /// other routes ignore it. Only `POST /api/levers/{target}` reads the body and the caller.
+    pub async fn serve(&self, request: HttpRequest<'_>) -> Reply {
+        let HttpRequest {
+            method,
+            path,
+            query,
+            body,
+            caller,
+        } = request;
         // Exactly `/api/messages`: with a trailing slash it is a message route without an id.
         let search = path == "/api/messages";
         let path = path
             .strip_suffix('/')
             .filter(|p| !p.is_empty())
             .unwrap_or(path);
+        if path == "/api/levers" || path.starts_with("/api/levers/") {
+            return self.lever_route(method, path, query, body, caller).await;
+        }
         let known = matches!(
             path,
             "/api/gateways/status"
@@ -254,7 +285,8 @@ impl StatusApi {
                 404,
                 "not_found",
                 "no such route; served: GET /api/gateways/{status,health,metrics,config}, \
-                 GET /api/messages?…, GET /api/messages/{id}, GET /status",
+                 GET /api/messages?…, GET /api/messages/{id}, GET /api/levers, \
+                 GET /api/levers/{target}/history, POST /api/levers/{target}, GET /status",
             );
         }
         if method != "GET" && method != "HEAD" {
@@ -273,6 +305,32 @@ impl StatusApi {
             },
         };
         answer.unwrap_or_else(|u| u.reply())
+    }
+
+    async fn lever_route(
+        &self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        body: &[u8],
+        caller: &Caller,
+    ) -> Reply {
+        let rest = path.strip_prefix("/api/levers").unwrap_or_default();
+        let parts: Vec<&str> = rest.split('/').skip(1).collect();
+        let get = method == "GET" || method == "HEAD";
+        match (parts.as_slice(), get, method == "POST") {
+            ([], true, _) => self.levers().await,
+            ([target, "history"], true, _) => self.lever_history(target, query).await,
+            ([target], _, true) => self.act(target, body, caller).await,
+            ([] | [_, "history"], false, _) => Reply::error(405, "method_not_allowed", "use GET"),
+            ([_], _, false) => Reply::error(405, "method_not_allowed", "use POST"),
+            _ => Reply::error(
+                404,
+                "not_found",
+                "lever routes: GET /api/levers, GET /api/levers/{target}/history, \
+                 POST /api/levers/{target}",
+            ),
+        }
     }
 
     fn records(&self) -> Result<&Arc<dyn StatusRecords>, Reply> {
@@ -295,8 +353,13 @@ impl StatusApi {
         // Distinct keys (the system day item is every gateway's), read in chunks of 100.
         let mut keys: Vec<Key> = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        keys.push(levers::ALL_KEY.to_owned());
         for (g, plan) in config.gateways.iter().zip(&plans) {
-            let own = [health::key(&g.id), breaker::key(&g.id)];
+            let own = [
+                health::key(&g.id),
+                breaker::key(&g.id),
+                levers::key(&Target::Gateway(g.id.clone())),
+            ];
             for key in own.into_iter().chain(plan.keys().iter().cloned()) {
                 if seen.insert(key.clone()) {
                     keys.push(key);
@@ -311,6 +374,7 @@ impl StatusApi {
             })?;
         let items: HashMap<&Key, Option<Item>> = keys.iter().zip(items).collect();
         let item = |k: &Key| items.get(k).cloned().flatten();
+        let all = Levers::from_item(item(&levers::ALL_KEY.to_owned()).as_ref());
         Ok(config
             .gateways
             .iter()
@@ -320,7 +384,10 @@ impl StatusApi {
                 let breaker = breaker::view(item(&breaker::key(&g.id)).as_ref(), now);
                 let limits: Vec<Option<Item>> = plan.keys().iter().map(&item).collect();
                 let usage = limiter::usage(plan, &limits, None);
-                gateway_status(config, g, record.as_ref(), breaker, &usage, now)
+                let own =
+                    Levers::from_item(item(&levers::key(&Target::Gateway(g.id.clone()))).as_ref());
+                let levers = LeverShown::holding(&all, &own, now);
+                gateway_status(config, g, record.as_ref(), breaker, &usage, levers, now)
             })
             .collect())
     }
@@ -520,8 +587,15 @@ fn gateway_status(
     record: Option<&HealthRecord>,
     breaker: BreakerView,
     usage: &[LevelUsage],
+    levers: Vec<LeverShown>,
     now: EpochMillis,
 ) -> GatewayStatus {
+    // A breaker forced closed is shown (and routed to) as closed whatever is stored.
+    let breaker = if levers.iter().any(|l| l.lever == "breaker_forced_closed") {
+        BreakerView::Closed
+    } else {
+        breaker
+    };
     let settings = &g.health_check;
     let health = HealthShown {
         status: match record {
@@ -566,8 +640,11 @@ fn gateway_status(
         })
         .collect();
     let routing = health::routing_health(record, settings, now);
+    let held = levers.iter().find(|l| l.lever != "breaker_forced_closed");
     let blocked_by = if !g.enabled {
         Some("disabled in the config".to_owned())
+    } else if let Some(l) = held {
+        Some(l.describe())
     } else if let Some(until) = breaker.until {
         Some(format!("breaker open until {}", page::time(until)))
     } else if routing == crate::router::Health::Unhealthy && config.routing.health_check_required {
@@ -593,6 +670,7 @@ fn gateway_status(
         usage,
         can_send: blocked_by.is_none(),
         blocked_by,
+        levers,
     }
 }
 

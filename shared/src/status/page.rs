@@ -89,6 +89,19 @@ pub fn render(o: &Overview) -> String {
         (_, n) => ("ok", format!("All {n} gateways can send now.")),
     };
     let _ = write!(h, "<p class=\"summary {class}\">{}</p>", escape(&text));
+    // The pause of all sending is on every gateway: shown once, above them.
+    if let Some(all) = o
+        .gateways
+        .iter()
+        .flat_map(|g| &g.levers)
+        .find(|l| l.lever == "all_paused")
+    {
+        let _ = write!(
+            h,
+            "<p class=\"summary bad lever\">{}</p>",
+            escape(&all.describe())
+        );
+    }
     h.push_str("<div class=\"grid\">");
     for g in &o.gateways {
         let hours = o.hourly.as_ref().and_then(|m| m.get(&g.id));
@@ -148,6 +161,17 @@ fn card(
         hb = health_badge(g.health.status, g.health.stale),
         bb = breaker_badge(g.breaker.state),
     );
+    for l in g
+        .levers
+        .iter()
+        .filter(|l| l.lever == "breaker_forced_closed")
+    {
+        let _ = write!(
+            h,
+            "<p class=\"why warn lever\">{}</p>",
+            escape(&l.describe())
+        );
+    }
     match &g.blocked_by {
         None => h.push_str("<span class=\"badge b-ok\">can send</span>"),
         Some(why) => {
