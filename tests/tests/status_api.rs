@@ -21,7 +21,7 @@ use gateway_core::limiter;
 use gateway_core::records::{MemoryRecords, RecordWriter};
 use gateway_core::state::dynamodb::{DynamoStore, client_from_env, create_table};
 use gateway_core::state::{Item, StateStore, Value};
-use gateway_core::status::{Reply, StatusApi, StatusRecords};
+use gateway_core::status::{Caller, HttpRequest, Reply, StatusApi, StatusRecords};
 use serde_json::{Value as Json, json};
 
 /// 2026-11-28T14:30:00Z.
@@ -267,7 +267,12 @@ impl Spec {
     /// Checks a reply against the document: the route and status are described, the content
     /// type matches, a JSON body validates against its schema.
     fn check(&mut self, route: &str, reply: &Reply) {
-        let responses = &self.doc["paths"][route]["get"]["responses"];
+        self.check_method("get", route, reply);
+    }
+
+    /// [`Spec::check`] for a route's `method` (lower case, as the document names it).
+    fn check_method(&mut self, method: &str, route: &str, reply: &Reply) {
+        let responses = &self.doc["paths"][route][method]["responses"];
         assert!(responses.is_object(), "{route} is not in docs/openapi.yaml");
         let mut response = responses[reply.status.to_string()].clone();
         assert!(
@@ -533,6 +538,64 @@ async fn status_answers_from_dynamodb_and_mariadb_match_the_openapi_document() {
             .await
             .body
             .contains("No gateway can send now (3 configured)")
+    );
+
+    // Operator levers: gw-a paused by an IAM principal, shown in the status answer, the lever
+    // list and the audit, each answer as documented; a bad action names its field.
+    let caller = Caller::Iam("arn:aws:sts::123456789012:assumed-role/oncall/jo".to_owned());
+    let post = |path: &'static str, body: &'static str| {
+        let caller = caller.clone();
+        let api = &on_mysql;
+        async move {
+            api.serve(HttpRequest {
+                method: "POST",
+                path,
+                query: None,
+                body: body.as_bytes(),
+                caller: &caller,
+            })
+            .await
+        }
+    };
+    let reply = post(
+        "/api/levers/gw-a",
+        r#"{"action": "pause", "reason": "provider incident INC-7", "for": "2h"}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    spec.check_method("post", "/api/levers/{target}", &reply);
+    assert_eq!(body(&reply)["seq"], 1);
+    let reply = post("/api/levers/gw-a", r#"{"action": "pause"}"#).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    spec.check_method("post", "/api/levers/{target}", &reply);
+    let reply = post("/api/levers/gw-z", r#"{"action": "resume", "reason": "x"}"#).await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    spec.check_method("post", "/api/levers/{target}", &reply);
+
+    let reply = on_mysql.handle("GET", "/api/gateways/status").await;
+    spec.check("/api/gateways/status", &reply);
+    let a = gateway(&body(&reply), "gw-a").clone();
+    assert_eq!(a["can_send"], false, "{a:#}");
+    assert_eq!(a["levers"][0]["lever"], "paused");
+    assert_eq!(a["levers"][0]["until"], NOW + 120 * MIN);
+    assert!(
+        a["blocked_by"]
+            .as_str()
+            .unwrap()
+            .contains("paused by arn:aws:sts::123456789012:assumed-role/oncall/jo"),
+        "{a:#}"
+    );
+    let reply = on_mysql.handle("GET", "/api/levers").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    spec.check("/api/levers", &reply);
+    let reply = on_mysql
+        .handle_request("GET", "/api/levers/gw-a/history", Some("limit=5"))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    spec.check("/api/levers/{target}/history", &reply);
+    assert_eq!(
+        body(&reply)["entries"][0]["reason"],
+        "provider incident INC-7"
     );
 
     // Every route of the document was exercised.

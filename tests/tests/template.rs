@@ -1002,6 +1002,8 @@ struct Prefixes {
     health: String,
     /// `suppression::KEY_PREFIX`: the suppression list.
     suppression: String,
+    /// `levers::KEY_PREFIX`: the operator levers and their audit.
+    levers: String,
     /// `webhooks::verify::first_use`: the Mailgun token replay cache (the one prefix not
     /// derived from the code).
     replay: String,
@@ -1042,6 +1044,17 @@ fn prefixes() -> Prefixes {
         // Written out here, since no public function of the code makes the key yet.
         replay: "replay#".to_owned(),
         evidence: key_prefix(&gateway_core::evidence::key("m-1")),
+        levers: {
+            let prefix = gateway_core::levers::KEY_PREFIX.to_owned();
+            for key in [
+                gateway_core::levers::ALL_KEY.to_owned(),
+                gateway_core::levers::key(&gateway_core::levers::Target::Gateway("gw".into())),
+                gateway_core::levers::log_key(&gateway_core::levers::Target::All, 1),
+            ] {
+                assert_eq!(key_prefix(&key), prefix, "{key}");
+            }
+            prefix
+        },
     }
 }
 
@@ -1087,11 +1100,12 @@ fn each_function_reaches_only_the_state_items_its_code_uses() {
         &p.suppression,
         &p.replay,
         &p.evidence,
+        &p.levers,
     ]
     .iter()
     .map(|prefix| format!("{prefix}*"))
     .collect();
-    assert_eq!(known.len(), 7, "distinct prefixes: {known:?}");
+    assert_eq!(known.len(), 8, "distinct prefixes: {known:?}");
 
     // What each function's code does with the state, read from the code (the prefixes above
     // are derived from it):
@@ -1113,6 +1127,7 @@ fn each_function_reaches_only_the_state_items_its_code_uses() {
                     &p.health,
                     &p.suppression,
                     &p.evidence,
+                    &p.levers,
                 ],
             )
             .into_iter()
@@ -1139,10 +1154,18 @@ fn each_function_reaches_only_the_state_items_its_code_uses() {
             "health-check",
             grants(&["BatchGetItem", "PutItem"], &[&p.health]),
         ),
-        // shared/src/status: one batch read of the health, breaker and limit items.
+        // shared/src/status: one batch read of the health, breaker, limit and lever items;
+        // levers::apply (a transaction of puts: the lever item, its audit entry, a breaker
+        // reset).
         (
             "status",
-            grants(&["BatchGetItem"], &[&p.health, &p.breakers, &p.limits]),
+            grants(
+                &["BatchGetItem"],
+                &[&p.health, &p.breakers, &p.limits, &p.levers],
+            )
+            .into_iter()
+            .chain(grants(&["PutItem"], &[&p.levers, &p.breakers]))
+            .collect(),
         ),
     ];
     assert_eq!(
