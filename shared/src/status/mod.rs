@@ -10,6 +10,7 @@
 //! | `GET /api/messages/{id}` | the message's record of delivery |
 //! | `GET /api/messages?recipient=&sender=&since=&until=&status=&campaign_id=&limit=&cursor=` | message search, newest first, a page at a time ([`crate::records::search`]) |
 //! | `GET /status` | an HTML page for humans (see [`page`]) |
+//! | `GET /api/levers`, `GET /api/levers/{target}/history`, `POST /api/levers/{target}` | the operator levers, their audit, an action ([`crate::levers`]; the routes' rustdoc is in `levers_routes.rs`) |
 //!
 //! `docs/openapi.yaml` describes every answer; the tests check the answers against it.
 //! Authentication is the caller's: IAM on the deployed routes, a bearer token in
@@ -19,7 +20,8 @@
 //! Health, breakers and usage are read from shared state in one `BatchGetItem` (every gateway's
 //! `hc#`, `brk#` and limit items); activity and records from the record of delivery.
 //!
-//! A gateway **can send now** when it is enabled, its breaker is not open, it is not unhealthy
+//! A gateway **can send now** when it is enabled, no operator lever holds it back (a pause of
+//! it or of all sending, a breaker forced open), its breaker is not open (or is forced closed), it is not unhealthy
 //! where health is required (`routing.health_check_required`; the router's rule), and none of
 //! its limits is used up (the system level included). A gateway that cannot send says why.
 
