@@ -17,13 +17,14 @@
 //! `gateway serve`. Errors are `{"error": {"code", "message"}}` and never carry internal detail:
 //! a failed read is logged here with its cause and answered 503 with the source's name only.
 //!
-//! Health, breakers and usage are read from shared state in one `BatchGetItem` (every gateway's
-//! `hc#`, `brk#` and limit items); activity and records from the record of delivery.
+//! Health, breakers, usage and levers are read from shared state in one `BatchGetItem` (every
+//! gateway's `hc#`, `brk#`, `ctl#` and limit items, and `ctl#all`); activity and records from the record of delivery.
 //!
 //! A gateway **can send now** when it is enabled, no operator lever holds it back (a pause of
-//! it or of all sending, a breaker forced open), its breaker is not open (or is forced closed), it is not unhealthy
-//! where health is required (`routing.health_check_required`; the router's rule), and none of
-//! its limits is used up (the system level included). A gateway that cannot send says why.
+//! it or of all sending, a breaker forced open), its breaker is not open (or is forced closed),
+//! it is not unhealthy where health is required (`routing.health_check_required`; the router's
+//! rule), and none of its limits is used up (the system level included). A gateway that cannot
+//! send says why.
 
 mod levers_routes;
 pub mod page;
