@@ -806,6 +806,7 @@ mod tests {
             at: 5_000,
             diagnostic: None,
             url: None,
+            stream: None,
         };
         let mut record = MessageRecord::new("m-1", 1_000);
         record.sender = "dr@clinic.example".into();

@@ -347,6 +347,12 @@ pub struct DeliveryEvent {
     /// The clicked URL (`clicked` only).
     #[serde(default)]
     pub url: Option<String>,
+    /// The stream of the message the event is about, when the provider echoed it back (our
+    /// `stream` variable, sent beside the message id); `None` for messages sent before streams
+    /// existed and events that carry no variables. Decides how far a complaint or unsubscribe
+    /// suppresses (ARCHITECTURE §3.6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<crate::message::Stream>,
 }
 
 /// A gateway's health as judged by the health checker.
@@ -685,6 +691,7 @@ mod tests {
             at: AT + 1_000,
             diagnostic: None,
             url: Some("https://clinic.example/confirm".into()),
+            stream: None,
         }
     }
 

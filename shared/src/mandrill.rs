@@ -333,6 +333,7 @@ mod tests {
             at: 2_000,
             diagnostic: None,
             url: Some("https://example.org/l".into()),
+            stream: None,
         };
         let other = DeliveryEvent {
             provider_event_id: "b".into(),

@@ -38,6 +38,8 @@
 //!   `application/octet-stream`; `content_id` (without angle brackets) marks an inline part.
 //! - **Metadata** values are JSON strings, numbers or booleans; providers that take only strings
 //!   get [`MetadataValue`]'s `Display` form.
+//! - **`stream`** is `transactional` (the default) or `bulk` ([`Stream`]), exactly, in lower
+//!   case; it decides which suppressions apply (ARCHITECTURE §3.6).
 //! - **Sizes**: the body is at most [`MAX_BODY_BYTES`] (the SQS message limit) and is refused
 //!   before parsing; `subject` and header values at most 998 characters (RFC 5322 line limit);
 //!   `campaign_id`, `user_id` and each tag at most 255 characters (they are stored in MySQL
@@ -282,6 +284,7 @@ pub struct OutboundMessage {
     tracking: Tracking,
     gateway: Option<String>,
     expires_at: Option<EpochMillis>,
+    stream: Stream,
 }
 
 impl OutboundMessage {
@@ -422,6 +425,66 @@ impl OutboundMessage {
     pub fn expires_at(&self) -> Option<EpochMillis> {
         self.expires_at
     }
+
+    /// The stream the message belongs to ([`Stream::Transactional`] unless the body says
+    /// otherwise): which suppressions apply to its recipients.
+    pub fn stream(&self) -> Stream {
+        self.stream
+    }
+}
+
+/// The kind of mail a message is, which decides which suppressions apply to it
+/// (ARCHITECTURE §3.6): an unsubscribe from a newsletter must not stop appointment or results
+/// mail.
+///
+/// The default is [`Transactional`](Self::Transactional): a message that does not say must not
+/// be blocked by a newsletter unsubscribe, so the senders of bulk mail are the ones who must
+/// declare it. A hard bounce blocks every stream whatever the message says.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Mail a person needs because of something they are part of (appointments, results,
+    /// invoices).
+    #[default]
+    Transactional,
+    /// Mail sent to many at once (newsletters, campaigns), which a recipient may opt out of.
+    Bulk,
+}
+
+impl Stream {
+    /// Every stream, in a fixed order.
+    pub const ALL: [Self; 2] = [Self::Transactional, Self::Bulk];
+
+    /// The name in the message contract and in stored state: `transactional` or `bulk`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transactional => "transactional",
+            Self::Bulk => "bulk",
+        }
+    }
+
+    /// Parses a name written by [`as_str`](Self::as_str) (exact, lower case).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl fmt::Debug for OutboundMessage {
@@ -450,6 +513,7 @@ impl fmt::Debug for OutboundMessage {
             .field("tracking", &self.tracking)
             .field("gateway", &self.gateway)
             .field("expires_at", &self.expires_at)
+            .field("stream", &self.stream)
             .finish()
     }
 }
@@ -553,6 +617,9 @@ pub enum Problem {
     /// A `gateway` value that cannot be a gateway id.
     #[error("must be a gateway id (1 to 64 characters of A-Z a-z 0-9 . _ -)")]
     InvalidGatewayId,
+    /// A `stream` value other than the streams [`Stream`] names.
+    #[error("must be \"transactional\" or \"bulk\"")]
+    InvalidStream,
 }
 
 impl From<AddressError> for Problem {
@@ -730,6 +797,7 @@ pub fn parse_message(
         tracking,
         gateway,
         expires_at,
+        stream,
     ] = fields(
         entries,
         [
@@ -751,6 +819,7 @@ pub fn parse_message(
             "tracking",
             "gateway",
             "expires_at",
+            "stream",
         ],
         "",
         &mut r,
@@ -789,30 +858,34 @@ pub fn parse_message(
     let tracking = tracking.map_or_else(Tracking::default, |v| parse_tracking(v, &mut r));
     let gateway = gateway.and_then(|v| parse_gateway(v, &mut r));
     let expires_at = expires_at.and_then(|v| parse_expires_at(v, &mut r));
+    let stream = stream.map_or(Some(Stream::default()), |v| parse_stream(v, &mut r));
 
-    match (id, from, subject) {
-        (Some(id), Some(from), Some(subject)) if r.is_empty() => Ok(OutboundMessage {
-            id,
-            from,
-            to,
-            cc,
-            bcc,
-            reply_to,
-            subject,
-            text,
-            html,
-            headers,
-            attachments,
-            tags,
-            metadata,
-            campaign_id,
-            user_id,
-            tracking,
-            gateway,
-            expires_at,
-        }),
+    match (id, from, subject, stream) {
+        (Some(id), Some(from), Some(subject), Some(stream)) if r.is_empty() => {
+            Ok(OutboundMessage {
+                id,
+                from,
+                to,
+                cc,
+                bcc,
+                reply_to,
+                subject,
+                text,
+                html,
+                headers,
+                attachments,
+                tags,
+                metadata,
+                campaign_id,
+                user_id,
+                tracking,
+                gateway,
+                expires_at,
+                stream,
+            })
+        }
         // Every field that came out `None` has reported a problem, so `r` is not empty here.
-        (id, from, _) => Err(rejection(r, id, from, (to, cc, bcc))),
+        (id, from, _, _) => Err(rejection(r, id, from, (to, cc, bcc))),
     }
 }
 
@@ -1472,6 +1545,15 @@ fn parse_gateway(v: &Json, r: &mut Report) -> Option<String> {
     }
 }
 
+fn parse_stream(v: &Json, r: &mut Report) -> Option<Stream> {
+    let s = string(v, "stream", r)?;
+    let stream = Stream::parse(s);
+    if stream.is_none() {
+        r.add("stream".into(), Problem::InvalidStream);
+    }
+    stream
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1734,6 +1816,9 @@ mod tests {
             (set("expires_at", json!("2026-12-04T08:00:00")), vec!["expires_at: expected an RFC 3339 timestamp with its offset, such as 2026-12-04T08:00:00Z".into()]),
             (set("expires_at", json!(1_795_910_400)), vec!["expires_at: expected an RFC 3339 timestamp with its offset, such as 2026-12-04T08:00:00Z".into()]),
             (set("gateway", json!("mailgun primary")), vec!["gateway: must be a gateway id (1 to 64 characters of A-Z a-z 0-9 . _ -)".into()]),
+            (set("stream", json!("marketing")), vec!["stream: must be \"transactional\" or \"bulk\"".into()]),
+            (set("stream", json!("Bulk")), vec!["stream: must be \"transactional\" or \"bulk\"".into()]),
+            (set("stream", json!(["bulk"])), vec!["stream: expected a string".into()]),
         ];
         for (input, want) in cases {
             assert_eq!(errors_of(&input), want, "input: {input}");
@@ -1901,9 +1986,11 @@ mod tests {
             "metadata": {"invitation_id": "123", "attempt": 2, "urgent": false},
             "campaign_id": "flu-2026", "user_id": "u-42",
             "tracking": {"opens": true, "clicks": false},
-            "gateway": "mailgun-primary"
+            "gateway": "mailgun-primary",
+            "stream": "bulk"
         }"#;
         let m = parse_message(body.as_bytes(), None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.stream(), Stream::Bulk);
         assert_eq!(m.id(), "inv-2026-11-28-000123");
         assert_eq!(m.from().name(), Some("Dr. Ada Lovelace"));
         assert_eq!(m.sender().as_str(), "ada@clinic.example");
@@ -2027,11 +2114,17 @@ mod tests {
                 "tracking",
                 "gateway",
                 "expires_at",
+                "stream",
             ] {
                 m.insert(k.into(), Value::Null);
             }
         });
         let m = parse(&v).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            m.stream(),
+            Stream::Transactional,
+            "a message that does not say"
+        );
         assert_eq!(m.recipient_count(), 1);
         assert_eq!(m.tracking(), Tracking::default());
         assert_eq!((m.reply_to(), m.html(), m.gateway()), (None, None, None));
@@ -2123,6 +2216,7 @@ mod tests {
                 "tracking",
                 "gateway",
                 "expires_at",
+                "stream",
                 "email",
                 "name",
                 "filename",

@@ -1,7 +1,8 @@
 //! The recorder (ARCHITECTURE §1): the only writer of the record of delivery. It consumes the events
 //! queue (sender outcomes, normalised provider webhook events, health results, breaker
 //! transitions), applies them to the record store and adds hard bounces, complaints and
-//! unsubscribes to the suppression list the sender checks.
+//! unsubscribes to the suppression list the sender checks (complaints and unsubscribes for the
+//! stream of their message, which the event carries; see [`crate::suppression`]).
 //!
 //! Every step is idempotent (records are upserts keyed by natural ids, a suppression is a put of
 //! the same item), so a batch retried by SQS, whole or in part, changes nothing twice.
@@ -27,7 +28,7 @@ use crate::queue::dead_letters::DeadLetter;
 use crate::queue::{Queue, Received};
 use crate::records::{Applied, RecordError, RecordReader, RecordWriter};
 use crate::state::StateStore;
-use crate::suppression::{self, Reason, Suppression};
+use crate::suppression::{self, Suppression, SuppressionSettings};
 
 /// What happened to one batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,6 +102,7 @@ pub struct Recorder {
     state: Arc<dyn StateStore>,
     clock: Arc<dyn Clock>,
     webhooks: Option<CustomerWebhooks>,
+    scopes: SuppressionSettings,
 }
 
 impl Recorder {
@@ -115,7 +117,16 @@ impl Recorder {
             state,
             clock,
             webhooks: None,
+            scopes: SuppressionSettings::default(),
         }
+    }
+
+    /// Suppresses complaints and unsubscribes as far as `settings` say (the config's
+    /// `suppression` section; the default: the stream of the event's message).
+    #[must_use]
+    pub fn with_suppression_scopes(mut self, settings: SuppressionSettings) -> Self {
+        self.scopes = settings;
+        self
     }
 
     /// Also announces recorded events to customer webhooks, and delivers the jobs it receives.
@@ -437,15 +448,18 @@ impl Recorder {
         }
     }
 
+    /// The suppression `d` calls for: a hard bounce for every stream, a complaint or an
+    /// unsubscribe for its message's stream (as the settings say; every stream when the event
+    /// does not carry its stream).
     fn suppression(&self, d: &DeliveryEvent) -> Option<Suppression> {
-        Reason::from_delivery(d.kind).map(|reason| {
-            Suppression::new(
-                &d.recipient,
-                reason,
-                &format!("{}:{}", d.provider, d.provider_event_id),
-                self.clock.now_ms(),
-            )
-        })
+        Suppression::from_delivery(
+            d.kind,
+            d.stream,
+            suppression::event_scope(self.scopes, d.kind),
+            &d.recipient,
+            &format!("{}:{}", d.provider, d.provider_event_id),
+            self.clock.now_ms(),
+        )
     }
 
     fn suppressions<'a>(&self, events: impl Iterator<Item = &'a GatewayEvent>) -> Vec<Suppression> {
@@ -486,6 +500,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::events::DeliveryKind;
+    use crate::message::Stream;
     use crate::records::{MemoryRecords, RecordReader};
     use crate::state::memory::MemoryStore;
 
@@ -501,6 +516,7 @@ mod tests {
             at: T0,
             diagnostic: None,
             url: None,
+            stream: None,
         }))
         .unwrap()
     }
@@ -578,6 +594,104 @@ mod tests {
         }
         let record = records.inner.message("m-1").await.unwrap().unwrap();
         assert_eq!(record.events.len(), 4);
+    }
+
+    /// A delivery event of a message of `stream` (`None`: the event does not say).
+    fn delivery_in(
+        id: &str,
+        recipient: &str,
+        kind: DeliveryKind,
+        stream: Option<Stream>,
+    ) -> String {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&delivery(id, recipient, kind)).unwrap();
+        if let Some(stream) = stream {
+            v["stream"] = stream.as_str().into();
+        }
+        v.to_string()
+    }
+
+    #[tokio::test]
+    async fn complaints_and_unsubscribes_suppress_their_stream_or_all_when_unknown_or_configured() {
+        use crate::suppression::{EventScope, Scope};
+        let bulk = Some(Stream::Bulk);
+        let batch = [
+            received(
+                0,
+                delivery_in("e1", "unsub@example.org", DeliveryKind::Unsubscribed, bulk),
+            ),
+            received(
+                1,
+                delivery_in(
+                    "e2",
+                    "spam@example.org",
+                    DeliveryKind::Complained,
+                    Some(Stream::Transactional),
+                ),
+            ),
+            received(
+                2,
+                delivery_in(
+                    "e3",
+                    "unknown@example.org",
+                    DeliveryKind::Unsubscribed,
+                    None,
+                ),
+            ),
+            received(
+                3,
+                delivery_in("e4", "bounce@example.org", DeliveryKind::HardBounce, bulk),
+            ),
+        ];
+        let scopes_of = |state: Arc<MemoryStore>| async move {
+            let mut all = Vec::new();
+            for a in [
+                "unsub@example.org",
+                "spam@example.org",
+                "unknown@example.org",
+                "bounce@example.org",
+            ] {
+                let e = suppression::lookup(state.as_ref(), a)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                all.push(e.suppressions.iter().map(|s| s.scope).collect::<Vec<_>>());
+            }
+            all
+        };
+        let state = Arc::new(MemoryStore::new());
+        let report = recorder(Arc::new(Flaky::default()), Arc::clone(&state))
+            .process(&batch)
+            .await;
+        assert_eq!(report.suppressed, 4);
+        assert_eq!(
+            scopes_of(state).await,
+            [
+                vec![Scope::Stream(Stream::Bulk)],
+                vec![Scope::Stream(Stream::Transactional)],
+                vec![Scope::All],
+                vec![Scope::All],
+            ]
+        );
+        // Configured to reach every stream, an unsubscribe does.
+        let state = Arc::new(MemoryStore::new());
+        let settings = SuppressionSettings {
+            unsubscribe_scope: EventScope::All,
+            ..SuppressionSettings::default()
+        };
+        recorder(Arc::new(Flaky::default()), Arc::clone(&state))
+            .with_suppression_scopes(settings)
+            .process(&batch)
+            .await;
+        assert_eq!(
+            scopes_of(state).await,
+            [
+                vec![Scope::All],
+                vec![Scope::Stream(Stream::Transactional)],
+                vec![Scope::All],
+                vec![Scope::All],
+            ]
+        );
     }
 
     #[tokio::test]

@@ -658,6 +658,7 @@ mod tests {
             at,
             diagnostic: diagnostic.map(str::to_owned),
             url: None,
+            stream: None,
         })
     }
 
@@ -885,6 +886,7 @@ mod tests {
             at: AT,
             diagnostic: None,
             url: None,
+            stream: None,
         };
         let event = GatewayEvent::Delivery(orphan.clone());
         records.apply(&[event.clone(), event]).await.unwrap();
@@ -905,6 +907,7 @@ mod tests {
                 at,
                 diagnostic: None,
                 url: None,
+                stream: None,
             })
         };
         records

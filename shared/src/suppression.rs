@@ -1,49 +1,76 @@
-//! The suppression list (ARCHITECTURE §3.6): addresses that hard-bounced, complained or unsubscribed,
-//! which the sender must not send to.
+//! The suppression list (ARCHITECTURE §3.6): addresses that hard-bounced, complained or
+//! unsubscribed, which the sender must not send to, each for a [`Scope`]: every stream, or only
+//! the [`Stream`] (transactional or bulk mail) the event's message belonged to.
+//!
+//! # Scopes
+//! A hard bounce suppresses the address for every stream: the mailbox does not take mail. A
+//! complaint or an unsubscribe suppresses it for the stream of the message it was about (or for
+//! every stream, by configuration: `suppression.complaint_scope` / `unsubscribe_scope`), so
+//! unsubscribing from a newsletter does not stop appointment and results mail. An event whose
+//! stream is unknown suppresses every stream: for consent, blocking too much is the safe side.
+//! A recipient is dropped from a message of stream `s` when its entry has an active scope
+//! [covering](Scope::covers) `s`: [`Scope::All`] or `s` itself.
 //!
 //! # Stored form
 //! One item per address under `sup#{address in lower case}` ([`key`]), so lookups are
-//! case-insensitive (`John@Example.org` and `john@example.org` are one entry), with attributes
-//! `address` (lower case), `reason` ([`Reason::as_str`]), `source` (what caused it: the
-//! provider event id, or who added it by hand) and `at` (epoch ms). No TTL: a suppression
-//! stays until removed.
+//! case-insensitive and a batch's recipients stay one `BatchGetItem` per 100 addresses whatever
+//! the number of scopes. Each scope has its own attributes in that item: `reason`
+//! ([`Reason::as_str`]), `source` (the provider event id, or who added it by hand), `at` (epoch
+//! ms) and `removed_at` for [`Scope::All`], the same names prefixed with the stream
+//! (`bulk_reason`, `transactional_at`, …) for a stream. The unprefixed names are the layout
+//! before scopes existed, so an item written then means "every stream": nothing suppressed
+//! before the scopes became sendable after them. No TTL while any scope is active.
 //!
-//! The presence of the item is what suppresses. An item whose attributes do not decode still
-//! suppresses (with [`Reason::Unknown`]): sending to an address someone meant to block is the
-//! worse mistake.
+//! A scope is active while its `reason` attribute is present, whatever it holds (an undecodable
+//! reason reads [`Reason::Unknown`]), and an item carrying no scope and no removal at all
+//! suppresses every stream: sending to an address someone meant to block is the worse mistake.
 //!
-//! # Removal wins over older events
-//! [`remove`] does not delete the item: it leaves a tombstone (`removed_at`, no `reason`), kept
-//! [`TOMBSTONE_TTL_MS`]. Every add is conditional on the tombstone being older than the event that
-//! adds (`removed_at < at`), so a bounce or complaint recorded again later (a replayed event, a
-//! provider's redelivered webhook, an events-queue redrive) cannot undo an operator's removal;
-//! a bounce that happens after the removal suppresses again, as it should. A tombstone does not
-//! suppress.
+//! # Removal wins over older events, per scope
+//! [`remove`] does not delete: it clears the scope's attributes and leaves its tombstone
+//! (`removed_at`, `bulk_removed_at`, …). Removing [`Scope::All`] clears every scope. An add for
+//! a scope is refused unless every removal covering it (its own and the all-streams one) is
+//! older than the event that adds (`removed_at < at`), so a bounce or complaint recorded again
+//! later (a replayed event, a redelivered webhook, an events-queue redrive) cannot undo an
+//! operator's removal, while one that happens after the removal suppresses again. Once no scope
+//! is active the item is kept [`TOMBSTONE_TTL_MS`], then expires.
+//!
+//! # Writes: compare and put
+//! Each change is computed from the stored item by a pure function and written with a put
+//! conditional on the item being unchanged since it was read (every attribute equal, none of
+//! the layout's attributes added); a lost race reads the item from the failed condition and
+//! tries again. A put, not an update, because the recorder's role may only put `sup#` items
+//! (template.yaml), and a put of the whole item needs no read permission: the recorder's first
+//! attempt assumes no item and a conflict returns the stored one.
 //!
 //! # Cost
 //! [`lookup_many`] reads a whole batch's recipients with one `BatchGetItem` per 100 distinct
-//! addresses: a batch of 10 messages is one request.
+//! addresses: a batch of 10 messages is one request. The recorder adds with one put for an
+//! address not on the list yet, two when it is (the first one's failed condition returns the
+//! stored item).
 
 use std::collections::BTreeMap;
 
 use crate::clock::EpochMillis;
+pub use crate::config::{EventScope, SuppressionSettings};
 use crate::events::DeliveryKind;
+pub use crate::message::Stream;
 use crate::state::{
     CmpOp, Condition, Item, Key, MAX_BATCH_GET, StateStore, StoreError, TTL_ATTRIBUTE, Value,
     Write, WriteOp, WriteOutcome, get_n, get_s,
 };
 
 const ADDRESS: &str = "address";
-const REASON: &str = "reason";
-const SOURCE: &str = "source";
-const AT: &str = "at";
-const REMOVED_AT: &str = "removed_at";
-/// A removal's own random id, stored in its tombstone.
+/// A removal's own random id, stored with its tombstone.
 const WRITE_ID: &str = "write_id";
 
-/// How long a removal is remembered against older events: longer than anything can replay them
-/// (the events queue keeps a record 14 days, a provider retries its webhook for hours).
+/// How long a removal is remembered against older events once no scope of the address is
+/// active: longer than anything can replay them (the events queue keeps a record 14 days, a
+/// provider retries its webhook for hours).
 pub const TOMBSTONE_TTL_MS: EpochMillis = 30 * crate::clock::DAY_MS;
+
+/// Compare-and-put attempts before a change gives up as contended ([`StoreError::Throttled`],
+/// retryable): two writers racing on one address are rare, five in a row rarer still.
+const MAX_ATTEMPTS: usize = 5;
 
 /// The canonical form of an address on the list: ASCII lower case (as
 /// [`EmailAddress::to_key`](crate::address::EmailAddress::to_key)).
@@ -57,6 +84,106 @@ pub const KEY_PREFIX: &str = "sup#";
 /// The store key of an address's entry: `sup#{lower-cased address}`.
 pub fn key(address: &str) -> Key {
     format!("{KEY_PREFIX}{}", canonical(address))
+}
+
+/// What a suppression covers: every stream, or one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// Every stream (hard bounces, entries from before scopes existed, manual additions unless
+    /// told otherwise).
+    All,
+    /// Only messages of this stream.
+    Stream(Stream),
+}
+
+impl Scope {
+    /// Every scope, in the order entries list them.
+    pub const EVERY: [Self; 3] = [
+        Self::All,
+        Self::Stream(Stream::Transactional),
+        Self::Stream(Stream::Bulk),
+    ];
+
+    /// The name: `all`, `transactional` or `bulk`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Stream(s) => s.as_str(),
+        }
+    }
+
+    /// Parses a name written by [`as_str`](Self::as_str).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::EVERY.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// True when a suppression of this scope blocks messages of `stream`.
+    pub fn covers(self, stream: Stream) -> bool {
+        match self {
+            Self::All => true,
+            Self::Stream(s) => s == stream,
+        }
+    }
+
+    /// The scopes whose removal refuses an older add to this one: itself and [`Scope::All`].
+    fn removals(self) -> &'static [Self] {
+        match self {
+            Self::All => &[Self::All],
+            Self::Stream(Stream::Transactional) => {
+                &[Self::All, Self::Stream(Stream::Transactional)]
+            }
+            Self::Stream(Stream::Bulk) => &[Self::All, Self::Stream(Stream::Bulk)],
+        }
+    }
+
+    /// The scope's attribute names (module docs, "Stored form").
+    fn attrs(self) -> ScopeAttrs {
+        match self {
+            Self::All => ScopeAttrs {
+                reason: "reason",
+                source: "source",
+                at: "at",
+                removed_at: "removed_at",
+            },
+            Self::Stream(Stream::Transactional) => ScopeAttrs {
+                reason: "transactional_reason",
+                source: "transactional_source",
+                at: "transactional_at",
+                removed_at: "transactional_removed_at",
+            },
+            Self::Stream(Stream::Bulk) => ScopeAttrs {
+                reason: "bulk_reason",
+                source: "bulk_source",
+                at: "bulk_at",
+                removed_at: "bulk_removed_at",
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One scope's attribute names.
+#[derive(Debug, Clone, Copy)]
+struct ScopeAttrs {
+    reason: &'static str,
+    source: &'static str,
+    at: &'static str,
+    removed_at: &'static str,
+}
+
+/// Every attribute of the layout, for the "unchanged" condition of a compare and put.
+fn layout_attrs() -> impl Iterator<Item = &'static str> {
+    [ADDRESS, WRITE_ID, TTL_ATTRIBUTE]
+        .into_iter()
+        .chain(Scope::EVERY.into_iter().flat_map(|s| {
+            let a = s.attrs();
+            [a.reason, a.source, a.at, a.removed_at]
+        }))
 }
 
 /// Why an address is suppressed.
@@ -111,11 +238,13 @@ impl Reason {
     }
 }
 
-/// One suppressed address.
+/// One suppression of an address for one scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Suppression {
     /// The address, lower case.
     pub address: String,
+    /// The streams it covers.
+    pub scope: Scope,
     /// Why.
     pub reason: Reason,
     /// What caused it (provider event id, or the operator); no secrets.
@@ -125,141 +254,320 @@ pub struct Suppression {
 }
 
 impl Suppression {
-    /// A suppression of `address` (any case; stored lower case).
+    /// A suppression of `address` (any case; stored lower case) for every stream; see
+    /// [`in_scope`](Self::in_scope) for one stream.
     pub fn new(address: &str, reason: Reason, source: &str, at: EpochMillis) -> Self {
         Self {
             address: canonical(address),
+            scope: Scope::All,
             reason,
             source: source.to_owned(),
             at,
         }
     }
 
-    /// The stored item.
-    pub fn to_item(&self) -> Item {
-        Item::from([
-            (ADDRESS.to_owned(), Value::from(self.address.as_str())),
-            (REASON.to_owned(), Value::from(self.reason.as_str())),
-            (SOURCE.to_owned(), Value::from(self.source.as_str())),
-            (AT.to_owned(), Value::N(self.at)),
-        ])
+    /// The same suppression for `scope`.
+    #[must_use]
+    pub fn in_scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
     }
 
-    /// Decodes the item stored for `address`; undecodable attributes fall back (see the
-    /// module docs) because the item's presence alone suppresses.
-    pub fn from_item(address: &str, item: &Item) -> Self {
-        Self {
-            address: get_s(item, ADDRESS).map_or_else(|| canonical(address), str::to_owned),
-            reason: get_s(item, REASON)
-                .and_then(Reason::parse)
-                .unwrap_or(Reason::Unknown),
-            source: get_s(item, SOURCE).unwrap_or_default().to_owned(),
-            at: get_n(item, AT).unwrap_or(0),
+    /// The suppression a delivery event of `kind` calls for, if any, with its scope: every
+    /// stream for a hard bounce; for a complaint or an unsubscribe the event's `stream` when
+    /// `rule` says [`EventScope::Stream`] and the stream is known, every stream otherwise
+    /// (module docs, "Scopes").
+    pub fn from_delivery(
+        kind: DeliveryKind,
+        stream: Option<Stream>,
+        rule: EventScope,
+        address: &str,
+        source: &str,
+        at: EpochMillis,
+    ) -> Option<Self> {
+        let reason = Reason::from_delivery(kind)?;
+        let scope = match (reason, rule, stream) {
+            (Reason::Complaint | Reason::Unsubscribe, EventScope::Stream, Some(s)) => {
+                Scope::Stream(s)
+            }
+            _ => Scope::All,
+        };
+        Some(Self::new(address, reason, source, at).in_scope(scope))
+    }
+}
+
+/// The rule the settings give for an event of `kind` (hard bounces suppress every stream
+/// whatever the settings say; [`Suppression::from_delivery`] applies that).
+pub fn event_scope(settings: SuppressionSettings, kind: DeliveryKind) -> EventScope {
+    match kind {
+        DeliveryKind::Complained => settings.complaint_scope,
+        DeliveryKind::Unsubscribed => settings.unsubscribe_scope,
+        _ => EventScope::All,
+    }
+}
+
+/// An address's entry on the list: its active suppressions, one per scope, in
+/// [`Scope::EVERY`] order; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The address, lower case.
+    pub address: String,
+    /// The active suppressions.
+    pub suppressions: Vec<Suppression>,
+}
+
+impl Entry {
+    /// The suppression that blocks a message of `stream` to this address, if any (the
+    /// all-streams one first).
+    pub fn blocking(&self, stream: Stream) -> Option<&Suppression> {
+        self.suppressions.iter().find(|s| s.scope.covers(stream))
+    }
+
+    /// The suppression of exactly `scope`, if active.
+    pub fn scope(&self, scope: Scope) -> Option<&Suppression> {
+        self.suppressions.iter().find(|s| s.scope == scope)
+    }
+
+    /// Decodes the item stored for `address`: `None` when no scope is active. Undecodable
+    /// attributes fall back (module docs) because an active scope suppresses by itself.
+    pub fn from_item(address: &str, item: &Item) -> Option<Self> {
+        let address = get_s(item, ADDRESS).map_or_else(|| canonical(address), str::to_owned);
+        let mut suppressions: Vec<Suppression> = Scope::EVERY
+            .into_iter()
+            .filter_map(|scope| {
+                let a = scope.attrs();
+                item.get(a.reason)?;
+                Some(Suppression {
+                    address: address.clone(),
+                    scope,
+                    reason: get_s(item, a.reason)
+                        .and_then(Reason::parse)
+                        .unwrap_or(Reason::Unknown),
+                    source: get_s(item, a.source).unwrap_or_default().to_owned(),
+                    at: get_n(item, a.at).unwrap_or(0),
+                })
+            })
+            .collect();
+        let removed = Scope::EVERY
+            .into_iter()
+            .any(|s| item.contains_key(s.attrs().removed_at));
+        if suppressions.is_empty() && !removed {
+            // An item that says nothing: whoever wrote it meant to block.
+            suppressions.push(Suppression {
+                address: address.clone(),
+                scope: Scope::All,
+                reason: Reason::Unknown,
+                source: String::new(),
+                at: 0,
+            });
+        }
+        (!suppressions.is_empty()).then_some(Self {
+            address,
+            suppressions,
+        })
+    }
+}
+
+/// The item after adding `s` to `current`, or `None` when a removal covering its scope is not
+/// older than it (module docs): the pure core of [`add`].
+pub fn with_added(current: Option<&Item>, s: &Suppression) -> Option<Item> {
+    let mut item = current.cloned().unwrap_or_default();
+    for scope in s.scope.removals() {
+        if let Some(removed) = item.get(scope.attrs().removed_at) {
+            if !matches!(removed, Value::N(r) if *r < s.at) {
+                return None;
+            }
         }
     }
-}
-
-/// The write that adds `suppression` unless an operator removed the address after it
-/// happened (see the module docs).
-fn add_write(suppression: &Suppression) -> Write {
-    Write {
-        key: key(&suppression.address),
-        op: WriteOp::Put(suppression.to_item()),
-        condition: Condition::Or(vec![
-            Condition::AttrNotExists(REMOVED_AT.into()),
-            Condition::cmp(REMOVED_AT, CmpOp::Lt, suppression.at),
-        ]),
+    // An item that suppresses every stream only by saying nothing keeps doing so with a
+    // stream's attributes beside.
+    let all_active = current
+        .and_then(|i| Entry::from_item(&s.address, i))
+        .is_some_and(|e| e.scope(Scope::All).is_some());
+    let all = Scope::All.attrs();
+    if all_active && !item.contains_key(all.reason) {
+        item.insert(all.reason.to_owned(), Value::from(Reason::Unknown.as_str()));
     }
+    let a = s.scope.attrs();
+    item.insert(ADDRESS.to_owned(), Value::from(s.address.as_str()));
+    item.insert(a.reason.to_owned(), Value::from(s.reason.as_str()));
+    item.insert(a.source.to_owned(), Value::from(s.source.as_str()));
+    item.insert(a.at.to_owned(), Value::N(s.at));
+    item.remove(TTL_ATTRIBUTE);
+    Some(item)
 }
 
-/// Adds (or replaces) a suppression: one conditional write. `false` when an operator removed
-/// the address after `suppression.at`: that removal stands.
+/// The item after an operator removes `address` from `scope` at `now` ([`Scope::All`]: from
+/// every scope), or `None` when that scope was not active: the pure core of [`remove`].
+/// `write_id` marks this removal (module docs of [`remove`]).
+pub fn with_removed(
+    current: Option<&Item>,
+    address: &str,
+    scope: Scope,
+    now: EpochMillis,
+    write_id: i64,
+) -> Option<Item> {
+    let entry = Entry::from_item(address, current?)?;
+    let cleared: Vec<Scope> = match scope {
+        Scope::All => Scope::EVERY.to_vec(),
+        Scope::Stream(_) => vec![scope],
+    };
+    if !entry
+        .suppressions
+        .iter()
+        .any(|s| cleared.contains(&s.scope))
+    {
+        return None;
+    }
+    let mut item = current?.clone();
+    for c in &cleared {
+        let a = c.attrs();
+        for attr in [a.reason, a.source, a.at] {
+            item.remove(attr);
+        }
+    }
+    item.insert(ADDRESS.to_owned(), Value::from(entry.address.as_str()));
+    item.insert(scope.attrs().removed_at.to_owned(), Value::N(now));
+    item.insert(WRITE_ID.to_owned(), Value::N(write_id));
+    if Entry::from_item(address, &item).is_none() {
+        item.insert(
+            TTL_ATTRIBUTE.to_owned(),
+            Value::N((now + TOMBSTONE_TTL_MS) / 1000),
+        );
+    } else {
+        item.remove(TTL_ATTRIBUTE);
+    }
+    Some(item)
+}
+
+/// The condition "the item is as `current` says": absent, or every attribute equal and none of
+/// the layout's other attributes present.
+fn unchanged(current: Option<&Item>) -> Condition {
+    let Some(item) = current else {
+        return Condition::ItemNotExists;
+    };
+    let mut all: Vec<Condition> = item
+        .iter()
+        .map(|(k, v)| Condition::cmp(k.clone(), CmpOp::Eq, v.clone()))
+        .collect();
+    all.extend(
+        layout_attrs()
+            .filter(|a| !item.contains_key(*a))
+            .map(|a| Condition::AttrNotExists(a.into())),
+    );
+    all.push(Condition::ItemExists);
+    Condition::all(all)
+}
+
+/// What a compare and put came to.
+enum Put {
+    /// The item is now what `next` made of it.
+    Done,
+    /// `next` declined; the item as it is.
+    Declined(Option<Item>),
+}
+
+/// Writes `next(stored)` with a put conditional on the item being unchanged, starting from the
+/// guess `current`, reading the stored item from each failed condition (module docs).
+async fn compare_and_put<S: StateStore + ?Sized>(
+    store: &S,
+    key: Key,
+    mut current: Option<Item>,
+    next: impl Fn(Option<&Item>) -> Option<Item>,
+) -> Result<Put, StoreError> {
+    for _ in 0..MAX_ATTEMPTS {
+        let Some(item) = next(current.as_ref()) else {
+            return Ok(Put::Declined(current));
+        };
+        if current.as_ref() == Some(&item) {
+            return Ok(Put::Done);
+        }
+        let write = Write {
+            key: key.clone(),
+            condition: unchanged(current.as_ref()),
+            op: WriteOp::Put(item),
+        };
+        match store.write(write).await? {
+            WriteOutcome::Applied(_) => return Ok(Put::Done),
+            WriteOutcome::ConditionFailed(now) => current = now,
+        }
+    }
+    Err(StoreError::Throttled)
+}
+
+/// Adds (or replaces) a suppression for its scope, leaving the address's other scopes as they
+/// are. `false` when an operator removed the address from that scope (or from every scope)
+/// after `suppression.at`: that removal stands. One put when the address has no item yet, two
+/// when it has.
 pub async fn add<S: StateStore + ?Sized>(
     store: &S,
     suppression: &Suppression,
 ) -> Result<bool, StoreError> {
-    let outcome = store.write(add_write(suppression)).await?;
-    Ok(matches!(outcome, WriteOutcome::Applied(_)))
+    let put = compare_and_put(store, key(&suppression.address), None, |current| {
+        with_added(current, suppression)
+    })
+    .await?;
+    Ok(matches!(put, Put::Done))
 }
 
-/// Adds several suppressions (the recorder's batches), each a conditional write as in [`add`],
-/// all in flight together. Returns how many were added; the others were removed by an operator
-/// after their event.
+/// Adds several suppressions (the recorder's batches), each as in [`add`], all in flight
+/// together. Returns how many were added; the others were removed by an operator after their
+/// event.
 pub async fn add_many<S: StateStore + ?Sized>(
     store: &S,
     suppressions: &[Suppression],
 ) -> Result<usize, StoreError> {
-    let outcomes =
-        futures::future::join_all(suppressions.iter().map(|s| store.write(add_write(s)))).await;
+    let outcomes = futures::future::join_all(suppressions.iter().map(|s| add(store, s))).await;
     let mut added = 0;
     for outcome in outcomes {
-        added += usize::from(matches!(outcome?, WriteOutcome::Applied(_)));
+        added += usize::from(outcome?);
     }
     Ok(added)
 }
 
-/// Removes `address` (any case) from the list at `now`, leaving a tombstone so that older
-/// events cannot add it again (module docs); `true` when it was on the list.
+/// Removes `address` (any case) from `scope` at `now` ([`Scope::All`]: from every scope),
+/// leaving a tombstone so that older events cannot add it again (module docs); `true` when it
+/// was suppressed in that scope. Reads the item, then one put (more only if it raced).
 pub async fn remove<S: StateStore + ?Sized>(
     store: &S,
     address: &str,
+    scope: Scope,
     now: EpochMillis,
 ) -> Result<bool, StoreError> {
     // Tells this removal's tombstone from any other, for a retry whose first attempt was
     // applied but whose answer was lost.
     let write_id = i64::try_from(crate::retry::random_below(1 << 48)).unwrap_or_default();
-    let tombstone = Item::from([
-        (ADDRESS.to_owned(), Value::from(canonical(address).as_str())),
-        (REMOVED_AT.to_owned(), Value::N(now)),
-        (WRITE_ID.to_owned(), Value::N(write_id)),
-        (
-            TTL_ATTRIBUTE.to_owned(),
-            Value::N((now + TOMBSTONE_TTL_MS) / 1000),
-        ),
-    ]);
-    let outcome = store
-        .write(Write {
-            key: key(address),
-            op: WriteOp::Put(tombstone),
-            // On the list: an item that is not already a tombstone.
-            condition: Condition::And(vec![
-                Condition::ItemExists,
-                Condition::AttrNotExists(REMOVED_AT.into()),
-            ]),
-        })
-        .await?;
-    Ok(match outcome {
-        WriteOutcome::Applied(_) => true,
+    let key = key(address);
+    let current = store.get(&key).await?;
+    let put = compare_and_put(store, key, current, |current| {
+        with_removed(current, address, scope, now, write_id)
+    })
+    .await?;
+    Ok(match put {
+        Put::Done => true,
         // A retry of this very removal, applied but whose answer was lost, meets its own
         // tombstone: it did remove the address.
-        WriteOutcome::ConditionFailed(current) => current
+        Put::Declined(current) => current
             .as_ref()
             .is_some_and(|i| get_n(i, WRITE_ID) == Some(write_id)),
     })
 }
 
-/// True for a removal's tombstone, which does not suppress.
-fn is_tombstone(item: &Item) -> bool {
-    item.contains_key(REMOVED_AT)
-}
-
-/// The suppression of `address` (any case), if any.
+/// The entry of `address` (any case), if any scope is active.
 pub async fn lookup<S: StateStore + ?Sized>(
     store: &S,
     address: &str,
-) -> Result<Option<Suppression>, StoreError> {
+) -> Result<Option<Entry>, StoreError> {
     let item = store.get(&key(address)).await?;
-    Ok(item
-        .filter(|i| !is_tombstone(i))
-        .map(|i| Suppression::from_item(address, &i)))
+    Ok(item.and_then(|i| Entry::from_item(address, &i)))
 }
 
-/// The suppression of each address (any case), in input order: one `get_many` per
-/// [`MAX_BATCH_GET`] distinct addresses (duplicates, in any case, are read once).
+/// The entry of each address (any case), in input order: one `get_many` per [`MAX_BATCH_GET`]
+/// distinct addresses (duplicates, in any case, are read once).
 pub async fn lookup_many<S: StateStore + ?Sized>(
     store: &S,
     addresses: &[&str],
-) -> Result<Vec<Option<Suppression>>, StoreError> {
+) -> Result<Vec<Option<Entry>>, StoreError> {
     let mut distinct: Vec<Key> = addresses.iter().map(|a| key(a)).collect();
     distinct.sort();
     distinct.dedup();
@@ -270,12 +578,12 @@ pub async fn lookup_many<S: StateStore + ?Sized>(
             chunk
                 .iter()
                 .zip(items)
-                .filter_map(|(k, i)| i.filter(|i| !is_tombstone(i)).map(|i| (k.clone(), i))),
+                .filter_map(|(k, i)| i.map(|i| (k.clone(), i))),
         );
     }
     Ok(addresses
         .iter()
-        .map(|a| found.get(&key(a)).map(|i| Suppression::from_item(a, i)))
+        .map(|a| found.get(&key(a)).and_then(|i| Entry::from_item(a, i)))
         .collect())
 }
 
@@ -287,6 +595,17 @@ mod tests {
     use crate::state::memory::MemoryStore;
 
     const T0: EpochMillis = 1_795_000_000_000;
+    const BULK: Scope = Scope::Stream(Stream::Bulk);
+    const TRANSACTIONAL: Scope = Scope::Stream(Stream::Transactional);
+
+    /// The scopes active for `address`.
+    async fn scopes(store: &MemoryStore, address: &str) -> Vec<Scope> {
+        lookup(store, address)
+            .await
+            .unwrap()
+            .map(|e| e.suppressions.iter().map(|s| s.scope).collect())
+            .unwrap_or_default()
+    }
 
     #[tokio::test]
     async fn lookups_ignore_case() {
@@ -299,13 +618,14 @@ mod tests {
         .unwrap();
         let found = lookup(&store, "john.doe@example.org").await.unwrap();
         assert_eq!(
-            found,
-            Some(Suppression {
+            found.map(|e| e.suppressions),
+            Some(vec![Suppression {
                 address: "john.doe@example.org".into(),
+                scope: Scope::All,
                 reason: Reason::HardBounce,
                 source: "mg:ev1".into(),
                 at: T0
-            })
+            }])
         );
         assert_eq!(lookup(&store, "jane@example.org").await.unwrap(), None);
     }
@@ -319,8 +639,8 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(remove(&store, "A@X.org", T0 + 1).await.unwrap());
-        assert!(!remove(&store, "a@x.org", T0 + 1).await.unwrap());
+        assert!(remove(&store, "A@X.org", Scope::All, T0 + 1).await.unwrap());
+        assert!(!remove(&store, "a@x.org", Scope::All, T0 + 1).await.unwrap());
         assert_eq!(lookup(&store, "a@x.org").await.unwrap(), None);
     }
 
@@ -331,7 +651,7 @@ mod tests {
             &store,
             &[
                 Suppression::new("b@x.org", Reason::Complaint, "ev-b", T0),
-                Suppression::new("d@x.org", Reason::Unsubscribe, "ev-d", T0),
+                Suppression::new("d@x.org", Reason::Unsubscribe, "ev-d", T0).in_scope(BULK),
             ],
         )
         .await
@@ -339,15 +659,33 @@ mod tests {
         let reads_before = store.request_counts().reads;
         let addresses = ["a@x.org", "B@x.org", "c@x.org", "d@x.org", "b@X.ORG"];
         let found = lookup_many(&store, &addresses).await.unwrap();
-        let reasons: Vec<Option<Reason>> =
-            found.iter().map(|s| s.as_ref().map(|s| s.reason)).collect();
+        let blocking = |stream: Stream| -> Vec<Option<Reason>> {
+            found
+                .iter()
+                .map(|e| {
+                    e.as_ref()
+                        .and_then(|e| e.blocking(stream))
+                        .map(|s| s.reason)
+                })
+                .collect()
+        };
         assert_eq!(
-            reasons,
+            blocking(Stream::Bulk),
             vec![
                 None,
                 Some(Reason::Complaint),
                 None,
                 Some(Reason::Unsubscribe),
+                Some(Reason::Complaint)
+            ]
+        );
+        assert_eq!(
+            blocking(Stream::Transactional),
+            vec![
+                None,
+                Some(Reason::Complaint),
+                None,
+                None,
                 Some(Reason::Complaint)
             ]
         );
@@ -365,10 +703,55 @@ mod tests {
     }
 
     #[test]
-    fn an_undecodable_item_still_suppresses() {
-        let item = Item::from([(REASON.to_owned(), Value::N(3))]);
-        let s = Suppression::from_item("X@y.org", &item);
-        assert_eq!((s.address.as_str(), s.reason), ("x@y.org", Reason::Unknown));
+    fn an_undecodable_item_still_suppresses_every_stream() {
+        let item = Item::from([(Scope::All.attrs().reason.to_owned(), Value::N(3))]);
+        let e = Entry::from_item("X@y.org", &item).unwrap();
+        let s = e.blocking(Stream::Transactional).unwrap();
+        assert_eq!(
+            (s.address.as_str(), s.scope, s.reason),
+            ("x@y.org", Scope::All, Reason::Unknown)
+        );
+        // An item saying nothing at all blocks too, and keeps doing so when a stream is added.
+        let bare = Item::from([(ADDRESS.to_owned(), Value::from("x@y.org"))]);
+        assert!(
+            Entry::from_item("x@y.org", &bare)
+                .unwrap()
+                .blocking(Stream::Transactional)
+                .is_some()
+        );
+        let unsub = Suppression::new("x@y.org", Reason::Unsubscribe, "ev", T0).in_scope(BULK);
+        let after = with_added(Some(&bare), &unsub).unwrap();
+        let e = Entry::from_item("x@y.org", &after).unwrap();
+        assert_eq!(
+            e.blocking(Stream::Transactional).map(|s| s.scope),
+            Some(Scope::All)
+        );
+    }
+
+    #[test]
+    fn an_item_from_before_scopes_blocks_every_stream() {
+        // The stored form of an entry written before scopes existed.
+        let item = Item::from([
+            (ADDRESS.to_owned(), Value::from("old@x.org")),
+            ("reason".to_owned(), Value::from("unsubscribe")),
+            ("source".to_owned(), Value::from("mg:ev0")),
+            ("at".to_owned(), Value::N(T0)),
+        ]);
+        let e = Entry::from_item("old@x.org", &item).unwrap();
+        for stream in Stream::ALL {
+            let s = e.blocking(stream).unwrap();
+            assert_eq!(
+                (s.scope, s.reason),
+                (Scope::All, Reason::Unsubscribe),
+                "{stream}"
+            );
+        }
+        // And a tombstone from then (no reason, removed_at) blocks nothing.
+        let tombstone = Item::from([
+            (ADDRESS.to_owned(), Value::from("old@x.org")),
+            ("removed_at".to_owned(), Value::N(T0)),
+        ]);
+        assert_eq!(Entry::from_item("old@x.org", &tombstone), None);
     }
 
     #[test]
@@ -390,6 +773,111 @@ mod tests {
         for r in [Reason::HardBounce, Reason::Manual, Reason::Unknown] {
             assert_eq!(Reason::parse(r.as_str()), Some(r));
         }
+        for s in Scope::EVERY {
+            assert_eq!(Scope::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
+    fn an_events_scope_follows_its_kind_its_stream_and_the_rule() {
+        use DeliveryKind::{Complained, HardBounce, Unsubscribed};
+        let bulk = Some(Stream::Bulk);
+        let cases = [
+            (HardBounce, bulk, EventScope::Stream, Scope::All),
+            (Complained, bulk, EventScope::Stream, BULK),
+            (Unsubscribed, bulk, EventScope::Stream, BULK),
+            (
+                Unsubscribed,
+                Some(Stream::Transactional),
+                EventScope::Stream,
+                TRANSACTIONAL,
+            ),
+            (Complained, bulk, EventScope::All, Scope::All),
+            (Unsubscribed, bulk, EventScope::All, Scope::All),
+            // The stream unknown: every stream (the safe side for consent).
+            (Complained, None, EventScope::Stream, Scope::All),
+            (Unsubscribed, None, EventScope::Stream, Scope::All),
+        ];
+        for (kind, stream, rule, want) in cases {
+            let s = Suppression::from_delivery(kind, stream, rule, "a@x.org", "ev", T0).unwrap();
+            assert_eq!(s.scope, want, "{kind:?} {stream:?} {rule:?}");
+        }
+        assert_eq!(
+            Suppression::from_delivery(
+                DeliveryKind::Delivered,
+                bulk,
+                EventScope::All,
+                "a@x.org",
+                "ev",
+                T0
+            ),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn scopes_are_kept_side_by_side_in_one_item() {
+        let store = MemoryStore::new();
+        let unsub = Suppression::new("p@x.org", Reason::Unsubscribe, "mg:u", T0).in_scope(BULK);
+        assert!(add(&store, &unsub).await.unwrap());
+        assert_eq!(scopes(&store, "p@x.org").await, [BULK]);
+        let complaint =
+            Suppression::new("p@x.org", Reason::Complaint, "mg:c", T0 + 1).in_scope(TRANSACTIONAL);
+        assert!(add(&store, &complaint).await.unwrap());
+        let bounce = Suppression::new("P@x.org", Reason::HardBounce, "mg:b", T0 + 2);
+        assert!(add(&store, &bounce).await.unwrap());
+        assert_eq!(
+            scopes(&store, "p@x.org").await,
+            [Scope::All, TRANSACTIONAL, BULK]
+        );
+        assert_eq!(store.snapshot().len(), 1, "one item per address");
+        // Removing one stream leaves the others.
+        assert!(remove(&store, "p@x.org", BULK, T0 + 3).await.unwrap());
+        assert!(
+            !remove(&store, "p@x.org", BULK, T0 + 4).await.unwrap(),
+            "no longer listed"
+        );
+        assert_eq!(scopes(&store, "p@x.org").await, [Scope::All, TRANSACTIONAL]);
+        let item = store.get(&key("p@x.org")).await.unwrap().unwrap();
+        assert!(
+            !item.contains_key(TTL_ATTRIBUTE),
+            "still suppressed: no expiry"
+        );
+        // Removing every stream clears them all and lets the item expire.
+        assert!(remove(&store, "p@x.org", Scope::All, T0 + 5).await.unwrap());
+        assert_eq!(scopes(&store, "p@x.org").await, []);
+        let item = store.get(&key("p@x.org")).await.unwrap().unwrap();
+        assert_eq!(
+            get_n(&item, TTL_ATTRIBUTE),
+            Some((T0 + 5 + TOMBSTONE_TTL_MS) / 1000)
+        );
+    }
+
+    #[tokio::test]
+    async fn removing_a_stream_does_not_remove_an_all_streams_entry() {
+        let store = MemoryStore::new();
+        add(
+            &store,
+            &Suppression::new("q@x.org", Reason::HardBounce, "mg:b", T0),
+        )
+        .await
+        .unwrap();
+        assert!(!remove(&store, "q@x.org", BULK, T0 + 1).await.unwrap());
+        assert_eq!(scopes(&store, "q@x.org").await, [Scope::All]);
+    }
+
+    #[tokio::test]
+    async fn a_racing_writer_is_merged_not_overwritten() {
+        let store = MemoryStore::new();
+        let bulk = Suppression::new("r@x.org", Reason::Unsubscribe, "ev1", T0).in_scope(BULK);
+        add(&store, &bulk).await.unwrap();
+        // A put computed from "no item" (the recorder's first guess) fails its condition and
+        // is redone from the stored item.
+        let bounce = Suppression::new("r@x.org", Reason::HardBounce, "ev2", T0 + 1);
+        let writes_before = store.request_counts().writes;
+        assert!(add(&store, &bounce).await.unwrap());
+        assert_eq!(store.request_counts().writes - writes_before, 2);
+        assert_eq!(scopes(&store, "r@x.org").await, [Scope::All, BULK]);
     }
 
     #[tokio::test]
@@ -397,11 +885,27 @@ mod tests {
         let store = crate::state::memory::LostAnswers(MemoryStore::new());
         let bounce = Suppression::new("p@example.org", Reason::HardBounce, "mg:ev1", T0);
         assert!(add(&store.0, &bounce).await.unwrap());
-        assert!(remove(&store, "p@example.org", T0 + 10).await.unwrap());
+        assert!(
+            remove(&store, "p@example.org", Scope::All, T0 + 10)
+                .await
+                .unwrap()
+        );
         assert_eq!(lookup(&store, "p@example.org").await.unwrap(), None);
         // A removal of an address not on the list still says so.
-        assert!(!remove(&store, "q@example.org", T0 + 20).await.unwrap());
-        assert!(!remove(&store, "p@example.org", T0 + 30).await.unwrap());
+        assert!(
+            !remove(&store, "q@example.org", Scope::All, T0 + 20)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !remove(&store, "p@example.org", Scope::All, T0 + 30)
+                .await
+                .unwrap()
+        );
+        // An add whose answer was lost reports it added.
+        let again =
+            Suppression::new("p@example.org", Reason::Complaint, "mg:ev2", T0 + 40).in_scope(BULK);
+        assert!(add(&store, &again).await.unwrap());
     }
 
     #[tokio::test]
@@ -409,7 +913,11 @@ mod tests {
         let store = MemoryStore::new();
         let bounce = Suppression::new("P@example.org", Reason::HardBounce, "mg:ev1", T0);
         assert!(add(&store, &bounce).await.unwrap());
-        assert!(remove(&store, "p@EXAMPLE.org", T0 + 10).await.unwrap());
+        assert!(
+            remove(&store, "p@EXAMPLE.org", Scope::All, T0 + 10)
+                .await
+                .unwrap()
+        );
         assert_eq!(lookup(&store, "p@example.org").await.unwrap(), None);
         // The same bounce recorded again (a replay) changes nothing.
         assert!(!add(&store, &bounce).await.unwrap());
@@ -423,8 +931,14 @@ mod tests {
             lookup_many(&store, &["p@example.org"]).await.unwrap(),
             [None]
         );
+        // Removing every stream also refuses an older event of one stream.
+        let old_unsub =
+            Suppression::new("p@example.org", Reason::Unsubscribe, "mg:ev0", T0 + 5).in_scope(BULK);
+        assert!(!add(&store, &old_unsub).await.unwrap());
         assert!(
-            !remove(&store, "p@example.org", T0 + 11).await.unwrap(),
+            !remove(&store, "p@example.org", Scope::All, T0 + 11)
+                .await
+                .unwrap(),
             "not on the list"
         );
         // A bounce after the removal suppresses again.
@@ -435,9 +949,37 @@ mod tests {
                 .unwrap(),
             1
         );
-        assert_eq!(lookup(&store, "p@example.org").await.unwrap(), Some(again));
+        assert_eq!(
+            lookup(&store, "p@example.org")
+                .await
+                .unwrap()
+                .map(|e| e.suppressions),
+            Some(vec![again])
+        );
         // Removing an address that was never on the list leaves nothing behind.
-        assert!(!remove(&store, "never@example.org", T0).await.unwrap());
+        assert!(
+            !remove(&store, "never@example.org", Scope::All, T0)
+                .await
+                .unwrap()
+        );
         assert!(store.snapshot().keys().all(|k| !k.contains("never")));
+    }
+
+    #[tokio::test]
+    async fn a_streams_removal_wins_over_its_older_events_only() {
+        let store = MemoryStore::new();
+        let unsub = Suppression::new("s@x.org", Reason::Unsubscribe, "ev1", T0).in_scope(BULK);
+        add(&store, &unsub).await.unwrap();
+        assert!(remove(&store, "s@x.org", BULK, T0 + 10).await.unwrap());
+        // The replayed bulk unsubscribe stays removed ...
+        assert!(!add(&store, &unsub).await.unwrap());
+        // ... an older event of another scope is not this removal's business ...
+        let complaint =
+            Suppression::new("s@x.org", Reason::Complaint, "ev0", T0 + 5).in_scope(TRANSACTIONAL);
+        assert!(add(&store, &complaint).await.unwrap());
+        // ... and a newer bulk unsubscribe suppresses again.
+        let newer = Suppression::new("s@x.org", Reason::Unsubscribe, "ev2", T0 + 20).in_scope(BULK);
+        assert!(add(&store, &newer).await.unwrap());
+        assert_eq!(scopes(&store, "s@x.org").await, [TRANSACTIONAL, BULK]);
     }
 }

@@ -235,6 +235,7 @@ fn delivery(id: &str, event: &str, recipient: &str, kind: DeliveryKind, at: i64)
         at,
         diagnostic: (kind == DeliveryKind::HardBounce).then(|| "550 5.1.1 no such user".into()),
         url: (kind == DeliveryKind::Clicked).then(|| "https://clinic.example/r".into()),
+        stream: None,
     })
 }
 

@@ -371,6 +371,11 @@ fn schema_and_parser_reject_the_same_bad_messages() {
             "gateway with a space",
             with("gateway", json!("mailgun primary")),
         ),
+        (
+            "stream not one of the two",
+            with("stream", json!("marketing")),
+        ),
+        ("stream in capitals", with("stream", json!("BULK"))),
         ("body is an array", json!([good()])),
     ];
     for (what, body) in cases {
@@ -632,6 +637,15 @@ fn candidates(field: &str) -> Vec<Value> {
             json!("a:b"),
             json!(5),
         ],
+        "stream" => vec![
+            json!("transactional"),
+            json!("bulk"),
+            json!("Bulk"),
+            json!("marketing"),
+            json!(""),
+            json!(["bulk"]),
+            json!(1),
+        ],
         _ => vec![json!("x")],
     };
     values.push(Value::Null);
@@ -660,6 +674,7 @@ fn schema_and_parser_agree_on_every_single_field_variation() {
         "tracking",
         "gateway",
         "expires_at",
+        "stream",
         "Text",
         "unknown",
     ];

@@ -101,6 +101,7 @@ fn delivered(id: &str, recipient: &str, at: i64) -> GatewayEvent {
         at,
         diagnostic: None,
         url: None,
+        stream: None,
     })
 }
 

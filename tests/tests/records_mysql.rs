@@ -99,6 +99,7 @@ fn delivery(
         diagnostic: matches!(kind, DeliveryKind::SoftBounce | DeliveryKind::HardBounce)
             .then(|| format!("550 {event_id}")),
         url: (kind == DeliveryKind::Clicked).then(|| "https://clinic.example/a".into()),
+        stream: None,
     })
 }
 
@@ -521,6 +522,7 @@ async fn a_value_too_long_for_its_column_is_refused_not_truncated() {
         at: T0,
         diagnostic: None,
         url: None,
+        stream: None,
     };
     let mut batch = history();
     batch.push(GatewayEvent::Delivery(long));

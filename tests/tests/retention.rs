@@ -97,6 +97,7 @@ fn delivery(event_id: &str, message: Option<&str>, kind: DeliveryKind, at: i64) 
         at,
         diagnostic: None,
         url: None,
+        stream: None,
     })
 }
 

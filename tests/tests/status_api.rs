@@ -137,6 +137,7 @@ fn history() -> Vec<GatewayEvent> {
             at: NOW - 30 * MIN,
             diagnostic: Some("550 no such user".into()),
             url: None,
+            stream: None,
         }),
         outcome(
             "m-2",

@@ -103,7 +103,11 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
     }
     // The start-up audit above is not counted: it is not a batch's work.
     let metrics = Metrics::new(metrics_namespace, Arc::clone(&clock), Output::Stdout);
-    let mut recorder = Recorder::new(metrics.counting(records), state, Arc::clone(&clock));
+    // How far complaints and unsubscribes suppress: the config's `suppression` section
+    // (without a config, its defaults: the stream of the event's message).
+    let scopes = config.as_ref().map(|c| c.suppression).unwrap_or_default();
+    let mut recorder = Recorder::new(metrics.counting(records), state, Arc::clone(&clock))
+        .with_suppression_scopes(scopes);
     if let (Some(jobs_url), Some(dlq_url)) = (jobs_url, dlq_url) {
         let jobs = startup.queue(jobs_url).await;
         let dead_letters = startup.queue(dlq_url).await;

@@ -233,6 +233,10 @@ pub fn redacted_document(config: &Config) -> Value {
         },
         "system_limits": { "daily": limit(config.system_limits.daily) },
         "customer_webhooks": config.customer_webhooks.iter().map(customer_webhook).collect::<Vec<_>>(),
+        "suppression": {
+            "complaint_scope": config.suppression.complaint_scope.as_str(),
+            "unsubscribe_scope": config.suppression.unsubscribe_scope.as_str(),
+        },
     })
 }
 

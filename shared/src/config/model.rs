@@ -26,6 +26,47 @@ pub struct Config {
     pub mode: GatewayMode,
     /// Where customers receive their events in Mandrill's format (`customer_webhooks[]`).
     pub customer_webhooks: Vec<CustomerWebhook>,
+    /// How far complaints and unsubscribes suppress (`suppression`).
+    pub suppression: SuppressionSettings,
+}
+
+/// How far a complaint or an unsubscribe suppresses its recipient (`suppression.complaint_scope`
+/// / `unsubscribe_scope`; ARCHITECTURE §3.6). Hard bounces always suppress every stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventScope {
+    /// `stream`: only the stream of the message the event was about, or every stream when the
+    /// event does not say which (the safe side for consent).
+    #[default]
+    Stream,
+    /// `all`: every stream.
+    All,
+}
+
+impl EventScope {
+    /// The config name: `stream` or `all`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stream => "stream",
+            Self::All => "all",
+        }
+    }
+
+    /// Parses a config name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Stream, Self::All]
+            .into_iter()
+            .find(|e| e.as_str() == s)
+    }
+}
+
+/// The `suppression` section: the reach of each kind of suppressing event, as the recorder
+/// applies it. The default suppresses complaints and unsubscribes for their message's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SuppressionSettings {
+    /// `complaint_scope`.
+    pub complaint_scope: EventScope,
+    /// `unsubscribe_scope`.
+    pub unsubscribe_scope: EventScope,
 }
 
 /// The customer-facing event types, by Mandrill's names (`customer_webhooks[].events`; the

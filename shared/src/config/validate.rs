@@ -456,6 +456,7 @@ struct TopLevel {
     system_limits: SystemLimits,
     http: HttpSettings,
     global_strategy: Option<Strategy>,
+    suppression: SuppressionSettings,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -465,6 +466,7 @@ const TOP_KEYS: &[&str] = &[
     "routing",
     "system_limits",
     "customer_webhooks",
+    "suppression",
 ];
 const RATE_KEYS: &[&str] = &[
     "workspace_daily",
@@ -554,6 +556,7 @@ pub(crate) fn resolve(
         http: top.http,
         mode,
         customer_webhooks: top.customer_webhooks,
+        suppression: top.suppression,
     })
 }
 
@@ -574,6 +577,7 @@ fn top_level_defaults(env: &EnvOverrides) -> TopLevel {
         },
         http: default_http(),
         global_strategy: None,
+        suppression: SuppressionSettings::default(),
     }
 }
 
@@ -615,6 +619,19 @@ fn strategy_at(is: &mut Issues, path: &str, v: &Value) -> Option<Strategy> {
             None
         }
     }
+}
+
+/// `suppression.complaint_scope` / `unsubscribe_scope`: `stream` or `all`.
+fn event_scope(obj: &Obj<'_>, key: &str, is: &mut Issues) -> Option<EventScope> {
+    let name = obj.string(is, key)?;
+    let scope = EventScope::parse(name);
+    if scope.is_none() {
+        is.error(
+            at(&obj.path, key),
+            format!("unknown scope {name:?}; expected stream or all"),
+        );
+    }
+    scope
 }
 
 fn top_level(doc: &Value, env: &EnvOverrides, is: &mut Issues) -> Option<TopLevel> {
@@ -690,6 +707,15 @@ fn top_level(doc: &Value, env: &EnvOverrides, is: &mut Issues) -> Option<TopLeve
         }
     }
     top.customer_webhooks = customer_webhooks(&root, is);
+    if let Some(sup) = root.object(is, "suppression") {
+        sup.only_keys(is, &["complaint_scope", "unsubscribe_scope"]);
+        if let Some(scope) = event_scope(&sup, "complaint_scope", is) {
+            top.suppression.complaint_scope = scope;
+        }
+        if let Some(scope) = event_scope(&sup, "unsubscribe_scope", is) {
+            top.suppression.unsubscribe_scope = scope;
+        }
+    }
     match root.get("gateways") {
         None => is.error("gateways", "required"),
         Some(Value::Array(_)) => {}

@@ -114,6 +114,7 @@ fn config(system_daily: Limit, gateways: Vec<Gateway>) -> Config {
         },
         mode: GatewayMode::New,
         customer_webhooks: Vec::new(),
+        suppression: Default::default(),
     }
 }
 

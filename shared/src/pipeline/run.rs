@@ -193,8 +193,13 @@ impl Pipeline {
 
         let mut listed = suppressed.into_iter();
         for w in works.iter_mut() {
+            // Only a suppression covering the message's stream drops a recipient: a bulk
+            // unsubscribe leaves appointment mail alone (suppression module docs, "Scopes").
+            let stream = w.original.stream();
             for (_, mailbox) in w.original.recipients() {
-                if let Some(Some(_)) = listed.next() {
+                if let Some(Some(entry)) = listed.next()
+                    && entry.blocking(stream).is_some()
+                {
                     w.suppressed
                         .insert(suppression::canonical(mailbox.address().as_str()));
                 }

@@ -23,7 +23,7 @@ use crate::providers::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
 use crate::queue::Received;
 use crate::state::memory::MemoryStore;
 use crate::state::{Item, Key, StoreError, TransactOutcome, Write, WriteOutcome};
-use crate::suppression::{self, Reason, Suppression};
+use crate::suppression::{self, Reason, Scope, Suppression};
 
 /// 2026-11-28T10:00:00Z.
 mod levers;
@@ -829,6 +829,70 @@ async fn suppressed_recipients_are_left_out_and_all_suppressed_is_rejected() {
     );
     assert_eq!(events[1].recipients[0].status, RecipientStatus::Suppressed);
     assert_eq!(report.metrics.suppressed_recipients, 2);
+}
+
+/// A message of `stream` from `dr@clinic.example` to `to`.
+fn body_in(id: &str, to: &[&str], stream: &str) -> String {
+    serde_json::json!({
+        "id": id, "from": "dr@clinic.example", "to": to, "subject": "s", "text": "t",
+        "stream": stream,
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_bulk_unsubscribe_blocks_bulk_mail_only_and_a_hard_bounce_blocks_both() {
+    let h = harness(&[("a", Reply::Accept)], "", "");
+    let bulk = Scope::Stream(crate::message::Stream::Bulk);
+    suppression::add(
+        h.store.as_ref(),
+        &Suppression::new("unsub@example.org", Reason::Unsubscribe, "mg:u", T0).in_scope(bulk),
+    )
+    .await
+    .unwrap();
+    suppression::add(
+        h.store.as_ref(),
+        &Suppression::new("bounced@example.org", Reason::HardBounce, "mg:b", T0),
+    )
+    .await
+    .unwrap();
+    let batch = records(vec![
+        body_in("m-t", &["unsub@example.org"], "transactional"),
+        body("m-default", "dr@clinic.example", &["unsub@example.org"]),
+        body_in("m-b", &["unsub@example.org", "p@example.org"], "bulk"),
+        body_in("m-bounce-t", &["bounced@example.org"], "transactional"),
+        body_in("m-bounce-b", &["bounced@example.org"], "bulk"),
+    ]);
+    let report = h.run(&batch).await;
+    let outcomes: Vec<Outcome> = report.items.iter().map(|i| i.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Sent,
+            Outcome::Sent,
+            Outcome::Sent,
+            Outcome::Rejected,
+            Outcome::Rejected
+        ]
+    );
+    let mut calls = h.calls("a");
+    calls.sort();
+    assert_eq!(calls, ["m-b", "m-default", "m-t"]);
+    let events = h.outcomes();
+    let of = |id: &str| {
+        events
+            .iter()
+            .find(|e| e.message_id == id)
+            .map(|e| e.recipients.iter().map(|r| r.status).collect::<Vec<_>>())
+            .unwrap()
+    };
+    assert_eq!(of("m-t"), [RecipientStatus::Sent]);
+    assert_eq!(
+        of("m-b"),
+        [RecipientStatus::Suppressed, RecipientStatus::Sent],
+        "the unsubscribed recipient is left out of the bulk message"
+    );
+    assert_eq!(report.metrics.suppressed_recipients, 3);
 }
 
 #[tokio::test]

@@ -53,6 +53,8 @@ pub(super) struct Work {
     /// The message to send: suppressed recipients left out (`None` until suppression is known
     /// or when none remain).
     pub message: Option<OutboundMessage>,
+    /// The recipients (canonical addresses) suppressed for the message's stream; the outcome
+    /// reports them `SUPPRESSED` (resolve.rs).
     pub suppressed: BTreeSet<String>,
     pub claim: Option<Claim>,
     pub candidates: Vec<usize>,

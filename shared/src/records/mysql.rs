@@ -909,6 +909,7 @@ fn event_row(row: &MySqlRow) -> Result<DeliveryEvent, RecordError> {
         at: row.try_get("at_ms").map_err(unavailable)?,
         diagnostic: row.try_get("diagnostic").map_err(unavailable)?,
         url: row.try_get("url").map_err(unavailable)?,
+        stream: None,
     })
 }
 

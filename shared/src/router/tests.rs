@@ -100,6 +100,7 @@ fn config(gateways: Vec<Gateway>, strategy: Strategy) -> Config {
         },
         mode: GatewayMode::New,
         customer_webhooks: Vec::new(),
+        suppression: Default::default(),
     }
 }
 

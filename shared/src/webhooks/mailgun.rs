@@ -142,6 +142,7 @@ fn one(body: &[u8]) -> Result<(Normalized, Option<Acceptance>), PayloadError> {
         at,
         diagnostic: diagnostic(data),
         url: str_at("url").map(str::to_owned),
+        stream: None,
     });
     Ok((normalized, evidence))
 }

@@ -141,6 +141,7 @@ fn one(e: &Value) -> Result<(Normalized, Option<Acceptance>), PayloadError> {
         at,
         diagnostic,
         url: str_at("url").map(str::to_owned),
+        stream: None,
     });
     Ok((normalized, evidence))
 }

@@ -249,6 +249,7 @@ pub fn read(message: &str) -> Result<Reading, PayloadError> {
                 at,
                 diagnostic: own_diagnostic.or_else(|| diagnostic.clone()),
                 url: url.clone(),
+                stream: None,
             })
         })
         .collect();
