@@ -13,6 +13,7 @@
 //! | `o:tracking-unsubscribe` | `yes`/`no` from the gateway's `tracking.unsubscribe` |
 //! | `o:tag` | at most [`MAX_TAGS`], see below |
 //! | `v:message_id` | our message id (the webhook normaliser reads `user-variables.message_id`) |
+//! | `v:stream` | the message's stream, `transactional` or `bulk` (read back as `user-variables.stream`) |
 //! | `v:<key>` | each metadata entry in its string form, except a key `message_id` (ours wins) |
 //! | `h:X-Gateway-Message-Id` | our message id |
 //! | `h:<Name>` | each custom header (the message contract already refused the reserved ones) |
@@ -183,8 +184,11 @@ impl MailgunProvider {
             text("o:tag", tag);
         }
         text("v:message_id", message.id().to_owned());
+        // The stream travels back with each event like the id: it decides how far a
+        // complaint or unsubscribe suppresses (crate::suppression).
+        text("v:stream", message.stream().as_str().to_owned());
         for (key, value) in message.metadata() {
-            if key != "message_id" {
+            if key != "message_id" && key != "stream" {
                 text(&format!("v:{key}"), value.to_string());
             }
         }

@@ -12,8 +12,8 @@
 //!   `inline` with `content_id` when the attachment has one.
 //! - `categories`: the message's tags, then the gateway's categories; duplicates dropped,
 //!   categories over [`MAX_CATEGORY_LEN`] characters skipped, cut at [`MAX_CATEGORIES`].
-//! - `custom_args`: `message_id` = our id, then every metadata entry in its string form (a
-//!   metadata key `message_id` is skipped: ours wins). SendGrid returns these as top-level keys
+//! - `custom_args`: `message_id` = our id, `stream` = the message's stream, then every metadata
+//!   entry in its string form (a metadata key `message_id` or `stream` is skipped: ours wins). SendGrid returns these as top-level keys
 //!   of every event.
 //! - `headers`: `X-Gateway-Message-Id` = our id, then the custom headers. Omitted when empty.
 //! - `tracking_settings`: `open_tracking.enable` and `click_tracking.enable` (with
@@ -186,8 +186,9 @@ impl SendgridProvider {
         }
         let mut custom_args = Map::new();
         custom_args.insert("message_id".into(), json!(message.id()));
+        custom_args.insert("stream".into(), json!(message.stream().as_str()));
         for (key, value) in message.metadata() {
-            if key != "message_id" {
+            if key != "message_id" && key != "stream" {
                 custom_args.insert(key.clone(), json!(value.to_string()));
             }
         }
@@ -387,7 +388,7 @@ mod tests {
                 "subject": "s",
                 "content": [{"type": "text/html", "value": "<p>h</p>"}],
                 "headers": {"X-Gateway-Message-Id": "m1"},
-                "custom_args": {"message_id": "m1"},
+                "custom_args": {"message_id": "m1", "stream": "transactional"},
                 "tracking_settings": {
                     "click_tracking": {"enable": true, "enable_text": false},
                     "open_tracking": {"enable": true}

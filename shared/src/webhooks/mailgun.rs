@@ -80,6 +80,11 @@ fn one(body: &[u8]) -> Result<(Normalized, Option<Acceptance>), PayloadError> {
         .and_then(|v| v.get("message_id"))
         .and_then(Value::as_str)
         .filter(|id| !id.is_empty());
+    let stream = data
+        .get("user-variables")
+        .and_then(|v| v.get("stream"))
+        .and_then(Value::as_str)
+        .and_then(crate::message::Stream::parse);
     let seconds = data
         .get("timestamp")
         .and_then(Value::as_f64)
@@ -142,7 +147,7 @@ fn one(body: &[u8]) -> Result<(Normalized, Option<Acceptance>), PayloadError> {
         at,
         diagnostic: diagnostic(data),
         url: str_at("url").map(str::to_owned),
-        stream: None,
+        stream,
     });
     Ok((normalized, evidence))
 }
@@ -205,6 +210,16 @@ mod tests {
             Normalized::Event(e) => e,
             other => panic!("expected an event, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_stream_variable_comes_back_on_the_event() {
+        use crate::message::Stream;
+        let with = |vars: Value| event(json!({"event": "complained", "user-variables": vars}));
+        let e = with(json!({"message_id": "m-1", "stream": "bulk"}));
+        assert_eq!(e.stream, Some(Stream::Bulk));
+        assert_eq!(with(json!({"message_id": "m-1"})).stream, None);
+        assert_eq!(with(json!({"stream": "BULK"})).stream, None);
     }
 
     #[test]

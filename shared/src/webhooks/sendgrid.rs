@@ -69,6 +69,7 @@ fn one(e: &Value) -> Result<(Normalized, Option<Acceptance>), PayloadError> {
     let str_at = |field| e.get(field).and_then(Value::as_str);
     let event = str_at("event").ok_or(PayloadError::Field { field: "event" })?;
     let message_id = str_at("message_id").filter(|m| !m.is_empty());
+    let stream = str_at("stream").and_then(crate::message::Stream::parse);
     let provider_message_id = || str_at("sg_message_id").and_then(x_message_id);
     let seconds = e
         .get("timestamp")
@@ -141,7 +142,7 @@ fn one(e: &Value) -> Result<(Normalized, Option<Acceptance>), PayloadError> {
         at,
         diagnostic,
         url: str_at("url").map(str::to_owned),
-        stream: None,
+        stream,
     });
     Ok((normalized, evidence))
 }
@@ -184,6 +185,21 @@ mod tests {
             o.extend(x);
         }
         e
+    }
+
+    #[test]
+    fn the_stream_custom_argument_comes_back_on_the_event() {
+        use crate::message::Stream;
+        let stream_of = |extra: Value| {
+            let body = json!([event("spamreport", extra)]).to_string();
+            match normalize(body.as_bytes()).unwrap().remove(0) {
+                Normalized::Event(e) => e.stream,
+                other => panic!("expected an event, got {other:?}"),
+            }
+        };
+        assert_eq!(stream_of(json!({"stream": "bulk"})), Some(Stream::Bulk));
+        assert_eq!(stream_of(json!({})), None, "sent before streams existed");
+        assert_eq!(stream_of(json!({"stream": "newsletter"})), None);
     }
 
     #[test]
