@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use gateway_core::clock::{Clock, SystemClock, civil_from_days, utc_day};
 use gateway_core::state::dynamodb::{DynamoStore, client_from_env, table_name_from_env};
-use gateway_core::suppression::{self, KEY_PREFIX, Reason, Suppression};
+use gateway_core::suppression::{self, Entry, KEY_PREFIX, Reason, Scope, Suppression};
 
 /// Suppression list commands. The table is $GATEWAY_STATE_TABLE (default `gateway-state`) at the
 /// endpoint the AWS SDK is pointed at.
@@ -35,14 +35,21 @@ pub enum SuppressionCommand {
         /// Why: hard_bounce, complaint, unsubscribe or manual.
         #[arg(long, default_value = "manual", value_parser = reason_arg)]
         reason: Reason,
+        /// Which mail it blocks: transactional, bulk or all.
+        #[arg(long, default_value = "all", value_parser = scope_arg)]
+        stream: Scope,
         /// Table name.
         #[arg(long)]
         table: Option<String>,
     },
-    /// Remove an address from the list (the sender sends to it again).
+    /// Remove an address from the list for a stream (`all`, the default: from every scope; the
+    /// sender sends to it again).
     Remove {
         /// The address (any case).
         address: String,
+        /// Which suppression to remove: transactional, bulk or all (every one).
+        #[arg(long, default_value = "all", value_parser = scope_arg)]
+        stream: Scope,
         /// Table name.
         #[arg(long)]
         table: Option<String>,
@@ -58,20 +65,54 @@ fn reason_arg(s: &str) -> Result<Reason, String> {
     }
 }
 
+fn scope_arg(s: &str) -> Result<Scope, String> {
+    Scope::parse(s).ok_or_else(|| format!("unknown stream {s:?}: use transactional, bulk or all"))
+}
+
 fn valid_address(address: &str) -> anyhow::Result<()> {
     gateway_core::address::EmailAddress::parse(address)
         .map(|_| ())
         .map_err(|e| anyhow::anyhow!("{address:?} is not an email address: {e}"))
 }
 
+/// One suppression: address, scope, reason, day, source.
 fn show(s: &Suppression) -> String {
     let (y, m, d) = civil_from_days(utc_day(s.at));
     format!(
-        "{}  {}  {y:04}-{m:02}-{d:02}  {}",
+        "{}  {}  {}  {y:04}-{m:02}-{d:02}  {}",
         s.address,
+        s.scope,
         s.reason.as_str(),
         s.source
     )
+}
+
+/// Every active scope of an entry, one line each.
+fn show_entry(e: &Entry) -> String {
+    e.suppressions
+        .iter()
+        .map(show)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Adds `entry` (its scope included): the operation `gateway suppression add` performs, kept
+/// apart from printing so that it can be wrapped (an audit of operator actions).
+pub async fn add_entry(
+    store: &DynamoStore,
+    entry: &Suppression,
+) -> Result<bool, gateway_core::state::StoreError> {
+    suppression::add(store, entry).await
+}
+
+/// Removes `address` from `scope` at `now`: the operation `gateway suppression remove` performs.
+pub async fn remove_entry(
+    store: &DynamoStore,
+    address: &str,
+    scope: Scope,
+    now: gateway_core::clock::EpochMillis,
+) -> Result<bool, gateway_core::state::StoreError> {
+    suppression::remove(store, address, scope, now).await
 }
 
 /// Runs a `suppression` subcommand.
@@ -96,13 +137,12 @@ pub fn run(cmd: SuppressionCommand) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("reading table {}", store.table()))?;
                 let mut listed = 0;
                 for (key, item) in &entries {
-                    // A removal's tombstone does not suppress.
-                    if item.contains_key("removed_at") {
-                        continue;
-                    }
                     let address = key.strip_prefix(KEY_PREFIX).unwrap_or(key);
-                    println!("{}", show(&Suppression::from_item(address, item)));
-                    listed += 1;
+                    // A removal's tombstone does not suppress.
+                    if let Some(entry) = Entry::from_item(address, item) {
+                        println!("{}", show_entry(&entry));
+                        listed += 1;
+                    }
                 }
                 println!("{listed} suppressed addresses");
                 Ok(ExitCode::SUCCESS)
@@ -113,8 +153,8 @@ pub fn run(cmd: SuppressionCommand) -> anyhow::Result<ExitCode> {
                     .await
                     .with_context(|| format!("reading table {}", store.table()))?
                 {
-                    Some(s) => {
-                        println!("suppressed: {}", show(&s));
+                    Some(entry) => {
+                        println!("suppressed:\n{}", show_entry(&entry));
                         Ok(ExitCode::SUCCESS)
                     }
                     None => {
@@ -126,12 +166,14 @@ pub fn run(cmd: SuppressionCommand) -> anyhow::Result<ExitCode> {
             SuppressionCommand::Add {
                 address,
                 reason,
+                stream,
                 table,
             } => {
                 valid_address(&address)?;
                 let store = store(table).await;
-                let entry = Suppression::new(&address, reason, "gateway-cli", SystemClock.now_ms());
-                let added = suppression::add(&store, &entry)
+                let entry = Suppression::new(&address, reason, "gateway-cli", SystemClock.now_ms())
+                    .in_scope(stream);
+                let added = add_entry(&store, &entry)
                     .await
                     .with_context(|| format!("writing table {}", store.table()))?;
                 if !added {
@@ -145,15 +187,27 @@ pub fn run(cmd: SuppressionCommand) -> anyhow::Result<ExitCode> {
                 println!("suppressed: {}", show(&entry));
                 Ok(ExitCode::SUCCESS)
             }
-            SuppressionCommand::Remove { address, table } => {
+            SuppressionCommand::Remove {
+                address,
+                stream,
+                table,
+            } => {
                 let store = store(table).await;
-                let removed = suppression::remove(&store, &address, SystemClock.now_ms())
+                let removed = remove_entry(&store, &address, stream, SystemClock.now_ms())
                     .await
                     .with_context(|| format!("writing table {}", store.table()))?;
+                let address = suppression::canonical(&address);
                 if removed {
-                    println!("removed {}", suppression::canonical(&address));
+                    println!("removed {address} ({stream})");
                 } else {
-                    println!("{} was not suppressed", suppression::canonical(&address));
+                    println!("{address} was not suppressed for {stream}");
+                }
+                // What still blocks it, so that removing one stream does not look like more.
+                if let Some(left) = suppression::lookup(&store, &address)
+                    .await
+                    .with_context(|| format!("reading table {}", store.table()))?
+                {
+                    println!("still suppressed:\n{}", show_entry(&left));
                 }
                 Ok(ExitCode::SUCCESS)
             }
