@@ -1688,3 +1688,38 @@ fn gmail_look_ups_are_off_unless_lookup_sent_is_set() {
         Some(&json!(true))
     );
 }
+
+#[test]
+fn suppression_scopes_default_to_the_stream_and_take_all_or_report_a_bad_value() {
+    assert_eq!(
+        loaded(&base()).config.suppression,
+        SuppressionSettings {
+            complaint_scope: EventScope::Stream,
+            unsubscribe_scope: EventScope::Stream,
+        }
+    );
+    let doc = with(
+        base(),
+        "/suppression",
+        Some(json!({"unsubscribe_scope": "all"})),
+    );
+    let settings = loaded(&doc).config.suppression;
+    assert_eq!(
+        (settings.complaint_scope, settings.unsubscribe_scope),
+        (EventScope::Stream, EventScope::All)
+    );
+    for (value, want) in [
+        (
+            json!({"complaint_scope": "bulk"}),
+            "suppression.complaint_scope",
+        ),
+        (
+            json!({"unsubscribe_scope": 1}),
+            "suppression.unsubscribe_scope",
+        ),
+        (json!({"bounce_scope": "all"}), "suppression.bounce_scope"),
+    ] {
+        let text = errors(&with(base(), "/suppression", Some(value.clone()))).to_string();
+        assert!(text.contains(want), "{value}: {text}");
+    }
+}
