@@ -16,7 +16,7 @@ use gateway_core::ledger::{self, ClaimOutcome, MarkOutcome, SentRecord};
 use gateway_core::limiter::{self, LevelKind, Refusal, Verdict};
 use gateway_core::state::dynamodb::{DynamoStore, RetryPolicy, client_from_env, create_table};
 use gateway_core::state::{StateStore, StoreError, contract};
-use gateway_core::suppression::{self, Reason, Suppression};
+use gateway_core::suppression::{self, Reason, Scope, Stream, Suppression};
 
 /// 2026-11-28T10:00:00Z.
 const TEN_AM: EpochMillis = 1_795_860_000_000;
@@ -430,19 +430,22 @@ async fn suppressions_are_case_insensitive_and_a_batch_is_read_at_once() {
     )
     .await
     .unwrap();
-    let reasons: Vec<Option<Reason>> = found.iter().map(|s| s.as_ref().map(|s| s.reason)).collect();
+    let reasons: Vec<Option<Reason>> = found
+        .iter()
+        .map(|e| e.as_ref().map(|e| e.suppressions[0].reason))
+        .collect();
     assert_eq!(
         reasons,
         vec![None, Some(Reason::HardBounce), Some(Reason::Complaint)]
     );
     let removed_at = at + 60_000;
     assert!(
-        suppression::remove(&store, "bounced@example.org", removed_at)
+        suppression::remove(&store, "bounced@example.org", Scope::All, removed_at)
             .await
             .unwrap()
     );
     assert!(
-        !suppression::remove(&store, "bounced@example.org", removed_at)
+        !suppression::remove(&store, "bounced@example.org", Scope::All, removed_at)
             .await
             .unwrap()
     );
@@ -464,7 +467,7 @@ async fn suppressions_are_case_insensitive_and_a_batch_is_read_at_once() {
     );
     assert!(suppression::add(&store, &later).await.unwrap());
     assert!(
-        suppression::remove(&store, "bounced@example.org", removed_at + 2)
+        suppression::remove(&store, "bounced@example.org", Scope::All, removed_at + 2)
             .await
             .unwrap()
     );
@@ -473,5 +476,40 @@ async fn suppressions_are_case_insensitive_and_a_batch_is_read_at_once() {
             .await
             .unwrap(),
         None
+    );
+}
+
+#[tokio::test]
+async fn suppression_scopes_side_by_side_on_the_emulator() {
+    let store = fresh_store().await;
+    let at = 1_795_000_000_000;
+    let bulk = Scope::Stream(Stream::Bulk);
+    let unsub =
+        Suppression::new("scoped@example.org", Reason::Unsubscribe, "mg:u", at).in_scope(bulk);
+    assert!(suppression::add(&store, &unsub).await.unwrap());
+    let blocks = |e: &Option<suppression::Entry>, s: Stream| {
+        e.as_ref().and_then(|e| e.blocking(s)).is_some()
+    };
+    let found = suppression::lookup(&store, "scoped@example.org")
+        .await
+        .unwrap();
+    assert!(blocks(&found, Stream::Bulk) && !blocks(&found, Stream::Transactional));
+    // A hard bounce joins the same item (the second put, after the first one's condition
+    // returned the stored item) and blocks both.
+    let bounce = Suppression::new("scoped@example.org", Reason::HardBounce, "mg:b", at + 1);
+    assert!(suppression::add(&store, &bounce).await.unwrap());
+    let found = suppression::lookup_many(&store, &["scoped@example.org"])
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(blocks(&found, Stream::Bulk) && blocks(&found, Stream::Transactional));
+    assert!(
+        suppression::remove(&store, "scoped@example.org", Scope::All, at + 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !suppression::add(&store, &unsub).await.unwrap(),
+        "older than the removal"
     );
 }
