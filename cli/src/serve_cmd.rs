@@ -25,9 +25,10 @@ use clap::Args;
 use gateway_core::clock::{Clock, SystemClock};
 use gateway_core::config::{Config, CustomerWebhook, ProviderSettings, SecretRef, load_config};
 use gateway_core::customer_webhooks::{DeliveryReporting, Worker, WorkerSettings};
-use gateway_core::duration::parse_duration;
+use gateway_core::duration::{format_duration, parse_duration};
 use gateway_core::events::{EventSink, GatewayEvent, SinkError};
 use gateway_core::health::HealthChecker;
+use gateway_core::live_config::{BuildFn, BuildInput, LiveConfig, Reloading, Source};
 use gateway_core::message::{parse_message, with_id};
 use gateway_core::pipeline::{Pipeline, PipelineSettings, PollSettings, Poller};
 use gateway_core::providers::factory::build_providers;
@@ -119,6 +120,12 @@ pub struct ServeArgs {
     /// `OUTBOUND_ACCEPTANCE_WAIT`.
     #[arg(long, default_value = "2m", value_parser = duration_arg)]
     acceptance_wait: Duration,
+    /// How often the config is checked for a new version: the state table's published
+    /// versions with `--dynamodb` (`gateway config push`), else the `--config` file (the
+    /// embedded config never changes). A new version that validates and builds replaces the
+    /// running one without a restart; one that does not is logged and the running one stays.
+    #[arg(long, default_value = "30s", value_parser = duration_arg)]
+    config_poll: Duration,
 }
 
 /// Poll wait on the in-memory queue when `--poll-wait` is not given.
@@ -149,10 +156,10 @@ impl EventSink for RecordingSink {
 #[derive(Clone)]
 struct AppState {
     /// Provider webhooks (`POST /webhooks/{provider}`), authenticated like the function does.
-    edge: Arc<Edge>,
+    edge: Arc<Reloading<Edge>>,
     queue: Arc<dyn Queue>,
-    /// The status routes (`GET /api/gateways/*`, `/api/messages/{id}`, `/status`).
-    status: Arc<StatusApi>,
+    /// The status routes (`GET /api/gateways/*`, `/api/messages/{id}`, `/status`, levers).
+    status: Arc<Reloading<StatusApi>>,
     token: Arc<str>,
     /// Whether the enqueue route needs the token too: when listening beyond loopback, or when
     /// wired to anything but the embedded defaults (a config of its own, which may name real
@@ -343,6 +350,8 @@ async fn status_route(
     }
     let reply = state
         .status
+        .get()
+        .await
         .handle_request(method.as_str(), uri.path(), uri.query())
         .await;
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -378,6 +387,8 @@ async fn lever_action(
     };
     let reply = state
         .status
+        .get()
+        .await
         .serve(HttpRequest {
             method: "POST",
             path: uri.path(),
@@ -431,7 +442,12 @@ async fn provider_webhook(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let answer = state.edge.handle(&provider, &lookup, &body).await;
+    let answer = state
+        .edge
+        .get()
+        .await
+        .handle(&provider, &lookup, &body)
+        .await;
     (
         StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         axum::Json(answer.body),
@@ -561,10 +577,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         resolver = resolver.with_aws_config(aws.sdk().clone());
     }
     let resolver = Arc::new(resolver);
-    let providers = build_providers(&config, &resolver, &config.http, Arc::clone(&clock))
-        .await
-        .map_err(|e| anyhow::anyhow!("the gateways' providers could not be built: {e}"))?;
-
     let mut lines = Vec::new();
     let store: Arc<dyn StateStore> = if args.dynamodb {
         let table = args.table.clone().unwrap_or_else(table_name_from_env);
@@ -643,7 +655,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     }
                 ));
                 let recorder = local_recorder(
-                    Recorder::new(Arc::clone(&db) as _, Arc::clone(&store), Arc::clone(&clock)),
+                    Recorder::new(Arc::clone(&db) as _, Arc::clone(&store), Arc::clone(&clock))
+                        .with_suppression_scopes(config.suppression),
                     &mut webhooks,
                 );
                 (
@@ -659,7 +672,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         Arc::clone(&records) as _,
                         Arc::clone(&store),
                         Arc::clone(&clock),
-                    ),
+                    )
+                    .with_suppression_scopes(config.suppression),
                     &mut webhooks,
                 );
                 (
@@ -685,20 +699,82 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
-    let pipeline = Arc::new(Pipeline::new(
-        Arc::clone(&config),
-        providers.clone(),
-        Arc::clone(&store),
-        Arc::clone(&events),
-        Arc::clone(&clock),
-        settings,
-    ));
+    // Every part built from the config is rebuilt for each new version (live_config): the
+    // pipeline with its provider clients, the webhook edge, the status API, the health checker.
+    let source = match (&args.config, args.dynamodb) {
+        (_, true) => Source::Store(Arc::clone(&store)),
+        (Some(path), false) => Source::File(path.clone()),
+        (None, false) => Source::Fixed,
+    };
+    lines.push(match &source {
+        Source::Store(_) => format!(
+            "config:         published versions in the state table (gateway config push), checked every {}",
+            format_duration(args.config_poll)
+        ),
+        Source::File(path) => format!(
+            "config:         {} (read again every {})",
+            path.display(),
+            format_duration(args.config_poll)
+        ),
+        Source::Fixed => "config:         embedded examples/local.json".to_owned(),
+    });
+    let live = || {
+        LiveConfig::new(
+            source.clone(),
+            Arc::new(|name: &str| std::env::var(name).ok()),
+            None,
+            args.config_poll,
+            None,
+        )
+    };
+    let pipeline_build: BuildFn<Pipeline> = {
+        let (resolver, store, events, clock) = (
+            Arc::clone(&resolver),
+            Arc::clone(&store),
+            Arc::clone(&events),
+            Arc::clone(&clock),
+        );
+        Arc::new(move |input: BuildInput<Pipeline>| {
+            let (resolver, store, events, clock) = (
+                Arc::clone(&resolver),
+                Arc::clone(&store),
+                Arc::clone(&events),
+                Arc::clone(&clock),
+            );
+            Box::pin(async move {
+                let config = input.config;
+                let providers =
+                    build_providers(&config, &resolver, &config.http, Arc::clone(&clock))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                let settings = PipelineSettings {
+                    deadline_margin: PipelineSettings::for_config(&config).deadline_margin,
+                    ..settings
+                };
+                Ok(match input.previous {
+                    Some(running) => running.reconfigured(config, providers, settings),
+                    None => Pipeline::new(config, providers, store, events, clock, settings),
+                })
+            })
+        })
+    };
+    let pipeline = Arc::new(
+        Reloading::start(
+            live(),
+            Arc::clone(&clock),
+            Arc::clone(&config),
+            pipeline_build,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("the gateways' providers could not be built: {e}"))?,
+    );
+    let config = pipeline.config();
     let poll_wait = args.poll_wait.unwrap_or(if args.sqs_queue_url.is_some() {
         SQS_POLL_WAIT
     } else {
         MEMORY_POLL_WAIT
     });
-    let poller = Poller::new(
+    let poller = Poller::reloading(
         pipeline,
         Arc::clone(&queue),
         PollSettings {
@@ -720,23 +796,56 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let edge = Arc::new(
-        Edge::new(
-            WebhookKeys::of(&config),
+    let edge_build: BuildFn<Edge> = {
+        let (resolver, store, events, clock) = (
             Arc::clone(&resolver),
             Arc::clone(&store),
             Arc::clone(&events),
-            CertCache::new().context("the HTTP client for SNS certificates")?,
             Arc::clone(&clock),
-        )
-        .context("the provider webhook edge")?,
+        );
+        Arc::new(move |input: BuildInput<Edge>| {
+            let built = CertCache::new()
+                .and_then(|certs| {
+                    Edge::new(
+                        WebhookKeys::of(&input.config),
+                        Arc::clone(&resolver),
+                        Arc::clone(&store),
+                        Arc::clone(&events),
+                        certs,
+                        Arc::clone(&clock),
+                    )
+                })
+                .map_err(|e| format!("the provider webhook edge: {e}"));
+            Box::pin(async move { built })
+        })
+    };
+    let edge = Arc::new(
+        Reloading::start(live(), Arc::clone(&clock), Arc::clone(&config), edge_build)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?,
     );
-    let status = Arc::new(StatusApi::new(
-        Arc::clone(&config),
-        Arc::clone(&store),
-        records,
-        Arc::clone(&clock),
-    ));
+    let status_build: BuildFn<StatusApi> = {
+        let (store, clock) = (Arc::clone(&store), Arc::clone(&clock));
+        Arc::new(move |input: BuildInput<StatusApi>| {
+            let api = StatusApi::new(
+                input.config,
+                Arc::clone(&store),
+                records.clone(),
+                Arc::clone(&clock),
+            );
+            Box::pin(async move { Ok(api) })
+        })
+    };
+    let status = Arc::new(
+        Reloading::start(
+            live(),
+            Arc::clone(&clock),
+            Arc::clone(&config),
+            status_build,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?,
+    );
     let enqueue_needs_token =
         !addr.ip().is_loopback() || args.config.is_some() || args.sqs_queue_url.is_some();
     let state = AppState {
@@ -814,21 +923,60 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     // The health checker, as the scheduled function runs it: gateways are probed at their own
     // `health_check.interval`; the tick only bounds how late a probe can be.
-    let checking = config
-        .gateways
-        .iter()
-        .any(|g| g.enabled && g.health_check.enabled)
-        .then(|| {
-            let checker = HealthChecker::new(
-                Arc::clone(&config),
-                providers,
+    let checker_build: BuildFn<HealthChecker> = {
+        let (resolver, store, events, clock) = (
+            Arc::clone(&resolver),
+            Arc::clone(&store),
+            Arc::clone(&events),
+            Arc::clone(&clock),
+        );
+        Arc::new(move |input: BuildInput<HealthChecker>| {
+            let (resolver, store, events, clock) = (
+                Arc::clone(&resolver),
                 Arc::clone(&store),
                 Arc::clone(&events),
                 Arc::clone(&clock),
-            )
-            .with_changed_by("gateway serve");
-            tokio::spawn(async move { checker.run_periodically(HEALTH_CHECK_TICK).await })
-        });
+            );
+            let changed_by = input.version.as_ref().map_or_else(
+                || "gateway serve".to_owned(),
+                |v| format!("gateway serve: {}", v.describe()),
+            );
+            Box::pin(async move {
+                let config = input.config;
+                let providers =
+                    build_providers(&config, &resolver, &config.http, Arc::clone(&clock))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                Ok(HealthChecker::new(config, providers, store, events, clock)
+                    .with_changed_by(changed_by))
+            })
+        })
+    };
+    let checker = Reloading::start(
+        live(),
+        Arc::clone(&clock),
+        Arc::clone(&config),
+        checker_build,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
+    // Ticks whether or not a gateway is checked now: a later version may turn checks on.
+    let checking = Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(HEALTH_CHECK_TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let running = checker.get().await;
+            let checked = checker
+                .config()
+                .gateways
+                .iter()
+                .any(|g| g.enabled && g.health_check.enabled);
+            if checked && let Err(error) = running.run().await {
+                tracing::warn!(error_kind = "state", %error, "health check run failed");
+            }
+        }
+    }));
 
     shutdown_signal().await;
     eprintln!("stopping: finishing the batch in progress");

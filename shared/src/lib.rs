@@ -32,6 +32,7 @@ pub mod health;
 pub mod ledger;
 pub mod levers;
 pub mod limiter;
+pub mod live_config;
 pub mod mandrill;
 pub mod message;
 #[cfg(feature = "providers")]

@@ -332,6 +332,36 @@ impl Startup {
         self.config()
     }
 
+    /// What the process runs, built by `build` from the published config version in force
+    /// (the state table's `cfg#head`, [`crate::live_config`]) or, before any publish, from
+    /// `file_config`, and rebuilt when a new version is published (checked every
+    /// [`crate::live_config::DEFAULT_POLL`]). A rejected version writes a `ConfigRejected`
+    /// metric line in `metrics_namespace` when given. `None`, with the problem recorded, when
+    /// neither builds.
+    pub async fn reloading<T: Send + Sync + 'static>(
+        &mut self,
+        file_config: Config,
+        metrics_namespace: Option<String>,
+        build: crate::live_config::BuildFn<T>,
+    ) -> Option<crate::live_config::Reloading<T>> {
+        use crate::live_config::{DEFAULT_POLL, LiveConfig, Reloading, Source};
+        let legacy = self
+            .var(GMAIL_WORKSPACES_FILE)
+            .and_then(|path| std::fs::read_to_string(path).ok());
+        let env = self.env.clone();
+        let live = LiveConfig::new(
+            Source::Store(self.state_store().await),
+            Arc::new(move |name| env.get(name).cloned()),
+            legacy,
+            DEFAULT_POLL,
+            metrics_namespace,
+        );
+        let at = Instant::now();
+        let started = Reloading::start(live, self.clock(), Arc::new(file_config), build).await;
+        self.step("live config", at);
+        started.map_err(|e| self.problem("config", e)).ok()
+    }
+
     /// The clock every dependency shares.
     pub fn clock(&self) -> Arc<dyn Clock> {
         Arc::clone(&self.clock)

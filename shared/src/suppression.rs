@@ -373,10 +373,10 @@ impl Entry {
 pub fn with_added(current: Option<&Item>, s: &Suppression) -> Option<Item> {
     let mut item = current.cloned().unwrap_or_default();
     for scope in s.scope.removals() {
-        if let Some(removed) = item.get(scope.attrs().removed_at) {
-            if !matches!(removed, Value::N(r) if *r < s.at) {
-                return None;
-            }
+        if let Some(removed) = item.get(scope.attrs().removed_at)
+            && !matches!(removed, Value::N(r) if *r < s.at)
+        {
+            return None;
         }
     }
     // An item that suppresses every stream only by saying nothing keeps doing so with a

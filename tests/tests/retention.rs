@@ -405,11 +405,11 @@ async fn the_recorders_scheduled_invocation_purges_and_writes_its_metric_line() 
         Output::Memory(Arc::clone(&lines)),
     );
     let deps = recorder::Deps {
-        recorder: Arc::new(Recorder::new(
+        recorder: Arc::new(recorder::handler::Running::Fixed(Arc::new(Recorder::new(
             metrics.counting(Arc::new(db.clone())),
             Arc::new(MemoryStore::new()),
             clock.clone(),
-        )),
+        )))),
         metrics: Arc::new(metrics),
         dead_letters: None,
         retention: Some(RetentionJob {

@@ -4,14 +4,16 @@
 use std::sync::Arc;
 
 use gateway_core::health::HealthChecker;
+use gateway_core::live_config::Reloading;
 use lambda_runtime::{Error, LambdaEvent};
 use serde_json::Value;
 
 /// What the handler needs, built once per process by `main`.
 #[derive(Debug, Clone)]
 pub struct Deps {
-    /// The checker, with its providers, store, sink and clock.
-    pub checker: Arc<HealthChecker>,
+    /// The checker, with its providers, store, sink and clock; rebuilt when a new config
+    /// version is activated ([`gateway_core::live_config`]).
+    pub checker: Arc<Reloading<HealthChecker>>,
     /// CloudWatch namespace of the metric lines.
     pub metrics_namespace: String,
 }
@@ -29,7 +31,7 @@ pub async fn handle(event: LambdaEvent<Value>, deps: &Deps) -> Result<Value, Err
         .map(|r| r.to_string())
         .unwrap_or_default();
     tracing::debug!(request_id = %context.request_id, %schedule, "health check invoked");
-    let summary = deps.checker.run().await.map_err(|error| {
+    let summary = deps.checker.get().await.run().await.map_err(|error| {
         tracing::error!(error_kind = "state", %error, "health check failed");
         Error::from(error.to_string())
     })?;

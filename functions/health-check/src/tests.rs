@@ -64,8 +64,9 @@ async fn world() -> World {
     .unwrap();
     let store = Arc::new(MemoryStore::new());
     let sink = Arc::new(MemoryEventSink::new());
+    let config = Arc::new(config);
     let checker = HealthChecker::new(
-        Arc::new(config),
+        Arc::clone(&config),
         providers,
         store.clone(),
         sink.clone(),
@@ -73,7 +74,11 @@ async fn world() -> World {
     );
     World {
         deps: Deps {
-            checker: Arc::new(checker),
+            checker: Arc::new(gateway_core::live_config::Reloading::fixed(
+                config,
+                Arc::new(checker),
+                clock.clone(),
+            )),
             metrics_namespace: "MailGateway".into(),
         },
         clock,
@@ -177,7 +182,7 @@ async fn the_metric_lines_say_a_check_ran_and_which_gateways_are_healthy() {
     let w = world().await;
     invoke(&w).await;
     w.clock.advance(60_000);
-    let summary = w.deps.checker.run().await.unwrap();
+    let summary = w.deps.checker.value().run().await.unwrap();
     let lines: Vec<Value> = summary
         .emf_lines("MailGateway")
         .iter()

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use gateway_core::live_config::Reloading;
 use gateway_core::queue::{Queue, Received};
 use gateway_core::recorder::Recorder;
 use gateway_core::records::retention::PurgeSummary;
@@ -13,11 +14,31 @@ use lambda_runtime::{Error, LambdaEvent};
 use crate::metrics::Metrics;
 use crate::retention::{self, RetentionJob};
 
+/// The recorder a batch runs on: rebuilt for each config version taken up
+/// ([`gateway_core::live_config`]) when the function has a config, fixed otherwise.
+#[derive(Debug)]
+pub enum Running {
+    /// Without a config: the default suppression scopes, no customer webhooks.
+    Fixed(Arc<Recorder>),
+    /// Built from the config in force.
+    Live(Box<Reloading<Recorder>>),
+}
+
+impl Running {
+    /// The recorder in force (after taking up a new config version when one is due).
+    pub async fn get(&self) -> Arc<Recorder> {
+        match self {
+            Self::Fixed(r) => Arc::clone(r),
+            Self::Live(r) => r.get().await,
+        }
+    }
+}
+
 /// What the handler needs, built once per process by `main`.
 #[derive(Debug, Clone)]
 pub struct Deps {
     /// The recorder over the record store (counted by `metrics`) and the suppression list.
-    pub recorder: Arc<Recorder>,
+    pub recorder: Arc<Running>,
     /// The metric lines written after each batch (see [`crate::metrics`]).
     pub metrics: Arc<Metrics>,
     /// The outbound dead-letter queue's records, when the function consumes it.
@@ -116,6 +137,8 @@ pub async fn handle(event: LambdaEvent<SqsEvent>, deps: &Deps) -> Result<SqsBatc
         let dead: Vec<Received> = dead.into_iter().map(received).collect();
         let report = deps
             .recorder
+            .get()
+            .await
             .park_dead_letters(&dead, d.reader.as_ref(), d.parked.as_ref())
             .await;
         tracing::info!(
@@ -134,7 +157,7 @@ pub async fn handle(event: LambdaEvent<SqsEvent>, deps: &Deps) -> Result<SqsBatc
         return Ok(response);
     }
     let records: Vec<Received> = records.into_iter().map(received).collect();
-    let report = deps.recorder.process(&records).await;
+    let report = deps.recorder.get().await.process(&records).await;
     deps.metrics.flush();
     tracing::info!(
         records = records.len(),

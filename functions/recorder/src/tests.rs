@@ -61,7 +61,7 @@ fn deps(database: &Arc<Database>) -> (Deps, Arc<Mutex<Vec<String>>>) {
         clock,
     );
     let deps = Deps {
-        recorder: Arc::new(recorder),
+        recorder: Arc::new(crate::handler::Running::Fixed(Arc::new(recorder))),
         metrics: Arc::new(metrics),
         dead_letters: None,
         retention: None,
@@ -264,11 +264,11 @@ async fn the_sample_batch_is_recorded_suppressed_and_the_garbage_retried() {
     let clock = Arc::new(ManualClock::new(T0));
     let metrics = Metrics::new("MailGateway", clock.clone(), Output::Memory(Arc::default()));
     let deps = Deps {
-        recorder: Arc::new(Recorder::new(
+        recorder: Arc::new(crate::handler::Running::Fixed(Arc::new(Recorder::new(
             metrics.counting(Arc::clone(&records) as _),
             Arc::clone(&state) as _,
             clock,
-        )),
+        )))),
         metrics: Arc::new(metrics),
         dead_letters: None,
         retention: None,

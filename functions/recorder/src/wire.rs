@@ -8,6 +8,7 @@ use gateway_core::config::{CustomerWebhook, GATEWAY_CONFIG_FILE};
 use gateway_core::config_audit::ConfigEvent;
 use gateway_core::customer_webhooks::{DeliveryReporting, Worker, WorkerSettings};
 use gateway_core::events::GatewayEvent;
+use gateway_core::live_config::{BuildFn, BuildInput};
 use gateway_core::recorder::{CustomerWebhooks, Recorder};
 use gateway_core::records::RecordWriter;
 use gateway_core::records::mysql::MysqlRecords;
@@ -15,7 +16,7 @@ use gateway_core::records::retention::{DEFAULT_RETENTION_DAYS, Retention};
 use gateway_core::startup::Startup;
 
 use crate::Deps;
-use crate::handler::DeadLetters;
+use crate::handler::{DeadLetters, Running};
 use crate::metrics::{Metrics, Output};
 use crate::retention::RetentionJob;
 
@@ -86,55 +87,91 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
     }
     let state = startup.state_store().await;
     let clock = startup.clock();
-    if let Some(config) = &config {
-        let changed_by = format!(
-            "recorder ({GATEWAY_CONFIG_FILE}={})",
-            startup.var(GATEWAY_CONFIG_FILE).unwrap_or_default()
-        );
+    // The start-up audit and the customer-webhook worker are not counted: they are not a
+    // batch's work.
+    let metrics = Metrics::new(
+        metrics_namespace.clone(),
+        Arc::clone(&clock),
+        Output::Stdout,
+    );
+    let queues = match (jobs_url, dlq_url) {
+        (Some(jobs), Some(dlq)) => Some((startup.queue(jobs).await, startup.queue(dlq).await)),
+        _ => None,
+    };
+    let resolver = startup.resolver().await;
+    let file = format!(
+        "recorder ({GATEWAY_CONFIG_FILE}={})",
+        startup.var(GATEWAY_CONFIG_FILE).unwrap_or_default()
+    );
+    let counted = metrics.counting(Arc::clone(&records));
+    // Built at start and for every config version published later: the suppression scopes
+    // and the customer webhooks come from the config. Each config taken up is audited.
+    let (records_, state_, clock_) = (Arc::clone(&records), Arc::clone(&state), Arc::clone(&clock));
+    let build: BuildFn<Recorder> = Arc::new(move |input: BuildInput<Recorder>| {
+        let (records, state, clock) = (&records_, &state_, &clock_);
+        let config = input.config;
+        let changed_by = input
+            .version
+            .as_ref()
+            .map_or_else(|| file.clone(), |v| v.describe());
         // Off the start path: the audit waits on the database, which start-up must not (a
         // database outage would otherwise delay every cold start by the audit's timeout).
         let event = ConfigEvent::of(
-            config,
+            &config,
             &changed_by,
-            Some("configuration loaded at start-up"),
+            Some("configuration taken up"),
             clock.now_ms(),
         );
-        tokio::spawn(audit_config(Arc::clone(&records), event));
-    }
-    // The start-up audit above is not counted: it is not a batch's work.
-    let metrics = Metrics::new(metrics_namespace, Arc::clone(&clock), Output::Stdout);
-    // How far complaints and unsubscribes suppress: the config's `suppression` section
-    // (without a config, its defaults: the stream of the event's message).
-    let scopes = config.as_ref().map(|c| c.suppression).unwrap_or_default();
-    let mut recorder = Recorder::new(metrics.counting(records), state, Arc::clone(&clock))
-        .with_suppression_scopes(scopes);
-    if let (Some(jobs_url), Some(dlq_url)) = (jobs_url, dlq_url) {
-        let jobs = startup.queue(jobs_url).await;
-        let dead_letters = startup.queue(dlq_url).await;
-        let endpoints: Arc<[CustomerWebhook]> = endpoints.into();
-        let resolver = startup.resolver().await;
-        let worker = Worker::new(
-            Arc::clone(&endpoints),
-            resolver,
-            Arc::clone(&jobs),
-            dead_letters,
-            clock,
-            settings,
-        );
-        let worker = worker
-            .map_err(|e| startup.problem("customer_webhooks", e.to_string()))
-            .ok()?;
-        tracing::info!(
-            endpoints = endpoints.len(),
-            "customer webhooks: announcing and delivering"
-        );
-        let reporting = config
-            .as_ref()
-            .map(DeliveryReporting::of)
-            .unwrap_or_default();
-        recorder = recorder
-            .with_customer_webhooks(CustomerWebhooks::new(endpoints, jobs, worker, reporting));
-    }
+        tokio::spawn(audit_config(Arc::clone(records), event));
+        let mut recorder =
+            Recorder::new(Arc::clone(&counted), Arc::clone(state), Arc::clone(clock))
+                // How far complaints and unsubscribes suppress: the config's `suppression` section.
+                .with_suppression_scopes(config.suppression);
+        let endpoints: Arc<[CustomerWebhook]> = config.customer_webhooks.clone().into();
+        let built = match (&queues, endpoints.is_empty()) {
+            (_, true) => Ok(recorder),
+            (None, false) => Err(format!(
+                "CUSTOMER_WEBHOOK_QUEUE_URL: required: the config names {} customer webhook(s)",
+                endpoints.len()
+            )),
+            (Some((jobs, dead_letters)), false) => Worker::new(
+                Arc::clone(&endpoints),
+                Arc::clone(&resolver),
+                Arc::clone(jobs),
+                Arc::clone(dead_letters),
+                Arc::clone(clock),
+                settings.clone(),
+            )
+            .map(|worker| {
+                tracing::info!(
+                    endpoints = endpoints.len(),
+                    "customer webhooks: announcing and delivering"
+                );
+                recorder = recorder.with_customer_webhooks(CustomerWebhooks::new(
+                    Arc::clone(&endpoints),
+                    Arc::clone(jobs),
+                    worker,
+                    DeliveryReporting::of(&config),
+                ));
+                recorder
+            })
+            .map_err(|e| format!("customer_webhooks: {e}")),
+        };
+        Box::pin(async move { built })
+    });
+    let recorder = match config {
+        Some(config) => Running::Live(Box::new(
+            startup
+                .reloading(config, Some(metrics_namespace), build)
+                .await?,
+        )),
+        // Without a config nothing is reloaded: the default scopes, no customer webhooks.
+        None => Running::Fixed(Arc::new(Recorder::new(
+            metrics.counting(Arc::clone(&records)),
+            Arc::clone(&state),
+            Arc::clone(&clock),
+        ))),
+    };
     let retention = RetentionJob {
         records: MysqlRecords::clone(&database),
         retention,

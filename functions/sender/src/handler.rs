@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use gateway_core::live_config::Reloading;
 use gateway_core::pipeline::{Batch, Pipeline, emf_lines, settle};
 use gateway_core::queue::{Queue, Received};
 use lambda_runtime::{Error, LambdaEvent};
@@ -31,8 +32,9 @@ pub fn effective_deadline(given: u64, now: i64) -> i64 {
 /// What the handler needs, built once per process by `main`.
 #[derive(Debug, Clone)]
 pub struct Deps {
-    /// The send pipeline.
-    pub pipeline: Arc<Pipeline>,
+    /// The send pipeline, rebuilt when a new config version is activated
+    /// ([`gateway_core::live_config`]).
+    pub pipeline: Arc<Reloading<Pipeline>>,
     /// The outbound queue, to set the visibility of deferred records.
     pub queue: Arc<dyn Queue>,
     /// CloudWatch namespace of the metric lines.
@@ -71,7 +73,8 @@ pub fn received(message: &SqsMessage) -> Received {
 pub async fn handle(event: LambdaEvent<SqsEvent>, deps: &Deps) -> Result<SqsBatchResponse, Error> {
     let (event, context) = event.into_parts();
     let records: Vec<Received> = event.records.iter().map(received).collect();
-    let now = deps.pipeline.clock().now_ms();
+    let pipeline = deps.pipeline.get().await;
+    let now = pipeline.clock().now_ms();
     let deadline = effective_deadline(context.deadline, now);
     tracing::debug!(
         records = records.len(),
@@ -84,8 +87,7 @@ pub async fn handle(event: LambdaEvent<SqsEvent>, deps: &Deps) -> Result<SqsBatc
     } else {
         context.request_id.clone()
     };
-    let report = deps
-        .pipeline
+    let report = pipeline
         .process(Batch {
             records: &records,
             owner: &owner,
@@ -103,11 +105,7 @@ pub async fn handle(event: LambdaEvent<SqsEvent>, deps: &Deps) -> Result<SqsBatc
             tracing::warn!(error_kind = "queue_settle", %error, "visibility of deferred records not changed; they return after the queue's visibility timeout");
         }
     }
-    emit_metrics(
-        &deps.metrics_namespace,
-        &report,
-        deps.pipeline.clock().now_ms(),
-    );
+    emit_metrics(&deps.metrics_namespace, &report, pipeline.clock().now_ms());
     let m = &report.metrics;
     tracing::info!(
         records = m.records,

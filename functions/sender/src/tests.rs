@@ -14,6 +14,7 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use gateway_core::clock::{Clock, ManualClock, SystemClock};
 use gateway_core::config::load_config;
 use gateway_core::events::{EventSink, GatewayEvent, MemoryEventSink, Outcome};
+use gateway_core::live_config::Reloading;
 use gateway_core::message::OutboundMessage;
 use gateway_core::pipeline::{Pipeline, PipelineSettings};
 use gateway_core::providers::{Accepted, ErrorClass, ProbeReport, Provider, SendError};
@@ -83,8 +84,9 @@ fn setup_with(fail: Option<ErrorClass>, clock: Arc<dyn Clock>, queue: Arc<dyn Qu
         "primary".to_owned(),
         Arc::clone(&provider) as Arc<dyn Provider>,
     )]);
+    let config = Arc::new(config);
     let pipeline = Pipeline::new(
-        Arc::new(config),
+        Arc::clone(&config),
         providers,
         Arc::new(MemoryStore::new()) as Arc<dyn StateStore>,
         Arc::clone(&sink) as Arc<dyn EventSink>,
@@ -93,7 +95,11 @@ fn setup_with(fail: Option<ErrorClass>, clock: Arc<dyn Clock>, queue: Arc<dyn Qu
     );
     Setup {
         deps: Deps {
-            pipeline: Arc::new(pipeline),
+            pipeline: Arc::new(Reloading::fixed(
+                config,
+                Arc::new(pipeline),
+                Arc::clone(&clock),
+            )),
             queue,
             metrics_namespace: "MailGateway".into(),
         },

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use gateway_core::live_config::{BuildFn, BuildInput, Reloading};
 use gateway_core::startup::Startup;
 use gateway_core::status::{StatusApi, StatusRecords};
 
@@ -10,7 +11,7 @@ use gateway_core::status::{StatusApi, StatusRecords};
 /// (`DATABASE_URL`; the pool connects lazily, so with the database down the function starts
 /// and the record routes answer 503) and the state store (health, breakers, usage). `None`
 /// when a problem was recorded in `startup`.
-pub async fn wire(startup: &mut Startup) -> Option<StatusApi> {
+pub async fn wire(startup: &mut Startup) -> Option<Reloading<StatusApi>> {
     let config = startup.config();
     let records = startup.database().await;
     let (Some(config), Some(records)) = (config, records) else {
@@ -18,11 +19,17 @@ pub async fn wire(startup: &mut Startup) -> Option<StatusApi> {
     };
     let records: Arc<dyn StatusRecords> = Arc::new(records);
     let state = startup.state_store().await;
+    let clock = startup.clock();
     tracing::info!(gateways = config.gateways.len(), "status API configured");
-    Some(StatusApi::new(
-        Arc::new(config),
-        state,
-        Some(records),
-        startup.clock(),
-    ))
+    // Rebuilt for every config version published later (gateway_core::live_config).
+    let build: BuildFn<StatusApi> = Arc::new(move |input: BuildInput<StatusApi>| {
+        let api = StatusApi::new(
+            input.config,
+            Arc::clone(&state),
+            Some(Arc::clone(&records)),
+            Arc::clone(&clock),
+        );
+        Box::pin(async move { Ok(api) })
+    });
+    startup.reloading(config, None, build).await
 }

@@ -17,7 +17,7 @@ async fn main() -> Result<(), lambda_http::Error> {
         .unwrap_or_else(|problems| startup::exit_with(&problems));
     let edge = &edge;
     lambda_http::run(service_fn(move |request: Request| async move {
-        handle(request, edge).await
+        handle(request, &*edge.get().await).await
     }))
     .await
 }

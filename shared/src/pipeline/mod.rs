@@ -200,6 +200,26 @@ impl Pipeline {
         }
     }
 
+    /// This pipeline over a new config version: its providers and settings, the same store,
+    /// events, clock and list of sends still to mark (a send made under the old version is
+    /// marked by the new one).
+    pub fn reconfigured(
+        &self,
+        config: Arc<Config>,
+        providers: Providers,
+        settings: PipelineSettings,
+    ) -> Self {
+        Self {
+            decider: Decider::new(config),
+            providers,
+            store: Arc::clone(&self.store),
+            events: Arc::clone(&self.events),
+            clock: Arc::clone(&self.clock),
+            settings,
+            unmarked: Arc::clone(&self.unmarked),
+        }
+    }
+
     /// The effective config.
     pub fn config(&self) -> &Arc<Config> {
         self.decider.config()

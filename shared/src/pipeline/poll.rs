@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::live_config::Reloading;
 use crate::queue::{MAX_RECEIVE, Queue, Received};
 
 use super::{Batch, BatchReport, Pipeline, settle};
@@ -55,7 +56,7 @@ pub struct PollerStats {
 /// Polls one queue and runs each batch through a [`Pipeline`].
 #[derive(Debug)]
 pub struct Poller {
-    pipeline: Arc<Pipeline>,
+    pipeline: Arc<Reloading<Pipeline>>,
     queue: Arc<dyn Queue>,
     settings: PollSettings,
     stats: Arc<PollerStats>,
@@ -67,9 +68,25 @@ pub struct Poller {
 
 impl Poller {
     /// A poller of `queue` named `name` (batch owners are `{name}-{instance}-{n}`, the instance
-    /// tag random per poller).
+    /// tag random per poller), always on `pipeline`.
     pub fn new(
         pipeline: Arc<Pipeline>,
+        queue: Arc<dyn Queue>,
+        settings: PollSettings,
+        name: impl Into<String>,
+    ) -> Self {
+        let fixed = Reloading::fixed(
+            Arc::clone(pipeline.config()),
+            Arc::clone(&pipeline),
+            Arc::clone(pipeline.clock()),
+        );
+        Self::reloading(Arc::new(fixed), queue, settings, name)
+    }
+
+    /// [`Poller::new`] on a pipeline rebuilt for each config version activated
+    /// ([`crate::live_config`]): each batch runs on the pipeline in force when it starts.
+    pub fn reloading(
+        pipeline: Arc<Reloading<Pipeline>>,
         queue: Arc<dyn Queue>,
         settings: PollSettings,
         name: impl Into<String>,
@@ -129,9 +146,9 @@ impl Poller {
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         let owner = self.owner(n);
         let visibility_ms = i64::try_from(s.visibility.as_millis()).unwrap_or(i64::MAX);
-        let deadline = self.pipeline.clock().now_ms().saturating_add(visibility_ms);
-        let report = self
-            .pipeline
+        let pipeline = self.pipeline.get().await;
+        let deadline = pipeline.clock().now_ms().saturating_add(visibility_ms);
+        let report = pipeline
             .process(Batch {
                 records: &records,
                 owner: &owner,
