@@ -201,31 +201,6 @@ async fn store(place: &Place) -> DynamoStore {
     )
 }
 
-/// The caller's IAM principal, as STS names it; the local user, marked unverified, when STS
-/// cannot be asked (a local emulator without it, no network).
-async fn who() -> String {
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let sts = aws_sdk_sts::Client::new(&sdk);
-    let asked = tokio::time::timeout(Duration::from_secs(10), sts.get_caller_identity().send());
-    match asked.await {
-        Ok(Ok(identity)) => match identity.arn() {
-            Some(arn) if !arn.is_empty() => arn.to_owned(),
-            _ => unverified("STS named no ARN"),
-        },
-        Ok(Err(e)) => unverified(&format!(
-            "STS: {}",
-            aws_sdk_sts::error::DisplayErrorContext(&e)
-        )),
-        Err(_) => unverified("STS did not answer within 10 s"),
-    }
-}
-
-fn unverified(why: &str) -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown user".to_owned());
-    eprintln!("warning: the audit names {user:?}, unverified ({why})");
-    format!("{user} (unverified)")
-}
-
 fn until_of(why: &Why, now: EpochMillis) -> anyhow::Result<Option<EpochMillis>> {
     match (&why.until, &why.for_) {
         (Some(t), _) => parse_rfc3339(t).map(Some).with_context(|| {
@@ -295,7 +270,7 @@ async fn act(place: &Place, target: &str, code: &str, why: &Why) -> anyhow::Resu
     let order = Order {
         target,
         action: action_of(code, until_of(why, now)?)?,
-        by: who().await,
+        by: crate::identity::who().await,
         reason: why.reason.clone(),
     };
     let store = store(place).await;
@@ -433,7 +408,8 @@ async fn history(place: &Place, target: &str, limit: usize) -> anyhow::Result<Ex
                 .unwrap_or_default()
         );
     }
-    println!("{} entries", list.len());
+    let n = list.len();
+    println!("{n} entr{}", if n == 1 { "y" } else { "ies" });
     Ok(ExitCode::SUCCESS)
 }
 

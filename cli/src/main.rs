@@ -10,6 +10,7 @@
 mod config_cmd;
 mod ctl_cmd;
 mod dlq_cmd;
+mod identity;
 mod messages_cmd;
 mod migrate_cmd;
 mod records_cmd;

@@ -1095,3 +1095,188 @@ async fn a_gateway_paused_with_ctl_gets_no_call_from_either_of_two_serve_instanc
     assert_eq!(actions, ["resume", "pause"]);
     assert!(history[0]["by"].as_str().is_some_and(|b| !b.is_empty()));
 }
+
+#[tokio::test]
+async fn a_pushed_config_is_taken_up_by_two_running_serve_instances_and_an_invalid_one_is_refused()
+{
+    if std::env::var_os("MOTO_URL").is_none() {
+        panic!("MOTO_URL is unset: run `scripts/services up && source .local/services.env` first");
+    }
+    let dir = scratch("live");
+    let tag = dir.file_name().unwrap().to_string_lossy().replace('.', "-");
+    let sqs = client_from_env().await;
+    let outbound = create_queue(&sqs, &format!("{tag}-out"), None)
+        .await
+        .unwrap();
+    let table = format!("{tag}-state");
+    let created = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["state", "create-table", "--table", &table])
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let write = |name: &str, a: u32, b: u32| {
+        let gateway = |id: &str, priority: u32| {
+            serde_json::json!({"id": id, "type": "capture", "display_name": id,
+                "priority": priority, "capture": {"directory": format!("outbox-{id}")},
+                "routing": {"can_route": ["*"]}})
+        };
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            serde_json::json!({"gateways": [gateway("a", a), gateway("b", b)]}).to_string(),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let first_config = write("first.json", 1, 2);
+    let args = [
+        "--config",
+        &first_config,
+        "--sqs-queue-url",
+        &outbound,
+        "--dynamodb",
+        "--table",
+        &table,
+        "--config-poll",
+        "2s",
+    ];
+    let servers = [serve(&dir, &args), serve(&dir, &args)];
+    let gateway = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    // The deployed file published as it is: the baseline later versions are compared with.
+    let out = gateway(&[
+        "config",
+        "push",
+        &first_config,
+        "--reason",
+        "baseline",
+        "--table",
+        &table,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing published yet"));
+
+    // An invalid config is refused, naming the path, and nothing is published.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"gateways": [{"id": "a", "type": "capture"}]}"#).unwrap();
+    let out = gateway(&[
+        "config",
+        "push",
+        bad.to_str().unwrap(),
+        "--reason",
+        "typo",
+        "--table",
+        &table,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("gateways[0]") && stderr.contains("nothing published"),
+        "{stderr}"
+    );
+
+    // b first now: pushed, and taken up by both instances without a restart.
+    let second_config = write("second.json", 2, 1);
+    let out = gateway(&[
+        "config",
+        "push",
+        &second_config,
+        "--reason",
+        "move traffic to b",
+        "--table",
+        &table,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("~ gateways[b].priority: 2 → 1"), "{stdout}");
+    assert!(stdout.contains("published version 2"), "{stdout}");
+    let started = Instant::now();
+    for server in &servers {
+        loop {
+            let answer: serde_json::Value = reqwest::Client::new()
+                .get(format!("{}/api/gateways/config", server.base))
+                .bearer_auth(&server.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let b = answer["gateways"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|g| g["id"] == "b")
+                .cloned()
+                .unwrap();
+            if b["priority"] == 1 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{} still on the first config: {answer}",
+                server.base
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    for i in 0..4 {
+        let body = dir.join(format!("m-{i}.json"));
+        std::fs::write(
+            &body,
+            serde_json::json!({"id": format!("live-{tag}-{i}"), "from": "dr@clinic.example",
+                "to": ["p@example.org"], "subject": "Results", "text": "Ready"})
+            .to_string(),
+        )
+        .unwrap();
+        let out = gateway(&["send", "--queue-url", &outbound, body.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let started = Instant::now();
+    while eml_files(&dir.join("outbox-b")).len() < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "b got {} of 4; a got {}",
+            eml_files(&dir.join("outbox-b")).len(),
+            eml_files(&dir.join("outbox-a")).len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        eml_files(&dir.join("outbox-a")).is_empty(),
+        "a is second now"
+    );
+
+    // The version is kept with who published it; the same file again changes nothing.
+    let out = gateway(&["config", "diff", &second_config, "--table", &table]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = gateway(&["config", "history", "--table", &table]);
+    let history = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        history.contains("#2 ") && history.contains("move traffic to b"),
+        "{history}"
+    );
+    assert!(history.contains("2 versions"), "{history}");
+}

@@ -1004,6 +1004,8 @@ struct Prefixes {
     suppression: String,
     /// `levers::KEY_PREFIX`: the operator levers and their audit.
     levers: String,
+    /// `live_config::KEY_PREFIX`: the published config versions.
+    live_config: String,
     /// `webhooks::verify::first_use`: the Mailgun token replay cache (the one prefix not
     /// derived from the code).
     replay: String,
@@ -1055,6 +1057,16 @@ fn prefixes() -> Prefixes {
             }
             prefix
         },
+        live_config: {
+            let prefix = gateway_core::live_config::KEY_PREFIX.to_owned();
+            for key in [
+                gateway_core::live_config::HEAD_KEY.to_owned(),
+                gateway_core::live_config::version_key(1),
+            ] {
+                assert_eq!(key_prefix(&key), prefix, "{key}");
+            }
+            prefix
+        },
     }
 }
 
@@ -1101,11 +1113,16 @@ fn each_function_reaches_only_the_state_items_its_code_uses() {
         &p.replay,
         &p.evidence,
         &p.levers,
+        &p.live_config,
     ]
     .iter()
     .map(|prefix| format!("{prefix}*"))
     .collect();
-    assert_eq!(known.len(), 8, "distinct prefixes: {known:?}");
+    assert_eq!(known.len(), 9, "distinct prefixes: {known:?}");
+    // Every function reads the live config (live_config::LiveConfig, a batch read of the head
+    // and of a new version's item); none writes it (operators publish with `gateway config
+    // push`).
+    let live = || grants(&["BatchGetItem"], &[&p.live_config]);
 
     // What each function's code does with the state, read from the code (the prefixes above
     // are derived from it):
@@ -1135,10 +1152,17 @@ fn each_function_reaches_only_the_state_items_its_code_uses() {
                 &["PutItem", "UpdateItem", "BatchWriteItem"],
                 &[&p.ledger, &p.limits, &p.breakers],
             ))
+            .chain(live())
             .collect(),
         ),
         // shared/src/recorder.rs: suppression::add_many (a conditional put each), nothing else.
-        ("recorder", grants(&["PutItem"], &[&p.suppression])),
+        (
+            "recorder",
+            grants(&["PutItem"], &[&p.suppression])
+                .into_iter()
+                .chain(live())
+                .collect(),
+        ),
         // webhooks::verify::first_use (a conditional put) and the edge forgetting a token
         // whose event could not be queued (a delete); evidence::record (a conditional put per
         // event proving a provider had one of our messages), never read, updated or deleted.
@@ -1147,12 +1171,16 @@ fn each_function_reaches_only_the_state_items_its_code_uses() {
             grants(&["PutItem", "DeleteItem"], &[&p.replay])
                 .into_iter()
                 .chain(grants(&["PutItem"], &[&p.evidence]))
+                .chain(live())
                 .collect(),
         ),
         // shared/src/health/service.rs: a batch read of the records, a conditional put each.
         (
             "health-check",
-            grants(&["BatchGetItem", "PutItem"], &[&p.health]),
+            grants(&["BatchGetItem", "PutItem"], &[&p.health])
+                .into_iter()
+                .chain(live())
+                .collect(),
         ),
         // shared/src/status: one batch read of the health, breaker, limit and lever items;
         // levers::apply (a transaction of puts: the lever item, its audit entry, a breaker
@@ -1165,6 +1193,7 @@ fn each_function_reaches_only_the_state_items_its_code_uses() {
             )
             .into_iter()
             .chain(grants(&["PutItem"], &[&p.levers, &p.breakers]))
+            .chain(live())
             .collect(),
         ),
     ];
@@ -1346,4 +1375,29 @@ fn the_webhooks_function_has_reserved_concurrency() {
         reserved >= rate * 0.5,
         "{reserved} executions cannot serve the default {rate} requests/s at 0.5 s each"
     );
+}
+
+#[test]
+fn the_config_rejected_alarm_watches_the_metric_a_rejected_version_writes() {
+    let template = template();
+    let alarm = resource(&template, "ConfigRejectedAlarm");
+    let (namespace, name, dimensions) = alarm_metric(alarm);
+    assert_eq!(
+        (namespace, name, dimensions.len()),
+        (
+            &reference("MetricsNamespace"),
+            gateway_core::live_config::REJECTED_METRIC,
+            0
+        )
+    );
+    assert_eq!(alarm["Properties"]["Threshold"].as_u64(), Some(0));
+    // The functions that write it are given the namespace the alarm watches.
+    for dir in ["sender", "health-check", "recorder"] {
+        let (id, function) = function_of(&template, dir);
+        assert_eq!(
+            function["Properties"]["Environment"]["Variables"]["METRICS_NAMESPACE"],
+            reference("MetricsNamespace"),
+            "{id}"
+        );
+    }
 }
