@@ -115,6 +115,7 @@ async fn rich_message_is_posted_as_the_documented_multipart_form() {
         ("o:tag", "results"),
         ("o:tag", "medical"),
         ("v:message_id", "inv-2026-11-28-000123"),
+        ("v:stream", "transactional"),
         ("v:attempt", "2"),
         ("v:invitation_id", "123"),
         ("v:urgent", "true"),

@@ -96,6 +96,7 @@ async fn rich_message_is_posted_as_the_documented_json() {
             "categories": ["appointment", "results", "medical"],
             "custom_args": {
                 "message_id": "inv-2026-11-28-000123",
+                "stream": "transactional",
                 "attempt": "2",
                 "invitation_id": "123",
                 "urgent": "true"
