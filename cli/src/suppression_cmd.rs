@@ -7,8 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 use gateway_core::clock::{Clock, SystemClock, civil_from_days, utc_day};
+use gateway_core::levers;
 use gateway_core::state::dynamodb::{DynamoStore, client_from_env, table_name_from_env};
-use gateway_core::suppression::{self, Entry, KEY_PREFIX, Reason, Scope, Suppression};
+use gateway_core::suppression::{
+    self, Entry, KEY_PREFIX, OperatorChange, Reason, Scope, Suppression,
+};
 
 /// Suppression list commands. The table is $GATEWAY_STATE_TABLE (default `gateway-state`) at the
 /// endpoint the AWS SDK is pointed at.
@@ -38,6 +41,9 @@ pub enum SuppressionCommand {
         /// Which mail it blocks: transactional, bulk or all.
         #[arg(long, default_value = "all", value_parser = scope_arg)]
         stream: Scope,
+        /// Why, for the audit (`gateway suppression history`): a ticket, the patient's request.
+        #[arg(long)]
+        note: String,
         /// Table name.
         #[arg(long)]
         table: Option<String>,
@@ -50,6 +56,18 @@ pub enum SuppressionCommand {
         /// Which suppression to remove: transactional, bulk or all (every one).
         #[arg(long, default_value = "all", value_parser = scope_arg)]
         stream: Scope,
+        /// Why, for the audit (`gateway suppression history`).
+        #[arg(long)]
+        note: String,
+        /// Table name.
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// The audit of operators' additions and removals, newest first: who, when, what, why.
+    History {
+        /// How many entries (1 to 100).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
         /// Table name.
         #[arg(long)]
         table: Option<String>,
@@ -94,25 +112,6 @@ fn show_entry(e: &Entry) -> String {
         .map(show)
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// Adds `entry` (its scope included): the operation `gateway suppression add` performs, kept
-/// apart from printing so that it can be wrapped (an audit of operator actions).
-pub async fn add_entry(
-    store: &DynamoStore,
-    entry: &Suppression,
-) -> Result<bool, gateway_core::state::StoreError> {
-    suppression::add(store, entry).await
-}
-
-/// Removes `address` from `scope` at `now`: the operation `gateway suppression remove` performs.
-pub async fn remove_entry(
-    store: &DynamoStore,
-    address: &str,
-    scope: Scope,
-    now: gateway_core::clock::EpochMillis,
-) -> Result<bool, gateway_core::state::StoreError> {
-    suppression::remove(store, address, scope, now).await
 }
 
 /// Runs a `suppression` subcommand.
@@ -167,13 +166,16 @@ pub fn run(cmd: SuppressionCommand) -> anyhow::Result<ExitCode> {
                 address,
                 reason,
                 stream,
+                note,
                 table,
             } => {
                 valid_address(&address)?;
                 let store = store(table).await;
-                let entry = Suppression::new(&address, reason, "gateway-cli", SystemClock.now_ms())
-                    .in_scope(stream);
-                let added = add_entry(&store, &entry)
+                let by = crate::identity::who().await;
+                let entry =
+                    Suppression::new(&address, reason, &by, SystemClock.now_ms()).in_scope(stream);
+                let change = OperatorChange::Add(entry.clone());
+                let added = suppression::operator_change(&store, &change, &by, &note)
                     .await
                     .with_context(|| format!("writing table {}", store.table()))?;
                 if !added {
@@ -190,10 +192,17 @@ pub fn run(cmd: SuppressionCommand) -> anyhow::Result<ExitCode> {
             SuppressionCommand::Remove {
                 address,
                 stream,
+                note,
                 table,
             } => {
                 let store = store(table).await;
-                let removed = remove_entry(&store, &address, stream, SystemClock.now_ms())
+                let by = crate::identity::who().await;
+                let change = OperatorChange::Remove {
+                    address: address.clone(),
+                    scope: stream,
+                    at: SystemClock.now_ms(),
+                };
+                let removed = suppression::operator_change(&store, &change, &by, &note)
                     .await
                     .with_context(|| format!("writing table {}", store.table()))?;
                 let address = suppression::canonical(&address);
@@ -209,6 +218,30 @@ pub fn run(cmd: SuppressionCommand) -> anyhow::Result<ExitCode> {
                 {
                     println!("still suppressed:\n{}", show_entry(&left));
                 }
+                Ok(ExitCode::SUCCESS)
+            }
+            SuppressionCommand::History { limit, table } => {
+                if !(1..=levers::MAX_HISTORY).contains(&limit) {
+                    anyhow::bail!("--limit {limit}: 1 to {}", levers::MAX_HISTORY);
+                }
+                let store = store(table).await;
+                let entries = levers::history(&store, &levers::Target::Suppression, limit)
+                    .await
+                    .with_context(|| format!("reading table {}", store.table()))?;
+                for e in &entries {
+                    // `after` starts with what was done ("addr reason for scope: {item}").
+                    let what = e.after.split(": {").next().unwrap_or_default();
+                    println!(
+                        "#{} {} {} {what} by {}: {}",
+                        e.seq,
+                        gateway_core::clock::format_rfc3339(e.at),
+                        e.action.trim_start_matches("suppression_"),
+                        e.by,
+                        e.reason
+                    );
+                }
+                let n = entries.len();
+                println!("{n} entr{}", if n == 1 { "y" } else { "ies" });
                 Ok(ExitCode::SUCCESS)
             }
         }

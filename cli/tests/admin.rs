@@ -82,12 +82,17 @@ fn suppressions_are_added_listed_checked_and_removed() {
         "Gone@Example.org",
         "--reason",
         "hard_bounce",
+        "--note",
+        "ticket 12: the mailbox was closed",
         "--table",
         &table,
     ]);
     assert!(out.status.success(), "{:?}", text(&out));
     let (list, _) = text(&gateway(&["suppression", "list", "--table", &table]));
-    assert!(list.contains("gone@example.org  hard_bounce"), "{list}");
+    assert!(
+        list.contains("gone@example.org  all  hard_bounce"),
+        "{list}"
+    );
     assert!(list.contains("1 suppressed addresses"), "{list}");
     assert_eq!(
         gateway(&[
@@ -105,10 +110,26 @@ fn suppressions_are_added_listed_checked_and_removed() {
         "suppression",
         "remove",
         "gone@example.org",
+        "--note",
+        "the patient wrote back",
         "--table",
         &table,
     ]));
     assert!(removed.contains("removed gone@example.org"), "{removed}");
+    // Both changes audited, newest first, with who and why.
+    let (history, _) = text(&gateway(&["suppression", "history", "--table", &table]));
+    let lines: Vec<&str> = history.lines().collect();
+    assert!(
+        lines[0].contains("remove gone@example.org from all by ")
+            && lines[0].ends_with(": the patient wrote back"),
+        "{history}"
+    );
+    assert!(
+        lines[1].contains("add gone@example.org hard_bounce for all by ")
+            && lines[1].ends_with(": ticket 12: the mailbox was closed"),
+        "{history}"
+    );
+    assert!(history.contains("2 entries"), "{history}");
     assert_eq!(
         gateway(&[
             "suppression",
@@ -122,7 +143,15 @@ fn suppressions_are_added_listed_checked_and_removed() {
         Some(3)
     );
 
-    let out = gateway(&["suppression", "add", "not-an-address", "--table", &table]);
+    let out = gateway(&[
+        "suppression",
+        "add",
+        "not-an-address",
+        "--note",
+        "x",
+        "--table",
+        &table,
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("not an email address"));
     let out = gateway(&[

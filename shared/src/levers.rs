@@ -62,6 +62,9 @@ pub enum Target {
     All,
     /// One gateway, by id.
     Gateway(String),
+    /// The suppression list: no lever, only the audit of operators' additions and removals
+    /// ([`audit_writes`], used by `suppression::operator_change`).
+    Suppression,
 }
 
 impl Target {
@@ -70,6 +73,7 @@ impl Target {
         match self {
             Self::All => "all",
             Self::Gateway(id) => id,
+            Self::Suppression => "suppression",
         }
     }
 }
@@ -79,6 +83,7 @@ impl std::fmt::Display for Target {
         match self {
             Self::All => f.write_str("all sending"),
             Self::Gateway(id) => write!(f, "gateway {id}"),
+            Self::Suppression => f.write_str("the suppression list"),
         }
     }
 }
@@ -88,6 +93,7 @@ pub fn key(target: &Target) -> Key {
     match target {
         Target::All => ALL_KEY.to_owned(),
         Target::Gateway(id) => format!("ctl#gw#{id}"),
+        Target::Suppression => "ctl#sup".to_owned(),
     }
 }
 
@@ -96,6 +102,7 @@ pub fn log_key(target: &Target, seq: i64) -> Key {
     match target {
         Target::All => format!("ctl#log#all#{seq}"),
         Target::Gateway(id) => format!("ctl#log#gw#{id}#{seq}"),
+        Target::Suppression => format!("ctl#log#sup#{seq}"),
     }
 }
 
@@ -368,6 +375,12 @@ impl Order {
                 ),
             ));
         }
+        if self.target == Target::Suppression {
+            return Err(invalid(
+                "target",
+                "levers act on a gateway or on all sending",
+            ));
+        }
         if self.target == Target::All
             && !matches!(self.action, Action::Pause { .. } | Action::Resume)
         {
@@ -504,19 +517,73 @@ fn json<T: Serialize>(value: &T) -> String {
 }
 
 fn entry_item(order: &Order, hold: &Hold, before: &Levers, after: &Levers) -> Item {
-    let mut item = Item::new();
-    item.insert("target".into(), Value::from(order.target.name()));
-    item.insert("action".into(), Value::from(order.action.code()));
-    item.insert("by".into(), Value::S(hold.by.clone()));
-    item.insert("at".into(), Value::N(hold.at));
-    item.insert("reason".into(), Value::S(hold.reason.clone()));
+    let mut item = log_item(
+        &order.target,
+        order.action.code(),
+        hold,
+        after.seq,
+        &json(before),
+        &json(after),
+    );
     if let Some(until) = hold.until {
         item.insert("until".into(), Value::N(until));
     }
-    item.insert(SEQ.into(), Value::N(after.seq));
-    item.insert("before".into(), Value::S(json(before)));
-    item.insert("after".into(), Value::S(json(after)));
     item
+}
+
+fn log_item(
+    target: &Target,
+    action: &str,
+    hold: &Hold,
+    seq: i64,
+    before: &str,
+    after: &str,
+) -> Item {
+    let mut item = Item::new();
+    item.insert("target".into(), Value::from(target.name()));
+    item.insert("action".into(), Value::from(action));
+    item.insert("by".into(), Value::S(hold.by.clone()));
+    item.insert("at".into(), Value::N(hold.at));
+    item.insert("reason".into(), Value::S(hold.reason.clone()));
+    item.insert(SEQ.into(), Value::N(seq));
+    item.insert("before".into(), Value::S(before.to_owned()));
+    item.insert("after".into(), Value::S(after.to_owned()));
+    item
+}
+
+/// The writes that audit an operator's action outside the levers (a suppression added or
+/// removed by hand) on `target`, whose item was read as `stored`: the target's count, raised
+/// (conditional on the count read), and the action's entry. For the caller's own transaction,
+/// beside the write the action makes, so that the action is applied with its entry or not at
+/// all. Returns the entry's number and the writes.
+pub fn audit_writes(
+    target: &Target,
+    stored: Option<&Item>,
+    action: &str,
+    hold: &Hold,
+    before: &str,
+    after: &str,
+) -> (i64, Vec<Write>) {
+    let mut levers = Levers::from_item(stored);
+    let guard = match stored.and_then(|i| i.get(SEQ)) {
+        None if stored.is_none() => Condition::ItemNotExists,
+        None => Condition::AttrNotExists(SEQ.into()),
+        Some(seq) => Condition::cmp(SEQ, CmpOp::Eq, seq.clone()),
+    };
+    levers.seq = levers.seq.saturating_add(1);
+    let writes = vec![
+        Write {
+            key: key(target),
+            op: WriteOp::Put(levers.to_item()),
+            condition: guard,
+        },
+        Write {
+            key: log_key(target, levers.seq),
+            op: WriteOp::Put(log_item(target, action, hold, levers.seq, before, after)),
+            condition: Condition::ItemNotExists,
+        },
+    ];
+    (levers.seq, writes)
 }
 
 /// One audit entry: an action taken on a target's levers.

@@ -553,6 +553,125 @@ pub async fn remove<S: StateStore + ?Sized>(
     })
 }
 
+/// An operator's change to the list (`gateway suppression add|remove`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorChange {
+    /// Suppress an address for a scope.
+    Add(Suppression),
+    /// Remove an address from a scope ([`Scope::All`]: from every scope) at `at`.
+    Remove {
+        /// The address (any case).
+        address: String,
+        /// The scope cleared.
+        scope: Scope,
+        /// When (epoch ms).
+        at: EpochMillis,
+    },
+}
+
+impl OperatorChange {
+    fn address(&self) -> &str {
+        match self {
+            Self::Add(s) => &s.address,
+            Self::Remove { address, .. } => address,
+        }
+    }
+
+    fn describe(&self) -> (&'static str, String) {
+        match self {
+            Self::Add(s) => (
+                "suppression_add",
+                format!(
+                    "{} {} for {}",
+                    canonical(&s.address),
+                    s.reason.as_str(),
+                    s.scope.as_str()
+                ),
+            ),
+            Self::Remove { address, scope, .. } => (
+                "suppression_remove",
+                format!("{} from {}", canonical(address), scope.as_str()),
+            ),
+        }
+    }
+}
+
+/// Applies an operator's change with its audit entry in one transaction (the entry on
+/// [`crate::levers::Target::Suppression`]: who, when, why, what; `gateway suppression history`):
+/// the change is made and audited, or neither. `false` when it changes nothing (the address
+/// was not suppressed in that scope; or an operator removed it from that scope after the
+/// addition's time), and then nothing is audited either.
+pub async fn operator_change<S: StateStore + ?Sized>(
+    store: &S,
+    change: &OperatorChange,
+    by: &str,
+    note: &str,
+) -> Result<bool, StoreError> {
+    use crate::levers::{self, Hold, Target};
+    let write_id = i64::try_from(crate::retry::random_below(1 << 48)).unwrap_or_default();
+    let keys = [key(change.address()), levers::key(&Target::Suppression)];
+    for _ in 0..MAX_ATTEMPTS {
+        let items = store.get_many(&keys).await?;
+        let current = items.first().and_then(Option::as_ref);
+        let next = match change {
+            OperatorChange::Add(s) => with_added(current, s),
+            OperatorChange::Remove { address, scope, at } => {
+                with_removed(current, address, *scope, *at, write_id)
+            }
+        };
+        let Some(next) = next else {
+            return Ok(false);
+        };
+        let at = match change {
+            OperatorChange::Add(s) => s.at,
+            OperatorChange::Remove { at, .. } => *at,
+        };
+        let (action, what) = change.describe();
+        let hold = Hold {
+            by: by.to_owned(),
+            at,
+            reason: note.to_owned(),
+            until: None,
+        };
+        let before = current.map_or_else(|| "{}".to_owned(), item_json);
+        let (_, audit) = levers::audit_writes(
+            &Target::Suppression,
+            items.get(1).and_then(Option::as_ref),
+            action,
+            &hold,
+            &before,
+            &format!("{what}: {}", item_json(&next)),
+        );
+        let mut writes = vec![Write {
+            key: keys[0].clone(),
+            condition: unchanged(current),
+            op: WriteOp::Put(next),
+        }];
+        writes.extend(audit);
+        if matches!(
+            store.transact(writes).await?,
+            crate::state::TransactOutcome::Committed
+        ) {
+            return Ok(true);
+        }
+    }
+    Err(StoreError::Throttled)
+}
+
+fn item_json(item: &Item) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = item
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::N(n) => serde_json::Value::from(*n),
+                Value::S(s) => serde_json::Value::from(s.as_str()),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
 /// The entry of `address` (any case), if any scope is active.
 pub async fn lookup<S: StateStore + ?Sized>(
     store: &S,
@@ -981,5 +1100,61 @@ mod tests {
         let newer = Suppression::new("s@x.org", Reason::Unsubscribe, "ev2", T0 + 20).in_scope(BULK);
         assert!(add(&store, &newer).await.unwrap());
         assert_eq!(scopes(&store, "s@x.org").await, [TRANSACTIONAL, BULK]);
+    }
+
+    #[tokio::test]
+    async fn an_operators_change_is_made_with_its_audit_entry_or_not_at_all() {
+        use crate::levers::{Target, history};
+        let store = MemoryStore::new();
+        let add = OperatorChange::Add(
+            Suppression::new("Pat@Example.org", Reason::Manual, "oncall", T0).in_scope(BULK),
+        );
+        assert!(
+            operator_change(&store, &add, "arn:aws:iam::1:user/jo", "ticket 12")
+                .await
+                .unwrap()
+        );
+        assert_eq!(scopes(&store, "pat@example.org").await, [BULK]);
+        // Removing it from a scope it is not in changes nothing and audits nothing.
+        let from_transactional = OperatorChange::Remove {
+            address: "pat@example.org".into(),
+            scope: TRANSACTIONAL,
+            at: T0 + 1,
+        };
+        assert!(
+            !operator_change(&store, &from_transactional, "jo", "x")
+                .await
+                .unwrap()
+        );
+        let remove = OperatorChange::Remove {
+            address: "pat@example.org".into(),
+            scope: Scope::All,
+            at: T0 + 2,
+        };
+        assert!(
+            operator_change(&store, &remove, "jo", "patient asked")
+                .await
+                .unwrap()
+        );
+        assert!(lookup(&store, "pat@example.org").await.unwrap().is_none());
+        let entries = history(&store, &Target::Suppression, 10).await.unwrap();
+        let seen: Vec<(&str, &str, &str)> = entries
+            .iter()
+            .map(|e| (e.action.as_str(), e.by.as_str(), e.reason.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("suppression_remove", "jo", "patient asked"),
+                ("suppression_add", "arn:aws:iam::1:user/jo", "ticket 12"),
+            ]
+        );
+        assert!(
+            entries[1]
+                .after
+                .starts_with("pat@example.org manual for bulk"),
+            "{}",
+            entries[1].after
+        );
     }
 }

@@ -6,7 +6,8 @@
 //! | `GET /api/levers/{target}/history?limit=` | the target's audit entries, newest first (at most 100) |
 //! | `POST /api/levers/{target}` | an action (`{"action", "reason", "until" or "for"}`) taken by the caller; the applied change and its audit number |
 //!
-//! `{target}` is `all` or a gateway id. The caller is who the audit names: the IAM principal API
+//! `{target}` is `all` or a gateway id (`suppression` for the history of operators' changes to
+//! the suppression list, which has no lever). The caller is who the audit names: the IAM principal API
 //! Gateway authenticated on the deployed routes, or for `gateway serve` the holder of its token
 //! (with the name they give in `by`, marked as such).
 
@@ -202,6 +203,9 @@ impl StatusApi {
         if name == "all" {
             return Ok(Target::All);
         }
+        if name == "suppression" {
+            return Ok(Target::Suppression);
+        }
         if self.config.gateways.iter().any(|g| g.id == name) {
             return Ok(Target::Gateway(name));
         }
@@ -209,7 +213,7 @@ impl StatusApi {
             404,
             "unknown_target",
             format!(
-                "no gateway {name:?} in the config; targets: all, {}",
+                "no gateway {name:?} in the config; targets: all, suppression (history only), {}",
                 self.gateway_ids().join(", ")
             ),
         ))
