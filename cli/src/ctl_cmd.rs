@@ -97,6 +97,28 @@ pub enum CtlCommand {
         #[command(flatten)]
         place: Place,
     },
+    /// Override a gateway's limits until an end (`--for` or `--until`, required), or `--clear`
+    /// the override: a level left out keeps the config's limit.
+    Limits {
+        /// The gateway id.
+        gateway: String,
+        /// Its day limit while the override holds.
+        #[arg(long)]
+        workspace_daily: Option<u64>,
+        /// Its hour limit.
+        #[arg(long)]
+        per_hour: Option<u64>,
+        /// Its burst (refilled at that many per second).
+        #[arg(long)]
+        burst_limit: Option<u64>,
+        /// End the override: the config's limits apply again.
+        #[arg(long, conflicts_with_all = ["workspace_daily", "per_hour", "burst_limit"])]
+        clear: bool,
+        #[command(flatten)]
+        why: Why,
+        #[command(flatten)]
+        place: Place,
+    },
     /// The audit of a target's lever actions, newest first.
     History {
         /// A gateway id, or `all`.
@@ -160,6 +182,26 @@ pub fn run(cmd: CtlCommand) -> anyhow::Result<ExitCode> {
                 limit,
                 place,
             } => history(&place, &target, limit).await,
+            CtlCommand::Limits {
+                gateway,
+                workspace_daily,
+                per_hour,
+                burst_limit,
+                clear,
+                why,
+                place,
+            } => {
+                if gateway == "all" {
+                    bail!("limits are per gateway: name one");
+                }
+                let levels = Levels {
+                    workspace_daily,
+                    per_hour,
+                    burst_limit,
+                };
+                let code = if clear { "limits_clear" } else { "limits_set" };
+                act_with(&place, &gateway, code, &why, levels).await
+            }
         }
     })
 }
@@ -216,7 +258,15 @@ fn until_of(why: &Why, now: EpochMillis) -> anyhow::Result<Option<EpochMillis>> 
     }
 }
 
-fn action_of(code: &str, until: Option<EpochMillis>) -> anyhow::Result<Action> {
+/// The levels of `gateway ctl limits`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Levels {
+    workspace_daily: Option<u64>,
+    per_hour: Option<u64>,
+    burst_limit: Option<u64>,
+}
+
+fn action_of(code: &str, until: Option<EpochMillis>, levels: Levels) -> anyhow::Result<Action> {
     let no_end = |a: Action| {
         if until.is_some() {
             bail!("{code} takes no --until or --for")
@@ -235,13 +285,39 @@ fn action_of(code: &str, until: Option<EpochMillis>) -> anyhow::Result<Action> {
             until,
         }),
         "breaker_auto" => no_end(Action::BreakerAuto),
+        "limits_set" => Ok(Action::Limits {
+            workspace_daily: levels.workspace_daily,
+            per_hour: levels.per_hour,
+            burst_limit: levels.burst_limit,
+            until: until.context("a limit override needs an end: --for or --until")?,
+        }),
+        "limits_clear" => no_end(Action::LimitsClear),
         _ => no_end(Action::BreakerReset),
     }
 }
 
 async fn act(place: &Place, target: &str, code: &str, why: &Why) -> anyhow::Result<ExitCode> {
+    act_with(place, target, code, why, Levels::default()).await
+}
+
+async fn act_with(
+    place: &Place,
+    target: &str,
+    code: &str,
+    why: &Why,
+    levels: Levels,
+) -> anyhow::Result<ExitCode> {
     if let Some(base) = &place.local {
         let mut body = json!({"action": code, "reason": why.reason});
+        for (name, value) in [
+            ("workspace_daily", levels.workspace_daily),
+            ("per_hour", levels.per_hour),
+            ("burst_limit", levels.burst_limit),
+        ] {
+            if let Some(v) = value {
+                body[name] = v.into();
+            }
+        }
         if let Some(t) = &why.until {
             body["until"] = t.clone().into();
         }
@@ -269,7 +345,7 @@ async fn act(place: &Place, target: &str, code: &str, why: &Why) -> anyhow::Resu
     };
     let order = Order {
         target,
-        action: action_of(code, until_of(why, now)?)?,
+        action: action_of(code, until_of(why, now)?, levels)?,
         by: crate::identity::who().await,
         reason: why.reason.clone(),
     };

@@ -53,6 +53,7 @@ pub const MAX_HISTORY: usize = 100;
 
 const PAUSE: &str = "pause";
 const BREAKER: &str = "breaker";
+const LIMITS: &str = "limits";
 const SEQ: &str = "seq";
 
 /// What a lever acts on.
@@ -156,6 +157,48 @@ pub struct ForcedBreaker {
     pub hold: Hold,
 }
 
+/// A gateway's limits overridden until an end (always given: an override is temporary; the
+/// config's limits apply again after it, without a write). A level left out keeps the config's
+/// limit. `burst_limit` also sets the refill to `burst_limit` per second (the config's default
+/// rule).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitOverride {
+    /// Per UTC day, whole gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_daily: Option<u64>,
+    /// Per UTC hour, whole gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_hour: Option<u64>,
+    /// Token bucket capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_limit: Option<u64>,
+    /// Who, when, why, until when.
+    #[serde(flatten)]
+    pub hold: Hold,
+}
+
+impl LimitOverride {
+    /// `gateway` with these limits in place of its own.
+    pub fn applied_to(&self, gateway: &crate::config::Gateway) -> crate::config::Gateway {
+        let mut g = gateway.clone();
+        let rl = &mut g.rate_limits;
+        if let Some(n) = self.workspace_daily {
+            rl.workspace_daily = Some(n);
+        }
+        if let Some(n) = self.per_hour {
+            rl.per_hour = Some(n);
+        }
+        if let Some(n) = self.burst_limit {
+            rl.burst_limit = Some(n);
+            #[allow(clippy::cast_precision_loss, reason = "limits are far below 2^52")]
+            {
+                rl.burst_refill_per_second = n as f64;
+            }
+        }
+        g
+    }
+}
+
 /// The levers of one target, as stored (a lever past its end is still here; see
 /// [`Levers::pause_at`] and [`Levers::breaker_at`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -166,6 +209,9 @@ pub struct Levers {
     /// The forced breaker, when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breaker: Option<ForcedBreaker>,
+    /// The limit override, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitOverride>,
     /// Actions taken on the target so far (the number of its last audit entry).
     pub seq: i64,
 }
@@ -200,9 +246,22 @@ impl Levers {
                     hold: unreadable(BREAKER),
                 })
         });
+        // An override that cannot be read is not applied: the config's limits are the safe
+        // side (the provider's own limits are what they were written for).
+        let limits = item.get(LIMITS).and_then(|v| {
+            let parsed = v.as_s().and_then(|s| serde_json::from_str(s).ok());
+            if parsed.is_none() {
+                tracing::warn!(
+                    error_kind = "levers",
+                    "a stored limit override does not decode; the config's limits apply"
+                );
+            }
+            parsed
+        });
         Self {
             pause,
             breaker,
+            limits,
             seq: get_n(item, SEQ).unwrap_or(0),
         }
     }
@@ -214,6 +273,9 @@ impl Levers {
         }
         if let Some(b) = &self.breaker {
             item.insert(BREAKER.into(), Value::S(json(b)));
+        }
+        if let Some(l) = &self.limits {
+            item.insert(LIMITS.into(), Value::S(json(l)));
         }
         item.insert(SEQ.into(), Value::N(self.seq));
         item
@@ -235,9 +297,16 @@ impl Levers {
             .is_some_and(|b| b.mode == BreakerMode::Closed)
     }
 
+    /// The limit override holding at `now`.
+    pub fn limits_at(&self, now: EpochMillis) -> Option<&LimitOverride> {
+        self.limits.as_ref().filter(|l| l.hold.holds_at(now))
+    }
+
     /// Whether any lever holds at `now`.
     pub fn any_at(&self, now: EpochMillis) -> bool {
-        self.pause_at(now).is_some() || self.breaker_at(now).is_some()
+        self.pause_at(now).is_some()
+            || self.breaker_at(now).is_some()
+            || self.limits_at(now).is_some()
     }
 
     /// The levers after `action` taken with `hold`.
@@ -251,6 +320,20 @@ impl Levers {
                 next.breaker = Some(ForcedBreaker { mode: *mode, hold });
             }
             Action::BreakerAuto | Action::BreakerReset => next.breaker = None,
+            Action::Limits {
+                workspace_daily,
+                per_hour,
+                burst_limit,
+                ..
+            } => {
+                next.limits = Some(LimitOverride {
+                    workspace_daily: *workspace_daily,
+                    per_hour: *per_hour,
+                    burst_limit: *burst_limit,
+                    hold,
+                });
+            }
+            Action::LimitsClear => next.limits = None,
         }
         next
     }
@@ -293,6 +376,19 @@ pub enum Action {
     BreakerAuto,
     /// The stored breaker becomes closed and clean (and any forcing ends).
     BreakerReset,
+    /// Override the gateway's limits until `until` (required: an override is temporary).
+    Limits {
+        /// Per UTC day, whole gateway.
+        workspace_daily: Option<u64>,
+        /// Per UTC hour, whole gateway.
+        per_hour: Option<u64>,
+        /// Token bucket capacity (and refill per second).
+        burst_limit: Option<u64>,
+        /// End of the override (epoch ms).
+        until: EpochMillis,
+    },
+    /// End a limit override: the config's limits apply.
+    LimitsClear,
 }
 
 impl Action {
@@ -311,12 +407,15 @@ impl Action {
             } => "breaker_closed",
             Self::BreakerAuto => "breaker_auto",
             Self::BreakerReset => "breaker_reset",
+            Self::Limits { .. } => "limits_set",
+            Self::LimitsClear => "limits_clear",
         }
     }
 
     fn until(&self) -> Option<EpochMillis> {
         match self {
             Self::Pause { until } | Self::Breaker { until, .. } => *until,
+            Self::Limits { until, .. } => Some(*until),
             _ => None,
         }
     }
@@ -388,6 +487,26 @@ impl Order {
                 "target",
                 "breakers are per gateway; only pause and resume act on all sending",
             ));
+        }
+        if let Action::Limits {
+            workspace_daily,
+            per_hour,
+            burst_limit,
+            ..
+        } = &self.action
+        {
+            if workspace_daily.is_none() && per_hour.is_none() && burst_limit.is_none() {
+                return Err(invalid(
+                    "limits",
+                    "name at least one of workspace_daily, per_hour, burst_limit",
+                ));
+            }
+            if *burst_limit == Some(0) {
+                return Err(invalid(
+                    "burst_limit",
+                    "must be at least 1 (0 would stop sending: pause instead)",
+                ));
+            }
         }
         let reason = self.reason.trim();
         if reason.is_empty() {

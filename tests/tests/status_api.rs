@@ -586,6 +586,33 @@ async fn status_answers_from_dynamodb_and_mariadb_match_the_openapi_document() {
             .contains("paused by arn:aws:sts::123456789012:assumed-role/oncall/jo"),
         "{a:#}"
     );
+    // A limit override on gw-a: shown as a lever, and its usage measured against it.
+    let reply = post(
+        "/api/levers/gw-a",
+        r#"{"action": "limits_set", "workspace_daily": 500, "reason": "provider raised the quota", "for": "1d"}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    spec.check_method("post", "/api/levers/{target}", &reply);
+    let reply = on_mysql.handle("GET", "/api/gateways/status").await;
+    spec.check("/api/gateways/status", &reply);
+    let a = gateway(&body(&reply), "gw-a").clone();
+    let day = a["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["level"] == "workspace_daily")
+        .cloned()
+        .unwrap();
+    assert_eq!(day["limit"], 500, "{a:#}");
+    assert!(
+        a["levers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["lever"] == "limits_overridden"),
+        "{a:#}"
+    );
     let reply = on_mysql.handle("GET", "/api/levers").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     spec.check("/api/levers", &reply);
@@ -594,9 +621,20 @@ async fn status_answers_from_dynamodb_and_mariadb_match_the_openapi_document() {
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     spec.check("/api/levers/{target}/history", &reply);
+    let entries = body(&reply)["entries"].clone();
+    let actions: Vec<(&str, &str)> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["reason"].as_str().unwrap()))
+        .collect();
     assert_eq!(
-        body(&reply)["entries"][0]["reason"],
-        "provider incident INC-7"
+        actions,
+        [
+            ("limits_set", "provider raised the quota"),
+            ("pause", "provider incident INC-7")
+        ],
+        "newest first"
     );
 
     // Every route of the document was exercised.

@@ -269,3 +269,56 @@ async fn two_operators_acting_at_once_are_both_applied_and_audited() {
     assert!(each[0].pause_at(NOW).is_some() && each[0].breaker_at(NOW).is_some());
     assert_eq!(history(&store, &gw("gw-a"), 10).await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_limit_override_needs_a_level_and_ends_by_itself() {
+    let store = MemoryStore::new();
+    let none = order(
+        gw("gw-a"),
+        Action::Limits {
+            workspace_daily: None,
+            per_hour: None,
+            burst_limit: None,
+            until: NOW + 1,
+        },
+    );
+    assert!(matches!(
+        apply(&store, &none, GATEWAYS, NOW).await,
+        Err(LeverError::Invalid {
+            field: "limits",
+            ..
+        })
+    ));
+    let set = order(
+        gw("gw-a"),
+        Action::Limits {
+            workspace_daily: Some(10_000),
+            per_hour: None,
+            burst_limit: Some(20),
+            until: NOW + 60_000,
+        },
+    );
+    apply(&store, &set, GATEWAYS, NOW).await.unwrap();
+    let (all, each) = read(&store, GATEWAYS).await.unwrap();
+    let o = each[0].limits_at(NOW).expect("holding");
+    assert_eq!(
+        (o.workspace_daily, o.per_hour, o.burst_limit),
+        (Some(10_000), None, Some(20))
+    );
+    assert_eq!(each[0].limits_at(NOW + 60_000), None, "ends by itself");
+    assert_eq!(
+        held(&all, &each[0], NOW),
+        None,
+        "an override holds nothing back"
+    );
+    apply(
+        &store,
+        &order(gw("gw-a"), Action::LimitsClear),
+        GATEWAYS,
+        NOW + 1,
+    )
+    .await
+    .unwrap();
+    let (_, each) = read(&store, GATEWAYS).await.unwrap();
+    assert_eq!(each[0].limits, None);
+}

@@ -306,10 +306,14 @@ impl Decider {
                     return GatewayState::default();
                 }
                 let gateway = &config.gateways[g];
-                let plan = self.limit_plan(book, g, now);
+                let (all, own) = read.levers(g);
+                let overridden = own.limits_at(now).map(|o| o.applied_to(gateway));
+                let plan = match &overridden {
+                    Some(gateway) => limiter::plan(config, gateway, now),
+                    None => self.limit_plan(book, g, now),
+                };
                 let items = read.limits(g, &plan);
                 let record = HealthRecord::from_item(read.health(g));
-                let (all, own) = read.levers(g);
                 GatewayState {
                     health: health::routing_health(record.as_ref(), &gateway.health_check, now),
                     // A breaker forced closed is routed to whatever is stored.

@@ -496,14 +496,24 @@ impl Pipeline {
                     (i, w.original.sender().as_str().to_owned(), count as u64)
                 })
                 .collect();
-            let plan = self.decider.limit_plan(&book, g, now);
-            let cached: Vec<Option<Cow<'_, Item>>> = state
-                .limits(g, &plan)
-                .into_iter()
-                .take(plan.keys().len())
-                .map(|i| i.map(Cow::Borrowed))
-                .collect();
+            // An operator's limit override replaces the config's limits of this gateway.
+            let overridden = state
+                .levers(g)
+                .1
+                .limits_at(now)
+                .map(|o| o.applied_to(&config.gateways[g]));
+            let (config, book) = (&config, &book);
             async move {
+                let plan = match &overridden {
+                    Some(gateway) => limiter::plan(config, gateway, now),
+                    None => self.decider.limit_plan(book, g, now),
+                };
+                let cached: Vec<Option<Cow<'_, Item>>> = state
+                    .limits(g, &plan)
+                    .into_iter()
+                    .take(plan.keys().len())
+                    .map(|i| i.map(Cow::Borrowed))
+                    .collect();
                 let requests: Vec<Request<'_>> = items
                     .iter()
                     .map(|(_, sender, n)| Request {

@@ -89,6 +89,9 @@ impl LeverShown {
             };
             shown.push(Self::new(lever, &b.hold));
         }
+        if let Some(l) = own.limits_at(now) {
+            shown.push(Self::new("limits_overridden", &l.hold));
+        }
         shown
     }
 
@@ -98,6 +101,7 @@ impl LeverShown {
             "all_paused" => "all sending paused",
             "paused" => "paused",
             "breaker_forced_open" => "breaker forced open",
+            "limits_overridden" => "limits overridden",
             _ => "breaker forced closed",
         };
         let until = self.until.map_or_else(
@@ -128,6 +132,15 @@ struct ActionBody {
     /// With a token only: the name the token holder gives.
     #[serde(default)]
     by: Option<String>,
+    /// `limits_set`: the day's limit of the whole gateway.
+    #[serde(default)]
+    workspace_daily: Option<u64>,
+    /// `limits_set`: the hour's limit.
+    #[serde(default)]
+    per_hour: Option<u64>,
+    /// `limits_set`: the burst (and refill per second).
+    #[serde(default)]
+    burst_limit: Option<u64>,
 }
 
 /// Largest body of an action.
@@ -157,6 +170,14 @@ fn parse_action(body: &ActionBody, now: EpochMillis) -> Result<Action, Reply> {
         }
         (None, None) => None,
     };
+    let levels =
+        body.workspace_daily.is_some() || body.per_hour.is_some() || body.burst_limit.is_some();
+    if levels && body.action != "limits_set" {
+        return Err(bad(
+            "action",
+            "workspace_daily, per_hour and burst_limit go with limits_set",
+        ));
+    }
     let timed = |what: &str| -> Result<(), Reply> {
         match until {
             Some(_) => Err(bad("until", format!("{what} takes no end"))),
@@ -185,12 +206,23 @@ fn parse_action(body: &ActionBody, now: EpochMillis) -> Result<Action, Reply> {
             timed("breaker_reset")?;
             Action::BreakerReset
         }
+        "limits_set" => Action::Limits {
+            workspace_daily: body.workspace_daily,
+            per_hour: body.per_hour,
+            burst_limit: body.burst_limit,
+            until: until
+                .ok_or_else(|| bad("until", "a limit override needs an end: `until` or `for`"))?,
+        },
+        "limits_clear" => {
+            timed("limits_clear")?;
+            Action::LimitsClear
+        }
         other => {
             return Err(bad(
                 "action",
                 format!(
                     "unknown action {other:?}; expected pause, resume, breaker_open, \
-                     breaker_closed, breaker_auto or breaker_reset"
+                     breaker_closed, breaker_auto, breaker_reset, limits_set or limits_clear"
                 ),
             ));
         }

@@ -41,7 +41,7 @@ use crate::breaker::{self, BreakerView};
 use crate::clock::{Clock, EpochMillis};
 use crate::config::{Config, Gateway, redacted_document};
 use crate::health::{self, HealthRecord};
-use crate::levers::{self, Levers, Target};
+use crate::levers;
 use crate::limiter::{self, LevelUsage};
 use crate::records::activity::{ActivityReader, GatewayActivity, HOUR_MS, HourActivity};
 use crate::records::search::{MessageSearch, SearchError, SearchQuery};
@@ -348,21 +348,32 @@ impl StatusApi {
 
     async fn read_gateways(&self, now: EpochMillis) -> Result<Vec<GatewayStatus>, Unavailable> {
         let config = &self.config;
+        // The levers first: a limit override changes the limits shown (and may name another
+        // bucket item).
+        let ids: Vec<&str> = config.gateways.iter().map(|g| g.id.as_str()).collect();
+        let (all, each) = levers::read(self.state.as_ref(), &ids)
+            .await
+            .map_err(|error| {
+                tracing::warn!(error_kind = "state", %error, "status read of the levers failed");
+                Unavailable::State
+            })?;
+        let effective: Vec<Option<Gateway>> = config
+            .gateways
+            .iter()
+            .zip(&each)
+            .map(|(g, l)| l.limits_at(now).map(|o| o.applied_to(g)))
+            .collect();
         let plans: Vec<_> = config
             .gateways
             .iter()
-            .map(|g| limiter::plan(config, g, now))
+            .zip(&effective)
+            .map(|(g, o)| limiter::plan(config, o.as_ref().unwrap_or(g), now))
             .collect();
         // Distinct keys (the system day item is every gateway's), read in chunks of 100.
         let mut keys: Vec<Key> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        keys.push(levers::ALL_KEY.to_owned());
         for (g, plan) in config.gateways.iter().zip(&plans) {
-            let own = [
-                health::key(&g.id),
-                breaker::key(&g.id),
-                levers::key(&Target::Gateway(g.id.clone())),
-            ];
+            let own = [health::key(&g.id), breaker::key(&g.id)];
             for key in own.into_iter().chain(plan.keys().iter().cloned()) {
                 if seen.insert(key.clone()) {
                     keys.push(key);
@@ -377,19 +388,17 @@ impl StatusApi {
             })?;
         let items: HashMap<&Key, Option<Item>> = keys.iter().zip(items).collect();
         let item = |k: &Key| items.get(k).cloned().flatten();
-        let all = Levers::from_item(item(&levers::ALL_KEY.to_owned()).as_ref());
         Ok(config
             .gateways
             .iter()
             .zip(&plans)
-            .map(|(g, plan)| {
+            .zip(&each)
+            .map(|((g, plan), own)| {
                 let record = HealthRecord::from_item(item(&health::key(&g.id)).as_ref());
                 let breaker = breaker::view(item(&breaker::key(&g.id)).as_ref(), now);
                 let limits: Vec<Option<Item>> = plan.keys().iter().map(&item).collect();
                 let usage = limiter::usage(plan, &limits, None);
-                let own =
-                    Levers::from_item(item(&levers::key(&Target::Gateway(g.id.clone()))).as_ref());
-                let levers = LeverShown::holding(&all, &own, now);
+                let levers = LeverShown::holding(&all, own, now);
                 gateway_status(config, g, record.as_ref(), breaker, &usage, levers, now)
             })
             .collect())
@@ -643,7 +652,10 @@ fn gateway_status(
         })
         .collect();
     let routing = health::routing_health(record, settings, now);
-    let held = levers.iter().find(|l| l.lever != "breaker_forced_closed");
+    // Only these hold a gateway back; a breaker forced closed or a limit override do not.
+    let held = levers
+        .iter()
+        .find(|l| matches!(l.lever, "all_paused" | "paused" | "breaker_forced_open"));
     let blocked_by = if !g.enabled {
         Some("disabled in the config".to_owned())
     } else if let Some(l) = held {

@@ -164,7 +164,7 @@ fn card(
     for l in g
         .levers
         .iter()
-        .filter(|l| l.lever == "breaker_forced_closed")
+        .filter(|l| matches!(l.lever, "breaker_forced_closed" | "limits_overridden"))
     {
         let _ = write!(
             h,

@@ -150,3 +150,32 @@ async fn a_breaker_forced_closed_admits_whatever_is_stored() {
     assert_eq!(report.metrics.sent, 2);
     assert_eq!(h.calls("a").len(), 2);
 }
+
+#[tokio::test]
+async fn a_limit_override_holds_until_its_end_and_the_config_limit_returns() {
+    let h = harness(
+        &[("a", Reply::Accept)],
+        r#", "rate_limits": {"workspace_daily": 2}"#,
+        "",
+    );
+    let report = h.run(&batch(0, 3)).await;
+    assert_eq!(report.metrics.sent, 2, "the config's day limit");
+    let end = h.clock.now_ms() + 3_600_000;
+    act(
+        &h,
+        gw("a"),
+        Action::Limits {
+            workspace_daily: Some(5),
+            per_hour: None,
+            burst_limit: None,
+            until: end,
+        },
+    )
+    .await;
+    let report = h.run(&batch(3, 4)).await;
+    assert_eq!(report.metrics.sent, 3, "raised to 5 for the day: 3 more");
+    // Past the override's end the config's 2 applies again (5 are used today).
+    h.clock.advance(3_600_000);
+    let report = h.run(&batch(7, 1)).await;
+    assert_eq!(report.metrics.sent, 0);
+}
