@@ -376,3 +376,93 @@ async fn an_ses_account_quota_below_the_configured_limits_is_reported() {
     let metrics: serde_json::Value = serde_json::from_str(&s.emf_lines("MailGateway")[0]).unwrap();
     assert_eq!(metrics["SesQuotaWarnings"], 2);
 }
+
+/// The config audit names the publisher of the version in force: the health-check function
+/// wired on a state table holding a published version (gateway config push), its run's
+/// `config` event on the events queue.
+#[tokio::test]
+async fn the_config_event_of_a_published_version_names_its_publisher() {
+    moto_url();
+    let dynamodb = gateway_tests::emulator_dynamodb().await;
+    let table = unique("live");
+    create_table(&dynamodb, &table).await.unwrap();
+    let store = DynamoStore::new(dynamodb, table.clone());
+    let document = json!({"gateways": [{"id": "cap", "type": "capture", "display_name": "cap",
+        "capture": {"directory": "/tmp/unused"}, "routing": {"can_route": ["*"]},
+        "health_check": {"enabled": true}}]})
+    .to_string();
+    gateway_core::live_config::publish(
+        &store,
+        &document,
+        None,
+        &|_| None,
+        "arn:aws:iam::123456789012:user/ops",
+        "INC-9: capture only",
+        1_795_876_200_000,
+    )
+    .await
+    .unwrap();
+    // The deployed file says something else: the published version wins.
+    let dir = std::env::temp_dir().join(unique("live-file"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.json");
+    std::fs::write(
+        &file,
+        json!({"gateways": [{"id": "file-only", "type": "capture", "display_name": "f",
+            "capture": {"directory": "/tmp/unused"}, "routing": {"can_route": ["*"]}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let sqs = client_from_env().await;
+    let events = create_queue(&sqs, &unique("live-events"), None)
+        .await
+        .unwrap();
+    let mut startup = gateway_core::startup::Startup::with_env(
+        [
+            ("GATEWAY_CONFIG_FILE", file.to_str().unwrap()),
+            ("GATEWAY_STATE_TABLE", table.as_str()),
+            ("EVENTS_QUEUE_URL", events.as_str()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let deps = health_check::wire(&mut startup).await;
+    assert!(startup.problems().is_empty(), "{:?}", startup.problems());
+    let deps = deps.unwrap();
+    let summary = deps.checker.get().await.run().await.unwrap();
+    assert_eq!(summary.probed, 1, "{summary:?}");
+    let queue = SqsQueue::new(sqs, events);
+    let mut config_event = None;
+    for _ in 0..10 {
+        for r in queue
+            .receive(10, Duration::from_secs(1), Duration::from_secs(30))
+            .await
+            .unwrap()
+        {
+            if let Some(GatewayEvent::Config(c)) =
+                serde_json::from_str::<serde_json::Value>(&r.body)
+                    .ok()
+                    .and_then(|v| serde_json::from_value::<GatewayEvent>(v).ok())
+            {
+                config_event = Some(c);
+            }
+        }
+        if config_event.is_some() {
+            break;
+        }
+    }
+    let event = config_event.expect("a config event on the events queue");
+    assert!(
+        event
+            .changed_by
+            .starts_with("config version 1 published by arn:aws:iam::123456789012:user/ops"),
+        "{}",
+        event.changed_by
+    );
+    assert!(
+        event.changed_by.ends_with("INC-9: capture only"),
+        "{}",
+        event.changed_by
+    );
+    assert_eq!(event.by_id().keys().collect::<Vec<_>>(), ["cap"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
