@@ -27,11 +27,9 @@ use gateway_core::config::{Config, CustomerWebhook, ProviderSettings, SecretRef,
 use gateway_core::customer_webhooks::{DeliveryReporting, Worker, WorkerSettings};
 use gateway_core::duration::{format_duration, parse_duration};
 use gateway_core::events::{EventSink, GatewayEvent, SinkError};
-use gateway_core::health::HealthChecker;
 use gateway_core::live_config::{BuildFn, BuildInput, LiveConfig, Reloading, Source};
 use gateway_core::message::{parse_message, with_id};
-use gateway_core::pipeline::{Pipeline, PipelineSettings, PollSettings, Poller};
-use gateway_core::providers::factory::build_providers;
+use gateway_core::pipeline::{PipelineSettings, PollSettings, Poller};
 use gateway_core::queue::memory::{MemoryQueue, Redrive};
 use gateway_core::queue::sqs::SqsQueue;
 use gateway_core::queue::{Queue, QueueError};
@@ -41,6 +39,7 @@ use gateway_core::records::mysql::{MysqlRecords, PoolSettings};
 use gateway_core::secrets::SecretResolver;
 use gateway_core::sqs_sink::SqsEventSink;
 use gateway_core::startup::AwsClients;
+use gateway_core::startup::{Shared, health_checker_builder, pipeline_builder};
 use gateway_core::state::StateStore;
 use gateway_core::state::dynamodb::table_name_from_env;
 use gateway_core::state::memory::MemoryStore;
@@ -727,37 +726,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None,
         )
     };
-    let pipeline_build: BuildFn<Pipeline> = {
-        let (resolver, store, events, clock) = (
-            Arc::clone(&resolver),
-            Arc::clone(&store),
-            Arc::clone(&events),
-            Arc::clone(&clock),
-        );
-        Arc::new(move |input: BuildInput<Pipeline>| {
-            let (resolver, store, events, clock) = (
-                Arc::clone(&resolver),
-                Arc::clone(&store),
-                Arc::clone(&events),
-                Arc::clone(&clock),
-            );
-            Box::pin(async move {
-                let config = input.config;
-                let providers =
-                    build_providers(&config, &resolver, &config.http, Arc::clone(&clock))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                let settings = PipelineSettings {
-                    deadline_margin: PipelineSettings::for_config(&config).deadline_margin,
-                    ..settings
-                };
-                Ok(match input.previous {
-                    Some(running) => running.reconfigured(config, providers, settings),
-                    None => Pipeline::new(config, providers, store, events, clock, settings),
-                })
-            })
-        })
+    let shared = Shared {
+        resolver: Arc::clone(&resolver),
+        store: Arc::clone(&store),
+        events: Arc::clone(&events),
+        clock: Arc::clone(&clock),
     };
+    let pipeline_build = pipeline_builder(shared.clone(), settings);
     let pipeline = Arc::new(
         Reloading::start(
             live(),
@@ -923,35 +898,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     // The health checker, as the scheduled function runs it: gateways are probed at their own
     // `health_check.interval`; the tick only bounds how late a probe can be.
-    let checker_build: BuildFn<HealthChecker> = {
-        let (resolver, store, events, clock) = (
-            Arc::clone(&resolver),
-            Arc::clone(&store),
-            Arc::clone(&events),
-            Arc::clone(&clock),
-        );
-        Arc::new(move |input: BuildInput<HealthChecker>| {
-            let (resolver, store, events, clock) = (
-                Arc::clone(&resolver),
-                Arc::clone(&store),
-                Arc::clone(&events),
-                Arc::clone(&clock),
-            );
-            let changed_by = input.version.as_ref().map_or_else(
-                || "gateway serve".to_owned(),
-                |v| format!("gateway serve: {}", v.describe()),
-            );
-            Box::pin(async move {
-                let config = input.config;
-                let providers =
-                    build_providers(&config, &resolver, &config.http, Arc::clone(&clock))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                Ok(HealthChecker::new(config, providers, store, events, clock)
-                    .with_changed_by(changed_by))
-            })
-        })
-    };
+    let checker_build = health_checker_builder(shared, "gateway serve".to_owned());
     let checker = Reloading::start(
         live(),
         Arc::clone(&clock),

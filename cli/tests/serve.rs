@@ -945,6 +945,39 @@ async fn the_message_search_finds_a_message_sent_through_serve_by_its_recipient_
     assert!(String::from_utf8_lossy(&unbounded.stderr).contains("unbounded"));
 }
 
+/// A scratch directory, an outbound queue and a state table on the emulator, each named after
+/// the directory.
+struct Emulated {
+    dir: PathBuf,
+    tag: String,
+    outbound: String,
+    table: String,
+}
+
+async fn emulated(name: &str) -> Emulated {
+    if std::env::var_os("MOTO_URL").is_none() {
+        panic!("MOTO_URL is unset: run `scripts/services up && source .local/services.env` first");
+    }
+    let dir = scratch(name);
+    let tag = dir.file_name().unwrap().to_string_lossy().replace('.', "-");
+    let sqs = client_from_env().await;
+    let outbound = create_queue(&sqs, &format!("{tag}-out"), None)
+        .await
+        .unwrap();
+    let table = format!("{tag}-state");
+    let created = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["state", "create-table", "--table", &table])
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    Emulated {
+        dir,
+        tag,
+        outbound,
+        table,
+    }
+}
+
 /// Runs `gateway ctl …` against the emulator's state table; its stdout.
 fn ctl(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
@@ -962,21 +995,12 @@ fn ctl(args: &[&str]) -> String {
 
 #[tokio::test]
 async fn a_gateway_paused_with_ctl_gets_no_call_from_either_of_two_serve_instances() {
-    if std::env::var_os("MOTO_URL").is_none() {
-        panic!("MOTO_URL is unset: run `scripts/services up && source .local/services.env` first");
-    }
-    let dir = scratch("levers");
-    let tag = dir.file_name().unwrap().to_string_lossy().replace('.', "-");
-    let sqs = client_from_env().await;
-    let outbound = create_queue(&sqs, &format!("{tag}-out"), None)
-        .await
-        .unwrap();
-    let table = format!("{tag}-state");
-    let created = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["state", "create-table", "--table", &table])
-        .output()
-        .unwrap();
-    assert!(created.status.success());
+    let Emulated {
+        dir,
+        tag,
+        outbound,
+        table,
+    } = emulated("levers").await;
     let config = dir.join("config.json");
     let gateway = |id: &str, priority: u32| {
         serde_json::json!({"id": id, "type": "capture", "display_name": id, "priority": priority,
@@ -1099,21 +1123,12 @@ async fn a_gateway_paused_with_ctl_gets_no_call_from_either_of_two_serve_instanc
 #[tokio::test]
 async fn a_pushed_config_is_taken_up_by_two_running_serve_instances_and_an_invalid_one_is_refused()
 {
-    if std::env::var_os("MOTO_URL").is_none() {
-        panic!("MOTO_URL is unset: run `scripts/services up && source .local/services.env` first");
-    }
-    let dir = scratch("live");
-    let tag = dir.file_name().unwrap().to_string_lossy().replace('.', "-");
-    let sqs = client_from_env().await;
-    let outbound = create_queue(&sqs, &format!("{tag}-out"), None)
-        .await
-        .unwrap();
-    let table = format!("{tag}-state");
-    let created = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["state", "create-table", "--table", &table])
-        .output()
-        .unwrap();
-    assert!(created.status.success());
+    let Emulated {
+        dir,
+        tag,
+        outbound,
+        table,
+    } = emulated("live").await;
     let write = |name: &str, a: u32, b: u32| {
         let gateway = |id: &str, priority: u32| {
             serde_json::json!({"id": id, "type": "capture", "display_name": id,

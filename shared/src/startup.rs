@@ -549,3 +549,98 @@ pub fn exit_with(problems: &[Problem]) -> ! {
     }
     std::process::exit(1)
 }
+
+/// What the pipeline and the health checker are built from, whichever config version is in
+/// force: shared by the functions' wiring and `gateway serve`.
+#[derive(Clone)]
+pub struct Shared {
+    /// Resolves the providers' secrets.
+    pub resolver: Arc<SecretResolver>,
+    /// The shared state.
+    pub store: Arc<dyn StateStore>,
+    /// Where outcome, health and config events go.
+    pub events: Arc<dyn EventSink>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+/// Builds the send pipeline for each config version ([`crate::live_config::Reloading`]): its
+/// provider clients, `settings` with the deadline margin the version's request timeout needs,
+/// and, after the first, the running pipeline's sends still to mark.
+#[cfg(feature = "providers")]
+pub fn pipeline_builder(
+    shared: Shared,
+    settings: crate::pipeline::PipelineSettings,
+) -> crate::live_config::BuildFn<crate::pipeline::Pipeline> {
+    use crate::pipeline::{Pipeline, PipelineSettings};
+    Arc::new(move |input| {
+        let shared = shared.clone();
+        Box::pin(async move {
+            let config = input.config;
+            let providers = crate::providers::factory::build_providers(
+                &config,
+                &shared.resolver,
+                &config.http,
+                Arc::clone(&shared.clock),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let settings = PipelineSettings {
+                deadline_margin: config.http.request_timeout + settings.post_send,
+                ..settings
+            };
+            Ok(match input.previous {
+                Some(running) => running.reconfigured(config, providers, settings),
+                None => Pipeline::new(
+                    config,
+                    providers,
+                    shared.store,
+                    shared.events,
+                    shared.clock,
+                    settings,
+                ),
+            })
+        })
+    })
+}
+
+/// Builds the health checker for each config version; its config events name the version's
+/// publisher, or `file` (what a process without a published version runs on).
+#[cfg(feature = "providers")]
+pub fn health_checker_builder(
+    shared: Shared,
+    file: String,
+) -> crate::live_config::BuildFn<crate::health::HealthChecker> {
+    Arc::new(move |input| {
+        let shared = shared.clone();
+        let changed_by = input
+            .version
+            .as_ref()
+            .map_or_else(|| file.clone(), crate::live_config::Version::describe);
+        Box::pin(async move {
+            let config = input.config;
+            let providers = crate::providers::factory::build_providers(
+                &config,
+                &shared.resolver,
+                &config.http,
+                Arc::clone(&shared.clock),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(crate::health::HealthChecker::new(
+                config,
+                providers,
+                shared.store,
+                shared.events,
+                shared.clock,
+            )
+            .with_changed_by(changed_by))
+        })
+    })
+}

@@ -4,10 +4,7 @@
 use std::sync::Arc;
 
 use gateway_core::config::GATEWAY_CONFIG_FILE;
-use gateway_core::health::HealthChecker;
-use gateway_core::live_config::{BuildFn, BuildInput};
-use gateway_core::providers::factory::build_providers;
-use gateway_core::startup::Startup;
+use gateway_core::startup::{Shared, Startup, health_checker_builder};
 
 use crate::Deps;
 
@@ -27,36 +24,19 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
     let (Some(config), Some(events_url)) = (config, events_url) else {
         return None;
     };
-    let resolver = startup.resolver().await;
-    let store = startup.state_store().await;
-    let events = startup.event_sink(events_url).await;
-    let clock = startup.clock();
     let file = format!(
         "health-check ({GATEWAY_CONFIG_FILE}={})",
         startup.var(GATEWAY_CONFIG_FILE).unwrap_or_default()
     );
     // Built at start and for every config version published later; the config audit names
     // the version's publisher when it is a published one.
-    let build: BuildFn<HealthChecker> = Arc::new(move |input: BuildInput<HealthChecker>| {
-        let (resolver, store, events, clock) = (
-            Arc::clone(&resolver),
-            Arc::clone(&store),
-            Arc::clone(&events),
-            Arc::clone(&clock),
-        );
-        let changed_by = input
-            .version
-            .as_ref()
-            .map_or_else(|| file.clone(), |v| v.describe());
-        let config = input.config;
-        Box::pin(async move {
-            let providers = build_providers(&config, &resolver, &config.http, Arc::clone(&clock))
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(HealthChecker::new(config, providers, store, events, clock)
-                .with_changed_by(changed_by))
-        })
-    });
+    let shared = Shared {
+        resolver: startup.resolver().await,
+        store: startup.state_store().await,
+        events: startup.event_sink(events_url).await,
+        clock: startup.clock(),
+    };
+    let build = health_checker_builder(shared, file);
     let checker = startup
         .reloading(config, Some(metrics_namespace.clone()), build)
         .await?;

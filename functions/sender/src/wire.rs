@@ -3,10 +3,8 @@
 
 use std::sync::Arc;
 
-use gateway_core::live_config::{BuildFn, BuildInput};
-use gateway_core::pipeline::{Pipeline, PipelineSettings};
-use gateway_core::providers::factory::build_providers;
-use gateway_core::startup::Startup;
+use gateway_core::pipeline::PipelineSettings;
+use gateway_core::startup::{Shared, Startup, pipeline_builder};
 
 use crate::Deps;
 
@@ -39,36 +37,23 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
     else {
         return None;
     };
-    let resolver = startup.resolver().await;
-    let store = startup.state_store().await;
-    let events = startup.event_sink(events_url).await;
     let queue = startup.queue(outbound_url).await;
-    let clock = startup.clock();
     // Built at start and again for every config version published later: the provider
     // clients and the pipeline (which keeps its list of sends still to mark).
-    let build: BuildFn<Pipeline> = Arc::new(move |input: BuildInput<Pipeline>| {
-        let (config, previous) = (input.config, input.previous);
-        let (resolver, store, events, clock) = (
-            Arc::clone(&resolver),
-            Arc::clone(&store),
-            Arc::clone(&events),
-            Arc::clone(&clock),
-        );
-        Box::pin(async move {
-            let providers = build_providers(&config, &resolver, &config.http, Arc::clone(&clock))
-                .await
-                .map_err(|e| e.to_string())?;
-            let settings = PipelineSettings {
-                max_receive_count,
-                acceptance_wait,
-                ..PipelineSettings::for_config(&config)
-            };
-            Ok(match previous {
-                Some(running) => running.reconfigured(config, providers, settings),
-                None => Pipeline::new(config, providers, store, events, clock, settings),
-            })
-        })
-    });
+    let shared = Shared {
+        resolver: startup.resolver().await,
+        store: startup.state_store().await,
+        events: startup.event_sink(events_url).await,
+        clock: startup.clock(),
+    };
+    let build = pipeline_builder(
+        shared,
+        PipelineSettings {
+            max_receive_count,
+            acceptance_wait,
+            ..PipelineSettings::default()
+        },
+    );
     let pipeline = startup
         .reloading(config, Some(metrics_namespace.clone()), build)
         .await?;
