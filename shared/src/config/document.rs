@@ -231,7 +231,10 @@ pub fn redacted_document(config: &Config) -> Value {
             "pinned_failover": r.pinned_failover,
             "rules": rules,
         },
-        "system_limits": { "daily": limit(config.system_limits.daily) },
+        "system_limits": {
+            "daily": limit(config.system_limits.daily),
+            "transactional_reserve": f64::from(config.system_limits.transactional_reserve_bp) / 10_000.0,
+        },
         "customer_webhooks": config.customer_webhooks.iter().map(customer_webhook).collect::<Vec<_>>(),
         "suppression": {
             "complaint_scope": config.suppression.complaint_scope.as_str(),

@@ -306,10 +306,58 @@ impl RateLimits {
 }
 
 /// System-wide limits across all gateways.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SystemLimits {
     /// Per UTC day, all gateways together (`QUEUE_DAILY_RATE_LIMIT` or `system_limits.daily`).
     pub daily: Limit,
+    /// Extension `system_limits.transactional_reserve`: the share of every day and hour limit
+    /// (each gateway's and the system's) that bulk messages may not take, in basis points
+    /// (1,000 = 10 %, the default; at most 5,000): a campaign cannot use up the quota an
+    /// appointment reminder needs. Burst buckets are not reserved (they refill in seconds).
+    pub transactional_reserve_bp: u16,
+}
+
+impl Default for SystemLimits {
+    fn default() -> Self {
+        Self {
+            daily: None,
+            transactional_reserve_bp: DEFAULT_TRANSACTIONAL_RESERVE_BP,
+        }
+    }
+}
+
+/// The default [`SystemLimits::transactional_reserve_bp`]: 10 %.
+pub const DEFAULT_TRANSACTIONAL_RESERVE_BP: u16 = 1_000;
+
+impl SystemLimits {
+    /// `gateway` as bulk messages see it: its day and hour limits less the reserve.
+    pub fn bulk_gateway(&self, gateway: &Gateway) -> Gateway {
+        let mut g = gateway.clone();
+        let rl = &mut g.rate_limits;
+        rl.workspace_daily = rl.workspace_daily.map(|n| self.bulk_share(n));
+        rl.per_hour = rl.per_hour.map(|n| self.bulk_share(n));
+        g
+    }
+
+    /// `config` as bulk messages see it: the system's and every gateway's day and hour limits
+    /// less the reserve.
+    pub fn bulk_config(config: &Config) -> Config {
+        let reserve = config.system_limits;
+        let mut bulk = config.clone();
+        bulk.system_limits.daily = reserve.daily.map(|n| reserve.bulk_share(n));
+        for g in &mut bulk.gateways {
+            *g = reserve.bulk_gateway(g);
+        }
+        bulk
+    }
+
+    /// What bulk messages may take of `limit`: the limit less the transactional reserve,
+    /// rounded down (a limit of 5 with 10 % reserved leaves bulk 4).
+    pub fn bulk_share(&self, limit: u64) -> u64 {
+        let reserved = u128::from(limit) * u128::from(self.transactional_reserve_bp);
+        let reserved = reserved.div_ceil(10_000);
+        limit.saturating_sub(u64::try_from(reserved).unwrap_or(u64::MAX))
+    }
 }
 
 /// Per-gateway routing rules.

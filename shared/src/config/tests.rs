@@ -1723,3 +1723,24 @@ fn suppression_scopes_default_to_the_stream_and_take_all_or_report_a_bad_value()
         assert!(text.contains(want), "{value}: {text}");
     }
 }
+
+#[test]
+fn the_transactional_reserve_defaults_to_a_tenth_and_is_bounded() {
+    let default = loaded(&base()).config.system_limits;
+    assert_eq!(default.transactional_reserve_bp, 1_000);
+    // Rounded so that the reserve is never below its share: 5 at 10 % leaves bulk 4.
+    assert_eq!(
+        [5, 10, 1_000, 0].map(|n| default.bulk_share(n)),
+        [4, 9, 900, 0]
+    );
+    let mut doc = base();
+    doc["system_limits"] = json!({"transactional_reserve": 0.25});
+    assert_eq!(
+        loaded(&doc).config.system_limits.transactional_reserve_bp,
+        2_500
+    );
+    doc["system_limits"] = json!({"transactional_reserve": 0.6});
+    assert!(errors(&doc).has_path("system_limits.transactional_reserve"));
+    doc["system_limits"] = json!({"transactional_reserve": 0});
+    assert_eq!(loaded(&doc).config.system_limits.bulk_share(10), 10);
+}

@@ -574,6 +574,7 @@ fn top_level_defaults(env: &EnvOverrides) -> TopLevel {
         routing: default_routing(Strategy::Priority),
         system_limits: SystemLimits {
             daily: env.system_daily.unwrap_or(None),
+            transactional_reserve_bp: crate::config::model::DEFAULT_TRANSACTIONAL_RESERVE_BP,
         },
         http: default_http(),
         global_strategy: None,
@@ -700,10 +701,27 @@ fn top_level(doc: &Value, env: &EnvOverrides, is: &mut Issues) -> Option<TopLeve
         );
     }
     if let Some(sl) = root.object(is, "system_limits") {
-        sl.only_keys(is, &["daily"]);
+        sl.only_keys(is, &["daily", "transactional_reserve"]);
         if let Some(daily) = sl.limit(is, "daily") {
             // QUEUE_DAILY_RATE_LIMIT is the operator's override of the file's value.
             top.system_limits.daily = env.system_daily.unwrap_or(daily);
+        }
+        match sl.fraction(is, "transactional_reserve") {
+            Some(f) if f <= 0.5 => {
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "a fraction in [0, 0.5] times 10,000"
+                )]
+                {
+                    top.system_limits.transactional_reserve_bp = (f * 10_000.0).round() as u16;
+                }
+            }
+            Some(f) => is.error(
+                "system_limits.transactional_reserve",
+                format!("{f} would leave bulk mail less than half of every limit; at most 0.5"),
+            ),
+            None => {}
         }
     }
     top.customer_webhooks = customer_webhooks(&root, is);

@@ -107,6 +107,7 @@ fn config(system_daily: Limit, gateways: Vec<Gateway>) -> Config {
         },
         system_limits: SystemLimits {
             daily: system_daily,
+            ..SystemLimits::default()
         },
         http: HttpSettings {
             connect_timeout: Duration::from_secs(5),

@@ -116,6 +116,8 @@ const REMEMBERED_READS: usize = 16;
 #[derive(Debug)]
 pub struct Decider {
     router: Router,
+    /// The config as bulk messages see it ([`crate::config::SystemLimits::bulk_config`]).
+    bulk: Arc<Config>,
     book: Mutex<Option<Arc<KeyBook>>>,
 }
 
@@ -123,6 +125,7 @@ impl Clone for Decider {
     fn clone(&self) -> Self {
         Self {
             router: self.router.clone(),
+            bulk: Arc::clone(&self.bulk),
             book: Mutex::new(self.current()),
         }
     }
@@ -177,6 +180,7 @@ impl Decider {
     /// A decider over `config`.
     pub fn new(config: Arc<Config>) -> Self {
         Self {
+            bulk: Arc::new(crate::config::SystemLimits::bulk_config(&config)),
             router: Router::new(config),
             book: Mutex::new(None),
         }
@@ -190,6 +194,12 @@ impl Decider {
     /// The effective config.
     pub fn config(&self) -> &Arc<Config> {
         self.router.config()
+    }
+
+    /// The config as bulk messages see it: every day and hour limit less the transactional
+    /// reserve.
+    pub fn bulk_config(&self) -> &Arc<Config> {
+        &self.bulk
     }
 
     fn current(&self) -> Option<Arc<KeyBook>> {

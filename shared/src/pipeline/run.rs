@@ -22,7 +22,7 @@ use crate::events::{AttemptRecord, GatewayEvent, Outcome, OutcomeClass, SinkErro
 use crate::evidence;
 use crate::ledger::{self, Claim, ClaimRequest, MarkOutcome, SentRecord};
 use crate::limiter::{self, Grant, Request};
-use crate::message::{OutboundMessage, parse_message};
+use crate::message::{OutboundMessage, Stream, parse_message};
 use crate::providers::{Accepted, ErrorClass, Provider, SendError};
 use crate::queue::Received;
 use crate::router::{DropReason, RouteRequest};
@@ -487,7 +487,20 @@ impl Pipeline {
     ) -> Vec<(usize, usize, Grant)> {
         let config = Arc::clone(self.decider.config());
         let book = self.decider.keys(now);
-        let decisions = join_all(groups.iter().map(|(&g, members)| {
+        // Bulk messages decide apart: they may not take the transactional reserve of any day
+        // or hour limit (config `system_limits.transactional_reserve`).
+        let lanes: Vec<(usize, bool, Vec<usize>)> = groups
+            .iter()
+            .flat_map(|(&g, members)| {
+                let (bulk, transactional): (Vec<usize>, Vec<usize>) = members
+                    .iter()
+                    .partition(|&&i| works[i].original.stream() == Stream::Bulk);
+                [(g, false, transactional), (g, true, bulk)]
+            })
+            .filter(|(_, _, members)| !members.is_empty())
+            .collect();
+        let decisions = join_all(lanes.iter().map(|(g, bulk, members)| {
+            let (g, bulk) = (*g, *bulk);
             let items: Vec<(usize, String, u64)> = members
                 .iter()
                 .map(|&i| {
@@ -502,11 +515,16 @@ impl Pipeline {
                 .1
                 .limits_at(now)
                 .map(|o| o.applied_to(&config.gateways[g]));
+            let bulk_view = bulk.then(|| {
+                let reserve = config.system_limits;
+                reserve.bulk_gateway(overridden.as_ref().unwrap_or(&config.gateways[g]))
+            });
             let (config, book) = (&config, &book);
             async move {
-                let plan = match &overridden {
-                    Some(gateway) => limiter::plan(config, gateway, now),
-                    None => self.decider.limit_plan(book, g, now),
+                let plan = match (&bulk_view, &overridden) {
+                    (Some(gateway), _) => limiter::plan(self.decider.bulk_config(), gateway, now),
+                    (None, Some(gateway)) => limiter::plan(config, gateway, now),
+                    (None, None) => self.decider.limit_plan(book, g, now),
                 };
                 let cached: Vec<Option<Cow<'_, Item>>> = state
                     .limits(g, &plan)
