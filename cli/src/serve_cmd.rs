@@ -28,7 +28,7 @@ use gateway_core::customer_webhooks::{DeliveryReporting, Worker, WorkerSettings}
 use gateway_core::duration::{format_duration, parse_duration};
 use gateway_core::events::{EventSink, GatewayEvent, SinkError};
 use gateway_core::live_config::{BuildFn, BuildInput, LiveConfig, Reloading, Source};
-use gateway_core::message::{parse_message, with_id};
+use gateway_core::message::{Stream, parse_message, with_id};
 use gateway_core::pipeline::{PipelineSettings, PollSettings, Poller};
 use gateway_core::queue::memory::{MemoryQueue, Redrive};
 use gateway_core::queue::sqs::SqsQueue;
@@ -81,6 +81,11 @@ pub struct ServeArgs {
     /// Poll this SQS queue instead of the in-memory one (AWS settings from the environment).
     #[arg(long, value_name = "URL")]
     sqs_queue_url: Option<String>,
+    /// The bulk lane's SQS queue (with --sqs-queue-url), polled beside it as the deployed
+    /// sender's second event source is; in memory, the bulk lane is a second in-memory queue.
+    /// `POST /api/messages` puts a message whose `stream` is `bulk` there.
+    #[arg(long, value_name = "URL", requires = "sqs_queue_url")]
+    sqs_bulk_queue_url: Option<String>,
     /// Send outcome events to this SQS queue instead of recording them in-process.
     #[arg(long, value_name = "URL", conflicts_with = "database_url")]
     events_queue_url: Option<String>,
@@ -157,6 +162,8 @@ struct AppState {
     /// Provider webhooks (`POST /webhooks/{provider}`), authenticated like the function does.
     edge: Arc<Reloading<Edge>>,
     queue: Arc<dyn Queue>,
+    /// The bulk lane, when there is one: where a message whose `stream` is `bulk` goes.
+    bulk_queue: Option<Arc<dyn Queue>>,
     /// The status routes (`GET /api/gateways/*`, `/api/messages/{id}`, `/status`, levers).
     status: Arc<Reloading<StatusApi>>,
     token: Arc<str>,
@@ -301,9 +308,14 @@ async fn enqueue(
         Err(rejection) => return body_refused(&rejection),
     };
     // Validated here so a typo gets a clear answer at once; the sender validates again.
-    if let Err(e) = parse_message(&body, Some("queue-assigned-id")) {
-        return error(StatusCode::BAD_REQUEST, "invalid_message", e.to_string());
-    }
+    let stream = match parse_message(&body, Some("queue-assigned-id")) {
+        Ok(message) => message.stream(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_message", e.to_string()),
+    };
+    let queue = match (&state.bulk_queue, stream) {
+        (Some(bulk), Stream::Bulk) => bulk,
+        _ => &state.queue,
+    };
     // A body without `id` gets one, so a retried send to the queue keeps one key.
     let Some((text, message_id)) = std::str::from_utf8(&body).ok().and_then(with_id) else {
         return error(
@@ -312,9 +324,9 @@ async fn enqueue(
             "body is not a UTF-8 JSON object",
         );
     };
-    match state.queue.send(&text).await {
+    match queue.send(&text).await {
         Ok(queue_id) => {
-            tracing::info!(message_id = %message_id, "enqueued");
+            tracing::info!(message_id = %message_id, stream = stream.as_str(), "enqueued");
             (
                 StatusCode::ACCEPTED,
                 axum::Json(json!({"queue_message_id": queue_id, "message_id": message_id})),
@@ -590,24 +602,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Arc::new(MemoryStore::new())
     };
     let sqs = aws.as_ref().map(AwsClients::sqs);
-    let queue: Arc<dyn Queue> = match &args.sqs_queue_url {
-        Some(url) => {
+    let memory_queue = || -> Arc<dyn Queue> {
+        let dead_letter = Arc::new(MemoryQueue::new(Arc::clone(&clock)));
+        Arc::new(MemoryQueue::with_redrive(
+            Arc::clone(&clock),
+            Redrive {
+                dead_letter,
+                max_receive_count: LOCAL_MAX_RECEIVES,
+            },
+        ))
+    };
+    // Two lanes, as deployed: transactional mail never waits behind a bulk backlog.
+    let (queue, bulk_queue): (Arc<dyn Queue>, Option<Arc<dyn Queue>>) = match (
+        &args.sqs_queue_url,
+        &args.sqs_bulk_queue_url,
+    ) {
+        (Some(url), bulk) => {
             lines.push(format!("queue:          SQS {url}"));
             let sqs = sqs.clone().context("AWS settings")?;
-            Arc::new(SqsQueue::new(sqs, url.clone()))
+            let bulk = bulk.as_ref().map(|b| {
+                lines.push(format!("bulk lane:      SQS {b}"));
+                Arc::new(SqsQueue::new(sqs.clone(), b.clone())) as Arc<dyn Queue>
+            });
+            (Arc::new(SqsQueue::new(sqs, url.clone())), bulk)
         }
-        None => {
+        (None, _) => {
             lines.push(format!(
-                "queue:          in memory (dead-letter after {LOCAL_MAX_RECEIVES} receives)"
-            ));
-            let dead_letter = Arc::new(MemoryQueue::new(Arc::clone(&clock)));
-            Arc::new(MemoryQueue::with_redrive(
-                Arc::clone(&clock),
-                Redrive {
-                    dead_letter,
-                    max_receive_count: LOCAL_MAX_RECEIVES,
-                },
-            ))
+                    "queue:          in memory, a transactional and a bulk lane (dead-letter after {LOCAL_MAX_RECEIVES} receives)"
+                ));
+            (memory_queue(), Some(memory_queue()))
         }
     };
     let mut webhooks = local_webhooks(&config, &resolver, &clock, args.events_queue_url.is_some())?;
@@ -749,17 +772,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         MEMORY_POLL_WAIT
     });
-    let poller = Poller::reloading(
-        pipeline,
-        Arc::clone(&queue),
-        PollSettings {
-            batch_size: usize::from(args.batch_size),
-            wait: poll_wait,
-            visibility: args.visibility_timeout,
-            ..PollSettings::default()
-        },
-        "serve",
-    );
+    let poll_settings = PollSettings {
+        batch_size: usize::from(args.batch_size),
+        wait: poll_wait,
+        visibility: args.visibility_timeout,
+        ..PollSettings::default()
+    };
+    let bulk_poller = bulk_queue.as_ref().map(|bulk| {
+        Poller::reloading(
+            Arc::clone(&pipeline),
+            Arc::clone(bulk),
+            poll_settings.clone(),
+            "serve-bulk",
+        )
+    });
+    let poller = Poller::reloading(pipeline, Arc::clone(&queue), poll_settings, "serve");
 
     // A token the operator supplied is never printed (it may be a shared secret); a generated
     // one is, since nobody else knows it.
@@ -826,6 +853,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState {
         edge,
         queue,
+        bulk_queue,
         status,
         token: Arc::clone(&token),
         enqueue_needs_token,
@@ -889,6 +917,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let stop = stop_rx.clone();
         async move { poller.run(stop).await }
     });
+    let bulk_polling = bulk_poller.map(|poller| {
+        let stop = stop_rx.clone();
+        tokio::spawn(async move { poller.run(stop).await })
+    });
     let delivering = webhooks.map(|w| tokio::spawn(deliver_jobs(w, stop_rx.clone())));
     let mut http_stop = stop_rx;
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -933,6 +965,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     if let Err(e) = polling.await {
         tracing::warn!(error = %e, "poller task ended abnormally");
+    }
+    if let Some(task) = bulk_polling
+        && let Err(e) = task.await
+    {
+        tracing::warn!(error = %e, "bulk poller task ended abnormally");
     }
     if let Some(task) = delivering
         && let Err(e) = task.await

@@ -1295,3 +1295,96 @@ async fn a_pushed_config_is_taken_up_by_two_running_serve_instances_and_an_inval
     );
     assert!(history.contains("2 versions"), "{history}");
 }
+
+/// The `workspace_daily` use of the first gateway, from the status API.
+async fn day_used(server: &Server) -> u64 {
+    let status: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/gateways/status", server.base))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    status["gateways"][0]["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["level"] == "workspace_daily")
+        .and_then(|u| u["used"].as_u64())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_transactional_message_is_sent_beside_a_bulk_backlog_that_cannot_take_its_reserve() {
+    let dir = scratch("lanes");
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({"gateways": [{"id": "cap", "type": "capture", "display_name": "cap",
+            "capture": {"directory": "outbox"}, "routing": {"can_route": ["*"]},
+            "rate_limits": {"workspace_daily": 1000, "per_hour": 100000, "per_user_daily": 100000,
+                "burst_limit": 1000}}],
+            "system_limits": {"transactional_reserve": 0.1}})
+        .to_string(),
+    )
+    .unwrap();
+    let server = serve(
+        &dir,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--token",
+            "lanes-token",
+        ],
+    );
+    let client = reqwest::Client::new();
+    let post = |body: serde_json::Value| {
+        let request = client
+            .post(format!("{}/api/messages", server.base))
+            .bearer_auth(&server.token)
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 202);
+        }
+    };
+    // 5,000 bulk messages: the bulk lane takes its 900 of the day's 1,000 and defers the rest.
+    use futures::StreamExt;
+    futures::stream::iter(0..5_000)
+        .for_each_concurrent(16, |i| {
+            post(
+                serde_json::json!({"id": format!("bulk-{i}"), "stream": "bulk",
+                "from": "news@clinic.example", "to": ["p@example.org"],
+                "subject": "Newsletter", "text": "…"}),
+            )
+        })
+        .await;
+    let started = Instant::now();
+    while day_used(&server).await < 900 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the bulk lane did not reach its share"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The reserve is still there for the transactional message, sent beside the backlog.
+    post(
+        serde_json::json!({"id": "results-1", "from": "dr@clinic.example",
+        "to": ["p@example.org"], "subject": "Your results", "text": "Ready"}),
+    )
+    .await;
+    let record = until_sent(&server, "results-1").await;
+    assert_eq!(record["status"], "sent");
+    assert_eq!(
+        day_used(&server).await,
+        901,
+        "900 bulk and the transactional one"
+    );
+    let bulk_sent = eml_files(&dir.join("outbox"))
+        .iter()
+        .filter(|f| f.starts_with("bulk-"))
+        .count();
+    assert_eq!(bulk_sent, 900, "bulk never took the reserve");
+}

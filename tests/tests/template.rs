@@ -256,6 +256,11 @@ fn complete_environment(config: &Path) -> Vec<(String, String)> {
         ("GATEWAY_CONFIG_FILE", config.to_string_lossy().as_ref()),
         ("GATEWAY_STATE_TABLE", "gateway-state"),
         ("OUTBOUND_QUEUE_URL", queue),
+        ("OUTBOUND_BULK_QUEUE_URL", queue),
+        (
+            "OUTBOUND_BULK_QUEUE_ARN",
+            "arn:aws:sqs:eu-west-1:123456789012:q-bulk",
+        ),
         ("EVENTS_QUEUE_URL", queue),
         ("CUSTOMER_WEBHOOK_QUEUE_URL", queue),
         ("CUSTOMER_WEBHOOK_DLQ_URL", queue),
@@ -1400,4 +1405,43 @@ fn the_config_rejected_alarm_watches_the_metric_a_rejected_version_writes() {
             "{id}"
         );
     }
+}
+
+/// The bulk lane: a queue like the transactional one (same visibility, retention, dead-letter
+/// queue and receive count), polled by the same sender through an event source of its own
+/// with its own concurrency; the sender is told its URL and ARN.
+#[test]
+fn the_bulk_lane_mirrors_the_outbound_queue_with_an_event_source_of_its_own() {
+    let t = template();
+    let queue = &t["Resources"]["OutboundQueue"]["Properties"];
+    let bulk = &t["Resources"]["OutboundBulkQueue"]["Properties"];
+    for key in [
+        "VisibilityTimeout",
+        "MessageRetentionPeriod",
+        "SqsManagedSseEnabled",
+        "RedrivePolicy",
+    ] {
+        assert_eq!(bulk[key], queue[key], "OutboundBulkQueue.{key}");
+    }
+    let lane = &t["Resources"]["SenderOutboundBulkEventSource"]["Properties"];
+    let main = &t["Resources"]["SenderOutboundEventSource"]["Properties"];
+    assert_eq!(target(&lane["EventSourceArn"]), Some("OutboundBulkQueue"));
+    assert_eq!(lane["FunctionName"], main["FunctionName"]);
+    assert_eq!(lane["FunctionResponseTypes"], main["FunctionResponseTypes"]);
+    assert_eq!(
+        lane["ScalingConfig"]["MaximumConcurrency"],
+        reference("SenderBulkMaximumConcurrency")
+    );
+    assert_ne!(
+        lane["ScalingConfig"]["MaximumConcurrency"],
+        main["ScalingConfig"]["MaximumConcurrency"],
+        "a concurrency of its own"
+    );
+    let (_, sender) = function_of(&t, "sender");
+    let env = &sender["Properties"]["Environment"]["Variables"];
+    assert_eq!(env["OUTBOUND_BULK_QUEUE_URL"], reference("OutboundBulkQueue"));
+    assert_eq!(
+        target(&env["OUTBOUND_BULK_QUEUE_ARN"]),
+        Some("OutboundBulkQueue")
+    );
 }

@@ -37,6 +37,9 @@ pub struct Deps {
     pub pipeline: Arc<Reloading<Pipeline>>,
     /// The outbound queue, to set the visibility of deferred records.
     pub queue: Arc<dyn Queue>,
+    /// The bulk lane's queue and its ARN, when the function has one: a batch from it (its
+    /// event source ARN) has its deferrals set there.
+    pub bulk: Option<(String, Arc<dyn Queue>)>,
     /// CloudWatch namespace of the metric lines.
     pub metrics_namespace: String,
 }
@@ -95,7 +98,16 @@ pub async fn handle(event: LambdaEvent<SqsEvent>, deps: &Deps) -> Result<SqsBatc
         })
         .await;
 
-    match settle(deps.queue.as_ref(), &report, false).await {
+    // One event source per lane, so a batch comes from one queue.
+    let from_bulk = deps.bulk.as_ref().filter(|(arn, _)| {
+        event
+            .records
+            .first()
+            .and_then(|r| r.event_source_arn.as_deref())
+            == Some(arn.as_str())
+    });
+    let queue = from_bulk.map_or(&deps.queue, |(_, q)| q);
+    match settle(queue.as_ref(), &report, false).await {
         Ok(summary) => {
             for refused in &summary.refused {
                 tracing::warn!(error_kind = "queue_settle", reason = ?refused.reason, "visibility not changed; the record returns after the queue's visibility timeout");

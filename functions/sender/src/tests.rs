@@ -101,6 +101,7 @@ fn setup_with(fail: Option<ErrorClass>, clock: Arc<dyn Clock>, queue: Arc<dyn Qu
                 Arc::clone(&clock),
             )),
             queue,
+            bulk: None,
             metrics_namespace: "MailGateway".into(),
         },
         provider,
@@ -381,4 +382,46 @@ async fn an_invocation_past_its_deadline_sends_nothing_and_retries_the_good_reco
         ids.contains(&"3b1f6c1e-2d4a-4f7e-9a51-6f0c2d8e1a02"),
         "{ids:?}"
     );
+}
+
+#[tokio::test]
+async fn a_batch_from_the_bulk_lane_is_deferred_on_the_bulk_queue() {
+    let clock = Arc::new(ManualClock::new(1_795_856_400_000));
+    let transactional = Arc::new(MemoryQueue::new(Arc::clone(&clock) as Arc<dyn Clock>));
+    let bulk = Arc::new(MemoryQueue::new(Arc::clone(&clock) as Arc<dyn Clock>));
+    let mut s = setup_with(
+        Some(ErrorClass::Unavailable),
+        Arc::clone(&clock) as Arc<dyn Clock>,
+        Arc::clone(&transactional) as Arc<dyn Queue>,
+    );
+    let arn = "arn:aws:sqs:eu-west-1:123456789012:outbound-bulk";
+    s.deps.bulk = Some((arn.to_owned(), Arc::clone(&bulk) as Arc<dyn Queue>));
+    bulk.send(&good_body("m-bulk")).await.unwrap();
+    let received = bulk
+        .receive(10, Duration::ZERO, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let mut event = SqsEvent::default();
+    event.records = received
+        .iter()
+        .map(|r| {
+            let mut record = record_of(r);
+            record.event_source_arn = Some(arn.to_owned());
+            record
+        })
+        .collect();
+    let mut context = Context::default();
+    context.request_id = "req-bulk".into();
+    context.deadline = u64::try_from(clock.now_ms() + 60_000).unwrap();
+    let response = handle(LambdaEvent::new(event, context), &s.deps)
+        .await
+        .unwrap();
+    assert_eq!(response.batch_item_failures.len(), 1);
+    // Its retry delay was set on the bulk queue: back there after it, not after an hour.
+    clock.advance(31_000);
+    let again = bulk
+        .receive(10, Duration::ZERO, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "the deferral went to another queue");
 }

@@ -38,6 +38,28 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
         return None;
     };
     let queue = startup.queue(outbound_url).await;
+    // The bulk lane (template: OutboundBulkQueue), named by both its URL and its ARN.
+    let bulk = match (
+        startup.var("OUTBOUND_BULK_QUEUE_URL"),
+        startup.var("OUTBOUND_BULK_QUEUE_ARN"),
+    ) {
+        (Some(url), Some(arn)) => Some((arn, startup.queue(url).await)),
+        (None, None) => None,
+        (Some(_), None) => {
+            startup.problem(
+                "OUTBOUND_BULK_QUEUE_ARN",
+                "required with OUTBOUND_BULK_QUEUE_URL",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            startup.problem(
+                "OUTBOUND_BULK_QUEUE_URL",
+                "required with OUTBOUND_BULK_QUEUE_ARN",
+            );
+            None
+        }
+    };
     // Built at start and again for every config version published later: the provider
     // clients and the pipeline (which keeps its list of sends still to mark).
     let shared = Shared {
@@ -60,6 +82,7 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
     Some(Deps {
         pipeline: Arc::new(pipeline),
         queue,
+        bulk,
         metrics_namespace,
     })
 }
