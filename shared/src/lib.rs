@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod attachments;
 pub mod breaker;
 pub mod clock;
 pub mod config;

@@ -214,13 +214,33 @@ impl fmt::Display for MetadataValue {
     }
 }
 
-/// One attachment, already decoded. `Debug` shows the size of the content, not the content.
+/// Largest attachment a reference may name: the largest message any provider takes (SES v2,
+/// 40 MB after base64, about 30 MB of content); a smaller provider answers `Unsuitable`.
+pub const MAX_REFERENCED_BYTES: u64 = 30_000_000;
+
+/// An attachment kept in S3 rather than inline (`"s3": {"bucket", "key", "size", "sha256"}`):
+/// the sender reads it when it sends (`crate::attachments`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Ref {
+    /// The bucket (the deployment's attachments bucket; any other is refused at send time).
+    pub bucket: String,
+    /// The object key.
+    pub key: String,
+    /// The object's size in bytes, as the producer wrote it.
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the object, when the producer gave one.
+    pub sha256: Option<String>,
+}
+
+/// One attachment, already decoded, or a reference to one in S3 not read yet. `Debug` shows
+/// the size of the content, not the content.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Attachment {
     filename: String,
     content_type: String,
     content: Vec<u8>,
     content_id: Option<String>,
+    reference: Option<S3Ref>,
 }
 
 impl Attachment {
@@ -235,9 +255,21 @@ impl Attachment {
         &self.content_type
     }
 
-    /// The decoded bytes.
+    /// The decoded bytes (empty while [`Attachment::unread`]).
     pub fn content(&self) -> &[u8] {
         &self.content
+    }
+
+    /// The S3 object this attachment's content is still to be read from, if it is one.
+    pub fn unread(&self) -> Option<&S3Ref> {
+        self.reference.as_ref()
+    }
+
+    /// This attachment with the content read from its reference.
+    pub fn read(mut self, content: Vec<u8>) -> Self {
+        self.content = content;
+        self.reference = None;
+        self
     }
 
     /// Content id without angle brackets; present for inline parts (`cid:` references in html).
@@ -387,6 +419,22 @@ impl OutboundMessage {
     /// Attachments in message order.
     pub fn attachments(&self) -> &[Attachment] {
         &self.attachments
+    }
+
+    /// Whether some attachment is still a reference to read ([`Attachment::unread`]): such a
+    /// message must not be handed to a provider.
+    pub fn has_unread_attachments(&self) -> bool {
+        self.attachments.iter().any(|a| a.reference.is_some())
+    }
+
+    /// This message with the attachment at each index of `contents` read.
+    pub fn with_read_attachments(mut self, contents: Vec<(usize, Vec<u8>)>) -> Self {
+        for (i, content) in contents {
+            if let Some(a) = self.attachments.get_mut(i) {
+                *a = a.clone().read(content);
+            }
+        }
+        self
     }
 
     /// Tags in message order (non-empty, header-safe, at most [`MAX_LABEL_LEN`] characters).
@@ -608,6 +656,9 @@ pub enum Problem {
     /// Attachment content that is not standard padded base64.
     #[error("not valid base64 (standard alphabet, padded, no line breaks)")]
     InvalidBase64,
+    /// An attachment reference (`s3`) that cannot be one.
+    #[error("{0}")]
+    InvalidReference(&'static str),
     /// An attachment content type that is not `type/subtype`.
     #[error("not a MIME type (type/subtype)")]
     InvalidContentType,
@@ -1320,9 +1371,9 @@ fn attachment(v: &Json, path: &str, r: &mut Report) -> Option<Attachment> {
         );
         return None;
     };
-    let [filename, content_type, content, content_id] = fields(
+    let [filename, content_type, content, content_id, s3] = fields(
         entries,
-        ["filename", "content_type", "content", "content_id"],
+        ["filename", "content_type", "content", "content_id", "s3"],
         path,
         r,
     );
@@ -1340,17 +1391,20 @@ fn attachment(v: &Json, path: &str, r: &mut Report) -> Option<Attachment> {
             }
         }),
     };
-    let content = required(content, &p("content"), r)
-        .and_then(|v| string(v, &p("content"), r))
-        .and_then(
-            |s| match base64::engine::general_purpose::STANDARD.decode(s) {
-                Ok(bytes) => Some(bytes),
-                Err(_) => {
-                    r.add(p("content"), Problem::InvalidBase64);
-                    None
-                }
-            },
-        );
+    let (content, reference) = match (content, s3) {
+        (Some(_), Some(_)) => {
+            r.add(
+                p("s3"),
+                Problem::InvalidReference("give content or s3, not both"),
+            );
+            (None, None)
+        }
+        (None, Some(v)) => match s3_ref(v, &p("s3"), r) {
+            Some(reference) => (Some(Vec::new()), Some(reference)),
+            None => (None, None),
+        },
+        (content, None) => (inline(content, &p("content"), r), None),
+    };
     let content_id = match content_id {
         None => Ok(None),
         Some(v) => match string(v, &p("content_id"), r) {
@@ -1375,6 +1429,105 @@ fn attachment(v: &Json, path: &str, r: &mut Report) -> Option<Attachment> {
         content_type,
         content,
         content_id,
+        reference,
+    })
+}
+
+/// Inline content: required, base64.
+fn inline(v: Option<&Json>, path: &str, r: &mut Report) -> Option<Vec<u8>> {
+    required(v, path, r)
+        .and_then(|v| string(v, path, r))
+        .and_then(
+            |s| match base64::engine::general_purpose::STANDARD.decode(s) {
+                Ok(bytes) => Some(bytes),
+                Err(_) => {
+                    r.add(path.to_owned(), Problem::InvalidBase64);
+                    None
+                }
+            },
+        )
+}
+
+/// `s3`: `{"bucket", "key", "size", "sha256"?}`.
+fn s3_ref(v: &Json, path: &str, r: &mut Report) -> Option<S3Ref> {
+    let Json::Object(entries) = v else {
+        r.add(
+            path.to_owned(),
+            Problem::WrongType("an object with bucket, key, size and optionally sha256"),
+        );
+        return None;
+    };
+    let [bucket, key, size, sha256] = fields(entries, ["bucket", "key", "size", "sha256"], path, r);
+    let p = |f: &str| format!("{path}.{f}");
+    let bucket = required(bucket, &p("bucket"), r)
+        .and_then(|v| string(v, &p("bucket"), r))
+        .and_then(|b| {
+            let ok = (3..=63).contains(&b.len())
+                && b.bytes().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-'
+                });
+            if !ok {
+                r.add(
+                    p("bucket"),
+                    Problem::InvalidReference("not an S3 bucket name (3 to 63 of a-z 0-9 . -)"),
+                );
+            }
+            ok.then(|| b.to_owned())
+        });
+    let key = required(key, &p("key"), r)
+        .and_then(|v| string(v, &p("key"), r))
+        .and_then(|k| {
+            let ok = !k.is_empty() && k.len() <= 1024 && !k.chars().any(char::is_control);
+            if !ok {
+                r.add(
+                    p("key"),
+                    Problem::InvalidReference(
+                        "an S3 key is 1 to 1,024 bytes without control characters",
+                    ),
+                );
+            }
+            ok.then(|| k.to_owned())
+        });
+    let size = required(size, &p("size"), r).and_then(|v| {
+        let n = match v {
+            Json::Number(n) => n.as_u64(),
+            _ => None,
+        };
+        match n {
+            Some(n) if n <= MAX_REFERENCED_BYTES => Some(n),
+            Some(_) => {
+                r.add(
+                    p("size"),
+                    Problem::InvalidReference(
+                        "larger than 30,000,000 bytes, more than any provider takes",
+                    ),
+                );
+                None
+            }
+            None => {
+                r.add(p("size"), Problem::WrongType("a whole number of bytes"));
+                None
+            }
+        }
+    });
+    let sha256 = match sha256 {
+        None => Some(None),
+        Some(v) => string(v, &p("sha256"), r).and_then(|h| {
+            let ok = h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit());
+            if !ok {
+                r.add(
+                    p("sha256"),
+                    Problem::InvalidReference("64 hexadecimal digits"),
+                );
+            }
+            ok.then(|| Some(h.to_ascii_lowercase()))
+        }),
+    };
+    Some(S3Ref {
+        bucket: bucket?,
+        key: key?,
+        size: size?,
+        sha256: sha256?,
     })
 }
 

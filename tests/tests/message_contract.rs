@@ -208,6 +208,15 @@ fn schema_and_parser_accept_the_same_good_variants() {
         ),
         ("empty attachment", attachment("content", json!(""))),
         (
+            "attachment by reference",
+            with(
+                "attachments",
+                json!([{"filename": "scan.pdf", "s3": {"bucket": "clinic-attachments",
+                    "key": "2026/12/scan.pdf", "size": 5_000_000,
+                    "sha256": "ab".repeat(32)}}]),
+            ),
+        ),
+        (
             "scalar metadata",
             with("metadata", json!({"a": "1", "b": 2, "c": true, "d": ""})),
         ),
@@ -235,6 +244,35 @@ fn schema_and_parser_accept_the_same_good_variants() {
 #[test]
 fn schema_and_parser_reject_the_same_bad_messages() {
     let v = validator();
+    let reference = |r: Value| with("attachments", json!([{"filename": "scan.pdf", "s3": r}]));
+    for (what, body) in [
+        (
+            "content and a reference",
+            attachment("s3", json!({"bucket": "b-1", "key": "k", "size": 1})),
+        ),
+        (
+            "a reference over 30 MB",
+            reference(json!({"bucket": "b-1", "key": "k", "size": 30_000_001})),
+        ),
+        (
+            "a reference without its size",
+            reference(json!({"bucket": "b-1", "key": "k"})),
+        ),
+        (
+            "an upper-case bucket",
+            reference(json!({"bucket": "Bucket", "key": "k", "size": 1})),
+        ),
+        (
+            "a short digest",
+            reference(json!({"bucket": "b-1", "key": "k", "size": 1, "sha256": "ab"})),
+        ),
+        (
+            "neither content nor a reference",
+            with("attachments", json!([{"filename": "scan.pdf"}])),
+        ),
+    ] {
+        assert_rejected(&v, what, &body);
+    }
     let cases = [
         (
             "subject with CRLF",

@@ -1433,13 +1433,15 @@ fn the_bulk_lane_mirrors_the_outbound_queue_with_an_event_source_of_its_own() {
         reference("SenderBulkMaximumConcurrency")
     );
     assert_ne!(
-        lane["ScalingConfig"]["MaximumConcurrency"],
-        main["ScalingConfig"]["MaximumConcurrency"],
+        lane["ScalingConfig"]["MaximumConcurrency"], main["ScalingConfig"]["MaximumConcurrency"],
         "a concurrency of its own"
     );
     let (_, sender) = function_of(&t, "sender");
     let env = &sender["Properties"]["Environment"]["Variables"];
-    assert_eq!(env["OUTBOUND_BULK_QUEUE_URL"], reference("OutboundBulkQueue"));
+    assert_eq!(
+        env["OUTBOUND_BULK_QUEUE_URL"],
+        reference("OutboundBulkQueue")
+    );
     assert_eq!(
         target(&env["OUTBOUND_BULK_QUEUE_ARN"]),
         Some("OutboundBulkQueue")

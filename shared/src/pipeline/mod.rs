@@ -176,6 +176,9 @@ pub struct Pipeline {
     /// Sends whose ledger mark could not be written before their invocation's deadline,
     /// written with the next batch's claims (shared by the clones of this pipeline).
     unmarked: Arc<Mutex<Vec<(crate::ledger::Claim, crate::ledger::SentRecord)>>>,
+    /// Where attachments given by reference are read ([`crate::attachments`]); without it a
+    /// message naming one fails.
+    attachments: Option<crate::attachments::Attachments>,
 }
 
 impl Pipeline {
@@ -197,7 +200,15 @@ impl Pipeline {
             clock,
             settings,
             unmarked: Arc::default(),
+            attachments: None,
         }
+    }
+
+    /// This pipeline reading attachments given by reference from `attachments`.
+    #[must_use]
+    pub fn with_attachments(mut self, attachments: crate::attachments::Attachments) -> Self {
+        self.attachments = Some(attachments);
+        self
     }
 
     /// This pipeline over a new config version: its providers and settings, the same store,
@@ -217,6 +228,7 @@ impl Pipeline {
             clock: Arc::clone(&self.clock),
             settings,
             unmarked: Arc::clone(&self.unmarked),
+            attachments: self.attachments.clone(),
         }
     }
 

@@ -98,6 +98,7 @@ impl Pipeline {
         self.route_all(&mut works, &state, &book, now);
         self.reconcile(&mut works, batch.deadline, &mut report)
             .await;
+        self.read_attachments(&mut works).await;
 
         // 4. Rounds of limits, breaker and sends, each send recorded as its answer arrives.
         let mut tallies: BTreeMap<usize, Tally> = BTreeMap::new();
@@ -210,6 +211,52 @@ impl Pipeline {
                 .without_recipients(|a| suppressed.contains(&suppression::canonical(a.as_str())));
         }
         Ok((replays, items))
+    }
+
+    /// Step 3c: the attachments given by reference of every message still to send, read
+    /// (all messages' at once) and checked ([`crate::attachments::read_all`]): a message whose
+    /// object is missing or not the one it names fails for good, naming the attachment; one
+    /// whose object cannot be read now is deferred.
+    async fn read_attachments(&self, works: &mut [Work]) {
+        let todo: Vec<usize> = (0..works.len())
+            .filter(|&i| {
+                works[i].is_pending()
+                    && works[i]
+                        .message
+                        .as_ref()
+                        .is_some_and(OutboundMessage::has_unread_attachments)
+            })
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        let reads = join_all(todo.iter().map(|&i| {
+            let message = works[i].message.clone();
+            let attachments = self.attachments.as_ref();
+            async move {
+                match message {
+                    Some(m) => crate::attachments::read_all(m, attachments).await,
+                    None => Err(crate::attachments::ReadFailure::Transient(
+                        "no message".to_owned(),
+                    )),
+                }
+            }
+        }))
+        .await;
+        for (i, read) in todo.into_iter().zip(reads) {
+            let w = &mut works[i];
+            match read {
+                Ok(message) => w.message = Some(message),
+                Err(crate::attachments::ReadFailure::Permanent(reason)) => {
+                    tracing::warn!(message_id = %w.original.id(), outcome = "failed", reason = %reason, "attachment refused");
+                    w.stage = Stage::Rejected { reason };
+                }
+                Err(crate::attachments::ReadFailure::Transient(reason)) => {
+                    tracing::warn!(message_id = %w.original.id(), error_kind = "attachments", reason = %reason, "attachment not read; deferring");
+                    w.defer(reason, None);
+                }
+            }
+        }
     }
 
     /// Step 3: the ordered candidates of every claimed message, on the state read.

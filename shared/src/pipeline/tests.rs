@@ -26,6 +26,7 @@ use crate::state::{Item, Key, StoreError, TransactOutcome, Write, WriteOutcome};
 use crate::suppression::{self, Reason, Scope, Suppression};
 
 /// 2026-11-28T10:00:00Z.
+mod attachments;
 mod lanes;
 mod levers;
 
