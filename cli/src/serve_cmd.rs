@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::Args;
+use gateway_core::attachments::{Attachments, Directory, S3Store};
 use gateway_core::clock::{Clock, SystemClock};
 use gateway_core::config::{Config, CustomerWebhook, ProviderSettings, SecretRef, load_config};
 use gateway_core::customer_webhooks::{DeliveryReporting, Worker, WorkerSettings};
@@ -130,6 +131,15 @@ pub struct ServeArgs {
     /// running one without a restart; one that does not is logged and the running one stays.
     #[arg(long, default_value = "30s", value_parser = duration_arg)]
     config_poll: Duration,
+    /// Read attachments given by reference (`"s3": {"bucket", "key", …}`) from this
+    /// directory instead of S3: the object `KEY` of bucket `B` is the file `DIR/B/KEY`.
+    #[arg(long, value_name = "DIR")]
+    attachments_dir: Option<PathBuf>,
+    /// The one bucket messages may name: read from S3 (AWS settings from the environment,
+    /// the emulator's with AWS_ENDPOINT_URL), or from --attachments-dir. Default with
+    /// --attachments-dir: `attachments`.
+    #[arg(long, value_name = "BUCKET")]
+    attachments_bucket: Option<String>,
 }
 
 /// Poll wait on the in-memory queue when `--poll-wait` is not given.
@@ -749,11 +759,37 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None,
         )
     };
+    let attachments = match (&args.attachments_dir, &args.attachments_bucket) {
+        (Some(dir), bucket) => {
+            let bucket = bucket.clone().unwrap_or_else(|| "attachments".to_owned());
+            lines.push(format!(
+                "attachments:    bucket {bucket} read from {}",
+                dir.join(&bucket).display()
+            ));
+            Some(Attachments {
+                store: Arc::new(Directory::new(dir)),
+                bucket,
+            })
+        }
+        (None, Some(bucket)) => {
+            lines.push(format!("attachments:    S3 bucket {bucket}"));
+            let sdk = match &aws {
+                Some(aws) => aws.sdk().clone(),
+                None => AwsClients::from_env().await.sdk().clone(),
+            };
+            Some(Attachments {
+                store: Arc::new(S3Store::from_sdk(&sdk)),
+                bucket: bucket.clone(),
+            })
+        }
+        (None, None) => None,
+    };
     let shared = Shared {
         resolver: Arc::clone(&resolver),
         store: Arc::clone(&store),
         events: Arc::clone(&events),
         clock: Arc::clone(&clock),
+        attachments,
     };
     let pipeline_build = pipeline_builder(shared.clone(), settings);
     let pipeline = Arc::new(

@@ -1388,3 +1388,100 @@ async fn a_transactional_message_is_sent_beside_a_bulk_backlog_that_cannot_take_
         .count();
     assert_eq!(bulk_sent, 900, "bulk never took the reserve");
 }
+
+#[tokio::test]
+async fn an_attachment_larger_than_the_queue_takes_travels_through_s3() {
+    let Emulated {
+        dir,
+        tag,
+        outbound,
+        table,
+    } = emulated("s3").await;
+    // A bucket on the emulator (it takes an unsigned PUT).
+    let bucket = format!("att-{}", tag.to_ascii_lowercase())
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(60)
+        .collect::<String>();
+    let moto = std::env::var("MOTO_URL").unwrap();
+    let created = reqwest::Client::new()
+        .put(format!("{}/{bucket}", moto.trim_end_matches('/')))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success(), "{}", created.status());
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({"gateways": [{"id": "cap", "type": "capture", "display_name": "cap",
+            "capture": {"directory": "outbox"}, "routing": {"can_route": ["*"]}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let _server = serve(
+        &dir,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--sqs-queue-url",
+            &outbound,
+            "--dynamodb",
+            "--table",
+            &table,
+            "--attachments-bucket",
+            &bucket,
+        ],
+    );
+    // 2 MB of scan: twice what an SQS message may hold, once base64-encoded even more.
+    use base64::Engine;
+    let scan: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    let message = dir.join("referral.json");
+    std::fs::write(
+        &message,
+        serde_json::json!({"id": format!("ref-{tag}"), "from": "dr@clinic.example",
+            "to": ["p@example.org"], "subject": "Referral", "text": "Attached.",
+            "attachments": [{"filename": "scan 1.pdf", "content_type": "application/pdf",
+                "content": base64::engine::general_purpose::STANDARD.encode(&scan)}]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["send", "--queue-url", &outbound, "--bucket", &bucket])
+        .arg(&message)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("to s3://{bucket}/ref-{tag}/0-scan_1.pdf")),
+        "{stdout}"
+    );
+    let started = Instant::now();
+    while eml_files(&dir.join("outbox")).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing captured; serve log:\n{}",
+            std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let eml = std::fs::read_to_string(dir.join("outbox").join(&eml_files(&dir.join("outbox"))[0]))
+        .unwrap();
+    // The whole scan is in the mail, base64 in lines of 76.
+    let encoded: String = eml
+        .lines()
+        .skip_while(|l| !l.contains("scan 1.pdf"))
+        .skip_while(|l| !l.is_empty())
+        .skip(1)
+        .take_while(|l| !l.is_empty() && !l.starts_with("--"))
+        .collect();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.as_bytes())
+        .unwrap();
+    assert_eq!(decoded.len(), scan.len());
+    assert!(decoded == scan, "the attachment arrived changed");
+}

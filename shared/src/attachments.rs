@@ -94,6 +94,22 @@ impl S3Store {
 }
 
 #[cfg(feature = "providers")]
+impl S3Store {
+    /// Writes `bytes` as `key` in `bucket` (`gateway send --bucket`).
+    pub async fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) -> Result<(), String> {
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(bytes.into())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(&e).to_string())
+    }
+}
+
+#[cfg(feature = "providers")]
 #[async_trait]
 impl AttachmentStore for S3Store {
     async fn get(&self, bucket: &str, key: &str) -> Result<Vec<u8>, FetchError> {

@@ -367,6 +367,18 @@ impl Startup {
         Arc::clone(&self.clock)
     }
 
+    /// Where attachments given by reference are read: S3 at `ATTACHMENTS_BUCKET`, the only
+    /// bucket messages may name; `None` when it is unset (a message naming one then fails).
+    #[cfg(feature = "providers")]
+    pub async fn attachments(&mut self) -> Option<crate::attachments::Attachments> {
+        let bucket = self.var("ATTACHMENTS_BUCKET")?;
+        let store = crate::attachments::S3Store::from_sdk(self.aws().await.sdk());
+        Some(crate::attachments::Attachments {
+            store: Arc::new(store),
+            bucket,
+        })
+    }
+
     /// The AWS clients, loaded on first use.
     pub async fn aws(&mut self) -> Arc<AwsClients> {
         if let Some(aws) = &self.aws {
@@ -562,6 +574,8 @@ pub struct Shared {
     pub events: Arc<dyn EventSink>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// Where attachments given by reference are read, when the deployment has a bucket.
+    pub attachments: Option<crate::attachments::Attachments>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -597,14 +611,20 @@ pub fn pipeline_builder(
             };
             Ok(match input.previous {
                 Some(running) => running.reconfigured(config, providers, settings),
-                None => Pipeline::new(
-                    config,
-                    providers,
-                    shared.store,
-                    shared.events,
-                    shared.clock,
-                    settings,
-                ),
+                None => {
+                    let pipeline = Pipeline::new(
+                        config,
+                        providers,
+                        shared.store,
+                        shared.events,
+                        shared.clock,
+                        settings,
+                    );
+                    match shared.attachments {
+                        Some(a) => pipeline.with_attachments(a),
+                        None => pipeline,
+                    }
+                }
             })
         })
     })

@@ -261,6 +261,7 @@ fn complete_environment(config: &Path) -> Vec<(String, String)> {
             "OUTBOUND_BULK_QUEUE_ARN",
             "arn:aws:sqs:eu-west-1:123456789012:q-bulk",
         ),
+        ("ATTACHMENTS_BUCKET", "clinic-attachments"),
         ("EVENTS_QUEUE_URL", queue),
         ("CUSTOMER_WEBHOOK_QUEUE_URL", queue),
         ("CUSTOMER_WEBHOOK_DLQ_URL", queue),
@@ -1445,5 +1446,72 @@ fn the_bulk_lane_mirrors_the_outbound_queue_with_an_event_source_of_its_own() {
     assert_eq!(
         target(&env["OUTBOUND_BULK_QUEUE_ARN"]),
         Some("OutboundBulkQueue")
+    );
+}
+
+/// The attachments bucket: encrypted, never public, TLS only, expiring after the retention
+/// (which outlasts a message's 14 days in the queues); the sender may read it and list it,
+/// nothing more, and is told its name.
+#[test]
+fn the_attachments_bucket_is_private_expiring_and_only_read_by_the_sender() {
+    let t = template();
+    let bucket = &t["Resources"]["AttachmentsBucket"]["Properties"];
+    let block = &bucket["PublicAccessBlockConfiguration"];
+    for key in [
+        "BlockPublicAcls",
+        "BlockPublicPolicy",
+        "IgnorePublicAcls",
+        "RestrictPublicBuckets",
+    ] {
+        assert_eq!(block[key].as_bool(), Some(true), "{key}");
+    }
+    assert!(bucket["BucketEncryption"].is_mapping());
+    assert_eq!(
+        bucket["LifecycleConfiguration"]["Rules"][0]["ExpirationInDays"],
+        reference("AttachmentRetentionDays")
+    );
+    let min_days = t["Parameters"]["AttachmentRetentionDays"]["MinValue"]
+        .as_u64()
+        .unwrap();
+    let retention =
+        t["Resources"]["OutboundDeadLetterQueue"]["Properties"]["MessageRetentionPeriod"]
+            .as_u64()
+            .unwrap();
+    assert!(
+        min_days * 86_400 > retention,
+        "an attachment outlives its message's dead letter"
+    );
+    let policy = &t["Resources"]["AttachmentsBucketPolicy"]["Properties"]["PolicyDocument"];
+    assert_eq!(policy["Statement"][0]["Effect"].as_str(), Some("Deny"));
+    assert_eq!(
+        policy["Statement"][0]["Condition"]["Bool"]["aws:SecureTransport"].as_str(),
+        Some("false")
+    );
+    // Every S3 grant of every function: the sender's GetObject and ListBucket on this bucket.
+    let mut s3 = Vec::new();
+    for (dir, _) in FUNCTIONS {
+        let (id, function) = function_of(&t, dir);
+        let (statements, _) = policy_parts(function);
+        for statement in statements {
+            for action in actions(statement) {
+                if action.starts_with("s3:") {
+                    s3.push((id.to_owned(), action.to_owned()));
+                }
+            }
+        }
+    }
+    s3.sort();
+    let sender = function_of(&t, "sender").0.to_owned();
+    assert_eq!(
+        s3,
+        [
+            (sender.clone(), "s3:GetObject".to_owned()),
+            (sender.clone(), "s3:ListBucket".to_owned())
+        ]
+    );
+    let (_, function) = function_of(&t, "sender");
+    assert_eq!(
+        function["Properties"]["Environment"]["Variables"]["ATTACHMENTS_BUCKET"],
+        reference("AttachmentsBucket")
     );
 }

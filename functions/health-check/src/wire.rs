@@ -35,6 +35,7 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
         store: startup.state_store().await,
         events: startup.event_sink(events_url).await,
         clock: startup.clock(),
+        attachments: None,
     };
     let build = health_checker_builder(shared, file);
     let checker = startup

@@ -67,6 +67,7 @@ pub async fn wire(startup: &mut Startup) -> Option<Deps> {
         store: startup.state_store().await,
         events: startup.event_sink(events_url).await,
         clock: startup.clock(),
+        attachments: startup.attachments().await,
     };
     let build = pipeline_builder(
         shared,
