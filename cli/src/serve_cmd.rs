@@ -375,6 +375,11 @@ async fn status_route(
         .await
         .handle_request(method.as_str(), uri.path(), uri.query())
         .await;
+    status_response(reply)
+}
+
+/// A status API reply as the HTTP answer: live figures, never cached.
+fn status_response(reply: gateway_core::status::Reply) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,
@@ -418,16 +423,7 @@ async fn lever_action(
             caller: &Caller::Token,
         })
         .await;
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, reply.content_type),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        reply.body,
-    )
-        .into_response()
+    status_response(reply)
 }
 
 /// Answers a body the server could not read (too large, broken transfer) without axum's

@@ -578,6 +578,21 @@ pub struct Shared {
     pub attachments: Option<crate::attachments::Attachments>,
 }
 
+#[cfg(feature = "providers")]
+impl Shared {
+    /// One provider client per enabled gateway of `config`, or every problem in one line.
+    async fn providers(&self, config: &Config) -> Result<crate::providers::Providers, String> {
+        crate::providers::factory::build_providers(
+            config,
+            &self.resolver,
+            &config.http,
+            Arc::clone(&self.clock),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+}
+
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared").finish_non_exhaustive()
@@ -597,14 +612,7 @@ pub fn pipeline_builder(
         let shared = shared.clone();
         Box::pin(async move {
             let config = input.config;
-            let providers = crate::providers::factory::build_providers(
-                &config,
-                &shared.resolver,
-                &config.http,
-                Arc::clone(&shared.clock),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let providers = shared.providers(&config).await?;
             let settings = PipelineSettings {
                 deadline_margin: config.http.request_timeout + settings.post_send,
                 ..settings
@@ -645,14 +653,7 @@ pub fn health_checker_builder(
             .map_or_else(|| file.clone(), crate::live_config::Version::describe);
         Box::pin(async move {
             let config = input.config;
-            let providers = crate::providers::factory::build_providers(
-                &config,
-                &shared.resolver,
-                &config.http,
-                Arc::clone(&shared.clock),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let providers = shared.providers(&config).await?;
             Ok(crate::health::HealthChecker::new(
                 config,
                 providers,
