@@ -408,14 +408,7 @@ async fn serve_against_the_emulator_polls_sqs_and_keeps_state_in_dynamodb() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let started = Instant::now();
-    while eml_files(&dir.join("outbox")).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "nothing captured"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_captured(&dir, "outbox", 1).await;
     assert_eq!(
         eml_files(&dir.join("outbox")),
         ["hello-2026-11-28-0001.eml"]
@@ -993,6 +986,25 @@ fn ctl(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Waits (at most 60 s) until `outbox` in `dir` holds `n` captured mails; the serve log in the
+/// failure message.
+async fn until_captured(dir: &Path, outbox: &str, n: usize) -> Vec<String> {
+    let started = Instant::now();
+    loop {
+        let files = eml_files(&dir.join(outbox));
+        if files.len() >= n {
+            return files;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{outbox}: {} of {n} captured; serve log:\n{}",
+            files.len(),
+            std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_gateway_paused_with_ctl_gets_no_call_from_either_of_two_serve_instances() {
     let Emulated {
@@ -1058,20 +1070,8 @@ async fn a_gateway_paused_with_ctl_gets_no_call_from_either_of_two_serve_instanc
             );
         }
     };
-    let wait_for = |outbox: &str, n: usize| {
-        let path = dir.join(outbox);
-        let started = Instant::now();
-        while eml_files(&path).len() < n {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{outbox}: {} of {n} captured",
-                eml_files(&path).len()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
     send(6);
-    wait_for("outbox-b", 6);
+    until_captured(&dir, "outbox-b", 6).await;
     assert!(
         eml_files(&dir.join("outbox-a")).is_empty(),
         "a paused gateway got a call"
@@ -1103,7 +1103,7 @@ async fn a_gateway_paused_with_ctl_gets_no_call_from_either_of_two_serve_instanc
         &table,
     ]);
     send(2);
-    wait_for("outbox-a", 2);
+    until_captured(&dir, "outbox-a", 2).await;
     assert_eq!(eml_files(&dir.join("outbox-b")).len(), 6);
 
     let history: serde_json::Value = serde_json::from_str(&ctl(&[
@@ -1264,16 +1264,7 @@ async fn a_pushed_config_is_taken_up_by_two_running_serve_instances_and_an_inval
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let started = Instant::now();
-    while eml_files(&dir.join("outbox-b")).len() < 4 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "b got {} of 4; a got {}",
-            eml_files(&dir.join("outbox-b")).len(),
-            eml_files(&dir.join("outbox-a")).len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_captured(&dir, "outbox-b", 4).await;
     assert!(
         eml_files(&dir.join("outbox-a")).is_empty(),
         "a is second now"
@@ -1460,17 +1451,8 @@ async fn an_attachment_larger_than_the_queue_takes_travels_through_s3() {
         stdout.contains(&format!("to s3://{bucket}/ref-{tag}/0-scan_1.pdf")),
         "{stdout}"
     );
-    let started = Instant::now();
-    while eml_files(&dir.join("outbox")).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "nothing captured; serve log:\n{}",
-            std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let eml = std::fs::read_to_string(dir.join("outbox").join(&eml_files(&dir.join("outbox"))[0]))
-        .unwrap();
+    let captured = until_captured(&dir, "outbox", 1).await;
+    let eml = std::fs::read_to_string(dir.join("outbox").join(&captured[0])).unwrap();
     // The whole scan is in the mail, base64 in lines of 76.
     let encoded: String = eml
         .lines()

@@ -74,8 +74,7 @@ pub fn version_key(n: i64) -> Key {
 
 /// Hex SHA-256 of a document.
 pub fn sha256(text: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::attachments::sha256_hex(text.as_bytes())
 }
 
 /// One published version (without its document).

@@ -16,6 +16,22 @@ async fn act(h: &Harness, target: Target, action: Action) {
         .unwrap();
 }
 
+/// Stores gateway `id`'s breaker as tripped (open for 10 more minutes).
+async fn trip(h: &Harness, id: &str) {
+    let tripped = BreakerState {
+        phase: Phase::Open,
+        generation: 3,
+        opened_at: h.clock.now_ms(),
+        until: h.clock.now_ms() + 600_000,
+        stored: crate::breaker::Stored::Valid,
+        ..BreakerState::missing()
+    };
+    h.store
+        .put_many(vec![(crate::breaker::key(id), tripped.to_item())])
+        .await
+        .unwrap();
+}
+
 fn gw(id: &str) -> Target {
     Target::Gateway(id.to_owned())
 }
@@ -95,18 +111,7 @@ async fn a_forced_open_breaker_refuses_and_a_reset_closes_a_tripped_one() {
     assert_eq!(h.calls("b").len(), 2);
 
     // The stored breaker tripped (say by the incident); auto leaves it open, a reset closes it.
-    let tripped = BreakerState {
-        phase: Phase::Open,
-        generation: 3,
-        opened_at: h.clock.now_ms(),
-        until: h.clock.now_ms() + 600_000,
-        stored: crate::breaker::Stored::Valid,
-        ..BreakerState::missing()
-    };
-    h.store
-        .put_many(vec![(crate::breaker::key("a"), tripped.to_item())])
-        .await
-        .unwrap();
+    trip(&h, "a").await;
     act(&h, gw("a"), Action::BreakerAuto).await;
     h.run(&batch(2, 1)).await;
     assert!(h.calls("a").is_empty(), "the stored breaker is still open");
@@ -123,18 +128,7 @@ async fn a_breaker_forced_closed_admits_whatever_is_stored() {
         r#", "circuit_breaker": {"failure_threshold": 3, "timeout": "10m"}"#,
         "",
     );
-    let tripped = BreakerState {
-        phase: Phase::Open,
-        generation: 3,
-        opened_at: h.clock.now_ms(),
-        until: h.clock.now_ms() + 600_000,
-        stored: crate::breaker::Stored::Valid,
-        ..BreakerState::missing()
-    };
-    h.store
-        .put_many(vec![(crate::breaker::key("a"), tripped.to_item())])
-        .await
-        .unwrap();
+    trip(&h, "a").await;
     let report = h.run(&batch(0, 1)).await;
     assert_eq!(report.metrics.sent, 0, "open: deferred");
     act(
