@@ -551,6 +551,62 @@ fn us_to_ms_ceil(us: i128) -> EpochMillis {
     clamp_i64(us.div_euclid(i128::from(US_PER_MS)) + i128::from(us.rem_euclid(1_000) != 0))
 }
 
+/// The item key of `sender`'s day counter (any case; lower-cased in the key) on gateway
+/// `gateway_id` for the UTC day of `now`: `lim#gw#{gateway}#d#{YYYYMMDD}#u#{sender}`. One small
+/// item per sender and day (attribute `n`), so a gateway's cost per message does not grow with
+/// its number of senders.
+pub fn sender_key(gateway_id: &str, sender: &str, now: EpochMillis) -> Key {
+    format!(
+        "lim#gw#{gateway_id}#d#{}#u#{}",
+        utc_date_string(now),
+        sender.to_ascii_lowercase()
+    )
+}
+
+/// The use of `sender`'s daily limit on each gateway of `config` that limits it (config order),
+/// read with one `get_many` of the senders' own items: no scan, whatever the number of senders.
+/// Recipients leased by a running instance for its next messages count as used.
+pub async fn read_sender_usage<S: crate::state::StateStore + ?Sized>(
+    store: &S,
+    config: &Config,
+    sender: &str,
+    now: EpochMillis,
+) -> Result<Vec<(String, LevelUsage)>, crate::state::StoreError> {
+    let limited: Vec<(&Gateway, u64)> = config
+        .gateways
+        .iter()
+        .filter_map(|g| g.rate_limits.per_user_daily_for(sender).map(|l| (g, l)))
+        .collect();
+    if limited.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<Key> = limited
+        .iter()
+        .map(|(g, _)| sender_key(&g.id, sender, now))
+        .collect();
+    let items = store.get_many(&keys).await?;
+    let resets_at = (utc_day(now) + 1) * DAY_MS;
+    Ok(limited
+        .into_iter()
+        .zip(items)
+        .map(|((g, limit), item)| {
+            let used = item
+                .as_ref()
+                .and_then(|i| get_n(i, COUNT_ATTR))
+                .map_or(0, |n| u64::try_from(n).unwrap_or(0));
+            (
+                g.id.clone(),
+                LevelUsage {
+                    level: LevelKind::SenderDaily,
+                    used,
+                    limit,
+                    resets_at,
+                },
+            )
+        })
+        .collect())
+}
+
 fn sender_attr(sender_lc: &str) -> String {
     format!("u#{sender_lc}")
 }
