@@ -33,10 +33,10 @@ use gateway_core::clock::EpochMillis;
 use gateway_core::config::{Config, load_config};
 use gateway_core::events::HealthStatus;
 use gateway_core::health::{self, HealthRecord};
-use gateway_core::limiter::{self, Request};
+use gateway_core::limiter::{self, LeasePolicy, Leases, Request, Step};
 use gateway_core::pipeline::Decider;
 use gateway_core::router::{GatewayState, RouteRequest, Router};
-use gateway_core::state::{Item, Key, apply_op};
+use gateway_core::state::{Item, Key, WriteOutcome, apply_op};
 
 const GATEWAYS: usize = 20;
 const SENDERS: usize = 1_000;
@@ -106,8 +106,10 @@ struct Fixture {
     decider: Decider,
     /// The stored items (the store's answer is looked up here, one hashed lookup per key:
     /// more than the store's answer costs the sender, which arrives aligned with the keys).
-    items: HashMap<Key, Item, foldhash::fast::RandomState>,
+    items: std::cell::RefCell<HashMap<Key, Item, foldhash::fast::RandomState>>,
     senders: Vec<String>,
+    /// The process's leases, warm: the gateway and system levels hold units taken ahead.
+    leases: Leases,
 }
 
 /// Config, router and warm state: each sender has sent once through its first-choice gateway.
@@ -128,6 +130,7 @@ fn fixture() -> Fixture {
         items.insert(health::key(&g.id), record.to_item());
     }
     let senders: Vec<String> = (0..SENDERS).map(sender).collect();
+    let leases = Leases::new(LeasePolicy::default());
     for (i, s) in senders.iter().enumerate() {
         let id = format!("warm-{i}");
         let req = RouteRequest {
@@ -138,21 +141,61 @@ fn fixture() -> Fixture {
         let first = router.route(&req, &[], NOW).candidates[0].index;
         let gateway = &config.gateways[first];
         let plan = limiter::plan(&config, gateway, NOW);
-        let read: Vec<Option<Item>> = plan.keys().iter().map(|k| items.get(k).cloned()).collect();
-        let (verdict, writes) = limiter::decide_one(&plan, &read, s, 1);
-        assert!(verdict.is_admitted(), "warm-up refused {s}");
-        for w in writes {
-            assert!(w.condition.holds(items.get(&w.key)));
-            match apply_op(items.get(&w.key), &w.op).expect("warm-up write applies") {
-                Some(item) => items.insert(w.key, item),
-                None => items.remove(&w.key),
-            };
-        }
+        let verdicts = decide_limits(
+            &leases,
+            &mut items,
+            &plan,
+            &[Request {
+                sender: s,
+                recipients: 1,
+            }],
+        );
+        assert!(verdicts[0].is_admitted(), "warm-up refused {s}");
     }
     Fixture {
         decider: Decider::new(config),
-        items,
+        items: std::cell::RefCell::new(items),
         senders,
+        leases,
+    }
+}
+
+/// The limit decision of `requests` on `plan` with the process's `leases`: the pure state
+/// machine the sender drives, with `items` answering its writes (each applied to the stored
+/// item, as the store would; that lookup and update is counted in the time).
+fn decide_limits(
+    leases: &Leases,
+    items: &mut HashMap<Key, Item, foldhash::fast::RandomState>,
+    plan: &limiter::LimitPlan<'_>,
+    requests: &[Request<'_>],
+) -> Vec<limiter::Verdict> {
+    let pending = limiter::Pending::new(plan, requests);
+    if let Some(key) = pending.legacy_to_read(leases) {
+        leases.record_legacy(key, None);
+    }
+    let mut step = pending.begin(leases);
+    loop {
+        match step {
+            Step::Done(outcome) => return outcome.verdicts,
+            Step::Write(mut p) => {
+                let outcomes = p
+                    .writes()
+                    .into_iter()
+                    .map(|w| {
+                        let before = items.get(&w.key);
+                        if !w.condition.holds(before) {
+                            return Ok(WriteOutcome::ConditionFailed(before.cloned()));
+                        }
+                        let after = apply_op(before, &w.op).expect("applies");
+                        if let Some(item) = &after {
+                            items.insert(w.key, item.clone());
+                        }
+                        Ok(WriteOutcome::Applied(after))
+                    })
+                    .collect();
+                step = p.answer(leases, outcomes).expect("no store error");
+            }
+        }
     }
 }
 
@@ -175,11 +218,12 @@ fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
     let reachable = d.reachable(requests.iter().copied());
     let list = d.keys_to_read(&book, &reachable);
     // (The store's answer: the items of the keys, in their order.)
-    let answer: Vec<Option<&Item>> = list.keys().iter().map(|k| f.items.get(k)).collect();
+    let stored = f.items.borrow();
+    let answer: Vec<Option<&Item>> = list.keys().iter().map(|k| stored.get(k)).collect();
     let read = list.read(&answer);
 
     // 2. The router's view of the gateways; 3. route every message on it.
-    let states = d.view(&book, &read, NOW);
+    let states = d.view(&book, &read, &f.leases, NOW);
     let mut by_gateway: BTreeMap<usize, Vec<Request<'_>>> = BTreeMap::new();
     for (r, s) in requests.iter().zip(senders) {
         let plan = d.router().route(r, &states, NOW);
@@ -192,21 +236,23 @@ fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
     }
 
     // 4. The limits per first-choice gateway; 5. the breaker's permit per admitted message.
+    let breakers: Vec<Option<Item>> = by_gateway
+        .keys()
+        .map(|&g| read.breaker(g).cloned())
+        .collect();
+    drop(stored);
     let mut admitted = 0;
-    for (&g, requests) in &by_gateway {
+    for ((&g, requests), breaker_item) in by_gateway.iter().zip(&breakers) {
         let gateway = &config.gateways[g];
         let plan = d.limit_plan(&book, g, NOW);
-        let items = read.limits(g, &plan);
-        let decision = limiter::decide(&plan, &items, requests);
-        let breaker_item = read.breaker(g);
-        for verdict in &decision.verdicts {
+        let verdicts = decide_limits(&f.leases, &mut f.items.borrow_mut(), &plan, requests);
+        for verdict in &verdicts {
             if verdict.is_admitted() {
-                let (state, _) = BreakerState::from_item(breaker_item);
+                let (state, _) = BreakerState::from_item(breaker_item.as_ref());
                 black_box(breaker::permit(&state, &gateway.circuit_breaker, NOW));
                 admitted += 1;
             }
         }
-        black_box(decision.writes);
     }
     admitted
 }
@@ -253,9 +299,10 @@ fn bench(c: &mut Criterion) {
         let book = d.keys(NOW);
         let all = vec![true; GATEWAYS];
         let list = d.keys_to_read(&book, &all);
-        let answer: Vec<Option<&Item>> = list.keys().iter().map(|k| f.items.get(k)).collect();
+        let stored = f.items.borrow().clone();
+        let answer: Vec<Option<&Item>> = list.keys().iter().map(|k| stored.get(k)).collect();
         let read = list.read(&answer);
-        let states = d.view(&book, &read, NOW);
+        let states = d.view(&book, &read, &f.leases, NOW);
         let ids: Vec<String> = (0..SENDERS).map(|i| format!("one-{i}")).collect();
         group.throughput(Throughput::Elements(1));
         group.bench_function("per message on a built view: route+limit+breaker", |b| {
@@ -271,13 +318,19 @@ fn bench(c: &mut Criterion) {
                 let plan = d.router().route(&req, &states, NOW);
                 let g = plan.candidates[0].index;
                 let limits = d.limit_plan(&book, g, NOW);
-                let items = read.limits(g, &limits);
-                let (verdict, writes) = limiter::decide_one(&limits, &items, sender, 1);
+                let verdicts = decide_limits(
+                    &f.leases,
+                    &mut f.items.borrow_mut(),
+                    &limits,
+                    &[Request {
+                        sender,
+                        recipients: 1,
+                    }],
+                );
                 let (state, _) = BreakerState::from_item(read.breaker(g));
                 let gateway = &d.config().gateways[g];
                 black_box((
-                    verdict.is_admitted(),
-                    writes,
+                    verdicts[0].is_admitted(),
                     breaker::permit(&state, &gateway.circuit_breaker, NOW),
                 ))
             });

@@ -95,23 +95,24 @@
 //! is refused with [`Refusal::Contended`], a value carrying a short retry time, never an error:
 //! the caller defers or tries the next gateway exactly as for any refusal.
 
+mod lease;
+mod round;
 mod service;
 
 #[cfg(test)]
 mod tests;
 
 use std::borrow::{Borrow, Cow};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::clock::{DAY_MS, EpochMillis, HOUR_MS, utc_date_string, utc_day, utc_hour};
 use crate::config::{Config, Gateway, Limit};
-use crate::state::{
-    Attr, CmpOp, Condition, Item, Key, TTL_ATTRIBUTE, UpdateAction, Value, Write, WriteOp, get_n,
-};
+use crate::state::{Attr, CmpOp, Condition, Item, Key, get_n};
 
+pub use lease::{LeasePolicy, Leases};
+pub use round::{Outcome, Pending, Step};
 pub use service::{
-    CONTENDED_RETRY_MS, MAX_ATTEMPTS, RefundOutcome, acquire, acquire_one, acquire_with_items,
+    CONTENDED_RETRY_MS, MAX_ATTEMPTS, RefundOutcome, acquire, acquire_leased, acquire_one,
     read_usage, refund,
 };
 
@@ -193,6 +194,26 @@ impl BucketQuota {
         })
     }
 
+    /// How long after its theoretical arrival time a leased token may still be spent, in µs
+    /// (σ, see `lease.rs`): 0 under 1,000 tokens (the exact bucket: nothing is taken ahead),
+    /// otherwise a tenth of the bucket's span `C·T`, at most 1 s. Every write keeps
+    /// `tat ≤ now + C·T − σ`, so the bucket's bound holds whatever instances hold.
+    pub fn slack_us(&self) -> i64 {
+        if self.capacity < 1_000 {
+            return 0;
+        }
+        clamp_i64((self.capacity_i() * self.interval_i() / 10).min(1_000_000))
+    }
+
+    /// The most tokens one write can take: `C − σ/T`.
+    pub fn usable(&self) -> u64 {
+        let step = self.interval_us.max(1);
+        let slack_tokens = (self.slack_us() + step - 1) / step;
+        self.capacity
+            .saturating_sub(u64::try_from(slack_tokens).unwrap_or(0))
+            .max(1)
+    }
+
     fn capacity_i(&self) -> i128 {
         i128::from(self.capacity)
     }
@@ -231,6 +252,11 @@ pub struct HourKeys {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LevelKeys {
     hour_attr: String,
+    /// `lim#gw#{gateway}#d#{YYYYMMDD}#u#`: a sender's key is this and its address.
+    sender_prefix: String,
+    /// The gateway's day item when it may hold per-sender counters of the earlier layout
+    /// (`u#{sender}`): read once per process and day (see docs/STATE.md, "Rollout").
+    legacy_key: Option<Key>,
     system_key: Option<Key>,
     day_key: Option<Key>,
     bucket: Option<(Key, BucketQuota)>,
@@ -254,8 +280,9 @@ pub fn hour_keys(config: &Config, gateway: &Gateway, now: EpochMillis) -> HourKe
     let system_key = system_daily.map(|_| format!("lim#sys#d#{day}"));
     let any_sender_limit =
         rl.per_user_daily.is_some() || rl.custom_user_limits.values().any(Option::is_some);
-    let day_key = (rl.workspace_daily.is_some() || rl.per_hour.is_some() || any_sender_limit)
+    let day_key = (rl.workspace_daily.is_some() || rl.per_hour.is_some())
         .then(|| format!("lim#gw#{}#d#{day}", gateway.id));
+    let legacy_key = any_sender_limit.then(|| format!("lim#gw#{}#d#{day}", gateway.id));
     let bucket = rl
         .burst_limit
         .and_then(|cap| BucketQuota::new(cap, rl.burst_refill_per_second))
@@ -276,6 +303,8 @@ pub fn hour_keys(config: &Config, gateway: &Gateway, now: EpochMillis) -> HourKe
         system_daily,
         named: Arc::new(LevelKeys {
             hour_attr: format!("h{:02}", utc_hour(now) - utc_day(now) * 24),
+            sender_prefix: format!("lim#gw#{}#d#{day}#u#", gateway.id),
+            legacy_key,
             system_key,
             day_key,
             bucket,
@@ -426,13 +455,25 @@ pub struct Grant {
     system: i64,
     /// Added to the gateway's day count and to the hour's count.
     day: i64,
-    /// The sender's counter attribute, when the sender has a limit (charged `day` too).
-    sender_attr: Option<String>,
+    /// The sender's own counter item, when the sender has a limit (charged `recipients`).
+    sender_key: Option<Key>,
     /// Microseconds added to the bucket's `tat_us`.
     bucket_us: i64,
 }
 
 impl Grant {
+    /// A grant of nothing.
+    fn empty() -> Self {
+        Self {
+            recipients: 0,
+            keys: None,
+            system: 0,
+            day: 0,
+            sender_key: None,
+            bucket_us: 0,
+        }
+    }
+
     /// Recipients admitted.
     pub fn recipients(&self) -> u64 {
         self.recipients
@@ -448,20 +489,22 @@ impl Grant {
         let day = keys
             .and_then(|k| k.day_key.as_ref().map(|key| (key, k.hour_attr.as_str())))
             .filter(|_| self.day > 0);
-        let day_charges = day.into_iter().flat_map(move |(key, hour)| {
-            [
-                Some((key, COUNT_ATTR, self.day)),
-                Some((key, hour, self.day)),
-                self.sender_attr.as_deref().map(|a| (key, a, self.day)),
-            ]
+        let day_charges = day
             .into_iter()
-            .flatten()
-        });
+            .flat_map(move |(key, hour)| [(key, COUNT_ATTR, self.day), (key, hour, self.day)]);
+        let sender = self
+            .sender_key
+            .as_ref()
+            .map(|key| (key, COUNT_ATTR, to_i64(self.recipients)));
         let bucket = keys
             .and_then(|k| k.bucket.as_ref().map(|b| &b.0))
             .filter(|_| self.bucket_us > 0)
             .map(|key| (key, TAT_ATTR, self.bucket_us));
-        system.into_iter().chain(day_charges).chain(bucket)
+        system
+            .into_iter()
+            .chain(day_charges)
+            .chain(sender)
+            .chain(bucket)
     }
 }
 
@@ -481,64 +524,21 @@ impl Verdict {
     }
 }
 
-/// The outcome of [`decide`]: one verdict per request, in order, and the writes that make the
-/// admissions true. The verdicts hold only if every write is applied (all together: one write,
-/// or one transaction).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchDecision {
-    /// One per request, in request order.
-    pub verdicts: Vec<Verdict>,
-    /// Conditional writes on distinct keys; empty when nothing was admitted or nothing is
-    /// limited.
-    pub writes: Vec<Write>,
-}
-
-/// Decides `requests` against the stored `items` (aligned with [`LimitPlan::keys`]; `None` =
-/// no item; owned items or references, so callers need not copy large day items). Requests
-/// are taken in order, first fit: each is admitted if it fits on top of the ones admitted
-/// before it, so a refused message does not block a later, smaller one or one from another
-/// sender. Each request is all-or-nothing across levels.
-pub fn decide<I: Borrow<Item>>(
-    plan: &LimitPlan<'_>,
-    items: &[Option<I>],
-    requests: &[Request<'_>],
-) -> BatchDecision {
-    let mut tally = Tally::new(plan, items);
-    let verdicts = requests.iter().map(|r| tally.admit(r)).collect();
-    BatchDecision {
-        verdicts,
-        writes: tally.writes(),
-    }
-}
-
-/// Decides one request; see [`decide`].
-pub fn decide_one<I: Borrow<Item>>(
-    plan: &LimitPlan<'_>,
-    items: &[Option<I>],
-    sender: &str,
-    recipients: u64,
-) -> (Verdict, Vec<Write>) {
-    let mut d = decide(plan, items, &[Request { sender, recipients }]);
-    // `decide` answers one verdict per request; the fallback only keeps this total.
-    let verdict = d
-        .verdicts
-        .pop()
-        .unwrap_or(Verdict::Refuse(Refusal::Contended {
-            retry_after: plan.now,
-        }));
-    (verdict, d.writes)
-}
-
 /// Converts a count to the store's number type, saturating (no count reaches 2^63).
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// `attribute_not_exists(attr) OR attr <= limit - total`.
+/// `attribute_not_exists(attr) OR attr <= limit - total`; never true when `total` alone is
+/// over the limit.
 fn room(attr: Attr, limit: u64, total: i64) -> Condition {
+    let most = to_i64(limit).saturating_sub(total);
+    if most < 0 {
+        return Condition::Or(Vec::new());
+    }
     Condition::Or(vec![
         Condition::AttrNotExists(attr.clone()),
-        Condition::cmp(attr, CmpOp::Le, to_i64(limit).saturating_sub(total)),
+        Condition::cmp(attr, CmpOp::Le, most),
     ])
 }
 
@@ -607,296 +607,6 @@ pub async fn read_sender_usage<S: crate::state::StateStore + ?Sized>(
         .collect())
 }
 
-fn sender_attr(sender_lc: &str) -> String {
-    format!("u#{sender_lc}")
-}
-
-struct SenderTally {
-    limit: Limit,
-    stored: i64,
-    pending: i64,
-    /// The sender's counter attribute (`u#{sender}`).
-    attr: String,
-}
-
-/// Stored usage plus what this decision has admitted so far.
-struct Tally<'p, 'c> {
-    plan: &'p LimitPlan<'c>,
-    day_item: Option<&'p Item>,
-    sys_stored: i64,
-    day_stored: i64,
-    hour_stored: i64,
-    tat_us: Option<i64>,
-    sys_pending: i64,
-    day_pending: i64,
-    bucket_pending: i64,
-    senders: BTreeMap<String, SenderTally>,
-}
-
-impl<'p, 'c> Tally<'p, 'c> {
-    fn new<I: Borrow<Item>>(plan: &'p LimitPlan<'c>, items: &'p [Option<I>]) -> Self {
-        let sys_item = plan.item(plan.windows.named.system_key.as_ref(), items);
-        let day_item = plan.item(plan.windows.named.day_key.as_ref(), items);
-        let bucket_item = plan.item(plan.windows.named.bucket.as_ref().map(|b| &b.0), items);
-        Self {
-            plan,
-            day_item,
-            sys_stored: sys_item.and_then(|i| get_n(i, COUNT_ATTR)).unwrap_or(0),
-            day_stored: day_item.and_then(|i| get_n(i, COUNT_ATTR)).unwrap_or(0),
-            hour_stored: day_item
-                .and_then(|i| get_n(i, &plan.windows.named.hour_attr))
-                .unwrap_or(0),
-            tat_us: bucket_item.and_then(|i| get_n(i, TAT_ATTR)),
-            sys_pending: 0,
-            day_pending: 0,
-            bucket_pending: 0,
-            senders: BTreeMap::new(),
-        }
-    }
-
-    /// The limit of `sender_lc` (lower-cased) and what it has used including this decision;
-    /// its tally is made on its first request.
-    fn sender_use(&mut self, sender_lc: &str) -> (Limit, i64) {
-        if let Some(s) = self.senders.get(sender_lc) {
-            return (s.limit, s.stored + s.pending);
-        }
-        let attr = sender_attr(sender_lc);
-        let tally = SenderTally {
-            limit: self.plan.sender_limit(sender_lc),
-            stored: self.day_item.and_then(|i| get_n(i, &attr)).unwrap_or(0),
-            pending: 0,
-            attr,
-        };
-        let used = (tally.limit, tally.stored);
-        self.senders.insert(sender_lc.to_owned(), tally);
-        used
-    }
-
-    /// `max(tat, now)` after what this decision already took, in µs.
-    fn bucket_base(&self, q: &BucketQuota) -> i128 {
-        let now = self.plan.now_us();
-        let tat = self.tat_us.map_or(now, i128::from).max(now);
-        tat + i128::from(self.bucket_pending) * q.interval_i()
-    }
-
-    fn admit(&mut self, r: &Request<'_>) -> Verdict {
-        if r.recipients == 0 {
-            return Verdict::Admit(Grant {
-                recipients: 0,
-                keys: None,
-                system: 0,
-                day: 0,
-                sender_attr: None,
-                bucket_us: 0,
-            });
-        }
-        let n = to_i64(r.recipients);
-        let plan = self.plan;
-        let rl = &plan.gateway.rate_limits;
-        let sender_lc = r.sender.to_ascii_lowercase();
-        let (sender_limit, sender_used) = self.sender_use(&sender_lc);
-
-        // (level, limit, used including this decision, when the window resets)
-        let counters = [
-            (
-                LevelKind::SystemDaily,
-                plan.windows.system_daily,
-                self.sys_stored + self.sys_pending,
-                plan.next_day(),
-            ),
-            (
-                LevelKind::GatewayDaily,
-                rl.workspace_daily,
-                self.day_stored + self.day_pending,
-                plan.next_day(),
-            ),
-            (
-                LevelKind::GatewayHourly,
-                rl.per_hour,
-                self.hour_stored + self.day_pending,
-                plan.next_hour(),
-            ),
-            (
-                LevelKind::SenderDaily,
-                sender_limit,
-                sender_used,
-                plan.next_day(),
-            ),
-        ];
-
-        for (level, limit, _, _) in &counters {
-            if let Some(limit) = *limit
-                && r.recipients > limit
-            {
-                return Verdict::Refuse(Refusal::TooLarge {
-                    level: *level,
-                    limit,
-                });
-            }
-        }
-        if let Some((_, q)) = &plan.windows.named.bucket
-            && r.recipients > q.capacity
-        {
-            return Verdict::Refuse(Refusal::TooLarge {
-                level: LevelKind::GatewayBurst,
-                limit: q.capacity,
-            });
-        }
-
-        let mut worst: Option<(LevelKind, EpochMillis)> = None;
-        let mut note = |level: LevelKind, at: EpochMillis| {
-            if worst.is_none_or(|(_, w)| at > w) {
-                worst = Some((level, at));
-            }
-        };
-        for (level, limit, used, resets) in counters {
-            if let Some(limit) = limit
-                && used.saturating_add(n) > to_i64(limit)
-            {
-                note(level, resets);
-            }
-        }
-        if let Some((_, q)) = &plan.windows.named.bucket {
-            let after = self.bucket_base(q) + i128::from(n) * q.interval_i();
-            let allowed = plan.now_us() + q.capacity_i() * q.interval_i();
-            if after > allowed {
-                let at_us = after - q.capacity_i() * q.interval_i();
-                note(LevelKind::GatewayBurst, us_to_ms_ceil(at_us));
-            }
-        }
-        if let Some((level, retry_after)) = worst {
-            return Verdict::Refuse(Refusal::Exhausted { level, retry_after });
-        }
-
-        let mut grant = Grant {
-            recipients: r.recipients,
-            keys: Some(Arc::clone(&plan.windows.named)),
-            system: 0,
-            day: 0,
-            sender_attr: None,
-            bucket_us: 0,
-        };
-        if plan.windows.named.system_key.is_some() {
-            self.sys_pending += n;
-            grant.system = n;
-        }
-        if plan.windows.named.day_key.is_some() {
-            self.day_pending += n;
-            grant.day = n;
-            if sender_limit.is_some() {
-                grant.sender_attr = Some(match self.senders.get_mut(&sender_lc) {
-                    Some(s) => {
-                        s.pending += n;
-                        s.attr.clone()
-                    }
-                    // Made by `sender_use` above; the charge stands either way.
-                    None => sender_attr(&sender_lc),
-                });
-            }
-        }
-        if let Some((_, q)) = &plan.windows.named.bucket {
-            self.bucket_pending += n;
-            grant.bucket_us = clamp_i64(i128::from(n) * q.interval_i());
-        }
-        Verdict::Admit(grant)
-    }
-
-    fn writes(&self) -> Vec<Write> {
-        let plan = self.plan;
-        let rl = &plan.gateway.rate_limits;
-        let mut writes = Vec::new();
-        if let (Some(key), Some(limit)) =
-            (&plan.windows.named.system_key, plan.windows.system_daily)
-            && self.sys_pending > 0
-        {
-            writes.push(Write {
-                key: key.clone(),
-                op: WriteOp::Update(vec![
-                    UpdateAction::Add(COUNT_ATTR.into(), self.sys_pending),
-                    UpdateAction::Set(TTL_ATTRIBUTE.into(), Value::N(plan.day_ttl())),
-                ]),
-                condition: room(COUNT_ATTR.into(), limit, self.sys_pending),
-            });
-        }
-        if let Some(key) = &plan.windows.named.day_key
-            && self.day_pending > 0
-        {
-            let total = self.day_pending;
-            let mut actions = vec![
-                UpdateAction::Add(COUNT_ATTR.into(), total),
-                UpdateAction::Add(plan.windows.named.hour_attr.clone().into(), total),
-            ];
-            let mut conditions = Vec::new();
-            if let Some(limit) = rl.workspace_daily {
-                conditions.push(room(COUNT_ATTR.into(), limit, total));
-            }
-            if let Some(limit) = rl.per_hour {
-                conditions.push(room(
-                    plan.windows.named.hour_attr.clone().into(),
-                    limit,
-                    total,
-                ));
-            }
-            for s in self.senders.values() {
-                if let Some(limit) = s.limit
-                    && s.pending > 0
-                {
-                    conditions.push(room(s.attr.clone().into(), limit, s.pending));
-                    actions.push(UpdateAction::Add(s.attr.clone().into(), s.pending));
-                }
-            }
-            actions.push(UpdateAction::Set(
-                TTL_ATTRIBUTE.into(),
-                Value::N(plan.day_ttl()),
-            ));
-            writes.push(Write {
-                key: key.clone(),
-                op: WriteOp::Update(actions),
-                condition: Condition::all(conditions),
-            });
-        }
-        if let Some((key, q)) = &plan.windows.named.bucket
-            && self.bucket_pending > 0
-        {
-            writes.push(self.bucket_write(key, q));
-        }
-        writes
-    }
-
-    fn bucket_write(&self, key: &Key, q: &BucketQuota) -> Write {
-        let now = self.plan.now_us();
-        let take = i128::from(self.bucket_pending) * q.interval_i();
-        let span = q.capacity_i() * q.interval_i();
-        // The new tat never exceeds now + C·T; the item may go one day after that.
-        let ttl = Value::N(clamp_i64((now + span) / 1_000_000) + 1 + TTL_MARGIN_S);
-        let now_v = clamp_i64(now);
-        match self.tat_us {
-            Some(tat) if i128::from(tat) >= now => Write {
-                key: key.clone(),
-                op: WriteOp::Update(vec![
-                    UpdateAction::Add(TAT_ATTR.into(), clamp_i64(take)),
-                    UpdateAction::Set(TTL_ATTRIBUTE.into(), ttl),
-                ]),
-                condition: Condition::And(vec![
-                    Condition::cmp(TAT_ATTR, CmpOp::Ge, now_v),
-                    Condition::cmp(TAT_ATTR, CmpOp::Le, clamp_i64(now + span - take)),
-                ]),
-            },
-            _ => Write {
-                key: key.clone(),
-                op: WriteOp::Update(vec![
-                    UpdateAction::Set(TAT_ATTR.into(), Value::N(clamp_i64(now + take))),
-                    UpdateAction::Set(TTL_ATTRIBUTE.into(), ttl),
-                ]),
-                condition: Condition::Or(vec![
-                    Condition::AttrNotExists(TAT_ATTR.into()),
-                    Condition::cmp(TAT_ATTR, CmpOp::Lt, now_v),
-                ]),
-            },
-        }
-    }
-}
-
 /// Use of one limited level at the plan's instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LevelUsage {
@@ -932,41 +642,87 @@ pub fn remaining_fraction(usages: &[LevelUsage]) -> f64 {
 }
 
 /// Use of every limited level of the plan, from `items` aligned with [`LimitPlan::keys`]; the
-/// sender level is included when `sender` is given and has a limit. Order: system, gateway
-/// daily, hourly, burst, sender. To rank many gateways with one read, concatenate their plans'
-/// keys in one `get_many` (at most 3 keys per gateway) and hand each plan its slice.
+/// sender level is included when `sender` is given with its own item
+/// ([`sender_key`]; `None` = no item yet) and has a limit. Order: system, gateway daily,
+/// hourly, burst, sender. To rank many gateways with one read, concatenate their plans' keys in
+/// one `get_many` (at most 3 keys per gateway) and hand each plan its slice.
 pub fn usage<I: Borrow<Item>>(
     plan: &LimitPlan<'_>,
     items: &[Option<I>],
-    sender: Option<&str>,
+    sender: Option<(&str, Option<&Item>)>,
 ) -> Vec<LevelUsage> {
     let mut out = Vec::new();
-    each_usage(plan, items, sender, |u| out.push(u));
+    let lookup = |key: Option<&Key>, attr: &str| plan.item(key, items).and_then(|i| get_n(i, attr));
+    let sender = sender.map(|(s, item)| (s, item.and_then(|i| get_n(i, COUNT_ATTR))));
+    each_usage(plan, lookup, sender, |u| out.push(u));
     out
 }
 
 /// [`remaining_fraction`] of the plan's levels (without the sender level), computed without
-/// collecting them: what the router's view of a gateway needs, for every gateway of a batch.
+/// collecting them.
 pub fn remaining<I: Borrow<Item>>(plan: &LimitPlan<'_>, items: &[Option<I>]) -> f64 {
     let mut tightest = 1.0_f64;
-    each_usage(plan, items, None, |u| {
+    let lookup = |key: Option<&Key>, attr: &str| plan.item(key, items).and_then(|i| get_n(i, attr));
+    each_usage(plan, lookup, None, |u| {
         tightest = tightest.min(u.remaining_fraction());
     });
     tightest
 }
 
-/// Hands every limited level's use to `f`, in [`usage`]'s order.
-fn each_usage<I: Borrow<Item>>(
+/// [`remaining`] as this process last saw the plan's items (through its own limit writes),
+/// without reading them: what the router's view of a gateway ranks by. `None` when this
+/// process has not written any of them yet (ranked as unknown).
+pub fn remaining_seen(plan: &LimitPlan<'_>, leases: &Leases) -> Option<f64> {
+    let book = leases.lock();
+    let named = &plan.windows.named;
+    let mut any = false;
+    let lookup = |key: Option<&Key>, attr: &str| -> Option<i64> {
+        let key = key?;
+        if attr == TAT_ATTR {
+            return book.buckets.get(key).and_then(|e| e.seen_tat);
+        }
+        let (window, counts) = book.counters.get(key)?.seen?;
+        if attr == COUNT_ATTR {
+            Some(counts[0])
+        } else {
+            // The hour's count belongs to the hour it was seen in.
+            Some(if window == plan.windows.hour {
+                counts[1]
+            } else {
+                0
+            })
+        }
+    };
+    for key in [named.system_key.as_ref(), named.day_key.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        any |= book.counters.get(key).is_some_and(|e| e.seen.is_some());
+    }
+    if let Some((key, _)) = &named.bucket {
+        any |= book.buckets.get(key).is_some_and(|e| e.seen_tat.is_some());
+    }
+    if !any {
+        return None;
+    }
+    let mut tightest = 1.0_f64;
+    each_usage(plan, lookup, None, |u| {
+        tightest = tightest.min(u.remaining_fraction());
+    });
+    Some(tightest)
+}
+
+/// Hands every limited level's use to `f`, in [`usage`]'s order; `lookup(key, attribute)`
+/// gives a stored number, `sender` the sender and its count.
+fn each_usage(
     plan: &LimitPlan<'_>,
-    items: &[Option<I>],
-    sender: Option<&str>,
+    lookup: impl Fn(Option<&Key>, &str) -> Option<i64>,
+    sender: Option<(&str, Option<i64>)>,
     mut f: impl FnMut(LevelUsage),
 ) {
     let rl = &plan.gateway.rate_limits;
     let count = |key: Option<&Key>, attr: &str| {
-        plan.item(key, items)
-            .and_then(|i| get_n(i, attr))
-            .map_or(0, |n| u64::try_from(n).unwrap_or(0))
+        lookup(key, attr).map_or(0, |n| u64::try_from(n).unwrap_or(0))
     };
     let mut counter = |level, limit: Limit, used, resets_at| {
         if let Some(limit) = limit {
@@ -1001,11 +757,7 @@ fn each_usage<I: Borrow<Item>>(
     );
     if let Some((key, q)) = &plan.windows.named.bucket {
         let now = plan.now_us();
-        let tat = plan
-            .item(Some(key), items)
-            .and_then(|i| get_n(i, TAT_ATTR))
-            .map_or(now, i128::from)
-            .max(now);
+        let tat = lookup(Some(key), TAT_ATTR).map_or(now, i128::from).max(now);
         let owed = tat - now;
         let used = (owed + q.interval_i() - 1) / q.interval_i();
         f(LevelUsage {
@@ -1015,10 +767,9 @@ fn each_usage<I: Borrow<Item>>(
             resets_at: us_to_ms_ceil(tat),
         });
     }
-    if let Some(sender) = sender {
-        let lc = sender.to_ascii_lowercase();
-        let limit = plan.sender_limit(&lc);
-        let used = count(plan.windows.named.day_key.as_ref(), &sender_attr(&lc));
+    if let Some((sender, used)) = sender {
+        let limit = plan.sender_limit(sender);
+        let used = used.map_or(0, |n| u64::try_from(n).unwrap_or(0));
         if let Some(limit) = limit {
             f(LevelUsage {
                 level: LevelKind::SenderDaily,

@@ -1,8 +1,9 @@
 //! The limiter over the [`StateStore`] port: read once, decide, write once, and on a lost
 //! condition decide again from the items the store returned.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
+
+use futures::future::join_all;
 
 use crate::clock::EpochMillis;
 use crate::state::{
@@ -11,7 +12,8 @@ use crate::state::{
 };
 
 use super::{
-    Grant, LevelUsage, LimitPlan, Refusal, Request, TAT_ATTR, US_PER_MS, Verdict, decide, usage,
+    Grant, Leases, LevelUsage, LimitPlan, Pending, Refusal, Request, Step, TAT_ATTR, US_PER_MS,
+    Verdict, usage,
 };
 
 /// Most decisions one [`acquire`] (or [`refund`]) makes before giving up on a contended item.
@@ -22,16 +24,8 @@ pub const MAX_ATTEMPTS: usize = 8;
 /// How long after `now` a [`Refusal::Contended`] suggests retrying, in ms.
 pub const CONTENDED_RETRY_MS: i64 = 1_000;
 
-/// Applies `writes` together (one write, or one transaction). `None` when applied; otherwise
-/// the keys whose condition failed with their current items.
-pub(super) async fn commit<S: StateStore + ?Sized>(
-    store: &S,
-    writes: Vec<Write>,
-) -> Result<Option<Vec<(Key, Option<Item>)>>, StoreError> {
-    commit_as(store, writes, false).await
-}
-
-/// [`commit`], or with `exactly_once` always as a transaction, even of one write: a
+/// Applies `writes` together (one write, or one transaction); with `exactly_once` always as a
+/// transaction, even of one write: a
 /// transaction carries a client token, so a retry of one that was applied but whose answer was
 /// lost is not applied again (DynamoDB `TransactWriteItems`, `ClientRequestToken`); a single
 /// conditional update whose condition still holds would be. Refunds need it: returning a grant
@@ -64,79 +58,80 @@ async fn commit_as<S: StateStore + ?Sized>(
     })
 }
 
-/// Replaces the items named in `fresh` in `items` (aligned with `keys`), each made by `hold`
-/// (identity for owned items, `Cow::Owned` for borrowed ones).
-pub(super) fn absorb<I>(
-    keys: &[Key],
-    items: &mut [Option<I>],
-    fresh: Vec<(Key, Option<Item>)>,
-    hold: impl Fn(Item) -> I,
-) {
-    for (key, item) in fresh {
-        if let Some(slot) = keys.iter().position(|k| *k == key)
-            && let Some(entry) = items.get_mut(slot)
-        {
-            *entry = item.map(&hold);
+/// Decides `requests` (taken in order, first fit: a refused message does not block a later,
+/// smaller one; each is all-or-nothing across levels) from what `leases` hold, taking from the
+/// store what they lack: one conditional write per level short of its need and per limited
+/// sender, all in flight together (see [`super::Pending`]). A lost race is decided again from
+/// the item the store returned, without a read, at most [`MAX_ATTEMPTS`] times, after which the
+/// requests still short are refused with [`Refusal::Contended`]. The first decision of a
+/// process on a gateway-day with per-sender limits reads the day item once (the earlier
+/// layout's counters, docs/STATE.md "Rollout"). Units this process will not keep are given
+/// back before returning. Verdicts are in request order; every admitted one is counted in the
+/// store.
+///
+/// # Errors
+/// A store error on a write or the read; what other writes took is kept or given back as
+/// after a decision.
+pub async fn acquire_leased<S: StateStore + ?Sized>(
+    store: &S,
+    leases: &Leases,
+    plan: &LimitPlan<'_>,
+    requests: &[Request<'_>],
+) -> Result<Vec<Verdict>, StoreError> {
+    let pending = Pending::new(plan, requests);
+    if let Some(key) = pending.legacy_to_read(leases) {
+        let item = store
+            .get_many(std::slice::from_ref(&key))
+            .await?
+            .pop()
+            .flatten();
+        leases.record_legacy(key, item);
+    }
+    let mut step = pending.begin(leases);
+    loop {
+        match step {
+            Step::Done(outcome) => {
+                give_back(store, outcome.giveback, plan.now()).await;
+                return Ok(outcome.verdicts);
+            }
+            Step::Write(mut pending) => {
+                let writes = pending.writes();
+                let outcomes = join_all(writes.into_iter().map(|w| store.write(w))).await;
+                match pending.answer(leases, outcomes) {
+                    Ok(next) => step = next,
+                    Err((error, outcome)) => {
+                        give_back(store, outcome.giveback, plan.now()).await;
+                        return Err(error);
+                    }
+                }
+            }
         }
     }
 }
 
-/// Decides `requests` (see [`super::decide`]) and makes the admissions true in the store: one
-/// `get_many`, then one write or transaction per decision. A lost condition is decided again
-/// from the items the store returned, without another read, at most [`MAX_ATTEMPTS`] times;
-/// after that every request the last decision would have admitted is refused with
-/// [`Refusal::Contended`] and nothing is consumed. Verdicts are in request order; every
-/// admitted one has been written.
+/// Returns units a decision took but will not spend. A failure is logged and the units stay
+/// consumed: the safe side of a limit.
+async fn give_back<S: StateStore + ?Sized>(
+    store: &S,
+    charges: Vec<(Key, String, i64)>,
+    now: EpochMillis,
+) {
+    if charges.is_empty() {
+        return;
+    }
+    if let Err(error) = refund_charges(store, charges, now).await {
+        tracing::warn!(error_kind = "limiter", %error, "units taken ahead not given back; they stay consumed");
+    }
+}
+
+/// [`acquire_leased`] holding nothing between calls ([`Leases::exact`]): every decision is
+/// written and whatever a refused request was given is returned at once.
 pub async fn acquire<S: StateStore + ?Sized>(
     store: &S,
     plan: &LimitPlan<'_>,
     requests: &[Request<'_>],
 ) -> Result<Vec<Verdict>, StoreError> {
-    let keys = plan.keys();
-    let items = if keys.is_empty() {
-        Vec::new()
-    } else {
-        store.get_many(keys).await?
-    };
-    let items = items.into_iter().map(|i| i.map(Cow::Owned)).collect();
-    acquire_with_items(store, plan, requests, items).await
-}
-
-/// [`acquire`] on items the caller already read (aligned with [`LimitPlan::keys`]; `None` = no
-/// item), for example in one read of every candidate gateway's breaker and limit items. Stale
-/// items are safe: every counter write is conditioned on staying within its limit and every
-/// bucket write on the bucket's state it was decided from, so a stale decision can only lose
-/// a condition (never exceed a limit), after which it is taken again on the items the store
-/// returned. Missing trailing items count as `None`. The items are borrowed (a gateway's day
-/// item holds every sender's counter; copying it per decision would cost more than deciding).
-pub async fn acquire_with_items<S: StateStore + ?Sized>(
-    store: &S,
-    plan: &LimitPlan<'_>,
-    requests: &[Request<'_>],
-    mut items: Vec<Option<Cow<'_, Item>>>,
-) -> Result<Vec<Verdict>, StoreError> {
-    let keys = plan.keys();
-    items.resize(keys.len(), None);
-    let mut last = Vec::new();
-    for _ in 0..MAX_ATTEMPTS {
-        let decision = decide(plan, &items, requests);
-        if decision.writes.is_empty() {
-            return Ok(decision.verdicts);
-        }
-        match commit(store, decision.writes).await? {
-            None => return Ok(decision.verdicts),
-            Some(fresh) => absorb(keys, &mut items, fresh, Cow::Owned),
-        }
-        last = decision.verdicts;
-    }
-    let retry_after = plan.now() + CONTENDED_RETRY_MS;
-    Ok(last
-        .into_iter()
-        .map(|v| match v {
-            Verdict::Admit(_) => Verdict::Refuse(Refusal::Contended { retry_after }),
-            refused @ Verdict::Refuse(_) => refused,
-        })
-        .collect())
+    acquire_leased(store, &Leases::exact(), plan, requests).await
 }
 
 /// [`acquire`] for one message.
@@ -155,19 +150,32 @@ pub async fn acquire_one<S: StateStore + ?Sized>(
         })))
 }
 
-/// Reads the plan's items and reports the use of every limited level (see [`super::usage`]).
+/// Reads the plan's items (and the sender's own, when given) and reports the use of every
+/// limited level (see [`super::usage`]).
 pub async fn read_usage<S: StateStore + ?Sized>(
     store: &S,
     plan: &LimitPlan<'_>,
     sender: Option<&str>,
 ) -> Result<Vec<LevelUsage>, StoreError> {
-    let keys = plan.keys();
-    let items = if keys.is_empty() {
+    let mut keys = plan.keys().to_vec();
+    if let Some(sender) = sender {
+        keys.push(super::sender_key(plan.gateway_id(), sender, plan.now()));
+    }
+    let mut items = if keys.is_empty() {
         Vec::new()
     } else {
-        store.get_many(keys).await?
+        store.get_many(&keys).await?
     };
-    Ok(usage(plan, &items, sender))
+    let sender_item = if sender.is_some() {
+        items.pop().flatten()
+    } else {
+        None
+    };
+    Ok(usage(
+        plan,
+        &items,
+        sender.map(|s| (s, sender_item.as_ref())),
+    ))
 }
 
 /// How a [`refund`] ended.
@@ -202,13 +210,27 @@ pub async fn refund<S: StateStore + ?Sized>(
     grants: &[Grant],
     now: EpochMillis,
 ) -> Result<RefundOutcome, StoreError> {
+    let charges = grants
+        .iter()
+        .flat_map(Grant::charges)
+        .map(|(key, attr, amount)| (key.clone(), attr.to_owned(), amount))
+        .collect();
+    refund_charges(store, charges, now).await
+}
+
+/// Gives back `(key, attribute, amount)` charges as [`refund`] does.
+async fn refund_charges<S: StateStore + ?Sized>(
+    store: &S,
+    charges: Vec<(Key, String, i64)>,
+    now: EpochMillis,
+) -> Result<RefundOutcome, StoreError> {
     let mut by_key: BTreeMap<Key, KeyRefund> = BTreeMap::new();
-    for (key, attr, amount) in grants.iter().flat_map(Grant::charges) {
-        let entry = by_key.entry(key.clone()).or_default();
+    for (key, attr, amount) in charges {
+        let entry = by_key.entry(key).or_default();
         if attr == TAT_ATTR {
             entry.bucket_us = entry.bucket_us.saturating_add(amount);
         } else {
-            let c = entry.counters.entry(attr.to_owned()).or_default();
+            let c = entry.counters.entry(attr).or_default();
             *c = c.saturating_add(amount);
         }
     }

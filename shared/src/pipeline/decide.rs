@@ -16,7 +16,7 @@ use crate::clock::{EpochMillis, utc_hour};
 use crate::config::Config;
 use crate::health::{self, HealthRecord};
 use crate::levers::{self, Levers};
-use crate::limiter::{self, HourKeys, LimitPlan};
+use crate::limiter::{self, HourKeys, Leases, LimitPlan};
 use crate::router::{BreakerView, GatewayState, RouteRequest, Router};
 use crate::state::{Item, Key};
 
@@ -35,8 +35,6 @@ pub struct ReadList {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Slots {
     breaker: Option<usize>,
-    /// Aligned with the gateway's [`LimitPlan::keys`] for the book's hour.
-    limits: [Option<usize>; 3],
     health: Option<usize>,
     levers: Option<usize>,
 }
@@ -90,21 +88,6 @@ impl<'a, I: Borrow<Item>> Read<'a, I> {
             Levers::from_item(self.at(self.list.all_levers)),
             Levers::from_item(self.at(self.slots(g).levers)),
         )
-    }
-
-    /// Gateway `g`'s limit items aligned with `plan`'s keys. A key the read did not cover (a
-    /// plan for a later UTC day than the read has other day keys; the bucket's key has no
-    /// window) has no item: deciding on it is safe, since every limit write carries a
-    /// condition that fails past the limit or on a bucket that moved.
-    pub fn limits(&self, g: usize, plan: &LimitPlan<'_>) -> [Option<&'a Item>; 3] {
-        let slots = self.slots(g).limits;
-        let mut out = [None; 3];
-        for ((item, key), slot) in out.iter_mut().zip(plan.keys()).zip(slots) {
-            if slot.and_then(|i| self.list.keys.get(i)) == Some(key) {
-                *item = self.at(slot);
-            }
-        }
-        out
     }
 }
 
@@ -233,8 +216,9 @@ impl Decider {
         marks
     }
 
-    /// The breaker, limit, health and lever keys of the `reachable` gateways, each once (the
-    /// system day key and the pause-all lever are shared by every gateway), for one `get_many`. Made once per reachable set
+    /// The breaker, health and lever keys of the `reachable` gateways, each once (the
+    /// pause-all lever is shared by every gateway; limit items are not read: the limiter
+    /// writes them conditionally and learns them from its answers), for one `get_many`. Made once per reachable set
     /// and hour, then shared.
     pub fn keys_to_read(&self, book: &KeyBook, reachable: &[bool]) -> Arc<ReadList> {
         let mut reads = book.reads.lock().unwrap_or_else(PoisonError::into_inner);
@@ -246,7 +230,6 @@ impl Decider {
         }
         let mut keys = Vec::new();
         let mut slots = vec![Slots::default(); book.gateways.len()];
-        let mut system_slot = None;
         let add = |keys: &mut Vec<Key>, key: &Key| {
             keys.push(key.clone());
             Some(keys.len() - 1)
@@ -256,13 +239,6 @@ impl Decider {
                 continue;
             }
             slot.breaker = add(&mut keys, &keyed.breaker);
-            for (limit, key) in slot.limits.iter_mut().zip(keyed.limits.keys()) {
-                *limit = if keyed.limits.system_key() == Some(key) {
-                    *system_slot.get_or_insert_with(|| add(&mut keys, key))
-                } else {
-                    add(&mut keys, key)
-                };
-            }
             slot.health = keyed.health.as_ref().and_then(|k| add(&mut keys, k));
             slot.levers = add(&mut keys, &keyed.levers);
         }
@@ -301,12 +277,14 @@ impl Decider {
     }
 
     /// The router's view of every gateway from the items `read` (made from `book`): breaker,
-    /// tightest limit level, health verdict. Gateways whose items were not read get the default
-    /// view; no message of the batch can be routed to them.
+    /// health verdict, and the tightest limit level as this process last saw it through its
+    /// own limit writes (`leases`; unknown until it first writes one). Gateways whose items
+    /// were not read get the default view; no message of the batch can be routed to them.
     pub fn view<I: Borrow<Item>>(
         &self,
         book: &KeyBook,
         read: &Read<'_, I>,
+        leases: &Leases,
         now: EpochMillis,
     ) -> Vec<GatewayState> {
         let config = self.config();
@@ -322,7 +300,6 @@ impl Decider {
                     Some(gateway) => limiter::plan(config, gateway, now),
                     None => self.limit_plan(book, g, now),
                 };
-                let items = read.limits(g, &plan);
                 let record = HealthRecord::from_item(read.health(g));
                 GatewayState {
                     health: health::routing_health(record.as_ref(), &gateway.health_check, now),
@@ -332,7 +309,7 @@ impl Decider {
                     } else {
                         breaker::view(read.breaker(g), now)
                     },
-                    remaining: Some(limiter::remaining(&plan, &items)),
+                    remaining: limiter::remaining_seen(&plan, leases),
                     held: levers::held(&all, &own, now),
                 }
             })
@@ -390,7 +367,7 @@ mod tests {
         let keys = list.keys();
         let unique: BTreeSet<&Key> = keys.iter().collect();
         assert_eq!(unique.len(), keys.len(), "duplicate key in {keys:?}");
-        let mut expected = vec![
+        let expected = [
             breaker::key("a"),
             breaker::key("b"),
             health::key("a"),
@@ -398,9 +375,7 @@ mod tests {
             "ctl#gw#b".to_owned(),
             levers::ALL_KEY.to_owned(),
         ];
-        for g in &d.config().gateways[..2] {
-            expected.extend(limiter::plan(d.config(), g, NOW).keys().iter().cloned());
-        }
+        // No limit item: the limiter learns them from its own conditional writes.
         let expected: BTreeSet<&Key> = expected.iter().collect();
         assert_eq!(unique, expected);
         // The gateway without health checks has no health key read.
@@ -437,21 +412,21 @@ mod tests {
         assert!(next.covers(NOW + HOUR_MS) && !next.covers(NOW));
     }
 
-    #[test]
-    fn the_view_reads_breaker_limits_and_health_of_reachable_gateways_only() {
+    #[tokio::test]
+    async fn the_view_reads_breaker_and_health_and_takes_limits_from_what_the_process_saw() {
         let d = Decider::new(config());
         let book = d.keys(NOW);
         let config = d.config();
         let plan = limiter::plan(config, &config.gateways[0], NOW);
-        // Gateway a has taken 4 of its bucket's 5 (and 4 of 10 this hour); its breaker is open.
-        let (verdict, writes) =
-            limiter::decide_one(&plan, &[None::<&Item>; 3], "ann@clinic.example", 4);
-        assert!(verdict.is_admitted());
-        let mut items: std::collections::HashMap<Key, Item> = std::collections::HashMap::new();
-        for w in writes {
-            let item = crate::state::apply_op(items.get(&w.key), &w.op).expect("applies");
-            items.extend(item.map(|i| (w.key, i)));
+        let store = crate::state::memory::MemoryStore::new();
+        let leases = Leases::exact();
+        let reachable = [true, false, false];
+        let list = d.keys_to_read(&book, &reachable);
+        // Limit items are not read: the limiter learns them from its own writes.
+        for key in plan.keys() {
+            assert!(!list.keys().contains(key), "{key} read");
         }
+        let mut items: std::collections::HashMap<Key, Item> = std::collections::HashMap::new();
         let open = breaker::BreakerState {
             phase: breaker::Phase::Open,
             generation: 1,
@@ -460,29 +435,33 @@ mod tests {
             ..breaker::BreakerState::missing()
         };
         items.insert(breaker::key("a"), open.to_item());
-        let reachable = [true, false, false];
-        let list = d.keys_to_read(&book, &reachable);
         let read_items: Vec<Option<&Item>> = list.keys().iter().map(|k| items.get(k)).collect();
         let read = list.read(&read_items);
-        let view = d.view(&book, &read, NOW);
+        let view = d.view(&book, &read, &leases, NOW);
         assert_eq!(
             view[0].breaker,
             breaker::BreakerView::Open {
                 until: NOW + 30_000
             }
         );
-        let remaining = view[0].remaining.expect("limited");
-        assert!((remaining - 0.2).abs() < 1e-9, "remaining {remaining}");
+        assert_eq!(view[0].remaining, None, "nothing written yet: unknown");
         assert_eq!(view[1], GatewayState::default());
         assert_eq!(view[2], GatewayState::default());
-        // Limits are found by position for the read's hour; a plan for the next day gets no
-        // day items (its keys are other) rather than yesterday's, but the same bucket (its key
-        // has no window).
-        let today = d.limit_plan(&book, 0, NOW);
-        assert!(read.limits(0, &today).iter().all(Option::is_some));
-        let tomorrow = d.limit_plan(&book, 0, NOW + 24 * HOUR_MS);
-        let later = read.limits(0, &tomorrow);
-        assert_eq!(later[..2], [None, None]);
-        assert_eq!(later[2], read.limits(0, &today)[2]);
+        // Gateway a takes 4 of its bucket's 5 (and 4 of 10 this hour).
+        let verdicts = limiter::acquire_leased(
+            &store,
+            &leases,
+            &plan,
+            &[limiter::Request {
+                sender: "ann@clinic.example",
+                recipients: 4,
+            }],
+        )
+        .await
+        .expect("store");
+        assert!(verdicts[0].is_admitted());
+        let view = d.view(&book, &read, &leases, NOW);
+        let remaining = view[0].remaining.expect("seen");
+        assert!((remaining - 0.2).abs() < 1e-9, "remaining {remaining}");
     }
 }

@@ -107,6 +107,9 @@ pub struct PipelineSettings {
     /// recorder records what reaches the dead-letter queue, see
     /// [`crate::recorder::Recorder::park_dead_letters`]).
     pub max_receive_count: Option<u32>,
+    /// How much of the shared limits a process takes ahead of its need (see
+    /// [`crate::limiter::LeasePolicy`] and docs/STATE.md, "Limiter: quota leases").
+    pub leases: crate::limiter::LeasePolicy,
 }
 
 impl Default for PipelineSettings {
@@ -118,6 +121,7 @@ impl Default for PipelineSettings {
             post_send: Duration::from_secs(5),
             acceptance_wait: Duration::from_secs(120),
             max_receive_count: None,
+            leases: crate::limiter::LeasePolicy::default(),
         }
     }
 }
@@ -179,6 +183,9 @@ pub struct Pipeline {
     /// Where attachments given by reference are read ([`crate::attachments`]); without it a
     /// message naming one fails.
     attachments: Option<crate::attachments::Attachments>,
+    /// What this process holds of the shared limits ([`crate::limiter::Leases`]), kept across
+    /// batches and config reloads (a holding is tied to the limits it was taken under).
+    leases: Arc<crate::limiter::Leases>,
 }
 
 impl Pipeline {
@@ -192,6 +199,7 @@ impl Pipeline {
         clock: Arc<dyn Clock>,
         settings: PipelineSettings,
     ) -> Self {
+        let leases = Arc::new(crate::limiter::Leases::new(settings.leases));
         Self {
             decider: Decider::new(config),
             providers,
@@ -201,6 +209,7 @@ impl Pipeline {
             settings,
             unmarked: Arc::default(),
             attachments: None,
+            leases,
         }
     }
 
@@ -229,6 +238,7 @@ impl Pipeline {
             settings,
             unmarked: Arc::clone(&self.unmarked),
             attachments: self.attachments.clone(),
+            leases: Arc::clone(&self.leases),
         }
     }
 

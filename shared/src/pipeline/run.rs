@@ -269,7 +269,7 @@ impl Pipeline {
     ) {
         let config = self.decider.config();
         // Borrowed, not copied: a day item holds every sender's counter.
-        let states = self.decider.view(book, state, now);
+        let states = self.decider.view(book, state, &self.leases, now);
         let max = config.routing.max_failover_attempts.get() as usize;
         for w in works.iter_mut().filter(|w| w.is_pending()) {
             if let Some(at) = w.original.expires_at()
@@ -573,12 +573,6 @@ impl Pipeline {
                     (None, Some(gateway)) => limiter::plan(config, gateway, now),
                     (None, None) => self.decider.limit_plan(book, g, now),
                 };
-                let cached: Vec<Option<Cow<'_, Item>>> = state
-                    .limits(g, &plan)
-                    .into_iter()
-                    .take(plan.keys().len())
-                    .map(|i| i.map(Cow::Borrowed))
-                    .collect();
                 let requests: Vec<Request<'_>> = items
                     .iter()
                     .map(|(_, sender, n)| Request {
@@ -587,7 +581,7 @@ impl Pipeline {
                     })
                     .collect();
                 let verdicts =
-                    limiter::acquire_with_items(self.store.as_ref(), &plan, &requests, cached)
+                    limiter::acquire_leased(self.store.as_ref(), &self.leases, &plan, &requests)
                         .await;
                 (g, items, verdicts)
             }

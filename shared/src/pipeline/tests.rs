@@ -1047,26 +1047,35 @@ async fn the_happy_path_costs_three_round_trips_of_state() {
         r#", "rate_limits": {"workspace_daily": 1000, "per_hour": 100, "burst_limit": 50, "per_user_daily": 100}"#,
         "",
     );
-    let batch = records(
-        (0..10)
-            .map(|i| {
-                body(
-                    &format!("m-{i}"),
-                    &format!("s{i}@clinic.example"),
-                    &["p@example.org"],
-                )
-            })
-            .collect(),
-    );
+    let batch = |n: usize| {
+        records(
+            (0..10)
+                .map(|i| {
+                    body(
+                        &format!("m-{n}-{i}"),
+                        &format!("s{i}@clinic.example"),
+                        &["p@example.org"],
+                    )
+                })
+                .collect(),
+        )
+    };
+    // The process's first batch of the day also reads the day item once (per-sender counters
+    // of the earlier layout, docs/STATE.md "Rollout").
+    h.run(&batch(0)).await;
     let before = h.store.inner.request_counts();
-    h.run(&batch).await;
+    h.run(&batch(1)).await;
     let after = h.store.inner.request_counts();
-    // 10 claims + (suppression + state) reads + 1 limit transaction + 10 marks, each written
-    // as its send is accepted (one conditional put per message: the same write units as one
-    // batch put of ten, in more requests).
+    // 10 claims + (suppression + state) reads + 10 sender counters + the bucket (50 tokens:
+    // too small to take ahead) + 10 marks, each written as its send is accepted. The day item
+    // is not written: the first batch took 11 ahead (an eighth of what the hourly limit of 100
+    // had left), enough for this one. No transaction.
     assert_eq!(
-        after.total() - before.total(),
-        10 + 2 + 1 + 10,
+        (
+            after.total() - before.total(),
+            after.transactions - before.transactions
+        ),
+        (10 + 2 + 10 + 1 + 10, 0),
         "{before:?} → {after:?}"
     );
 }
