@@ -637,6 +637,34 @@ async fn status_answers_from_dynamodb_and_mariadb_match_the_openapi_document() {
         "newest first"
     );
 
+    // A sender's daily limit: the built-in 200 on every gateway, the disabled one included,
+    // nothing used (the figures are checked in `a_senders_usage_is_read_by_key_from_dynamodb`).
+    let reply = on_mysql
+        .handle("GET", "/api/senders/ada@clinic.example/usage")
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    spec.check("/api/senders/{address}/usage", &reply);
+    let limits: Vec<(String, Json, Json)> = body(&reply)["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["id"].as_str().unwrap().to_owned(),
+                g["used"].clone(),
+                g["limit"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        limits,
+        [
+            ("gw-a".to_owned(), json!(0), json!(200)),
+            ("gw-b".to_owned(), json!(0), json!(200)),
+            ("gw-c".to_owned(), json!(0), json!(200)),
+        ]
+    );
+
     // Every route of the document was exercised.
     let documented: BTreeSet<String> = spec.doc["paths"]
         .as_object()
@@ -669,6 +697,12 @@ async fn unreadable_sources_answer_503_without_detail() {
         assert_eq!(body(&reply)["error"]["code"], "state_unavailable");
         assert!(!reply.body.contains("no-such-table"), "{}", reply.body);
     }
+    let reply = api
+        .handle("GET", "/api/senders/ada@clinic.example/usage")
+        .await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    spec.check("/api/senders/{address}/usage", &reply);
+    assert_eq!(body(&reply)["error"]["code"], "state_unavailable");
     // The database gone: the record routes answer 503, the state routes still work.
     let mysql = gateway_tests::fresh_database("status_gone").await;
     mysql.pool().close().await;
@@ -685,4 +719,82 @@ async fn unreadable_sources_answer_503_without_detail() {
         assert_eq!(body(&reply)["error"]["code"], "records_unavailable");
     }
     assert_eq!(api.handle("GET", "/api/gateways/status").await.status, 200);
+}
+
+/// Senders limited on gw-a (`per_user_daily` 10, ada 50 by a custom entry written in another
+/// case) and gw-b (`per_user_daily` 5); gw-c limits no sender (the built-in 200 a day lifted).
+const SENDER_CONFIG: &str = r#"{
+  "gateways": [
+    {"id": "gw-a", "type": "capture", "display_name": "A", "capture": {"directory": "/tmp/unused"},
+     "routing": {"can_route": ["*"]},
+     "rate_limits": {"per_user_daily": 10, "custom_user_limits": {"ADA@clinic.example": 50}}},
+    {"id": "gw-b", "type": "capture", "display_name": "B", "capture": {"directory": "/tmp/unused"},
+     "routing": {"can_route": ["*"]}, "rate_limits": {"per_user_daily": 5}},
+    {"id": "gw-c", "type": "capture", "display_name": "C", "capture": {"directory": "/tmp/unused"},
+     "routing": {"can_route": ["*"]}, "rate_limits": {"per_user_daily": null, "per_hour": 20}}
+  ],
+  "routing": {"strategy": "priority"}
+}"#;
+
+#[tokio::test]
+async fn a_senders_usage_is_read_by_key_from_dynamodb() {
+    let config = match load_config(Some(SENDER_CONFIG), None, &|_| None) {
+        Ok(loaded) => Arc::new(loaded.config),
+        Err(e) => panic!("test config invalid: {e:?}"),
+    };
+    let store = moto_store().await;
+    let counted = |n| {
+        let mut item = Item::new();
+        item.insert("n".into(), Value::N(n));
+        item
+    };
+    store
+        .put_many(vec![
+            (
+                limiter::sender_key("gw-a", "ada@clinic.example", NOW),
+                counted(3),
+            ),
+            (
+                limiter::sender_key("gw-b", "ada@clinic.example", NOW),
+                counted(7),
+            ),
+            // Another sender's count on the same gateway is another item.
+            (
+                limiter::sender_key("gw-a", "bob@clinic.example", NOW),
+                counted(9),
+            ),
+        ])
+        .await
+        .unwrap();
+    let api = StatusApi::new(
+        config,
+        store as Arc<dyn StateStore>,
+        None,
+        Arc::new(ManualClock::new(NOW)) as Arc<dyn Clock>,
+    );
+    let mut spec = Spec::load();
+    // 2026-11-29T00:00:00Z, the next UTC midnight after NOW.
+    let midnight = 1_795_910_400_000_i64;
+    let reply = api
+        .handle("GET", "/api/senders/Ada%40Clinic.example/usage")
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    spec.check("/api/senders/{address}/usage", &reply);
+    assert_eq!(
+        body(&reply),
+        json!({
+            "sender": "ada@clinic.example",
+            "generated_at": NOW,
+            "gateways": [
+                {"id": "gw-a", "used": 3, "limit": 50, "remaining": 0.94, "resets_at": midnight},
+                // More than its limit (one lowered after these were sent): nothing left, not below 0.
+                {"id": "gw-b", "used": 7, "limit": 5, "remaining": 0.0, "resets_at": midnight},
+            ],
+        })
+    );
+    let reply = api.handle("GET", "/api/senders/Ada%20Lovelace/usage").await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    spec.check("/api/senders/{address}/usage", &reply);
+    assert_eq!(body(&reply)["error"]["code"], "invalid_address");
+    assert!(reply.body.contains("Ada Lovelace"), "{}", reply.body);
 }

@@ -9,6 +9,7 @@
 //! | `GET /api/gateways/config` | the effective config, every secret redacted |
 //! | `GET /api/messages/{id}` | the message's record of delivery |
 //! | `GET /api/messages?recipient=&sender=&since=&until=&status=&campaign_id=&limit=&cursor=` | message search, newest first, a page at a time ([`crate::records::search`]) |
+//! | `GET /api/senders/{address}/usage` | the sender's use of its daily limit on each gateway that limits it (an empty list when none does); the route's rustdoc is in `senders_route.rs` |
 //! | `GET /status` | an HTML page for humans (see [`page`]) |
 //! | `GET /api/levers`, `GET /api/levers/{target}/history`, `POST /api/levers/{target}` | the operator levers, their audit, an action ([`crate::levers`]; the routes' rustdoc is in `levers_routes.rs`) |
 //!
@@ -18,7 +19,9 @@
 //! a failed read is logged here with its cause and answered 503 with the source's name only.
 //!
 //! Health, breakers, usage and levers are read from shared state in one `BatchGetItem` (every
-//! gateway's `hc#`, `brk#`, `ctl#` and limit items, and `ctl#all`); activity and records from the record of delivery.
+//! gateway's `hc#`, `brk#`, `ctl#` and limit items, and `ctl#all`); a sender's usage from its own
+//! day items, by key ([`limiter::read_sender_usage`]); activity and records from the record of
+//! delivery.
 //!
 //! A gateway **can send now** when it is enabled, no operator lever holds it back (a pause of
 //! it or of all sending, a breaker forced open), its breaker is not open (or is forced closed),
@@ -28,6 +31,7 @@
 
 mod levers_routes;
 pub mod page;
+mod senders_route;
 
 pub use levers_routes::{Caller, HttpRequest, LeverShown};
 
@@ -161,7 +165,8 @@ pub struct GatewayStatus {
     pub health: HealthShown,
     /// Breaker.
     pub breaker: BreakerShown,
-    /// Each limited level (per-sender limits are per sender and not listed).
+    /// Each limited level (per-sender limits are per sender and not listed: see
+    /// `GET /api/senders/{address}/usage`).
     pub usage: Vec<UsageShown>,
     /// Whether the router would send through it now.
     pub can_send: bool,
@@ -282,14 +287,16 @@ impl StatusApi {
                 | "/api/gateways/config"
                 | "/api/messages"
                 | "/status"
-        ) || path.starts_with("/api/messages/");
+        ) || path.starts_with("/api/messages/")
+            || path.starts_with(senders_route::PREFIX);
         if !known {
             return Reply::error(
                 404,
                 "not_found",
                 "no such route; served: GET /api/gateways/{status,health,metrics,config}, \
-                 GET /api/messages?…, GET /api/messages/{id}, GET /api/levers, \
-                 GET /api/levers/{target}/history, POST /api/levers/{target}, GET /status",
+                 GET /api/messages?…, GET /api/messages/{id}, GET /api/senders/{address}/usage, \
+                 GET /api/levers, GET /api/levers/{target}/history, POST /api/levers/{target}, \
+                 GET /status",
             );
         }
         if method != "GET" && method != "HEAD" {
@@ -302,6 +309,7 @@ impl StatusApi {
             "/api/gateways/config" => Ok(Reply::json(200, &redacted_document(&self.config))),
             "/status" => self.page().await,
             "/api/messages" if search => self.search(query.unwrap_or("")).await,
+            _ if path.starts_with(senders_route::PREFIX) => self.sender_route(path).await,
             _ => match path.strip_prefix("/api/messages/") {
                 Some(id) => self.message(id).await,
                 None => Ok(Reply::error(404, "not_found", "no such route")),

@@ -257,3 +257,136 @@ async fn the_search_route_is_exact_bounded_and_needs_a_record() {
         (501, "records_not_here")
     );
 }
+
+/// Three gateways: `a` limits every sender (`per_user_daily`) but noreply (a `null` custom
+/// entry), `b` only ada (a `custom_user_limits` entry written in another case), `c` no sender
+/// (`per_user_daily: null`: the built-in default is 200 a day).
+fn senders_api() -> (StatusApi, Arc<MemoryStore>) {
+    let json = r#"{"gateways": [
+        {"id": "a", "type": "capture", "display_name": "A", "capture": {"directory": "/tmp/unused"},
+         "routing": {"can_route": ["*"]},
+         "rate_limits": {"per_user_daily": 10, "custom_user_limits": {"NoReply@clinic.example": null}}},
+        {"id": "b", "type": "capture", "display_name": "B", "capture": {"directory": "/tmp/unused"},
+         "routing": {"can_route": ["*"]},
+         "rate_limits": {"per_user_daily": null, "custom_user_limits": {"ADA@Clinic.example": 20}}},
+        {"id": "c", "type": "capture", "display_name": "C", "capture": {"directory": "/tmp/unused"},
+         "routing": {"can_route": ["*"]}, "rate_limits": {"per_user_daily": null, "per_hour": 5}}],
+        "routing": {"strategy": "priority"}}"#;
+    let config = load_config(Some(json), None, &|_| None).unwrap().config;
+    let store = Arc::new(MemoryStore::new());
+    let api = StatusApi::new(
+        Arc::new(config),
+        Arc::clone(&store) as Arc<dyn StateStore>,
+        None,
+        Arc::new(ManualClock::new(NOW)) as Arc<dyn Clock>,
+    );
+    (api, store)
+}
+
+#[tokio::test]
+async fn a_senders_usage_is_read_by_key_on_each_gateway_that_limits_it() {
+    let (api, store) = senders_api();
+    let counted = |n| {
+        let mut item = Item::new();
+        item.insert("n".into(), crate::state::Value::N(n));
+        item
+    };
+    store
+        .put_many(vec![
+            (
+                limiter::sender_key("a", "ada@clinic.example", NOW),
+                counted(3),
+            ),
+            (
+                limiter::sender_key("b", "ada@clinic.example", NOW),
+                counted(7),
+            ),
+            // Yesterday's count is another item: not today's use.
+            (
+                limiter::sender_key("a", "ada@clinic.example", NOW - DAY_MS),
+                counted(9),
+            ),
+        ])
+        .await
+        .unwrap();
+    // 2026-11-29T00:00:00Z, the next UTC midnight after NOW.
+    let midnight: EpochMillis = 1_795_910_400_000;
+    let reply = api
+        .handle("GET", "/api/senders/Ada%40Clinic.Example/usage")
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        serde_json::from_str::<Value>(&reply.body).unwrap(),
+        json!({
+            "sender": "ada@clinic.example",
+            "generated_at": NOW,
+            "gateways": [
+                {"id": "a", "used": 3, "limit": 10, "remaining": 0.7, "resets_at": midnight},
+                {"id": "b", "used": 7, "limit": 20, "remaining": 0.65, "resets_at": midnight},
+            ],
+        })
+    );
+    // Another sender: only `a` limits it, and it has sent nothing today. A plus is kept, and a
+    // trailing slash is the same route.
+    let reply = api
+        .handle("GET", "/api/senders/bob+results@x.example/usage/")
+        .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&reply.body).unwrap(),
+        json!({
+            "sender": "bob+results@x.example",
+            "generated_at": NOW,
+            "gateways": [
+                {"id": "a", "used": 0, "limit": 10, "remaining": 1.0, "resets_at": midnight},
+            ],
+        })
+    );
+    // No gateway limits noreply: an empty list.
+    let reply = api
+        .handle("GET", "/api/senders/noreply@clinic.example/usage")
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        serde_json::from_str::<Value>(&reply.body).unwrap()["gateways"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn a_bad_sender_address_is_answered_400_naming_it() {
+    let (api, _) = senders_api();
+    for (path, named) in [
+        ("/api/senders/nobody/usage", r#"\"nobody\""#),
+        ("/api/senders/a%20b@x.example/usage", r#"\"a b@x.example\""#),
+        (
+            "/api/senders/ada@%5B192.0.2.1%5D/usage",
+            r#"\"ada@[192.0.2.1]\""#,
+        ),
+        (
+            "/api/senders/ada%4@x.example/usage",
+            r#"\"ada%4@x.example\""#,
+        ),
+    ] {
+        let reply = api.handle("GET", path).await;
+        assert_eq!(
+            (reply.status, code(&reply).as_str()),
+            (400, "invalid_address"),
+            "{path}"
+        );
+        assert!(reply.body.contains(named), "{path}: {}", reply.body);
+    }
+    for path in [
+        "/api/senders/ada@x.example",
+        "/api/senders//usage",
+        "/api/senders/ada@x.example/usage/more",
+    ] {
+        let reply = api.handle("GET", path).await;
+        assert_eq!(
+            (reply.status, code(&reply).as_str()),
+            (404, "not_found"),
+            "{path}"
+        );
+    }
+    let reply = api.handle("POST", "/api/senders/ada@x.example/usage").await;
+    assert_eq!(reply.status, 405);
+}
