@@ -174,7 +174,8 @@ struct AppState {
     queue: Arc<dyn Queue>,
     /// The bulk lane, when there is one: where a message whose `stream` is `bulk` goes.
     bulk_queue: Option<Arc<dyn Queue>>,
-    /// The status routes (`GET /api/gateways/*`, `/api/messages/{id}`, `/status`, levers).
+    /// The status routes (`GET /api/gateways/*`, `/api/messages/{id}`,
+    /// `/api/senders/{address}/usage`, `/status`, levers).
     status: Arc<Reloading<StatusApi>>,
     token: Arc<str>,
     /// Whether the enqueue route needs the token too: when listening beyond loopback, or when
@@ -476,7 +477,7 @@ async fn no_route() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such route; served: POST /api/messages, GET /api/messages?…, GET /api/messages/{id}, GET /api/gateways/{status,health,metrics,config}, GET /status, POST /webhooks/{mailgun,sendgrid,ses}",
+        "no such route; served: POST /api/messages, GET /api/messages?…, GET /api/messages/{id}, GET /api/gateways/{status,health,metrics,config}, GET /api/senders/{address}/usage, GET /api/levers, GET /api/levers/{target}/history, POST /api/levers/{target}, GET /status, POST /webhooks/{mailgun,sendgrid,ses}",
     )
 }
 
@@ -896,6 +897,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .route("/api/messages", post(enqueue).get(status_route))
         .route("/api/messages/{id}", get(status_route))
         .route("/api/gateways/{view}", get(status_route))
+        .route("/api/senders/{address}/usage", get(status_route))
         .route("/status", get(status_route))
         .route("/api/levers", get(status_route))
         .route("/api/levers/{target}", post(lever_action))

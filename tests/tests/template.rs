@@ -1036,6 +1036,9 @@ fn prefixes() -> Prefixes {
         1,
         "the limit keys share one prefix: {limits:?}"
     );
+    // A sender's day counter (read by the status API's sender route) is a limit item too.
+    let sender = gateway_core::limiter::sender_key("gw", "Ada@Clinic.example", 0);
+    assert!(limits.contains(&key_prefix(&sender)), "{sender}");
 
     let suppression = gateway_core::suppression::KEY_PREFIX.to_owned();
     assert_eq!(
@@ -1188,9 +1191,9 @@ fn each_function_reaches_only_the_state_items_its_code_uses() {
                 .chain(live())
                 .collect(),
         ),
-        // shared/src/status: one batch read of the health, breaker, limit and lever items;
-        // levers::apply (a transaction of puts: the lever item, its audit entry, a breaker
-        // reset).
+        // shared/src/status: one batch read of the health, breaker, limit and lever items, and
+        // one of a sender's limit items (limiter::read_sender_usage); levers::apply (a
+        // transaction of puts: the lever item, its audit entry, a breaker reset).
         (
             "status",
             grants(
