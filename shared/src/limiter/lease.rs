@@ -26,7 +26,7 @@
 //! ([`super::BucketQuota::slack_us`]), and every write on the bucket keeps
 //! `tat ≤ now + C·T − σ`. Then the tokens spent in any span `[a, b]` have distinct θ in
 //! `[a − σ, b + C·T − σ]`, so at most `C + (b − a)/T + 1` are spent: the bound of the exact
-//! bucket. σ is 0 for buckets under 1,000 tokens (exactly today's bucket); for larger ones it is
+//! bucket. σ is 0 for buckets under 100 tokens (exactly today's bucket); for larger ones it is
 //! a tenth of the bucket's span, at most 1 s, and a single write can take at most `C − σ/T`.
 
 use std::collections::HashMap;
@@ -72,7 +72,7 @@ impl Default for LeasePolicy {
         Self {
             batches_ahead: 10,
             horizon_ms: 1_000,
-            share: 8,
+            share: 32,
             hot_sender_per_s: 20,
         }
     }
@@ -89,17 +89,34 @@ pub(super) struct Terms {
     pub(super) legacy: i64,
 }
 
-/// Demand per second on one target, for the prefetch.
+/// Demand per second on one target, for the prefetch: whole-second counts, and a smoothed
+/// rate from the gaps between decisions (which knows the rate from the second decision on).
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Rate {
     second: i64,
     current: u64,
     previous: u64,
+    /// When demand was last recorded, and the smoothed units per second at that time.
+    last: Option<EpochMillis>,
+    smoothed: u64,
 }
+
+/// A gap longer than this resets the smoothed rate: the instance was idle.
+const RATE_MEMORY_MS: i64 = 2_000;
 
 impl Rate {
     /// Records `units` demanded at `now`.
     pub(super) fn record(&mut self, now: EpochMillis, units: u64) {
+        match self.last {
+            Some(last) if now - last < RATE_MEMORY_MS => {
+                // Decisions in the same millisecond count as a millisecond apart.
+                let gap = u64::try_from((now - last).max(1)).unwrap_or(1);
+                let instant = units.saturating_mul(1_000) / gap;
+                self.smoothed = self.smoothed / 2 + instant / 2;
+            }
+            _ => self.smoothed = 0,
+        }
+        self.last = Some(now);
         let second = now.div_euclid(1_000);
         if second != self.second {
             self.previous = if second == self.second + 1 {
@@ -118,9 +135,10 @@ impl Rate {
         self.previous
     }
 
-    /// Units per second: the larger of the last whole second and the current one.
+    /// Units per second: the largest of the last whole second, the current one and the
+    /// smoothed rate.
     pub(super) fn per_second(&self) -> u64 {
-        self.previous.max(self.current)
+        self.previous.max(self.current).max(self.smoothed)
     }
 }
 
@@ -346,6 +364,17 @@ impl Leases {
         book.legacy.insert(key, legacy);
     }
 
+    /// Those of `keys` (gateway day items of the earlier layout) this process has not read
+    /// yet: a caller that reads state anyway reads them with it and hands each to
+    /// [`Leases::record_legacy`], so the limit decision needs no read of its own.
+    pub fn legacy_unseen<'k>(&self, keys: impl IntoIterator<Item = &'k Key>) -> Vec<Key> {
+        let book = self.lock();
+        keys.into_iter()
+            .filter(|k| !book.legacy.contains_key(*k))
+            .cloned()
+            .collect()
+    }
+
     /// Recipients this process holds for later messages, per item key (for tests and the
     /// load model).
     pub fn held(&self) -> Vec<(Key, u64)> {
@@ -383,6 +412,12 @@ mod tests {
         assert_eq!(r.per_second(), 10);
         r.record(13_000, 2);
         assert_eq!(r.per_second(), 2, "a gap of a second forgets the old rate");
+        // Ten every 40 ms: 250 a second, known from the gaps before a second has passed.
+        let mut r = Rate::default();
+        for i in 0..6 {
+            r.record(20_000 + i * 40, 10);
+        }
+        assert!((200..=250).contains(&r.per_second()), "{}", r.per_second());
     }
 
     #[test]
@@ -432,7 +467,7 @@ mod tests {
 
     #[test]
     fn the_prefetch_never_takes_more_than_its_share_of_what_is_left() {
-        assert_eq!(prefetch(40, Some(5), 8, u64::MAX), 0);
+        assert_eq!(prefetch(40, Some(5), 32, u64::MAX), 0);
         assert_eq!(prefetch(40, Some(800), 8, u64::MAX), 40);
         assert_eq!(prefetch(40, Some(160), 8, u64::MAX), 20);
         assert_eq!(prefetch(40, None, 8, 12), 12);

@@ -195,11 +195,11 @@ impl BucketQuota {
     }
 
     /// How long after its theoretical arrival time a leased token may still be spent, in µs
-    /// (σ, see `lease.rs`): 0 under 1,000 tokens (the exact bucket: nothing is taken ahead),
+    /// (σ, see `lease.rs`): 0 under 100 tokens (the exact bucket: nothing is taken ahead),
     /// otherwise a tenth of the bucket's span `C·T`, at most 1 s. Every write keeps
     /// `tat ≤ now + C·T − σ`, so the bucket's bound holds whatever instances hold.
     pub fn slack_us(&self) -> i64 {
-        if self.capacity < 1_000 {
+        if self.capacity < 100 {
             return 0;
         }
         clamp_i64((self.capacity_i() * self.interval_i() / 10).min(1_000_000))
@@ -327,6 +327,12 @@ impl HourKeys {
     /// The keys to read, as [`LimitPlan::keys`] names them.
     pub fn keys(&self) -> &[Key] {
         &self.keys
+    }
+
+    /// The gateway's day item when it may hold per-sender counters of the earlier layout: a
+    /// process reads it once per UTC day before deciding for a sender ([`Leases::legacy_unseen`]).
+    pub fn legacy_key(&self) -> Option<&Key> {
+        self.named.legacy_key.as_ref()
     }
 
     /// The system day key (the same for every gateway), when the system level is limited.

@@ -258,6 +258,19 @@ impl Decider {
         list
     }
 
+    /// The day items of the earlier limiter layout that `leases` still need for the
+    /// `reachable` gateways (see [`Leases::legacy_unseen`]): read with the batch's state, once
+    /// per process and UTC day.
+    pub fn legacy_keys(&self, book: &KeyBook, reachable: &[bool], leases: &Leases) -> Vec<Key> {
+        leases.legacy_unseen(
+            book.gateways
+                .iter()
+                .zip(reachable)
+                .filter(|(_, r)| **r)
+                .filter_map(|(k, _)| k.limits.legacy_key()),
+        )
+    }
+
     /// The limit plan of gateway `g` at `now`, from `book` when it covers `now` (no key
     /// formatted) and planned afresh otherwise.
     ///

@@ -75,11 +75,23 @@ impl Pipeline {
             .decider
             .reachable(works.iter().map(|w| route_request(&w.original)));
         let list = self.decider.keys_to_read(&book, &reachable);
-        let (replays, state) = match self
-            .claim_and_read(&mut works, &batch, list.keys(), now)
-            .await
-        {
-            Ok(found) => found,
+        // Once per process and UTC day, the limiter's earlier-layout day items ride along.
+        let legacy = self.decider.legacy_keys(&book, &reachable, &self.leases);
+        let keys: Cow<'_, [Key]> = if legacy.is_empty() {
+            Cow::Borrowed(list.keys())
+        } else {
+            Cow::Owned([list.keys(), &legacy].concat())
+        };
+        let (replays, state) = match self.claim_and_read(&mut works, &batch, &keys, now).await {
+            Ok((replays, mut state)) => {
+                if !legacy.is_empty() && state.len() == keys.len() {
+                    let read = state.split_off(list.keys().len());
+                    for (key, item) in legacy.into_iter().zip(read) {
+                        self.leases.record_legacy(key, item);
+                    }
+                }
+                (replays, state)
+            }
             Err(reason) => {
                 for w in works.iter_mut().filter(|w| w.is_pending()) {
                     w.defer(reason.clone(), None);
