@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: fixture paths, the rich message every provider must
-//! send, a `multipart/form-data` reader for fake servers, and emulator endpoints.
+//! send, a `multipart/form-data` reader for fake servers, and emulator endpoints; and the load
+//! model of the shared limiter state ([`load_model`]).
 
 #![allow(
     clippy::panic,
@@ -10,6 +11,8 @@ use std::time::Duration;
 
 use gateway_core::config::HttpSettings;
 use gateway_core::message::{OutboundMessage, parse_message};
+
+pub mod load_model;
 
 /// A small but real PDF document (the attachment of [`rich_message`]).
 pub const PDF_BYTES: &[u8] = b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n";
