@@ -12,6 +12,7 @@ mod dynamodb_state;
 mod factory_providers;
 mod health_checker;
 mod hostile_parsers;
+mod load_model;
 mod message_contract;
 mod message_search;
 mod mime_roundtrip;
