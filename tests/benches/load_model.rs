@@ -23,8 +23,7 @@ use gateway_tests::load_model::{
     TABLE_HEADER, all_scenarios, run_all, table_row,
 };
 
-/// Simulated seconds measured per scenario after the warm-up, unless `--measure-s=N` (the fleet
-/// measures at most 2).
+/// Simulated seconds measured per scenario after the warm-up, unless `--measure-s=N`.
 const MEASURE_S: i64 = 3;
 /// Simulated milliseconds of warm-up of the throughput scenarios, unless `--warmup-ms=N`.
 const WARMUP_MS: i64 = 2_000;
@@ -97,7 +96,7 @@ fn main() -> ExitCode {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "Load model of the limiter state: {} scenario(s), {measure_s} simulated s measured after \
-         {warmup_ms} ms of warm-up (the fleet measures at most 2 s), {threads} scenario(s) at a time",
+         {warmup_ms} ms of warm-up, {threads} scenario(s) at a time",
         scenarios.len()
     );
     let started = Instant::now();
