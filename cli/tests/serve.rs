@@ -1368,10 +1368,12 @@ async fn a_transactional_message_is_sent_beside_a_bulk_backlog_that_cannot_take_
     .await;
     let record = until_sent(&server, "results-1").await;
     assert_eq!(record["status"], "sent");
-    assert_eq!(
-        day_used(&server).await,
-        901,
-        "900 bulk and the transactional one"
+    // 900 bulk and the transactional one; the stored count also holds what the transactional
+    // lane took ahead of its need (at most a 32nd of the 99 it found left: 3).
+    let used = day_used(&server).await;
+    assert!(
+        (901..=904).contains(&used),
+        "900 bulk, the transactional one and at most 3 held: {used}"
     );
     let bulk_sent = eml_files(&dir.join("outbox"))
         .iter()

@@ -17,10 +17,11 @@ use gateway_tests::load_model::{
     TABLE_HEADER, run_all, table_row,
 };
 
-/// Simulated time: 100 ms of warm-up (the items exist, the bucket has been drawn on), then one
-/// whole second measured, the least that shows a per-second peak. The debug build runs the set
-/// in under a minute; the bench warms up and measures longer.
-const WARMUP_MS: i64 = 100;
+/// Simulated warm-up: a whole second and a little, since a process knows its rates (and so
+/// which senders are hot in it) from its last whole second; then one whole second measured,
+/// the least that shows a per-second peak. The debug build runs the set in under a minute;
+/// the bench warms up and measures longer.
+const WARMUP_MS: i64 = 1_100;
 const MEASURE_S: i64 = 1;
 
 fn reduced_set() -> Vec<Scenario> {
@@ -30,10 +31,14 @@ fn reduced_set() -> Vec<Scenario> {
             set.push(Scenario::throughput(senders, 10_000, instances, MEASURE_S));
         }
     }
-    set.push(Scenario::throughput(1_000, 100, 50, MEASURE_S));
     for s in &mut set {
         s.warmup_ms = WARMUP_MS;
     }
+    // At 100 msg/s over 50 instances each instance gets a batch every 5 s: its leases need a
+    // minute of simulated time to settle (the cheap scenario, 9,000 messages in all).
+    let mut slow = Scenario::throughput(1_000, 100, 50, 30);
+    slow.warmup_ms = 60_000;
+    set.push(slow);
     set.push(Scenario::fleet(WARMUP_MS, MEASURE_S));
     set.push(Scenario::hourly_binding());
     set.push(Scenario::daily_binding());
@@ -126,10 +131,38 @@ fn the_model_meters_every_message_on_distinct_instances() {
     }
 }
 
+/// The burst bucket's own write per batch: 1 WCU for 10 messages.
+const BUCKET_PER_BATCH: f64 = 0.1;
+
+/// Whether each instance's batches come further apart than the gateway bucket's slack σ (a
+/// tenth of its span, docs/STATE.md "Limiter: quota leases"): then a leased token would expire
+/// before the instance's next batch, so the bucket is written with every batch.
+fn bucket_written_per_batch(s: &Scenario) -> bool {
+    let capacity = s.limits.burst_limit.unwrap_or(0) as f64;
+    let refill = s.limits.burst_refill_per_second;
+    let slack_s = if capacity < 100.0 {
+        0.0
+    } else {
+        (capacity / refill / 10.0).min(1.0)
+    };
+    let batches_per_s_per_instance = s.rate as f64 / s.batch_size as f64 / s.instances as f64;
+    1.0 / batches_per_s_per_instance > slack_s
+}
+
 #[test]
 fn every_message_costs_at_most_3_1_wcu() {
+    // 3.1, except where the bucket cannot be leased across an instance's batches (100 msg/s
+    // over 50 instances: a batch every 5 s per instance, the bucket's span 1.3 s): there the
+    // exact bucket costs its write per batch on top, and 3.2 is the budget (docs/STATE.md).
     let over = throughput()
-        .filter(|r| r.wcu_per_message() > MAX_WCU_PER_MESSAGE)
+        .filter(|r| {
+            let budget = if bucket_written_per_batch(&r.scenario) {
+                MAX_WCU_PER_MESSAGE + BUCKET_PER_BATCH
+            } else {
+                MAX_WCU_PER_MESSAGE
+            };
+            r.wcu_per_message() > budget
+        })
         .map(|r| format!("{}: {:.2} WCU/msg", r.scenario.name, r.wcu_per_message()))
         .collect();
     assert_none_over(&format!("{MAX_WCU_PER_MESSAGE} WCU per message"), over);

@@ -73,7 +73,7 @@ impl Default for LeasePolicy {
             batches_ahead: 10,
             horizon_ms: 1_000,
             share: 32,
-            hot_sender_per_s: 20,
+            hot_sender_per_s: 10,
         }
     }
 }
@@ -150,6 +150,8 @@ pub(super) struct CounterEntry {
     /// The item's counters when last seen (`n`, and the hour's for the gateway day item), with
     /// the window they belong to; `None` before the first answer.
     pub(super) seen: Option<(i64, [i64; 2])>,
+    /// When it was seen.
+    pub(super) seen_at: EpochMillis,
     pub(super) rate: Rate,
     pub(super) touched: EpochMillis,
 }
@@ -215,6 +217,8 @@ pub(super) struct BucketEntry {
     pub(super) runs: Vec<TokenRun>,
     /// The stored `tat_us` when last seen.
     pub(super) seen_tat: Option<i64>,
+    /// When it was seen (µs).
+    pub(super) seen_at_us: i64,
     pub(super) rate: Rate,
     pub(super) touched: EpochMillis,
 }

@@ -12,34 +12,38 @@
 //!
 //! A `None` limit is unlimited and its level is skipped. Units are recipients: a message with
 //! `n` recipients consumes `n` at every level at once, or nothing anywhere. A message larger
-//! than a level's limit (or bucket capacity) can never pass and is refused with
+//! than a level's limit (or what one bucket write can take) can never pass and is refused with
 //! [`Refusal::TooLarge`], not with a retry time that would lie.
 //!
 //! # Shape
-//! [`plan`] fixes the windows for `now` and names the items to read; [`decide`] is a pure
-//! function of (plan, stored items, requests) returning verdicts and the conditional writes that
-//! make them true; [`acquire`] reads once, decides, writes once and, when a condition lost a
-//! race, decides again from the items the store returned with the failure (no second read).
-//! This mirrors the governor crate's model: the store only offers "write this if that still
-//! holds".
+//! [`plan`] fixes the windows for `now` and names the items; [`Pending`] is a pure state
+//! machine that decides a batch's requests from what the process holds ([`Leases`]) and says
+//! which conditional writes would get what it lacks; [`acquire_leased`] performs those writes
+//! (all in flight together, no transaction) and, when a condition lost a race, lets the machine
+//! decide again from the items the store returned (no read). [`acquire`] does the same holding
+//! nothing between calls. This mirrors the governor crate's model: the store only offers "write
+//! this if that still holds".
 //!
 //! # Key layout (one DynamoDB item per key; window ids are part of the key)
 //! | key | attributes |
 //! |---|---|
-//! | `lim#sys#d#{YYYYMMDD}` | `n`: recipients admitted that UTC day, all gateways |
-//! | `lim#gw#{gateway}#d#{YYYYMMDD}` | `n`: gateway's day count; `hHH` (`h00`..`h23`): count of that UTC hour; `u#{sender}`: per-sender day count (sender lower-cased, only for senders that have a limit) |
+//! | `lim#sys#d#{YYYYMMDD}` | `n`: recipients counted that UTC day, all gateways |
+//! | `lim#gw#{gateway}#d#{YYYYMMDD}` | `n`: gateway's day count; `hHH` (`h00`..`h23`): count of that UTC hour |
+//! | `lim#gw#{gateway}#d#{YYYYMMDD}#u#{sender}` | `n`: the sender's day count on that gateway (sender lower-cased, only for senders that have a limit; [`sender_key`]) |
 //! | `lim#gw#{gateway}#b#{capacity}#{interval_us}` | `tat_us`: the bucket's theoretical arrival time, epoch **microseconds** |
 //!
-//! Every item carries [`TTL_ATTRIBUTE`] (epoch seconds): the end of its day plus one day for
+//! Counted means admitted or held by a process for its next messages (see `lease.rs`). Every
+//! item carries [`TTL_ATTRIBUTE`](crate::state::TTL_ATTRIBUTE) (epoch seconds): the end of its day plus one day for
 //! counters; for the bucket, a bound on its `tat_us` plus one day (a bucket whose item is gone
 //! is simply full, which is what its state said by then). TTL is cleanup only: a new window is
 //! a new key, so no logic depends on deletion.
 //!
 //! Hours nest exactly in UTC days, so the hourly counter lives in the day item under an
-//! attribute named after the hour; per-sender counters share the day window and live there
-//! too. The bucket has no window; its capacity and emission interval are in its key, so a
-//! config change starts a fresh (full) bucket instead of misreading state kept under other
-//! parameters.
+//! attribute named after the hour. Each sender's counter is an item of its own, so no item
+//! grows with the number of senders (before 2026-12-04 they were `u#{sender}` attributes of the
+//! day item; see docs/STATE.md, "Rollout"). The bucket has no window; its capacity and emission
+//! interval are in its key, so a config change starts a fresh (full) bucket instead of
+//! misreading state kept under other parameters.
 //!
 //! The bucket's `tat_us` is the one timestamp in shared state that is not in milliseconds:
 //! the emission interval `ceil(1e6 / rate)` µs keeps refill exact to the microsecond (a
@@ -47,53 +51,42 @@
 //! the interval up only ever refills slower than configured, never faster.
 //!
 //! # Writes
-//! Counters: `ADD attr total` with condition `attribute_not_exists(attr) OR attr <= limit -
-//! total` for every limited counter of the item. Concurrent writers that all fit never
-//! conflict; a condition fails only when the limit would be exceeded.
+//! Counters: `ADD attr take` with condition `attribute_not_exists(attr) OR attr <= limit -
+//! take` for every limited counter of the item (a take is never larger than the limit).
+//! Concurrent writers that all fit never conflict; a condition fails only when the limit would
+//! be exceeded.
 //!
-//! Bucket (GCRA, `T` = interval, `C` = capacity, a request of `k` consumes `k·T`): admitted
-//! when `max(tat, now) + k·T - now <= C·T`. Two write forms keep even this lock-free without a
-//! version attribute: when the read `tat >= now`, `ADD tat_us k·T` with condition
-//! `tat_us >= now AND tat_us <= now + (C - k)·T`; otherwise (bucket full or no item)
-//! `SET tat_us = now + k·T` with condition `attribute_not_exists(tat_us) OR tat_us < now`.
-//! Each condition is the premise its form relies on, so the stored `tat` always moves to
-//! `max(tat, now) + k·T` and never passes `now + C·T`: over any span of time the bucket admits
-//! at most `C + span / T`.
+//! Bucket (GCRA, `T` = interval, `C` = capacity, σ = [`BucketQuota::slack_us`]; taking `k`
+//! tokens gives them the theoretical arrival times `tat + T … tat + k·T`): when the bucket was
+//! last seen with `tat >= now − σ`, `ADD tat_us k·T` with condition `tat_us >= now − σ AND
+//! tat_us <= now + C·T − σ − k·T`; otherwise (full for longer, or no item) `SET tat_us = now +
+//! k·T` with condition `attribute_not_exists(tat_us) OR tat_us < now − σ`. The conditions are
+//! complementary below the upper bound, so a writer whose view is recent never loses on the
+//! form; the stored `tat` only grows and never passes `now + C·T − σ`; a token is spent at most
+//! σ after its theoretical arrival time, so over any span of time the bucket admits at most
+//! `C + span / T + 1`. With σ = 0 (buckets under 100 tokens) these are the exact GCRA's forms.
 //!
-//! All items of one decision are written together: one conditional write when one item
-//! changes, otherwise one transaction (all levels or none).
-//!
-//! # Cost (ARCHITECTURE §5 budget)
-//! A batch of 10 messages from 10 senders through one gateway with every level on touches 3
-//! items: the system day item, the gateway day item, the bucket. [`acquire`] with all 10
-//! requests costs 1 `BatchGetItem` (3 keys, read capacity only) + 1 `TransactWriteItems` of 3
-//! items = **2 requests per batch (0.2 per message)**, 2 sequential round trips, and
-//! `2 × (1 + 1 + ⌈day item KB⌉)` = **6 WCU per batch (0.6 per message)** while the day item
-//! is under 1 KB. That leaves the idempotency ledger its claim (1 conditional write, 1 WCU)
-//! and mark (1 WCU, batchable) per message within the budget of ≤ 2 requests and ≤ 4 WCU per
-//! message: 1.3 requests and 2.6 WCU per message in total, with the limiter's read able to run
-//! beside the claims (≤ 3 sequential round trips). A refusal writes nothing; a lost race costs
-//! one more write request (its WCU included).
-//!
-//! The price of co-locating sender counters: the day item grows by about the address length
-//! plus 5 bytes per distinct sender per gateway per day (25–40 senders per KB), and a
-//! transactional write costs 2 WCU per started KB of it. The budget holds while the day item
-//! stays under about 8 KB (200–300 senders per gateway per day); DynamoDB's 400 KB item limit
-//! caps it near 10 000. A gateway with more senders needs the sender counters split over
-//! hashed shard items (`lim#gw#{gateway}#d#{YYYYMMDD}#s{shard}`), which this layout leaves
-//! room for. The system day item is one hot key for the whole fleet (one write per batch per
-//! instance; DynamoDB's 1000 WCU/s per partition allows about 500 batches per second).
+//! # Cost
+//! A batch of 10 messages from 10 senders through one gateway with every level on costs one
+//! conditional write per sender (1 WCU each: the items are about 100 bytes) and, when the
+//! process holds too little, one per system, day or bucket lease, each taking about 10 batches
+//! ahead: about 1.03 WCU per message for the limits, the same at any number of senders, in one
+//! round trip, and no read. With the ledger's claim and mark: 3.03 WCU per message measured
+//! (docs/STATE.md, "Limiter: quota leases", for the reasoning, the bounds on what a process may
+//! hold, hot keys and the rollout from the earlier layout).
 //!
 //! Limits are not part of counter keys, on purpose: lowering `workspace_daily` at noon must
-//! still count the morning's sends. Only the bucket, whose stored state means something
-//! different under other parameters, keys on them.
+//! still count the morning's sends. A holding is tied to the limits it was taken under, so
+//! it is not spent under others. Only the bucket, whose stored state means something different
+//! under other parameters, keys on them.
 //!
 //! # Contention
-//! [`acquire`] retries at most [`MAX_ATTEMPTS`] decisions. Counter conditions fail only at a
-//! limit, so contention there resolves in one retry (into a refusal). The bucket's `SET` form
-//! can lose to a writer that refilled it first; after [`MAX_ATTEMPTS`] lost races the request
-//! is refused with [`Refusal::Contended`], a value carrying a short retry time, never an error:
-//! the caller defers or tries the next gateway exactly as for any refusal.
+//! [`acquire_leased`] decides at most [`MAX_ATTEMPTS`] times. Counter conditions fail only at a
+//! limit, so contention there resolves in one retry (into a refusal or a smaller take). The
+//! bucket's `SET` form can lose to a writer that refilled it first; after [`MAX_ATTEMPTS`] lost
+//! races the requests still short are refused with [`Refusal::Contended`], a value carrying a
+//! short retry time, never an error: the caller defers or tries the next gateway exactly as for
+//! any refusal.
 
 mod lease;
 mod round;
@@ -342,7 +335,7 @@ impl HourKeys {
 }
 
 impl LimitPlan<'_> {
-    /// The keys to read, in the order [`decide`] and [`usage`] expect their items. Empty when
+    /// The keys to read, in the order [`usage`] expects their items. Empty when
     /// every level is unlimited. At most 3.
     pub fn keys(&self) -> &[Key] {
         &self.windows.keys

@@ -25,6 +25,10 @@ use super::{
     clamp_i64, room, to_i64, us_to_ms_ceil,
 };
 
+/// How long a view of a full level is trusted before writing to look again (a refund may
+/// have made room).
+const VIEW_FRESH_MS: i64 = 1_000;
+
 /// A level of one decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -255,6 +259,11 @@ impl<'p, 'c> Pending<'p, 'c> {
             }
         }
         self.lapsed = lapsed;
+        self.mark_dry(&book, Some(VIEW_FRESH_MS));
+        if self.blocked(&book) {
+            // A shared level cannot admit even the smallest request: nothing is written.
+            return Step::Done(self.verdicts(&mut book, &policy));
+        }
         self.plan_writes(&mut book, &policy, true);
         if self.writes.is_empty() {
             return Step::Done(self.verdicts(&mut book, &policy));
@@ -466,7 +475,12 @@ impl<'p, 'c> Pending<'p, 'c> {
         if take == 0 {
             return;
         }
-        let add_form = e.seen_tat.is_some_and(|t| t >= now_us);
+        // `ADD` when the bucket is busy: seen owing tokens, or, seen recently, with a `tat`
+        // then within τ of that time (others keep it near now); `SET` after a rest.
+        let rest = rest_us(slack);
+        let add_form = e.seen_tat.is_some_and(|t| {
+            t >= now_us - rest || (t >= e.seen_at_us - rest && now_us - e.seen_at_us < BUSY_US)
+        });
         self.writes
             .push(bucket_write(key, q, now_us, take, add_form));
         self.planned.push(Planned {
@@ -479,7 +493,7 @@ impl<'p, 'c> Pending<'p, 'c> {
     ///
     /// # Errors
     /// The first store error; what the other writes took stays held (or is given back with
-    /// the returned outcome's `giveback`, see [`Pending::abandon`]).
+    /// the returned outcome's `giveback`).
     pub fn answer(
         mut self,
         leases: &Leases,
@@ -504,7 +518,7 @@ impl<'p, 'c> Pending<'p, 'c> {
             let outcome = self.abandon(&mut book, &policy);
             return Err((e, outcome));
         }
-        self.mark_dry(&book);
+        self.mark_dry(&book, None);
         self.attempts += 1;
         if self.attempts < MAX_ATTEMPTS {
             self.plan_writes(&mut book, &policy, false);
@@ -522,6 +536,7 @@ impl<'p, 'c> Pending<'p, 'c> {
                     let e = book.buckets.entry(key.clone()).or_default();
                     let tat = item.and_then(|i| get_n(i, TAT_ATTR));
                     e.seen_tat = tat;
+                    e.seen_at_us = clamp_i64(self.plan.now_us());
                     if let Some(tat) = tat {
                         e.add(tat, p.take, q.interval_us);
                     }
@@ -531,7 +546,7 @@ impl<'p, 'c> Pending<'p, 'c> {
                 let s = &self.senders[i];
                 let e = book.counters.entry(s.key.clone()).or_default();
                 e.add(s.terms, p.take);
-                see(e, 0, item, None);
+                see(e, self.plan.now, 0, item, None);
             }
             t => {
                 let terms = if t == Target::System {
@@ -544,7 +559,7 @@ impl<'p, 'c> Pending<'p, 'c> {
                 if let Some(key) = self.counter_key(t) {
                     let e = book.counters.entry(key.clone()).or_default();
                     e.add(terms, p.take);
-                    see(e, terms.window, item, hour_attr);
+                    see(e, self.plan.now, terms.window, item, hour_attr);
                 }
             }
         }
@@ -556,6 +571,7 @@ impl<'p, 'c> Pending<'p, 'c> {
                 if let Some((key, _)) = &self.plan.windows.named.bucket {
                     let e = book.buckets.entry(key.clone()).or_default();
                     e.seen_tat = item.and_then(|i| get_n(i, TAT_ATTR));
+                    e.seen_at_us = clamp_i64(self.plan.now_us());
                 }
             }
             Target::Sender(i) => {
@@ -563,7 +579,7 @@ impl<'p, 'c> Pending<'p, 'c> {
                     .counters
                     .entry(self.senders[i].key.clone())
                     .or_default();
-                see(e, 0, item, None);
+                see(e, self.plan.now, 0, item, None);
             }
             t => {
                 let terms = if t == Target::System {
@@ -575,15 +591,19 @@ impl<'p, 'c> Pending<'p, 'c> {
                     (t == Target::Day).then(|| self.plan.windows.named.hour_attr.as_str());
                 if let Some(key) = self.counter_key(t) {
                     let e = book.counters.entry(key.clone()).or_default();
-                    see(e, terms.window, item, hour_attr);
+                    see(e, self.plan.now, terms.window, item, hour_attr);
                 }
             }
         }
     }
 
-    /// Marks every level still short whose store, as just seen, has no room for its smallest
-    /// request: another write could not help.
-    fn mark_dry(&mut self, book: &Book) {
+    /// Marks every level still short whose store, as just seen (or, with `fresh_ms`, seen at
+    /// most that long ago), has no room for its smallest request: another write could not help.
+    /// A counter only grows within its window but for a refund, so a recent view that says full
+    /// is still right; refusing on it writes nothing.
+    fn mark_dry(&mut self, book: &Book, fresh_ms: Option<i64>) {
+        let now = self.plan.now;
+        let fresh = |seen_at: EpochMillis| fresh_ms.is_none_or(|ms| now - seen_at <= ms);
         for t in [Target::System, Target::Day] {
             let (need, min_request, _) = self.levels[level_index(t)];
             let terms = if t == Target::System {
@@ -591,7 +611,9 @@ impl<'p, 'c> Pending<'p, 'c> {
             } else {
                 self.day_terms
             };
-            if let Some(e) = self.counter_key(t).and_then(|k| book.counters.get(k)) {
+            if let Some(e) = self.counter_key(t).and_then(|k| book.counters.get(k))
+                && fresh(e.seen_at)
+            {
                 let held = e.held(&terms);
                 if need > held {
                     let room = self.counter_room(e, &terms).unwrap_or(u64::MAX);
@@ -619,7 +641,9 @@ impl<'p, 'c> Pending<'p, 'c> {
         }
         let mut dry = Vec::new();
         for (i, s) in self.senders.iter().enumerate() {
-            if let Some(e) = book.counters.get(&s.key) {
+            if let Some(e) = book.counters.get(&s.key)
+                && fresh(e.seen_at)
+            {
                 let held = e.held(&s.terms);
                 if s.need > held {
                     let room = self.counter_room(e, &s.terms).unwrap_or(u64::MAX);
@@ -632,6 +656,38 @@ impl<'p, 'c> Pending<'p, 'c> {
         for i in dry {
             self.senders[i].state = TargetState::Dry;
         }
+    }
+
+    /// Whether a system, day or bucket level is dry and holds less than the smallest request:
+    /// then no request can be admitted, whatever the other levels would give.
+    fn blocked(&self, book: &Book) -> bool {
+        LEVELS.iter().any(|&t| {
+            let (need, min_request, state) = self.levels[level_index(t)];
+            if need == 0 || state != TargetState::Dry {
+                return false;
+            }
+            let held = match t {
+                Target::Bucket => self
+                    .plan
+                    .windows
+                    .named
+                    .bucket
+                    .as_ref()
+                    .and_then(|(k, _)| book.buckets.get(k))
+                    .map_or(0, super::lease::BucketEntry::held),
+                t => {
+                    let terms = if t == Target::System {
+                        self.sys_terms
+                    } else {
+                        self.day_terms
+                    };
+                    self.counter_key(t)
+                        .and_then(|k| book.counters.get(k))
+                        .map_or(0, |e| e.held(&terms))
+                }
+            };
+            held < min_request
+        })
     }
 
     /// Gives up after a store error: nothing is admitted; what a policy would not keep is given
@@ -797,16 +853,17 @@ impl<'p, 'c> Pending<'p, 'c> {
                 worst = Some((level, at));
             }
         };
-        for &t in short {
-            let dry = match t {
-                Target::Sender(i) => self.senders[i].state == TargetState::Dry,
-                t => self.levels[level_index(t)].2 == TargetState::Dry,
+        let dry = |t: Target| match t {
+            Target::Sender(i) => self.senders[i].state == TargetState::Dry,
+            t => self.levels[level_index(t)].2 == TargetState::Dry,
+        };
+        // A level that has no room decides; only when none is out of room did the writes lose.
+        if !short.iter().any(|&t| dry(t)) {
+            return Refusal::Contended {
+                retry_after: plan.now + CONTENDED_RETRY_MS,
             };
-            if !dry {
-                return Refusal::Contended {
-                    retry_after: plan.now + CONTENDED_RETRY_MS,
-                };
-            }
+        }
+        for &t in short.iter().filter(|&&t| dry(t)) {
             match t {
                 Target::System => note(LevelKind::SystemDaily, plan.next_day()),
                 Target::Sender(_) => note(LevelKind::SenderDaily, plan.next_day()),
@@ -899,12 +956,19 @@ fn most(terms: &Terms) -> u64 {
 }
 
 /// Records the counts of a counter item as returned by the store.
-fn see(e: &mut CounterEntry, window: i64, item: Option<&Item>, hour_attr: Option<&str>) {
+fn see(
+    e: &mut CounterEntry,
+    now: EpochMillis,
+    window: i64,
+    item: Option<&Item>,
+    hour_attr: Option<&str>,
+) {
     let n = item.and_then(|i| get_n(i, COUNT_ATTR)).unwrap_or(0);
     let hour = hour_attr
         .and_then(|a| item.and_then(|i| get_n(i, a)))
         .unwrap_or(0);
     e.see(window, [n, hour]);
+    e.seen_at = now;
 }
 
 /// `ADD` `take` to each counter of `key` (`legacy` more is assumed used), conditional on each
@@ -936,9 +1000,20 @@ fn counter_write(
     }
 }
 
-/// Takes `take` tokens from the bucket at `now_us`: `ADD` when the bucket was last seen owing
-/// tokens (`tat ≥ now`), `SET` when it was full; each form's condition is the premise it relies
-/// on, and both keep `tat ≤ now + C·T − σ`.
+/// How far behind `now` a bucket's `tat` may be for an `ADD` (τ = σ/4): its tokens then have
+/// θ > now − τ, so each is valid for at least ¾ σ; a bucket that has rested longer is `SET`.
+fn rest_us(slack_us: i64) -> i64 {
+    slack_us / 4
+}
+
+/// A bucket seen busy within this long is assumed still busy (an `ADD` is tried first).
+const BUSY_US: i64 = 1_000_000;
+
+/// Takes `take` tokens from the bucket at `now_us`: `ADD` when the bucket's `tat` is at least
+/// `now − τ` ([`rest_us`]), `SET tat = now + take·T` when it has rested longer (an `ADD` would
+/// hand out tokens about to expire). The two conditions are complementary below the upper
+/// bound, both keep `tat ≤ now + C·T − σ` and every θ distinct, which is all the bucket's
+/// bound needs (see `lease.rs`).
 fn bucket_write(
     key: &Key,
     q: &super::BucketQuota,
@@ -959,7 +1034,7 @@ fn bucket_write(
                 UpdateAction::Set(TTL_ATTRIBUTE.into(), ttl),
             ]),
             condition: Condition::And(vec![
-                Condition::cmp(TAT_ATTR, CmpOp::Ge, now_us),
+                Condition::cmp(TAT_ATTR, CmpOp::Ge, now_us - rest_us(q.slack_us())),
                 Condition::cmp(TAT_ATTR, CmpOp::Le, clamp_i64(now + span - take_us)),
             ]),
         }
@@ -972,7 +1047,7 @@ fn bucket_write(
             ]),
             condition: Condition::Or(vec![
                 Condition::AttrNotExists(TAT_ATTR.into()),
-                Condition::cmp(TAT_ATTR, CmpOp::Lt, now_us),
+                Condition::cmp(TAT_ATTR, CmpOp::Lt, now_us - rest_us(q.slack_us())),
             ]),
         }
     }

@@ -1186,7 +1186,9 @@ async fn a_token_spent_late_stays_within_the_bucket_bound_because_writes_leave_t
     }
     let late = acquire_leased(&store, &a, &p, &one(2)).await.unwrap();
     assert!(late[0].is_admitted(), "{late:?}");
-    // All at one instant: at most C + 1.
+    // All at one instant: at most C + 1. B finds the bucket rested (tat more than σ/4 behind
+    // now) and sets it to now: C·T − σ ahead, 900 tokens; with A's two, 902. (Without the
+    // slack B would take 1,000: 1,002.)
     assert!(
         drained + 2 <= q.capacity + 1,
         "{drained} + 2 admitted at one instant"

@@ -1,7 +1,7 @@
 //! The pure part of a batch's decisions (no I/O), shared by [`super::Pipeline`] and the
 //! `decision` benchmark: which gateways a batch may use and which state items to read for
-//! them, the router's view of those gateways built from the items read, and the limit plans
-//! the limiter decides with.
+//! them, the router's view of those gateways built from the items read (and, for limits, from
+//! what the process's leases last saw), and the limit plans the limiter decides with.
 //!
 //! What depends only on the config and the UTC hour (every item key, the hour's counter
 //! attribute) is made once per hour per process ([`KeyBook`]) rather than formatted for every
@@ -21,8 +21,7 @@ use crate::router::{BreakerView, GatewayState, RouteRequest, Router};
 use crate::state::{Item, Key};
 
 /// The keys a batch reads (one `get_many`) and where each gateway's items are among them, so
-/// the items read are found by position: no key is hashed per lookup (a limit item's key is
-/// compared once, see [`Read::limits`]).
+/// the items read are found by position: no key is hashed per lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadList {
     keys: Vec<Key>,
@@ -43,6 +42,12 @@ impl ReadList {
     /// The keys to read, in the order the items are expected.
     pub fn keys(&self) -> &[Key] {
         &self.keys
+    }
+
+    /// Where the pause-all lever's item is among [`ReadList::keys`]: always the last key, so a
+    /// caller holding a recent copy can read the keys before it and put its copy there.
+    pub fn all_levers_slot(&self) -> Option<usize> {
+        self.all_levers
     }
 
     /// The items read (`items` aligned with [`ReadList::keys`]), by gateway.

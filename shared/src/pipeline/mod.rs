@@ -186,7 +186,16 @@ pub struct Pipeline {
     /// What this process holds of the shared limits ([`crate::limiter::Leases`]), kept across
     /// batches and config reloads (a holding is tied to the limits it was taken under).
     leases: Arc<crate::limiter::Leases>,
+    /// The pause-all lever's item as last read, and when ([`ALL_LEVERS_TTL_MS`]).
+    all_levers: Arc<Mutex<Option<(EpochMillis, Option<crate::state::Item>)>>>,
 }
+
+/// How long a process reuses the pause-all lever's item (`ctl#all`) before reading it again.
+/// Every batch of every instance read it: at 50,000 messages a second across the fleet that
+/// one key took 5,000 strongly consistent reads a second, over DynamoDB's 3,000 per partition.
+/// Read at most once a second per process, a pause of all sending takes effect within a
+/// second; a gateway's own lever (`ctl#gw#{id}`) is still read with every batch.
+pub const ALL_LEVERS_TTL_MS: i64 = 1_000;
 
 impl Pipeline {
     /// A pipeline over `config` sending through `providers` (one per enabled gateway, keyed by
@@ -210,6 +219,7 @@ impl Pipeline {
             unmarked: Arc::default(),
             attachments: None,
             leases,
+            all_levers: Arc::default(),
         }
     }
 
@@ -239,6 +249,7 @@ impl Pipeline {
             unmarked: Arc::clone(&self.unmarked),
             attachments: self.attachments.clone(),
             leases: Arc::clone(&self.leases),
+            all_levers: Arc::clone(&self.all_levers),
         }
     }
 

@@ -75,19 +75,35 @@ impl Pipeline {
             .decider
             .reachable(works.iter().map(|w| route_request(&w.original)));
         let list = self.decider.keys_to_read(&book, &reachable);
+        // The pause-all lever (the last key) comes from a copy under a second old, if any.
+        let all_slot = list.all_levers_slot();
+        let recent_all = all_slot.and_then(|_| self.recent_all_levers(now));
+        let read_keys = match (all_slot, &recent_all) {
+            (Some(slot), Some(_)) => list.keys().get(..slot).unwrap_or_default(),
+            _ => list.keys(),
+        };
         // Once per process and UTC day, the limiter's earlier-layout day items ride along.
         let legacy = self.decider.legacy_keys(&book, &reachable, &self.leases);
         let keys: Cow<'_, [Key]> = if legacy.is_empty() {
-            Cow::Borrowed(list.keys())
+            Cow::Borrowed(read_keys)
         } else {
-            Cow::Owned([list.keys(), &legacy].concat())
+            Cow::Owned([read_keys, &legacy].concat())
         };
         let (replays, state) = match self.claim_and_read(&mut works, &batch, &keys, now).await {
             Ok((replays, mut state)) => {
                 if !legacy.is_empty() && state.len() == keys.len() {
-                    let read = state.split_off(list.keys().len());
+                    let read = state.split_off(read_keys.len());
                     for (key, item) in legacy.into_iter().zip(read) {
                         self.leases.record_legacy(key, item);
+                    }
+                }
+                if state.len() == read_keys.len() {
+                    match (all_slot, recent_all) {
+                        (Some(_), Some(item)) => state.push(item),
+                        (Some(slot), None) => {
+                            self.keep_all_levers(now, state.get(slot).cloned().flatten());
+                        }
+                        _ => {}
                     }
                 }
                 (replays, state)
@@ -132,6 +148,25 @@ impl Pipeline {
         let emitted = self.emit(batch.records, &resolved, &mut report).await;
         report.items = self.item_reports(batch.records, &slots, &resolved, &emitted, &mut report);
         report
+    }
+
+    /// The pause-all lever's item when this process read it less than
+    /// [`super::ALL_LEVERS_TTL_MS`] ago.
+    fn recent_all_levers(&self, now: EpochMillis) -> Option<Option<Item>> {
+        let kept = self
+            .all_levers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        kept.as_ref()
+            .filter(|(at, _)| (0..super::ALL_LEVERS_TTL_MS).contains(&(now - at)))
+            .map(|(_, item)| item.clone())
+    }
+
+    fn keep_all_levers(&self, now: EpochMillis, item: Option<Item>) {
+        *self
+            .all_levers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((now, item));
     }
 
     /// Step 2: claims every message, looks up the suppression of every recipient and reads the
