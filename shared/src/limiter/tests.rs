@@ -1195,3 +1195,36 @@ async fn a_token_spent_late_stays_within_the_bucket_bound_because_writes_leave_t
     );
     assert_eq!(drained, 900);
 }
+
+/// Switching layout mid-day: what the earlier layout counted for a sender in the gateway's day
+/// item (`u#{sender}`) still counts against the sender's limit, and the day's count carries on
+/// in the same attribute.
+#[tokio::test]
+async fn a_mid_day_switch_counts_what_the_earlier_layout_admitted() {
+    let cfg = single(None, limits(Some(100), Some(5), None, None));
+    let store = MemoryStore::new();
+    let mut old = Item::new();
+    old.insert("n".into(), Value::N(40));
+    old.insert("u#a@x.org".into(), Value::N(3));
+    store
+        .put_many(vec![("lim#gw#gw#d#20261128".into(), old)])
+        .await
+        .unwrap();
+    let leases = Leases::new(LeasePolicy::default());
+    let p = plan(&cfg, gw(&cfg), TEN_AM);
+    let one = |s| [Request {
+        sender: s,
+        recipients: 1,
+    }];
+    let mut admitted = 0;
+    for _ in 0..5 {
+        if acquire_leased(&store, &leases, &p, &one("A@x.org")).await.unwrap()[0].is_admitted() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 2, "5 a day, 3 of them before the switch");
+    // Another sender is not touched by it.
+    assert!(acquire_leased(&store, &leases, &p, &one("b@x.org")).await.unwrap()[0].is_admitted());
+    let u = read_usage(&store, &p, None).await.unwrap();
+    assert!(used(&u, LevelKind::GatewayDaily).unwrap().0 >= 43);
+}
