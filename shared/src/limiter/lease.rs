@@ -290,14 +290,19 @@ pub struct Leases {
     book: Mutex<Book>,
 }
 
+/// Maps keyed by item key. Hashed with foldhash: a process looks up a few keys per message,
+/// and SipHash over 40-byte keys was a sixth of the decision's time. Its seed is random per
+/// map, and the keys come from the process's own queue, not from the network.
+type KeyMap<V> = HashMap<Key, V, foldhash::fast::RandomState>;
+
 /// The entries, by item key.
 #[derive(Debug, Default)]
 pub(super) struct Book {
-    pub(super) counters: HashMap<Key, CounterEntry>,
-    pub(super) buckets: HashMap<Key, BucketEntry>,
+    pub(super) counters: KeyMap<CounterEntry>,
+    pub(super) buckets: KeyMap<BucketEntry>,
     /// The day item as last read or written, when it still holds counters of the earlier
     /// layout (`u#{sender}`), by key.
-    pub(super) legacy: HashMap<Key, Option<std::sync::Arc<Item>>>,
+    pub(super) legacy: KeyMap<Option<std::sync::Arc<Item>>>,
     /// The second entries were last pruned in.
     pruned: i64,
 }
@@ -306,6 +311,29 @@ pub(super) struct Book {
 const FORGET_MS: i64 = 5_000;
 
 impl Book {
+    /// The counter entry of `key`, made empty on first use (the key is copied only then).
+    pub(super) fn counter(&mut self, key: &Key) -> &mut CounterEntry {
+        if !self.counters.contains_key(key) {
+            self.counters.insert(key.clone(), CounterEntry::default());
+        }
+        // Present now; `entry` would copy the key on every call.
+        match self.counters.get_mut(key) {
+            Some(e) => e,
+            None => unreachable!("inserted above"),
+        }
+    }
+
+    /// The bucket entry of `key`, made empty on first use.
+    pub(super) fn bucket(&mut self, key: &Key) -> &mut BucketEntry {
+        if !self.buckets.contains_key(key) {
+            self.buckets.insert(key.clone(), BucketEntry::default());
+        }
+        match self.buckets.get_mut(key) {
+            Some(e) => e,
+            None => unreachable!("inserted above"),
+        }
+    }
+
     /// Forgets idle entries (at most once per second): a process sees many senders once.
     pub(super) fn prune(&mut self, now: EpochMillis) {
         let second = now.div_euclid(1_000);
@@ -320,13 +348,13 @@ impl Book {
             .retain(|_, e| e.touched >= cutoff || !e.runs.is_empty());
     }
 
-    /// The legacy per-sender count of `sender_attr` in the day item `day_key`, if that item
-    /// was seen with counters of the earlier layout.
-    pub(super) fn legacy_count(&self, day_key: &str, sender_attr: &str) -> i64 {
+    /// What the earlier layout counted for `sender_lc` (lower case) in the day item `day_key`
+    /// (its `u#{sender}` attribute), if that item was seen with counters of that layout.
+    pub(super) fn legacy_count(&self, day_key: &str, sender_lc: &str) -> i64 {
         self.legacy
             .get(day_key)
             .and_then(Option::as_ref)
-            .and_then(|item| get_n(item, sender_attr))
+            .and_then(|item| get_n(item, &format!("u#{sender_lc}")))
             .unwrap_or(0)
     }
 }

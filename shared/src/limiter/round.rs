@@ -44,8 +44,6 @@ struct SenderNeed {
     key: Key,
     /// The sender, lower case.
     lc: String,
-    /// The sender's counter attribute in the day item of the earlier layout.
-    legacy_attr: String,
     limit: u64,
     need: u64,
     min_request: u64,
@@ -140,7 +138,6 @@ impl<'p, 'c> Pending<'p, 'c> {
                         None => {
                             senders.push(SenderNeed {
                                 key: format!("{}{lc}", named.sender_prefix),
-                                legacy_attr: format!("u#{lc}"),
                                 lc,
                                 limit,
                                 need: 0,
@@ -222,9 +219,9 @@ impl<'p, 'c> Pending<'p, 'c> {
         let mut lapsed = Vec::new();
         for s in &mut self.senders {
             if let Some(day_key) = &legacy_key {
-                s.terms.legacy = book.legacy_count(day_key, &s.legacy_attr);
+                s.terms.legacy = book.legacy_count(day_key, &s.lc);
             }
-            let e = book.counters.entry(s.key.clone()).or_default();
+            let e = book.counter(&s.key);
             e.touched = now;
             e.rate.record(now, s.need);
         }
@@ -235,14 +232,14 @@ impl<'p, 'c> Pending<'p, 'c> {
             match t {
                 Target::Bucket => {
                     if let Some((key, _)) = &self.plan.windows.named.bucket {
-                        let e = book.buckets.entry(key.clone()).or_default();
+                        let e = book.bucket(key);
                         e.touched = now;
                         e.rate.record(now, need);
                     }
                 }
                 _ => {
                     if let Some(key) = self.counter_key(*t) {
-                        let e = book.counters.entry(key.clone()).or_default();
+                        let e = book.counter(key);
                         e.touched = now;
                         e.rate.record(now, need);
                         if *t == Target::Day {
@@ -342,7 +339,7 @@ impl<'p, 'c> Pending<'p, 'c> {
             } else {
                 self.day_terms
             };
-            let e = book.counters.entry(key.clone()).or_default();
+            let e = book.counter(key);
             let have = e.held(&terms);
             if have >= need {
                 continue;
@@ -378,7 +375,7 @@ impl<'p, 'c> Pending<'p, 'c> {
             if s.state == TargetState::Dry {
                 continue;
             }
-            let e = book.counters.entry(s.key.clone()).or_default();
+            let e = book.counter(&s.key);
             let have = e.held(&s.terms);
             if have >= s.need {
                 continue;
@@ -439,7 +436,7 @@ impl<'p, 'c> Pending<'p, 'c> {
         }
         let now_us = clamp_i64(self.plan.now_us());
         let (interval, slack) = (q.interval_us, q.slack_us());
-        let e = book.buckets.entry(key.clone()).or_default();
+        let e = book.bucket(key);
         e.expire(now_us, interval, slack);
         let have = e.held();
         if have >= need {
@@ -533,7 +530,7 @@ impl<'p, 'c> Pending<'p, 'c> {
         match p.target {
             Target::Bucket => {
                 if let Some((key, q)) = &self.plan.windows.named.bucket {
-                    let e = book.buckets.entry(key.clone()).or_default();
+                    let e = book.bucket(key);
                     let tat = item.and_then(|i| get_n(i, TAT_ATTR));
                     e.seen_tat = tat;
                     e.seen_at_us = clamp_i64(self.plan.now_us());
@@ -544,7 +541,7 @@ impl<'p, 'c> Pending<'p, 'c> {
             }
             Target::Sender(i) => {
                 let s = &self.senders[i];
-                let e = book.counters.entry(s.key.clone()).or_default();
+                let e = book.counter(&s.key);
                 e.add(s.terms, p.take);
                 see(e, self.plan.now, 0, item, None);
             }
@@ -557,7 +554,7 @@ impl<'p, 'c> Pending<'p, 'c> {
                 let hour_attr =
                     (t == Target::Day).then(|| self.plan.windows.named.hour_attr.as_str());
                 if let Some(key) = self.counter_key(t) {
-                    let e = book.counters.entry(key.clone()).or_default();
+                    let e = book.counter(key);
                     e.add(terms, p.take);
                     see(e, self.plan.now, terms.window, item, hour_attr);
                 }
@@ -569,16 +566,13 @@ impl<'p, 'c> Pending<'p, 'c> {
         match p.target {
             Target::Bucket => {
                 if let Some((key, _)) = &self.plan.windows.named.bucket {
-                    let e = book.buckets.entry(key.clone()).or_default();
+                    let e = book.bucket(key);
                     e.seen_tat = item.and_then(|i| get_n(i, TAT_ATTR));
                     e.seen_at_us = clamp_i64(self.plan.now_us());
                 }
             }
             Target::Sender(i) => {
-                let e = book
-                    .counters
-                    .entry(self.senders[i].key.clone())
-                    .or_default();
+                let e = book.counter(&self.senders[i].key);
                 see(e, self.plan.now, 0, item, None);
             }
             t => {
@@ -590,7 +584,7 @@ impl<'p, 'c> Pending<'p, 'c> {
                 let hour_attr =
                     (t == Target::Day).then(|| self.plan.windows.named.hour_attr.as_str());
                 if let Some(key) = self.counter_key(t) {
-                    let e = book.counters.entry(key.clone()).or_default();
+                    let e = book.counter(key);
                     see(e, self.plan.now, terms.window, item, hour_attr);
                 }
             }

@@ -1212,19 +1212,30 @@ async fn a_mid_day_switch_counts_what_the_earlier_layout_admitted() {
         .unwrap();
     let leases = Leases::new(LeasePolicy::default());
     let p = plan(&cfg, gw(&cfg), TEN_AM);
-    let one = |s| [Request {
-        sender: s,
-        recipients: 1,
-    }];
+    let one = |s| {
+        [Request {
+            sender: s,
+            recipients: 1,
+        }]
+    };
     let mut admitted = 0;
     for _ in 0..5 {
-        if acquire_leased(&store, &leases, &p, &one("A@x.org")).await.unwrap()[0].is_admitted() {
+        if acquire_leased(&store, &leases, &p, &one("A@x.org"))
+            .await
+            .unwrap()[0]
+            .is_admitted()
+        {
             admitted += 1;
         }
     }
     assert_eq!(admitted, 2, "5 a day, 3 of them before the switch");
     // Another sender is not touched by it.
-    assert!(acquire_leased(&store, &leases, &p, &one("b@x.org")).await.unwrap()[0].is_admitted());
+    assert!(
+        acquire_leased(&store, &leases, &p, &one("b@x.org"))
+            .await
+            .unwrap()[0]
+            .is_admitted()
+    );
     let u = read_usage(&store, &p, None).await.unwrap();
     assert!(used(&u, LevelKind::GatewayDaily).unwrap().0 >= 43);
 }

@@ -187,8 +187,11 @@ pub struct Pipeline {
     /// batches and config reloads (a holding is tied to the limits it was taken under).
     leases: Arc<crate::limiter::Leases>,
     /// The pause-all lever's item as last read, and when ([`ALL_LEVERS_TTL_MS`]).
-    all_levers: Arc<Mutex<Option<(EpochMillis, Option<crate::state::Item>)>>>,
+    all_levers: Arc<Mutex<Option<KeptItem>>>,
 }
+
+/// An item as read at a time (`None`: there was no item).
+type KeptItem = (EpochMillis, Option<crate::state::Item>);
 
 /// How long a process reuses the pause-all lever's item (`ctl#all`) before reading it again.
 /// Every batch of every instance read it: at 50,000 messages a second across the fleet that
