@@ -1,6 +1,6 @@
 //! CPU of the send pipeline's decisions per message: routing, the limit decision and the
-//! breaker's admission, on in-memory state, with 20 gateways and 1,000 senders (budget: 2 µs
-//! per message, ARCHITECTURE §5).
+//! breaker's admission, on in-memory state, with 20 gateways and 1,000 senders (budget: 1 µs
+//! per message, ARCHITECTURE §5; docs/BENCHMARKS.md has the figures).
 //!
 //! ```text
 //! cargo bench -p gateway-core --bench decision
@@ -9,17 +9,19 @@
 //! One iteration decides a batch with the functions `pipeline::run` uses between its store
 //! round trips ([`gateway_core::pipeline::Decider`]), minus the I/O:
 //! 1. the gateways any message may use (the router's state-independent filters) and their
-//!    breaker, limit and health keys, taken from the hour's key book (made once per UTC hour);
-//! 2. the router's view of those gateways from the items read: breaker view, limit usage,
-//!    health verdict;
+//!    breaker, health and lever keys, taken from the hour's key book (made once per UTC hour);
+//! 2. the router's view of those gateways: breaker view and health verdict from the items read,
+//!    the limits as the process's leases last saw them;
 //! 3. route every message on that view (each message is ranked once);
-//! 4. per first-choice gateway, decide its messages' limits in one pass (`limiter::decide`,
-//!    what `acquire_with_items` computes before its one write);
+//! 4. per first-choice gateway, decide its messages' limits: the limiter's `Pending` state
+//!    machine, its writes (each limited sender's counter, a lease a level runs short of) built
+//!    and answered as the store would, by applying each to the warm item (not kept, so every
+//!    iteration meets the same state);
 //! 5. ask each admitted message's breaker for a permit.
 //!
-//! The state is warm: every sender already has a per-sender counter in its gateways' day
-//! items (1,000 counters spread over the gateways), each gateway a breaker and a health record.
-//! Throughput is reported per message, so the per-message cost is the time shown per element.
+//! The state is warm: every sender has sent once (its counter item exists), the process holds
+//! leases, each gateway has a breaker and a health record. Throughput is reported per message,
+//! so the per-message cost is the time shown per element.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 

@@ -19,7 +19,8 @@
 //! One item per target: `ctl#all` (pause all) and `ctl#gw#{gateway}` ([`key`]), with `pause`
 //! and `breaker` (JSON text of a [`Hold`], the breaker's with its `mode`) and `seq`, the number
 //! of actions taken on the target. The sender reads them in the batch's one `BatchGetItem`
-//! beside the breaker and limit items (no extra request). An item that does not decode holds:
+//! beside the breaker and health items (no extra request; `ctl#all` at most once a second per
+//! process, [`crate::pipeline::ALL_LEVERS_TTL_MS`]). An item that does not decode holds:
 //! a lever someone set is not ignored because it cannot be read.
 //!
 //! # Audit

@@ -219,6 +219,9 @@ pub(super) struct BucketEntry {
     pub(super) seen_tat: Option<i64>,
     /// When it was seen (µs).
     pub(super) seen_at_us: i64,
+    /// Whether another process was seen writing the bucket (its `tat` moved between two of
+    /// this process's answers): then this process's view of it ages fast.
+    pub(super) shared: bool,
     pub(super) rate: Rate,
     pub(super) touched: EpochMillis,
 }

@@ -476,7 +476,8 @@ impl<'p, 'c> Pending<'p, 'c> {
         // then within τ of that time (others keep it near now); `SET` after a rest.
         let rest = rest_us(slack);
         let add_form = e.seen_tat.is_some_and(|t| {
-            t >= now_us - rest || (t >= e.seen_at_us - rest && now_us - e.seen_at_us < BUSY_US)
+            t >= now_us - rest
+                || (e.shared && t >= e.seen_at_us - rest && now_us - e.seen_at_us < BUSY_US)
         });
         self.writes
             .push(bucket_write(key, q, now_us, take, add_form));
@@ -532,8 +533,17 @@ impl<'p, 'c> Pending<'p, 'c> {
                 if let Some((key, q)) = &self.plan.windows.named.bucket {
                     let e = book.bucket(key);
                     let tat = item.and_then(|i| get_n(i, TAT_ATTR));
+                    let now_us = clamp_i64(self.plan.now_us());
+                    let took = i64::try_from(p.take).unwrap_or(i64::MAX) * q.interval_us;
+                    if let (Some(seen), Some(after)) = (e.seen_tat, tat)
+                        && after != now_us.saturating_add(took)
+                    {
+                        // An `ADD`: the bucket stood where this process last left it, or
+                        // someone else moved it.
+                        e.shared = after.saturating_sub(took) != seen;
+                    }
                     e.seen_tat = tat;
-                    e.seen_at_us = clamp_i64(self.plan.now_us());
+                    e.seen_at_us = now_us;
                     if let Some(tat) = tat {
                         e.add(tat, p.take, q.interval_us);
                     }
@@ -567,7 +577,10 @@ impl<'p, 'c> Pending<'p, 'c> {
             Target::Bucket => {
                 if let Some((key, _)) = &self.plan.windows.named.bucket {
                     let e = book.bucket(key);
-                    e.seen_tat = item.and_then(|i| get_n(i, TAT_ATTR));
+                    let tat = item.and_then(|i| get_n(i, TAT_ATTR));
+                    // A form chosen on a wrong view: someone else moved the bucket, or nobody did.
+                    e.shared = tat != e.seen_tat;
+                    e.seen_tat = tat;
                     e.seen_at_us = clamp_i64(self.plan.now_us());
                 }
             }

@@ -12,8 +12,8 @@
 //! 1. Every record is parsed on its own. A poison record is rejected (its `rejected` outcome
 //!    event is emitted) and acknowledged; it never fails the batch.
 //! 2. In one round trip: every valid message's ledger claim, the suppression lookup of every
-//!    recipient, and one read of the breaker and limit items of every gateway any message may
-//!    use. A message already `sent` is not sent again (its outcome event is re-emitted); one
+//!    recipient, and one read of the breaker, health and lever items of every gateway any
+//!    message may use (limit items are not read: the limiter learns them from its writes). A message already `sent` is not sent again (its outcome event is re-emitted); one
 //!    held by a live invocation is retried after that lease ends.
 //! 3. Suppressed recipients are dropped; a message with none left is rejected. A message an
 //!    earlier call may have delivered (its claim took over an expired lease, or its entry notes
@@ -21,8 +21,9 @@
 //!    it is recorded sent and nobody is called; while evidence may still come it waits
 //!    ([`PipelineSettings::acceptance_wait`]); otherwise it is sent again, flagged.
 //! 4. Messages are routed on the state read. Each round, the messages waiting for a gateway are
-//!    grouped by their next candidate; each group takes its limits in one write or transaction,
-//!    then the breaker admits each send (a closed breaker costs no request) and the sends run
+//!    grouped by their next candidate; each group takes its limits from the process's quota
+//!    leases and, for what they lack, conditional writes in flight together (one per limited
+//!    sender and per level short of its need; [`crate::limiter::acquire_leased`]), then the breaker admits each send (a closed breaker costs no request) and the sends run
 //!    with bounded concurrency. Throttled, Unavailable and Auth answers fail over to the next
 //!    candidate (at most `routing.max_failover_attempts` gateways per message); Permanent stops;
 //!    Ambiguous follows `routing.ambiguous_policy`. Unsuitable (over that gateway's recipient or
@@ -40,7 +41,7 @@
 //! 7. Breaker outcomes are flushed once per gateway (a clean closed breaker writes nothing).
 //!
 //! The happy path of a batch therefore costs three sequential DynamoDB round trips: the reads
-//! and claims, the limit transactions, and the ledger marks.
+//! and claims, the limit writes, and the ledger marks.
 //!
 //! # What the caller does with the report
 //! Each record ends [`Disposition::Done`] (delete it; the Lambda runtime does that for records
