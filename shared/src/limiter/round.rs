@@ -334,11 +334,7 @@ impl<'p, 'c> Pending<'p, 'c> {
             if need == 0 || state == TargetState::Dry {
                 continue;
             }
-            let terms = if t == Target::System {
-                self.sys_terms
-            } else {
-                self.day_terms
-            };
+            let terms = self.terms(t);
             let e = book.counter(key);
             let have = e.held(&terms);
             if have >= need {
@@ -549,26 +545,7 @@ impl<'p, 'c> Pending<'p, 'c> {
                     }
                 }
             }
-            Target::Sender(i) => {
-                let s = &self.senders[i];
-                let e = book.counter(&s.key);
-                e.add(s.terms, p.take);
-                see(e, self.plan.now, 0, item, None);
-            }
-            t => {
-                let terms = if t == Target::System {
-                    self.sys_terms
-                } else {
-                    self.day_terms
-                };
-                let hour_attr =
-                    (t == Target::Day).then(|| self.plan.windows.named.hour_attr.as_str());
-                if let Some(key) = self.counter_key(t) {
-                    let e = book.counter(key);
-                    e.add(terms, p.take);
-                    see(e, self.plan.now, terms.window, item, hour_attr);
-                }
-            }
+            t => self.answered_counter(book, t, item, Some(p.take)),
         }
     }
 
@@ -584,23 +561,36 @@ impl<'p, 'c> Pending<'p, 'c> {
                     e.seen_at_us = clamp_i64(self.plan.now_us());
                 }
             }
-            Target::Sender(i) => {
-                let e = book.counter(&self.senders[i].key);
-                see(e, self.plan.now, 0, item, None);
+            t => self.answered_counter(book, t, item, None),
+        }
+    }
+
+    /// The terms a counter target's units are held under.
+    fn terms(&self, t: Target) -> Terms {
+        match t {
+            Target::System => self.sys_terms,
+            Target::Sender(i) => self.senders[i].terms,
+            _ => self.day_terms,
+        }
+    }
+
+    /// Records a counter target's answer: the units it took when the write applied, and the
+    /// counts the store returned.
+    fn answered_counter(&self, book: &mut Book, t: Target, item: Option<&Item>, took: Option<u64>) {
+        let terms = self.terms(t);
+        let (key, hour_attr) = match t {
+            Target::Sender(i) => (Some(&self.senders[i].key), None),
+            t => (
+                self.counter_key(t),
+                (t == Target::Day).then(|| self.plan.windows.named.hour_attr.as_str()),
+            ),
+        };
+        if let Some(key) = key {
+            let e = book.counter(key);
+            if let Some(n) = took {
+                e.add(terms, n);
             }
-            t => {
-                let terms = if t == Target::System {
-                    self.sys_terms
-                } else {
-                    self.day_terms
-                };
-                let hour_attr =
-                    (t == Target::Day).then(|| self.plan.windows.named.hour_attr.as_str());
-                if let Some(key) = self.counter_key(t) {
-                    let e = book.counter(key);
-                    see(e, self.plan.now, terms.window, item, hour_attr);
-                }
-            }
+            see(e, self.plan.now, terms.window, item, hour_attr);
         }
     }
 
@@ -613,11 +603,7 @@ impl<'p, 'c> Pending<'p, 'c> {
         let fresh = |seen_at: EpochMillis| fresh_ms.is_none_or(|ms| now - seen_at <= ms);
         for t in [Target::System, Target::Day] {
             let (need, min_request, _) = self.levels[level_index(t)];
-            let terms = if t == Target::System {
-                self.sys_terms
-            } else {
-                self.day_terms
-            };
+            let terms = self.terms(t);
             if let Some(e) = self.counter_key(t).and_then(|k| book.counters.get(k))
                 && fresh(e.seen_at)
             {
@@ -683,11 +669,7 @@ impl<'p, 'c> Pending<'p, 'c> {
                     .and_then(|(k, _)| book.buckets.get(k))
                     .map_or(0, super::lease::BucketEntry::held),
                 t => {
-                    let terms = if t == Target::System {
-                        self.sys_terms
-                    } else {
-                        self.day_terms
-                    };
+                    let terms = self.terms(t);
                     self.counter_key(t)
                         .and_then(|k| book.counters.get(k))
                         .map_or(0, |e| e.held(&terms))
@@ -732,11 +714,7 @@ impl<'p, 'c> Pending<'p, 'c> {
             let mut short: Vec<Target> = Vec::new();
             for t in [Target::System, Target::Day] {
                 if let Some(key) = self.counter_key(t) {
-                    let terms = if t == Target::System {
-                        self.sys_terms
-                    } else {
-                        self.day_terms
-                    };
+                    let terms = self.terms(t);
                     if book.counters.get(key).map_or(0, |e| e.held(&terms)) < n {
                         short.push(t);
                     }
@@ -762,11 +740,7 @@ impl<'p, 'c> Pending<'p, 'c> {
             grant.keys = Some(Arc::clone(&named));
             for t in [Target::System, Target::Day] {
                 if let Some(key) = self.counter_key(t) {
-                    let terms = if t == Target::System {
-                        self.sys_terms
-                    } else {
-                        self.day_terms
-                    };
+                    let terms = self.terms(t);
                     if let Some(e) = book.counters.get_mut(key) {
                         e.spend(&terms, n);
                     }
@@ -814,11 +788,7 @@ impl<'p, 'c> Pending<'p, 'c> {
             return;
         }
         for t in [Target::System, Target::Day] {
-            let terms = if t == Target::System {
-                self.sys_terms
-            } else {
-                self.day_terms
-            };
+            let terms = self.terms(t);
             if let Some(key) = self.counter_key(t)
                 && let Some(e) = book.counters.get_mut(key)
             {
