@@ -208,6 +208,9 @@ pub async fn fresh_table(name: &str) -> Result<DynamoStore, String> {
     Ok(DynamoStore::new(client, table))
 }
 
+/// Where simulated time starts: 2026-12-04T10:00:00Z.
+pub const SWEEP_START_MS: i64 = 1_796_378_400_000;
+
 /// A batch every [`SWEEP_GAP_MS`] in [`sender_sweep`]: one instance at about 67 messages a
 /// second, what a sender instance does with providers answering in about 150 ms.
 pub const SWEEP_GAP_MS: i64 = 150;
@@ -218,8 +221,7 @@ pub const SWEEP_GAP_MS: i64 = 150;
 /// time on in-memory state): the figure that grew with the senders when their counters lived
 /// in the gateway's day item.
 pub async fn sender_sweep(so_far: usize, measured: usize) -> Result<(Usage, u64), String> {
-    // 2026-12-04T10:00:00Z.
-    let clock = Arc::new(gateway_core::clock::ManualClock::new(1_796_378_400_000));
+    let clock = Arc::new(gateway_core::clock::ManualClock::new(SWEEP_START_MS));
     let store = Arc::new(CountingStore::new(MemoryStore::new()));
     let (pipeline, _) = pipeline_at(
         Arc::clone(&store) as Arc<dyn StateStore>,

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use gateway_core::clock::{Clock, ManualClock};
 use gateway_core::state::StateStore;
 
 #[path = "../benches/dynamodb_budget.rs"]
@@ -26,9 +27,16 @@ async fn a_batch_of_ten_stays_within_the_dynamodb_budget() {
         );
     }
     let store = budget::fresh_store("budget-test").await.unwrap();
-    let pipeline = budget::pipeline(Arc::clone(&store) as Arc<dyn StateStore>, "0ms")
-        .await
-        .unwrap();
+    // Simulated time, one batch every `SWEEP_GAP_MS`: the leases' prefetch follows the
+    // process's rate, so on the wall clock the counts would follow the machine's speed.
+    let clock = Arc::new(ManualClock::new(budget::SWEEP_START_MS));
+    let (pipeline, _) = budget::pipeline_at(
+        Arc::clone(&store) as Arc<dyn StateStore>,
+        "0ms",
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    )
+    .await
+    .unwrap();
     // The process's first batches, then later ones: the limit leases taken by the first are
     // spent by the next, so the first costs most.
     let mut total = gateway_core::state::counting::Usage::default();
@@ -37,6 +45,7 @@ async fn a_batch_of_ten_stays_within_the_dynamodb_budget() {
         budget::run_batch(&pipeline, "test", batch, budget::BATCH)
             .await
             .unwrap();
+        clock.advance(budget::SWEEP_GAP_MS);
         let usage = store.usage();
         assert!(usage.round_trips <= 3, "batch {batch}: {usage:?}");
         assert_eq!(usage.transactions, 0, "batch {batch}: {usage:?}");
@@ -90,9 +99,16 @@ async fn every_batch_size_waits_for_at_most_three_round_trips() {
         panic!("MOTO_URL is unset: run `scripts/services up && source .local/services.env`");
     }
     let store = budget::fresh_store("budget-sizes").await.unwrap();
-    let pipeline = budget::pipeline(Arc::clone(&store) as Arc<dyn StateStore>, "0ms")
-        .await
-        .unwrap();
+    // Simulated time, one batch every `SWEEP_GAP_MS`: the leases' prefetch follows the
+    // process's rate, so on the wall clock the counts would follow the machine's speed.
+    let clock = Arc::new(ManualClock::new(budget::SWEEP_START_MS));
+    let (pipeline, _) = budget::pipeline_at(
+        Arc::clone(&store) as Arc<dyn StateStore>,
+        "0ms",
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    )
+    .await
+    .unwrap();
     // ARCHITECTURE §5: whatever the batch's size. The template caps the sender's batch at 10; 100
     // is what a batching window could bring if the cap were raised.
     for size in budget::SIZES {
@@ -100,6 +116,7 @@ async fn every_batch_size_waits_for_at_most_three_round_trips() {
         budget::run_batch(&pipeline, &format!("sizes{size}"), 0, size)
             .await
             .unwrap();
+        clock.advance(budget::SWEEP_GAP_MS);
         let usage = store.usage();
         // The counts docs/BENCHMARKS.md quotes (`--nocapture` shows them).
         println!("size {size}: {usage:?}");
