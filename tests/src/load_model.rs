@@ -246,6 +246,34 @@ pub fn group(n: u64) -> String {
     out
 }
 
+/// The burst bucket's own write per batch: 1 WCU for 10 messages.
+pub const BUCKET_PER_BATCH: f64 = 0.1;
+
+/// Whether each instance's batches come further apart than the gateway bucket's slack σ (a
+/// tenth of its span, docs/STATE.md "Limiter: quota leases"): then a leased token would expire
+/// before the instance's next batch, so the bucket is written with every batch.
+pub fn bucket_written_per_batch(s: &Scenario) -> bool {
+    let capacity = s.limits.burst_limit.unwrap_or(0) as f64;
+    let refill = s.limits.burst_refill_per_second;
+    let slack_s = if capacity < 100.0 {
+        0.0
+    } else {
+        (capacity / refill / 10.0).min(1.0)
+    };
+    let batches_per_s_per_instance = s.rate as f64 / s.batch_size as f64 / s.instances as f64;
+    1.0 / batches_per_s_per_instance > slack_s
+}
+
+/// The WCU-per-message budget of a throughput scenario: [`MAX_WCU_PER_MESSAGE`], plus the
+/// bucket's write per batch where [`bucket_written_per_batch`].
+pub fn wcu_budget(s: &Scenario) -> f64 {
+    if bucket_written_per_batch(s) {
+        MAX_WCU_PER_MESSAGE + BUCKET_PER_BATCH
+    } else {
+        MAX_WCU_PER_MESSAGE
+    }
+}
+
 /// The 12 throughput scenarios (10 / 1,000 / 100,000 senders × 100 / 10,000 msg/s × 1 / 50
 /// instances), 1,000,000 senders at 10,000 msg/s over 50 instances, the fleet and both binding
 /// scenarios, with `measure_s` simulated seconds measured.

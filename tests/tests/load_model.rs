@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use gateway_tests::load_model::{
     MAX_ITEM_BYTES, MAX_KEY_RCU_PER_S, MAX_KEY_WCU_PER_S, MAX_WCU_PER_MESSAGE, Report, Scenario,
-    TABLE_HEADER, run_all, table_row,
+    TABLE_HEADER, run_all, table_row, wcu_budget,
 };
 
 /// Simulated warm-up: a whole second and a little, since a process knows its rates (and so
@@ -131,38 +131,13 @@ fn the_model_meters_every_message_on_distinct_instances() {
     }
 }
 
-/// The burst bucket's own write per batch: 1 WCU for 10 messages.
-const BUCKET_PER_BATCH: f64 = 0.1;
-
-/// Whether each instance's batches come further apart than the gateway bucket's slack σ (a
-/// tenth of its span, docs/STATE.md "Limiter: quota leases"): then a leased token would expire
-/// before the instance's next batch, so the bucket is written with every batch.
-fn bucket_written_per_batch(s: &Scenario) -> bool {
-    let capacity = s.limits.burst_limit.unwrap_or(0) as f64;
-    let refill = s.limits.burst_refill_per_second;
-    let slack_s = if capacity < 100.0 {
-        0.0
-    } else {
-        (capacity / refill / 10.0).min(1.0)
-    };
-    let batches_per_s_per_instance = s.rate as f64 / s.batch_size as f64 / s.instances as f64;
-    1.0 / batches_per_s_per_instance > slack_s
-}
-
 #[test]
 fn every_message_costs_at_most_3_1_wcu() {
     // 3.1, except where the bucket cannot be leased across an instance's batches (100 msg/s
     // over 50 instances: a batch every 5 s per instance, the bucket's span 1.3 s): there the
     // exact bucket costs its write per batch on top, and 3.2 is the budget (docs/STATE.md).
     let over = throughput()
-        .filter(|r| {
-            let budget = if bucket_written_per_batch(&r.scenario) {
-                MAX_WCU_PER_MESSAGE + BUCKET_PER_BATCH
-            } else {
-                MAX_WCU_PER_MESSAGE
-            };
-            r.wcu_per_message() > budget
-        })
+        .filter(|r| r.wcu_per_message() > wcu_budget(&r.scenario))
         .map(|r| format!("{}: {:.2} WCU/msg", r.scenario.name, r.wcu_per_message()))
         .collect();
     assert_none_over(&format!("{MAX_WCU_PER_MESSAGE} WCU per message"), over);

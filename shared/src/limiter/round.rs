@@ -25,6 +25,9 @@ use super::{
     clamp_i64, room, to_i64, us_to_ms_ceil,
 };
 
+/// A bucket prefetch takes at most this share of the tokens the bucket has.
+const BUCKET_SHARE: u64 = 4;
+
 /// How long a view of a full level is trusted before writing to look again (a refund may
 /// have made room).
 const VIEW_FRESH_MS: i64 = 1_000;
@@ -455,12 +458,14 @@ impl<'p, 'c> Pending<'p, 'c> {
             // A token is worth taking ahead only if it will be spent before it expires.
             let by_validity = rate.saturating_mul(u64::try_from(slack).unwrap_or(0)) / 1_000_000;
             let want = policy.batches_ahead.saturating_mul(need).min(by_validity);
-            let extra = prefetch(
-                want,
-                Some(avail.saturating_sub(short)),
-                policy.share,
-                u64::MAX,
-            );
+            // A quarter of what the bucket has now, not the counters' 1/32: held tokens expire
+            // within σ and the bucket refills, so nothing is stranded for longer.
+            let share = if policy.is_exact() {
+                policy.share
+            } else {
+                BUCKET_SHARE
+            };
+            let extra = prefetch(want, Some(avail.saturating_sub(short)), share, u64::MAX);
             (short + extra).min(q.usable())
         } else {
             short.min(avail)

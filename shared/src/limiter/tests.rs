@@ -1165,16 +1165,16 @@ async fn a_token_spent_late_stays_within_the_bucket_bound_because_writes_leave_t
             recipients: n,
         }]
     };
-    // Instance A takes 500 and 12 ahead (a 32nd of the 400 left; θ up to t0 + 512 ms).
+    // Instance A takes 500 and 50 ahead (what its rate spends within σ; θ up to t0 + 550 ms).
     let v = acquire_leased(&store, &a, &plan(&cfg, gw(&cfg), t0), &one(500))
         .await
         .unwrap();
     assert!(v[0].is_admitted());
     let held: u64 = a.held().iter().map(|(_, n)| n).sum();
-    assert_eq!(held, 12);
-    // At t0 + 611 ms the last two tokens A holds are still valid (θ + σ ≥ now); instance B
+    assert_eq!(held, 50);
+    // At t0 + 649 ms the last two tokens A holds are still valid (θ + σ ≥ now); instance B
     // drains the refilled bucket and A spends them.
-    let at = t0 + 611;
+    let at = t0 + 649;
     let p = plan(&cfg, gw(&cfg), at);
     let mut drained = 0;
     while acquire_one(&store, &p, "b@x.org", 1)
