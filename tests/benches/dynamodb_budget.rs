@@ -215,20 +215,25 @@ pub const SWEEP_START_MS: i64 = 1_796_378_400_000;
 /// second, what a sender instance does with providers answering in about 150 ms.
 pub const SWEEP_GAP_MS: i64 = 150;
 
+/// The pipeline over `store` on simulated time from [`SWEEP_START_MS`], and its clock (advance
+/// it [`SWEEP_GAP_MS`] after each batch): the leases' prefetch follows the process's rate, so on
+/// the wall clock the counts would follow the machine's speed.
+pub async fn simulated(
+    store: Arc<dyn StateStore>,
+) -> Result<(Pipeline, Arc<gateway_core::clock::ManualClock>), String> {
+    let clock = Arc::new(gateway_core::clock::ManualClock::new(SWEEP_START_MS));
+    let (pipeline, _) = pipeline_at(store, "0ms", Arc::clone(&clock) as Arc<dyn Clock>).await?;
+    Ok((pipeline, clock))
+}
+
 /// WCU per message of batches of 10 new senders each, measured over `measured` batches once
 /// `so_far` distinct senders have sent through the gateway that UTC day (every one of them a
 /// batch earlier, through the same pipeline, one batch every [`SWEEP_GAP_MS`] of simulated
 /// time on in-memory state): the figure that grew with the senders when their counters lived
 /// in the gateway's day item.
 pub async fn sender_sweep(so_far: usize, measured: usize) -> Result<(Usage, u64), String> {
-    let clock = Arc::new(gateway_core::clock::ManualClock::new(SWEEP_START_MS));
     let store = Arc::new(CountingStore::new(MemoryStore::new()));
-    let (pipeline, _) = pipeline_at(
-        Arc::clone(&store) as Arc<dyn StateStore>,
-        "0ms",
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    )
-    .await?;
+    let (pipeline, clock) = simulated(Arc::clone(&store) as Arc<dyn StateStore>).await?;
     let warm = so_far.div_ceil(BATCH);
     for batch in 0..warm + measured {
         if batch == warm {

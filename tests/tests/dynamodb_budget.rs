@@ -11,7 +11,6 @@
 
 use std::sync::Arc;
 
-use gateway_core::clock::{Clock, ManualClock};
 use gateway_core::state::StateStore;
 
 #[path = "../benches/dynamodb_budget.rs"]
@@ -27,16 +26,10 @@ async fn a_batch_of_ten_stays_within_the_dynamodb_budget() {
         );
     }
     let store = budget::fresh_store("budget-test").await.unwrap();
-    // Simulated time, one batch every `SWEEP_GAP_MS`: the leases' prefetch follows the
-    // process's rate, so on the wall clock the counts would follow the machine's speed.
-    let clock = Arc::new(ManualClock::new(budget::SWEEP_START_MS));
-    let (pipeline, _) = budget::pipeline_at(
-        Arc::clone(&store) as Arc<dyn StateStore>,
-        "0ms",
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    )
-    .await
-    .unwrap();
+    // Simulated time, one batch every `SWEEP_GAP_MS`.
+    let (pipeline, clock) = budget::simulated(Arc::clone(&store) as Arc<dyn StateStore>)
+        .await
+        .unwrap();
     // The process's first batches, then later ones: the limit leases taken by the first are
     // spent by the next, so the first costs most.
     let mut total = gateway_core::state::counting::Usage::default();
@@ -99,16 +92,10 @@ async fn every_batch_size_waits_for_at_most_three_round_trips() {
         panic!("MOTO_URL is unset: run `scripts/services up && source .local/services.env`");
     }
     let store = budget::fresh_store("budget-sizes").await.unwrap();
-    // Simulated time, one batch every `SWEEP_GAP_MS`: the leases' prefetch follows the
-    // process's rate, so on the wall clock the counts would follow the machine's speed.
-    let clock = Arc::new(ManualClock::new(budget::SWEEP_START_MS));
-    let (pipeline, _) = budget::pipeline_at(
-        Arc::clone(&store) as Arc<dyn StateStore>,
-        "0ms",
-        Arc::clone(&clock) as Arc<dyn Clock>,
-    )
-    .await
-    .unwrap();
+    // Simulated time, one batch every `SWEEP_GAP_MS`.
+    let (pipeline, clock) = budget::simulated(Arc::clone(&store) as Arc<dyn StateStore>)
+        .await
+        .unwrap();
     // ARCHITECTURE §5: whatever the batch's size. The template caps the sender's batch at 10; 100
     // is what a batching window could bring if the cap were raised.
     for size in budget::SIZES {

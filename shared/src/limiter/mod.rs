@@ -657,18 +657,8 @@ pub fn usage<I: Borrow<Item>>(
     out
 }
 
-/// [`remaining_fraction`] of the plan's levels (without the sender level), computed without
-/// collecting them.
-pub fn remaining<I: Borrow<Item>>(plan: &LimitPlan<'_>, items: &[Option<I>]) -> f64 {
-    let mut tightest = 1.0_f64;
-    let lookup = |key: Option<&Key>, attr: &str| plan.item(key, items).and_then(|i| get_n(i, attr));
-    each_usage(plan, lookup, None, |u| {
-        tightest = tightest.min(u.remaining_fraction());
-    });
-    tightest
-}
-
-/// [`remaining`] as this process last saw the plan's items (through its own limit writes),
+/// [`remaining_fraction`] of the plan's levels (without the sender level) as this process last
+/// saw the plan's items (through its own limit writes),
 /// without reading them: what the router's view of a gateway ranks by. `None` when this
 /// process has not written any of them yet (ranked as unknown).
 pub fn remaining_seen(plan: &LimitPlan<'_>, leases: &Leases) -> Option<f64> {

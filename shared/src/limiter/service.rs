@@ -8,7 +8,7 @@ use futures::future::join_all;
 use crate::clock::EpochMillis;
 use crate::state::{
     CmpOp, Condition, Item, Key, MAX_TRANSACTION, StateStore, StoreError, TransactOutcome,
-    UpdateAction, Value, Write, WriteOp, WriteOutcome, get_n,
+    UpdateAction, Value, Write, WriteOp, get_n,
 };
 
 use super::{
@@ -24,28 +24,15 @@ pub const MAX_ATTEMPTS: usize = 8;
 /// How long after `now` a [`Refusal::Contended`] suggests retrying, in ms.
 pub const CONTENDED_RETRY_MS: i64 = 1_000;
 
-/// Applies `writes` together (one write, or one transaction); with `exactly_once` always as a
-/// transaction, even of one write: a
-/// transaction carries a client token, so a retry of one that was applied but whose answer was
-/// lost is not applied again (DynamoDB `TransactWriteItems`, `ClientRequestToken`); a single
-/// conditional update whose condition still holds would be. Refunds need it: returning a grant
-/// twice lets a window admit more than its limit.
-async fn commit_as<S: StateStore + ?Sized>(
+/// Applies `writes` in one transaction, even a single one: a transaction carries a client
+/// token, so a retry of one that was applied but whose answer was lost is not applied again
+/// (DynamoDB `TransactWriteItems`, `ClientRequestToken`); a single conditional update whose
+/// condition still holds would be. Refunds need it: returning a grant twice lets a window admit
+/// more than its limit.
+async fn commit_once<S: StateStore + ?Sized>(
     store: &S,
-    mut writes: Vec<Write>,
-    exactly_once: bool,
+    writes: Vec<Write>,
 ) -> Result<Option<Vec<(Key, Option<Item>)>>, StoreError> {
-    if writes.len() == 1 && !exactly_once {
-        // One item needs no transaction, which would cost twice the WCU.
-        let Some(write) = writes.pop() else {
-            return Ok(None);
-        };
-        let key = write.key.clone();
-        return Ok(match store.write(write).await? {
-            WriteOutcome::Applied(_) => None,
-            WriteOutcome::ConditionFailed(item) => Some(vec![(key, item)]),
-        });
-    }
     let keys: Vec<Key> = writes.iter().map(|w| w.key.clone()).collect();
     Ok(match store.transact(writes).await? {
         TransactOutcome::Committed => None,
@@ -259,7 +246,7 @@ async fn refund_chunk<S: StateStore + ?Sized>(
         if writes.is_empty() {
             return Ok(RefundOutcome::Returned);
         }
-        match commit_as(store, writes, true).await? {
+        match commit_once(store, writes).await? {
             None => return Ok(RefundOutcome::Returned),
             Some(fresh) => {
                 for (key, item) in fresh {
