@@ -127,6 +127,11 @@ impl<'a> SplitSender<'a> {
             parts: sender.rsplit_once('@'),
         }
     }
+
+    /// The domain (after the last `@`, as written); `None` without an `@`.
+    pub fn domain(&self) -> Option<&'a str> {
+        self.parts.map(|(_, d)| d)
+    }
 }
 
 impl fmt::Display for SenderPattern {

@@ -588,6 +588,36 @@ pub enum Permit {
     },
 }
 
+/// The outcome of a send on the decoded `state` when it needs no write (the breaker
+/// allows or rejects), as [`permit_send_with_item`] would give it; `None` when the send would
+/// be a half-open trial, which only that call may admit. `problem` is the decoding's
+/// ([`BreakerState::from_item`]), reported with the outcome.
+pub fn decided_locally(
+    state: &BreakerState,
+    problem: Option<MalformedItem>,
+    settings: &BreakerSettings,
+    now: EpochMillis,
+) -> Option<PermitOutcome> {
+    let admission = if !settings.enabled {
+        return Some(PermitOutcome {
+            admission: Admission::Allowed,
+            transition: None,
+            malformed: None,
+        });
+    } else {
+        match permit(state, settings, now) {
+            Permit::Allow => Admission::Allowed,
+            Permit::Reject { until } => Admission::Rejected { until },
+            Permit::Trial { .. } => return None,
+        }
+    };
+    Some(PermitOutcome {
+        admission,
+        transition: None,
+        malformed: problem,
+    })
+}
+
 /// Decides whether a send may go to the gateway, from the state read, at `now`.
 ///
 /// A disabled breaker always allows. Closed allows without a write. Open rejects before `until`;

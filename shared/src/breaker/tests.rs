@@ -1269,3 +1269,37 @@ proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn a_permit_decided_locally_is_the_one_the_store_call_gives() {
+    let malformed: Item = BTreeMap::from([(PHASE.to_owned(), Value::from("sideways"))]);
+    let cases: Vec<(Option<Item>, bool)> = vec![
+        (None, true),
+        (Some(BreakerState::missing().to_item()), true),
+        (Some(open_until(T0 + 1_000).to_item()), true),
+        // Its timeout passed: a trial, which only the store call may admit.
+        (Some(open_until(T0 - 1).to_item()), true),
+        (Some(malformed), true),
+        (Some(open_until(T0 + 1_000).to_item()), false),
+    ];
+    for (item, enabled) in cases {
+        let settings = BreakerSettings {
+            enabled,
+            ..settings()
+        };
+        let (state, problem) = BreakerState::from_item(item.as_ref());
+        let local = decided_locally(&state, problem, &settings, T0);
+        let store = MemoryStore::new();
+        if let Some(item) = &item {
+            store.put_many(vec![(key(GW), item.clone())]).await.unwrap();
+        }
+        let called =
+            permit_send_with_item(&store, GW, &settings, item.as_ref().map(Cow::Borrowed), T0)
+                .await
+                .unwrap();
+        match local {
+            Some(local) => assert_eq!(local, called, "{item:?}"),
+            None => assert_eq!(called.admission, Admission::Trial, "{item:?}"),
+        }
+    }
+}

@@ -25,7 +25,7 @@ use crate::limiter::{self, Grant, Request};
 use crate::message::{OutboundMessage, Stream, parse_message};
 use crate::providers::{Accepted, ErrorClass, Provider, SendError};
 use crate::queue::Received;
-use crate::router::{DropReason, RouteRequest};
+use crate::router::{DropReason, RankScratch, RouteRequest};
 use crate::state::{Item, Key};
 use crate::suppression;
 
@@ -318,6 +318,8 @@ impl Pipeline {
         // Borrowed, not copied: a day item holds every sender's counter.
         let states = self.decider.view(book, state, &self.leases, now);
         let max = config.routing.max_failover_attempts.get() as usize;
+        let mut scratch = RankScratch::default();
+        let mut ranked = Vec::new();
         for w in works.iter_mut().filter(|w| w.is_pending()) {
             if let Some(at) = w.original.expires_at()
                 && at <= now
@@ -336,14 +338,14 @@ impl Pipeline {
                 };
                 continue;
             }
-            let plan = self
-                .decider
-                .router()
-                .route(&route_request(&w.original), &states, now);
-            let mut ranked = plan.candidates.iter().map(|c| c.index);
-            w.candidates = ranked.by_ref().take(max).collect();
-            w.reserve = ranked.collect();
+            let request = route_request(&w.original);
+            let router = self.decider.router();
+            router.rank(&request, &states, now, &mut scratch, &mut ranked);
+            w.candidates = ranked.iter().take(max).copied().collect();
+            w.reserve = ranked.iter().skip(max).copied().collect();
             if w.candidates.is_empty() {
+                // Why: the full plan, with every dropped gateway's reason.
+                let plan = router.route(&request, &states, now);
                 let mut retry_at = None;
                 let mut reasons = Vec::new();
                 for d in &plan.dropped {
@@ -668,18 +670,32 @@ impl Pipeline {
         report: &mut BatchReport,
     ) -> (Vec<SendJob>, Vec<Grant>) {
         let config = Arc::clone(self.decider.config());
-        let permits = join_all(admitted.iter().map(|&(_, g, _)| {
-            let gateway = &config.gateways[g];
-            let item = state.breaker(g).map(Cow::Borrowed);
-            // A breaker an operator forced closed admits without a permit write.
-            let forced_closed = state.levers(g).1.forced_closed(now);
-            async move {
-                if forced_closed {
-                    return Ok(breaker::PermitOutcome {
+        // Each gateway's breaker decoded once: a closed (or open) one decides every message
+        // without the store; only a trial is written, per message.
+        let mut decided: Vec<Option<Option<breaker::PermitOutcome>>> =
+            vec![None; config.gateways.len()];
+        for &(_, g, _) in &admitted {
+            decided[g].get_or_insert_with(|| {
+                let settings = &config.gateways[g].circuit_breaker;
+                // A breaker an operator forced closed admits without a permit write.
+                if state.gateway_levers(g).forced_closed(now) || !settings.enabled {
+                    return Some(breaker::PermitOutcome {
                         admission: Admission::Allowed,
                         transition: None,
                         malformed: None,
                     });
+                }
+                let (breaker, problem) = breaker::BreakerState::from_item(state.breaker(g));
+                breaker::decided_locally(&breaker, problem, settings, now)
+            });
+        }
+        let permits = join_all(admitted.iter().map(|&(_, g, _)| {
+            let gateway = &config.gateways[g];
+            let item = state.breaker(g).map(Cow::Borrowed);
+            let local = decided[g].clone().flatten();
+            async move {
+                if let Some(outcome) = local {
+                    return Ok(outcome);
                 }
                 breaker::permit_send_with_item(
                     self.store.as_ref(),

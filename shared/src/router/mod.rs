@@ -82,7 +82,12 @@
 //! indices rather than moving candidates, and renders no text: reasons are enums holding
 //! borrowed config data, turned into text only by `Display` / `Serialize`. Allocations: the two
 //! lists of the plan, plus a permutation, the reordered list and a small scratch for strategies
-//! other than `priority`.
+//! other than `priority`. Exact-domain patterns are found with one lookup of the sender's domain.
+//!
+//! The send pipeline calls [`Router::rank`] instead: the same candidates in the same order as
+//! indices only (a property test holds them equal), with no reasons, a scratch reused across
+//! the batch and failover orders remembered per candidate set; it asks [`Router::route`] only
+//! for a message left without a candidate, to say why.
 
 mod hash;
 mod plan;
@@ -158,14 +163,49 @@ pub struct Router {
     patterns: Vec<SenderPattern>,
     /// Pattern ids referenced by `Slot` ranges and rules.
     pattern_ids: Vec<usize>,
+    /// A [`Matcher`]'s memo before any match: every exact-domain pattern (`@domain`) marked
+    /// "no match"; the ones naming the sender's domain are then found in `domains` with one
+    /// lookup, instead of comparing the sender with each (a config routing one domain per
+    /// gateway has as many as it has gateways).
+    memo_template: [u8; MEMO_PATTERNS],
+    /// Exact-domain pattern ids (below [`MEMO_PATTERNS`]) by their domain (lower case).
+    domains: std::collections::HashMap<String, Vec<usize>, foldhash::fast::FixedState>,
     /// One slot per gateway, in (hybrid group, priority, id) order.
     slots: Vec<Slot>,
     /// Per rule: its range in `pattern_ids` and its strategy.
     rules: Vec<(Span, Strategy)>,
+    /// Unique per [`Router::new`] (clones share it, and their config): tells a
+    /// [`RankScratch`] whose orders it remembers.
+    id: u64,
+    /// Whether some strategy of the config is `least_loaded` (the only one reading
+    /// [`GatewayState::remaining`]).
+    ranks_by_remaining: bool,
     /// `failover_to` of each gateway (by config index) as config indices; unknown ids, already
     /// rejected by validation, are skipped.
     failover: Vec<Vec<usize>>,
 }
+
+/// Scratch space for [`Router::rank`], kept by a caller across the messages it ranks.
+#[derive(Debug, Default)]
+pub struct RankScratch {
+    candidate: Vec<bool>,
+    visited: Vec<bool>,
+    queue: Vec<usize>,
+    keys: Vec<(u64, usize)>,
+    /// The router the remembered orders are of ([`Router`]'s `id`; they are dropped when
+    /// another router ranks with this scratch).
+    router: u64,
+    /// Failover orders already made: the candidate set and where its order starts in
+    /// `ordered`.
+    orders: Vec<(u64, usize)>,
+    ordered: Vec<usize>,
+}
+
+/// The next [`Router`] id (0 is no router's: a fresh scratch remembers nothing).
+static NEXT_ROUTER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Failover orders a [`RankScratch`] remembers (a batch reaches a few sets).
+const REMEMBERED_ORDERS: usize = 32;
 
 /// A range in `Router::pattern_ids`.
 #[derive(Debug, Clone, Copy)]
@@ -193,6 +233,10 @@ const SECOND_GROUP_ROUNDS: u64 = 1 << 32;
 /// Patterns whose match result is remembered within one `route` call; ids beyond are matched
 /// every time they are referenced (still correct, only slower).
 const MEMO_PATTERNS: usize = 128;
+
+/// A [`Matcher`] memo entry: 0 is "not matched yet".
+const MEMO_NO_MATCH: u8 = 1;
+const MEMO_MATCH: u8 = 2;
 
 impl Router {
     /// Precomputes the routing order, the distinct patterns and the failover chains of `config`.
@@ -226,12 +270,14 @@ impl Router {
                 }
             })
             .collect();
-        let rules = config
+        let rules: Vec<(Span, Strategy)> = config
             .routing
             .rules
             .iter()
             .map(|r| (table.intern_all(&r.senders), r.strategy))
             .collect();
+        let ranks_by_remaining = config.routing.strategy == Strategy::LeastLoaded
+            || rules.iter().any(|(_, s)| *s == Strategy::LeastLoaded);
         let failover = config
             .gateways
             .iter()
@@ -243,14 +289,33 @@ impl Router {
                     .collect()
             })
             .collect();
+        let mut memo_template = [0; MEMO_PATTERNS];
+        let mut domains: std::collections::HashMap<String, Vec<usize>, _> =
+            std::collections::HashMap::default();
+        for (id, p) in table.patterns.iter().enumerate().take(MEMO_PATTERNS) {
+            if let SenderPattern::Domain(d) = p {
+                memo_template[id] = MEMO_NO_MATCH;
+                domains.entry(d.to_ascii_lowercase()).or_default().push(id);
+            }
+        }
         Router {
             config,
+            memo_template,
+            domains,
             patterns: table.patterns,
             pattern_ids: table.ids,
             slots,
             rules,
+            id: NEXT_ROUTER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ranks_by_remaining,
             failover,
         }
+    }
+
+    /// Whether any message may be ranked by [`GatewayState::remaining`] (some strategy of the
+    /// config is `least_loaded`): otherwise a caller need not work it out.
+    pub fn ranks_by_remaining(&self) -> bool {
+        self.ranks_by_remaining
     }
 
     /// The config this router routes over.
@@ -442,6 +507,172 @@ impl Router {
         plan
     }
 
+    /// The indices (in `config.gateways`) of [`Router::route`]'s candidates, in the same
+    /// order, written to `out` (cleared first): the per-message path of the send pipeline,
+    /// which tries gateways in that order and needs no reasons. A property test holds the two
+    /// equal on random configs, states and requests. Without a candidate (`out` left empty)
+    /// the caller asks [`Router::route`] why.
+    ///
+    /// The common shapes (no pin, no hybrid groups; `priority`, `failover`, `round_robin` or
+    /// `least_loaded`) are ranked on indices with `scratch` reused across calls, so a message
+    /// costs no allocation; the others take [`Router::route`]'s indices.
+    pub fn rank(
+        &self,
+        req: &RouteRequest<'_>,
+        state: &[GatewayState],
+        now: EpochMillis,
+        scratch: &mut RankScratch,
+        out: &mut Vec<usize>,
+    ) {
+        out.clear();
+        let mut m = Matcher::new(self, req.sender);
+        let strategy = self.strategy_with(&mut m);
+        let lean = req.pinned.is_none()
+            && self.config.mode != GatewayMode::Hybrid
+            && matches!(
+                strategy,
+                Strategy::Priority
+                    | Strategy::Failover
+                    | Strategy::RoundRobin
+                    | Strategy::LeastLoaded
+            );
+        if !lean {
+            out.extend(
+                self.route(req, state, now)
+                    .candidates
+                    .iter()
+                    .map(|c| c.index),
+            );
+            return;
+        }
+        let routing = &self.config.routing;
+        for slot in &self.slots {
+            if !self.statically_kept(slot, false, &mut m) {
+                continue;
+            }
+            let s = state_of(state, slot.index);
+            let dropped = s.held.is_some()
+                || (slot.health_checked
+                    && routing.health_check_required
+                    && s.health == Health::Unhealthy)
+                || (slot.breaker_enabled
+                    && routing.circuit_breaker_required
+                    && matches!(s.breaker, BreakerView::Open { until } if until > now));
+            if !dropped {
+                out.push(slot.index);
+            }
+        }
+        if out.len() > 1 {
+            match strategy {
+                Strategy::Failover => self.rank_failover_memo(out, scratch),
+                Strategy::RoundRobin => {
+                    // Outside hybrid mode every candidate is in the second group's rounds.
+                    let rotation = MessageHash::new(req.message_id)
+                        .below(SECOND_GROUP_ROUNDS, len_u64(out.len()));
+                    out.rotate_left(usize::try_from(rotation).unwrap_or(0));
+                }
+                Strategy::LeastLoaded => {
+                    // As `order_least_loaded`: most remaining first, then the (priority, id)
+                    // position.
+                    let keys = &mut scratch.keys;
+                    keys.clear();
+                    keys.extend(out.iter().enumerate().map(|(p, &g)| {
+                        let (remaining, _) = effective_remaining(state_of(state, g));
+                        (u64::MAX - remaining.to_bits(), p)
+                    }));
+                    keys.sort_unstable();
+                    let order = &mut scratch.queue;
+                    order.clear();
+                    order.extend(keys.iter().map(|&(_, p)| out[p]));
+                    out.clone_from(order);
+                }
+                _ => {}
+            }
+            if !routing.failover_enabled {
+                out.truncate(1);
+            }
+        }
+    }
+
+    /// [`Router::rank_failover`], remembered per set of candidates for the caller's next
+    /// messages: the failover order depends on nothing else (the messages of a batch mostly
+    /// share a set). Only for configs of at most 64 gateways (the set is a bit mask).
+    fn rank_failover_memo(&self, out: &mut Vec<usize>, scratch: &mut RankScratch) {
+        let Some(set) = out.iter().try_fold(0_u64, |set, &g| {
+            u32::try_from(g)
+                .ok()
+                .and_then(|g| 1_u64.checked_shl(g))
+                .map(|bit| set | bit)
+        }) else {
+            return self.rank_failover(out, scratch);
+        };
+        if scratch.router != self.id {
+            scratch.router = self.id;
+            scratch.orders.clear();
+            scratch.ordered.clear();
+        }
+        if let Some(&(_, start)) = scratch.orders.iter().find(|(s, _)| *s == set) {
+            out.clear();
+            out.extend_from_slice(&scratch.ordered[start..start + set.count_ones() as usize]);
+            return;
+        }
+        self.rank_failover(out, scratch);
+        if scratch.orders.len() < REMEMBERED_ORDERS {
+            scratch.orders.push((set, scratch.ordered.len()));
+            scratch.ordered.extend_from_slice(out);
+        }
+    }
+
+    /// `order_failover` on indices: the first candidate, then its chains breadth first, then
+    /// the candidates in no followed chain in (priority, id) order.
+    fn rank_failover(&self, out: &mut [usize], scratch: &mut RankScratch) {
+        let n = self.config.gateways.len();
+        let RankScratch {
+            candidate,
+            visited,
+            queue,
+            ..
+        } = scratch;
+        candidate.clear();
+        candidate.resize(n, false);
+        visited.clear();
+        visited.resize(n, false);
+        for &g in out.iter() {
+            candidate[g] = true;
+        }
+        queue.clear();
+        let head = out[0];
+        visited[head] = true;
+        queue.push(head);
+        let mut next = 0;
+        while let Some(&from) = queue.get(next) {
+            next += 1;
+            for &target in &self.failover[from] {
+                if !std::mem::replace(&mut visited[target], true) {
+                    queue.push(target);
+                }
+            }
+        }
+        // `queue` is the chain order (every gateway reached, candidate or not); the rest of
+        // `out` keeps its order after it. Compact the unchained ones to the end first (in
+        // order), then write the chain before them.
+        let mut tail = out.len();
+        for i in (0..out.len()).rev() {
+            let g = out[i];
+            if !visited[g] {
+                tail -= 1;
+                out[tail] = g;
+            }
+        }
+        let mut w = 0;
+        for &g in queue.iter() {
+            if candidate[g] {
+                out[w] = g;
+                w += 1;
+            }
+        }
+    }
+
     /// Every gateway but `keep`, dropped as not pinned, in routing order.
     fn drop_all_but<'r>(&'r self, keep: usize, dropped: &mut Vec<Dropped<'r>>) {
         dropped.extend(
@@ -618,17 +849,33 @@ impl PatternTable {
 struct Matcher<'r, 's> {
     router: &'r Router,
     sender: SplitSender<'s>,
-    /// Per pattern id: 0 not matched yet, 1 no match, 2 match. Bytes rather than bit sets:
+    /// Per pattern id: 0 not matched yet, [`MEMO_NO_MATCH`], [`MEMO_MATCH`] (exact-domain
+    /// patterns are known from the start). Bytes rather than bit sets:
     /// one load per lookup, where 128-bit shifts cost tens of instructions.
     memo: [u8; MEMO_PATTERNS],
 }
 
 impl<'r, 's> Matcher<'r, 's> {
     fn new(router: &'r Router, sender: &'s str) -> Self {
+        let sender = SplitSender::new(sender);
+        let mut memo = router.memo_template;
+        if !router.domains.is_empty()
+            && let Some(domain) = sender.domain()
+        {
+            // The lookup wants the domain in lower case: copied only when it is not already.
+            let hits = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+                router.domains.get(domain.to_ascii_lowercase().as_str())
+            } else {
+                router.domains.get(domain)
+            };
+            for &id in hits.map(Vec::as_slice).unwrap_or_default() {
+                memo[id] = MEMO_MATCH;
+            }
+        }
         Self {
             router,
-            sender: SplitSender::new(sender),
-            memo: [0; MEMO_PATTERNS],
+            sender,
+            memo,
         }
     }
 
@@ -650,11 +897,11 @@ impl<'r, 's> Matcher<'r, 's> {
             Some(0) | None => {
                 let matched = pattern.matches_split(&self.sender);
                 if let Some(slot) = self.memo.get_mut(id) {
-                    *slot = 1 + u8::from(matched);
+                    *slot = if matched { MEMO_MATCH } else { MEMO_NO_MATCH };
                 }
                 matched
             }
-            Some(known) => *known == 2,
+            Some(known) => *known == MEMO_MATCH,
         }
     }
 }

@@ -1005,12 +1005,16 @@ const PATTERNS: [&str; 6] = [
     "@other.org",
     "*@example.com",
 ];
-const SENDERS: [&str; 5] = [
+const SENDERS: [&str; 8] = [
     "ann@example.com",
     "bob@example.com",
     "x@sub.example.com",
     "y@other.org",
     "z@nowhere.net",
+    // Domains in another case, and no domain at all.
+    "Bob@EXAMPLE.com",
+    "w@Other.ORG",
+    "no-at-sign",
 ];
 
 fn arb_health() -> impl Arb<Value = Health> {
@@ -1159,6 +1163,7 @@ proptest! {
         pin in proptest::option::of(0usize..9),
         sender in 0..SENDERS.len(),
         message in "[a-z0-9-]{1,12}",
+        held in any::<u8>(),
     ) {
         let n = arb.len();
         let gateways: Vec<Gateway> = arb
@@ -1182,7 +1187,18 @@ proptest! {
                 g
             })
             .collect();
-        let state: Vec<_> = arb.iter().map(|a| a.state).collect();
+        let state: Vec<_> = arb
+            .iter()
+            .enumerate()
+            .map(|(i, a)| GatewayState {
+                // Every fourth gateway's bit drawn held, on average.
+                held: (held >> i & 1 == 1 && i % 2 == 0).then_some(Held {
+                    by: HeldBy::Paused,
+                    until: None,
+                }),
+                ..a.state
+            })
+            .collect();
         let mut cfg = config(gateways, strategy);
         cfg.mode = if hybrid { GatewayMode::Hybrid } else { GatewayMode::New };
         cfg.routing.health_check_required = health_required;
@@ -1224,10 +1240,48 @@ proptest! {
         // Every gateway is accounted for exactly once (kept or dropped).
         for d in &plan.dropped {
             prop_assert!(seen.insert(d.index), "{} both kept and dropped", d.gateway.id);
+            // A sender filter's reason is right (matched against each pattern directly).
+            let g = d.gateway;
+            match &d.reason {
+                DropReason::SenderNotMatched => prop_assert!(
+                    !g.routing.can_route.iter().any(|p| p.matches(sender)),
+                    "{} dropped as unmatched", g.id
+                ),
+                DropReason::Excluded { pattern } => prop_assert!(pattern.matches(sender)),
+                _ => {}
+            }
         }
         prop_assert_eq!(seen.len(), n);
+        let expected: Vec<usize> = plan.candidates.iter().map(|c| c.index).collect();
         // Deterministic.
         prop_assert_eq!(r.route(&request, &state, NOW), plan);
+        // The pipeline's ranking is the plan's candidates, in order, with a scratch used before.
+        let mut scratch = RankScratch::default();
+        let mut ranked = vec![99];
+        for _ in 0..2 {
+            r.rank(&request, &state, NOW, &mut scratch, &mut ranked);
+            prop_assert_eq!(&ranked, &expected);
+        }
+    }
+}
+
+#[test]
+fn a_scratch_remembers_failover_orders_only_for_its_own_router() {
+    let chained = |to: &[&str]| {
+        let mut gateways: Vec<Gateway> = ["a", "b", "c"].iter().map(|id| gateway(id, 1)).collect();
+        gateways[0].routing.failover_to = to.iter().map(|t| (*t).to_owned()).collect();
+        router(config(gateways, Strategy::Failover))
+    };
+    let (to_c, to_b) = (chained(&["c"]), chained(&["b"]));
+    let request = req("m", "ann@clinic.example");
+    let mut scratch = RankScratch::default();
+    let mut ranked = Vec::new();
+    for _ in 0..2 {
+        to_c.rank(&request, &[], NOW, &mut scratch, &mut ranked);
+        assert_eq!(ranked, [0, 2, 1]);
+        // The same candidate set on another router: its own order, not the one remembered.
+        to_b.rank(&request, &[], NOW, &mut scratch, &mut ranked);
+        assert_eq!(ranked, [0, 1, 2]);
     }
 }
 
