@@ -297,8 +297,12 @@ pub struct RateLimits {
 impl RateLimits {
     /// The daily limit that applies to `sender` (any case).
     pub fn per_user_daily_for(&self, sender: &str) -> Limit {
-        let key = sender.to_ascii_lowercase();
-        match self.custom_user_limits.get(&key) {
+        self.per_user_daily_for_lower(&sender.to_ascii_lowercase())
+    }
+
+    /// [`RateLimits::per_user_daily_for`] of a sender already in lower case (no copy).
+    pub fn per_user_daily_for_lower(&self, sender_lc: &str) -> Limit {
+        match self.custom_user_limits.get(sender_lc) {
             Some(limit) => *limit,
             None => self.per_user_daily,
         }

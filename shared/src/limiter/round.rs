@@ -44,9 +44,10 @@ enum Target {
 /// One limited sender of the decision.
 #[derive(Debug)]
 struct SenderNeed {
+    /// The counter's key: the plan's sender prefix, then the sender in lower case.
     key: Key,
-    /// The sender, lower case.
-    lc: String,
+    /// Where the sender starts in `key`.
+    lc_start: usize,
     limit: u64,
     need: u64,
     min_request: u64,
@@ -125,23 +126,36 @@ impl<'p, 'c> Pending<'p, 'c> {
         let named = &plan.windows.named;
         let rl = &plan.gateway.rate_limits;
         let hour = plan.windows.hour;
-        let mut senders: Vec<SenderNeed> = Vec::new();
+        let mut senders: Vec<SenderNeed> = Vec::with_capacity(requests.len());
         let mut levels = [(0_u64, u64::MAX, TargetState::Open); 3];
         let mut out = Vec::with_capacity(requests.len());
+        let prefix = named.sender_prefix.as_str();
+        let any_sender_limit = rl.per_user_daily.is_some() || !rl.custom_user_limits.is_empty();
         for r in requests {
             let n = r.recipients;
-            let sender_limit = plan.sender_limit(r.sender);
+            // The sender's counter key, made once: its lower-case tail also finds the limit.
+            let key = any_sender_limit.then(|| {
+                let mut key = String::with_capacity(prefix.len() + r.sender.len());
+                key.push_str(prefix);
+                key.push_str(r.sender);
+                if let Some(tail) = key.get_mut(prefix.len()..) {
+                    tail.make_ascii_lowercase();
+                }
+                key
+            });
+            let sender_limit = key
+                .as_deref()
+                .and_then(|k| rl.per_user_daily_for_lower(k.get(prefix.len()..).unwrap_or("")));
             let too_large = too_large(plan, n, sender_limit);
             let mut sender = None;
             if too_large.is_none() && n > 0 {
-                if let Some(limit) = sender_limit {
-                    let lc = r.sender.to_ascii_lowercase();
-                    let i = match senders.iter().position(|s| s.lc == lc) {
+                if let (Some(limit), Some(key)) = (sender_limit, key) {
+                    let i = match senders.iter().position(|s| s.key == key) {
                         Some(i) => i,
                         None => {
                             senders.push(SenderNeed {
-                                key: format!("{}{lc}", named.sender_prefix),
-                                lc,
+                                key,
+                                lc_start: prefix.len(),
                                 limit,
                                 need: 0,
                                 min_request: u64::MAX,
@@ -222,7 +236,7 @@ impl<'p, 'c> Pending<'p, 'c> {
         let mut lapsed = Vec::new();
         for s in &mut self.senders {
             if let Some(day_key) = &legacy_key {
-                s.terms.legacy = book.legacy_count(day_key, &s.lc);
+                s.terms.legacy = book.legacy_count(day_key, &s.key[s.lc_start..]);
             }
             let e = book.counter(&s.key);
             e.touched = now;
@@ -326,6 +340,10 @@ impl<'p, 'c> Pending<'p, 'c> {
     fn plan_writes(&mut self, book: &mut Book, policy: &LeasePolicy, first: bool) {
         self.planned.clear();
         self.writes.clear();
+        // At most one write per level and sender (the last round's list went to the driver).
+        let most_writes = self.senders.len() + LEVELS.len();
+        self.planned.reserve(most_writes);
+        self.writes.reserve(most_writes);
         let now = self.plan.now;
         let ms_left_day = self.plan.next_day() - now;
         let ms_left_hour = self.plan.next_hour() - now;
@@ -706,6 +724,28 @@ impl<'p, 'c> Pending<'p, 'c> {
         {
             e.expire(now_us, q.interval_us, q.slack_us());
         }
+        // What each level holds, looked up once; spent here request by request, then taken
+        // from the book in one step per level (spending a sum earliest-θ-first is spending
+        // its parts in turn).
+        let held_counter = |book: &Book, t: Target| {
+            self.counter_key(t).map(|key| {
+                let terms = self.terms(t);
+                book.counters.get(key).map_or(0, |e| e.held(&terms))
+            })
+        };
+        let mut sys = held_counter(book, Target::System);
+        let mut day = held_counter(book, Target::Day);
+        let mut bucket = named
+            .bucket
+            .as_ref()
+            .map(|(key, _)| book.buckets.get(key).map_or(0, |e| e.held()));
+        let mut senders: Vec<u64> = self
+            .senders
+            .iter()
+            .map(|s| book.counters.get(&s.key).map_or(0, |e| e.held(&s.terms)))
+            .collect();
+        let (sys_left, day_left, bucket_left) = (sys, day, bucket);
+        let senders_left = senders.clone();
         let mut verdicts = Vec::with_capacity(self.requests.len());
         for &(n, sender, too_large) in &self.requests {
             if let Some(refusal) = too_large {
@@ -716,25 +756,21 @@ impl<'p, 'c> Pending<'p, 'c> {
                 verdicts.push(Verdict::Admit(Grant::empty()));
                 continue;
             }
+            let short_of = |held: Option<u64>| held.is_some_and(|h| h < n);
             let mut short: Vec<Target> = Vec::new();
-            for t in [Target::System, Target::Day] {
-                if let Some(key) = self.counter_key(t) {
-                    let terms = self.terms(t);
-                    if book.counters.get(key).map_or(0, |e| e.held(&terms)) < n {
-                        short.push(t);
-                    }
-                }
+            if short_of(sys) {
+                short.push(Target::System);
             }
-            if let Some((key, _)) = &named.bucket
-                && book.buckets.get(key).map_or(0, |e| e.held()) < n
-            {
+            if short_of(day) {
+                short.push(Target::Day);
+            }
+            if short_of(bucket) {
                 short.push(Target::Bucket);
             }
-            if let Some(i) = sender {
-                let s = &self.senders[i];
-                if book.counters.get(&s.key).map_or(0, |e| e.held(&s.terms)) < n {
-                    short.push(Target::Sender(i));
-                }
+            if let Some(i) = sender
+                && senders[i] < n
+            {
+                short.push(Target::Sender(i));
             }
             if !short.is_empty() {
                 verdicts.push(Verdict::Refuse(self.refusal(book, &short, n)));
@@ -743,33 +779,48 @@ impl<'p, 'c> Pending<'p, 'c> {
             let mut grant = Grant::empty();
             grant.recipients = n;
             grant.keys = Some(Arc::clone(&named));
-            for t in [Target::System, Target::Day] {
-                if let Some(key) = self.counter_key(t) {
-                    let terms = self.terms(t);
-                    if let Some(e) = book.counters.get_mut(key) {
-                        e.spend(&terms, n);
-                    }
-                    if t == Target::System {
-                        grant.system = to_i64(n);
-                    } else {
-                        grant.day = to_i64(n);
-                    }
-                }
+            if let Some(h) = &mut sys {
+                *h -= n;
+                grant.system = to_i64(n);
             }
-            if let Some((key, q)) = &named.bucket
-                && let Some(e) = book.buckets.get_mut(key)
-            {
-                e.spend(n, q.interval_us);
+            if let Some(h) = &mut day {
+                *h -= n;
+                grant.day = to_i64(n);
+            }
+            if let (Some(h), Some((_, q))) = (&mut bucket, &named.bucket) {
+                *h -= n;
                 grant.bucket_us = clamp_i64(i128::from(n) * q.interval_i());
             }
             if let Some(i) = sender {
-                let s = &self.senders[i];
-                if let Some(e) = book.counters.get_mut(&s.key) {
-                    e.spend(&s.terms, n);
-                }
-                grant.sender_key = Some(s.key.clone());
+                senders[i] -= n;
+                grant.sender_key = Some(self.senders[i].key.clone());
             }
             verdicts.push(Verdict::Admit(grant));
+        }
+        for (t, before, after) in [
+            (Target::System, sys_left, sys),
+            (Target::Day, day_left, day),
+        ] {
+            let spent = before.unwrap_or(0) - after.unwrap_or(0);
+            if spent > 0
+                && let Some(e) = self.counter_key(t).and_then(|k| book.counters.get_mut(k))
+            {
+                e.spend(&self.terms(t), spent);
+            }
+        }
+        let spent = bucket_left.unwrap_or(0) - bucket.unwrap_or(0);
+        if spent > 0
+            && let Some((key, q)) = &named.bucket
+            && let Some(e) = book.buckets.get_mut(key)
+        {
+            e.spend(spent, q.interval_us);
+        }
+        for ((s, before), after) in self.senders.iter().zip(senders_left).zip(senders) {
+            if before > after
+                && let Some(e) = book.counters.get_mut(&s.key)
+            {
+                e.spend(&s.terms, before - after);
+            }
         }
         let mut giveback = std::mem::take(&mut self.lapsed);
         self.give_back(book, policy, &mut giveback);
@@ -964,21 +1015,27 @@ fn counter_write(
 ) -> Write {
     let total = to_i64(take);
     let mut actions = Vec::with_capacity(3);
-    let mut conditions = Vec::with_capacity(2);
+    // Usually one limited counter: its condition is the write's, with no list made.
+    let mut conditions: [Option<Condition>; 2] = [None, None];
     for (i, (attr, limit)) in counters.iter().enumerate() {
         if i == 1 && *attr == counters[0].0 {
             continue;
         }
         actions.push(UpdateAction::Add(attr.clone(), total));
         if let Some(limit) = limit {
-            conditions.push(room(attr.clone(), *limit, total.saturating_add(legacy)));
+            conditions[i] = Some(room(attr.clone(), *limit, total.saturating_add(legacy)));
         }
     }
     actions.push(UpdateAction::Set(TTL_ATTRIBUTE.into(), Value::N(ttl)));
+    let condition = match conditions {
+        [Some(c), None] | [None, Some(c)] => c,
+        [None, None] => Condition::Always,
+        [Some(a), Some(b)] => Condition::And(vec![a, b]),
+    };
     Write {
         key: key.clone(),
         op: WriteOp::Update(actions),
-        condition: Condition::all(conditions),
+        condition,
     }
 }
 
