@@ -89,10 +89,17 @@ impl<'a, I: Borrow<Item>> Read<'a, I> {
 
     /// The operator levers of all sending and of gateway `g`.
     pub fn levers(&self, g: usize) -> (Levers, Levers) {
-        (
-            Levers::from_item(self.at(self.list.all_levers)),
-            Levers::from_item(self.at(self.slots(g).levers)),
-        )
+        (self.all_levers(), self.gateway_levers(g))
+    }
+
+    /// The operator levers of all sending.
+    pub fn all_levers(&self) -> Levers {
+        Levers::from_item(self.at(self.list.all_levers))
+    }
+
+    /// The operator levers of gateway `g`.
+    pub fn gateway_levers(&self, g: usize) -> Levers {
+        Levers::from_item(self.at(self.slots(g).levers))
     }
 }
 
@@ -296,7 +303,8 @@ impl Decider {
 
     /// The router's view of every gateway from the items `read` (made from `book`): breaker,
     /// health verdict, and the tightest limit level as this process last saw it through its
-    /// own limit writes (`leases`; unknown until it first writes one). Gateways whose items
+    /// own limit writes (`leases`; unknown until it first writes one, and left unknown when no
+    /// strategy of the config ranks by it: only `least_loaded` does). Gateways whose items
     /// were not read get the default view; no message of the batch can be routed to them.
     pub fn view<I: Borrow<Item>>(
         &self,
@@ -306,18 +314,23 @@ impl Decider {
         now: EpochMillis,
     ) -> Vec<GatewayState> {
         let config = self.config();
+        let all = read.all_levers();
+        let ranks_by_remaining = self.router.ranks_by_remaining();
         (0..config.gateways.len())
             .map(|g| {
                 if !read.has(g) {
                     return GatewayState::default();
                 }
                 let gateway = &config.gateways[g];
-                let (all, own) = read.levers(g);
-                let overridden = own.limits_at(now).map(|o| o.applied_to(gateway));
-                let plan = match &overridden {
-                    Some(gateway) => limiter::plan(config, gateway, now),
-                    None => self.limit_plan(book, g, now),
-                };
+                let own = read.gateway_levers(g);
+                let remaining = ranks_by_remaining.then(|| {
+                    let overridden = own.limits_at(now).map(|o| o.applied_to(gateway));
+                    let plan = match &overridden {
+                        Some(gateway) => limiter::plan(config, gateway, now),
+                        None => self.limit_plan(book, g, now),
+                    };
+                    limiter::remaining_seen(&plan, leases)
+                });
                 let record = HealthRecord::from_item(read.health(g));
                 GatewayState {
                     health: health::routing_health(record.as_ref(), &gateway.health_check, now),
@@ -327,7 +340,7 @@ impl Decider {
                     } else {
                         breaker::view(read.breaker(g), now)
                     },
-                    remaining: limiter::remaining_seen(&plan, leases),
+                    remaining: remaining.flatten(),
                     held: levers::held(&all, &own, now),
                 }
             })
@@ -347,7 +360,12 @@ mod tests {
     const NOW: EpochMillis = 1_795_869_000_000;
 
     fn config() -> Arc<Config> {
+        config_ranking_by("least_loaded")
+    }
+
+    fn config_ranking_by(strategy: &str) -> Arc<Config> {
         let doc = serde_json::json!({
+            "routing": {"strategy": strategy},
             "gateways": [
                 {"id": "a", "type": "simulated", "priority": 1, "simulated": {},
                  "routing": {"can_route": ["*@clinic.example"]},
@@ -481,5 +499,15 @@ mod tests {
         let view = d.view(&book, &read, &leases, NOW);
         let remaining = view[0].remaining.expect("seen");
         assert!((remaining - 0.2).abs() < 1e-9, "remaining {remaining}");
+        // A config that never ranks by it leaves it unknown (no book lookups per gateway).
+        let failover = Decider::new(config_ranking_by("failover"));
+        let view = failover.view(&failover.keys(NOW), &read, &leases, NOW);
+        assert_eq!(view[0].remaining, None);
+        assert_eq!(
+            view[0].breaker,
+            breaker::BreakerView::Open {
+                until: NOW + 30_000
+            }
+        );
     }
 }
