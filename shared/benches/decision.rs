@@ -25,9 +25,11 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use gateway_core::breaker::{self, BreakerState};
@@ -37,7 +39,7 @@ use gateway_core::events::HealthStatus;
 use gateway_core::health::{self, HealthRecord};
 use gateway_core::limiter::{self, LeasePolicy, Leases, Request, Step};
 use gateway_core::pipeline::Decider;
-use gateway_core::router::{GatewayState, RouteRequest, Router};
+use gateway_core::router::{GatewayState, RankScratch, RouteRequest, Router};
 use gateway_core::state::{Item, Key, WriteOutcome, apply_op};
 
 const GATEWAYS: usize = 20;
@@ -114,6 +116,9 @@ struct Fixture {
     senders: Vec<String>,
     /// The process's leases, warm: the gateway and system levels hold units taken ahead.
     leases: Leases,
+    /// Time spent in the simulated store (answering reads and writes), which the measurement
+    /// leaves out: that work is DynamoDB's, not the process's.
+    store: Cell<Duration>,
 }
 
 /// Config, router and warm state: each sender has sent once through its first-choice gateway.
@@ -146,6 +151,7 @@ fn fixture() -> Fixture {
         let gateway = &config.gateways[first];
         let plan = limiter::plan(&config, gateway, NOW);
         let verdicts = decide_limits(
+            &Cell::default(),
             &leases,
             &mut items,
             true,
@@ -165,6 +171,7 @@ fn fixture() -> Fixture {
         items: std::cell::RefCell::new(items),
         senders,
         leases,
+        store: Cell::default(),
     }
 }
 
@@ -174,6 +181,7 @@ fn fixture() -> Fixture {
 /// the answers are kept (the warm-up); without, every decision meets the same warm state, so
 /// the measurement can run at one instant for as long as it likes.
 fn decide_limits(
+    store: &Cell<Duration>,
     leases: &Leases,
     items: &mut HashMap<Key, Item, foldhash::fast::RandomState>,
     persist: bool,
@@ -189,8 +197,9 @@ fn decide_limits(
         match step {
             Step::Done(outcome) => return outcome.verdicts,
             Step::Write(mut p) => {
-                let outcomes = p
-                    .writes()
+                let writes = p.writes();
+                let store_start = Instant::now();
+                let outcomes = writes
                     .into_iter()
                     .map(|w| {
                         let before = items.get(&w.key);
@@ -204,6 +213,7 @@ fn decide_limits(
                         Ok(WriteOutcome::Applied(after))
                     })
                     .collect();
+                store.set(store.get() + store_start.elapsed());
                 step = p.answer(leases, outcomes).expect("no store error");
             }
         }
@@ -229,17 +239,23 @@ fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
     let reachable = d.reachable(requests.iter().copied());
     let list = d.keys_to_read(&book, &reachable);
     // (The store's answer: the items of the keys, in their order.)
+    let store_start = Instant::now();
     let stored = f.items.borrow();
     let answer: Vec<Option<&Item>> = list.keys().iter().map(|k| stored.get(k)).collect();
+    f.store.set(f.store.get() + store_start.elapsed());
     let read = list.read(&answer);
 
     // 2. The router's view of the gateways; 3. route every message on it.
     let states = d.view(&book, &read, &f.leases, NOW);
     let mut by_gateway: BTreeMap<usize, Vec<Request<'_>>> = BTreeMap::new();
+    let mut scratch = RankScratch::default();
+    let mut ranked = Vec::new();
     for (r, s) in requests.iter().zip(senders) {
-        let plan = d.router().route(r, &states, NOW);
-        if let Some(first) = plan.candidates.first() {
-            by_gateway.entry(first.index).or_default().push(Request {
+        d.router().rank(r, &states, NOW, &mut scratch, &mut ranked);
+        // The pipeline keeps the ranking with the message (candidates and reserve).
+        black_box(ranked.clone());
+        if let Some(&first) = ranked.first() {
+            by_gateway.entry(first).or_default().push(Request {
                 sender: s,
                 recipients: 1,
             });
@@ -247,25 +263,55 @@ fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
     }
 
     // 4. The limits per first-choice gateway; 5. the breaker's permit per admitted message.
+    // Each gateway's breaker decoded once (as the pipeline does); its item is copied out of
+    // the simulated store first (the bench's own need, so not in the time).
+    let store_start = Instant::now();
     let breakers: Vec<Option<Item>> = by_gateway
         .keys()
         .map(|&g| read.breaker(g).cloned())
         .collect();
+    f.store.set(f.store.get() + store_start.elapsed());
+    let forced_closed: Vec<bool> = by_gateway
+        .keys()
+        .map(|&g| read.gateway_levers(g).forced_closed(NOW))
+        .collect();
     drop(stored);
     let mut admitted = 0;
-    for ((&g, requests), breaker_item) in by_gateway.iter().zip(&breakers) {
+    for (((&g, requests), breaker_item), forced_closed) in
+        by_gateway.iter().zip(&breakers).zip(forced_closed)
+    {
         let gateway = &config.gateways[g];
+        let (state, problem) = BreakerState::from_item(breaker_item.as_ref());
+        assert!(!forced_closed);
+        let permit = breaker::decided_locally(&state, problem, &gateway.circuit_breaker, NOW)
+            .expect("closed");
         let plan = d.limit_plan(&book, g, NOW);
-        let verdicts = decide_limits(&f.leases, &mut f.items.borrow_mut(), false, &plan, requests);
+        let verdicts = decide_limits(
+            &f.store,
+            &f.leases,
+            &mut f.items.borrow_mut(),
+            false,
+            &plan,
+            requests,
+        );
         for verdict in &verdicts {
             if verdict.is_admitted() {
-                let (state, _) = BreakerState::from_item(breaker_item.as_ref());
-                black_box(breaker::permit(&state, &gateway.circuit_breaker, NOW));
+                black_box(permit.clone());
                 admitted += 1;
             }
         }
     }
     admitted
+}
+
+/// Runs `once` `iters` times; the time taken less the time spent in the simulated store.
+fn timed_without_store(f: &Fixture, iters: u64, mut once: impl FnMut()) -> Duration {
+    f.store.set(Duration::ZERO);
+    let start = Instant::now();
+    for _ in 0..iters {
+        once();
+    }
+    start.elapsed().saturating_sub(f.store.get())
 }
 
 fn bench(c: &mut Criterion) {
@@ -294,10 +340,12 @@ fn bench(c: &mut Criterion) {
             &batches,
             |b, batches| {
                 let mut i = 0;
-                b.iter(|| {
-                    let (ids, senders) = &batches[i % batches.len()];
-                    i += 1;
-                    decide_batch(&f, ids, senders)
+                b.iter_custom(|iters| {
+                    timed_without_store(&f, iters, || {
+                        let (ids, senders) = &batches[i % batches.len()];
+                        i += 1;
+                        black_box(decide_batch(&f, ids, senders));
+                    })
                 });
             },
         );
@@ -318,41 +366,66 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Elements(1));
         group.bench_function("per message on a built view: route+limit+breaker", |b| {
             let mut i = 0;
-            b.iter(|| {
-                let sender = f.senders[i % SENDERS].as_str();
-                let req = RouteRequest {
-                    message_id: &ids[i % SENDERS],
-                    sender,
-                    pinned: None,
-                };
-                i += 1;
-                let plan = d.router().route(&req, &states, NOW);
-                let g = plan.candidates[0].index;
-                let limits = d.limit_plan(&book, g, NOW);
-                let verdicts = decide_limits(
-                    &f.leases,
-                    &mut f.items.borrow_mut(),
-                    false,
-                    &limits,
-                    &[Request {
+            let mut scratch = RankScratch::default();
+            let mut ranked = Vec::new();
+            b.iter_custom(|iters| {
+                timed_without_store(&f, iters, || {
+                    let sender = f.senders[i % SENDERS].as_str();
+                    let req = RouteRequest {
+                        message_id: &ids[i % SENDERS],
                         sender,
-                        recipients: 1,
-                    }],
-                );
-                let (state, _) = BreakerState::from_item(read.breaker(g));
-                let gateway = &d.config().gateways[g];
-                black_box((
-                    verdicts[0].is_admitted(),
-                    breaker::permit(&state, &gateway.circuit_breaker, NOW),
-                ))
+                        pinned: None,
+                    };
+                    i += 1;
+                    d.router()
+                        .rank(&req, &states, NOW, &mut scratch, &mut ranked);
+                    black_box(ranked.clone());
+                    let g = ranked[0];
+                    let limits = d.limit_plan(&book, g, NOW);
+                    let verdicts = decide_limits(
+                        &f.store,
+                        &f.leases,
+                        &mut f.items.borrow_mut(),
+                        false,
+                        &limits,
+                        &[Request {
+                            sender,
+                            recipients: 1,
+                        }],
+                    );
+                    let (state, _) = BreakerState::from_item(read.breaker(g));
+                    let gateway = &d.config().gateways[g];
+                    black_box((
+                        verdicts[0].is_admitted(),
+                        breaker::permit(&state, &gateway.circuit_breaker, NOW),
+                    ));
+                })
             });
         });
     }
-    // Routing alone, for comparison.
+    // Routing alone, for comparison: the ranking the pipeline uses, and the full plan with
+    // every reason (what `explain` and a message without a candidate get).
     let ids: Vec<String> = (0..SENDERS).map(|i| format!("route-{i}")).collect();
     group.throughput(Throughput::Elements(1));
-    group.bench_function("route only, 20 gateways", |b| {
-        let states = vec![GatewayState::default(); GATEWAYS];
+    let states = vec![GatewayState::default(); GATEWAYS];
+    group.bench_function("rank only, 20 gateways", |b| {
+        let mut i = 0;
+        let mut scratch = RankScratch::default();
+        let mut ranked = Vec::new();
+        b.iter(|| {
+            let req = RouteRequest {
+                message_id: &ids[i % SENDERS],
+                sender: &f.senders[i % SENDERS],
+                pinned: None,
+            };
+            i += 1;
+            f.decider
+                .router()
+                .rank(&req, &states, NOW, &mut scratch, &mut ranked);
+            black_box(ranked.len())
+        });
+    });
+    group.bench_function("route only (full plan with reasons), 20 gateways", |b| {
         let mut i = 0;
         b.iter(|| {
             let req = RouteRequest {
