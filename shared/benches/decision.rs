@@ -236,7 +236,7 @@ fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
 
     // 1. Which items to read.
     let book = d.keys(NOW);
-    let reachable = d.reachable(requests.iter().copied());
+    let (reachable, fixed) = d.reach(requests.iter().copied());
     let list = d.keys_to_read(&book, &reachable);
     // (The store's answer: the items of the keys, in their order.)
     let store_start = Instant::now();
@@ -250,8 +250,9 @@ fn decide_batch(f: &Fixture, ids: &[String], senders: &[&str]) -> usize {
     let mut by_gateway: BTreeMap<usize, Vec<Request<'_>>> = BTreeMap::new();
     let mut scratch = RankScratch::default();
     let mut ranked = Vec::new();
-    for (r, s) in requests.iter().zip(senders) {
-        d.router().rank(r, &states, NOW, &mut scratch, &mut ranked);
+    for ((r, s), fixed) in requests.iter().zip(senders).zip(fixed) {
+        d.router()
+            .rank_static(r, fixed, &states, NOW, &mut scratch, &mut ranked);
         // The pipeline keeps the ranking with the message (candidates and reserve).
         black_box(ranked.clone());
         if let Some(&first) = ranked.first() {

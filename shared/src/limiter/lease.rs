@@ -301,7 +301,7 @@ type KeyMap<V> = HashMap<Key, V, foldhash::fast::RandomState>;
 /// The entries, by item key.
 #[derive(Debug, Default)]
 pub(super) struct Book {
-    pub(super) counters: KeyMap<CounterEntry>,
+    pub(super) counters: Counters,
     pub(super) buckets: KeyMap<BucketEntry>,
     /// The day item as last read or written, when it still holds counters of the earlier
     /// layout (`u#{sender}`), by key.
@@ -310,20 +310,127 @@ pub(super) struct Book {
     pruned: i64,
 }
 
+/// The counter entries, by item key, in slots: a decision resolves each of its keys once
+/// ([`Counters::entry`]) and reaches the entry again through its [`Handle`] without hashing or
+/// comparing the key. A slot freed by pruning is reused under a new generation, so a stale
+/// handle finds nothing (its holder looks the key up again).
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    index: KeyMap<usize>,
+    slots: Vec<CounterSlot>,
+    free: Vec<usize>,
+}
+
+#[derive(Debug)]
+struct CounterSlot {
+    generation: u64,
+    /// `None` when free.
+    entry: Option<(Key, CounterEntry)>,
+}
+
+/// Where a counter entry is (see [`Counters`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Handle {
+    slot: usize,
+    generation: u64,
+}
+
+impl Counters {
+    /// The entry of `key`, if there is one.
+    pub(super) fn get(&self, key: &str) -> Option<&CounterEntry> {
+        let slot = *self.index.get(key)?;
+        self.slots.get(slot)?.entry.as_ref().map(|(_, e)| e)
+    }
+
+    /// The entry of `key`, if there is one.
+    pub(super) fn get_mut(&mut self, key: &str) -> Option<&mut CounterEntry> {
+        let slot = *self.index.get(key)?;
+        self.slots.get_mut(slot)?.entry.as_mut().map(|(_, e)| e)
+    }
+
+    /// The entry of `key` and its handle, made empty on first use (the key is copied only
+    /// then).
+    pub(super) fn entry(&mut self, key: &Key) -> (Handle, &mut CounterEntry) {
+        let slot = match self.index.get(key.as_str()) {
+            Some(&slot) => slot,
+            None => {
+                let made = Some((key.clone(), CounterEntry::default()));
+                let slot = match self.free.pop() {
+                    Some(slot) => {
+                        let s = &mut self.slots[slot];
+                        s.generation += 1;
+                        s.entry = made;
+                        slot
+                    }
+                    None => {
+                        self.slots.push(CounterSlot {
+                            generation: 0,
+                            entry: made,
+                        });
+                        self.slots.len() - 1
+                    }
+                };
+                self.index.insert(key.clone(), slot);
+                slot
+            }
+        };
+        let s = &mut self.slots[slot];
+        let handle = Handle {
+            slot,
+            generation: s.generation,
+        };
+        match &mut s.entry {
+            Some((_, e)) => (handle, e),
+            None => unreachable!("an indexed slot holds its entry"),
+        }
+    }
+
+    /// The entry `handle` was given for, unless it has been forgotten since.
+    pub(super) fn at(&self, handle: Handle) -> Option<&CounterEntry> {
+        let s = self.slots.get(handle.slot)?;
+        if s.generation != handle.generation {
+            return None;
+        }
+        s.entry.as_ref().map(|(_, e)| e)
+    }
+
+    /// The entry `handle` was given for, unless it has been forgotten since.
+    pub(super) fn at_mut(&mut self, handle: Handle) -> Option<&mut CounterEntry> {
+        let s = self.slots.get_mut(handle.slot)?;
+        if s.generation != handle.generation {
+            return None;
+        }
+        s.entry.as_mut().map(|(_, e)| e)
+    }
+
+    /// Forgets the entries for which `keep` is false.
+    fn retain(&mut self, mut keep: impl FnMut(&CounterEntry) -> bool) {
+        for (slot, s) in self.slots.iter_mut().enumerate() {
+            if let Some((key, e)) = &s.entry
+                && !keep(e)
+            {
+                self.index.remove(key.as_str());
+                s.entry = None;
+                self.free.push(slot);
+            }
+        }
+    }
+
+    /// Every entry with its key.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&Key, &CounterEntry)> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.entry.as_ref().map(|(k, e)| (k, e)))
+    }
+}
+
 /// Entries untouched for this long with nothing held are forgotten.
 const FORGET_MS: i64 = 5_000;
 
 impl Book {
     /// The counter entry of `key`, made empty on first use (the key is copied only then).
     pub(super) fn counter(&mut self, key: &Key) -> &mut CounterEntry {
-        if !self.counters.contains_key(key) {
-            self.counters.insert(key.clone(), CounterEntry::default());
-        }
-        // Present now; `entry` would copy the key on every call.
-        match self.counters.get_mut(key) {
-            Some(e) => e,
-            None => unreachable!("inserted above"),
-        }
+        self.counters.entry(key).1
     }
 
     /// The bucket entry of `key`, made empty on first use.
@@ -346,7 +453,7 @@ impl Book {
         self.pruned = second;
         let cutoff = now - FORGET_MS;
         self.counters
-            .retain(|_, e| e.touched >= cutoff || e.holdings.iter().any(|(_, n)| *n > 0));
+            .retain(|e| e.touched >= cutoff || e.holdings.iter().any(|(_, n)| *n > 0));
         self.buckets
             .retain(|_, e| e.touched >= cutoff || !e.runs.is_empty());
     }
@@ -498,6 +605,26 @@ mod tests {
         e.add(t, 3);
         e.add(Terms { window: 8, ..t }, 2);
         assert_eq!(e.held(&t), 0, "the hour before lapsed");
+    }
+
+    #[test]
+    fn a_handle_finds_its_entry_until_the_entry_is_forgotten() {
+        let mut c = Counters::default();
+        let (a, b) = ("lim#a".to_owned(), "lim#b".to_owned());
+        let (ha, e) = c.entry(&a);
+        e.touched = 1;
+        assert_eq!(c.entry(&a).0, ha, "one entry per key");
+        assert_eq!(c.at(ha).map(|e| e.touched), Some(1));
+        c.retain(|e| e.touched != 1);
+        assert!(c.at(ha).is_none() && c.get(&a).is_none());
+        // b takes a's slot: a's handle must not find it.
+        let (hb, e) = c.entry(&b);
+        e.touched = 2;
+        assert!(c.at(ha).is_none() && c.at_mut(ha).is_none());
+        assert_eq!(c.at(hb).map(|e| e.touched), Some(2));
+        assert_eq!(c.get_mut(&b).map(|e| e.touched), Some(2));
+        let keys: Vec<&str> = c.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["lim#b"]);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::state::{
     WriteOutcome, get_n,
 };
 
-use super::lease::{Book, CounterEntry, LeasePolicy, Leases, Terms, prefetch};
+use super::lease::{Book, CounterEntry, Handle, LeasePolicy, Leases, Terms, prefetch};
 use super::service::{CONTENDED_RETRY_MS, MAX_ATTEMPTS};
 use super::{
     COUNT_ATTR, Grant, LevelKind, LimitPlan, Refusal, Request, TAT_ATTR, TTL_MARGIN_S, Verdict,
@@ -48,6 +48,8 @@ struct SenderNeed {
     key: Key,
     /// Where the sender starts in `key`.
     lc_start: usize,
+    /// Its entry in the process's book, once resolved (see [`super::lease::Counters`]).
+    handle: Option<Handle>,
     limit: u64,
     need: u64,
     min_request: u64,
@@ -150,12 +152,15 @@ impl<'p, 'c> Pending<'p, 'c> {
             let mut sender = None;
             if too_large.is_none() && n > 0 {
                 if let (Some(limit), Some(key)) = (sender_limit, key) {
-                    let i = match senders.iter().position(|s| s.key == key) {
+                    // Same prefix: the senders compared by their tails.
+                    let lc = &key[prefix.len()..];
+                    let i = match senders.iter().position(|s| &s.key[s.lc_start..] == lc) {
                         Some(i) => i,
                         None => {
                             senders.push(SenderNeed {
                                 key,
                                 lc_start: prefix.len(),
+                                handle: None,
                                 limit,
                                 need: 0,
                                 min_request: u64::MAX,
@@ -238,7 +243,8 @@ impl<'p, 'c> Pending<'p, 'c> {
             if let Some(day_key) = &legacy_key {
                 s.terms.legacy = book.legacy_count(day_key, &s.key[s.lc_start..]);
             }
-            let e = book.counter(&s.key);
+            let (handle, e) = book.counters.entry(&s.key);
+            s.handle = Some(handle);
             e.touched = now;
             e.rate.record(now, s.need);
         }
@@ -392,7 +398,7 @@ impl<'p, 'c> Pending<'p, 'c> {
             if s.state == TargetState::Dry {
                 continue;
             }
-            let e = book.counter(&s.key);
+            let e = sender_mut(book, s);
             let have = e.held(&s.terms);
             if have >= s.need {
                 continue;
@@ -601,15 +607,14 @@ impl<'p, 'c> Pending<'p, 'c> {
     /// counts the store returned.
     fn answered_counter(&self, book: &mut Book, t: Target, item: Option<&Item>, took: Option<u64>) {
         let terms = self.terms(t);
-        let (key, hour_attr) = match t {
-            Target::Sender(i) => (Some(&self.senders[i].key), None),
+        let (e, hour_attr) = match t {
+            Target::Sender(i) => (Some(sender_mut(book, &self.senders[i])), None),
             t => (
-                self.counter_key(t),
+                self.counter_key(t).map(|key| book.counter(key)),
                 (t == Target::Day).then(|| self.plan.windows.named.hour_attr.as_str()),
             ),
         };
-        if let Some(key) = key {
-            let e = book.counter(key);
+        if let Some(e) = e {
             if let Some(n) = took {
                 e.add(terms, n);
             }
@@ -657,7 +662,7 @@ impl<'p, 'c> Pending<'p, 'c> {
         }
         let mut dry = Vec::new();
         for (i, s) in self.senders.iter().enumerate() {
-            if let Some(e) = book.counters.get(&s.key)
+            if let Some(e) = sender_ref(book, s)
                 && fresh(e.seen_at)
             {
                 let held = e.held(&s.terms);
@@ -742,11 +747,13 @@ impl<'p, 'c> Pending<'p, 'c> {
         let mut senders: Vec<u64> = self
             .senders
             .iter()
-            .map(|s| book.counters.get(&s.key).map_or(0, |e| e.held(&s.terms)))
+            .map(|s| sender_ref(book, s).map_or(0, |e| e.held(&s.terms)))
             .collect();
         let (sys_left, day_left, bucket_left) = (sys, day, bucket);
         let senders_left = senders.clone();
         let mut verdicts = Vec::with_capacity(self.requests.len());
+        // Admitted grants of limited senders (verdict, sender): their keys are set last.
+        let mut keyed: Vec<(usize, usize)> = Vec::with_capacity(self.requests.len());
         for &(n, sender, too_large) in &self.requests {
             if let Some(refusal) = too_large {
                 verdicts.push(Verdict::Refuse(refusal));
@@ -793,7 +800,7 @@ impl<'p, 'c> Pending<'p, 'c> {
             }
             if let Some(i) = sender {
                 senders[i] -= n;
-                grant.sender_key = Some(self.senders[i].key.clone());
+                keyed.push((verdicts.len(), i));
             }
             verdicts.push(Verdict::Admit(grant));
         }
@@ -817,13 +824,30 @@ impl<'p, 'c> Pending<'p, 'c> {
         }
         for ((s, before), after) in self.senders.iter().zip(senders_left).zip(senders) {
             if before > after
-                && let Some(e) = book.counters.get_mut(&s.key)
+                && let Some(e) = sender_get_mut(book, s)
             {
                 e.spend(&s.terms, before - after);
             }
         }
         let mut giveback = std::mem::take(&mut self.lapsed);
         self.give_back(book, policy, &mut giveback);
+        // The decision is over (nothing looks a sender up any more): each sender's key moves
+        // to its last grant, the others get a copy.
+        let mut last = vec![usize::MAX; self.senders.len()];
+        for &(v, i) in &keyed {
+            last[i] = v;
+        }
+        for (v, i) in keyed {
+            let key = &mut self.senders[i].key;
+            let key = if last[i] == v {
+                std::mem::take(key)
+            } else {
+                key.clone()
+            };
+            if let Some(Verdict::Admit(grant)) = verdicts.get_mut(v) {
+                grant.sender_key = Some(key);
+            }
+        }
         Outcome { verdicts, giveback }
     }
 
@@ -831,7 +855,7 @@ impl<'p, 'c> Pending<'p, 'c> {
     /// a sender's units unless it is hot here.
     fn give_back(&self, book: &mut Book, policy: &LeasePolicy, out: &mut Vec<(Key, String, i64)>) {
         for s in &self.senders {
-            if let Some(e) = book.counters.get_mut(&s.key)
+            if let Some(e) = sender_get_mut(book, s)
                 && (policy.is_exact() || e.rate.last_second() < policy.hot_sender_per_s)
             {
                 let n = e.take_all(&s.terms);
@@ -946,6 +970,32 @@ impl<'p, 'c> Pending<'p, 'c> {
         }
         let (level, retry_after) = worst.unwrap_or((LevelKind::GatewayDaily, plan.next_day()));
         Refusal::Exhausted { level, retry_after }
+    }
+}
+
+/// Sender `s`'s book entry, through its handle when it still holds, else by its key.
+fn sender_ref<'b>(book: &'b Book, s: &SenderNeed) -> Option<&'b CounterEntry> {
+    s.handle
+        .and_then(|h| book.counters.at(h))
+        .or_else(|| book.counters.get(&s.key))
+}
+
+/// [`sender_ref`], mutable.
+fn sender_get_mut<'b>(book: &'b mut Book, s: &SenderNeed) -> Option<&'b mut CounterEntry> {
+    match s.handle.filter(|&h| book.counters.at(h).is_some()) {
+        Some(h) => book.counters.at_mut(h),
+        None => book.counters.get_mut(&s.key),
+    }
+}
+
+/// [`sender_get_mut`], making the entry when it was forgotten.
+fn sender_mut<'b>(book: &'b mut Book, s: &SenderNeed) -> &'b mut CounterEntry {
+    match s.handle.filter(|&h| book.counters.at(h).is_some()) {
+        Some(h) => match book.counters.at_mut(h) {
+            Some(e) => e,
+            None => unreachable!("the handle was checked above"),
+        },
+        None => book.counter(&s.key),
     }
 }
 

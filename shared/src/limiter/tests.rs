@@ -1239,3 +1239,50 @@ async fn a_mid_day_switch_counts_what_the_earlier_layout_admitted() {
     let u = read_usage(&store, &p, None).await.unwrap();
     assert!(used(&u, LevelKind::GatewayDaily).unwrap().0 >= 43);
 }
+
+/// A decision keeps handles to its senders' book entries between its writes; if another
+/// decision forgets an entry meanwhile (a store call slower than the book's memory) and its
+/// slot is reused, the answer is recorded under the sender's own key, not in the slot's new
+/// entry.
+#[tokio::test]
+async fn an_answer_after_its_book_entry_was_forgotten_is_recorded_under_its_own_key() {
+    let cfg = single(None, limits(None, Some(5), None, None));
+    let store = MemoryStore::new();
+    let leases = Leases::new(LeasePolicy::default());
+    let first = plan(&cfg, gw(&cfg), TEN_AM);
+    let ann = [Request {
+        sender: "ann@x.org",
+        recipients: 2,
+    }];
+    let Step::Write(mut pending) = Pending::new(&first, &ann).begin(&leases) else {
+        panic!("a sender's first request is written");
+    };
+    let writes = pending.writes();
+    // Six seconds later another decision prunes ann's idle entry and takes its slot.
+    let later = TEN_AM + 6_000;
+    let bob = [Request {
+        sender: "bob@x.org",
+        recipients: 1,
+    }];
+    let v = acquire_leased(&store, &leases, &plan(&cfg, gw(&cfg), later), &bob)
+        .await
+        .unwrap();
+    assert!(v[0].is_admitted());
+    let mut outcomes = Vec::new();
+    for w in writes {
+        outcomes.push(store.write(w).await);
+    }
+    let Ok(Step::Done(outcome)) = pending.answer(&leases, outcomes) else {
+        panic!("one write decides");
+    };
+    assert!(outcome.verdicts[0].is_admitted(), "{:?}", outcome.verdicts);
+    let book = leases.lock();
+    let seen = |sender: &str, at| {
+        book.counters
+            .get(&sender_key("gw", sender, at))
+            .and_then(|e| e.seen)
+            .map(|(_, counts)| counts[0])
+    };
+    assert_eq!(seen("ann@x.org", TEN_AM), Some(2));
+    assert_eq!(seen("bob@x.org", later), Some(1), "bob's entry untouched");
+}

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::health::{self, HealthRecord};
 use crate::levers::{self, Levers};
 use crate::limiter::{self, HourKeys, Leases, LimitPlan};
-use crate::router::{BreakerView, GatewayState, RouteRequest, Router};
+use crate::router::{BreakerView, GatewayState, RouteRequest, Router, StaticRoute};
 use crate::state::{Item, Key};
 
 /// The keys a batch reads (one `get_many`) and where each gateway's items are among them, so
@@ -221,11 +221,28 @@ impl Decider {
     /// Which gateways (indexed like `config.gateways`) any of `requests` may be routed to on
     /// any state (see [`Router::mark_reachable`]).
     pub fn reachable<'m>(&self, requests: impl IntoIterator<Item = RouteRequest<'m>>) -> Vec<bool> {
+        self.reach(requests).0
+    }
+
+    /// [`Decider::reachable`], with each request's [`Router::static_route`] (in order) for
+    /// ranking it later without matching its sender again.
+    pub fn reach<'m>(
+        &self,
+        requests: impl IntoIterator<Item = RouteRequest<'m>>,
+    ) -> (Vec<bool>, Vec<Option<StaticRoute>>) {
         let mut marks = vec![false; self.config().gateways.len()];
-        for r in requests {
-            self.router.mark_reachable(&r, &mut marks);
-        }
-        marks
+        let fixed = requests
+            .into_iter()
+            .map(|r| {
+                let fixed = self.router.static_route(&r);
+                match &fixed {
+                    Some(f) => f.mark(&mut marks),
+                    None => self.router.mark_reachable(&r, &mut marks),
+                }
+                fixed
+            })
+            .collect();
+        (marks, fixed)
     }
 
     /// The breaker, health and lever keys of the `reachable` gateways, each once (the

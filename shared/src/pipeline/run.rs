@@ -25,7 +25,7 @@ use crate::limiter::{self, Grant, Request};
 use crate::message::{OutboundMessage, Stream, parse_message};
 use crate::providers::{Accepted, ErrorClass, Provider, SendError};
 use crate::queue::Received;
-use crate::router::{DropReason, RankScratch, RouteRequest};
+use crate::router::{DropReason, RankScratch, RouteRequest, StaticRoute};
 use crate::state::{Item, Key};
 use crate::suppression;
 
@@ -71,9 +71,9 @@ impl Pipeline {
 
         // 2. Claims, suppression and gateway state in one round trip.
         let book = self.decider.keys(now);
-        let reachable = self
+        let (reachable, fixed) = self
             .decider
-            .reachable(works.iter().map(|w| route_request(&w.original)));
+            .reach(works.iter().map(|w| route_request(&w.original)));
         let list = self.decider.keys_to_read(&book, &reachable);
         // The pause-all lever (the last key) comes from a copy under a second old, if any.
         let all_slot = list.all_levers_slot();
@@ -123,7 +123,7 @@ impl Pipeline {
 
         // 3. Route on the state read; messages an earlier call may have delivered are looked
         // for at their providers first.
-        self.route_all(&mut works, &state, &book, now);
+        self.route_all(&mut works, &fixed, &state, &book, now);
         self.reconcile(&mut works, batch.deadline, &mut report)
             .await;
         self.read_attachments(&mut works).await;
@@ -310,6 +310,7 @@ impl Pipeline {
     fn route_all(
         &self,
         works: &mut [Work],
+        fixed: &[Option<StaticRoute>],
         state: &Read<'_, Item>,
         book: &KeyBook,
         now: EpochMillis,
@@ -320,7 +321,7 @@ impl Pipeline {
         let max = config.routing.max_failover_attempts.get() as usize;
         let mut scratch = RankScratch::default();
         let mut ranked = Vec::new();
-        for w in works.iter_mut().filter(|w| w.is_pending()) {
+        for (w, &fixed) in works.iter_mut().zip(fixed).filter(|(w, _)| w.is_pending()) {
             if let Some(at) = w.original.expires_at()
                 && at <= now
             {
@@ -340,7 +341,7 @@ impl Pipeline {
             }
             let request = route_request(&w.original);
             let router = self.decider.router();
-            router.rank(&request, &states, now, &mut scratch, &mut ranked);
+            router.rank_static(&request, fixed, &states, now, &mut scratch, &mut ranked);
             w.candidates = ranked.iter().take(max).copied().collect();
             w.reserve = ranked.iter().skip(max).copied().collect();
             if w.candidates.is_empty() {

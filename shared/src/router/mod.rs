@@ -185,6 +185,24 @@ pub struct Router {
     failover: Vec<Vec<usize>>,
 }
 
+/// A message's routing apart from state ([`Router::static_route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticRoute {
+    /// The gateways the state-independent filters keep, a bit per index in `config.gateways`.
+    kept: u64,
+    /// The strategy that applies to the sender.
+    strategy: Strategy,
+}
+
+impl StaticRoute {
+    /// Marks the gateways kept (indices past the end of `marks` are skipped).
+    pub fn mark(&self, marks: &mut [bool]) {
+        for (g, mark) in marks.iter_mut().enumerate().take(64) {
+            *mark |= self.kept >> g & 1 == 1;
+        }
+    }
+}
+
 /// Scratch space for [`Router::rank`], kept by a caller across the messages it ranks.
 #[derive(Debug, Default)]
 pub struct RankScratch {
@@ -524,19 +542,54 @@ impl Router {
         scratch: &mut RankScratch,
         out: &mut Vec<usize>,
     ) {
-        out.clear();
+        let fixed = self.static_route(req);
+        self.rank_static(req, fixed, state, now, scratch, out);
+    }
+
+    /// What [`Router::rank`] needs of a message apart from state, worked out once (the
+    /// pipeline does it when it plans the batch's reads, and marks the reachable gateways
+    /// from it): the gateways the state-independent filters keep and the strategy. `None`
+    /// for a message [`Router::rank`] hands to [`Router::route`] anyway (pinned, hybrid mode)
+    /// and for configs of more than 64 gateways.
+    pub fn static_route(&self, req: &RouteRequest<'_>) -> Option<StaticRoute> {
+        if req.pinned.is_some()
+            || self.config.mode == GatewayMode::Hybrid
+            || self.config.gateways.len() > 64
+        {
+            return None;
+        }
         let mut m = Matcher::new(self, req.sender);
         let strategy = self.strategy_with(&mut m);
-        let lean = req.pinned.is_none()
-            && self.config.mode != GatewayMode::Hybrid
-            && matches!(
-                strategy,
+        let mut kept = 0_u64;
+        for slot in &self.slots {
+            if self.statically_kept(slot, false, &mut m) {
+                kept |= 1 << slot.index;
+            }
+        }
+        Some(StaticRoute { kept, strategy })
+    }
+
+    /// [`Router::rank`] with the message's [`Router::static_route`] already worked out.
+    pub fn rank_static(
+        &self,
+        req: &RouteRequest<'_>,
+        fixed: Option<StaticRoute>,
+        state: &[GatewayState],
+        now: EpochMillis,
+        scratch: &mut RankScratch,
+        out: &mut Vec<usize>,
+    ) {
+        out.clear();
+        let lean = fixed.filter(|f| {
+            matches!(
+                f.strategy,
                 Strategy::Priority
                     | Strategy::Failover
                     | Strategy::RoundRobin
                     | Strategy::LeastLoaded
-            );
-        if !lean {
+            )
+        });
+        let Some(StaticRoute { kept, strategy }) = lean else {
             out.extend(
                 self.route(req, state, now)
                     .candidates
@@ -544,10 +597,10 @@ impl Router {
                     .map(|c| c.index),
             );
             return;
-        }
+        };
         let routing = &self.config.routing;
         for slot in &self.slots {
-            if !self.statically_kept(slot, false, &mut m) {
+            if kept >> slot.index & 1 == 0 {
                 continue;
             }
             let s = state_of(state, slot.index);

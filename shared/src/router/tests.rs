@@ -1213,6 +1213,15 @@ proptest! {
 
         let mut reachable = vec![false; n];
         r.mark_reachable(&request, &mut reachable);
+        // The static route marks the same gateways, when a message has one.
+        let fixed = r.static_route(&request);
+        if let Some(fixed) = fixed {
+            let mut marks = vec![false; n];
+            fixed.mark(&mut marks);
+            prop_assert_eq!(&marks, &reachable);
+        } else {
+            prop_assert!(pinned.is_some() || hybrid);
+        }
         for c in &plan.candidates {
             prop_assert!(reachable[c.index], "candidate {} not marked reachable", c.gateway.id);
         }
@@ -1260,6 +1269,8 @@ proptest! {
         let mut ranked = vec![99];
         for _ in 0..2 {
             r.rank(&request, &state, NOW, &mut scratch, &mut ranked);
+            prop_assert_eq!(&ranked, &expected);
+            r.rank_static(&request, fixed, &state, NOW, &mut scratch, &mut ranked);
             prop_assert_eq!(&ranked, &expected);
         }
     }
