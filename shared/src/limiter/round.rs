@@ -85,6 +85,8 @@ pub struct Pending<'p, 'c> {
     levels: [(u64, u64, TargetState); 3],
     sys_terms: Terms,
     day_terms: Terms,
+    /// The system and gateway-day levels' book entries, once `begin` resolved them.
+    level_handles: [Option<Handle>; 2],
     planned: Vec<Planned>,
     writes: Vec<Write>,
     attempts: usize,
@@ -208,6 +210,7 @@ impl<'p, 'c> Pending<'p, 'c> {
                 limits: [rl.workspace_daily, rl.per_hour],
                 legacy: 0,
             },
+            level_handles: [None; 2],
             planned: Vec::new(),
             writes: Vec::new(),
             attempts: 0,
@@ -262,7 +265,8 @@ impl<'p, 'c> Pending<'p, 'c> {
                 }
                 _ => {
                     if let Some(key) = self.counter_key(*t) {
-                        let e = book.counter(key);
+                        let (handle, e) = book.counters.entry(key);
+                        self.level_handles[level_index(*t)] = Some(handle);
                         e.touched = now;
                         e.rate.record(now, need);
                         if *t == Target::Day {
@@ -299,6 +303,37 @@ impl<'p, 'c> Pending<'p, 'c> {
         match t {
             Target::System => named.system_key.as_ref(),
             Target::Day => named.day_key.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Counter level `t`'s book entry: through the handle `begin` resolved while it holds,
+    /// else by its key.
+    fn level_ref<'b>(&self, book: &'b Book, t: Target) -> Option<&'b CounterEntry> {
+        self.level_handle(t)
+            .and_then(|h| book.counters.at(h))
+            .or_else(|| self.counter_key(t).and_then(|k| book.counters.get(k)))
+    }
+
+    /// [`Pending::level_ref`], mutable.
+    fn level_get_mut<'b>(&self, book: &'b mut Book, t: Target) -> Option<&'b mut CounterEntry> {
+        match self.level_handle(t).filter(|&h| book.counters.at(h).is_some()) {
+            Some(h) => book.counters.at_mut(h),
+            None => self.counter_key(t).and_then(|k| book.counters.get_mut(k)),
+        }
+    }
+
+    /// [`Pending::level_get_mut`], making the entry when it was forgotten.
+    fn level_mut<'b>(&self, book: &'b mut Book, t: Target) -> Option<&'b mut CounterEntry> {
+        match self.level_handle(t).filter(|&h| book.counters.at(h).is_some()) {
+            Some(h) => book.counters.at_mut(h),
+            None => self.counter_key(t).map(|k| book.counter(k)),
+        }
+    }
+
+    fn level_handle(&self, t: Target) -> Option<Handle> {
+        match t {
+            Target::System | Target::Day => self.level_handles[level_index(t)],
             _ => None,
         }
     }
@@ -362,7 +397,9 @@ impl<'p, 'c> Pending<'p, 'c> {
                 continue;
             }
             let terms = self.terms(t);
-            let e = book.counter(key);
+            let Some(e) = self.level_mut(book, t) else {
+                continue;
+            };
             let have = e.held(&terms);
             if have >= need {
                 continue;
@@ -610,7 +647,7 @@ impl<'p, 'c> Pending<'p, 'c> {
         let (e, hour_attr) = match t {
             Target::Sender(i) => (Some(sender_mut(book, &self.senders[i])), None),
             t => (
-                self.counter_key(t).map(|key| book.counter(key)),
+                self.level_mut(book, t),
                 (t == Target::Day).then(|| self.plan.windows.named.hour_attr.as_str()),
             ),
         };
@@ -632,7 +669,7 @@ impl<'p, 'c> Pending<'p, 'c> {
         for t in [Target::System, Target::Day] {
             let (need, min_request, _) = self.levels[level_index(t)];
             let terms = self.terms(t);
-            if let Some(e) = self.counter_key(t).and_then(|k| book.counters.get(k))
+            if let Some(e) = self.level_ref(book, t)
                 && fresh(e.seen_at)
             {
                 let held = e.held(&terms);
@@ -698,9 +735,7 @@ impl<'p, 'c> Pending<'p, 'c> {
                     .map_or(0, super::lease::BucketEntry::held),
                 t => {
                     let terms = self.terms(t);
-                    self.counter_key(t)
-                        .and_then(|k| book.counters.get(k))
-                        .map_or(0, |e| e.held(&terms))
+                    self.level_ref(book, t).map_or(0, |e| e.held(&terms))
                 }
             };
             held < min_request
@@ -733,9 +768,9 @@ impl<'p, 'c> Pending<'p, 'c> {
         // from the book in one step per level (spending a sum earliest-θ-first is spending
         // its parts in turn).
         let held_counter = |book: &Book, t: Target| {
-            self.counter_key(t).map(|key| {
+            self.counter_key(t).map(|_| {
                 let terms = self.terms(t);
-                book.counters.get(key).map_or(0, |e| e.held(&terms))
+                self.level_ref(book, t).map_or(0, |e| e.held(&terms))
             })
         };
         let mut sys = held_counter(book, Target::System);
@@ -810,7 +845,7 @@ impl<'p, 'c> Pending<'p, 'c> {
         ] {
             let spent = before.unwrap_or(0) - after.unwrap_or(0);
             if spent > 0
-                && let Some(e) = self.counter_key(t).and_then(|k| book.counters.get_mut(k))
+                && let Some(e) = self.level_get_mut(book, t)
             {
                 e.spend(&self.terms(t), spent);
             }
@@ -870,7 +905,7 @@ impl<'p, 'c> Pending<'p, 'c> {
         for t in [Target::System, Target::Day] {
             let terms = self.terms(t);
             if let Some(key) = self.counter_key(t)
-                && let Some(e) = book.counters.get_mut(key)
+                && let Some(e) = self.level_get_mut(book, t)
             {
                 let n = e.take_all(&terms);
                 if n > 0 {
@@ -927,8 +962,7 @@ impl<'p, 'c> Pending<'p, 'c> {
                 Target::Day => {
                     let rl = &plan.gateway.rate_limits;
                     let seen = self
-                        .counter_key(Target::Day)
-                        .and_then(|k| book.counters.get(k))
+                        .level_ref(book, Target::Day)
                         .and_then(|e| e.seen_in(self.day_terms.window));
                     let over = |used: i64, limit: Option<u64>| {
                         limit.is_some_and(|l| used.saturating_add(to_i64(n)) > to_i64(l))

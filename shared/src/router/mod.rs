@@ -170,6 +170,12 @@ pub struct Router {
     memo_template: [u8; MEMO_PATTERNS],
     /// Exact-domain pattern ids (below [`MEMO_PATTERNS`]) by their domain (lower case).
     domains: std::collections::HashMap<String, Vec<usize>, foldhash::fast::FixedState>,
+    /// Per pattern id: the gateways (a bit per config index) whose `can_route`, and whose
+    /// `exclude_patterns`, list it; with `enabled`, what [`Router::static_route`] needs (only
+    /// for configs of at most 64 gateways).
+    pattern_masks: Vec<(u64, u64)>,
+    /// The enabled gateways, a bit per config index.
+    enabled: u64,
     /// One slot per gateway, in (hybrid group, priority, id) order.
     slots: Vec<Slot>,
     /// Per rule: its range in `pattern_ids` and its strategy.
@@ -270,7 +276,7 @@ impl Router {
             ))
         });
         let mut table = PatternTable::default();
-        let slots = order
+        let slots: Vec<Slot> = order
             .iter()
             .map(|&index| {
                 let g = &config.gateways[index];
@@ -316,8 +322,25 @@ impl Router {
                 domains.entry(d.to_ascii_lowercase()).or_default().push(id);
             }
         }
+        let mut pattern_masks = vec![(0_u64, 0_u64); table.patterns.len()];
+        let mut enabled = 0_u64;
+        for slot in slots.iter().filter(|s| s.index < 64) {
+            let bit = 1_u64 << slot.index;
+            if slot.enabled {
+                enabled |= bit;
+            }
+            let ids = |span: Span| table.ids.get(span.start..span.end).unwrap_or_default();
+            for &id in ids(slot.can_route) {
+                pattern_masks[id].0 |= bit;
+            }
+            for &id in ids(slot.exclude) {
+                pattern_masks[id].1 |= bit;
+            }
+        }
         Router {
             config,
+            pattern_masks,
+            enabled,
             memo_template,
             domains,
             patterns: table.patterns,
@@ -560,13 +583,25 @@ impl Router {
         }
         let mut m = Matcher::new(self, req.sender);
         let strategy = self.strategy_with(&mut m);
-        let mut kept = 0_u64;
-        for slot in &self.slots {
-            if self.statically_kept(slot, false, &mut m) {
-                kept |= 1 << slot.index;
+        // The gateways some matching pattern admits, less those some matching pattern
+        // excludes (`statically_kept` for every gateway at once). A pattern that could add no
+        // gateway not yet known is not matched.
+        let (mut admitted, mut excluded) = (0_u64, 0_u64);
+        for (id, (pattern, &(admits, excludes))) in
+            self.patterns.iter().zip(&self.pattern_masks).enumerate()
+        {
+            if admits & !admitted == 0 && excludes & !excluded == 0 {
+                continue;
+            }
+            if m.matches(id, pattern) {
+                admitted |= admits;
+                excluded |= excludes;
             }
         }
-        Some(StaticRoute { kept, strategy })
+        Some(StaticRoute {
+            kept: self.enabled & admitted & !excluded,
+            strategy,
+        })
     }
 
     /// [`Router::rank`] with the message's [`Router::static_route`] already worked out.
@@ -580,6 +615,8 @@ impl Router {
         out: &mut Vec<usize>,
     ) {
         out.clear();
+        // Sized once for every gateway: a list reused across a batch never grows again.
+        out.reserve(self.slots.len());
         let lean = fixed.filter(|f| {
             matches!(
                 f.strategy,
