@@ -301,8 +301,8 @@ type KeyMap<V> = HashMap<Key, V, foldhash::fast::RandomState>;
 /// The entries, by item key.
 #[derive(Debug, Default)]
 pub(super) struct Book {
-    pub(super) counters: Counters,
-    pub(super) buckets: KeyMap<BucketEntry>,
+    pub(super) counters: Entries<CounterEntry>,
+    pub(super) buckets: Entries<BucketEntry>,
     /// The day item as last read or written, when it still holds counters of the earlier
     /// layout (`u#{sender}`), by key.
     pub(super) legacy: KeyMap<Option<std::sync::Arc<Item>>>,
@@ -310,51 +310,61 @@ pub(super) struct Book {
     pruned: i64,
 }
 
-/// The counter entries, by item key, in slots: a decision resolves each of its keys once
-/// ([`Counters::entry`]) and reaches the entry again through its [`Handle`] without hashing or
-/// comparing the key. A slot freed by pruning is reused under a new generation, so a stale
+/// Entries (counters or buckets) by item key, in slots: a decision resolves each of its keys
+/// once ([`Entries::entry`]) and reaches the entry again through its [`Handle`] without hashing
+/// or comparing the key. A slot freed by pruning is reused under a new generation, so a stale
 /// handle finds nothing (its holder looks the key up again).
-#[derive(Debug, Default)]
-pub(super) struct Counters {
+#[derive(Debug)]
+pub(super) struct Entries<E> {
     index: KeyMap<usize>,
-    slots: Vec<CounterSlot>,
+    slots: Vec<EntrySlot<E>>,
     free: Vec<usize>,
 }
 
-#[derive(Debug)]
-struct CounterSlot {
-    generation: u64,
-    /// `None` when free.
-    entry: Option<(Key, CounterEntry)>,
+impl<E> Default for Entries<E> {
+    fn default() -> Self {
+        Self {
+            index: KeyMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
 }
 
-/// Where a counter entry is (see [`Counters`]).
+#[derive(Debug)]
+struct EntrySlot<E> {
+    generation: u64,
+    /// `None` when free.
+    entry: Option<(Key, E)>,
+}
+
+/// Where an entry is (see [`Entries`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Handle {
     slot: usize,
     generation: u64,
 }
 
-impl Counters {
+impl<E: Default> Entries<E> {
     /// The entry of `key`, if there is one.
-    pub(super) fn get(&self, key: &str) -> Option<&CounterEntry> {
+    pub(super) fn get(&self, key: &str) -> Option<&E> {
         let slot = *self.index.get(key)?;
         self.slots.get(slot)?.entry.as_ref().map(|(_, e)| e)
     }
 
     /// The entry of `key`, if there is one.
-    pub(super) fn get_mut(&mut self, key: &str) -> Option<&mut CounterEntry> {
+    pub(super) fn get_mut(&mut self, key: &str) -> Option<&mut E> {
         let slot = *self.index.get(key)?;
         self.slots.get_mut(slot)?.entry.as_mut().map(|(_, e)| e)
     }
 
     /// The entry of `key` and its handle, made empty on first use (the key is copied only
     /// then).
-    pub(super) fn entry(&mut self, key: &Key) -> (Handle, &mut CounterEntry) {
+    pub(super) fn entry(&mut self, key: &Key) -> (Handle, &mut E) {
         let slot = match self.index.get(key.as_str()) {
             Some(&slot) => slot,
             None => {
-                let made = Some((key.clone(), CounterEntry::default()));
+                let made = Some((key.clone(), E::default()));
                 let slot = match self.free.pop() {
                     Some(slot) => {
                         let s = &mut self.slots[slot];
@@ -363,7 +373,7 @@ impl Counters {
                         slot
                     }
                     None => {
-                        self.slots.push(CounterSlot {
+                        self.slots.push(EntrySlot {
                             generation: 0,
                             entry: made,
                         });
@@ -386,7 +396,7 @@ impl Counters {
     }
 
     /// The entry `handle` was given for, unless it has been forgotten since.
-    pub(super) fn at(&self, handle: Handle) -> Option<&CounterEntry> {
+    pub(super) fn at(&self, handle: Handle) -> Option<&E> {
         let s = self.slots.get(handle.slot)?;
         if s.generation != handle.generation {
             return None;
@@ -395,7 +405,7 @@ impl Counters {
     }
 
     /// The entry `handle` was given for, unless it has been forgotten since.
-    pub(super) fn at_mut(&mut self, handle: Handle) -> Option<&mut CounterEntry> {
+    pub(super) fn at_mut(&mut self, handle: Handle) -> Option<&mut E> {
         let s = self.slots.get_mut(handle.slot)?;
         if s.generation != handle.generation {
             return None;
@@ -404,7 +414,7 @@ impl Counters {
     }
 
     /// Forgets the entries for which `keep` is false.
-    fn retain(&mut self, mut keep: impl FnMut(&CounterEntry) -> bool) {
+    fn retain(&mut self, mut keep: impl FnMut(&E) -> bool) {
         for (slot, s) in self.slots.iter_mut().enumerate() {
             if let Some((key, e)) = &s.entry
                 && !keep(e)
@@ -417,7 +427,7 @@ impl Counters {
     }
 
     /// Every entry with its key.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&Key, &CounterEntry)> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&Key, &E)> {
         self.slots
             .iter()
             .filter_map(|s| s.entry.as_ref().map(|(k, e)| (k, e)))
@@ -435,13 +445,7 @@ impl Book {
 
     /// The bucket entry of `key`, made empty on first use.
     pub(super) fn bucket(&mut self, key: &Key) -> &mut BucketEntry {
-        if !self.buckets.contains_key(key) {
-            self.buckets.insert(key.clone(), BucketEntry::default());
-        }
-        match self.buckets.get_mut(key) {
-            Some(e) => e,
-            None => unreachable!("inserted above"),
-        }
+        self.buckets.entry(key).1
     }
 
     /// Forgets idle entries (at most once per second): a process sees many senders once.
@@ -455,7 +459,7 @@ impl Book {
         self.counters
             .retain(|e| e.touched >= cutoff || e.holdings.iter().any(|(_, n)| *n > 0));
         self.buckets
-            .retain(|_, e| e.touched >= cutoff || !e.runs.is_empty());
+            .retain(|e| e.touched >= cutoff || !e.runs.is_empty());
     }
 
     /// What the earlier layout counted for `sender_lc` (lower case) in the day item `day_key`
@@ -609,7 +613,7 @@ mod tests {
 
     #[test]
     fn a_handle_finds_its_entry_until_the_entry_is_forgotten() {
-        let mut c = Counters::default();
+        let mut c = Entries::<CounterEntry>::default();
         let (a, b) = ("lim#a".to_owned(), "lim#b".to_owned());
         let (ha, e) = c.entry(&a);
         e.touched = 1;

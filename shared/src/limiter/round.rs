@@ -18,7 +18,7 @@ use crate::state::{
     WriteOutcome, get_n,
 };
 
-use super::lease::{Book, CounterEntry, Handle, LeasePolicy, Leases, Terms, prefetch};
+use super::lease::{Book, BucketEntry, CounterEntry, Handle, LeasePolicy, Leases, Terms, prefetch};
 use super::service::{CONTENDED_RETRY_MS, MAX_ATTEMPTS};
 use super::{
     COUNT_ATTR, Grant, LevelKind, LimitPlan, Refusal, Request, TAT_ATTR, TTL_MARGIN_S, Verdict,
@@ -48,7 +48,7 @@ struct SenderNeed {
     key: Key,
     /// Where the sender starts in `key`.
     lc_start: usize,
-    /// Its entry in the process's book, once resolved (see [`super::lease::Counters`]).
+    /// Its entry in the process's book, once resolved (see [`super::lease::Entries`]).
     handle: Option<Handle>,
     limit: u64,
     need: u64,
@@ -87,6 +87,8 @@ pub struct Pending<'p, 'c> {
     day_terms: Terms,
     /// The system and gateway-day levels' book entries, once `begin` resolved them.
     level_handles: [Option<Handle>; 2],
+    /// The bucket's book entry, once `begin` resolved it.
+    bucket_handle: Option<Handle>,
     planned: Vec<Planned>,
     writes: Vec<Write>,
     attempts: usize,
@@ -211,6 +213,7 @@ impl<'p, 'c> Pending<'p, 'c> {
                 legacy: 0,
             },
             level_handles: [None; 2],
+            bucket_handle: None,
             planned: Vec::new(),
             writes: Vec::new(),
             attempts: 0,
@@ -258,7 +261,8 @@ impl<'p, 'c> Pending<'p, 'c> {
             match t {
                 Target::Bucket => {
                     if let Some((key, _)) = &self.plan.windows.named.bucket {
-                        let e = book.bucket(key);
+                        let (handle, e) = book.buckets.entry(key);
+                        self.bucket_handle = Some(handle);
                         e.touched = now;
                         e.rate.record(now, need);
                     }
@@ -317,7 +321,10 @@ impl<'p, 'c> Pending<'p, 'c> {
 
     /// [`Pending::level_ref`], mutable.
     fn level_get_mut<'b>(&self, book: &'b mut Book, t: Target) -> Option<&'b mut CounterEntry> {
-        match self.level_handle(t).filter(|&h| book.counters.at(h).is_some()) {
+        match self
+            .level_handle(t)
+            .filter(|&h| book.counters.at(h).is_some())
+        {
             Some(h) => book.counters.at_mut(h),
             None => self.counter_key(t).and_then(|k| book.counters.get_mut(k)),
         }
@@ -325,9 +332,39 @@ impl<'p, 'c> Pending<'p, 'c> {
 
     /// [`Pending::level_get_mut`], making the entry when it was forgotten.
     fn level_mut<'b>(&self, book: &'b mut Book, t: Target) -> Option<&'b mut CounterEntry> {
-        match self.level_handle(t).filter(|&h| book.counters.at(h).is_some()) {
+        match self
+            .level_handle(t)
+            .filter(|&h| book.counters.at(h).is_some())
+        {
             Some(h) => book.counters.at_mut(h),
             None => self.counter_key(t).map(|k| book.counter(k)),
+        }
+    }
+
+    /// The bucket's book entry: through the handle `begin` resolved while it holds, else by
+    /// its key.
+    fn bucket_ref<'b>(&self, book: &'b Book) -> Option<&'b BucketEntry> {
+        let key = &self.plan.windows.named.bucket.as_ref()?.0;
+        self.bucket_handle
+            .and_then(|h| book.buckets.at(h))
+            .or_else(|| book.buckets.get(key))
+    }
+
+    /// [`Pending::bucket_ref`], mutable.
+    fn bucket_get_mut<'b>(&self, book: &'b mut Book) -> Option<&'b mut BucketEntry> {
+        let key = &self.plan.windows.named.bucket.as_ref()?.0;
+        match self.bucket_handle.filter(|&h| book.buckets.at(h).is_some()) {
+            Some(h) => book.buckets.at_mut(h),
+            None => book.buckets.get_mut(key),
+        }
+    }
+
+    /// [`Pending::bucket_get_mut`], making the entry when it was forgotten.
+    fn bucket_mut<'b>(&self, book: &'b mut Book) -> Option<&'b mut BucketEntry> {
+        let key = &self.plan.windows.named.bucket.as_ref()?.0;
+        match self.bucket_handle.filter(|&h| book.buckets.at(h).is_some()) {
+            Some(h) => book.buckets.at_mut(h),
+            None => Some(book.bucket(key)),
         }
     }
 
@@ -496,7 +533,9 @@ impl<'p, 'c> Pending<'p, 'c> {
         }
         let now_us = clamp_i64(self.plan.now_us());
         let (interval, slack) = (q.interval_us, q.slack_us());
-        let e = book.bucket(key);
+        let Some(e) = self.bucket_mut(book) else {
+            return;
+        };
         e.expire(now_us, interval, slack);
         let have = e.held();
         if have >= need {
@@ -592,8 +631,9 @@ impl<'p, 'c> Pending<'p, 'c> {
     fn applied(&mut self, book: &mut Book, p: &Planned, item: Option<&Item>) {
         match p.target {
             Target::Bucket => {
-                if let Some((key, q)) = &self.plan.windows.named.bucket {
-                    let e = book.bucket(key);
+                if let Some((_, q)) = &self.plan.windows.named.bucket
+                    && let Some(e) = self.bucket_mut(book)
+                {
                     let tat = item.and_then(|i| get_n(i, TAT_ATTR));
                     let now_us = clamp_i64(self.plan.now_us());
                     let took = i64::try_from(p.take).unwrap_or(i64::MAX) * q.interval_us;
@@ -618,8 +658,7 @@ impl<'p, 'c> Pending<'p, 'c> {
     fn refused(&mut self, book: &mut Book, p: &Planned, item: Option<&Item>) {
         match p.target {
             Target::Bucket => {
-                if let Some((key, _)) = &self.plan.windows.named.bucket {
-                    let e = book.bucket(key);
+                if let Some(e) = self.bucket_mut(book) {
                     let tat = item.and_then(|i| get_n(i, TAT_ATTR));
                     // A form chosen on a wrong view: someone else moved the bucket, or nobody did.
                     e.shared = tat != e.seen_tat;
@@ -681,8 +720,8 @@ impl<'p, 'c> Pending<'p, 'c> {
                 }
             }
         }
-        if let Some((key, q)) = &self.plan.windows.named.bucket
-            && let Some(e) = book.buckets.get(key)
+        if let Some((_, q)) = &self.plan.windows.named.bucket
+            && let Some(e) = self.bucket_ref(book)
         {
             let (need, min_request, _) = self.levels[2];
             let held = e.held();
@@ -726,12 +765,7 @@ impl<'p, 'c> Pending<'p, 'c> {
             }
             let held = match t {
                 Target::Bucket => self
-                    .plan
-                    .windows
-                    .named
-                    .bucket
-                    .as_ref()
-                    .and_then(|(k, _)| book.buckets.get(k))
+                    .bucket_ref(book)
                     .map_or(0, super::lease::BucketEntry::held),
                 t => {
                     let terms = self.terms(t);
@@ -759,8 +793,8 @@ impl<'p, 'c> Pending<'p, 'c> {
         let plan = self.plan;
         let named = Arc::clone(&plan.windows.named);
         let now_us = clamp_i64(plan.now_us());
-        if let Some((key, q)) = &named.bucket
-            && let Some(e) = book.buckets.get_mut(key)
+        if let Some((_, q)) = &named.bucket
+            && let Some(e) = self.bucket_get_mut(book)
         {
             e.expire(now_us, q.interval_us, q.slack_us());
         }
@@ -778,7 +812,7 @@ impl<'p, 'c> Pending<'p, 'c> {
         let mut bucket = named
             .bucket
             .as_ref()
-            .map(|(key, _)| book.buckets.get(key).map_or(0, |e| e.held()));
+            .map(|_| self.bucket_ref(book).map_or(0, |e| e.held()));
         let mut senders: Vec<u64> = self
             .senders
             .iter()
@@ -852,8 +886,8 @@ impl<'p, 'c> Pending<'p, 'c> {
         }
         let spent = bucket_left.unwrap_or(0) - bucket.unwrap_or(0);
         if spent > 0
-            && let Some((key, q)) = &named.bucket
-            && let Some(e) = book.buckets.get_mut(key)
+            && let Some((_, q)) = &named.bucket
+            && let Some(e) = self.bucket_get_mut(book)
         {
             e.spend(spent, q.interval_us);
         }
@@ -921,7 +955,7 @@ impl<'p, 'c> Pending<'p, 'c> {
             }
         }
         if let Some((key, q)) = &self.plan.windows.named.bucket
-            && let Some(e) = book.buckets.get_mut(key)
+            && let Some(e) = self.bucket_get_mut(book)
         {
             let n = e.held();
             if n > 0 {
@@ -987,11 +1021,10 @@ impl<'p, 'c> Pending<'p, 'c> {
                     }
                 }
                 Target::Bucket => {
-                    if let Some((key, q)) = &plan.windows.named.bucket {
+                    if let Some((_, q)) = &plan.windows.named.bucket {
                         let now_us = plan.now_us();
-                        let tat = book
-                            .buckets
-                            .get(key)
+                        let tat = self
+                            .bucket_ref(book)
                             .and_then(|e| e.seen_tat)
                             .map_or(now_us, i128::from)
                             .max(now_us);
