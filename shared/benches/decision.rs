@@ -409,39 +409,28 @@ fn bench(c: &mut Criterion) {
     let ids: Vec<String> = (0..SENDERS).map(|i| format!("route-{i}")).collect();
     group.throughput(Throughput::Elements(1));
     let states = vec![GatewayState::default(); GATEWAYS];
+    let request = |i: usize| RouteRequest {
+        message_id: &ids[i % SENDERS],
+        sender: &f.senders[i % SENDERS],
+        pinned: None,
+    };
     group.bench_function("rank only, 20 gateways", |b| {
         let mut i = 0;
         let mut scratch = RankScratch::default();
         let mut ranked = Vec::new();
         b.iter(|| {
-            let req = RouteRequest {
-                message_id: &ids[i % SENDERS],
-                sender: &f.senders[i % SENDERS],
-                pinned: None,
-            };
             i += 1;
-            f.decider
-                .router()
-                .rank(&req, &states, NOW, &mut scratch, &mut ranked);
+            let router = f.decider.router();
+            router.rank(&request(i), &states, NOW, &mut scratch, &mut ranked);
             black_box(ranked.len())
         });
     });
     group.bench_function("route only (full plan with reasons), 20 gateways", |b| {
         let mut i = 0;
         b.iter(|| {
-            let req = RouteRequest {
-                message_id: &ids[i % SENDERS],
-                sender: &f.senders[i % SENDERS],
-                pinned: None,
-            };
             i += 1;
-            black_box(
-                f.decider
-                    .router()
-                    .route(&req, &states, NOW)
-                    .candidates
-                    .len(),
-            )
+            let plan = f.decider.router().route(&request(i), &states, NOW);
+            black_box(plan.candidates.len())
         });
     });
     group.finish();

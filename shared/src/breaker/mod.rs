@@ -598,18 +598,17 @@ pub fn decided_locally(
     settings: &BreakerSettings,
     now: EpochMillis,
 ) -> Option<PermitOutcome> {
-    let admission = if !settings.enabled {
+    if !settings.enabled {
         return Some(PermitOutcome {
             admission: Admission::Allowed,
             transition: None,
             malformed: None,
         });
-    } else {
-        match permit(state, settings, now) {
-            Permit::Allow => Admission::Allowed,
-            Permit::Reject { until } => Admission::Rejected { until },
-            Permit::Trial { .. } => return None,
-        }
+    }
+    let admission = match permit(state, settings, now) {
+        Permit::Allow => Admission::Allowed,
+        Permit::Reject { until } => Admission::Rejected { until },
+        Permit::Trial { .. } => return None,
     };
     Some(PermitOutcome {
         admission,

@@ -321,7 +321,9 @@ impl Pipeline {
         let max = config.routing.max_failover_attempts.get() as usize;
         let mut scratch = RankScratch::default();
         let mut ranked = Vec::new();
-        for (w, &fixed) in works.iter_mut().zip(fixed).filter(|(w, _)| w.is_pending()) {
+        for (i, w) in works.iter_mut().enumerate().filter(|(_, w)| w.is_pending()) {
+            // Worked out with the batch's reads; a message without one is ranked in full.
+            let fixed = fixed.get(i).copied().flatten();
             if let Some(at) = w.original.expires_at()
                 && at <= now
             {
@@ -679,7 +681,7 @@ impl Pipeline {
             decided[g].get_or_insert_with(|| {
                 let settings = &config.gateways[g].circuit_breaker;
                 // A breaker an operator forced closed admits without a permit write.
-                if state.gateway_levers(g).forced_closed(now) || !settings.enabled {
+                if state.gateway_levers(g).forced_closed(now) {
                     return Some(breaker::PermitOutcome {
                         admission: Admission::Allowed,
                         transition: None,
