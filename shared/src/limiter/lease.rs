@@ -358,8 +358,8 @@ impl<E: Default> Entries<E> {
         self.slots.get_mut(slot)?.entry.as_mut().map(|(_, e)| e)
     }
 
-    /// The entry of `key` and its handle, made empty on first use (the key is copied only
-    /// then).
+    /// The entry of `key` and its handle, made empty on first use (the key is copied, for
+    /// the slot and the index, only then).
     pub(super) fn entry(&mut self, key: &Key) -> (Handle, &mut E) {
         let slot = match self.index.get(key.as_str()) {
             Some(&slot) => slot,

@@ -1296,6 +1296,42 @@ fn a_scratch_remembers_failover_orders_only_for_its_own_router() {
     }
 }
 
+/// Past the matcher's memo (pattern ids from 128 on are matched each time they are met) and
+/// with failover orders remembered across messages of different candidate sets, the ranking
+/// is still the plan's.
+#[test]
+fn ranking_equals_the_plan_past_the_pattern_memo_and_across_remembered_orders() {
+    let gateways: Vec<Gateway> = (0..40_u32)
+        .map(|k| {
+            let mut g = gateway(&format!("g{k:02}"), k % 4);
+            // Four domains of its own each (160 patterns in all), then every sender from g30 on.
+            let mut can: Vec<String> = (0..4).map(|d| format!("@d{k}-{d}.example")).collect();
+            if k >= 30 {
+                can.push("*".to_owned());
+            }
+            g.routing.can_route = can.iter().map(|p| pat(p)).collect();
+            g.routing.failover_to = ((k + 1)..40.min(k + 3))
+                .map(|t| format!("g{t:02}"))
+                .collect();
+            g
+        })
+        .collect();
+    let r = router(config(gateways, Strategy::Failover));
+    let mut scratch = RankScratch::default();
+    let mut ranked = Vec::new();
+    for k in [0_usize, 39, 35, 0, 12, 39, 12] {
+        for d in 0..4 {
+            let sender = format!("ann@D{k}-{d}.example");
+            let request = req("m", &sender);
+            r.rank(&request, &[], NOW, &mut scratch, &mut ranked);
+            let plan = r.route(&request, &[], NOW);
+            let expected: Vec<usize> = plan.candidates.iter().map(|c| c.index).collect();
+            assert_eq!(ranked, expected, "{sender}");
+            assert!(expected.contains(&k), "{sender} reaches its own gateway");
+        }
+    }
+}
+
 #[test]
 fn open_breaker_reason_shows_when_it_reopens_for_people_and_machines() {
     let r = router(original_fixture(Strategy::Priority));
