@@ -12,7 +12,7 @@ use crate::state::{Item, StateStore, StoreError, WriteOutcome};
 
 use super::{
     Admission, BreakerState, BreakerWrite, MAX_ATTEMPTS, MalformedItem, Permit, PhaseChange, Tally,
-    Transition, WriteToken, flush, key, permit,
+    Transition, WriteToken, decided_locally, flush, key, permit,
 };
 
 /// A breaker service failure (a lost conditional write is not one: it is retried).
@@ -117,22 +117,11 @@ pub(super) async fn permit_tagged(
     for _ in 0..MAX_ATTEMPTS {
         let (state, problem) = BreakerState::from_item(item.as_deref());
         malformed = malformed.or(problem);
-        let (write, change) = match permit(&state, settings, now) {
-            Permit::Allow => {
-                return Ok(PermitOutcome {
-                    admission: Admission::Allowed,
-                    transition: None,
-                    malformed,
-                });
-            }
-            Permit::Reject { until } => {
-                return Ok(PermitOutcome {
-                    admission: Admission::Rejected { until },
-                    transition: None,
-                    malformed,
-                });
-            }
-            Permit::Trial { write, change } => (write, change),
+        if let Some(outcome) = decided_locally(&state, malformed.clone(), settings, now) {
+            return Ok(outcome);
+        }
+        let Permit::Trial { write, change } = permit(&state, settings, now) else {
+            unreachable!("an allow or a reject is decided locally");
         };
         // At most one write is applied per call, so one token serves every attempt.
         let this = *token.get_or_insert_with(WriteToken::random);

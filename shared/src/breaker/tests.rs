@@ -1270,36 +1270,35 @@ proptest! {
     }
 }
 
-#[tokio::test]
-async fn a_permit_decided_locally_is_the_one_the_store_call_gives() {
+/// What a batch decides per gateway without the store (the send pipeline's breaker permit):
+/// closed allows, open rejects until its end, an elapsed one is left to the store call (a
+/// trial), a malformed item allows as closed and says so, a disabled breaker allows.
+#[test]
+fn a_permit_is_decided_locally_unless_it_is_a_trial() {
     let malformed: Item = BTreeMap::from([(PHASE.to_owned(), Value::from("sideways"))]);
-    let cases: Vec<(Option<Item>, bool)> = vec![
-        (None, true),
-        (Some(BreakerState::missing().to_item()), true),
-        (Some(open_until(T0 + 1_000).to_item()), true),
-        // Its timeout passed: a trial, which only the store call may admit.
-        (Some(open_until(T0 - 1).to_item()), true),
-        (Some(malformed), true),
-        (Some(open_until(T0 + 1_000).to_item()), false),
-    ];
-    for (item, enabled) in cases {
+    let decide = |item: Option<&Item>, enabled: bool| {
         let settings = BreakerSettings {
             enabled,
             ..settings()
         };
-        let (state, problem) = BreakerState::from_item(item.as_ref());
-        let local = decided_locally(&state, problem, &settings, T0);
-        let store = MemoryStore::new();
-        if let Some(item) = &item {
-            store.put_many(vec![(key(GW), item.clone())]).await.unwrap();
-        }
-        let called =
-            permit_send_with_item(&store, GW, &settings, item.as_ref().map(Cow::Borrowed), T0)
-                .await
-                .unwrap();
-        match local {
-            Some(local) => assert_eq!(local, called, "{item:?}"),
-            None => assert_eq!(called.admission, Admission::Trial, "{item:?}"),
-        }
-    }
+        let (state, problem) = BreakerState::from_item(item);
+        decided_locally(&state, problem, &settings, T0).map(|o| (o.admission, o.malformed))
+    };
+    let closed = BreakerState::missing().to_item();
+    let open = open_until(T0 + 1_000).to_item();
+    let elapsed = open_until(T0 - 1).to_item();
+    assert_eq!(decide(None, true), Some((Admission::Allowed, None)));
+    assert_eq!(
+        decide(Some(&closed), true),
+        Some((Admission::Allowed, None))
+    );
+    assert_eq!(
+        decide(Some(&open), true),
+        Some((Admission::Rejected { until: T0 + 1_000 }, None))
+    );
+    assert_eq!(decide(Some(&elapsed), true), None);
+    let (admission, problem) = decide(Some(&malformed), true).expect("decided");
+    assert_eq!(admission, Admission::Allowed);
+    assert!(problem.is_some(), "the malformed item is reported");
+    assert_eq!(decide(Some(&open), false), Some((Admission::Allowed, None)));
 }

@@ -348,14 +348,7 @@ pub(super) struct Handle {
 impl<E: Default> Entries<E> {
     /// The entry of `key`, if there is one.
     pub(super) fn get(&self, key: &str) -> Option<&E> {
-        let slot = *self.index.get(key)?;
-        self.slots.get(slot)?.entry.as_ref().map(|(_, e)| e)
-    }
-
-    /// The entry of `key`, if there is one.
-    pub(super) fn get_mut(&mut self, key: &str) -> Option<&mut E> {
-        let slot = *self.index.get(key)?;
-        self.slots.get_mut(slot)?.entry.as_mut().map(|(_, e)| e)
+        self.find(None, key)
     }
 
     /// The entry of `key` and its handle, made empty on first use (the key is copied, for
@@ -395,22 +388,41 @@ impl<E: Default> Entries<E> {
         }
     }
 
-    /// The entry `handle` was given for, unless it has been forgotten since.
-    pub(super) fn at(&self, handle: Handle) -> Option<&E> {
+    /// The slot `handle` was given for, unless its entry has been forgotten since.
+    fn live(&self, handle: Handle) -> Option<usize> {
         let s = self.slots.get(handle.slot)?;
-        if s.generation != handle.generation {
-            return None;
-        }
-        s.entry.as_ref().map(|(_, e)| e)
+        (s.generation == handle.generation && s.entry.is_some()).then_some(handle.slot)
     }
 
-    /// The entry `handle` was given for, unless it has been forgotten since.
-    pub(super) fn at_mut(&mut self, handle: Handle) -> Option<&mut E> {
-        let s = self.slots.get_mut(handle.slot)?;
-        if s.generation != handle.generation {
-            return None;
+    /// The entry of `key`: through `handle` (from [`Entries::entry`]) while it holds, without
+    /// hashing the key; by the key when there is none or it went stale.
+    pub(super) fn find(&self, handle: Option<Handle>, key: &str) -> Option<&E> {
+        let slot = match handle.and_then(|h| self.live(h)) {
+            Some(slot) => slot,
+            None => *self.index.get(key)?,
+        };
+        self.slots.get(slot)?.entry.as_ref().map(|(_, e)| e)
+    }
+
+    /// [`Entries::find`], mutable.
+    pub(super) fn find_mut(&mut self, handle: Option<Handle>, key: &str) -> Option<&mut E> {
+        let slot = match handle.and_then(|h| self.live(h)) {
+            Some(slot) => slot,
+            None => *self.index.get(key)?,
+        };
+        self.slots.get_mut(slot)?.entry.as_mut().map(|(_, e)| e)
+    }
+
+    /// [`Entries::find_mut`], making the entry when there is none (it was forgotten).
+    pub(super) fn find_or_make(&mut self, handle: Option<Handle>, key: &Key) -> &mut E {
+        let slot = match handle.and_then(|h| self.live(h)) {
+            Some(slot) => slot,
+            None => self.entry(key).0.slot,
+        };
+        match &mut self.slots[slot].entry {
+            Some((_, e)) => e,
+            None => unreachable!("a live or just made slot holds its entry"),
         }
-        s.entry.as_mut().map(|(_, e)| e)
     }
 
     /// Forgets the entries for which `keep` is false.
@@ -438,16 +450,6 @@ impl<E: Default> Entries<E> {
 const FORGET_MS: i64 = 5_000;
 
 impl Book {
-    /// The counter entry of `key`, made empty on first use (the key is copied only then).
-    pub(super) fn counter(&mut self, key: &Key) -> &mut CounterEntry {
-        self.counters.entry(key).1
-    }
-
-    /// The bucket entry of `key`, made empty on first use.
-    pub(super) fn bucket(&mut self, key: &Key) -> &mut BucketEntry {
-        self.buckets.entry(key).1
-    }
-
     /// Forgets idle entries (at most once per second): a process sees many senders once.
     pub(super) fn prune(&mut self, now: EpochMillis) {
         let second = now.div_euclid(1_000);
@@ -618,17 +620,24 @@ mod tests {
         let (ha, e) = c.entry(&a);
         e.touched = 1;
         assert_eq!(c.entry(&a).0, ha, "one entry per key");
-        assert_eq!(c.at(ha).map(|e| e.touched), Some(1));
+        assert_eq!(c.find(Some(ha), &a).map(|e| e.touched), Some(1));
         c.retain(|e| e.touched != 1);
-        assert!(c.at(ha).is_none() && c.get(&a).is_none());
-        // b takes a's slot: a's handle must not find it.
+        assert!(c.live(ha).is_none() && c.get(&a).is_none());
+        // b takes a's slot: a's handle must not reach it, whichever key comes with it.
         let (hb, e) = c.entry(&b);
         e.touched = 2;
-        assert!(c.at(ha).is_none() && c.at_mut(ha).is_none());
-        assert_eq!(c.at(hb).map(|e| e.touched), Some(2));
-        assert_eq!(c.get_mut(&b).map(|e| e.touched), Some(2));
-        let keys: Vec<&str> = c.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["lim#b"]);
+        assert_eq!(hb.slot, ha.slot);
+        assert!(c.live(ha).is_none());
+        assert!(c.find(Some(ha), &a).is_none() && c.find_mut(Some(ha), &a).is_none());
+        assert_eq!(c.find(Some(hb), &b).map(|e| e.touched), Some(2));
+        assert_eq!(c.find_mut(None, &b).map(|e| e.touched), Some(2));
+        // A stale handle with its key makes the entry afresh, in another slot.
+        c.find_or_make(Some(ha), &a).touched = 3;
+        assert_eq!(c.get(&a).map(|e| e.touched), Some(3));
+        assert_eq!(c.get(&b).map(|e| e.touched), Some(2));
+        let mut keys: Vec<&str> = c.iter().map(|(k, _)| k.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["lim#a", "lim#b"]);
     }
 
     #[test]

@@ -311,68 +311,50 @@ impl<'p, 'c> Pending<'p, 'c> {
         }
     }
 
-    /// Counter level `t`'s book entry: through the handle `begin` resolved while it holds,
-    /// else by its key.
-    fn level_ref<'b>(&self, book: &'b Book, t: Target) -> Option<&'b CounterEntry> {
-        self.level_handle(t)
-            .and_then(|h| book.counters.at(h))
-            .or_else(|| self.counter_key(t).and_then(|k| book.counters.get(k)))
-    }
-
-    /// [`Pending::level_ref`], mutable.
-    fn level_get_mut<'b>(&self, book: &'b mut Book, t: Target) -> Option<&'b mut CounterEntry> {
-        match self
-            .level_handle(t)
-            .filter(|&h| book.counters.at(h).is_some())
-        {
-            Some(h) => book.counters.at_mut(h),
-            None => self.counter_key(t).and_then(|k| book.counters.get_mut(k)),
-        }
-    }
-
-    /// [`Pending::level_get_mut`], making the entry when it was forgotten.
-    fn level_mut<'b>(&self, book: &'b mut Book, t: Target) -> Option<&'b mut CounterEntry> {
-        match self
-            .level_handle(t)
-            .filter(|&h| book.counters.at(h).is_some())
-        {
-            Some(h) => book.counters.at_mut(h),
-            None => self.counter_key(t).map(|k| book.counter(k)),
-        }
-    }
-
-    /// The bucket's book entry: through the handle `begin` resolved while it holds, else by
-    /// its key.
-    fn bucket_ref<'b>(&self, book: &'b Book) -> Option<&'b BucketEntry> {
-        let key = &self.plan.windows.named.bucket.as_ref()?.0;
-        self.bucket_handle
-            .and_then(|h| book.buckets.at(h))
-            .or_else(|| book.buckets.get(key))
-    }
-
-    /// [`Pending::bucket_ref`], mutable.
-    fn bucket_get_mut<'b>(&self, book: &'b mut Book) -> Option<&'b mut BucketEntry> {
-        let key = &self.plan.windows.named.bucket.as_ref()?.0;
-        match self.bucket_handle.filter(|&h| book.buckets.at(h).is_some()) {
-            Some(h) => book.buckets.at_mut(h),
-            None => book.buckets.get_mut(key),
-        }
-    }
-
-    /// [`Pending::bucket_get_mut`], making the entry when it was forgotten.
-    fn bucket_mut<'b>(&self, book: &'b mut Book) -> Option<&'b mut BucketEntry> {
-        let key = &self.plan.windows.named.bucket.as_ref()?.0;
-        match self.bucket_handle.filter(|&h| book.buckets.at(h).is_some()) {
-            Some(h) => book.buckets.at_mut(h),
-            None => Some(book.bucket(key)),
-        }
-    }
-
-    fn level_handle(&self, t: Target) -> Option<Handle> {
-        match t {
+    /// Counter level `t`'s key with the handle `begin` resolved for it (see
+    /// [`super::lease::Entries::find`]).
+    fn level(&self, t: Target) -> Option<(Option<Handle>, &'p Key)> {
+        let handle = match t {
             Target::System | Target::Day => self.level_handles[level_index(t)],
             _ => None,
-        }
+        };
+        Some((handle, self.counter_key(t)?))
+    }
+
+    /// The bucket's key with the handle `begin` resolved for it.
+    fn bucket(&self) -> Option<(Option<Handle>, &'p Key)> {
+        let (key, _) = self.plan.windows.named.bucket.as_ref()?;
+        Some((self.bucket_handle, key))
+    }
+
+    fn level_ref<'b>(&self, book: &'b Book, t: Target) -> Option<&'b CounterEntry> {
+        let (handle, key) = self.level(t)?;
+        book.counters.find(handle, key)
+    }
+
+    fn level_get_mut<'b>(&self, book: &'b mut Book, t: Target) -> Option<&'b mut CounterEntry> {
+        let (handle, key) = self.level(t)?;
+        book.counters.find_mut(handle, key)
+    }
+
+    fn level_mut<'b>(&self, book: &'b mut Book, t: Target) -> Option<&'b mut CounterEntry> {
+        let (handle, key) = self.level(t)?;
+        Some(book.counters.find_or_make(handle, key))
+    }
+
+    fn bucket_ref<'b>(&self, book: &'b Book) -> Option<&'b BucketEntry> {
+        let (handle, key) = self.bucket()?;
+        book.buckets.find(handle, key)
+    }
+
+    fn bucket_get_mut<'b>(&self, book: &'b mut Book) -> Option<&'b mut BucketEntry> {
+        let (handle, key) = self.bucket()?;
+        book.buckets.find_mut(handle, key)
+    }
+
+    fn bucket_mut<'b>(&self, book: &'b mut Book) -> Option<&'b mut BucketEntry> {
+        let (handle, key) = self.bucket()?;
+        Some(book.buckets.find_or_make(handle, key))
     }
 
     /// The limited counters of a counter level: `(attribute, limit)`.
@@ -1040,30 +1022,17 @@ impl<'p, 'c> Pending<'p, 'c> {
     }
 }
 
-/// Sender `s`'s book entry, through its handle when it still holds, else by its key.
+/// Sender `s`'s book entry (through its handle while it holds, else by its key).
 fn sender_ref<'b>(book: &'b Book, s: &SenderNeed) -> Option<&'b CounterEntry> {
-    s.handle
-        .and_then(|h| book.counters.at(h))
-        .or_else(|| book.counters.get(&s.key))
+    book.counters.find(s.handle, &s.key)
 }
 
-/// [`sender_ref`], mutable.
 fn sender_get_mut<'b>(book: &'b mut Book, s: &SenderNeed) -> Option<&'b mut CounterEntry> {
-    match s.handle.filter(|&h| book.counters.at(h).is_some()) {
-        Some(h) => book.counters.at_mut(h),
-        None => book.counters.get_mut(&s.key),
-    }
+    book.counters.find_mut(s.handle, &s.key)
 }
 
-/// [`sender_get_mut`], making the entry when it was forgotten.
 fn sender_mut<'b>(book: &'b mut Book, s: &SenderNeed) -> &'b mut CounterEntry {
-    match s.handle.filter(|&h| book.counters.at(h).is_some()) {
-        Some(h) => match book.counters.at_mut(h) {
-            Some(e) => e,
-            None => unreachable!("the handle was checked above"),
-        },
-        None => book.counter(&s.key),
-    }
+    book.counters.find_or_make(s.handle, &s.key)
 }
 
 /// The refusal of a request of `n` that some level can never admit.

@@ -219,13 +219,9 @@ impl Decider {
     }
 
     /// Which gateways (indexed like `config.gateways`) any of `requests` may be routed to on
-    /// any state (see [`Router::mark_reachable`]).
-    pub fn reachable<'m>(&self, requests: impl IntoIterator<Item = RouteRequest<'m>>) -> Vec<bool> {
-        self.reach(requests).0
-    }
-
-    /// [`Decider::reachable`], with each request's [`Router::static_route`] (in order) for
-    /// ranking it later without matching its sender again.
+    /// any state (see [`Router::mark_reachable`]), and each request's
+    /// [`Router::static_route`] (in order), for ranking it later without matching its sender
+    /// again.
     pub fn reach<'m>(
         &self,
         requests: impl IntoIterator<Item = RouteRequest<'m>>,
@@ -414,7 +410,7 @@ mod tests {
     fn keys_are_those_of_the_reachable_gateways_each_once() {
         let d = Decider::new(config());
         let book = d.keys(NOW);
-        let reachable = d.reachable([req("m1", "ann@clinic.example")]);
+        let (reachable, _) = d.reach([req("m1", "ann@clinic.example")]);
         assert_eq!(reachable, [true, true, false]);
         let list = d.keys_to_read(&book, &reachable);
         let keys = list.keys();

@@ -212,8 +212,6 @@ impl StaticRoute {
 /// Scratch space for [`Router::rank`], kept by a caller across the messages it ranks.
 #[derive(Debug, Default)]
 pub struct RankScratch {
-    candidate: Vec<bool>,
-    visited: Vec<bool>,
     queue: Vec<usize>,
     keys: Vec<(u64, usize)>,
     /// The router the remembered orders are of ([`Router`]'s `id`; they are dropped when
@@ -686,16 +684,10 @@ impl Router {
 
     /// [`Router::rank_failover`], remembered per set of candidates for the caller's next
     /// messages: the failover order depends on nothing else (the messages of a batch mostly
-    /// share a set). Only for configs of at most 64 gateways (the set is a bit mask).
+    /// share a set).
     fn rank_failover_memo(&self, out: &mut Vec<usize>, scratch: &mut RankScratch) {
-        let Some(set) = out.iter().try_fold(0_u64, |set, &g| {
-            u32::try_from(g)
-                .ok()
-                .and_then(|g| 1_u64.checked_shl(g))
-                .map(|bit| set | bit)
-        }) else {
-            return self.rank_failover(out, scratch);
-        };
+        // Ranked on indices only for configs of at most 64 gateways (`static_route`).
+        let set = out.iter().fold(0_u64, |set, &g| set | 1 << g);
         if scratch.router != self.id {
             scratch.router = self.id;
             scratch.orders.clear();
@@ -706,60 +698,46 @@ impl Router {
             out.extend_from_slice(&scratch.ordered[start..start + set.count_ones() as usize]);
             return;
         }
-        self.rank_failover(out, scratch);
+        self.rank_failover(out, set, &mut scratch.queue);
         if scratch.orders.len() < REMEMBERED_ORDERS {
             scratch.orders.push((set, scratch.ordered.len()));
             scratch.ordered.extend_from_slice(out);
         }
     }
 
-    /// `order_failover` on indices: the first candidate, then its chains breadth first, then
-    /// the candidates in no followed chain in (priority, id) order.
-    fn rank_failover(&self, out: &mut [usize], scratch: &mut RankScratch) {
-        let n = self.config.gateways.len();
-        let RankScratch {
-            candidate,
-            visited,
-            queue,
-            ..
-        } = scratch;
-        candidate.clear();
-        candidate.resize(n, false);
-        visited.clear();
-        visited.resize(n, false);
-        for &g in out.iter() {
-            candidate[g] = true;
-        }
+    /// `order_failover` on the candidates `out` (in (priority, id) order; `set` is them as a
+    /// bit mask): the first, then its chains breadth first, then the candidates in no followed
+    /// chain, in their order.
+    fn rank_failover(&self, out: &mut [usize], set: u64, queue: &mut Vec<usize>) {
         queue.clear();
         let head = out[0];
-        visited[head] = true;
+        let mut visited = 1_u64 << head;
         queue.push(head);
         let mut next = 0;
         while let Some(&from) = queue.get(next) {
             next += 1;
             for &target in &self.failover[from] {
-                if !std::mem::replace(&mut visited[target], true) {
+                if visited >> target & 1 == 0 {
+                    visited |= 1 << target;
                     queue.push(target);
                 }
             }
         }
-        // `queue` is the chain order (every gateway reached, candidate or not); the rest of
-        // `out` keeps its order after it. Compact the unchained ones to the end first (in
-        // order), then write the chain before them.
+        // `queue` is the chain order (every gateway reached, candidate or not). Move the
+        // unchained candidates to the end (in order), then write the chained ones before them.
         let mut tail = out.len();
         for i in (0..out.len()).rev() {
             let g = out[i];
-            if !visited[g] {
+            if visited >> g & 1 == 0 {
                 tail -= 1;
                 out[tail] = g;
             }
         }
-        let mut w = 0;
-        for &g in queue.iter() {
-            if candidate[g] {
-                out[w] = g;
-                w += 1;
-            }
+        for (slot, &g) in out
+            .iter_mut()
+            .zip(queue.iter().filter(|&&g| set >> g & 1 == 1))
+        {
+            *slot = g;
         }
     }
 
